@@ -1,0 +1,208 @@
+"""The command line: parses arguments and calls the library. Nothing else lives here."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from covidct import DISCLAIMER, __version__
+from covidct.errors import CovidCTError
+
+
+def _progress() -> bool:
+    return not os.environ.get("COVIDCT_NO_PROGRESS")
+
+
+def cmd_data_download(args: argparse.Namespace) -> int:
+    from covidct.config import resolve_data_dir
+    from covidct.data.download import download_dataset
+
+    dest = download_dataset(resolve_data_dir(args.dest), base_url=args.base_url, force=args.force, progress=_progress())
+    print(f"COVID-CT is complete in {dest} (349 COVID + 397 non-COVID images; split 425/118/203)")
+    return 0
+
+
+def cmd_data_info(args: argparse.Namespace) -> int:
+    from covidct.config import resolve_data_dir
+    from covidct.data.datasets import load_splits
+    from covidct.data.info import dataset_info, format_info
+
+    data = load_splits(resolve_data_dir(args.data_dir), args.data_csv)
+    info = dataset_info(data, check_images=not args.no_images)
+    print(f"source: {data.source}")
+    print(format_info(info, data.class_names))
+    return 1 if info.unreadable or info.overlap else 0
+
+
+def cmd_samples(args: argparse.Namespace) -> int:
+    from covidct.config import resolve_data_dir
+    from covidct.data.datasets import load_splits
+    from covidct.reporting import sample_grid_figure, save_figure
+    from covidct.samples import pick_samples
+
+    data = load_splits(resolve_data_dir(args.data_dir), args.data_csv)
+    images = pick_samples(data, args.n, args.seed, args.split)
+    path = save_figure(sample_grid_figure(images), args.out)
+    print(f"wrote {path}")
+    return 0
+
+
+TRAIN_FLAGS = (
+    "model", "epochs", "lr", "batch_size", "patience", "seed", "out", "monitor", "weights", "precision",
+    "num_workers", "weight_decay", "label_smoothing", "warmup_epochs", "data_csv", "accelerator",
+)  # fmt: skip
+
+
+def train_config(args: argparse.Namespace) -> Any:
+    """Defaults < --config YAML < COVIDCT_DATA_DIR < flags given on the command line."""
+    from covidct.config import TrainConfig
+
+    values: dict[str, Any] = TrainConfig.from_yaml(args.config).to_dict() if args.config else {}
+    if os.environ.get("COVIDCT_DATA_DIR"):
+        values["data_dir"] = os.environ["COVIDCT_DATA_DIR"]
+    if args.data_dir:
+        values["data_dir"] = args.data_dir
+    values.update({k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None})
+    if args.no_pretrained:
+        values["pretrained"] = False
+    if args.no_cache:
+        values["cache_images"] = False
+    if args.no_channels_last:
+        values["channels_last"] = False
+    return TrainConfig.from_dict(values)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from covidct.training import train
+
+    config = train_config(args)
+    print(DISCLAIMER, file=sys.stderr)
+    run_dir = train(config, progress=_progress())
+    print(f"run folder: {run_dir}")
+    if args.evaluate:
+        _evaluate_and_print(run_dir, args.evaluate, "best", None, None, None)
+    return 0
+
+
+def _evaluate_and_print(run_dir: Path, split: str, checkpoint: str, data_dir: Any, threshold: Any, out: Any) -> None:
+    from covidct.evaluation import evaluate_run, metrics_table
+
+    result = evaluate_run(run_dir, split, checkpoint, data_dir, threshold, out)
+    print(metrics_table(result))
+    print(f"wrote metrics, predictions and figures to {Path(out) if out else Path(run_dir) / f'eval-{split}'}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    _evaluate_and_print(args.run_dir, args.split, args.checkpoint, args.data_dir, args.threshold, args.out)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from covidct.evaluation import compare_runs
+    from covidct.reporting import table_text, write_table
+
+    rows = compare_runs(args.run_dirs, args.split)
+    print(table_text(rows))
+    csv_path, md_path = write_table(rows, args.out)
+    print(f"wrote {csv_path} and {md_path}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from covidct.models import available_models
+
+    print("\n".join(available_models()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="covidct",
+        description=f"Chest CT COVID-19 classifiers: train, evaluate, compare. {DISCLAIMER}",
+    )
+    parser.add_argument("--version", action="version", version=f"covidct {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    data = sub.add_parser("data", help="download and inspect the COVID-CT dataset")
+    data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    p = data_sub.add_parser("download", help="download the official zips and split files, check and install them")
+    p.add_argument("--dest", help="target folder (default: $COVIDCT_DATA_DIR or data/covid-ct)")
+    p.add_argument("--base-url", default=None, help="a mirror of the UCSD-AI4H/COVID-CT repository's raw files")
+    p.add_argument("--force", action="store_true", help="replace an existing folder")
+    p.set_defaults(func=cmd_data_download)
+
+    p = data_sub.add_parser("info", help="counts per split and class, image modes and sizes, broken files")
+    _data_args(p)
+    p.add_argument("--no-images", action="store_true", help="count only; do not open every image")
+    p.set_defaults(func=cmd_data_info)
+
+    p = sub.add_parser("samples", help="a grid of random COVID and non-COVID images")
+    _data_args(p)
+    p.add_argument("--n", type=int, default=5, help="images per class (default 5)")
+    p.add_argument("--out", default="samples.png", help="PNG file to write (default samples.png)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", default=None, help="draw from one split only (train, val or test)")
+    p.set_defaults(func=cmd_samples)
+
+    p = sub.add_parser("train", help="fine-tune a backbone; keeps the best checkpoint on validation")
+    _data_args(p)
+    p.add_argument("--config", help="a YAML config (e.g. a saved run's config.yaml); flags override it")
+    p.add_argument("--model", help="backbone (default efficientnet_lite0); see: covidct models")
+    p.add_argument("--epochs", type=int, help="maximum epochs (default 30)")
+    p.add_argument("--lr", type=float, help="peak learning rate of AdamW (default 3e-4)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--patience", type=int, help="early-stopping patience in epochs (default 10)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--out", help="parent folder of run folders (default runs/)")
+    p.add_argument("--monitor", choices=["val_acc", "val_auc", "val_loss"], help="best-checkpoint criterion")
+    p.add_argument("--weights", help="local ImageNet weight file (.pth or .safetensors) for the backbone")
+    p.add_argument("--no-pretrained", action="store_true", help="random initialisation (only when asked)")
+    p.add_argument("--precision", choices=["auto", "32", "bf16-mixed", "16-mixed"])
+    p.add_argument("--accelerator", help="auto, cpu or gpu (default auto)")
+    p.add_argument("--num-workers", type=int, help="data loader workers (default min(2, cores))")
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--warmup-epochs", type=int)
+    p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--no-cache", action="store_true", help="decode images from disk every epoch")
+    p.add_argument("--no-channels-last", action="store_true")
+    p.add_argument("--evaluate", metavar="SPLIT", help="then evaluate the best checkpoint on SPLIT (e.g. test)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="metrics, predictions and figures of a run on a split")
+    p.add_argument("run_dir", type=Path, help="a run folder (runs/<timestamp>-<model>)")
+    p.add_argument("--split", default="test", help="train, val or test (default test)")
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    p.add_argument("--data-dir", help="override the data folder recorded in the run's config")
+    p.add_argument("--threshold", type=float, help="decision threshold (default: the model's, 0.5)")
+    p.add_argument("--out", help="output folder (default RUN_DIR/eval-SPLIT)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("compare", help="evaluated runs side by side (screen, CSV and Markdown)")
+    p.add_argument("run_dirs", nargs="+", type=Path)
+    p.add_argument("--split", default="test")
+    p.add_argument("--out", default="comparison", help="file stem for .csv and .md (default comparison)")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("models", help="list the backbones covidct can build")
+    p.set_defaults(func=cmd_models)
+    return parser
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", help="dataset folder (default: $COVIDCT_DATA_DIR, else data/covid-ct)")
+    p.add_argument("--data-csv", help="a CSV of path,label[,split] instead of the official layout")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except CovidCTError as e:
+        print(f"covidct: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("covidct: interrupted", file=sys.stderr)
+        return 130

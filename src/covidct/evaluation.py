@@ -1,0 +1,179 @@
+"""Evaluate a run's checkpoint on a split: metrics.json, predictions.csv and the study's figures."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from covidct.config import TrainConfig
+from covidct.data import ImageDataset, eval_transform, load_splits
+from covidct.errors import CovidCTError, DataError, ModelError
+from covidct.fileio import write_json, write_text
+from covidct.metrics import binary_metrics, predict
+from covidct.reporting import (
+    confusion_matrix_figure,
+    misclassified_histogram,
+    roc_figure,
+    save_figure,
+    table_text,
+    training_curves_figure,
+)
+from covidct.training import Classifier, _csv_text
+
+
+def find_checkpoint(run_dir: str | Path, which: str = "best") -> Path:
+    """checkpoints/best.ckpt or last.ckpt of a run folder, or a .ckpt path given directly."""
+    run_dir = Path(run_dir)
+    if run_dir.is_file() and run_dir.suffix == ".ckpt":
+        return run_dir
+    if not run_dir.is_dir():
+        raise ModelError(f"run folder {run_dir} does not exist")
+    path = run_dir / "checkpoints" / f"{which}.ckpt"
+    if not path.is_file():
+        raise ModelError(
+            f"run folder {run_dir} has no checkpoint {path.relative_to(run_dir)}; "
+            "did training stop before its first validation? Train again with: covidct train"
+        )
+    return path
+
+
+def load_classifier(checkpoint: str | Path) -> Classifier:
+    """Rebuild the model from its checkpoint alone (architecture and preprocessing are stored in it)."""
+    try:
+        module = Classifier.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=False)
+    except CovidCTError:
+        raise
+    except Exception as e:
+        raise ModelError(f"checkpoint {checkpoint} cannot be loaded: {type(e).__name__}: {e}") from None
+    return module.eval().float()
+
+
+@torch.no_grad()
+def predict_scores(
+    module: Classifier, dataset: ImageDataset, batch_size: int = 32, num_workers: int = 0
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(paths, labels, scores) where score = probability of class 1 (COVID), in fp32."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    paths: list[str] = []
+    labels, scores = [], []
+    for batch in loader:
+        logits = module(batch["image"].to(module.device)).float()
+        scores.append(logits.softmax(1)[:, 1].cpu().numpy())
+        labels.append(np.asarray(batch["label"]))
+        paths += list(batch["path"])
+    return paths, np.concatenate(labels), np.concatenate(scores)
+
+
+def read_history(run_dir: Path) -> list[dict[str, str]]:
+    path = run_dir / "metrics.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    split: str = "test",
+    checkpoint: str = "best",
+    data_dir: str | Path | None = None,
+    threshold: float | None = None,
+    out_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Score every image of `split` with the run's checkpoint; write metrics, predictions and figures."""
+    run_dir = Path(run_dir)
+    ckpt = find_checkpoint(run_dir, checkpoint)
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise ModelError(f"run folder {run_dir} has no config.yaml; is it a covidct run folder?")
+    config = TrainConfig.from_yaml(config_path)
+    data = load_splits(data_dir or config.data_dir, config.data_csv, config.seed)
+    if split not in data.splits:
+        raise DataError(f"split must be one of {list(data.splits)}, got {split!r}")
+    module = load_classifier(ckpt)
+    pre = module.preprocessing
+    dataset = ImageDataset(data.splits[split], eval_transform(pre.mean, pre.std, pre.input_size))
+    paths, labels, scores = predict_scores(module, dataset)
+    threshold = float(module.hparams.threshold if threshold is None else threshold)
+    metrics = binary_metrics(labels, scores, threshold)
+    class_names = list(module.hparams.class_names)
+
+    ckpt_info = torch.load(ckpt, map_location="cpu", weights_only=False)
+    result = {
+        "run": str(run_dir),
+        "model": module.hparams.model_name,
+        "split": split,
+        "checkpoint": ckpt.name,
+        "epoch": int(ckpt_info.get("epoch", -1)) + 1,
+        "class_names": class_names,
+        "positive_class": class_names[1],
+        **metrics.to_dict(),
+    }
+    out = Path(out_dir) if out_dir else run_dir / f"eval-{split}"
+    preds = predict(scores, threshold)
+    rows = [
+        {"path": p, "label": int(y), "score": round(float(s), 6), "prediction": int(q)}
+        for p, y, s, q in zip(paths, labels, scores, preds)
+    ]
+    write_text(out / "predictions.csv", _csv_text(rows))
+    save_figure(
+        confusion_matrix_figure(metrics.tp, metrics.tn, metrics.fp, metrics.fn, class_names),
+        out / "confusion_matrix.png",
+    )
+    save_figure(roc_figure(labels.tolist(), scores.tolist(), metrics.auc), out / "roc_curve.png")
+    save_figure(misclassified_histogram(scores, labels, threshold), out / "misclassified_scores.png")
+    history = read_history(run_dir)
+    if history:
+        save_figure(training_curves_figure(history), out / "training_curves.png")
+    write_json(out / "metrics.json", result)  # last: its presence means the evaluation is complete
+    return result
+
+
+def metrics_table(result: dict[str, Any]) -> str:
+    """The study's 'Test Performance' table plus the confusion counts."""
+    rows = [
+        {"metric": k, "value": result[k]}
+        for k in ("accuracy", "sensitivity", "specificity", "auc", "precision", "npv", "f1", "threshold")
+    ]
+    rows += [{"metric": k.upper(), "value": result[k]} for k in ("tp", "tn", "fp", "fn")]
+    head = f"----- {result['split']} performance: {result['model']} (epoch {result['epoch']}, n={result['n']}) -----"
+    return head + "\n" + table_text(rows)
+
+
+def compare_runs(run_dirs: list[str | Path], split: str = "test") -> list[dict[str, Any]]:
+    """One row per run: model, epochs, best epoch, and the evaluated metrics on `split`."""
+    rows = []
+    for run in map(Path, run_dirs):
+        metrics_path = run / f"eval-{split}" / "metrics.json"
+        if not metrics_path.is_file():
+            raise ModelError(
+                f"run {run} has no {split} evaluation ({metrics_path} missing); "
+                f"first run: covidct evaluate {run} --split {split}"
+            )
+        m = json.loads(metrics_path.read_text())
+        summary_path = run / "summary.json"
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        rows.append(
+            {
+                "run": run.name,
+                "model": m["model"],
+                "epochs": summary.get("epochs_run"),
+                "best_epoch": m.get("epoch"),
+                "n": m["n"],
+                "accuracy": _num(m["accuracy"]),
+                "sensitivity": _num(m["sensitivity"]),
+                "specificity": _num(m["specificity"]),
+                "auc": _num(m["auc"]),
+            }
+        )
+    return rows
+
+
+def _num(v: Any) -> float:
+    return float("nan") if v is None else float(v)

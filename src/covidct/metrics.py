@@ -1,0 +1,103 @@
+"""Pure metric functions for binary classification (positive class = 1 = COVID).
+
+Undefined values (sensitivity with no positives, AUC with one class present) are NaN, never a made-up 0 or 1.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike
+from sklearn.metrics import roc_auc_score, roc_curve
+
+
+@dataclass(frozen=True)
+class BinaryMetrics:
+    accuracy: float
+    sensitivity: float  # recall of class 1, true positive rate
+    specificity: float  # recall of class 0, true negative rate
+    precision: float  # positive predictive value
+    npv: float  # negative predictive value
+    f1: float
+    auc: float
+    tp: int
+    tn: int
+    fp: int
+    fn: int
+    n: int
+    threshold: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _ratio(num: int, den: int) -> float:
+    return num / den if den else math.nan
+
+
+def _as_arrays(labels: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(labels).astype(int).ravel()
+    s = np.asarray(scores, dtype=float).ravel()
+    if y.shape != s.shape:
+        raise ValueError(f"labels and scores differ in length: {y.size} vs {s.size}")
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError(f"labels must be 0 or 1, got values {sorted(set(y.tolist()) - {0, 1})}")
+    return y, s
+
+
+def predict(scores: ArrayLike, threshold: float = 0.5) -> np.ndarray:
+    """Class 1 where score >= threshold."""
+    return (np.asarray(scores, dtype=float) >= threshold).astype(int)
+
+
+def confusion_counts(labels: ArrayLike, predictions: ArrayLike) -> tuple[int, int, int, int]:
+    """(tp, tn, fp, fn)."""
+    y = np.asarray(labels).astype(int).ravel()
+    p = np.asarray(predictions).astype(int).ravel()
+    tp = int(((y == 1) & (p == 1)).sum())
+    tn = int(((y == 0) & (p == 0)).sum())
+    fp = int(((y == 0) & (p == 1)).sum())
+    fn = int(((y == 1) & (p == 0)).sum())
+    return tp, tn, fp, fn
+
+
+def roc_auc(labels: ArrayLike, scores: ArrayLike) -> float:
+    """Area under the ROC curve; NaN when only one class is present."""
+    y, s = _as_arrays(labels, scores)
+    if len(np.unique(y)) < 2:
+        return math.nan
+    return float(roc_auc_score(y, s))
+
+
+def roc_points(labels: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(false positive rate, true positive rate, thresholds) of the ROC curve."""
+    y, s = _as_arrays(labels, scores)
+    fpr, tpr, thresholds = roc_curve(y, s)
+    return fpr, tpr, thresholds
+
+
+def binary_metrics(labels: ArrayLike, scores: ArrayLike, threshold: float = 0.5) -> BinaryMetrics:
+    """Accuracy, sensitivity, specificity, PPV, NPV, F1, ROC-AUC and the confusion counts at threshold."""
+    y, s = _as_arrays(labels, scores)
+    tp, tn, fp, fn = confusion_counts(y, predict(s, threshold))
+    precision = _ratio(tp, tp + fp)
+    sensitivity = _ratio(tp, tp + fn)
+    f1 = _ratio(2 * tp, 2 * tp + fp + fn)
+    return BinaryMetrics(
+        accuracy=_ratio(tp + tn, y.size),
+        sensitivity=sensitivity,
+        specificity=_ratio(tn, tn + fp),
+        precision=precision,
+        npv=_ratio(tn, tn + fn),
+        f1=f1,
+        auc=roc_auc(y, s),
+        tp=tp,
+        tn=tn,
+        fp=fp,
+        fn=fn,
+        n=int(y.size),
+        threshold=float(threshold),
+    )

@@ -1,0 +1,157 @@
+"""Figures and tables. Figure functions build and return a matplotlib Figure; `save_figure` is the only writer."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # no screen needed; must come before pyplot
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+from PIL import Image
+
+from covidct.fileio import atomic_write, write_text
+from covidct.metrics import roc_points
+
+
+def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
+    """Write a PNG atomically and free the figure."""
+    try:
+        return atomic_write(path, lambda p: fig.savefig(p, dpi=dpi, bbox_inches="tight", format="png"))
+    finally:
+        plt.close(fig)
+
+
+def confusion_matrix_figure(tp: int, tn: int, fp: int, fn: int, class_names: Sequence[str]) -> Figure:
+    """Rows: true class; columns: predicted class (label order, negative first)."""
+    cm = np.array([[tn, fp], [fn, tp]])
+    fig, ax = plt.subplots(figsize=(4.2, 3.8))
+    ax.imshow(cm, cmap="Blues")
+    for (i, j), v in np.ndenumerate(cm):
+        ax.text(
+            j,
+            i,
+            str(v),
+            ha="center",
+            va="center",
+            fontsize=14,
+            color="white" if v > cm.max() / 2 else "black",
+        )
+    ax.set_xticks([0, 1], labels=list(class_names))
+    ax.set_yticks([0, 1], labels=list(class_names))
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("Confusion matrix")
+    return fig
+
+
+def roc_figure(labels: Sequence[int], scores: Sequence[float], auc: float) -> Figure:
+    fig, ax = plt.subplots(figsize=(4.2, 4))
+    if len(set(labels)) == 2:
+        fpr, tpr, _ = roc_points(labels, scores)
+        ax.plot(fpr, tpr, lw=2, label=f"AUC = {auc:.3f}")
+    else:
+        ax.text(0.5, 0.5, "ROC undefined: one class only", ha="center")
+    ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="chance")
+    ax.set_xlabel("1 - specificity (false positive rate)")
+    ax.set_ylabel("sensitivity (true positive rate)")
+    ax.set_title("ROC curve")
+    ax.legend(loc="lower right")
+    return fig
+
+
+def training_curves_figure(rows: Sequence[dict[str, Any]]) -> Figure:
+    """Loss and accuracy per epoch, train and validation."""
+    epochs = [int(r["epoch"]) for r in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    for key, ax in (("loss", ax1), ("acc", ax2)):
+        for split in ("train", "val"):
+            values = [float(r.get(f"{split}_{key}", "nan") or "nan") for r in rows]
+            ax.plot(epochs, values, marker="o", ms=3, label=split)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(key)
+        ax.legend()
+    if any("val_auc" in r for r in rows):
+        ax2.plot(epochs, [float(r.get("val_auc") or "nan") for r in rows], marker="o", ms=3, label="val AUC")
+        ax2.legend()
+    fig.suptitle("Training curves")
+    fig.tight_layout()
+    return fig
+
+
+def misclassified_histogram(scores: Sequence[float], labels: Sequence[int], threshold: float) -> Figure:
+    """Scores of the misclassified images (the study's Fig. 7).
+
+    Near the threshold: unsure; at the ends: confidently wrong."""
+    s, y = np.asarray(scores, float), np.asarray(labels, int)
+    wrong = (s >= threshold).astype(int) != y
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    bins = np.linspace(0, 1, 21)
+    ax.hist(s[wrong & (y == 0)], bins=bins, alpha=0.7, label=f"false positives ({int((wrong & (y == 0)).sum())})")
+    ax.hist(s[wrong & (y == 1)], bins=bins, alpha=0.7, label=f"false negatives ({int((wrong & (y == 1)).sum())})")
+    ax.axvline(threshold, color="k", ls="--", lw=1, label=f"threshold {threshold:g}")
+    ax.set_xlabel("score (probability of COVID)")
+    ax.set_ylabel("images")
+    ax.set_title(f"Scores of misclassified images ({int(wrong.sum())} of {len(s)})")
+    ax.legend()
+    return fig
+
+
+def sample_grid_figure(images: dict[str, list[tuple[str, Image.Image]]]) -> Figure:
+    """One row per class of (name, image) pairs (the study's Fig. 3 and 4)."""
+    n_cols = max(len(v) for v in images.values())
+    fig, axes = plt.subplots(len(images), n_cols, figsize=(2.6 * n_cols, 2.8 * len(images)), squeeze=False)
+    for row, (class_name, items) in enumerate(images.items()):
+        for col in range(n_cols):
+            ax = axes[row][col]
+            ax.axis("off")
+            if col < len(items):
+                name, img = items[col]
+                ax.imshow(img)
+                ax.set_title(f"{class_name}\n{name[:28]}", fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def table_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    cols = list(rows[0])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def table_text(rows: Sequence[dict[str, Any]]) -> str:
+    cols = list(rows[0])
+    cells = [[_fmt(r[c]) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
+def table_csv(rows: Sequence[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def write_table(rows: Sequence[dict[str, Any]], stem: str | Path) -> tuple[Path, Path]:
+    """stem.csv and stem.md."""
+    stem = Path(stem)
+    return write_text(stem.with_suffix(".csv"), table_csv(rows)), write_text(
+        stem.with_suffix(".md"), table_markdown(rows)
+    )
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "nan" if v != v else f"{v:.3f}"
+    return "" if v is None else str(v)

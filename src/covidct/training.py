@@ -1,0 +1,345 @@
+"""Training with PyTorch Lightning: the LightningModule, the loaders, and `train(config) -> run folder`.
+
+Lightning does the loop, early stopping, checkpointing and mixed precision; this file is the glue.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import platform
+import re
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from torch import nn
+from torch.utils.data import DataLoader
+
+from covidct import __version__
+from covidct.config import TrainConfig
+from covidct.data import ImageDataset, SplitData, eval_transform, load_splits, train_transform
+from covidct.fileio import write_json, write_text
+from covidct.metrics import binary_metrics
+from covidct.models import Preprocessing, create_model
+
+log = logging.getLogger("covidct")
+
+
+class Classifier(L.LightningModule):
+    """A backbone with a 2-class head. Its hyperparameters (saved in every checkpoint) carry the architecture,
+    preprocessing, class names and threshold, so a checkpoint is all prediction needs."""
+
+    def __init__(
+        self,
+        model_name: str,
+        preprocessing: dict[str, Any],
+        class_names: list[str],
+        lr: float = 3e-4,
+        weight_decay: float = 1e-4,
+        warmup_epochs: int = 1,
+        max_epochs: int = 30,
+        label_smoothing: float = 0.0,
+        channels_last: bool = True,
+        threshold: float = 0.5,
+        model: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["model"])
+        if model is None:  # rebuilt from a checkpoint: architecture only, the weights follow
+            model, _ = create_model(model_name, pretrained=False)
+        self.model = model.to(memory_format=torch.channels_last) if channels_last else model
+        self._val_scores: list[torch.Tensor] = []
+        self._val_labels: list[torch.Tensor] = []
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing.from_dict(self.hparams.preprocessing)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.model(x)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        logits = self(batch["image"])
+        loss = F.cross_entropy(logits, batch["label"], label_smoothing=self.hparams.label_smoothing)
+        acc = (logits.argmax(1) == batch["label"]).float().mean()
+        n = len(batch["label"])
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
+        self.log("train_acc", acc, on_step=False, on_epoch=True, batch_size=n)
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        logits = self(batch["image"]).float()
+        loss = F.cross_entropy(logits, batch["label"])
+        self.log("val_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch["label"]))
+        self._val_scores.append(logits.softmax(1)[:, 1].detach().cpu())
+        self._val_labels.append(batch["label"].detach().cpu())
+
+    def on_validation_epoch_end(self) -> None:
+        scores = torch.cat(self._val_scores).numpy()
+        labels = torch.cat(self._val_labels).numpy()
+        self._val_scores.clear()
+        self._val_labels.clear()
+        m = binary_metrics(labels, scores, self.hparams.threshold)
+        self.log("val_acc", m.accuracy, prog_bar=True)
+        # AUC is NaN when a (tiny) validation set holds one class; log 0.5, the chance level, instead.
+        self.log("val_auc", m.auc if not math.isnan(m.auc) else 0.5, prog_bar=True)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        optimizer = torch.optim.AdamW(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+
+        def factor(epoch: int) -> float:  # linear warm-up, then cosine decay to zero over max_epochs
+            if epoch < hp.warmup_epochs:
+                return (epoch + 1) / (hp.warmup_epochs + 1)
+            progress = (epoch - hp.warmup_epochs) / max(1, hp.max_epochs - hp.warmup_epochs)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+
+class EpochHistory(Callback):
+    """One CSV row per epoch (train and validation metrics, learning rate, seconds), rewritten atomically."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rows: list[dict[str, Any]] = []
+        self._start = time.perf_counter()
+        self._lr = float("nan")
+
+    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._start = time.perf_counter()
+        self._lr = trainer.optimizers[0].param_groups[0]["lr"]  # the scheduler steps before epoch end
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        row = {"epoch": trainer.current_epoch + 1}
+        for key in ("train_loss", "train_acc", "val_loss", "val_acc", "val_auc"):
+            row[key] = round(metrics.get(key, float("nan")), 6)
+        row["lr"] = self._lr
+        row["seconds"] = round(time.perf_counter() - self._start, 2)
+        self.rows.append(row)
+        write_text(self.path, _csv_text(self.rows))
+        log.info("epoch %d: %s", row["epoch"], {k: v for k, v in row.items() if k != "epoch"})
+
+
+def _csv_text(rows: list[dict[str, Any]]) -> str:
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def cpu_has_fast_bf16() -> bool:
+    """AMX or AVX512-BF16: where bf16 autocast pays on CPU (measured: benchmarks/RESULTS.md)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return bool(re.search(r"\b(amx_bf16|avx512_bf16)\b", flags))
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """'auto' -> bf16-mixed on GPUs that support it and on CPUs with fast bf16, else 32-bit."""
+    if precision != "auto":
+        return precision
+    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "bf16-mixed" if cpu_has_fast_bf16() else "32"
+
+
+def resolve_workers(num_workers: int) -> int:
+    return min(2, os.cpu_count() or 1) if num_workers < 0 else num_workers
+
+
+def build_datasets(config: TrainConfig, data: SplitData, pre: Preprocessing) -> tuple[ImageDataset, ImageDataset]:
+    train_tf = train_transform(pre.mean, pre.std, pre.input_size, pre.resize)
+    val_tf = eval_transform(pre.mean, pre.std, pre.input_size)
+    train_ds = ImageDataset(data.splits["train"], train_tf, cache=config.cache_images)
+    val_ds = ImageDataset(data.splits["val"], val_tf, cache=config.cache_images)
+    return train_ds, val_ds
+
+
+def make_loader(ds: ImageDataset, batch_size: int, shuffle: bool, num_workers: int) -> DataLoader:
+    return DataLoader(
+        ds,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        pin_memory=torch.cuda.is_available(),
+        drop_last=shuffle and len(ds) > batch_size,  # no 1-image batch-norm batches
+    )
+
+
+def run_name(model: str) -> str:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}-{re.sub(r'[^A-Za-z0-9_.-]+', '-', model)}"
+
+
+def environment() -> dict[str, Any]:
+    import lightning
+    import timm
+    import torchvision
+
+    return {
+        "covidct": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "lightning": lightning.__version__,
+        "timm": timm.__version__,
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def _attach_log_file(path: Path) -> logging.Handler:
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in ("covidct", "lightning.pytorch"):
+        logging.getLogger(name).addHandler(handler)
+    logging.getLogger("covidct").setLevel(logging.INFO)
+    return handler
+
+
+def _detach_log_file(handler: logging.Handler) -> None:
+    for name in ("covidct", "lightning.pytorch"):
+        logging.getLogger(name).removeHandler(handler)
+    handler.close()
+
+
+def train(config: TrainConfig, progress: bool = True, run_dir: Path | None = None) -> Path:
+    """Train `config.model`, keep the best checkpoint on validation and the last; returns the run folder.
+
+    Everything that can fail on bad input (data, model name, weights, images) is checked before the run folder
+    is created, so a failed start leaves nothing behind.
+    """
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    data = load_splits(config.data_dir, config.data_csv, config.seed)
+    if len(data.class_names) != 2:
+        from covidct.errors import DataError
+
+        raise DataError(f"covidct trains binary classifiers; the data has classes {list(data.class_names)}")
+    model, pre = create_model(config.model, config.pretrained, config.weights)
+    train_ds, val_ds = build_datasets(config, data, pre)
+    if config.cache_images:
+        train_ds.preload(progress)
+        val_ds.preload(progress)
+
+    run_dir = Path(run_dir) if run_dir else Path(config.out) / run_name(config.model)
+    run_dir.mkdir(parents=True, exist_ok=False)
+    write_text(run_dir / "config.yaml", config.to_yaml())
+    handler = _attach_log_file(run_dir / "train.log")
+    try:
+        return _fit(config, data, model, pre, train_ds, val_ds, run_dir, progress)
+    finally:
+        _detach_log_file(handler)
+
+
+def _fit(
+    config: TrainConfig,
+    data: SplitData,
+    model: nn.Module,
+    pre: Preprocessing,
+    train_ds: ImageDataset,
+    val_ds: ImageDataset,
+    run_dir: Path,
+    progress: bool,
+) -> Path:
+    precision = resolve_precision(config.precision, config.accelerator)
+    workers = resolve_workers(config.num_workers)
+    log.info("run %s: model %s, precision %s, %d loader workers", run_dir, config.model, precision, workers)
+    log.info("data: %s %s", data.source, data.counts())
+    module = Classifier(
+        model_name=config.model,
+        preprocessing=pre.to_dict(),
+        class_names=list(data.class_names),
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        warmup_epochs=config.warmup_epochs,
+        max_epochs=config.epochs,
+        label_smoothing=config.label_smoothing,
+        channels_last=config.channels_last,
+        model=model,
+    )
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="best",
+        monitor=config.monitor,
+        mode=config.monitor_mode,
+        save_last=True,
+        save_top_k=1,
+        auto_insert_metric_name=False,
+    )
+    history = EpochHistory(run_dir / "metrics.csv")
+    callbacks: list[Callback] = [
+        checkpoint,
+        EarlyStopping(monitor=config.monitor, mode=config.monitor_mode, patience=config.patience),
+        history,
+    ]
+    if progress:
+        callbacks.append(TQDMProgressBar(leave=True))
+    trainer = L.Trainer(
+        max_epochs=config.epochs,
+        accelerator=config.accelerator,
+        devices=1,
+        precision=precision,
+        callbacks=callbacks,
+        logger=False,
+        default_root_dir=run_dir,
+        num_sanity_val_steps=0,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        deterministic=False,
+    )
+    start = time.perf_counter()
+    trainer.fit(
+        module,
+        make_loader(train_ds, config.batch_size, True, workers),
+        make_loader(val_ds, config.batch_size, False, workers),
+    )
+    wall = time.perf_counter() - start
+    best = Path(checkpoint.best_model_path)
+    best_epoch = int(torch.load(best, map_location="cpu", weights_only=False)["epoch"]) + 1 if best.is_file() else None
+    summary = {
+        "model": config.model,
+        "monitor": config.monitor,
+        "best_epoch": best_epoch,
+        "best_score": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None,
+        "epochs_run": len(history.rows),
+        "stopped_early": len(history.rows) < config.epochs,
+        "wall_time_s": round(wall, 1),
+        "seconds_per_epoch": round(float(np.mean([r["seconds"] for r in history.rows])), 2) if history.rows else None,
+        "precision": precision,
+        "loader_workers": workers,
+        "data_source": data.source,
+        "counts": data.counts(),
+        "environment": environment(),
+    }
+    write_json(run_dir / "summary.json", summary)
+    log.info(
+        "best epoch %s (%s = %s), %d epochs in %.0f s",
+        best_epoch,
+        config.monitor,
+        summary["best_score"],
+        len(history.rows),
+        wall,
+    )
+    return run_dir

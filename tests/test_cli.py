@@ -1,0 +1,106 @@
+import json
+
+import pytest
+
+from covidct.cli import build_parser, main
+
+
+def test_help_lists_every_subcommand(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for cmd in ("data", "samples", "train", "evaluate", "compare", "models"):
+        assert cmd in out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["data", "download"], ["data", "info"], ["samples"], ["train"], ["evaluate"], ["compare"], ["models"]],
+)
+def test_every_subcommand_has_help(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args([*argv, "--help"])
+    assert e.value.code == 0
+    assert "usage: covidct" in capsys.readouterr().out
+
+
+def _error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+def test_missing_data_folder(tmp_path, capsys):
+    assert main(["data", "info", "--data-dir", str(tmp_path / "nope")]) == 2
+    assert "nope does not exist" in _error(capsys)
+
+
+def test_unknown_model(tiny_dataset, tmp_path, capsys):
+    code = main(["train", "--data-dir", str(tiny_dataset), "--model", "vgg99", "--out", str(tmp_path / "r")])
+    assert code == 2 and "unknown model 'vgg99'" in _error(capsys)
+
+
+def test_bad_config_value(tiny_dataset, capsys):
+    assert main(["train", "--data-dir", str(tiny_dataset), "--epochs", "0"]) == 2
+    assert "epochs must be > 0, got 0" in _error(capsys)
+
+
+def test_weights_for_another_architecture(tiny_dataset, tmp_path, capsys):
+    import timm
+    import torch
+
+    torch.save(timm.create_model("resnet10t").state_dict(), tmp_path / "w.pth")
+    code = main(["train", "--data-dir", str(tiny_dataset), "--model", "vgg16", "--weights", str(tmp_path / "w.pth")])
+    assert code == 2 and "do not fit vgg16" in _error(capsys)
+
+
+def test_evaluate_run_without_checkpoint(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    assert main(["evaluate", str(tmp_path / "run")]) == 2
+    assert "has no checkpoint" in _error(capsys)
+
+
+def test_data_info(tiny_dataset, capsys):
+    assert main(["data", "info", "--data-dir", str(tiny_dataset)]) == 0
+    out = capsys.readouterr().out
+    assert "train" in out and "COVID" in out and "formats" in out
+    (tiny_dataset / "Images-processed" / "CT_COVID" / "covid_0.png").write_bytes(b"broken")
+    assert main(["data", "info", "--data-dir", str(tiny_dataset)]) == 1
+    assert "covid_0.png" in capsys.readouterr().out
+
+
+def test_samples_grid(tiny_dataset, tmp_path, capsys):
+    from PIL import Image
+
+    out = tmp_path / "s.png"
+    assert main(["samples", "--data-dir", str(tiny_dataset), "--n", "3", "--out", str(out)]) == 0
+    img = Image.open(out)
+    assert img.size[0] > img.size[1] > 100  # 2 rows of 3
+
+
+def test_env_data_dir(tiny_dataset, monkeypatch, capsys):
+    monkeypatch.setenv("COVIDCT_DATA_DIR", str(tiny_dataset))
+    assert main(["data", "info", "--no-images"]) == 0
+    assert str(tiny_dataset) in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_train_evaluate_compare_end_to_end(tiny_dataset, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "--data-dir", str(tiny_dataset), "--model", "timm:resnet10t", "--no-pretrained",
+            "--epochs", "1", "--batch-size", "8", "--num-workers", "0",
+            "--out", "runs", "--evaluate", "test"]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "test performance" in out and "accuracy" in out and "sensitivity" in out
+    run = next((tmp_path / "runs").iterdir())
+    metrics = json.loads((run / "eval-test" / "metrics.json").read_text())
+    assert metrics["n"] == 8
+    # a failed evaluation (bad data folder) must not damage the saved results
+    before = (run / "eval-test" / "metrics.json").read_bytes()
+    assert main(["evaluate", str(run), "--data-dir", str(tmp_path / "gone")]) == 2
+    assert (run / "eval-test" / "metrics.json").read_bytes() == before
+    assert main(["compare", str(run), "--out", "cmp"]) == 0
+    assert "timm:resnet10t" in (tmp_path / "cmp.md").read_text()
+    assert (tmp_path / "cmp.csv").read_text().startswith("run,model,epochs")

@@ -1,0 +1,73 @@
+import csv
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from covidct.errors import ModelError
+from covidct.evaluation import compare_runs, evaluate_run, find_checkpoint
+from covidct.metrics import binary_metrics
+
+
+def test_metrics_json_agrees_with_predictions_csv(trained_run):
+    result = evaluate_run(trained_run, "test")
+    out = trained_run / "eval-test"
+    saved = json.loads((out / "metrics.json").read_text())
+    rows = list(csv.DictReader((out / "predictions.csv").open()))
+    assert len(rows) == saved["n"] == 8
+    labels = [int(r["label"]) for r in rows]
+    scores = [float(r["score"]) for r in rows]
+    assert [int(r["prediction"]) for r in rows] == [int(s >= saved["threshold"]) for s in scores]
+    again = binary_metrics(labels, scores, saved["threshold"])
+    for key in ("accuracy", "sensitivity", "specificity", "tp", "tn", "fp", "fn"):
+        assert saved[key] == pytest.approx(getattr(again, key), abs=1e-6), key
+    if not math.isnan(again.auc):
+        assert saved["auc"] == pytest.approx(again.auc, abs=1e-4)
+    assert saved["tp"] + saved["tn"] + saved["fp"] + saved["fn"] == saved["n"]
+    assert result["positive_class"] == "COVID" and saved["split"] == "test"
+    assert len({r["path"] for r in rows}) == 8
+
+
+def test_figures_are_real_pngs(trained_run):
+    evaluate_run(trained_run, "val")
+    out = trained_run / "eval-val"
+    for name in ("confusion_matrix", "roc_curve", "training_curves", "misclassified_scores"):
+        img = Image.open(out / f"{name}.png")
+        arr = np.asarray(img.convert("L"))
+        assert img.size[0] > 200 and img.size[1] > 200, name
+        assert arr.std() > 5, f"{name}.png is blank"
+
+
+def test_threshold_override(trained_run, tmp_path):
+    r = evaluate_run(trained_run, "test", threshold=0.0, out_dir=tmp_path / "t0")
+    assert r["sensitivity"] == 1.0 and r["specificity"] == 0.0 and r["threshold"] == 0.0
+
+
+def test_compare(trained_run, tmp_path):
+    evaluate_run(trained_run, "test")
+    other = tmp_path / "other-run"
+    shutil.copytree(trained_run, other)
+    rows = compare_runs([trained_run, other])
+    assert [r["run"] for r in rows] == [trained_run.name, "other-run"]
+    assert rows[0]["accuracy"] == rows[1]["accuracy"]
+    with pytest.raises(ModelError, match="no val evaluation"):
+        compare_runs([tmp_path], split="val")
+
+
+def test_run_without_checkpoint(tmp_path):
+    (tmp_path / "run").mkdir()
+    with pytest.raises(ModelError, match=r"has no checkpoint checkpoints/best\.ckpt"):
+        find_checkpoint(tmp_path / "run")
+    with pytest.raises(ModelError, match="does not exist"):
+        find_checkpoint(tmp_path / "nope")
+
+
+def test_corrupt_checkpoint_is_named(trained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    (run / "checkpoints" / "best.ckpt").write_bytes(b"junk")
+    with pytest.raises(ModelError, match=r"best\.ckpt cannot be loaded"):
+        evaluate_run(run, "test")
