@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -165,7 +167,8 @@ def test_info_reports_counts_modes_and_broken_files(tiny_dataset):
     assert set(info.modes["NonCOVID"]) == {"L", "RGB"} and set(info.formats["NonCOVID"]) == {"PNG", "JPEG"}
     assert len(info.unreadable) == 1 and data.splits["test"][0].path.name in info.unreadable[0]
     text = format_info(info, data.class_names)
-    assert "differ in file format" in text and "unreadable" in text
+    assert re.search(r"warning: file format JPEG differs between classes \(NonCOVID \d+%, COVID 0%\)", text)
+    assert "colour mode RGBA differs" in text and "unreadable" in text
 
 
 @pytest.mark.realdata
