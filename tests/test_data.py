@@ -182,3 +182,17 @@ def test_real_official_split(real_data):
     assert all(p.is_file() for p in paths)  # no missing file
     info = dataset_info(data, check_images=False)
     assert not info.overlap
+
+
+def test_grayscale_and_ct_augmentation(tiny_dataset):
+    data = load_splits(tiny_dataset)
+    rgb = Image.fromarray(np.dstack([np.full((30, 30), v, np.uint8) for v in (200, 50, 10)]))
+    gray = eval_transform((0.5,) * 3, (0.5,) * 3, 16, grayscale=True)(rgb)
+    assert torch.equal(gray[0], gray[1]) and torch.equal(gray[1], gray[2])
+    colour = eval_transform((0.5,) * 3, (0.5,) * 3, 16)(rgb)
+    assert not torch.equal(colour[0], colour[1])
+    tf = train_transform((0.5,) * 3, (0.5,) * 3, 32, 36, grayscale=True, augment="ct")
+    x = ImageDataset(data.splits["train"], tf)[0]["image"]
+    assert x.shape == (3, 32, 32) and torch.equal(x[0], x[2])
+    with pytest.raises(ValueError, match="augment must be one of"):
+        train_transform((0.5,) * 3, (0.5,) * 3, augment="heavy")

@@ -52,7 +52,7 @@ def cmd_samples(args: argparse.Namespace) -> int:
 
 TRAIN_FLAGS = (
     "model", "epochs", "lr", "batch_size", "patience", "seed", "out", "monitor", "weights", "precision",
-    "num_workers", "weight_decay", "label_smoothing", "warmup_epochs", "data_csv", "accelerator",
+    "num_workers", "weight_decay", "label_smoothing", "warmup_epochs", "data_csv", "accelerator", "augment",
 )  # fmt: skip
 
 
@@ -68,6 +68,8 @@ def train_config(args: argparse.Namespace) -> Any:
     values.update({k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None})
     if args.no_pretrained:
         values["pretrained"] = False
+    if args.grayscale is not None:
+        values["grayscale"] = args.grayscale
     if args.no_cache:
         values["cache_images"] = False
     if args.no_channels_last:
@@ -166,6 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--warmup-epochs", type=int)
     p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--augment", choices=["study", "ct"], help="study: crop+flip; ct: + affine, brightness/contrast")
+    p.add_argument(
+        "--grayscale", action=argparse.BooleanOptionalAction, help="every image to grey first (removes colour mode)"
+    )
     p.add_argument("--no-cache", action="store_true", help="decode images from disk every epoch")
     p.add_argument("--no-channels-last", action="store_true")
     p.add_argument("--evaluate", metavar="SPLIT", help="then evaluate the best checkpoint on SPLIT (e.g. test)")

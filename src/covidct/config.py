@@ -40,6 +40,8 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup_epochs: int = 1
     label_smoothing: float = 0.0
+    grayscale: bool = False  # every image to grey before the model: removes colour mode as a shortcut
+    augment: str = "study"  # study: crop + flip; ct: also small affine and brightness/contrast jitter
     patience: int = 10
     monitor: str = "val_acc"  # the study chose the best model on validation accuracy
     seed: int = 42
@@ -64,6 +66,8 @@ class TrainConfig:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
         if self.monitor not in MONITORS:
             raise ConfigError(f"monitor must be one of {sorted(MONITORS)}, got {self.monitor!r}")
+        if self.augment not in ("study", "ct"):
+            raise ConfigError(f"augment must be 'study' or 'ct', got {self.augment!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
 

@@ -98,7 +98,7 @@ def evaluate_run(
         raise DataError(f"split must be one of {list(data.splits)}, got {split!r}")
     module = load_classifier(ckpt)
     pre = module.preprocessing
-    dataset = ImageDataset(data.splits[split], eval_transform(pre.mean, pre.std, pre.input_size))
+    dataset = ImageDataset(data.splits[split], eval_transform(pre.mean, pre.std, pre.input_size, pre.grayscale))
     paths, labels, scores = predict_scores(module, dataset)
     threshold = float(module.hparams.threshold if threshold is None else threshold)
     metrics = binary_metrics(labels, scores, threshold)

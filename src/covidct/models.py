@@ -32,13 +32,16 @@ class Preprocessing:
     std: tuple[float, float, float] = IMAGENET_STD
     input_size: int = 224
     resize: int = 256  # shorter side before the random crop, as in the study
+    grayscale: bool = False  # every image to grey (3 equal channels) before normalisation
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
-        return cls(tuple(d["mean"]), tuple(d["std"]), int(d["input_size"]), int(d["resize"]))
+        return cls(
+            tuple(d["mean"]), tuple(d["std"]), int(d["input_size"]), int(d["resize"]), bool(d.get("grayscale", False))
+        )
 
 
 def available_models() -> list[str]:

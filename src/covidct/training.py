@@ -6,6 +6,7 @@ Lightning does the loop, early stopping, checkpointing and mixed precision; this
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 import math
 import os
@@ -167,8 +168,8 @@ def resolve_workers(num_workers: int) -> int:
 
 
 def build_datasets(config: TrainConfig, data: SplitData, pre: Preprocessing) -> tuple[ImageDataset, ImageDataset]:
-    train_tf = train_transform(pre.mean, pre.std, pre.input_size, pre.resize)
-    val_tf = eval_transform(pre.mean, pre.std, pre.input_size)
+    train_tf = train_transform(pre.mean, pre.std, pre.input_size, pre.resize, pre.grayscale, config.augment)
+    val_tf = eval_transform(pre.mean, pre.std, pre.input_size, pre.grayscale)
     train_ds = ImageDataset(data.splits["train"], train_tf, cache=config.cache_images)
     val_ds = ImageDataset(data.splits["val"], val_tf, cache=config.cache_images)
     return train_ds, val_ds
@@ -238,6 +239,7 @@ def train(config: TrainConfig, progress: bool = True, run_dir: Path | None = Non
 
         raise DataError(f"covidct trains binary classifiers; the data has classes {list(data.class_names)}")
     model, pre = create_model(config.model, config.pretrained, config.weights)
+    pre = dataclasses.replace(pre, grayscale=config.grayscale)  # stored in the checkpoint with the rest
     train_ds, val_ds = build_datasets(config, data, pre)
     if config.cache_images:
         train_ds.preload(progress)
