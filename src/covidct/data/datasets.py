@@ -1,0 +1,235 @@
+"""Where samples come from (the official COVID-CT layout, class-per-folder trees, a CSV) and the Dataset.
+
+Labels follow the study: non-COVID = 0, COVID = 1 (COVID is the positive class for sensitivity).
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from covidct.data.images import IMAGE_SUFFIXES, load_rgb
+from covidct.errors import DataError
+
+CLASS_NAMES = ("NonCOVID", "COVID")
+SPLITS = ("train", "val", "test")
+OFFICIAL_COUNTS = {
+    "train": {"NonCOVID": 234, "COVID": 191},
+    "val": {"NonCOVID": 58, "COVID": 60},
+    "test": {"NonCOVID": 105, "COVID": 98},
+}
+# Fractions for users' data that comes without a split column or split folders.
+DEFAULT_FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
+_NEGATIVE_WORDS = ("non", "normal", "negative", "healthy", "control")
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    label: int
+
+
+@dataclass
+class SplitData:
+    """The samples of each split, the class names (index = label) and where they came from."""
+
+    splits: dict[str, list[Sample]]
+    class_names: tuple[str, ...]
+    source: str
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        return {
+            split: {name: sum(s.label == i for s in samples) for i, name in enumerate(self.class_names)}
+            for split, samples in self.splits.items()
+        }
+
+
+def official_image_dir(root: Path, class_name: str) -> Path:
+    return root / "Images-processed" / f"CT_{class_name}"
+
+
+def official_split_file(root: Path, class_name: str, split: str) -> Path:
+    return root / "Data-split" / class_name / f"{split}CT_{class_name}.txt"
+
+
+def is_official_layout(root: Path) -> bool:
+    return (root / "Images-processed").is_dir() and (root / "Data-split").is_dir()
+
+
+def read_split_file(path: Path) -> list[str]:
+    """File names listed one per line; blank lines and surrounding spaces ignored."""
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except FileNotFoundError:
+        raise DataError(f"split file {path} does not exist") from None
+    return [line.strip() for line in lines if line.strip()]
+
+
+def read_official_split(root: Path, split: str, check_files: bool = True) -> list[Sample]:
+    """Samples of one official split; every file named in it must exist."""
+    samples: list[Sample] = []
+    for label, class_name in enumerate(CLASS_NAMES):
+        split_file = official_split_file(root, class_name, split)
+        image_dir = official_image_dir(root, class_name)
+        names = read_split_file(split_file)
+        paths = [image_dir / name for name in names]
+        missing = [p.name for p in paths if check_files and not p.is_file()]
+        if missing:
+            shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+            raise DataError(
+                f"split file {split_file} names {len(missing)} file(s) missing from {image_dir}: {shown}"
+            )
+        samples += [Sample(p, label) for p in paths]
+    return samples
+
+
+def class_order(names: Sequence[str]) -> tuple[str, ...]:
+    """Class names in label order: for two classes the negative one (non/normal/healthy...) is 0."""
+    names = sorted(set(names))
+    if len(names) == 2:
+        negative = [n for n in names if any(w in n.lower() for w in _NEGATIVE_WORDS)]
+        if len(negative) == 1:
+            return (negative[0], next(n for n in names if n != negative[0]))
+    return tuple(names)
+
+
+def stratified_split(samples: list[Sample], seed: int, fractions: dict[str, float] | None = None) -> dict:
+    """Split samples into train/val/test per class, reproducibly for a given seed."""
+    fractions = fractions or DEFAULT_FRACTIONS
+    by_label: dict[int, list[Sample]] = defaultdict(list)
+    for s in sorted(samples, key=lambda s: str(s.path)):
+        by_label[s.label].append(s)
+    out: dict[str, list[Sample]] = {split: [] for split in SPLITS}
+    rng = random.Random(seed)
+    for label in sorted(by_label):
+        group = by_label[label]
+        rng.shuffle(group)
+        n_val = max(1, round(len(group) * fractions["val"]))
+        n_test = max(1, round(len(group) * fractions["test"]))
+        out["val"] += group[:n_val]
+        out["test"] += group[n_val : n_val + n_test]
+        out["train"] += group[n_val + n_test :]
+    return out
+
+
+def folder_splits(root: Path, seed: int) -> SplitData:
+    """root/<split>/<class>/* if split folders exist, else root/<class>/* split at random by seed."""
+    if all((root / split).is_dir() for split in SPLITS):
+        class_names = class_order([d.name for d in (root / "train").iterdir() if d.is_dir()])
+        splits = {split: _folder_samples(root / split, class_names) for split in SPLITS}
+        return SplitData(splits, class_names, f"folders {root}/<split>/<class>")
+    class_names = class_order([d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")])
+    samples = _folder_samples(root, class_names)
+    return SplitData(stratified_split(samples, seed), class_names, f"folders {root}/<class> (seeded split)")
+
+
+def _folder_samples(root: Path, class_names: Sequence[str]) -> list[Sample]:
+    samples = []
+    for label, name in enumerate(class_names):
+        folder = root / name
+        if not folder.is_dir():
+            raise DataError(f"class folder {folder} does not exist (classes: {list(class_names)})")
+        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        samples += [Sample(p, label) for p in files]
+    return samples
+
+
+def csv_splits(csv_path: Path, seed: int) -> SplitData:
+    """A CSV with header path,label[,split]; relative paths are relative to the CSV's folder."""
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.DictReader(f))
+    except FileNotFoundError:
+        raise DataError(f"data CSV {csv_path} does not exist") from None
+    if not rows or not {"path", "label"} <= set(rows[0]):
+        raise DataError(f"data CSV {csv_path} needs a header with columns path,label[,split]")
+    class_names = class_order([r["label"].strip() for r in rows])
+    index = {name: i for i, name in enumerate(class_names)}
+    has_split = "split" in rows[0]
+    splits: dict[str, list[Sample]] = {split: [] for split in SPLITS}
+    unsplit: list[Sample] = []
+    for line, row in enumerate(rows, start=2):
+        path = Path(row["path"].strip())
+        path = path if path.is_absolute() else csv_path.parent / path
+        sample = Sample(path, index[row["label"].strip()])
+        split = (row.get("split") or "").strip()
+        if has_split and split:
+            if split not in SPLITS:
+                raise DataError(f"data CSV {csv_path} line {line}: split must be one of {SPLITS}, got {split!r}")
+            splits[split].append(sample)
+        else:
+            unsplit.append(sample)
+    if unsplit:
+        for split, samples in stratified_split(unsplit, seed).items():
+            splits[split] += samples
+    return SplitData(splits, class_names, f"csv {csv_path}")
+
+
+def load_splits(data_dir: str | Path, data_csv: str | Path | None = None, seed: int = 42) -> SplitData:
+    """Find the data: a CSV if given, else the official layout, else class-per-folder trees."""
+    if data_csv:
+        return csv_splits(Path(data_csv), seed)
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise DataError(
+            f"data folder {root} does not exist. Point --data-dir (or COVIDCT_DATA_DIR) at the COVID-CT "
+            f"dataset, or download it with: covidct data download --dest {root}"
+        )
+    if is_official_layout(root):
+        splits = {split: read_official_split(root, split) for split in SPLITS}
+        return SplitData(splits, CLASS_NAMES, f"COVID-CT official split {root}")
+    if any(d.is_dir() for d in root.iterdir()):
+        return folder_splits(root, seed)
+    raise DataError(
+        f"data folder {root} is neither the COVID-CT layout (Images-processed/ + Data-split/) nor "
+        "class-per-folder images; see README 'Your own data'"
+    )
+
+
+class ImageDataset(Dataset):
+    """Items are dicts {image, label, path}, as in the study. With cache=True every image is decoded once."""
+
+    def __init__(self, samples: Sequence[Sample], transform: Callable | None = None, cache: bool = False):
+        self.samples = list(samples)
+        self.transform = transform
+        self.cache = cache
+        self._images: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def preload(self, progress: bool = False) -> None:
+        """Decode every image now (shared by forked loader workers); list every unreadable file at once."""
+        from tqdm.auto import tqdm
+
+        bad = []
+        for i in tqdm(range(len(self)), desc="decoding images", disable=not progress, leave=False):
+            try:
+                self._images[i] = np.asarray(load_rgb(self.samples[i].path))
+            except DataError as e:
+                bad.append(str(e))
+        if bad:
+            raise DataError(f"{len(bad)} image(s) cannot be used:\n  " + "\n  ".join(bad))
+
+    def image(self, i: int) -> Image.Image:
+        if i in self._images:
+            return Image.fromarray(self._images[i])
+        img = load_rgb(self.samples[i].path)
+        if self.cache:
+            self._images[i] = np.asarray(img)
+        return img
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        img = self.image(i)
+        image = self.transform(img) if self.transform else torch.from_numpy(np.asarray(img).copy())
+        return {"image": image, "label": self.samples[i].label, "path": str(self.samples[i].path)}

@@ -1,0 +1,43 @@
+"""Reading any image file into 3-channel 8-bit RGB, whatever its mode (L, RGB, RGBA, P, 16-bit)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from covidct.errors import DataError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any PIL image to 8-bit RGB.
+
+    16-bit and float images are rescaled min-max to 0-255 (PIL's own convert would clip them);
+    transparent images are laid over black, the background of a CT slice.
+    """
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float32)
+        lo, hi = float(arr.min()), float(arr.max())
+        scaled = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+        img = Image.fromarray(scaled.round().astype(np.uint8))
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img.convert("RGB")
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Decode an image file fully into RGB; a missing, unreadable or truncated file raises DataError."""
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img.load()  # decode now, so a truncated file fails here and not in a worker later
+            return to_rgb(img)
+    except FileNotFoundError:
+        raise DataError(f"image file {path} does not exist") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"image file {path} cannot be read ({type(e).__name__}: {e})") from None
