@@ -86,9 +86,7 @@ def read_official_split(root: Path, split: str, check_files: bool = True) -> lis
         missing = [p.name for p in paths if check_files and not p.is_file()]
         if missing:
             shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
-            raise DataError(
-                f"split file {split_file} names {len(missing)} file(s) missing from {image_dir}: {shown}"
-            )
+            raise DataError(f"split file {split_file} names {len(missing)} file(s) missing from {image_dir}: {shown}")
         samples += [Sample(p, label) for p in paths]
     return samples
 
