@@ -27,7 +27,8 @@ def test_checkpoint_carries_architecture_preprocessing_classes_threshold(trained
     hp = ckpt["hyper_parameters"]
     assert hp["model_name"] == "timm:resnet10t"
     assert hp["class_names"] == ["NonCOVID", "COVID"] and hp["threshold"] == 0.5
-    assert set(hp["preprocessing"]) == {"mean", "std", "input_size", "resize"}
+    assert set(hp["preprocessing"]) == {"mean", "std", "input_size", "resize", "grayscale"}
+    assert hp["preprocessing"]["grayscale"] is True  # the default recipe
     module = Classifier.load_from_checkpoint(trained_run / "checkpoints" / "best.ckpt", map_location="cpu")
     assert module.preprocessing.input_size == hp["preprocessing"]["input_size"]
     # the best checkpoint is the epoch with the best validation accuracy (first of ties)
