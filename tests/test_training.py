@@ -82,3 +82,19 @@ def test_training_learns_the_synthetic_signal(tmp_path):
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     assert max(float(r["val_auc"]) for r in rows) >= 0.8
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+
+
+def test_ema_checkpoint_holds_the_averaged_weights(tmp_path, tiny_dataset):
+    run = train(
+        TrainConfig(model="timm:resnet10t", data_dir=str(tiny_dataset), pretrained=False, epochs=2, batch_size=8,
+                    num_workers=0, out=str(tmp_path / "runs"), ema_decay=0.9),
+        progress=False,
+    )  # fmt: skip
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    averaged, current = ckpt["state_dict"], ckpt["current_model_state"]
+    key = "model.fc.weight"
+    assert averaged[key].shape == current[key].shape
+    assert not torch.equal(averaged[key], current[key])  # the EMA lags the raw weights
+    from covidct.evaluation import evaluate_run
+
+    assert evaluate_run(run, "val")["n"] == 8

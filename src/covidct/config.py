@@ -45,6 +45,7 @@ class TrainConfig:
     grayscale: bool = True  # every image to grey before the model: removes colour mode as a shortcut
     augment: str = "ct"  # study: crop + flip; ct: also small affine and brightness/contrast jitter
     patience: int = 10
+    ema_decay: float = 0.0  # > 0: validate and checkpoint an exponential moving average of the weights
     monitor: str = "val_acc"  # the study chose the best model on validation accuracy
     seed: int = 42
     precision: str = "auto"  # auto: bf16-mixed on CPUs with AMX/AVX512-BF16 and on GPUs, else 32
@@ -66,6 +67,8 @@ class TrainConfig:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
         if self.monitor not in MONITORS:
             raise ConfigError(f"monitor must be one of {sorted(MONITORS)}, got {self.monitor!r}")
         if self.augment not in ("study", "ct"):

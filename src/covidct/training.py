@@ -21,7 +21,13 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import (
+    Callback,
+    EarlyStopping,
+    EMAWeightAveraging,
+    ModelCheckpoint,
+    TQDMProgressBar,
+)
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -296,6 +302,9 @@ def _fit(
         EarlyStopping(monitor=config.monitor, mode=config.monitor_mode, patience=config.patience),
         history,
     ]
+    if config.ema_decay > 0:
+        # Lightning swaps the averaged weights in for validation and saves them as the checkpoint's state_dict.
+        callbacks.append(EMAWeightAveraging(decay=config.ema_decay))
     if progress:
         callbacks.append(TQDMProgressBar(leave=True))
     trainer = L.Trainer(
