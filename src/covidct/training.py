@@ -13,6 +13,7 @@ import os
 import platform
 import re
 import time
+import warnings
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,18 @@ from covidct.metrics import binary_metrics
 from covidct.models import Preprocessing, create_model
 
 log = logging.getLogger("covidct")
+
+
+def _quiet_lightning() -> None:
+    """Drop Lightning's advertisement for its cloud logger and an internal deprecation warning of its own:
+    neither is something a covidct user can act on."""
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda record: "litlogger" not in record.getMessage()
+    )
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=Warning)
+
+
+_quiet_lightning()
 
 
 class Classifier(L.LightningModule):
