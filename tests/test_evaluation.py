@@ -71,3 +71,12 @@ def test_corrupt_checkpoint_is_named(trained_run, tmp_path):
     (run / "checkpoints" / "best.ckpt").write_bytes(b"junk")
     with pytest.raises(ModelError, match=r"best\.ckpt cannot be loaded"):
         evaluate_run(run, "test")
+
+
+def test_config_differences():
+    from covidct.evaluation import config_differences
+
+    a = {"model": "vgg16", "lr": 1e-3, "out": "x", "seed": 1}
+    b = {"model": "vgg19_bn", "lr": 1e-3, "out": "y", "seed": 1}
+    assert config_differences([a, b]) == ["model=vgg16", "model=vgg19_bn"]
+    assert config_differences([a, a]) == ["", ""]

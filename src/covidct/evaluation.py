@@ -172,7 +172,29 @@ def compare_runs(run_dirs: list[str | Path], split: str = "test") -> list[dict[s
                 "auc": _num(m["auc"]),
             }
         )
+    configs = [_config_or_empty(Path(r)) for r in run_dirs]
+    for row, diff in zip(rows, config_differences(configs)):
+        row["settings"] = diff
     return rows
+
+
+def _config_or_empty(run: Path) -> dict[str, Any]:
+    """The config as saved: raw, so a field that an older version did not have shows as missing, not as
+    today's default."""
+    import yaml
+
+    path = run / "config.yaml"
+    data = yaml.safe_load(path.read_text()) if path.is_file() else {}
+    return data if isinstance(data, dict) else {}
+
+
+def config_differences(
+    configs: list[dict[str, Any]], ignore: tuple[str, ...] = ("out", "data_dir", "extra")
+) -> list[str]:
+    """For each config, 'key=value' for the settings that are not the same in all of them."""
+    keys = sorted({k for c in configs for k in c} - set(ignore))
+    varying = [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
+    return [", ".join(f"{k}={c.get(k)}" for k in varying) for c in configs]
 
 
 def _num(v: Any) -> float:
