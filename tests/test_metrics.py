@@ -76,3 +76,27 @@ def test_bad_inputs_are_named():
         binary_metrics([0, 1], [0.5])
     with pytest.raises(ValueError, match="0 or 1"):
         binary_metrics([0, 2], [0.5, 0.5])
+
+
+def test_youden_threshold_hand_case():
+    from covidct.metrics import youden_threshold
+
+    # at 0.6: sens 2/3, spec 3/4 -> J = 0.417; at 0.3: sens 1, spec 2/4 -> J = 0.5; at 0.8: 1/3 + 3/4 ... = 0.083
+    labels = [1, 1, 1, 0, 0, 0, 0]
+    scores = [0.9, 0.6, 0.3, 0.8, 0.4, 0.2, 0.1]
+    t = youden_threshold(labels, scores)
+    assert t == pytest.approx(0.3)
+    m = binary_metrics(labels, scores, t)
+    assert m.sensitivity + m.specificity - 1 == pytest.approx(0.5)
+
+
+def test_threshold_for_sensitivity():
+    from covidct.metrics import threshold_for_sensitivity
+
+    labels = [1, 1, 1, 1, 0, 0, 0, 0]
+    scores = [0.9, 0.8, 0.5, 0.2, 0.7, 0.3, 0.1, 0.05]
+    assert threshold_for_sensitivity(labels, scores, 0.75) == pytest.approx(0.5)
+    assert threshold_for_sensitivity(labels, scores, 1.0) == pytest.approx(0.2)
+    assert binary_metrics(labels, scores, 0.2).sensitivity == 1.0
+    with pytest.raises(ValueError, match="min_sensitivity"):
+        threshold_for_sensitivity(labels, scores, 0)

@@ -101,3 +101,25 @@ def binary_metrics(labels: ArrayLike, scores: ArrayLike, threshold: float = 0.5)
         n=int(y.size),
         threshold=float(threshold),
     )
+
+
+def youden_threshold(labels: ArrayLike, scores: ArrayLike) -> float:
+    """The threshold maximising Youden's J = sensitivity + specificity - 1 (the highest one among ties).
+
+    Meant for validation scores; the threshold is then applied unchanged to the test split."""
+    y, s = _as_arrays(labels, scores)
+    fpr, tpr, thresholds = roc_curve(y, s, drop_intermediate=False)
+    finite = np.isfinite(thresholds)
+    j = np.where(finite, tpr - fpr, -np.inf)
+    return float(thresholds[int(np.argmax(j))])  # argmax takes the first = highest threshold among ties
+
+
+def threshold_for_sensitivity(labels: ArrayLike, scores: ArrayLike, min_sensitivity: float = 0.95) -> float:
+    """The highest threshold whose sensitivity is at least `min_sensitivity` (so specificity is as high as it
+    can be under that constraint)."""
+    if not 0 < min_sensitivity <= 1:
+        raise ValueError(f"min_sensitivity must be in (0, 1], got {min_sensitivity!r}")
+    y, s = _as_arrays(labels, scores)
+    _, tpr, thresholds = roc_curve(y, s, drop_intermediate=False)
+    ok = np.flatnonzero((tpr >= min_sensitivity) & np.isfinite(thresholds))
+    return float(thresholds[ok[0]])  # thresholds decrease along the curve: the first that qualifies is highest
