@@ -80,3 +80,29 @@ def test_config_differences():
     b = {"model": "vgg19_bn", "lr": 1e-3, "out": "y", "seed": 1}
     assert config_differences([a, b]) == ["model=vgg16", "model=vgg19_bn"]
     assert config_differences([a, a]) == ["", ""]
+
+
+def test_intervals_and_operating_points_chosen_on_validation(trained_run, tmp_path):
+    from covidct.metrics import threshold_for_sensitivity, youden_threshold
+
+    r = evaluate_run(trained_run, "test", out_dir=tmp_path / "e", n_bootstrap=200, min_sensitivity=0.9)
+    saved = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert saved["bootstrap"]["resamples"] == 200
+    for name in ("accuracy", "sensitivity", "specificity"):
+        lo, hi = saved["ci95"][name]["wilson"]
+        assert lo <= saved[name] <= hi
+    assert set(saved["ci95"]["auc"]) >= {"delong", "bootstrap"}
+    val = list(csv.DictReader((tmp_path / "e" / "val_predictions.csv").open()))
+    vy, vs = [int(v["label"]) for v in val], [float(v["score"]) for v in val]
+    points = {p["name"]: p for p in r["operating_points"]}
+    assert points["default"]["threshold"] == 0.5
+    if len(set(vy)) == 2:
+        assert points["youden"]["threshold"] == pytest.approx(youden_threshold(vy, vs), abs=1e-5)
+        assert points["sensitivity>=0.9"]["threshold"] == pytest.approx(
+            threshold_for_sensitivity(vy, vs, 0.9), abs=1e-5
+        )
+    rows = list(csv.DictReader((tmp_path / "e" / "predictions.csv").open()))
+    y, s = [int(v["label"]) for v in rows], [float(v["score"]) for v in rows]
+    for p in r["operating_points"]:
+        again = binary_metrics(y, s, p["threshold"])
+        assert (p["tp"], p["fp"]) == (again.tp, again.fp)

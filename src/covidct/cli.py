@@ -86,20 +86,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     run_dir = train(config, progress=_progress())
     print(f"run folder: {run_dir}")
     if args.evaluate:
-        _evaluate_and_print(run_dir, args.evaluate, "best", None, None, None)
+        _evaluate_and_print(run_dir, args.evaluate, "best", None, None, None, 2000, 0.95)
     return 0
 
 
-def _evaluate_and_print(run_dir: Path, split: str, checkpoint: str, data_dir: Any, threshold: Any, out: Any) -> None:
+def _evaluate_and_print(
+    run_dir: Path, split: str, checkpoint: str, data_dir: Any, threshold: Any, out: Any, n_boot: int, min_sens: float
+) -> None:
     from covidct.evaluation import evaluate_run, metrics_table
 
-    result = evaluate_run(run_dir, split, checkpoint, data_dir, threshold, out)
+    result = evaluate_run(run_dir, split, checkpoint, data_dir, threshold, out, n_boot, min_sens)
     print(metrics_table(result))
     print(f"wrote metrics, predictions and figures to {Path(out) if out else Path(run_dir) / f'eval-{split}'}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    _evaluate_and_print(args.run_dir, args.split, args.checkpoint, args.data_dir, args.threshold, args.out)
+    _evaluate_and_print(
+        args.run_dir, args.split, args.checkpoint, args.data_dir, args.threshold, args.out,
+        args.bootstrap, args.min_sensitivity,
+    )  # fmt: skip
     return 0
 
 
@@ -186,6 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="override the data folder recorded in the run's config")
     p.add_argument("--threshold", type=float, help="decision threshold (default: the model's, 0.5)")
     p.add_argument("--out", help="output folder (default RUN_DIR/eval-SPLIT)")
+    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the intervals (0: none)")
+    p.add_argument(
+        "--min-sensitivity", type=float, default=0.95, help="the 'sensitivity at least S' operating point (on val)"
+    )
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("compare", help="evaluated runs side by side (screen, CSV and Markdown)")

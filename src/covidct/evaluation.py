@@ -15,7 +15,7 @@ from covidct.config import TrainConfig
 from covidct.data import ImageDataset, eval_transform, load_splits
 from covidct.errors import CovidCTError, DataError, ModelError
 from covidct.fileio import write_json, write_text
-from covidct.metrics import binary_metrics, predict
+from covidct.metrics import binary_metrics, predict, threshold_for_sensitivity, youden_threshold
 from covidct.reporting import (
     confusion_matrix_figure,
     misclassified_histogram,
@@ -24,6 +24,7 @@ from covidct.reporting import (
     table_text,
     training_curves_figure,
 )
+from covidct.statistics import bootstrap_intervals, delong_interval, wilson_interval
 from covidct.training import Classifier, _csv_text
 
 
@@ -85,8 +86,14 @@ def evaluate_run(
     data_dir: str | Path | None = None,
     threshold: float | None = None,
     out_dir: str | Path | None = None,
+    n_bootstrap: int = 2000,
+    min_sensitivity: float = 0.95,
+    seed: int = 0,
 ) -> dict[str, Any]:
-    """Score every image of `split` with the run's checkpoint; write metrics, predictions and figures."""
+    """Score every image of `split` with the run's checkpoint; write metrics, predictions and figures.
+
+    Besides the metrics at the model's threshold, metrics.json holds 95% intervals and the operating points
+    chosen on the validation split (Youden's J, sensitivity >= min_sensitivity), applied unchanged to `split`."""
     run_dir = Path(run_dir)
     ckpt = find_checkpoint(run_dir, checkpoint)
     config_path = run_dir / "config.yaml"
@@ -98,11 +105,19 @@ def evaluate_run(
         raise DataError(f"split must be one of {list(data.splits)}, got {split!r}")
     module = load_classifier(ckpt)
     pre = module.preprocessing
-    dataset = ImageDataset(data.splits[split], eval_transform(pre.mean, pre.std, pre.input_size, pre.grayscale))
-    paths, labels, scores = predict_scores(module, dataset)
+    transform = eval_transform(pre.mean, pre.std, pre.input_size, pre.grayscale)
+    paths, labels, scores = predict_scores(module, ImageDataset(data.splits[split], transform))
+    if split == "val":
+        val_paths, val_labels, val_scores = paths, labels, scores
+    else:
+        val_paths, val_labels, val_scores = predict_scores(module, ImageDataset(data.splits["val"], transform))
     threshold = float(module.hparams.threshold if threshold is None else threshold)
     metrics = binary_metrics(labels, scores, threshold)
     class_names = list(module.hparams.class_names)
+    points = []
+    for name, t in operating_points(val_labels, val_scores, threshold, min_sensitivity):
+        m = binary_metrics(labels, scores, t).to_dict()
+        points.append({"name": name, "chosen_on": "val", **m, "ci95": intervals(labels, scores, t, n_bootstrap, seed)})
 
     ckpt_info = torch.load(ckpt, map_location="cpu", weights_only=False)
     result = {
@@ -114,6 +129,9 @@ def evaluate_run(
         "class_names": class_names,
         "positive_class": class_names[1],
         **metrics.to_dict(),
+        "ci95": intervals(labels, scores, threshold, n_bootstrap, seed),
+        "bootstrap": {"resamples": n_bootstrap, "seed": seed, "stratified": True, "method": "percentile"},
+        "operating_points": points,
     }
     out = Path(out_dir) if out_dir else run_dir / f"eval-{split}"
     preds = predict(scores, threshold)
@@ -122,6 +140,12 @@ def evaluate_run(
         for p, y, s, q in zip(paths, labels, scores, preds)
     ]
     write_text(out / "predictions.csv", _csv_text(rows))
+    if split != "val":  # the scores every threshold was chosen on, for the record
+        val_rows = [
+            {"path": p, "label": int(y), "score": round(float(s), 6)}
+            for p, y, s in zip(val_paths, val_labels, val_scores)
+        ]
+        write_text(out / "val_predictions.csv", _csv_text(val_rows))
     save_figure(
         confusion_matrix_figure(metrics.tp, metrics.tn, metrics.fp, metrics.fn, class_names),
         out / "confusion_matrix.png",
@@ -135,15 +159,63 @@ def evaluate_run(
     return result
 
 
+def operating_points(
+    val_labels: np.ndarray, val_scores: np.ndarray, default: float, min_sensitivity: float
+) -> list[tuple[str, float]]:
+    """(name, threshold) pairs: the model's own, and those chosen on validation scores."""
+    points = [("default", float(default))]
+    if len(np.unique(val_labels)) == 2:
+        points.append(("youden", youden_threshold(val_labels, val_scores)))
+        points.append(
+            (f"sensitivity>={min_sensitivity:g}", threshold_for_sensitivity(val_labels, val_scores, min_sensitivity))
+        )
+    return points
+
+
+def intervals(labels: np.ndarray, scores: np.ndarray, threshold: float, n_bootstrap: int, seed: int) -> dict:
+    """95% intervals: Wilson for the proportions, stratified bootstrap for everything, DeLong for the AUC."""
+    m = binary_metrics(labels, scores, threshold)
+    boot = bootstrap_intervals(labels, scores, threshold, n_bootstrap, seed=seed) if n_bootstrap > 0 else {}
+    wilson = {
+        "accuracy": wilson_interval(m.tp + m.tn, m.n),
+        "sensitivity": wilson_interval(m.tp, m.tp + m.fn),
+        "specificity": wilson_interval(m.tn, m.tn + m.fp),
+        "precision": wilson_interval(m.tp, m.tp + m.fp),
+        "npv": wilson_interval(m.tn, m.tn + m.fn),
+    }
+    out: dict[str, dict[str, list[float]]] = {}
+    for name in ("accuracy", "sensitivity", "specificity", "precision", "npv", "f1", "auc"):
+        entry = {}
+        if name in wilson:
+            entry["wilson"] = wilson[name].as_list()
+        if name in boot:
+            entry["bootstrap"] = boot[name].as_list()
+        out[name] = entry
+    out["auc"]["delong"] = delong_interval(labels, scores)[2].as_list()
+    return out
+
+
 def metrics_table(result: dict[str, Any]) -> str:
-    """The study's 'Test Performance' table plus the confusion counts."""
-    rows = [
-        {"metric": k, "value": result[k]}
-        for k in ("accuracy", "sensitivity", "specificity", "auc", "precision", "npv", "f1", "threshold")
-    ]
-    rows += [{"metric": k.upper(), "value": result[k]} for k in ("tp", "tn", "fp", "fn")]
+    """The study's 'Test Performance' table with 95% intervals, one row per operating point.
+
+    Intervals shown: Wilson for proportions, DeLong for the AUC (metrics.json also has the bootstrap ones)."""
+    points = result.get("operating_points") or [{"name": "default", **result}]
+    rows = []
+    for p in points:
+        row: dict[str, Any] = {"operating point": p["name"], "threshold": f"{p['threshold']:.3f}"}
+        for k in ("accuracy", "sensitivity", "specificity", "auc"):
+            ci = p.get("ci95", {}).get(k, {})
+            lo_hi = ci.get("delong" if k == "auc" else "wilson")
+            row[k] = f"{_f(p[k])} [{_f(lo_hi[0])}, {_f(lo_hi[1])}]" if lo_hi else _f(p[k])
+        row["TP/TN/FP/FN"] = f"{p['tp']}/{p['tn']}/{p['fp']}/{p['fn']}"
+        rows.append(row)
     head = f"----- {result['split']} performance: {result['model']} (epoch {result['epoch']}, n={result['n']}) -----"
-    return head + "\n" + table_text(rows)
+    foot = "95% intervals: Wilson (proportions), DeLong (AUC); thresholds other than default chosen on val"
+    return head + "\n" + table_text(rows) + "\n" + foot
+
+
+def _f(v: Any) -> str:
+    return "nan" if v is None or v != v else f"{v:.3f}"
 
 
 def compare_runs(run_dirs: list[str | Path], split: str = "test") -> list[dict[str, Any]]:

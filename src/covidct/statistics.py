@@ -8,7 +8,9 @@ resample keeps the class counts of the original. DeLong's variance uses the fast
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -75,18 +77,24 @@ def bootstrap_intervals(
     pos, neg = s[y == 1], s[y == 0]
     if len(pos) < 2 or len(neg) < 2:
         return {m: Interval(math.nan, math.nan) for m in BOOTSTRAP_METRICS}
-    res = stats.bootstrap(
+    with warnings.catch_warnings():  # all-equal resamples (tiny or perfectly separated data) are fine here
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+        res = _bootstrap(pos, neg, threshold, n_resamples, confidence, seed)
+    lows, highs = np.atleast_1d(res.confidence_interval.low), np.atleast_1d(res.confidence_interval.high)
+    return {m: Interval(float(lo), float(hi)) for m, lo, hi in zip(BOOTSTRAP_METRICS, lows, highs)}
+
+
+def _bootstrap(pos: np.ndarray, neg: np.ndarray, threshold: float, n: int, confidence: float, seed: int) -> Any:
+    return stats.bootstrap(
         (pos, neg),
         lambda p, n, axis=-1: _metrics_from_split_scores(p, n, threshold, axis),
-        n_resamples=n_resamples,
+        n_resamples=n,
         confidence_level=confidence,
         method="percentile",
         vectorized=True,
         batch=100,  # bounds memory: the AUC compares every positive with every negative
         rng=np.random.default_rng(seed),
     )
-    lows, highs = np.atleast_1d(res.confidence_interval.low), np.atleast_1d(res.confidence_interval.high)
-    return {m: Interval(float(lo), float(hi)) for m, lo, hi in zip(BOOTSTRAP_METRICS, lows, highs)}
 
 
 def _midranks(x: np.ndarray) -> np.ndarray:
