@@ -53,6 +53,7 @@ def test_compare(trained_run, tmp_path):
     rows = compare_runs([trained_run, other])
     assert [r["run"] for r in rows] == [trained_run.name, "other-run"]
     assert rows[0]["accuracy"] == rows[1]["accuracy"]
+    assert rows[1]["auc_diff_vs_first"] == 0 and rows[1]["p_delong"] == 1.0  # same scores: no difference
     with pytest.raises(ModelError, match="no val evaluation"):
         compare_runs([tmp_path], split="val")
 

@@ -24,7 +24,7 @@ from covidct.reporting import (
     table_text,
     training_curves_figure,
 )
-from covidct.statistics import bootstrap_intervals, delong_interval, wilson_interval
+from covidct.statistics import bootstrap_intervals, delong_interval, delong_paired_test, wilson_interval
 from covidct.training import Classifier, _csv_text
 
 
@@ -242,12 +242,44 @@ def compare_runs(run_dirs: list[str | Path], split: str = "test") -> list[dict[s
                 "sensitivity": _num(m["sensitivity"]),
                 "specificity": _num(m["specificity"]),
                 "auc": _num(m["auc"]),
+                "auc_95ci": _ci_text(m.get("ci95", {}).get("auc", {}).get("delong")),
             }
         )
+    _add_paired_tests(rows, [Path(r) / f"eval-{split}" / "predictions.csv" for r in run_dirs])
     configs = [_config_or_empty(Path(r)) for r in run_dirs]
     for row, diff in zip(rows, config_differences(configs)):
         row["settings"] = diff
     return rows
+
+
+def _ci_text(ci: list[float] | None) -> str:
+    return f"[{_f(ci[0])}, {_f(ci[1])}]" if ci else ""
+
+
+def read_predictions(path: Path) -> dict[str, tuple[int, float]]:
+    """{class folder/file name: (label, score)}: keyed so that runs made from other folders still pair up."""
+    with open(path, newline="") as f:
+        return {"/".join(Path(r["path"]).parts[-2:]): (int(r["label"]), float(r["score"])) for r in csv.DictReader(f)}
+
+
+def _add_paired_tests(rows: list[dict[str, Any]], prediction_files: list[Path]) -> None:
+    """DeLong's paired test of each run's AUC against the first run's, on the images both scored."""
+    if not prediction_files[0].is_file():
+        return
+    first = read_predictions(prediction_files[0])
+    for row, path in zip(rows, prediction_files):
+        row["auc_diff_vs_first"], row["diff_95ci"], row["p_delong"] = "", "", ""
+        if path == prediction_files[0] or not path.is_file():
+            continue
+        other = read_predictions(path)
+        common = sorted(set(first) & set(other))
+        if len(common) < len(first) or any(first[k][0] != other[k][0] for k in common):
+            row["diff_95ci"] = "different images: no paired test"
+            continue
+        y = np.array([first[k][0] for k in common])
+        t = delong_paired_test(y, [other[k][1] for k in common], [first[k][1] for k in common])
+        row["auc_diff_vs_first"], row["diff_95ci"] = t.difference, _ci_text(t.interval.as_list())
+        row["p_delong"] = t.p_value
 
 
 def _config_or_empty(run: Path) -> dict[str, Any]:
