@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from covidct.config import TrainConfig
 from covidct.data import ImageDataset, eval_transform, load_splits
 from covidct.errors import CovidCTError, DataError, ModelError
-from covidct.fileio import write_json, write_text
+from covidct.fileio import write_csv, write_json
 from covidct.metrics import binary_metrics, predict, threshold_for_sensitivity, youden_threshold
 from covidct.reporting import (
     confusion_matrix_figure,
@@ -25,7 +25,7 @@ from covidct.reporting import (
     training_curves_figure,
 )
 from covidct.statistics import bootstrap_intervals, delong_interval, delong_paired_test, wilson_interval
-from covidct.training import Classifier, _csv_text
+from covidct.training import Classifier
 
 
 def find_checkpoint(run_dir: str | Path, which: str = "best") -> Path:
@@ -139,13 +139,13 @@ def evaluate_run(
         {"path": p, "label": int(y), "score": round(float(s), 6), "prediction": int(q)}
         for p, y, s, q in zip(paths, labels, scores, preds)
     ]
-    write_text(out / "predictions.csv", _csv_text(rows))
+    write_csv(out / "predictions.csv", rows)
     if split != "val":  # the scores every threshold was chosen on, for the record
         val_rows = [
             {"path": p, "label": int(y), "score": round(float(s), 6)}
             for p, y, s in zip(val_paths, val_labels, val_scores)
         ]
-        write_text(out / "val_predictions.csv", _csv_text(val_rows))
+        write_csv(out / "val_predictions.csv", val_rows)
     save_figure(
         confusion_matrix_figure(metrics.tp, metrics.tn, metrics.fp, metrics.fn, class_names),
         out / "confusion_matrix.png",

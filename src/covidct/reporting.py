@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +14,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
 
-from covidct.fileio import atomic_write, write_text
+from covidct.fileio import atomic_write, csv_text, write_text
 from covidct.metrics import roc_points
 
 
@@ -135,18 +133,10 @@ def table_text(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def table_csv(rows: Sequence[dict[str, Any]]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
-
-
 def write_table(rows: Sequence[dict[str, Any]], stem: str | Path) -> tuple[Path, Path]:
     """stem.csv and stem.md."""
     stem = Path(stem)
-    return write_text(stem.with_suffix(".csv"), table_csv(rows)), write_text(
+    return write_text(stem.with_suffix(".csv"), csv_text(rows)), write_text(
         stem.with_suffix(".md"), table_markdown(rows)
     )
 

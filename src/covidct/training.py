@@ -5,7 +5,6 @@ Lightning does the loop, early stopping, checkpointing and mixed precision; this
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import logging
 import math
@@ -35,7 +34,7 @@ from torch.utils.data import DataLoader
 from covidct import __version__
 from covidct.config import TrainConfig
 from covidct.data import ImageDataset, SplitData, eval_transform, load_splits, train_transform
-from covidct.fileio import write_json, write_text
+from covidct.fileio import write_csv, write_json, write_text
 from covidct.metrics import binary_metrics
 from covidct.models import Preprocessing, create_model
 
@@ -150,18 +149,8 @@ class EpochHistory(Callback):
         row["lr"] = self._lr
         row["seconds"] = round(time.perf_counter() - self._start, 2)
         self.rows.append(row)
-        write_text(self.path, _csv_text(self.rows))
+        write_csv(self.path, self.rows)
         log.info("epoch %d: %s", row["epoch"], {k: v for k, v in row.items() if k != "epoch"})
-
-
-def _csv_text(rows: list[dict[str, Any]]) -> str:
-    import io
-
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
 
 
 def cpu_has_fast_bf16() -> bool:
