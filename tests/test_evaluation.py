@@ -34,11 +34,25 @@ def test_metrics_json_agrees_with_predictions_csv(trained_run):
 def test_figures_are_real_pngs(trained_run):
     evaluate_run(trained_run, "val")
     out = trained_run / "eval-val"
-    for name in ("confusion_matrix", "roc_curve", "training_curves", "misclassified_scores"):
+    for name in ("confusion_matrix", "roc_curve", "training_curves", "misclassified_scores", "pr_curve", "reliability"):
         img = Image.open(out / f"{name}.png")
         arr = np.asarray(img.convert("L"))
         assert img.size[0] > 200 and img.size[1] > 200, name
         assert arr.std() > 5, f"{name}.png is blank"
+
+
+def test_calibration_report(trained_run, tmp_path):
+    from covidct.calibration import apply_temperature, expected_calibration_error
+
+    r = evaluate_run(trained_run, "test", out_dir=tmp_path / "c", n_bootstrap=0, calibrate=True)
+    cal = r["calibration"]
+    assert cal["fitted_on"] == "val" and 0.05 <= cal["temperature"] <= 20
+    rows = list(csv.DictReader((tmp_path / "c" / "predictions.csv").open()))
+    y, s = [int(v["label"]) for v in rows], [float(v["score"]) for v in rows]
+    assert cal["ece"] == pytest.approx(expected_calibration_error(y, s), abs=1e-4)
+    assert cal["ece_calibrated"] == pytest.approx(
+        expected_calibration_error(y, apply_temperature(s, cal["temperature"])), abs=1e-4
+    )
 
 
 def test_threshold_override(trained_run, tmp_path):

@@ -98,3 +98,17 @@ def test_bootstrap_is_stratified():
 def test_bootstrap_one_class_is_nan():
     ci = bootstrap_intervals([0, 0, 0], [0.1, 0.2, 0.3], n_resamples=50)
     assert math.isnan(ci["auc"].low)
+
+
+def test_roc_band_brackets_the_curve():
+    from covidct.metrics import roc_points
+    from covidct.statistics import roc_band
+
+    y, s, _, _ = _data(5)
+    grid, lo, hi = roc_band(y, s, n_resamples=200)
+    fpr, tpr, _ = roc_points(y, s)
+    mid = np.interp(grid, fpr, tpr)
+    assert np.all(lo <= hi) and np.all((lo >= 0) & (hi <= 1))
+    inside = (lo - 1e-9 <= mid) & (mid <= hi + 1e-9)
+    assert inside.mean() > 0.9
+    assert (hi - lo)[10:90].mean() > 0.05  # a real band, not a line

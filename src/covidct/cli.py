@@ -91,19 +91,32 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _evaluate_and_print(
-    run_dir: Path, split: str, checkpoint: str, data_dir: Any, threshold: Any, out: Any, n_boot: int, min_sens: float
+    run_dir: Path,
+    split: str,
+    checkpoint: str,
+    data_dir: Any,
+    threshold: Any,
+    out: Any,
+    n_boot: int,
+    min_sens: float,
+    calibrate: bool = False,
 ) -> None:
     from covidct.evaluation import evaluate_run, metrics_table
 
-    result = evaluate_run(run_dir, split, checkpoint, data_dir, threshold, out, n_boot, min_sens)
+    result = evaluate_run(run_dir, split, checkpoint, data_dir, threshold, out, n_boot, min_sens, calibrate=calibrate)
+    cal = result["calibration"]
+    line = f"calibration: ECE {cal['ece']:.3f}"
+    if "temperature" in cal:
+        line += f"; temperature {cal['temperature']:.2f} (fitted on val) -> ECE {cal['ece_calibrated']:.3f}"
     print(metrics_table(result))
+    print(line)
     print(f"wrote metrics, predictions and figures to {Path(out) if out else Path(run_dir) / f'eval-{split}'}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     _evaluate_and_print(
         args.run_dir, args.split, args.checkpoint, args.data_dir, args.threshold, args.out,
-        args.bootstrap, args.min_sensitivity,
+        args.bootstrap, args.min_sensitivity, args.calibrate,
     )  # fmt: skip
     return 0
 
@@ -191,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="override the data folder recorded in the run's config")
     p.add_argument("--threshold", type=float, help="decision threshold (default: the model's, 0.5)")
     p.add_argument("--out", help="output folder (default RUN_DIR/eval-SPLIT)")
+    p.add_argument("--calibrate", action="store_true", help="fit temperature scaling on val; report ECE before/after")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the intervals (0: none)")
     p.add_argument(
         "--min-sensitivity", type=float, default=0.95, help="the 'sensitivity at least S' operating point (on val)"

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from covidct.calibration import apply_temperature, expected_calibration_error, fit_temperature, reliability_curve
 from covidct.config import TrainConfig
 from covidct.data import ImageDataset, eval_transform, load_splits
 from covidct.errors import CovidCTError, DataError, ModelError
@@ -19,12 +20,14 @@ from covidct.metrics import binary_metrics, predict, threshold_for_sensitivity, 
 from covidct.reporting import (
     confusion_matrix_figure,
     misclassified_histogram,
+    precision_recall_figure,
+    reliability_figure,
     roc_figure,
     save_figure,
     table_text,
     training_curves_figure,
 )
-from covidct.statistics import bootstrap_intervals, delong_interval, delong_paired_test, wilson_interval
+from covidct.statistics import bootstrap_intervals, delong_interval, delong_paired_test, roc_band, wilson_interval
 from covidct.training import Classifier
 
 
@@ -89,6 +92,7 @@ def evaluate_run(
     n_bootstrap: int = 2000,
     min_sensitivity: float = 0.95,
     seed: int = 0,
+    calibrate: bool = False,
 ) -> dict[str, Any]:
     """Score every image of `split` with the run's checkpoint; write metrics, predictions and figures.
 
@@ -132,6 +136,7 @@ def evaluate_run(
         "ci95": intervals(labels, scores, threshold, n_bootstrap, seed),
         "bootstrap": {"resamples": n_bootstrap, "seed": seed, "stratified": True, "method": "percentile"},
         "operating_points": points,
+        "calibration": calibration_report(labels, scores, val_labels, val_scores, calibrate),
     }
     out = Path(out_dir) if out_dir else run_dir / f"eval-{split}"
     preds = predict(scores, threshold)
@@ -150,13 +155,38 @@ def evaluate_run(
         confusion_matrix_figure(metrics.tp, metrics.tn, metrics.fp, metrics.fn, class_names),
         out / "confusion_matrix.png",
     )
-    save_figure(roc_figure(labels.tolist(), scores.tolist(), metrics.auc), out / "roc_curve.png")
+    band = roc_band(labels, scores, n_resamples=min(n_bootstrap, 1000), seed=seed) if n_bootstrap > 0 else None
+    save_figure(roc_figure(labels.tolist(), scores.tolist(), metrics.auc, band), out / "roc_curve.png")
+    save_figure(precision_recall_figure(labels.tolist(), scores.tolist()), out / "pr_curve.png")
+    curves = {"model": reliability_curve(labels, scores)}
+    eces = {"model": result["calibration"]["ece"]}
+    if calibrate:
+        t = result["calibration"]["temperature"]
+        curves[f"temperature {t:.2f}"] = reliability_curve(labels, apply_temperature(scores, t))
+        eces[f"temperature {t:.2f}"] = result["calibration"]["ece_calibrated"]
+    save_figure(reliability_figure(curves, eces), out / "reliability.png")
     save_figure(misclassified_histogram(scores, labels, threshold), out / "misclassified_scores.png")
     history = read_history(run_dir)
     if history:
         save_figure(training_curves_figure(history), out / "training_curves.png")
     write_json(out / "metrics.json", result)  # last: its presence means the evaluation is complete
     return result
+
+
+def calibration_report(
+    labels: np.ndarray, scores: np.ndarray, val_labels: np.ndarray, val_scores: np.ndarray, calibrate: bool
+) -> dict[str, Any]:
+    """ECE (10 equal-width bins) of the scores; with calibrate, the temperature fitted on validation and the
+    ECE after applying it. Temperature changes no ranking and no decision at 0.5."""
+    report: dict[str, Any] = {"ece": expected_calibration_error(labels, scores), "bins": 10}
+    if calibrate:
+        t = fit_temperature(val_labels, val_scores)
+        report.update(
+            temperature=t,
+            fitted_on="val",
+            ece_calibrated=expected_calibration_error(labels, apply_temperature(scores, t)),
+        )
+    return report
 
 
 def operating_points(

@@ -49,10 +49,18 @@ def confusion_matrix_figure(tp: int, tn: int, fp: int, fn: int, class_names: Seq
     return fig
 
 
-def roc_figure(labels: Sequence[int], scores: Sequence[float], auc: float) -> Figure:
+def roc_figure(
+    labels: Sequence[int],
+    scores: Sequence[float],
+    auc: float,
+    band: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+) -> Figure:
+    """The ROC curve, with a shaded confidence band (fpr grid, tpr low, tpr high) when given."""
     fig, ax = plt.subplots(figsize=(4.2, 4))
     if len(set(labels)) == 2:
         fpr, tpr, _ = roc_points(labels, scores)
+        if band is not None:
+            ax.fill_between(band[0], band[1], band[2], alpha=0.25, label="95% band (bootstrap)")
         ax.plot(fpr, tpr, lw=2, label=f"AUC = {auc:.3f}")
     else:
         ax.text(0.5, 0.5, "ROC undefined: one class only", ha="center")
@@ -61,6 +69,38 @@ def roc_figure(labels: Sequence[int], scores: Sequence[float], auc: float) -> Fi
     ax.set_ylabel("sensitivity (true positive rate)")
     ax.set_title("ROC curve")
     ax.legend(loc="lower right")
+    return fig
+
+
+def precision_recall_figure(labels: Sequence[int], scores: Sequence[float]) -> Figure:
+    """Precision (PPV) against recall (sensitivity), with the prevalence as the chance line."""
+    from sklearn.metrics import average_precision_score, precision_recall_curve
+
+    fig, ax = plt.subplots(figsize=(4.2, 4))
+    y = np.asarray(labels)
+    if len(set(labels)) == 2:
+        precision, recall, _ = precision_recall_curve(y, scores)
+        ap = average_precision_score(y, scores)
+        ax.step(recall, precision, where="post", lw=2, label=f"AP = {ap:.3f}")
+    ax.axhline(y.mean(), color="grey", ls="--", lw=1, label=f"prevalence {y.mean():.2f}")
+    ax.set_xlabel("recall (sensitivity)")
+    ax.set_ylabel("precision (PPV)")
+    ax.set_ylim(0, 1.02)
+    ax.set_title("Precision-recall curve")
+    ax.legend(loc="lower left")
+    return fig
+
+
+def reliability_figure(curves: dict[str, tuple[np.ndarray, np.ndarray]], eces: dict[str, float]) -> Figure:
+    """Observed positive rate against mean score per bin, one line per set of scores (e.g. before/after)."""
+    fig, ax = plt.subplots(figsize=(4.2, 4))
+    ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="perfect calibration")
+    for name, (mean_score, observed) in curves.items():
+        ax.plot(mean_score, observed, marker="o", ms=4, label=f"{name} (ECE {eces[name]:.3f})")
+    ax.set_xlabel("mean score in bin")
+    ax.set_ylabel("fraction COVID in bin")
+    ax.set_title("Reliability diagram")
+    ax.legend(loc="upper left")
     return fig
 
 

@@ -154,3 +154,25 @@ def delong_paired_test(
     z = stats.norm.ppf(0.5 + confidence / 2)
     p = 2 * stats.norm.sf(abs(diff) / se) if se > 0 else (1.0 if diff == 0 else 0.0)
     return PairedAUCTest(auc_a, auc_b, diff, se, Interval(diff - z * se, diff + z * se), float(p))
+
+
+def roc_band(
+    labels: ArrayLike, scores: ArrayLike, n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A pointwise stratified-bootstrap band of the ROC curve: (fpr grid, tpr low, tpr high)."""
+    y, s = _as_arrays(labels, scores)
+    pos, neg = s[y == 1], s[y == 0]
+    grid = np.linspace(0, 1, 101)
+    if len(pos) < 2 or len(neg) < 2:
+        return grid, np.full_like(grid, np.nan), np.full_like(grid, np.nan)
+    rng = np.random.default_rng(seed)
+    curves = np.empty((n_resamples, grid.size))
+    for i in range(n_resamples):
+        p = rng.choice(pos, pos.size)
+        n = rng.choice(neg, neg.size)
+        thresholds = np.unique(np.r_[p, n, np.inf])[::-1]
+        tpr = (p[None, :] >= thresholds[:, None]).mean(1)
+        fpr = (n[None, :] >= thresholds[:, None]).mean(1)
+        curves[i] = np.interp(grid, fpr, tpr)
+    alpha = (1 - confidence) / 2
+    return grid, np.quantile(curves, alpha, axis=0), np.quantile(curves, 1 - alpha, axis=0)
