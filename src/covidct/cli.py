@@ -37,6 +37,27 @@ def cmd_data_info(args: argparse.Namespace) -> int:
     return 1 if info.unreadable or info.overlap else 0
 
 
+def cmd_data_audit(args: argparse.Namespace) -> int:
+    import time
+
+    from covidct.config import resolve_data_dir
+    from covidct.data.audit import audit_dataset, write_audit
+    from covidct.data.datasets import load_splits
+
+    start = time.perf_counter()
+    data = load_splits(resolve_data_dir(args.data_dir), args.data_csv)
+    report = audit_dataset(data, progress=_progress())
+    out = write_audit(report, args.out)
+    for warning in report.warnings:
+        print(warning)
+    for key, value in report.summary().items():
+        print(f"{key.replace('_', ' ')}: {value}")
+    for p in [p for p in report.near_duplicates if p["cross_split"]][:10]:
+        print(f"across splits: {p['a']} ({p['split_a']}, {p['class_a']}) ~ {p['b']} ({p['split_b']}, {p['class_b']})")
+    print(f"wrote {out}/audit.md, audit.json, near_duplicates.csv/.png in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
 def cmd_samples(args: argparse.Namespace) -> int:
     from covidct.config import resolve_data_dir
     from covidct.data.datasets import load_splits
@@ -159,6 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(p)
     p.add_argument("--no-images", action="store_true", help="count only; do not open every image")
     p.set_defaults(func=cmd_data_info)
+
+    p = data_sub.add_parser("audit", help="shortcuts, exact and near-duplicates across splits, problem images")
+    _data_args(p)
+    p.add_argument("--out", default="audit", help="output folder (default audit/)")
+    p.set_defaults(func=cmd_data_audit)
 
     p = sub.add_parser("samples", help="a grid of random COVID and non-COVID images")
     _data_args(p)

@@ -157,6 +157,28 @@ def sample_grid_figure(images: dict[str, list[tuple[str, Image.Image]]]) -> Figu
     return fig
 
 
+def pair_sheet_figure(pairs: Sequence[dict[str, Any]]) -> Figure:
+    """Pairs of images side by side (a, b), captioned with split, class and similarity."""
+    from covidct.data.images import load_rgb
+
+    fig, axes = plt.subplots(len(pairs), 2, figsize=(5, 2.4 * len(pairs)), squeeze=False)
+    for row, p in enumerate(pairs):
+        for col, key in enumerate(("a", "b")):
+            ax = axes[row][col]
+            ax.axis("off")
+            try:
+                ax.imshow(load_rgb(p[key]))
+            except Exception:  # a missing file should not stop the sheet
+                ax.text(0.5, 0.5, "unreadable", ha="center")
+            side = "split_a" if key == "a" else "split_b"
+            cls = "class_a" if key == "a" else "class_b"
+            ax.set_title(f"{p[side]} / {p[cls]}\n{Path(p[key]).name[:30]}", fontsize=7)
+        sim = f"pHash {p['phash_distance']}, r={p['correlation']}" if "phash_distance" in p else "identical bytes"
+        axes[row][0].text(1.05, -0.08, sim, transform=axes[row][0].transAxes, ha="center", fontsize=7, color="crimson")
+    fig.tight_layout()
+    return fig
+
+
 def table_markdown(rows: Sequence[dict[str, Any]]) -> str:
     cols = list(rows[0])
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
