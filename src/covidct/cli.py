@@ -108,6 +108,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"run folder: {run_dir}")
     if args.evaluate:
         _evaluate_and_print(run_dir, args.evaluate, "best", None, None, None, 2000, 0.95)
+    if args.report:
+        from covidct.report import build_report
+
+        print(f"wrote {build_report(run_dir, args.evaluate or 'test')}")
     return 0
 
 
@@ -139,6 +143,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         args.run_dir, args.split, args.checkpoint, args.data_dir, args.threshold, args.out,
         args.bootstrap, args.min_sensitivity, args.calibrate,
     )  # fmt: skip
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from covidct.report import build_report
+
+    path = build_report(args.run_dir, args.split, args.data_dir)
+    print(f"wrote {path}")
     return 0
 
 
@@ -221,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="decode images from disk every epoch")
     p.add_argument("--no-channels-last", action="store_true")
     p.add_argument("--evaluate", metavar="SPLIT", help="then evaluate the best checkpoint on SPLIT (e.g. test)")
+    p.add_argument("--report", action="store_true", help="then write report.html (evaluating on test if needed)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="metrics, predictions and figures of a run on a split")
@@ -236,6 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--min-sensitivity", type=float, default=0.95, help="the 'sensitivity at least S' operating point (on val)"
     )
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("report", help="one self-contained HTML report of a run (report.html)")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--split", default="test")
+    p.add_argument("--data-dir", help="override the data folder recorded in the run's config")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("compare", help="evaluated runs side by side (screen, CSV and Markdown)")
     p.add_argument("run_dirs", nargs="+", type=Path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,16 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
         return atomic_write(path, lambda p: fig.savefig(p, dpi=dpi, bbox_inches="tight", format="png"))
     finally:
         plt.close(fig)
+
+
+def figure_png(fig: Figure, dpi: int = 110) -> bytes:
+    """A figure as PNG bytes (for embedding), freeing it."""
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, dpi=dpi, bbox_inches="tight", format="png")
+    finally:
+        plt.close(fig)
+    return buf.getvalue()
 
 
 def confusion_matrix_figure(tp: int, tn: int, fp: int, fn: int, class_names: Sequence[str]) -> Figure:
