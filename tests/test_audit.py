@@ -54,6 +54,11 @@ def planted(tmp_path: Path) -> Path:
     near = Image.fromarray(np.clip(np.asarray(src, float) * 1.1 + 5, 0, 255).astype(np.uint8))
     near.save(tmp_path / "near.jpg", quality=90)
     _add(root, "NonCOVID", "test", "near.jpg", (tmp_path / "near.jpg").read_bytes())
+    # resized (larger) and slightly cropped (2 px off each side of 96x80) copies of two other images
+    big = Image.open(img_dir / "CT_COVID" / "COVID_val_2.png").resize((160, 133), Image.Resampling.BICUBIC)
+    _add(root, "COVID", "test", "resized.png", big)
+    crop = Image.open(img_dir / "CT_NonCOVID" / "NonCOVID_train_3.png").crop((2, 2, 94, 78))
+    _add(root, "NonCOVID", "val", "cropped.png", crop)
     _add(root, "COVID", "train", "tiny.png", Image.new("L", (40, 30), 128))
     _add(root, "COVID", "train", "strip.png", _random_image(np.random.default_rng(9), (300, 60)))
     _add(root, "COVID", "val", "broken.png", b"\x89PNG not really")
@@ -67,8 +72,10 @@ def test_audit_finds_planted_duplicates_and_problems(planted):
     exact = report.exact_duplicates[0]
     assert exact["cross_split"] and exact["label_conflict"]
     near = [names(p) for p in report.near_duplicates]
-    assert {"NonCOVID_val_1.png", "near.jpg"} in near
-    assert len(near) <= 2  # unrelated random images are not flagged
+    assert {"NonCOVID_val_1.png", "near.jpg"} in near  # re-encoded as JPEG (and brighter)
+    assert {"COVID_val_2.png", "resized.png"} in near
+    assert {"NonCOVID_train_3.png", "cropped.png"} in near
+    assert len(near) == 3, near  # unrelated random images are not flagged
     problems = {Path(p["path"]).name: p["problem"] for p in report.problems}
     assert problems["tiny.png"].startswith("tiny: 40x30")
     assert problems["strip.png"].startswith("extreme aspect ratio: 300x60")

@@ -10,13 +10,24 @@ def test_help_lists_every_subcommand(capsys):
         main(["--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for cmd in ("data", "samples", "train", "evaluate", "compare", "models"):
+    for cmd in ("data", "samples", "train", "evaluate", "threshold", "report", "compare", "models"):
         assert cmd in out
 
 
 @pytest.mark.parametrize(
     "argv",
-    [["data", "download"], ["data", "info"], ["samples"], ["train"], ["evaluate"], ["compare"], ["models"]],
+    [
+        ["data", "download"],
+        ["data", "info"],
+        ["data", "audit"],
+        ["samples"],
+        ["train"],
+        ["evaluate"],
+        ["threshold"],
+        ["report"],
+        ["compare"],
+        ["models"],
+    ],
 )
 def test_every_subcommand_has_help(argv, capsys):
     with pytest.raises(SystemExit) as e:

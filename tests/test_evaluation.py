@@ -121,3 +121,34 @@ def test_intervals_and_operating_points_chosen_on_validation(trained_run, tmp_pa
     for p in r["operating_points"]:
         again = binary_metrics(y, s, p["threshold"])
         assert (p["tp"], p["fp"]) == (again.tp, again.fp)
+
+
+def test_stored_threshold_is_used(trained_run, tmp_path):
+    from covidct.cli import main
+    from covidct.evaluation import store_threshold
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    record = store_threshold(run, "0.3")
+    assert record["threshold"] == 0.3 and record["rule"] == "given"
+    r = evaluate_run(run, "test", out_dir=tmp_path / "e", n_bootstrap=0)
+    assert r["threshold"] == 0.3 and r["operating_points"][0]["threshold"] == 0.3
+    assert json.loads((run / "threshold.json").read_text())["threshold"] == 0.3
+    assert main(["threshold", str(run), "--choose", "1.5"]) == 2
+    assert main(["threshold", str(run), "--choose", "youden"]) in (0, 2)  # 2 only if val holds one class
+
+
+def test_youden_threshold_stored_matches_validation(trained_run, tmp_path):
+    from covidct.evaluation import store_threshold
+    from covidct.metrics import youden_threshold
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    r = evaluate_run(run, "test", out_dir=tmp_path / "e", n_bootstrap=0)
+    val = list(csv.DictReader((tmp_path / "e" / "val_predictions.csv").open()))
+    y, s = [int(v["label"]) for v in val], [float(v["score"]) for v in val]
+    if len(set(y)) < 2:
+        pytest.skip("tiny val split with one class")
+    record = store_threshold(run, "youden")
+    assert record["threshold"] == pytest.approx(youden_threshold(y, s), abs=1e-5)
+    assert record["chosen_on"] == "val" and r["split"] == "test"

@@ -146,6 +146,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_threshold(args: argparse.Namespace) -> int:
+    from covidct.evaluation import store_threshold
+
+    r = store_threshold(args.run_dir, args.choose, args.min_sensitivity, args.checkpoint, args.data_dir)
+    where = f"chosen on val by {r['rule']}" if r["chosen_on"] else "given"
+    print(f"threshold {r['threshold']:.4f} ({where}) stored in {args.run_dir}/checkpoints/{r['checkpoint']}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from covidct.report import build_report
 
@@ -249,6 +258,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--min-sensitivity", type=float, default=0.95, help="the 'sensitivity at least S' operating point (on val)"
     )
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("threshold", help="choose the decision threshold on val and store it in the checkpoint")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--choose", required=True, help="youden, sensitivity (at least --min-sensitivity) or a number")
+    p.add_argument("--min-sensitivity", type=float, default=0.95)
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    p.add_argument("--data-dir", help="override the data folder recorded in the run's config")
+    p.set_defaults(func=cmd_threshold)
 
     p = sub.add_parser("report", help="one self-contained HTML report of a run (report.html)")
     p.add_argument("run_dir", type=Path)

@@ -14,8 +14,8 @@ from torch.utils.data import DataLoader
 from covidct.calibration import apply_temperature, expected_calibration_error, fit_temperature, reliability_curve
 from covidct.config import TrainConfig
 from covidct.data import ImageDataset, eval_transform, load_splits
-from covidct.errors import CovidCTError, DataError, ModelError
-from covidct.fileio import write_csv, write_json
+from covidct.errors import ConfigError, CovidCTError, DataError, ModelError
+from covidct.fileio import atomic_write, write_csv, write_json
 from covidct.metrics import binary_metrics, predict, threshold_for_sensitivity, youden_threshold
 from covidct.reporting import (
     confusion_matrix_figure,
@@ -333,3 +333,51 @@ def config_differences(
 
 def _num(v: Any) -> float:
     return float("nan") if v is None else float(v)
+
+
+def store_threshold(
+    run_dir: str | Path,
+    choose: str,
+    min_sensitivity: float = 0.95,
+    checkpoint: str = "best",
+    data_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Choose a threshold on the validation split ('youden', 'sensitivity' or a number) and store it in the
+    checkpoint, so evaluation, prediction and serving use it. Writes RUN_DIR/threshold.json as the record."""
+    run_dir = Path(run_dir)
+    ckpt_path = find_checkpoint(run_dir, checkpoint)
+    if choose in ("youden", "sensitivity"):
+        config = TrainConfig.from_yaml(run_dir / "config.yaml")
+        data = load_splits(data_dir or config.data_dir, config.data_csv, config.seed)
+        module = load_classifier(ckpt_path)
+        pre = module.preprocessing
+        ds = ImageDataset(data.splits["val"], eval_transform(pre.mean, pre.std, pre.input_size, pre.grayscale))
+        _, labels, scores = predict_scores(module, ds)
+        if len(np.unique(labels)) < 2:
+            raise DataError("the validation split holds one class only: no threshold can be chosen on it")
+        if choose == "youden":
+            value = youden_threshold(labels, scores)
+        else:
+            value = threshold_for_sensitivity(labels, scores, min_sensitivity)
+        val_metrics = binary_metrics(labels, scores, value).to_dict()
+    else:
+        try:
+            value = float(choose)
+        except ValueError:
+            raise ConfigError(f"--choose must be youden, sensitivity or a number in [0, 1], got {choose!r}") from None
+        if not 0 <= value <= 1:
+            raise ConfigError(f"--choose must be youden, sensitivity or a number in [0, 1], got {choose!r}")
+        val_metrics = None
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    ckpt["hyper_parameters"]["threshold"] = float(value)
+    atomic_write(ckpt_path, lambda p: torch.save(ckpt, p))
+    record = {
+        "threshold": float(value),
+        "rule": choose if choose in ("youden", "sensitivity") else "given",
+        "min_sensitivity": min_sensitivity if choose == "sensitivity" else None,
+        "chosen_on": "val" if val_metrics else None,
+        "checkpoint": ckpt_path.name,
+        "val_metrics": val_metrics,
+    }
+    write_json(run_dir / "threshold.json", record)
+    return record

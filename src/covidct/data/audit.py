@@ -4,7 +4,9 @@
 - exact duplicates: the same file content (SHA-256 of the bytes);
 - near-duplicates: perceptual hash (imagehash's pHash, 64 bits) Hamming distance <= 8 and Pearson correlation
   of 32x32 grey thumbnails >= 0.90, or correlation >= 0.97 alone. On COVID-CT these thresholds find adjacent
-  slices of one scan and the same figure saved twice; every pair is listed with both numbers so a reader can judge;
+  slices of one scan and the same figure saved twice; every pair is listed with both numbers so a reader can judge.
+  Tolerance (tests): re-encoding as JPEG, brightness changes, resizing, and crops of about 2-3% per side; larger
+  crops fall outside it;
 - unreadable or truncated files, tiny images (shorter side < 64 px) and extreme aspect ratios (> 3:1).
 """
 
