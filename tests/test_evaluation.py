@@ -68,6 +68,7 @@ def test_compare(trained_run, tmp_path):
     assert [r["run"] for r in rows] == [trained_run.name, "other-run"]
     assert rows[0]["accuracy"] == rows[1]["accuracy"]
     assert rows[1]["auc_diff_vs_first"] == 0 and rows[1]["p_delong"] == 1.0  # same scores: no difference
+    assert rows[0]["accuracy_95ci"].startswith("[") and rows[0]["sensitivity_95ci"].startswith("[")
     with pytest.raises(ModelError, match="no val evaluation"):
         compare_runs([tmp_path], split="val")
 

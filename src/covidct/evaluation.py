@@ -269,8 +269,11 @@ def compare_runs(run_dirs: list[str | Path], split: str = "test") -> list[dict[s
                 "best_epoch": m.get("epoch"),
                 "n": m["n"],
                 "accuracy": _num(m["accuracy"]),
+                "accuracy_95ci": _ci_text(m.get("ci95", {}).get("accuracy", {}).get("wilson")),
                 "sensitivity": _num(m["sensitivity"]),
+                "sensitivity_95ci": _ci_text(m.get("ci95", {}).get("sensitivity", {}).get("wilson")),
                 "specificity": _num(m["specificity"]),
+                "specificity_95ci": _ci_text(m.get("ci95", {}).get("specificity", {}).get("wilson")),
                 "auc": _num(m["auc"]),
                 "auc_95ci": _ci_text(m.get("ci95", {}).get("auc", {}).get("delong")),
             }
