@@ -155,6 +155,14 @@ def cmd_threshold(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from covidct.export import export_run
+
+    for path in export_run(args.run_dir, args.format, args.out, args.data_dir):
+        print(f"wrote {path}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from covidct.report import build_report
 
@@ -266,6 +274,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
     p.add_argument("--data-dir", help="override the data folder recorded in the run's config")
     p.set_defaults(func=cmd_threshold)
+
+    p = sub.add_parser("export", help="export the best model as safetensors + JSON card, or as verified ONNX")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--format", default="safetensors", choices=["safetensors", "onnx"])
+    p.add_argument("--out", help="output folder (default RUN_DIR/export)")
+    p.add_argument("--data-dir", help="data for the ONNX check (default: the run's)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("report", help="one self-contained HTML report of a run (report.html)")
     p.add_argument("run_dir", type=Path)
