@@ -163,6 +163,25 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from covidct.bench import DEFAULT_MODELS, bench_markdown, run_bench
+    from covidct.config import resolve_data_dir
+    from covidct.fileio import write_json, write_text
+
+    models = args.models or (["efficientnet_lite0"] if args.quick else list(DEFAULT_MODELS))
+    with tempfile.TemporaryDirectory() as tmp:
+        results = run_bench(models, args.quick, resolve_data_dir(args.data_dir), Path(tmp))
+    text = bench_markdown(results)
+    print(text)
+    out = Path(args.out)
+    write_json(out / "bench.json", results)
+    write_text(out / "bench.md", text)
+    print(f"wrote {out / 'bench.md'} and {out / 'bench.json'}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from covidct.report import build_report
 
@@ -281,6 +300,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default RUN_DIR/export)")
     p.add_argument("--data-dir", help="data for the ONNX check (default: the run's)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("bench", help="training, data and inference speed here, beside the naive baseline")
+    p.add_argument("--models", nargs="+", help="backbones (default: efficientnet_lite0 vgg19_bn vgg16 resnet50)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes, one model: checks the benchmark runs (CI)")
+    p.add_argument("--data-dir", help="real images for the data-pipeline figure (default: the usual data folder)")
+    p.add_argument("--out", default="benchmarks/latest", help="folder for bench.md and bench.json")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("report", help="one self-contained HTML report of a run (report.html)")
     p.add_argument("run_dir", type=Path)

@@ -110,16 +110,10 @@ def export_onnx(module: Any, run_dir: Path, out_dir: Path, images: torch.Tensor)
 
     model = _plain_model(module)
     size = Preprocessing.from_dict(module.hparams.preprocessing).input_size
-    example = torch.zeros(2, 3, size, size)
-    batch = torch.export.Dim("batch", min=1, max=4096)
     tmp = out_dir / ".model.onnx.tmp"
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        program = torch.onnx.export(
-            model, (example,), input_names=["image"], output_names=["logits"],
-            dynamic_shapes=({0: batch},), dynamo=True, verbose=False,
-        )  # fmt: skip
-        program.save(str(tmp), external_data=False)  # one self-contained file
+        write_onnx(model, size, tmp)
         session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
         got = session.run(None, {"image": images.numpy().astype(np.float32)})[0]
         with torch.no_grad():
@@ -135,6 +129,16 @@ def export_onnx(module: Any, run_dir: Path, out_dir: Path, images: torch.Tensor)
     card["onnx"] = {"file": path.name, "verified_on_images": int(images.shape[0]), "max_score_difference": diff}
     write_card(out_dir, card)
     return path, diff
+
+
+def write_onnx(model: nn.Module, size: int, path: Path) -> Path:
+    """One self-contained ONNX file: input 'image' (batch x 3 x size x size, dynamic batch), output 'logits'."""
+    program = torch.onnx.export(
+        model.eval(), (torch.zeros(2, 3, size, size),), input_names=["image"], output_names=["logits"],
+        dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},), dynamo=True, verbose=False,
+    )  # fmt: skip
+    program.save(str(path), external_data=False)
+    return path
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
