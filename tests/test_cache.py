@@ -55,3 +55,17 @@ def test_disk_entries_are_reused_across_caches(images, tmp_path):
     assert isinstance(got, np.memmap) and np.array_equal(got, decode(images[1], None))
     (next(store.glob("*.npy"))).write_bytes(b"damaged")
     assert np.array_equal(DecodedCache(directory=store).get(images[1]), decode(images[1], None))
+
+
+def test_training_fills_and_reuses_the_disk_store(tiny_dataset, tmp_path):
+    from covidct.config import TrainConfig
+    from covidct.training import train
+
+    store = tmp_path / "store"
+    config = dict(model="timm:resnet10t", data_dir=str(tiny_dataset), pretrained=False, epochs=1, batch_size=8,
+                  num_workers=0, out=str(tmp_path / "runs"), cache_dir=str(store))  # fmt: skip
+    train(TrainConfig(**config), progress=False)
+    entries = sorted(p.name for p in store.glob("*.npy"))
+    assert len(entries) == 16 + 8  # train images (shrunk) and val images (full size), one file each
+    train(TrainConfig(**config), progress=False)
+    assert sorted(p.name for p in store.glob("*.npy")) == entries  # nothing decoded twice

@@ -74,7 +74,7 @@ def cmd_samples(args: argparse.Namespace) -> int:
 TRAIN_FLAGS = (
     "model", "epochs", "lr", "batch_size", "patience", "seed", "out", "monitor", "weights", "precision",
     "num_workers", "weight_decay", "label_smoothing", "warmup_epochs", "data_csv", "accelerator", "augment",
-    "ema_decay",
+    "ema_decay", "cache_dir",
 )  # fmt: skip
 
 
@@ -266,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--grayscale", action=argparse.BooleanOptionalAction, help="every image to grey first (removes colour mode)"
     )
     p.add_argument("--ema-decay", type=float, help="EMA of weights per step (e.g. 0.98; default 0: off)")
+    p.add_argument("--cache-dir", help="keep decoded images here across runs (keyed by file content)")
     p.add_argument("--no-cache", action="store_true", help="decode images from disk every epoch")
     p.add_argument("--no-channels-last", action="store_true")
     p.add_argument("--evaluate", metavar="SPLIT", help="then evaluate the best checkpoint on SPLIT (e.g. test)")

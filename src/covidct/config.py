@@ -52,6 +52,7 @@ class TrainConfig:
     channels_last: bool = True
     num_workers: int = -1  # -1: min(2, cores)
     cache_images: bool = True  # decode every image once, keep it in memory
+    cache_dir: str | None = None  # also keep decoded (train: shrunk) images on disk, keyed by content, across runs
     accelerator: str = "auto"
     out: str = "runs"
     extra: dict[str, Any] = field(default_factory=dict)

@@ -178,8 +178,17 @@ def resolve_workers(num_workers: int) -> int:
 def build_datasets(config: TrainConfig, data: SplitData, pre: Preprocessing) -> tuple[ImageDataset, ImageDataset]:
     train_tf = train_transform(pre.mean, pre.std, pre.input_size, pre.resize, pre.grayscale, config.augment)
     val_tf = eval_transform(pre.mean, pre.std, pre.input_size, pre.grayscale)
-    train_ds = ImageDataset(data.splits["train"], train_tf, cache=config.cache_images)
-    val_ds = ImageDataset(data.splits["val"], val_tf, cache=config.cache_images)
+    train_cache: Any = config.cache_images
+    val_cache: Any = config.cache_images
+    if config.cache_dir:
+        from covidct.data.cache import DecodedCache
+
+        # Training crops start from the shorter side at `resize`, so shrinking once loses nothing; validation
+        # resizes the whole image, so it is kept at full size (its scores stay those a fresh decode gives).
+        train_cache = DecodedCache(shorter_side=pre.resize, directory=config.cache_dir)
+        val_cache = DecodedCache(directory=config.cache_dir)
+    train_ds = ImageDataset(data.splits["train"], train_tf, cache=train_cache)
+    val_ds = ImageDataset(data.splits["val"], val_tf, cache=val_cache)
     return train_ds, val_ds
 
 
@@ -249,7 +258,7 @@ def train(config: TrainConfig, progress: bool = True, run_dir: Path | None = Non
     model, pre = create_model(config.model, config.pretrained, config.weights)
     pre = dataclasses.replace(pre, grayscale=config.grayscale)  # stored in the checkpoint with the rest
     train_ds, val_ds = build_datasets(config, data, pre)
-    if config.cache_images:
+    if config.cache_images or config.cache_dir:
         train_ds.preload(progress)
         val_ds.preload(progress)
 

@@ -195,12 +195,14 @@ def load_splits(data_dir: str | Path, data_csv: str | Path | None = None, seed: 
 
 
 class ImageDataset(Dataset):
-    """Items are dicts {image, label, path}, as in the study. With cache=True every image is decoded once."""
+    """Items are dicts {image, label, path}, as in the study. With cache=True every image is decoded once; with a
+    DecodedCache (data/cache.py) images are decoded once per content and may come from its disk store."""
 
-    def __init__(self, samples: Sequence[Sample], transform: Callable | None = None, cache: bool = False):
+    def __init__(self, samples: Sequence[Sample], transform: Callable | None = None, cache: Any = False):
         self.samples = list(samples)
         self.transform = transform
-        self.cache = cache
+        self.store = cache if hasattr(cache, "get") else None  # a DecodedCache
+        self.cache = bool(cache)
         self._images: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
@@ -213,7 +215,8 @@ class ImageDataset(Dataset):
         bad = []
         for i in tqdm(range(len(self)), desc="decoding images", disable=not progress, leave=False):
             try:
-                self._images[i] = np.asarray(load_rgb(self.samples[i].path))
+                path = self.samples[i].path
+                self._images[i] = np.asarray(self.store.get(path) if self.store else load_rgb(path))
             except DataError as e:
                 bad.append(str(e))
         if bad:
@@ -222,6 +225,8 @@ class ImageDataset(Dataset):
     def image(self, i: int) -> Image.Image:
         if i in self._images:
             return Image.fromarray(self._images[i])
+        if self.store:
+            return Image.fromarray(np.asarray(self.store.get(self.samples[i].path)))
         img = load_rgb(self.samples[i].path)
         if self.cache:
             self._images[i] = np.asarray(img)
