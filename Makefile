@@ -35,12 +35,12 @@ browser:
 	  echo "chromium not installed: the browser test of the HTML report will be skipped"
 
 test: venv browser
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: venv
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests benchmarks
 
 format: venv
 	$(BIN)/ruff format src tests

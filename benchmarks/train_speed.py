@@ -8,37 +8,10 @@ Random weights and random 224x224 inputs (model compute only, no data loading): 
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
-import torch.nn.functional as F
 
-from covidct.models import create_model
-
-
-def images_per_second(name: str, bf16: bool, channels_last: bool, batch: int, steps: int, warmup: int) -> float:
-    torch.manual_seed(0)
-    model, pre = create_model(name, pretrained=False)
-    model.train()
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(memory_format=fmt)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = torch.randn(batch, 3, pre.input_size, pre.input_size).contiguous(memory_format=fmt)
-    y = torch.randint(0, 2, (batch,))
-
-    def step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    for _ in range(warmup):
-        step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return batch * steps / (time.perf_counter() - start)
+from covidct.bench import train_step_rate
 
 
 def main() -> None:
@@ -53,7 +26,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for name in args.models:
         r = [
-            images_per_second(name, bf16, cl, args.batch_size, args.steps, args.warmup)
+            train_step_rate(name, 224, args.batch_size, bf16, cl, args.warmup, args.steps)
             for bf16, cl in ((False, False), (False, True), (True, False), (True, True))
         ]
         cells = " | ".join(f"{v:.1f}" for v in r)
