@@ -43,6 +43,7 @@ def test_report_is_self_contained(report):
     assert not re.search(r'(src|href)="(https?:)?//', html)  # nothing fetched from a network
     assert "Research use only" in html and "not for diagnosis" in html.lower()
     assert "resnet10t" in html and "Wilson" in html
+    assert "made grey, resized to a square and normalised" in html  # the model card states the preprocessing
 
 
 def _chromium() -> str | None:

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from covidct.calibration import apply_temperature, expected_calibration_error, fit_temperature, reliability_curve
 from covidct.config import TrainConfig
-from covidct.data import ImageDataset, eval_transform, load_splits
+from covidct.data import ImageDataset, Sample, SplitData, eval_transform, load_splits
 from covidct.errors import ConfigError, CovidCTError, DataError, ModelError
 from covidct.fileio import atomic_write, write_csv, write_json
 from covidct.metrics import binary_metrics, predict, threshold_for_sensitivity, youden_threshold
@@ -74,6 +74,21 @@ def predict_scores(
     return paths, np.concatenate(labels), np.concatenate(scores)
 
 
+def run_data(run_dir: Path, data_dir: str | Path | None = None) -> SplitData:
+    """The splits a run was trained on (from its config.yaml), or those under `data_dir` when given."""
+    config_path = Path(run_dir) / "config.yaml"
+    if not config_path.is_file():
+        raise ModelError(f"run folder {run_dir} has no config.yaml; is it a covidct run folder?")
+    config = TrainConfig.from_yaml(config_path)
+    return load_splits(data_dir or config.data_dir, config.data_csv, config.seed)
+
+
+def eval_dataset(module: Classifier, samples: list[Sample]) -> ImageDataset:
+    """Samples as the model expects them at evaluation: its own preprocessing, no augmentation."""
+    pre = module.preprocessing
+    return ImageDataset(samples, eval_transform(pre.mean, pre.std, pre.input_size, pre.grayscale))
+
+
 def read_history(run_dir: Path) -> list[dict[str, str]]:
     path = run_dir / "metrics.csv"
     if not path.is_file():
@@ -100,21 +115,15 @@ def evaluate_run(
     chosen on the validation split (Youden's J, sensitivity >= min_sensitivity), applied unchanged to `split`."""
     run_dir = Path(run_dir)
     ckpt = find_checkpoint(run_dir, checkpoint)
-    config_path = run_dir / "config.yaml"
-    if not config_path.is_file():
-        raise ModelError(f"run folder {run_dir} has no config.yaml; is it a covidct run folder?")
-    config = TrainConfig.from_yaml(config_path)
-    data = load_splits(data_dir or config.data_dir, config.data_csv, config.seed)
+    data = run_data(run_dir, data_dir)
     if split not in data.splits:
         raise DataError(f"split must be one of {list(data.splits)}, got {split!r}")
     module = load_classifier(ckpt)
-    pre = module.preprocessing
-    transform = eval_transform(pre.mean, pre.std, pre.input_size, pre.grayscale)
-    paths, labels, scores = predict_scores(module, ImageDataset(data.splits[split], transform))
+    paths, labels, scores = predict_scores(module, eval_dataset(module, data.splits[split]))
     if split == "val":
         val_paths, val_labels, val_scores = paths, labels, scores
     else:
-        val_paths, val_labels, val_scores = predict_scores(module, ImageDataset(data.splits["val"], transform))
+        val_paths, val_labels, val_scores = predict_scores(module, eval_dataset(module, data.splits["val"]))
     threshold = float(module.hparams.threshold if threshold is None else threshold)
     metrics = binary_metrics(labels, scores, threshold)
     class_names = list(module.hparams.class_names)
@@ -350,12 +359,8 @@ def store_threshold(
     run_dir = Path(run_dir)
     ckpt_path = find_checkpoint(run_dir, checkpoint)
     if choose in ("youden", "sensitivity"):
-        config = TrainConfig.from_yaml(run_dir / "config.yaml")
-        data = load_splits(data_dir or config.data_dir, config.data_csv, config.seed)
         module = load_classifier(ckpt_path)
-        pre = module.preprocessing
-        ds = ImageDataset(data.splits["val"], eval_transform(pre.mean, pre.std, pre.input_size, pre.grayscale))
-        _, labels, scores = predict_scores(module, ds)
+        _, labels, scores = predict_scores(module, eval_dataset(module, run_data(run_dir, data_dir).splits["val"]))
         if len(np.unique(labels)) < 2:
             raise DataError("the validation split holds one class only: no threshold can be chosen on it")
         if choose == "youden":

@@ -148,14 +148,9 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 
 def verification_images(run_dir: Path, module: Any, data_dir: str | Path | None, n: int = 16) -> torch.Tensor:
     """The first n validation images of the run's data, preprocessed as the model expects."""
-    import yaml
+    from covidct.evaluation import eval_dataset, run_data
 
-    from covidct.data import ImageDataset, eval_transform, load_splits
-
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    data = load_splits(data_dir or config["data_dir"], config.get("data_csv"), config.get("seed", 42))
-    pre = Preprocessing.from_dict(module.hparams.preprocessing)
-    ds = ImageDataset(data.splits["val"][:n], eval_transform(pre.mean, pre.std, pre.input_size, pre.grayscale))
+    ds = eval_dataset(module, run_data(run_dir, data_dir).splits["val"][:n])
     return torch.stack([ds[i]["image"] for i in range(len(ds))])
 
 

@@ -15,10 +15,10 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from PIL import Image
 
 from covidct import DISCLAIMER
-from covidct.data import load_rgb, load_splits
+from covidct.data import load_rgb
 from covidct.data.audit import audit_dataset, write_audit
 from covidct.errors import ModelError
-from covidct.evaluation import evaluate_run
+from covidct.evaluation import evaluate_run, run_data
 from covidct.fileio import write_text
 from covidct.reporting import figure_png, sample_grid_figure
 from covidct.samples import pick_samples
@@ -59,7 +59,7 @@ def build_report(run_dir: str | Path, split: str = "test", data_dir: str | Path 
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    data = load_splits(data_dir or config["data_dir"], config.get("data_csv"), config.get("seed", 42))
+    data = run_data(run_dir, data_dir)
 
     audit = audit_dataset(data)
     write_audit(audit, run_dir / "audit")
@@ -101,9 +101,8 @@ def build_report(run_dir: str | Path, split: str = "test", data_dir: str | Path 
         figures=figures,
         misclassified=gallery,
         misclassified_more=max(0, len(wrong) - len(gallery)),
-        preprocessing="made grey, "
-        if pre
-        else "" + "resized to a square and normalised with the backbone's mean and std",
+        preprocessing=("made grey, " if pre else "")
+        + "resized to a square and normalised with the backbone's mean and std",
         train_counts=", ".join(f"{k} {v}" for k, v in data.counts()["train"].items()) + " training images",
         fmt=_fmt,
         ci=_ci,
