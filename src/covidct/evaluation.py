@@ -19,7 +19,9 @@ from covidct.fileio import atomic_write, write_csv, write_json
 from covidct.metrics import binary_metrics, predict, threshold_for_sensitivity, youden_threshold
 from covidct.reporting import (
     confusion_matrix_figure,
+    interval_text,
     misclassified_histogram,
+    number_text,
     precision_recall_figure,
     reliability_figure,
     roc_figure,
@@ -132,7 +134,7 @@ def evaluate_run(
         m = binary_metrics(labels, scores, t).to_dict()
         points.append({"name": name, "chosen_on": "val", **m, "ci95": intervals(labels, scores, t, n_bootstrap, seed)})
 
-    ckpt_info = torch.load(ckpt, map_location="cpu", weights_only=False)
+    ckpt_info = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)  # only "epoch" is read
     result = {
         "run": str(run_dir),
         "model": module.hparams.model_name,
@@ -245,16 +247,12 @@ def metrics_table(result: dict[str, Any]) -> str:
         for k in ("accuracy", "sensitivity", "specificity", "auc"):
             ci = p.get("ci95", {}).get(k, {})
             lo_hi = ci.get("delong" if k == "auc" else "wilson")
-            row[k] = f"{_f(p[k])} [{_f(lo_hi[0])}, {_f(lo_hi[1])}]" if lo_hi else _f(p[k])
+            row[k] = f"{number_text(p[k])} {interval_text(lo_hi)}".strip()
         row["TP/TN/FP/FN"] = f"{p['tp']}/{p['tn']}/{p['fp']}/{p['fn']}"
         rows.append(row)
     head = f"----- {result['split']} performance: {result['model']} (epoch {result['epoch']}, n={result['n']}) -----"
     foot = "95% intervals: Wilson (proportions), DeLong (AUC); thresholds other than default chosen on val"
     return head + "\n" + table_text(rows) + "\n" + foot
-
-
-def _f(v: Any) -> str:
-    return "nan" if v is None or v != v else f"{v:.3f}"
 
 
 def compare_runs(run_dirs: list[str | Path], split: str = "test") -> list[dict[str, Any]]:
@@ -278,13 +276,13 @@ def compare_runs(run_dirs: list[str | Path], split: str = "test") -> list[dict[s
                 "best_epoch": m.get("epoch"),
                 "n": m["n"],
                 "accuracy": _num(m["accuracy"]),
-                "accuracy_95ci": _ci_text(m.get("ci95", {}).get("accuracy", {}).get("wilson")),
+                "accuracy_95ci": interval_text(m.get("ci95", {}).get("accuracy", {}).get("wilson")),
                 "sensitivity": _num(m["sensitivity"]),
-                "sensitivity_95ci": _ci_text(m.get("ci95", {}).get("sensitivity", {}).get("wilson")),
+                "sensitivity_95ci": interval_text(m.get("ci95", {}).get("sensitivity", {}).get("wilson")),
                 "specificity": _num(m["specificity"]),
-                "specificity_95ci": _ci_text(m.get("ci95", {}).get("specificity", {}).get("wilson")),
+                "specificity_95ci": interval_text(m.get("ci95", {}).get("specificity", {}).get("wilson")),
                 "auc": _num(m["auc"]),
-                "auc_95ci": _ci_text(m.get("ci95", {}).get("auc", {}).get("delong")),
+                "auc_95ci": interval_text(m.get("ci95", {}).get("auc", {}).get("delong")),
             }
         )
     _add_paired_tests(rows, [Path(r) / f"eval-{split}" / "predictions.csv" for r in run_dirs])
@@ -292,10 +290,6 @@ def compare_runs(run_dirs: list[str | Path], split: str = "test") -> list[dict[s
     for row, diff in zip(rows, config_differences(configs)):
         row["settings"] = diff
     return rows
-
-
-def _ci_text(ci: list[float] | None) -> str:
-    return f"[{_f(ci[0])}, {_f(ci[1])}]" if ci else ""
 
 
 def read_predictions(path: Path) -> dict[str, tuple[int, float]]:
@@ -320,7 +314,7 @@ def _add_paired_tests(rows: list[dict[str, Any]], prediction_files: list[Path]) 
             continue
         y = np.array([first[k][0] for k in common])
         t = delong_paired_test(y, [other[k][1] for k in common], [first[k][1] for k in common])
-        row["auc_diff_vs_first"], row["diff_95ci"] = t.difference, _ci_text(t.interval.as_list())
+        row["auc_diff_vs_first"], row["diff_95ci"] = t.difference, interval_text(t.interval.as_list())
         row["p_delong"] = t.p_value
 
 

@@ -8,7 +8,6 @@ import io
 import json
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 import yaml
 from jinja2 import Environment, PackageLoader, select_autoescape
@@ -20,7 +19,7 @@ from covidct.data.audit import audit_dataset, write_audit
 from covidct.errors import ModelError
 from covidct.evaluation import evaluate_run, run_data
 from covidct.fileio import write_text
-from covidct.reporting import figure_png, sample_grid_figure
+from covidct.reporting import figure_png, interval_text, number_text, sample_grid_figure
 from covidct.samples import pick_samples
 
 FIGURES = ("training_curves", "confusion_matrix", "roc_curve", "pr_curve", "reliability", "misclassified_scores")
@@ -37,14 +36,6 @@ def thumbnail_uri(path: str | Path, size: int = 150) -> str:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return data_uri(buf.getvalue())
-
-
-def _fmt(v: Any) -> str:
-    return "n/a" if v is None or v != v else f"{v:.3f}"
-
-
-def _ci(pair: list[float] | None) -> str:
-    return f"[{_fmt(pair[0])}, {_fmt(pair[1])}]" if pair else ""
 
 
 def build_report(run_dir: str | Path, split: str = "test", data_dir: str | Path | None = None) -> Path:
@@ -104,7 +95,7 @@ def build_report(run_dir: str | Path, split: str = "test", data_dir: str | Path 
         preprocessing=("made grey, " if pre else "")
         + "resized to a square and normalised with the backbone's mean and std",
         train_counts=", ".join(f"{k} {v}" for k, v in data.counts()["train"].items()) + " training images",
-        fmt=_fmt,
-        ci=_ci,
+        fmt=number_text,
+        ci=interval_text,
     )
     return write_text(run_dir / "report.html", html)

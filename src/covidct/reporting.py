@@ -216,5 +216,15 @@ def write_table(rows: Sequence[dict[str, Any]], stem: str | Path) -> tuple[Path,
 
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
-        return "nan" if v != v else f"{v:.3f}"
+        return number_text(v)
     return "" if v is None else str(v)
+
+
+def number_text(v: float | None) -> str:
+    """A metric with three decimals; 'nan' where it is undefined."""
+    return "nan" if v is None or v != v else f"{v:.3f}"
+
+
+def interval_text(pair: Sequence[float] | None) -> str:
+    """'[low, high]', or '' when there is no interval."""
+    return f"[{number_text(pair[0])}, {number_text(pair[1])}]" if pair else ""

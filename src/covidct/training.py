@@ -339,7 +339,11 @@ def _fit(
     )
     wall = time.perf_counter() - start
     best = Path(checkpoint.best_model_path)
-    best_epoch = int(torch.load(best, map_location="cpu", weights_only=False)["epoch"]) + 1 if best.is_file() else None
+    best_epoch = (
+        int(torch.load(best, map_location="cpu", weights_only=False, mmap=True)["epoch"]) + 1
+        if best.is_file()
+        else None
+    )
     summary = {
         "model": config.model,
         "monitor": config.monitor,
