@@ -1,7 +1,7 @@
 """Training-step throughput of a backbone under each precision / memory-format combination.
 
 Random weights and random 224x224 inputs (model compute only, no data loading): this isolates what
-`--precision auto` and channels-last buy. Usage:
+`--precision auto`, channels-last and `--fp32-slow-layers` buy. Usage:
     .venv/bin/python benchmarks/train_speed.py --models efficientnet_lite0 vgg19_bn --batch-size 32
 """
 
@@ -22,12 +22,16 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     args = p.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print("| model | fp32 | fp32 + channels_last | bf16 | bf16 + channels_last | best / fp32 |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| model | fp32 | fp32 + channels_last | bf16 | bf16 + channels_last | "
+        "bf16 + channels_last + fp32 slow layers | best / fp32 |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    combos = ((False, False, False), (False, True, False), (True, False, False), (True, True, False), (True, True, True))
     for name in args.models:
         r = [
-            train_step_rate(name, 224, args.batch_size, bf16, cl, args.warmup, args.steps)
-            for bf16, cl in ((False, False), (False, True), (True, False), (True, True))
+            train_step_rate(name, 224, args.batch_size, bf16, cl, args.warmup, args.steps, fp32_slow=slow)
+            for bf16, cl, slow in combos
         ]
         cells = " | ".join(f"{v:.1f}" for v in r)
         print(f"| {name} | {cells} | {max(r) / r[0]:.2f}x |", flush=True)

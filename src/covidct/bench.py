@@ -2,7 +2,8 @@
 the naive baseline measured in the same run, and achieved FLOP/s against the device's peak.
 
 Naive baseline: fp32, contiguous memory, images decoded from disk every time. Optimised: what covidct does by
-default (bf16 autocast where the CPU has fast bf16, channels-last, images decoded once). Peak FLOP/s of a CPU is
+default (bf16 autocast where the CPU has fast bf16 with the layers slow in bf16 kept in fp32, channels-last,
+images decoded once). Peak FLOP/s of a CPU is
 cores x clock x FLOPs per cycle per core (fp32 FMA: 64 with two 512-bit FMA units, 32 where AVX-512 runs on
 256-bit units as on AMD Zen 4, 32 with AVX2, 8 otherwise), doubled for bf16 with AVX512-BF16 or AMX; an estimate
 to put the figures in proportion, not a measurement.
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 from covidct.data import ImageDataset, Sample, load_splits, train_transform
 from covidct.export import write_onnx
 from covidct.models import create_model
-from covidct.training import cpu_has_fast_bf16
+from covidct.precision import cpu_has_fast_bf16, keep_fp32
 
 DEFAULT_MODELS = ("efficientnet_lite0", "vgg19_bn", "vgg16", "resnet50")
 
@@ -69,17 +70,28 @@ def _rate(step: Callable[[], None], n_images: int, warmup: int, steps: int) -> f
 
 def train_throughput(name: str, size: int, batch: int, optimised: bool, warmup: int, steps: int) -> float:
     """Images/s of forward + backward + AdamW step on random data: naive, or as covidct trains by default."""
-    return train_step_rate(name, size, batch, optimised and cpu_has_fast_bf16(), optimised, warmup, steps)
+    bf16 = optimised and cpu_has_fast_bf16()
+    return train_step_rate(name, size, batch, bf16, optimised, warmup, steps, fp32_slow=bf16)
 
 
 def train_step_rate(
-    name: str, size: int, batch: int, bf16: bool, channels_last: bool, warmup: int, steps: int
+    name: str,
+    size: int,
+    batch: int,
+    bf16: bool,
+    channels_last: bool,
+    warmup: int,
+    steps: int,
+    fp32_slow: bool = False,
 ) -> float:
-    """Images/s of training steps with bf16 autocast and channels-last memory chosen separately."""
+    """Images/s of training steps with bf16 autocast, channels-last memory and fp32 for the layers slow in bf16
+    (`precision.keep_fp32`) chosen separately."""
     torch.manual_seed(0)
     model, _ = create_model(name, pretrained=False)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt).train()
+    if fp32_slow:
+        keep_fp32(model)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randn(batch, 3, size, size).contiguous(memory_format=fmt)
     y = torch.randint(0, 2, (batch,))
@@ -100,6 +112,8 @@ def train_phase_split(name: str, size: int, batch: int, warmup: int, steps: int)
     model, _ = create_model(name, pretrained=False)
     bf16 = cpu_has_fast_bf16()
     model = model.to(memory_format=torch.channels_last).train()
+    if bf16:
+        keep_fp32(model)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 2, (batch,))

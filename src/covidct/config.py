@@ -50,6 +50,8 @@ class TrainConfig:
     seed: int = 42
     precision: str = "auto"  # auto: bf16-mixed on CPUs with AMX/AVX512-BF16 and on GPUs, else 32
     channels_last: bool = True
+    # Under bf16 autocast on CPU, run the depthwise convolutions whose bf16 backward is slow in fp32 (precision.py)
+    fp32_slow_layers: bool = True
     num_workers: int = -1  # -1: min(2, cores)
     cache_images: bool = True  # decode every image once, keep it in memory
     cache_dir: str | None = None  # also keep decoded (train: shrunk) images on disk, keyed by content, across runs

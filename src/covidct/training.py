@@ -37,6 +37,7 @@ from covidct.data import ImageDataset, SplitData, eval_transform, load_splits, t
 from covidct.fileio import write_csv, write_json, write_text
 from covidct.metrics import binary_metrics
 from covidct.models import Preprocessing, create_model
+from covidct.precision import cpu_has_fast_bf16, keep_fp32, resolve_precision
 
 log = logging.getLogger("covidct")
 
@@ -153,24 +154,6 @@ class EpochHistory(Callback):
         log.info("epoch %d: %s", row["epoch"], {k: v for k, v in row.items() if k != "epoch"})
 
 
-def cpu_has_fast_bf16() -> bool:
-    """AMX or AVX512-BF16: where bf16 autocast pays on CPU (measured: benchmarks/RESULTS.md)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return bool(re.search(r"\b(amx_bf16|avx512_bf16)\b", flags))
-
-
-def resolve_precision(precision: str, accelerator: str) -> str:
-    """'auto' -> bf16-mixed on GPUs that support it and on CPUs with fast bf16, else 32-bit."""
-    if precision != "auto":
-        return precision
-    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "bf16-mixed" if cpu_has_fast_bf16() else "32"
-
-
 def resolve_workers(num_workers: int) -> int:
     return min(2, os.cpu_count() or 1) if num_workers < 0 else num_workers
 
@@ -285,6 +268,10 @@ def _fit(
     precision = resolve_precision(config.precision, config.accelerator)
     workers = resolve_workers(config.num_workers)
     log.info("run %s: model %s, precision %s, %d loader workers", run_dir, config.model, precision, workers)
+    on_cpu = config.accelerator == "cpu" or (config.accelerator == "auto" and not torch.cuda.is_available())
+    if precision == "bf16-mixed" and on_cpu and config.fp32_slow_layers:
+        kept = keep_fp32(model)
+        log.info("%d depthwise convolutions kept in fp32 (faster than bf16 on this CPU)", len(kept))
     log.info("data: %s %s", data.source, data.counts())
     module = Classifier(
         model_name=config.model,
