@@ -5,10 +5,22 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from covidct.errors import ModelError
-from covidct.evaluation import compare_runs, evaluate_run, find_checkpoint
+from covidct.evaluation import (
+    compare_runs,
+    ensemble_mean,
+    eval_dataset,
+    evaluate_run,
+    find_checkpoint,
+    load_classifier,
+    metrics_table,
+    predict_scores,
+    read_predictions,
+    run_data,
+)
 from covidct.metrics import binary_metrics
 
 
@@ -153,3 +165,37 @@ def test_youden_threshold_stored_matches_validation(trained_run, tmp_path):
     record = store_threshold(run, "youden")
     assert record["threshold"] == pytest.approx(youden_threshold(y, s), abs=1e-5)
     assert record["chosen_on"] == "val" and r["split"] == "test"
+
+
+def test_ensemble_mean_is_the_mean_of_member_probabilities():
+    a, b = np.array([0.2, 0.9, 0.5]), np.array([0.4, 0.7, 0.0])
+    np.testing.assert_allclose(ensemble_mean([a, b]), [0.3, 0.8, 0.25])
+    with pytest.raises(ValueError, match="different numbers"):
+        ensemble_mean([a, b[:2]])
+
+
+def test_tta_averages_the_image_and_its_mirror(trained_run):
+    module = load_classifier(find_checkpoint(trained_run))
+    ds = eval_dataset(module, run_data(trained_run).splits["val"])
+    _, _, plain = predict_scores(module, ds)
+    _, _, tta = predict_scores(module, ds, tta=True)
+    with torch.no_grad():
+        x = torch.stack([ds[i]["image"] for i in range(len(ds))])
+        mirrored = module(x.flip(-1)).softmax(1)[:, 1].numpy()
+    np.testing.assert_allclose(tta, (plain + mirrored) / 2, atol=1e-5)
+    assert not np.allclose(tta, plain)
+
+
+def test_ensemble_evaluation_averages_members(trained_run, tmp_path):
+    single = evaluate_run(trained_run, "test", out_dir=tmp_path / "one", n_bootstrap=0)
+    with pytest.raises(ModelError, match="--out"):
+        evaluate_run([trained_run, trained_run], "test", n_bootstrap=0)
+    both = evaluate_run([trained_run, trained_run], "test", out_dir=tmp_path / "two", n_bootstrap=0)
+    assert both["ensemble"] == {"members": 2, "aggregation": "mean of probabilities"}
+    assert both["epoch"] == [single["epoch"]] * 2
+    one = read_predictions(tmp_path / "one" / "predictions.csv")
+    two = read_predictions(tmp_path / "two" / "predictions.csv")
+    assert one.keys() == two.keys()
+    for path, (label, score) in one.items():
+        assert two[path][0] == label and two[path][1] == pytest.approx(score, abs=1e-6)
+    assert "ensemble of" in metrics_table(both)

@@ -96,6 +96,8 @@ def train_config(args: argparse.Namespace) -> Any:
         values["cache_images"] = False
     if args.no_channels_last:
         values["channels_last"] = False
+    if args.fp32_slow_layers is not None:
+        values["fp32_slow_layers"] = args.fp32_slow_layers
     return TrainConfig.from_dict(values)
 
 
@@ -115,6 +117,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cv(args: argparse.Namespace) -> int:
+    import json
+
+    from covidct.cv import run_cv
+
+    config = train_config(args)
+    print(DISCLAIMER, file=sys.stderr)
+    cv_dir = run_cv(config, args.folds, progress=_progress(), group_duplicates=not args.no_group_duplicates)
+    summary = json.loads((cv_dir / "cv.json").read_text())
+    for f in summary["folds"]:
+        print(f"fold {f['fold']}: val acc {f['val_acc']:.3f}, val AUC {f['val_auc']:.3f} ({f['n_val']} images)")
+    acc, auc, oof = summary["val_acc"], summary["val_auc"], summary["out_of_fold"]
+    print(f"val acc {acc['mean']:.3f} +- {acc['sd']:.3f}, val AUC {auc['mean']:.3f} +- {auc['sd']:.3f} (mean +- sd)")
+    print(f"out of fold ({oof['n']} images): acc {oof['accuracy']:.3f}, AUC {oof['auc']:.3f}")
+    print(f"cv folder: {cv_dir} (fold runs under fold-*/run; evaluate them together as an ensemble)")
+    return 0
+
+
 def _evaluate_and_print(
     run_dir: Path,
     split: str,
@@ -125,23 +145,28 @@ def _evaluate_and_print(
     n_boot: int,
     min_sens: float,
     calibrate: bool = False,
+    tta: bool = False,
 ) -> None:
     from covidct.evaluation import evaluate_run, metrics_table
 
-    result = evaluate_run(run_dir, split, checkpoint, data_dir, threshold, out, n_boot, min_sens, calibrate=calibrate)
+    result = evaluate_run(
+        run_dir, split, checkpoint, data_dir, threshold, out, n_boot, min_sens, calibrate=calibrate, tta=tta
+    )
     cal = result["calibration"]
     line = f"calibration: ECE {cal['ece']:.3f}"
     if "temperature" in cal:
         line += f"; temperature {cal['temperature']:.2f} (fitted on val) -> ECE {cal['ece_calibrated']:.3f}"
     print(metrics_table(result))
     print(line)
-    print(f"wrote metrics, predictions and figures to {Path(out) if out else Path(run_dir) / f'eval-{split}'}")
+    where = Path(out) if out else Path(run_dir if not isinstance(run_dir, list) else run_dir[0]) / f"eval-{split}"
+    print(f"wrote metrics, predictions and figures to {where}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    runs = args.run_dir if len(args.run_dir) > 1 else args.run_dir[0]
     _evaluate_and_print(
-        args.run_dir, args.split, args.checkpoint, args.data_dir, args.threshold, args.out,
-        args.bootstrap, args.min_sensitivity, args.calibrate,
+        runs, args.split, args.checkpoint, args.data_dir, args.threshold, args.out,
+        args.bootstrap, args.min_sensitivity, args.calibrate, args.tta,
     )  # fmt: skip
     return 0
 
@@ -208,6 +233,41 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_args(p: argparse.ArgumentParser) -> None:
+    """The flags of a training recipe, shared by train and cv."""
+    _data_args(p)
+    p.add_argument("--config", help="a YAML config (e.g. a saved run's config.yaml); flags override it")
+    p.add_argument("--model", help="backbone (default efficientnet_lite0); see: covidct models")
+    p.add_argument("--epochs", type=int, help="maximum epochs (default 30)")
+    p.add_argument("--lr", type=float, help="peak learning rate of AdamW (default 3e-4)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--patience", type=int, help="early-stopping patience in epochs (default 10)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--out", help="parent folder of run folders (default runs/)")
+    p.add_argument("--monitor", choices=["val_acc", "val_auc", "val_loss"], help="best-checkpoint criterion")
+    p.add_argument("--weights", help="local ImageNet weight file (.pth or .safetensors) for the backbone")
+    p.add_argument("--no-pretrained", action="store_true", help="random initialisation (only when asked)")
+    p.add_argument("--precision", choices=["auto", "32", "bf16-mixed", "16-mixed"])
+    p.add_argument("--accelerator", help="auto, cpu or gpu (default auto)")
+    p.add_argument("--num-workers", type=int, help="data loader workers (default min(2, cores))")
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--warmup-epochs", type=int)
+    p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--augment", choices=["study", "ct"], help="study: crop+flip; ct: + affine, brightness/contrast")
+    p.add_argument(
+        "--grayscale", action=argparse.BooleanOptionalAction, help="every image to grey first (removes colour mode)"
+    )
+    p.add_argument("--ema-decay", type=float, help="EMA of weights per step (e.g. 0.98; default 0: off)")
+    p.add_argument("--cache-dir", help="keep decoded images here across runs (keyed by file content)")
+    p.add_argument("--no-cache", action="store_true", help="decode images from disk every epoch")
+    p.add_argument("--no-channels-last", action="store_true")
+    p.add_argument(
+        "--fp32-slow-layers",
+        action=argparse.BooleanOptionalAction,
+        help="under bf16 on CPU, keep the depthwise convs whose bf16 backward is slow in fp32 (default on)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="covidct",
@@ -243,39 +303,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_samples)
 
     p = sub.add_parser("train", help="fine-tune a backbone; keeps the best checkpoint on validation")
-    _data_args(p)
-    p.add_argument("--config", help="a YAML config (e.g. a saved run's config.yaml); flags override it")
-    p.add_argument("--model", help="backbone (default efficientnet_lite0); see: covidct models")
-    p.add_argument("--epochs", type=int, help="maximum epochs (default 30)")
-    p.add_argument("--lr", type=float, help="peak learning rate of AdamW (default 3e-4)")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--patience", type=int, help="early-stopping patience in epochs (default 10)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--out", help="parent folder of run folders (default runs/)")
-    p.add_argument("--monitor", choices=["val_acc", "val_auc", "val_loss"], help="best-checkpoint criterion")
-    p.add_argument("--weights", help="local ImageNet weight file (.pth or .safetensors) for the backbone")
-    p.add_argument("--no-pretrained", action="store_true", help="random initialisation (only when asked)")
-    p.add_argument("--precision", choices=["auto", "32", "bf16-mixed", "16-mixed"])
-    p.add_argument("--accelerator", help="auto, cpu or gpu (default auto)")
-    p.add_argument("--num-workers", type=int, help="data loader workers (default min(2, cores))")
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--warmup-epochs", type=int)
-    p.add_argument("--label-smoothing", type=float)
-    p.add_argument("--augment", choices=["study", "ct"], help="study: crop+flip; ct: + affine, brightness/contrast")
-    p.add_argument(
-        "--grayscale", action=argparse.BooleanOptionalAction, help="every image to grey first (removes colour mode)"
-    )
-    p.add_argument("--ema-decay", type=float, help="EMA of weights per step (e.g. 0.98; default 0: off)")
-    p.add_argument("--cache-dir", help="keep decoded images here across runs (keyed by file content)")
-    p.add_argument("--no-cache", action="store_true", help="decode images from disk every epoch")
-    p.add_argument("--no-channels-last", action="store_true")
+    _train_args(p)
     p.add_argument("--evaluate", metavar="SPLIT", help="then evaluate the best checkpoint on SPLIT (e.g. test)")
     p.add_argument("--report", action="store_true", help="then write report.html (evaluating on test if needed)")
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("cv", help="k-fold cross-validation on train+val (one run per fold; test untouched)")
+    _train_args(p)
+    p.add_argument("--folds", type=int, default=5, help="number of folds (default 5)")
+    p.add_argument("--no-group-duplicates", action="store_true", help="do not keep near-duplicate images in one fold")
+    p.set_defaults(func=cmd_cv)
+
     p = sub.add_parser("evaluate", help="metrics, predictions and figures of a run on a split")
-    p.add_argument("run_dir", type=Path, help="a run folder (runs/<timestamp>-<model>)")
+    p.add_argument(
+        "run_dir", type=Path, nargs="+", help="a run folder (runs/<timestamp>-<model>); several: their ensemble"
+    )
     p.add_argument("--split", default="test", help="train, val or test (default test)")
+    p.add_argument("--tta", action="store_true", help="average each image's score with its left-right mirror's")
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
     p.add_argument("--data-dir", help="override the data folder recorded in the run's config")
     p.add_argument("--threshold", type=float, help="decision threshold (default: the model's, 0.5)")

@@ -62,18 +62,34 @@ def load_classifier(checkpoint: str | Path) -> Classifier:
 
 @torch.no_grad()
 def predict_scores(
-    module: Classifier, dataset: ImageDataset, batch_size: int = 32, num_workers: int = 0
+    module: Classifier, dataset: ImageDataset, batch_size: int = 32, num_workers: int = 0, tta: bool = False
 ) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """(paths, labels, scores) where score = probability of class 1 (COVID), in fp32."""
+    """(paths, labels, scores) where score = probability of class 1 (COVID), in fp32.
+
+    tta: test-time augmentation, the mean of the probabilities of the image and of its left-right mirror (the
+    flip the training augmentation already uses)."""
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     paths: list[str] = []
     labels, scores = [], []
     for batch in loader:
-        logits = module(batch["image"].to(module.device)).float()
-        scores.append(logits.softmax(1)[:, 1].cpu().numpy())
+        x = batch["image"].to(module.device)
+        p = module(x).float().softmax(1)[:, 1]
+        if tta:
+            p = (p + module(x.flip(-1)).float().softmax(1)[:, 1]) / 2
+        scores.append(p.cpu().numpy())
         labels.append(np.asarray(batch["label"]))
         paths += list(batch["path"])
     return paths, np.concatenate(labels), np.concatenate(scores)
+
+
+def ensemble_mean(scores: list[np.ndarray]) -> np.ndarray:
+    """An ensemble's score: the arithmetic mean of its members' probabilities (equal weights, nothing fitted)."""
+    if not scores:
+        raise ValueError("an ensemble needs at least one member")
+    shapes = {s.shape for s in scores}
+    if len(shapes) != 1:
+        raise ValueError(f"members scored different numbers of images: {sorted(shapes)}")
+    return np.mean(np.stack(scores), axis=0)
 
 
 def run_data(run_dir: Path, data_dir: str | Path | None = None) -> SplitData:
@@ -100,7 +116,7 @@ def read_history(run_dir: Path) -> list[dict[str, str]]:
 
 
 def evaluate_run(
-    run_dir: str | Path,
+    run_dir: str | Path | list[str | Path],
     split: str = "test",
     checkpoint: str = "best",
     data_dir: str | Path | None = None,
@@ -110,22 +126,41 @@ def evaluate_run(
     min_sensitivity: float = 0.95,
     seed: int = 0,
     calibrate: bool = False,
+    tta: bool = False,
 ) -> dict[str, Any]:
     """Score every image of `split` with the run's checkpoint; write metrics, predictions and figures.
 
     Besides the metrics at the model's threshold, metrics.json holds 95% intervals and the operating points
-    chosen on the validation split (Youden's J, sensitivity >= min_sensitivity), applied unchanged to `split`."""
-    run_dir = Path(run_dir)
-    ckpt = find_checkpoint(run_dir, checkpoint)
-    data = run_data(run_dir, data_dir)
-    if split not in data.splits:
-        raise DataError(f"split must be one of {list(data.splits)}, got {split!r}")
-    module = load_classifier(ckpt)
-    paths, labels, scores = predict_scores(module, eval_dataset(module, data.splits[split]))
+    chosen on the validation split (Youden's J, sensitivity >= min_sensitivity), applied unchanged to `split`.
+    Given several run folders, evaluates their ensemble (`ensemble_mean` of the members' probabilities, each
+    member with its own preprocessing) at the first member's threshold; `out_dir` is then required."""
+    runs = [Path(r) for r in run_dir] if isinstance(run_dir, list) else [Path(run_dir)]
+    if len(runs) > 1 and out_dir is None:
+        raise ModelError(f"an ensemble of {len(runs)} runs needs an output folder (--out)")
+    members = []
+    for run in runs:
+        ckpt = find_checkpoint(run, checkpoint)
+        data = run_data(run, data_dir)
+        if split not in data.splits:
+            raise DataError(f"split must be one of {list(data.splits)}, got {split!r}")
+        module = load_classifier(ckpt)
+        paths, labels, scores = predict_scores(module, eval_dataset(module, data.splits[split]), tta=tta)
+        val = predict_scores(module, eval_dataset(module, data.splits["val"]), tta=tta) if split != "val" else None
+        epoch = int(torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True).get("epoch", -1)) + 1
+        members.append({"run": run, "ckpt": ckpt, "module": module, "scored": (paths, labels, scores), "val": val,
+                        "epoch": epoch})  # fmt: skip
+    first = members[0]
+    paths, labels, _ = first["scored"]
+    for m in members[1:]:
+        if m["scored"][0] != paths:
+            raise DataError(f"runs {first['run']} and {m['run']} score different images of split {split!r}")
+    scores = ensemble_mean([m["scored"][2] for m in members])
     if split == "val":
-        val_paths, val_labels, val_scores = paths, labels, scores
+        val_labels, val_scores = labels, scores
     else:
-        val_paths, val_labels, val_scores = predict_scores(module, eval_dataset(module, data.splits["val"]))
+        val_labels = first["val"][1]
+        val_scores = ensemble_mean([m["val"][2] for m in members])
+    module = first["module"]
     threshold = float(module.hparams.threshold if threshold is None else threshold)
     metrics = binary_metrics(labels, scores, threshold)
     class_names = list(module.hparams.class_names)
@@ -134,13 +169,14 @@ def evaluate_run(
         m = binary_metrics(labels, scores, t).to_dict()
         points.append({"name": name, "chosen_on": "val", **m, "ci95": intervals(labels, scores, t, n_bootstrap, seed)})
 
-    ckpt_info = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)  # only "epoch" is read
     result = {
-        "run": str(run_dir),
-        "model": module.hparams.model_name,
+        "run": str(runs[0]) if len(runs) == 1 else [str(r) for r in runs],
+        "model": module.hparams.model_name if len(runs) == 1 else [m["module"].hparams.model_name for m in members],
+        "ensemble": {"members": len(runs), "aggregation": "mean of probabilities"} if len(runs) > 1 else None,
+        "tta": "mean over the image and its left-right mirror" if tta else None,
         "split": split,
-        "checkpoint": ckpt.name,
-        "epoch": int(ckpt_info.get("epoch", -1)) + 1,
+        "checkpoint": first["ckpt"].name,
+        "epoch": first["epoch"] if len(runs) == 1 else [m["epoch"] for m in members],
         "class_names": class_names,
         "positive_class": class_names[1],
         **metrics.to_dict(),
@@ -149,6 +185,8 @@ def evaluate_run(
         "operating_points": points,
         "calibration": calibration_report(labels, scores, val_labels, val_scores, calibrate),
     }
+    run_dir = runs[0]
+    val_paths = paths if split == "val" else first["val"][0]
     out = Path(out_dir) if out_dir else run_dir / f"eval-{split}"
     preds = predict(scores, threshold)
     rows = [
@@ -177,7 +215,7 @@ def evaluate_run(
         eces[f"temperature {t:.2f}"] = result["calibration"]["ece_calibrated"]
     save_figure(reliability_figure(curves, eces), out / "reliability.png")
     save_figure(misclassified_histogram(scores, labels, threshold), out / "misclassified_scores.png")
-    history = read_history(run_dir)
+    history = read_history(run_dir) if len(runs) == 1 else []
     if history:
         save_figure(training_curves_figure(history), out / "training_curves.png")
     write_json(out / "metrics.json", result)  # last: its presence means the evaluation is complete
@@ -250,7 +288,9 @@ def metrics_table(result: dict[str, Any]) -> str:
             row[k] = f"{number_text(p[k])} {interval_text(lo_hi)}".strip()
         row["TP/TN/FP/FN"] = f"{p['tp']}/{p['tn']}/{p['fp']}/{p['fn']}"
         rows.append(row)
-    head = f"----- {result['split']} performance: {result['model']} (epoch {result['epoch']}, n={result['n']}) -----"
+    model = result["model"] if isinstance(result["model"], str) else "ensemble of " + ", ".join(result["model"])
+    tta = " + TTA" if result.get("tta") else ""
+    head = f"----- {result['split']} performance: {model}{tta} (epoch {result['epoch']}, n={result['n']}) -----"
     foot = "95% intervals: Wilson (proportions), DeLong (AUC); thresholds other than default chosen on val"
     return head + "\n" + table_text(rows) + "\n" + foot
 
