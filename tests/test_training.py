@@ -98,3 +98,19 @@ def test_ema_checkpoint_holds_the_averaged_weights(tmp_path, tiny_dataset):
     from covidct.evaluation import evaluate_run
 
     assert evaluate_run(run, "val")["n"] == 8
+
+
+def test_backbone_learns_at_a_scaled_rate():
+    from covidct.models import create_model, head_parameters
+
+    model, pre = create_model("timm:resnet10t", pretrained=False)
+    module = Classifier("timm:resnet10t", pre.to_dict(), ["NonCOVID", "COVID"], lr=1e-3, warmup_epochs=0,
+                        backbone_lr_scale=0.1, model=model)  # fmt: skip
+    optimizer = module.configure_optimizers()["optimizer"]
+    backbone, head = optimizer.param_groups
+    assert backbone["lr"] == pytest.approx(1e-4) and head["lr"] == pytest.approx(1e-3)
+    assert {id(p) for p in head["params"]} == {id(p) for p in head_parameters(module.model)}
+    n_params = len(list(module.parameters()))
+    assert len(backbone["params"]) + len(head["params"]) == n_params
+    with pytest.raises(ConfigError, match="backbone_lr_scale"):
+        TrainConfig(backbone_lr_scale=0)

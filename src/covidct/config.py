@@ -39,6 +39,7 @@ class TrainConfig:
     lr: float = 3e-4
     weight_decay: float = 1e-4
     warmup_epochs: int = 1
+    backbone_lr_scale: float = 1.0  # the pretrained backbone's lr = lr x this; the new head's = lr
     # The default recipe (chosen on validation, see benchmarks/RESULTS.md): grey images, CT augmentation,
     # label smoothing. --no-grayscale --augment study --label-smoothing 0 gives the study's pipeline.
     label_smoothing: float = 0.1
@@ -64,6 +65,8 @@ class TrainConfig:
         for name, value in positive.items():
             if not value > 0:
                 raise ConfigError(f"{name} must be > 0, got {value!r}")
+        if not 0 < self.backbone_lr_scale <= 1:
+            raise ConfigError(f"backbone_lr_scale must be in (0, 1], got {self.backbone_lr_scale!r}")
         if self.patience < 1:
             raise ConfigError(f"patience must be >= 1, got {self.patience!r}")
         if self.weight_decay < 0:

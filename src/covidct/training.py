@@ -36,8 +36,8 @@ from covidct.config import TrainConfig
 from covidct.data import ImageDataset, SplitData, eval_transform, load_splits, train_transform
 from covidct.fileio import write_csv, write_json, write_text
 from covidct.metrics import binary_metrics
-from covidct.models import Preprocessing, create_model
-from covidct.precision import cpu_has_fast_bf16, keep_fp32, resolve_precision
+from covidct.models import Preprocessing, create_model, head_parameters
+from covidct.precision import keep_fp32, resolve_precision
 
 log = logging.getLogger("covidct")
 
@@ -70,6 +70,7 @@ class Classifier(L.LightningModule):
         label_smoothing: float = 0.0,
         channels_last: bool = True,
         threshold: float = 0.5,
+        backbone_lr_scale: float = 1.0,
         model: nn.Module | None = None,
     ) -> None:
         super().__init__()
@@ -117,7 +118,16 @@ class Classifier(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        optimizer = torch.optim.AdamW(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        # The new head learns at lr; the pretrained backbone at lr x backbone_lr_scale (1: one learning rate).
+        head = {id(p) for p in head_parameters(self.model)}
+        groups = [
+            {
+                "params": [p for p in self.parameters() if id(p) not in head],
+                "lr": hp.lr * hp.get("backbone_lr_scale", 1),
+            },
+            {"params": [p for p in self.parameters() if id(p) in head], "lr": hp.lr},
+        ]
+        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=hp.weight_decay)
 
         def factor(epoch: int) -> float:  # linear warm-up, then cosine decay to zero over max_epochs
             if epoch < hp.warmup_epochs:
@@ -140,7 +150,7 @@ class EpochHistory(Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self._start = time.perf_counter()
-        self._lr = trainer.optimizers[0].param_groups[0]["lr"]  # the scheduler steps before epoch end
+        self._lr = trainer.optimizers[0].param_groups[-1]["lr"]  # the head's; the scheduler steps before epoch end
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
@@ -283,6 +293,7 @@ def _fit(
         max_epochs=config.epochs,
         label_smoothing=config.label_smoothing,
         channels_last=config.channels_last,
+        backbone_lr_scale=config.backbone_lr_scale,
         model=model,
     )
     checkpoint = ModelCheckpoint(
