@@ -11,6 +11,11 @@ from PIL import Image
 
 os.environ.setdefault("COVIDCT_NO_PROGRESS", "1")
 
+CHROMIUM_FLAGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+
 REAL_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets" / "covid-ct"
 REAL_DATA = Path(os.environ.get("COVIDCT_REAL_DATA", REAL_DATA)).resolve()
 
@@ -101,3 +106,26 @@ def real_data() -> Path:
     if not (REAL_DATA / "Images-processed").is_dir():
         pytest.skip(f"COVID-CT dataset not found at {REAL_DATA}")
     return REAL_DATA
+
+
+@pytest.fixture
+def chromium() -> str:
+    """Debian's Chromium (driven by Playwright): skipped when missing, except under CI=true where it must exist."""
+    import shutil
+
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is required in CI (make test installs Debian's chromium when run as root)")
+        pytest.skip("chromium not installed")
+    return path
+
+
+@pytest.fixture(scope="session")
+def exported_model(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's tiny run exported as safetensors + model.json."""
+    from covidct.export import export_run
+
+    out = tmp_path_factory.mktemp("export")
+    export_run(trained_run, "safetensors", out)
+    return out

@@ -1,14 +1,13 @@
 """report.html: every section present, every image embedded, and (in Chromium) every image rendered."""
 
-import os
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 
 from covidct.cli import main
 from covidct.report import build_report
+from tests.conftest import CHROMIUM_FLAGS
 
 SECTIONS = [
     "run",
@@ -22,10 +21,6 @@ SECTIONS = [
     "errors",
     "model-card",
 ]
-CHROMIUM_FLAGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync",
-]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -46,16 +41,7 @@ def test_report_is_self_contained(report):
     assert "made grey, resized to a square and normalised" in html  # the model card states the preprocessing
 
 
-def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def test_report_renders_in_chromium(report):
-    chromium = _chromium()
-    if chromium is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is required in CI (make test installs Debian's chromium when run as root)")
-        pytest.skip("chromium not installed")
+def test_report_renders_in_chromium(report, chromium):
     from playwright.sync_api import sync_playwright
 
     requests: list[str] = []

@@ -214,7 +214,7 @@ def bench_samples(data_dir: str | Path | None, n: int) -> tuple[list[Sample], st
 
 def run_bench(models: list[str], quick: bool, data_dir: str | Path | None, workdir: Path) -> dict[str, Any]:
     """Measure everything for each model; returns a JSON-ready dict."""
-    size, batch, warmup, steps, repeats, n_images = (64, 4, 1, 1, 2, 8) if quick else (224, 32, 2, 4, 5, 425)
+    size, batch, warmup, steps, repeats, n_images = (64, 4, 1, 1, 2, 8) if quick else (224, 32, 2, 8, 5, 425)
     samples, source = bench_samples(data_dir, n_images)
     peak = cpu_peak_flops()
     results: dict[str, Any] = {

@@ -188,6 +188,47 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _window(text: str) -> tuple[float, float]:
+    try:
+        centre, width = (float(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"window must be CENTRE/WIDTH in HU, e.g. -600/1500; got {text!r}") from None
+    if width <= 0:
+        raise argparse.ArgumentTypeError(f"window width must be > 0, got {text!r}")
+    return centre, width
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from covidct.fileio import write_csv
+    from covidct.prediction import VOLUME_AGGREGATION, expand_inputs, load_model, predict_inputs
+
+    print(DISCLAIMER, file=sys.stderr)
+    model = load_model(args.model)
+    paths = expand_inputs(args.inputs)
+    rows = predict_inputs(model, paths, args.threshold, args.window, Path(args.cam) if args.cam else None)
+    write_csv(args.out, rows)
+    for r in rows:
+        where = f"{r['path']}" + (f" [{r['slice']}]" if r["slice"] != "" else "")
+        print(f"{where}: score {r['score']:.3f} -> {r['label']} (threshold {r['threshold']:.3f})")
+    if any(r["slice"] == "volume" for r in rows):
+        print(f"volume score: {VOLUME_AGGREGATION}")
+    print(f"wrote {args.out}" + (f" and Grad-CAM overlays in {args.cam}" if args.cam else ""))
+    print(DISCLAIMER, file=sys.stderr)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from covidct.serving import serve
+
+    print(DISCLAIMER, file=sys.stderr)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not (args.api_key or os.environ.get("COVIDCT_API_KEY")):
+        print(
+            f"warning: serving on {args.host} without an API key; anyone who can reach it can use it", file=sys.stderr
+        )
+    serve(args.model, args.host, args.port, args.api_key)
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     import tempfile
 
@@ -346,6 +387,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default RUN_DIR/export)")
     p.add_argument("--data-dir", help="data for the ONNX check (default: the run's)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("predict", help="score images, DICOM, DICOM series and NIfTI volumes (research use only)")
+    p.add_argument("model", help="export folder (model.safetensors/.onnx + model.json), model file or run folder")
+    p.add_argument("inputs", nargs="+", help="files, folders (recursive; a folder of DICOM files is a series), globs")
+    p.add_argument("--out", default="predictions.csv", help="CSV to write (default predictions.csv)")
+    p.add_argument("--cam", metavar="DIR", help="also save Grad-CAM overlays (PNG) here")
+    p.add_argument("--threshold", type=float, help="decision threshold (default: the model's)")
+    p.add_argument(
+        "--window", type=_window, default=(-600.0, 1500.0), help="CT window CENTRE/WIDTH in HU (default -600/1500)"
+    )
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("serve", help="web app and REST API for one model (research use only)")
+    p.add_argument("model", help="export folder (model.safetensors [+ model.onnx] + model.json) or run folder")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", help="require this key in header X-API-Key on /api/ (default: $COVIDCT_API_KEY)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("bench", help="training, data and inference speed here, beside the naive baseline")
     p.add_argument("--models", nargs="+", help="backbones (default: efficientnet_lite0 vgg19_bn vgg16 resnet50)")

@@ -1,0 +1,130 @@
+"""DICOM and NIfTI input: CT values to Hounsfield units, a lung window, and 8-bit grey slices the models read.
+
+DICOM (pydicom): stored values x RescaleSlope + RescaleIntercept = HU; MONOCHROME1 (low values shown white) is
+inverted after windowing; compressed transfer syntaxes decode where pydicom has a handler. NIfTI (nibabel): a 3-D
+volume in HU, cut into axial slices along its last axis. The window (centre, width) maps HU to grey: the default
+lung window -600 / 1500 shows -1350 HU (air, black) to +150 HU (soft tissue, white).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from covidct.errors import DataError
+
+LUNG_WINDOW = (-600.0, 1500.0)  # (centre, width) in HU
+DICOM_SUFFIXES = {".dcm", ".dicom"}
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+def is_nifti(path: Path) -> bool:
+    return path.name.lower().endswith(NIFTI_SUFFIXES)
+
+
+def is_dicom(path: Path) -> bool:
+    """By suffix, or by the 'DICM' marker at byte 128 of files without one."""
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return True
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def apply_window(hu: np.ndarray, centre: float, width: float) -> np.ndarray:
+    """HU -> uint8 grey: centre - width/2 and below black, centre + width/2 and above white, linear between."""
+    if not width > 0:
+        raise DataError(f"window width must be > 0, got {width!r}")
+    lo = centre - width / 2
+    grey = (np.asarray(hu, dtype=np.float32) - lo) / width * 255.0
+    return np.clip(grey, 0, 255).round().astype(np.uint8)
+
+
+def grey_image(grey: np.ndarray) -> Image.Image:
+    return Image.fromarray(grey, mode="L").convert("RGB")
+
+
+def dicom_hu(ds: object, source: str) -> np.ndarray:
+    """Hounsfield units of one DICOM dataset's pixels (2-D): stored value x slope + intercept."""
+    if "PixelData" not in ds:  # type: ignore[operator]
+        raise DataError(f"DICOM file {source} has no pixel data (PixelData element missing)")
+    try:
+        pixels = ds.pixel_array.astype(np.float32)  # type: ignore[attr-defined]
+    except Exception as e:
+        raise DataError(f"DICOM file {source}: pixel data cannot be decoded ({type(e).__name__}: {e})") from None
+    if pixels.ndim != 2:
+        raise DataError(f"DICOM file {source}: expected one 2-D slice, got pixel array of shape {pixels.shape}")
+    slope = float(getattr(ds, "RescaleSlope", 1) or 1)
+    intercept = float(getattr(ds, "RescaleIntercept", 0) or 0)
+    return pixels * slope + intercept
+
+
+def dicom_grey(ds: object, source: str, window: tuple[float, float]) -> Image.Image:
+    """One DICOM slice windowed to grey; MONOCHROME1 (low values shown white) inverted after windowing, so the
+    picture looks as the file means it to be seen."""
+    grey = apply_window(dicom_hu(ds, source), *window)
+    if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
+        grey = 255 - grey
+    return grey_image(grey)
+
+
+def read_dicom(path: str | Path, window: tuple[float, float] = LUNG_WINDOW) -> Image.Image:
+    """One DICOM slice, windowed to an RGB image."""
+    import pydicom
+
+    path = Path(path)
+    try:
+        ds = pydicom.dcmread(path)
+    except FileNotFoundError:
+        raise DataError(f"DICOM file {path} does not exist") from None
+    except Exception as e:
+        raise DataError(f"file {path} is not a readable DICOM file ({type(e).__name__}: {e})") from None
+    return dicom_grey(ds, str(path), window)
+
+
+def read_dicom_series(folder: str | Path, window: tuple[float, float] = LUNG_WINDOW) -> list[Image.Image]:
+    """The slices of a DICOM series folder, ordered along the patient axis (ImagePositionPatient z, else
+    InstanceNumber, else file name)."""
+    import pydicom
+
+    files = sorted(p for p in Path(folder).iterdir() if p.is_file() and is_dicom(p))
+    if not files:
+        raise DataError(f"folder {folder} holds no DICOM files")
+    datasets = []
+    for p in files:
+        try:
+            datasets.append((p, pydicom.dcmread(p)))
+        except Exception as e:
+            raise DataError(f"file {p} is not a readable DICOM file ({type(e).__name__}: {e})") from None
+
+    def position(item: tuple[Path, object]) -> tuple[float, str]:
+        p, ds = item
+        pos = getattr(ds, "ImagePositionPatient", None)
+        z = float(pos[2]) if pos is not None and len(pos) == 3 else float(getattr(ds, "InstanceNumber", 0) or 0)
+        return z, p.name
+
+    return [dicom_grey(ds, str(p), window) for p, ds in sorted(datasets, key=position)]
+
+
+def read_nifti(path: str | Path, window: tuple[float, float] = LUNG_WINDOW) -> list[Image.Image]:
+    """The axial slices of a NIfTI CT volume (values taken as HU), in the file's order along its last axis."""
+    import nibabel as nib
+
+    path = Path(path)
+    try:
+        volume = np.asarray(nib.load(str(path)).get_fdata(dtype=np.float32))
+    except FileNotFoundError:
+        raise DataError(f"NIfTI file {path} does not exist") from None
+    except Exception as e:
+        raise DataError(f"file {path} is not a readable NIfTI volume ({type(e).__name__}: {e})") from None
+    if volume.ndim == 4 and volume.shape[3] == 1:
+        volume = volume[..., 0]
+    if volume.ndim != 3:
+        raise DataError(f"NIfTI file {path}: expected a 3-D volume, got shape {volume.shape}")
+    # NIfTI stores x (left-right) first and y second: transpose so each slice is rows x columns as displayed.
+    return [grey_image(apply_window(volume[:, :, k].T, *window)) for k in range(volume.shape[2])]
