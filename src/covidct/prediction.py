@@ -70,11 +70,11 @@ class LoadedModel:
         return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
 
-def load_model(path: str | Path) -> LoadedModel:
+def load_model(path: str | Path, threads: int | None = None) -> LoadedModel:
     """An export folder (model.json with model.safetensors and/or model.onnx: ONNX Runtime scores when present,
     PyTorch explains), a
     .safetensors or .onnx file with model.json beside it, or a run folder (its export/, else its best checkpoint
-    read with weights_only=True: no pickled code runs)."""
+    read with weights_only=True: no pickled code runs). threads: ONNX Runtime's intra-op threads (default: torch's)."""
     from covidct.export import CARD_NAME, load_safetensors_model
 
     path = Path(path)
@@ -83,14 +83,14 @@ def load_model(path: str | Path) -> LoadedModel:
     if path.is_dir():
         if (path / "checkpoints").is_dir():
             export = path / "export"
-            return load_model(export) if (export / "model.safetensors").is_file() else _load_run(path)
+            return load_model(export, threads) if (export / "model.safetensors").is_file() else _load_run(path)
         if (path / "model.safetensors").is_file():
             model = load_model(path / "model.safetensors")
             if (path / "model.onnx").is_file():  # scores from ONNX Runtime (faster), Grad-CAM from PyTorch
-                model.session = load_model(path / "model.onnx").session
+                model.session = load_model(path / "model.onnx", threads).session
             return model
         if (path / "model.onnx").is_file():
-            return load_model(path / "model.onnx")
+            return load_model(path / "model.onnx", threads)
         raise ModelError(f"folder {path} holds no model.safetensors or model.onnx (export one: covidct export RUN)")
     if path.suffix == ".safetensors":
         module, card = load_safetensors_model(path)
@@ -104,7 +104,7 @@ def load_model(path: str | Path) -> LoadedModel:
         if not card_path.is_file():
             raise ModelError(f"{path} has no {CARD_NAME} beside it (it holds the preprocessing and threshold)")
         options = ort.SessionOptions()
-        options.intra_op_num_threads = max(1, torch.get_num_threads())
+        options.intra_op_num_threads = threads or max(1, torch.get_num_threads())
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         return LoadedModel(json.loads(card_path.read_text()), session=session, source=str(path))
     raise ModelError(f"model file {path} must be .safetensors or .onnx (with {CARD_NAME} beside it)")

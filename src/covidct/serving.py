@@ -99,15 +99,9 @@ class Predictor:
     """The model, and a bound on how many inferences run at once (one per core, one thread each)."""
 
     def __init__(self, model: LoadedModel, workers: int | None = None) -> None:
-        import torch
-
         self.model = model
         self.workers = workers or max(1, os.cpu_count() or 1)
         self.slots = threading.BoundedSemaphore(self.workers)
-        if self.workers > 1:
-            torch.set_num_threads(1)  # parallel requests, not parallel ops inside one
-        if model.session is not None:
-            model.session.set_providers(["CPUExecutionProvider"])
 
     def predict(self, image: Image.Image, cam: bool) -> dict[str, Any]:
         from covidct.explanation import explain, overlay
@@ -181,9 +175,12 @@ def create_app(model: LoadedModel, api_key: str | None = None, max_upload_mb: fl
 
 def serve(model_path: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None) -> None:
     """Load the model once and serve it with uvicorn (one process; parallelism inside, see Predictor)."""
+    import torch
     import uvicorn
 
     from covidct.prediction import load_model
 
-    app = create_app(load_model(model_path), api_key or os.environ.get(API_KEY_ENV) or None)
+    model = load_model(model_path, threads=1)
+    torch.set_num_threads(1)  # parallel requests (one per core, see Predictor), not parallel ops inside one
+    app = create_app(model, api_key or os.environ.get(API_KEY_ENV) or None)
     uvicorn.run(app, host=host, port=port, log_level="info")
