@@ -27,7 +27,13 @@ def main() -> None:
         "bf16 + channels_last + fp32 slow layers | best / fp32 |"
     )
     print("|---|---|---|---|---|---|---|")
-    combos = ((False, False, False), (False, True, False), (True, False, False), (True, True, False), (True, True, True))
+    combos = (
+        (False, False, False),
+        (False, True, False),
+        (True, False, False),
+        (True, True, False),
+        (True, True, True),
+    )
     for name in args.models:
         r = [
             train_step_rate(name, 224, args.batch_size, bf16, cl, args.warmup, args.steps, fp32_slow=slow)
