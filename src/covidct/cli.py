@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from covidct import DISCLAIMER, __version__
-from covidct.errors import CovidCTError
+from covidct.errors import ConfigError, CovidCTError, TrainingInterrupted
 
 
 def _progress() -> bool:
@@ -74,7 +74,7 @@ def cmd_samples(args: argparse.Namespace) -> int:
 TRAIN_FLAGS = (
     "model", "epochs", "lr", "batch_size", "patience", "seed", "out", "monitor", "weights", "precision",
     "num_workers", "weight_decay", "label_smoothing", "warmup_epochs", "data_csv", "accelerator", "augment",
-    "ema_decay", "cache_dir", "backbone_lr_scale",
+    "ema_decay", "cache_dir", "backbone_lr_scale", "devices", "num_nodes",
 )  # fmt: skip
 
 
@@ -98,15 +98,29 @@ def train_config(args: argparse.Namespace) -> Any:
         values["channels_last"] = False
     if args.fp32_slow_layers is not None:
         values["fp32_slow_layers"] = args.fp32_slow_layers
+    if args.no_tensorboard:
+        values["tensorboard"] = False
     return TrainConfig.from_dict(values)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from covidct.training import train
 
-    config = train_config(args)
+    if args.resume:
+        from covidct.config import TrainConfig
+
+        saved = Path(args.resume) / "config.yaml"
+        if not saved.is_file():
+            raise ConfigError(f"cannot resume {args.resume}: no config.yaml there; is it a covidct run folder?")
+        config = TrainConfig.from_yaml(saved)  # the run continues with its own recipe; other flags are ignored
+    else:
+        config = train_config(args)
     print(DISCLAIMER, file=sys.stderr)
-    run_dir = train(config, progress=_progress())
+    run_dir = train(config, progress=_progress(), run_dir=args.resume or args.run_dir, resume=bool(args.resume))
+    from covidct.training import global_rank
+
+    if global_rank() != 0:  # the other processes of a distributed run: rank 0 evaluates and reports
+        return 0
     print(f"run folder: {run_dir}")
     if args.evaluate:
         _evaluate_and_print(run_dir, args.evaluate, "best", None, None, None, 2000, 0.95)
@@ -303,6 +317,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", help="keep decoded images here across runs (keyed by file content)")
     p.add_argument("--no-cache", action="store_true", help="decode images from disk every epoch")
     p.add_argument("--no-channels-last", action="store_true")
+    p.add_argument("--devices", type=int, help="devices (GPUs, or CPU processes) per node; > 1: DDP (default 1)")
+    p.add_argument("--num-nodes", type=int, help="machines taking part (default 1); see README 'Multi-node'")
+    p.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard logs in RUN_DIR/tensorboard")
     p.add_argument(
         "--fp32-slow-layers",
         action=argparse.BooleanOptionalAction,
@@ -346,6 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="fine-tune a backbone; keeps the best checkpoint on validation")
     _train_args(p)
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its last checkpoint, with its config")
+    p.add_argument("--run-dir", help="the run folder to create (default OUT/<time>-<model>); torchrun/SLURM: set it")
     p.add_argument("--evaluate", metavar="SPLIT", help="then evaluate the best checkpoint on SPLIT (e.g. test)")
     p.add_argument("--report", action="store_true", help="then write report.html (evaluating on test if needed)")
     p.set_defaults(func=cmd_train)
@@ -439,6 +458,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except TrainingInterrupted as e:
+        print(f"covidct: {e}", file=sys.stderr)
+        return 130
     except CovidCTError as e:
         print(f"covidct: error: {e}", file=sys.stderr)
         return 2

@@ -57,6 +57,9 @@ class TrainConfig:
     cache_images: bool = True  # decode every image once, keep it in memory
     cache_dir: str | None = None  # also keep decoded (train: shrunk) images on disk, keyed by content, across runs
     accelerator: str = "auto"
+    devices: int = 1  # > 1 or num_nodes > 1: data-parallel with Lightning's DDP (NCCL on GPUs, gloo on CPUs)
+    num_nodes: int = 1
+    tensorboard: bool = True  # TensorBoard logs in RUN_DIR/tensorboard
     out: str = "runs"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -67,6 +70,9 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be > 0, got {value!r}")
         if not 0 < self.backbone_lr_scale <= 1:
             raise ConfigError(f"backbone_lr_scale must be in (0, 1], got {self.backbone_lr_scale!r}")
+        for name in ("devices", "num_nodes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         if self.patience < 1:
             raise ConfigError(f"patience must be >= 1, got {self.patience!r}")
         if self.weight_decay < 0:

@@ -15,3 +15,7 @@ class ModelError(CovidCTError):
 
 class ConfigError(CovidCTError):
     """A configuration value out of range or of the wrong kind."""
+
+
+class TrainingInterrupted(CovidCTError):
+    """Ctrl-C or SIGTERM stopped training; the last finished epoch's checkpoint is kept for --resume."""

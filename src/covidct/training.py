@@ -5,11 +5,13 @@ Lightning does the loop, early stopping, checkpointing and mixed precision; this
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import logging
 import math
 import os
 import platform
+import random
 import re
 import time
 import warnings
@@ -21,6 +23,7 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import (
     Callback,
     EarlyStopping,
@@ -28,13 +31,14 @@ from lightning.pytorch.callbacks import (
     ModelCheckpoint,
     TQDMProgressBar,
 )
+from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 from torch.utils.data import DataLoader
 
 from covidct import __version__
 from covidct.config import TrainConfig
 from covidct.data import ImageDataset, SplitData, eval_transform, load_splits, train_transform
-from covidct.fileio import write_csv, write_json, write_text
+from covidct.fileio import atomic_write, write_csv, write_json, write_text
 from covidct.metrics import binary_metrics
 from covidct.models import Preprocessing, create_model, head_parameters
 from covidct.precision import keep_fp32, resolve_precision
@@ -49,6 +53,8 @@ def _quiet_lightning() -> None:
         lambda record: "litlogger" not in record.getMessage()
     )
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=Warning)
+    # A resumed run writes into its own checkpoint folder, as it should.
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty", category=Warning)
 
 
 _quiet_lightning()
@@ -80,6 +86,8 @@ class Classifier(L.LightningModule):
         self.model = model.to(memory_format=torch.channels_last) if channels_last else model
         self._val_scores: list[torch.Tensor] = []
         self._val_labels: list[torch.Tensor] = []
+        self._val_index: list[torch.Tensor] = []
+        self.last_validation: dict[str, np.ndarray] = {}
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -103,18 +111,38 @@ class Classifier(L.LightningModule):
         logits = self(batch["image"]).float()
         loss = F.cross_entropy(logits, batch["label"])
         self.log("val_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch["label"]))
-        self._val_scores.append(logits.softmax(1)[:, 1].detach().cpu())
-        self._val_labels.append(batch["label"].detach().cpu())
+        self._val_scores.append(logits.softmax(1)[:, 1].detach())
+        self._val_labels.append(batch["label"].detach())
+        self._val_index.append(torch.as_tensor(batch["index"], device=logits.device))
+
+    def gathered_validation(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(index, label, score) of every validation image exactly once, across all processes: the distributed
+        sampler pads ranks to equal length with repeated images, which are dropped here by dataset index."""
+        index, labels, scores = (torch.cat(x) for x in (self._val_index, self._val_labels, self._val_scores))
+        for x in (self._val_index, self._val_labels, self._val_scores):
+            x.clear()
+        if self.trainer.world_size > 1:
+            index, labels, scores = (self.all_gather(x).reshape(-1) for x in (index, labels, scores))
+        index, labels, scores = (x.cpu().numpy() for x in (index, labels, scores))
+        _, first = np.unique(index, return_index=True)
+        return index[first], labels[first], scores[first]
 
     def on_validation_epoch_end(self) -> None:
-        scores = torch.cat(self._val_scores).numpy()
-        labels = torch.cat(self._val_labels).numpy()
-        self._val_scores.clear()
-        self._val_labels.clear()
+        index, labels, scores = self.gathered_validation()
+        self.last_validation = {"index": index, "label": labels, "score": scores}
         m = binary_metrics(labels, scores, self.hparams.threshold)
         self.log("val_acc", m.accuracy, prog_bar=True)
         # AUC is NaN when a (tiny) validation set holds one class; log 0.5, the chance level, instead.
         self.log("val_auc", m.auc if not math.isnan(m.auc) else 0.5, prog_bar=True)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the random number generators' states, so a resumed run draws what the uninterrupted one would.
+        Stored as tensors and plain numbers: the checkpoint still loads with torch.load(weights_only=True)."""
+        checkpoint["covidct_rng"] = rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "covidct_rng" in checkpoint:
+            set_rng_state(checkpoint["covidct_rng"])
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
@@ -139,11 +167,42 @@ class Classifier(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
 
-class EpochHistory(Callback):
-    """One CSV row per epoch (train and validation metrics, learning rate, seconds), rewritten atomically."""
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch (CPU) generator states in types torch.load(weights_only=True) accepts."""
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                  "cached_gaussian": float(cached)},
+        "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss_next": gauss_next},
+    }  # fmt: skip
 
-    def __init__(self, path: Path) -> None:
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(
+        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
+    p = state["python"]
+    random.setstate((p["version"], tuple(int(v) for v in p["internal"].tolist()), p["gauss_next"]))
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+class EpochHistory(Callback):
+    """One CSV row per epoch (train and validation metrics, learning rate, seconds), rewritten atomically
+    (by rank 0 only when `write` is False elsewhere)."""
+
+    def __init__(self, path: Path, write: bool = True) -> None:
         self.path = path
+        self.write = write
         self.rows: list[dict[str, Any]] = []
         self._start = time.perf_counter()
         self._lr = float("nan")
@@ -160,7 +219,8 @@ class EpochHistory(Callback):
         row["lr"] = self._lr
         row["seconds"] = round(time.perf_counter() - self._start, 2)
         self.rows.append(row)
-        write_csv(self.path, self.rows)
+        if self.write:
+            write_csv(self.path, self.rows)
         log.info("epoch %d: %s", row["epoch"], {k: v for k, v in row.items() if k != "epoch"})
 
 
@@ -236,11 +296,46 @@ def _detach_log_file(handler: logging.Handler) -> None:
     handler.close()
 
 
-def train(config: TrainConfig, progress: bool = True, run_dir: Path | None = None) -> Path:
+RUN_DIR_ENV = "COVIDCT_RUN_DIR"  # set for the other processes of a distributed run: they share rank 0's folder
+
+
+def global_rank() -> int:
+    """This process's rank as launchers set it (torchrun: RANK; SLURM: SLURM_PROCID; Lightning's own launcher
+    sets LOCAL_RANK/NODE_RANK for the processes it starts), before any process group exists."""
+    for key in ("RANK", "SLURM_PROCID"):
+        if os.environ.get(key, "").isdigit():
+            return int(os.environ[key])
+    local, node = int(os.environ.get("LOCAL_RANK", 0) or 0), int(os.environ.get("NODE_RANK", 0) or 0)
+    return local + node  # only used as "is this rank 0"
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written to a temporary file, fsynced, then renamed over the old one: a process killed at any
+    moment leaves either the previous checkpoint or the new one, never a truncated file."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        atomic_write(Path(path), lambda tmp: torch.save(checkpoint, tmp))
+
+
+class GracefulStop(Callback):
+    """Ctrl-C or SIGTERM: Lightning stops the loop; this says what was kept and how to go on."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+
+    def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException) -> None:
+        last = self.run_dir / "checkpoints" / "last.ckpt"
+        if trainer.is_global_zero and last.is_file():
+            log.warning("stopped (%s): %s holds the last finished epoch", type(exception).__name__, last)
+
+
+def train(config: TrainConfig, progress: bool = True, run_dir: Path | None = None, resume: bool = False) -> Path:
     """Train `config.model`, keep the best checkpoint on validation and the last; returns the run folder.
 
     Everything that can fail on bad input (data, model name, weights, images) is checked before the run folder
-    is created, so a failed start leaves nothing behind.
+    is created, so a failed start leaves nothing behind. resume=True continues `run_dir` from its last.ckpt
+    (epoch counter, optimizer, scheduler, early stopping, random generators). With several devices or nodes,
+    Lightning's DDP runs one process per device; only rank 0 writes files.
     """
     L.seed_everything(config.seed, workers=True, verbose=False)
     data = load_splits(config.data_dir, config.data_csv, config.seed)
@@ -248,21 +343,44 @@ def train(config: TrainConfig, progress: bool = True, run_dir: Path | None = Non
         from covidct.errors import DataError
 
         raise DataError(f"covidct trains binary classifiers; the data has classes {list(data.class_names)}")
-    model, pre = create_model(config.model, config.pretrained, config.weights)
+    model, pre = create_model(config.model, config.pretrained and not resume, config.weights)
     pre = dataclasses.replace(pre, grayscale=config.grayscale)  # stored in the checkpoint with the rest
     train_ds, val_ds = build_datasets(config, data, pre)
     if config.cache_images or config.cache_dir:
         train_ds.preload(progress)
         val_ds.preload(progress)
 
-    run_dir = Path(run_dir) if run_dir else Path(config.out) / run_name(config.model)
-    run_dir.mkdir(parents=True, exist_ok=False)
-    write_text(run_dir / "config.yaml", config.to_yaml())
-    handler = _attach_log_file(run_dir / "train.log")
+    rank0 = global_rank() == 0
+    shared = os.environ.get(RUN_DIR_ENV)
+    run_dir = Path(run_dir) if run_dir else Path(shared) if shared else Path(config.out) / run_name(config.model)
+    if resume or not rank0:
+        pass  # the folder exists (resume) or rank 0 makes it
+    else:
+        run_dir.mkdir(parents=True, exist_ok=shared is not None)
+        write_text(run_dir / "config.yaml", config.to_yaml())
+    os.environ[RUN_DIR_ENV] = str(run_dir)  # processes Lightning starts for other devices inherit it
+    handler = _attach_log_file(run_dir / "train.log") if rank0 else None
     try:
-        return _fit(config, data, model, pre, train_ds, val_ds, run_dir, progress)
+        return _fit(config, data, model, pre, train_ds, val_ds, run_dir, progress, resume, rank0)
     finally:
-        _detach_log_file(handler)
+        if handler:
+            _detach_log_file(handler)
+        if not shared:
+            os.environ.pop(RUN_DIR_ENV, None)
+
+
+def resume_point(run_dir: Path) -> tuple[Path, int]:
+    """(last.ckpt, epochs it completed) of a run folder, or ConfigError saying why it cannot be resumed."""
+    from covidct.errors import ConfigError
+
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        raise ConfigError(f"cannot resume {run_dir}: it has no checkpoints/last.ckpt (no epoch finished)")
+    try:
+        epoch = int(torch.load(last, map_location="cpu", weights_only=True, mmap=True)["epoch"])
+    except Exception as e:
+        raise ConfigError(f"cannot resume {run_dir}: {last} does not load ({type(e).__name__}: {e})") from None
+    return last, epoch + 1
 
 
 def _fit(
@@ -274,15 +392,17 @@ def _fit(
     val_ds: ImageDataset,
     run_dir: Path,
     progress: bool,
+    resume: bool,
+    rank0: bool,
 ) -> Path:
     precision = resolve_precision(config.precision, config.accelerator)
     workers = resolve_workers(config.num_workers)
     log.info("run %s: model %s, precision %s, %d loader workers", run_dir, config.model, precision, workers)
+    log.info("data: %s %s", data.source, data.counts())
     on_cpu = config.accelerator == "cpu" or (config.accelerator == "auto" and not torch.cuda.is_available())
     if precision == "bf16-mixed" and on_cpu and config.fp32_slow_layers:
         kept = keep_fp32(model)
         log.info("%d depthwise convolutions kept in fp32 (faster than bf16 on this CPU)", len(kept))
-    log.info("data: %s %s", data.source, data.counts())
     module = Classifier(
         model_name=config.model,
         preprocessing=pre.to_dict(),
@@ -296,51 +416,86 @@ def _fit(
         backbone_lr_scale=config.backbone_lr_scale,
         model=model,
     )
+    # Saved at train epoch end, after EpochHistory wrote the epoch's row (Lightning runs checkpoint callbacks
+    # last): a kill in between leaves the row without its checkpoint, and resume redoes that epoch, so the
+    # history has no gaps. last.ckpt has its own callback: since Lightning 2.6, save_last=True only writes
+    # last.ckpt when a new best was saved (openclimatefix/pvnet#544), which would make it a copy of best.ckpt.
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
         filename="best",
         monitor=config.monitor,
         mode=config.monitor_mode,
-        save_last=True,
         save_top_k=1,
         auto_insert_metric_name=False,
+        enable_version_counter=False,  # best.ckpt is replaced, never best-v1.ckpt
+        save_on_train_epoch_end=True,
     )
-    history = EpochHistory(run_dir / "metrics.csv")
+    last = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="last",
+        monitor=None,
+        save_top_k=1,
+        enable_version_counter=False,
+        save_on_train_epoch_end=True,
+    )
+    history = EpochHistory(run_dir / "metrics.csv", write=rank0)
+    ckpt_path = None
+    if resume:
+        ckpt_path, done = resume_point(run_dir)
+        history.rows = [r for r in read_rows(run_dir / "metrics.csv") if int(r["epoch"]) <= done]
+        log.info("resuming %s after epoch %d", run_dir, done)
     callbacks: list[Callback] = [
         checkpoint,
+        last,
         EarlyStopping(monitor=config.monitor, mode=config.monitor_mode, patience=config.patience),
         history,
+        GracefulStop(run_dir),
     ]
     if config.ema_decay > 0:
         # Lightning swaps the averaged weights in for validation and saves them as the checkpoint's state_dict.
         callbacks.append(EMAWeightAveraging(decay=config.ema_decay))
     if progress:
         callbacks.append(TQDMProgressBar(leave=True))
+    distributed = config.devices > 1 or config.num_nodes > 1
     trainer = L.Trainer(
         max_epochs=config.epochs,
         accelerator=config.accelerator,
-        devices=1,
+        devices=config.devices,
+        num_nodes=config.num_nodes,
+        strategy="ddp" if distributed else "auto",
         precision=precision,
         callbacks=callbacks,
-        logger=False,
+        logger=TensorBoardLogger(run_dir, name="tensorboard", version="") if config.tensorboard else False,
+        plugins=[AtomicCheckpointIO()],
         default_root_dir=run_dir,
         num_sanity_val_steps=0,
         enable_progress_bar=progress,
         enable_model_summary=False,
         deterministic=False,
+        log_every_n_steps=1,  # only epoch metrics are logged; this silences a warning on small data
     )
     start = time.perf_counter()
-    trainer.fit(
-        module,
-        make_loader(train_ds, config.batch_size, True, workers),
-        make_loader(val_ds, config.batch_size, False, workers),
-    )
+    try:
+        trainer.fit(
+            module,
+            make_loader(train_ds, config.batch_size, True, workers),
+            make_loader(val_ds, config.batch_size, False, workers),
+            ckpt_path=ckpt_path,
+        )
+    except SystemExit:  # Lightning's way out after Ctrl-C (exit 1) and SIGTERM (SIGTERMException)
+        if not trainer.interrupted:
+            raise
+        from covidct.errors import TrainingInterrupted
+
+        raise TrainingInterrupted(
+            f"training stopped by a signal; resume with: covidct train --resume {run_dir}"
+        ) from None
     wall = time.perf_counter() - start
+    if not trainer.is_global_zero:
+        return run_dir
     best = Path(checkpoint.best_model_path)
     best_epoch = (
-        int(torch.load(best, map_location="cpu", weights_only=False, mmap=True)["epoch"]) + 1
-        if best.is_file()
-        else None
+        int(torch.load(best, map_location="cpu", weights_only=True, mmap=True)["epoch"]) + 1 if best.is_file() else None
     )
     summary = {
         "model": config.model,
@@ -350,14 +505,25 @@ def _fit(
         "epochs_run": len(history.rows),
         "stopped_early": len(history.rows) < config.epochs,
         "wall_time_s": round(wall, 1),
-        "seconds_per_epoch": round(float(np.mean([r["seconds"] for r in history.rows])), 2) if history.rows else None,
+        "resumed": resume,
+        "seconds_per_epoch": round(float(np.mean([float(r["seconds"]) for r in history.rows])), 2)
+        if history.rows
+        else None,
         "precision": precision,
         "loader_workers": workers,
+        "processes": trainer.world_size,
         "data_source": data.source,
         "counts": data.counts(),
         "environment": environment(),
     }
     write_json(run_dir / "summary.json", summary)
+    if module.last_validation:
+        v = module.last_validation
+        rows = [
+            {"index": int(i), "path": str(val_ds.samples[int(i)].path), "label": int(y), "score": round(float(p), 6)}
+            for i, y, p in zip(v["index"], v["label"], v["score"])
+        ]
+        write_csv(run_dir / "val_last_epoch.csv", rows)  # every validation image once, as the last epoch scored it
     log.info(
         "best epoch %s (%s = %s), %d epochs in %.0f s",
         best_epoch,

@@ -195,8 +195,9 @@ def load_splits(data_dir: str | Path, data_csv: str | Path | None = None, seed: 
 
 
 class ImageDataset(Dataset):
-    """Items are dicts {image, label, path}, as in the study. With cache=True every image is decoded once; with a
-    DecodedCache (data/cache.py) images are decoded once per content and may come from its disk store."""
+    """Items are dicts {image, label, path, index} (index: the position in the dataset). With cache=True every image
+    is decoded once; with a DecodedCache (data/cache.py) images are decoded once per content and may come from its
+    disk store."""
 
     def __init__(self, samples: Sequence[Sample], transform: Callable | None = None, cache: Any = False):
         self.samples = list(samples)
@@ -235,4 +236,4 @@ class ImageDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         img = self.image(i)
         image = self.transform(img) if self.transform else torch.from_numpy(np.asarray(img).copy())
-        return {"image": image, "label": self.samples[i].label, "path": str(self.samples[i].path)}
+        return {"image": image, "label": self.samples[i].label, "path": str(self.samples[i].path), "index": i}
