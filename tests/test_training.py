@@ -114,3 +114,14 @@ def test_backbone_learns_at_a_scaled_rate():
     assert len(backbone["params"]) + len(head["params"]) == n_params
     with pytest.raises(ConfigError, match="backbone_lr_scale"):
         TrainConfig(backbone_lr_scale=0)
+
+
+def test_tensorboard_logs_the_epoch_metrics(trained_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(trained_run / "tensorboard"))
+    events.Reload()
+    assert {"val_acc", "val_auc", "train_loss"} <= set(events.Tags()["scalars"])
+    with open(trained_run / "metrics.csv", newline="") as f:
+        history = [float(r["val_acc"]) for r in csv.DictReader(f)]
+    assert [round(e.value, 5) for e in events.Scalars("val_acc")] == [round(v, 5) for v in history]

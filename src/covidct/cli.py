@@ -128,6 +128,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         from covidct.report import build_report
 
         print(f"wrote {build_report(run_dir, args.evaluate or 'test')}")
+    if args.mlflow is not None:
+        from covidct.tracking import DEFAULT_URI, log_run
+
+        run_id = log_run(run_dir, args.mlflow or None)
+        print(f"logged to MLflow ({args.mlflow or DEFAULT_URI}) as run {run_id}")
     return 0
 
 
@@ -274,7 +279,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from covidct.evaluation import compare_runs
     from covidct.reporting import table_text, write_table
 
-    rows = compare_runs(args.run_dirs, args.split)
+    runs = args.run_dirs
+    if args.mlflow is not None or any(not Path(r).exists() for r in runs):
+        from covidct.tracking import resolve_run
+
+        runs = [resolve_run(r, args.mlflow or None) for r in runs]
+    rows = compare_runs(runs, args.split)
     print(table_text(rows))
     csv_path, md_path = write_table(rows, args.out)
     print(f"wrote {csv_path} and {md_path}")
@@ -367,6 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", help="the run folder to create (default OUT/<time>-<model>); torchrun/SLURM: set it")
     p.add_argument("--evaluate", metavar="SPLIT", help="then evaluate the best checkpoint on SPLIT (e.g. test)")
     p.add_argument("--report", action="store_true", help="then write report.html (evaluating on test if needed)")
+    p.add_argument(
+        "--mlflow", nargs="?", const="", metavar="URI", help="then log the run to MLflow (default sqlite:///mlruns.db)"
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("cv", help="k-fold cross-validation on train+val (one run per fold; test untouched)")
@@ -439,7 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("compare", help="evaluated runs side by side (screen, CSV and Markdown)")
-    p.add_argument("run_dirs", nargs="+", type=Path)
+    p.add_argument("run_dirs", nargs="+", help="run folders or MLflow run ids")
+    p.add_argument("--mlflow", nargs="?", const="", metavar="URI", help="tracking URI for run ids (default sqlite)")
     p.add_argument("--split", default="test")
     p.add_argument("--out", default="comparison", help="file stem for .csv and .md (default comparison)")
     p.set_defaults(func=cmd_compare)
