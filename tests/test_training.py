@@ -125,3 +125,16 @@ def test_tensorboard_logs_the_epoch_metrics(trained_run):
     with open(trained_run / "metrics.csv", newline="") as f:
         history = [float(r["val_acc"]) for r in csv.DictReader(f)]
     assert [round(e.value, 5) for e in events.Scalars("val_acc")] == [round(v, 5) for v in history]
+
+
+def test_input_size_sets_the_preprocessing_the_checkpoint_carries(tmp_path, tiny_dataset):
+    from covidct.evaluation import eval_dataset, load_classifier, run_data
+
+    config = TrainConfig(model="timm:resnet10t", data_dir=str(tiny_dataset), pretrained=False, epochs=1,
+                         batch_size=8, num_workers=0, out=str(tmp_path), input_size=64, tensorboard=False)  # fmt: skip
+    run = train(config, progress=False)
+    module = load_classifier(run / "checkpoints" / "best.ckpt")
+    assert (module.preprocessing.input_size, module.preprocessing.resize) == (64, 73)
+    assert eval_dataset(module, run_data(run).splits["val"])[0]["image"].shape == (3, 64, 64)
+    with pytest.raises(ConfigError, match="input_size"):
+        TrainConfig(input_size=8)

@@ -74,7 +74,7 @@ def cmd_samples(args: argparse.Namespace) -> int:
 TRAIN_FLAGS = (
     "model", "epochs", "lr", "batch_size", "patience", "seed", "out", "monitor", "weights", "precision",
     "num_workers", "weight_decay", "label_smoothing", "warmup_epochs", "data_csv", "accelerator", "augment",
-    "ema_decay", "cache_dir", "backbone_lr_scale", "devices", "num_nodes",
+    "ema_decay", "cache_dir", "backbone_lr_scale", "devices", "num_nodes", "input_size",
 )  # fmt: skip
 
 
@@ -317,6 +317,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-workers", type=int, help="data loader workers (default min(2, cores))")
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--warmup-epochs", type=int)
+    p.add_argument("--input-size", type=int, help="side of the model's input in pixels (default: the backbone's)")
     p.add_argument("--backbone-lr-scale", type=float, help="backbone lr = lr x this, head lr = lr (default 1)")
     p.add_argument("--label-smoothing", type=float)
     p.add_argument("--augment", choices=["study", "ct"], help="study: crop+flip; ct: + affine, brightness/contrast")

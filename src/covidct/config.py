@@ -44,6 +44,7 @@ class TrainConfig:
     # label smoothing. --no-grayscale --augment study --label-smoothing 0 gives the study's pipeline.
     label_smoothing: float = 0.1
     grayscale: bool = True  # every image to grey before the model: removes colour mode as a shortcut
+    input_size: int | None = None  # side of the square the model sees (default: the backbone's own, e.g. 224)
     augment: str = "ct"  # study: crop + flip; ct: also small affine and brightness/contrast jitter
     patience: int = 10
     ema_decay: float = 0.0  # > 0: validate and checkpoint an exponential moving average of the weights
@@ -73,6 +74,8 @@ class TrainConfig:
         for name in ("devices", "num_nodes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.input_size is not None and not 32 <= self.input_size <= 1024:
+            raise ConfigError(f"input_size must be between 32 and 1024 pixels, got {self.input_size!r}")
         if self.patience < 1:
             raise ConfigError(f"patience must be >= 1, got {self.patience!r}")
         if self.weight_decay < 0:

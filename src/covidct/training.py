@@ -345,6 +345,8 @@ def train(config: TrainConfig, progress: bool = True, run_dir: Path | None = Non
         raise DataError(f"covidct trains binary classifiers; the data has classes {list(data.class_names)}")
     model, pre = create_model(config.model, config.pretrained and not resume, config.weights)
     pre = dataclasses.replace(pre, grayscale=config.grayscale)  # stored in the checkpoint with the rest
+    if config.input_size:  # train crops at input_size from the shorter side resized in the study's 256:224 ratio
+        pre = dataclasses.replace(pre, input_size=config.input_size, resize=round(config.input_size * 256 / 224))
     train_ds, val_ds = build_datasets(config, data, pre)
     if config.cache_images or config.cache_dir:
         train_ds.preload(progress)
