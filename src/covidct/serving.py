@@ -103,12 +103,17 @@ class Predictor:
         self.workers = workers or max(1, os.cpu_count() or 1)
         self.slots = threading.BoundedSemaphore(self.workers)
 
+    def handle(self, data: bytes, name: str, cam: bool) -> dict[str, Any]:
+        """Decode an upload and predict (InputError for bad input)."""
+        with self.slots:
+            return self.predict(decode_upload(data, name), cam)
+
     def predict(self, image: Image.Image, cam: bool) -> dict[str, Any]:
+        """Score (and explain) one decoded image; callers hold a slot."""
         from covidct.explanation import explain, overlay
 
-        with self.slots:
-            score = float(self.model.scores([image])[0])
-            heat = overlay(image, explain(self.model, [image])[0]) if cam else None
+        score = float(self.model.scores([image])[0])
+        heat = overlay(image, explain(self.model, [image])[0]) if cam else None
         t = self.model.threshold
         names = self.model.card["class_names"]
         return {
@@ -161,10 +166,10 @@ def create_app(model: LoadedModel, api_key: str | None = None, max_upload_mb: fl
             raise InputError(413, f"{file.filename}: over the upload limit of {max_upload_mb:g} MB")
         if not data:
             raise InputError(422, f"{file.filename}: the file is empty")
-        image = decode_upload(data, file.filename or "upload")
         if cam and model.module is None:
             raise InputError(422, "this server loaded an ONNX model only; Grad-CAM needs the safetensors export")
-        return await asyncio.to_thread(predictor.predict, image, cam)
+        # Decoding and inference run in a worker thread: the event loop keeps accepting requests meanwhile.
+        return await asyncio.to_thread(predictor.handle, data, file.filename or "upload", cam)
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
