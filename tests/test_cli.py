@@ -115,3 +115,16 @@ def test_train_evaluate_compare_end_to_end(tiny_dataset, tmp_path, capsys, monke
     assert main(["compare", str(run), "--out", "cmp"]) == 0
     assert "timm:resnet10t" in (tmp_path / "cmp.md").read_text()
     assert (tmp_path / "cmp.csv").read_text().startswith("run,model,epochs")
+
+
+def test_recipe_files_load_and_default_matches_the_shipped_defaults():
+    from pathlib import Path
+
+    from covidct.config import TrainConfig
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    shipped = TrainConfig()
+    written = TrainConfig.from_yaml(configs / "default.yaml")
+    assert written == shipped  # the file documents the defaults; the two cannot drift apart
+    study = TrainConfig.from_yaml(configs / "study.yaml")
+    assert (study.model, study.grayscale, study.augment, study.label_smoothing) == ("vgg19_bn", False, "study", 0.0)
