@@ -73,3 +73,18 @@ def test_run_cv_trains_every_fold_and_pools_out_of_fold_scores(tmp_path):
         assert len(fold.splits["train"]) + len(fold.splits["val"]) == len(pool)
     vals = [f["val_acc"] for f in summary["folds"]]
     assert summary["val_acc"]["mean"] == pytest.approx(np.mean(vals))
+
+
+@pytest.mark.slow
+def test_fold_ensemble_chooses_no_threshold_on_validation_it_trained_on(tmp_path):
+    """Fold runs validated on different images: the ensemble has no shared validation set."""
+    from covidct.evaluation import evaluate_run
+
+    data_dir = make_covidct_layout(tmp_path / "covid-ct", TINY_COUNTS)
+    config = TrainConfig(model="timm:resnet10t", data_dir=str(data_dir), pretrained=False, epochs=1, batch_size=8,
+                         num_workers=0, out=str(tmp_path / "runs"), tensorboard=False)  # fmt: skip
+    cv_dir = run_cv(config, folds=2, progress=False)
+    runs = [cv_dir / f"fold-{k}" / "run" for k in (1, 2)]
+    result = evaluate_run(runs, "test", out_dir=tmp_path / "ens", n_bootstrap=0)
+    assert [p["name"] for p in result["operating_points"]] == ["default"]
+    assert result["validation"].startswith("none shared") and not (tmp_path / "ens" / "val_predictions.csv").exists()

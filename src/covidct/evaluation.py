@@ -157,15 +157,18 @@ def evaluate_run(
     scores = ensemble_mean([m["scored"][2] for m in members])
     if split == "val":
         val_labels, val_scores = labels, scores
-    else:
+    elif all(m["val"][0] == first["val"][0] for m in members):
         val_labels = first["val"][1]
         val_scores = ensemble_mean([m["val"][2] for m in members])
+    else:  # e.g. the runs of cross-validation folds: no validation set is unseen by every member
+        val_labels = val_scores = None
     module = first["module"]
     threshold = float(module.hparams.threshold if threshold is None else threshold)
     metrics = binary_metrics(labels, scores, threshold)
     class_names = list(module.hparams.class_names)
     points = []
-    for name, t in operating_points(val_labels, val_scores, threshold, min_sensitivity):
+    chosen = operating_points(val_labels, val_scores, threshold, min_sensitivity) if val_scores is not None else []
+    for name, t in chosen or [("default", threshold)]:
         m = binary_metrics(labels, scores, t).to_dict()
         points.append({"name": name, "chosen_on": "val", **m, "ci95": intervals(labels, scores, t, n_bootstrap, seed)})
 
@@ -183,7 +186,8 @@ def evaluate_run(
         "ci95": intervals(labels, scores, threshold, n_bootstrap, seed),
         "bootstrap": {"resamples": n_bootstrap, "seed": seed, "stratified": True, "method": "percentile"},
         "operating_points": points,
-        "calibration": calibration_report(labels, scores, val_labels, val_scores, calibrate),
+        "calibration": calibration_report(labels, scores, val_labels, val_scores, calibrate and val_scores is not None),
+        "validation": "shared by all members" if val_scores is not None else "none shared: thresholds not chosen",
     }
     run_dir = runs[0]
     val_paths = paths if split == "val" else first["val"][0]
@@ -194,7 +198,7 @@ def evaluate_run(
         for p, y, s, q in zip(paths, labels, scores, preds)
     ]
     write_csv(out / "predictions.csv", rows)
-    if split != "val":  # the scores every threshold was chosen on, for the record
+    if split != "val" and val_scores is not None:  # the scores every threshold was chosen on, for the record
         val_rows = [
             {"path": p, "label": int(y), "score": round(float(s), 6)}
             for p, y, s in zip(val_paths, val_labels, val_scores)
@@ -223,7 +227,11 @@ def evaluate_run(
 
 
 def calibration_report(
-    labels: np.ndarray, scores: np.ndarray, val_labels: np.ndarray, val_scores: np.ndarray, calibrate: bool
+    labels: np.ndarray,
+    scores: np.ndarray,
+    val_labels: np.ndarray | None,
+    val_scores: np.ndarray | None,
+    calibrate: bool,
 ) -> dict[str, Any]:
     """ECE (10 equal-width bins) of the scores; with calibrate, the temperature fitted on validation and the
     ECE after applying it. Temperature changes no ranking and no decision at 0.5."""
