@@ -184,3 +184,38 @@ def test_page_in_chromium_shows_score_label_and_heat_map(live_server, chromium, 
     assert bar.endswith("%") and abs(float(bar[:-1]) - 100 * score) < 0.1
     assert opacity == "0.8"
     assert disclaimer == DISCLAIMER and not outside
+
+
+def test_explanations_run_one_at_a_time(client, ct_png, monkeypatch):
+    """Grad-CAM hooks the shared model's layers; parallel explanations crashed the server under load
+    (benchmarks/load_test.py --cam), so they are serialised while scores stay parallel."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import covidct.explanation
+
+    state = {"now": 0, "most": 0}
+    lock = threading.Lock()
+    real = covidct.explanation.explain
+
+    def watched(model, images):
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+        time.sleep(0.05)
+        try:
+            return real(model, images)
+        finally:
+            with lock:
+                state["now"] -= 1
+
+    monkeypatch.setattr(covidct.explanation, "explain", watched)
+
+    def ask(_: int) -> tuple[int, bool]:
+        r = client.post("/api/v1/predict?cam=true", files={"file": ("ct.png", ct_png)})
+        return r.status_code, bool(r.status_code == 200 and r.json()["cam"])
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(ask, range(6)))
+    assert answers == [(200, True)] * 6
+    assert state["most"] == 1

@@ -102,6 +102,8 @@ class Predictor:
         self.model = model
         self.workers = workers or max(1, os.cpu_count() or 1)
         self.slots = threading.BoundedSemaphore(self.workers)
+        # Grad-CAM hooks the shared model's layers: one explanation at a time (scores stay parallel).
+        self.cam_lock = threading.Lock()
 
     def handle(self, data: bytes, name: str, cam: bool) -> dict[str, Any]:
         """Decode an upload and predict (InputError for bad input)."""
@@ -113,7 +115,10 @@ class Predictor:
         from covidct.explanation import explain, overlay
 
         score = float(self.model.scores([image])[0])
-        heat = overlay(image, explain(self.model, [image])[0]) if cam else None
+        heat = None
+        if cam:
+            with self.cam_lock:
+                heat = overlay(image, explain(self.model, [image])[0])
         t = self.model.threshold
         names = self.model.card["class_names"]
         return {
