@@ -150,7 +150,7 @@ def test_dataset_items_and_transforms(tiny_dataset):
     mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
     ds = ImageDataset(data.splits["train"], train_transform(mean, std, 32, 36), cache=True)
     item = ds[0]
-    assert set(item) == {"image", "label", "path"}
+    assert set(item) == {"image", "label", "path", "index"} and item["index"] == 0
     assert item["image"].shape == (3, 32, 32) and item["image"].dtype == torch.float32
     assert item["label"] in (0, 1) and item["path"].endswith((".png", ".jpg"))
     assert item["image"].min() >= -1.0 - 1e-6 and item["image"].max() <= 1.0 + 1e-6  # normalised by (x-.5)/.5
