@@ -15,7 +15,7 @@ from covidct.calibration import apply_temperature, expected_calibration_error, f
 from covidct.config import TrainConfig
 from covidct.data import ImageDataset, Sample, SplitData, eval_transform, load_splits
 from covidct.errors import ConfigError, CovidCTError, DataError, ModelError
-from covidct.fileio import atomic_write, write_csv, write_json
+from covidct.fileio import atomic_write, read_csv, write_csv, write_json
 from covidct.metrics import binary_metrics, predict, threshold_for_sensitivity, youden_threshold
 from covidct.reporting import (
     confusion_matrix_figure,
@@ -105,14 +105,6 @@ def eval_dataset(module: Classifier, samples: list[Sample]) -> ImageDataset:
     """Samples as the model expects them at evaluation: its own preprocessing, no augmentation."""
     pre = module.preprocessing
     return ImageDataset(samples, eval_transform(pre.mean, pre.std, pre.input_size, pre.grayscale))
-
-
-def read_history(run_dir: Path) -> list[dict[str, str]]:
-    path = run_dir / "metrics.csv"
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def evaluate_run(
@@ -219,7 +211,7 @@ def evaluate_run(
         eces[f"temperature {t:.2f}"] = result["calibration"]["ece_calibrated"]
     save_figure(reliability_figure(curves, eces), out / "reliability.png")
     save_figure(misclassified_histogram(scores, labels, threshold), out / "misclassified_scores.png")
-    history = read_history(run_dir) if len(runs) == 1 else []
+    history = read_csv(run_dir / "metrics.csv") if len(runs) == 1 else []
     if history:
         save_figure(training_curves_figure(history), out / "training_curves.png")
     write_json(out / "metrics.json", result)  # last: its presence means the evaluation is complete

@@ -55,6 +55,15 @@ def csv_text(rows: Sequence[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
+def read_csv(path: str | Path) -> list[dict[str, str]]:
+    """The rows of a CSV file with a header, as dicts; [] when the file does not exist."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
 def write_csv(path: str | Path, rows: Sequence[dict[str, Any]]) -> Path:
     """Atomically write rows as CSV."""
     return write_text(path, csv_text(rows))

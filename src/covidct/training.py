@@ -5,7 +5,6 @@ Lightning does the loop, early stopping, checkpointing and mixed precision; this
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import logging
 import math
@@ -38,7 +37,7 @@ from torch.utils.data import DataLoader
 from covidct import __version__
 from covidct.config import TrainConfig
 from covidct.data import ImageDataset, SplitData, eval_transform, load_splits, train_transform
-from covidct.fileio import atomic_write, write_csv, write_json, write_text
+from covidct.fileio import atomic_write, read_csv, write_csv, write_json, write_text
 from covidct.metrics import binary_metrics
 from covidct.models import Preprocessing, create_model, head_parameters
 from covidct.precision import keep_fp32, resolve_precision
@@ -187,13 +186,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
     )
     p = state["python"]
     random.setstate((p["version"], tuple(int(v) for v in p["internal"].tolist()), p["gauss_next"]))
-
-
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 class EpochHistory(Callback):
@@ -355,9 +347,7 @@ def train(config: TrainConfig, progress: bool = True, run_dir: Path | None = Non
     rank0 = global_rank() == 0
     shared = os.environ.get(RUN_DIR_ENV)
     run_dir = Path(run_dir) if run_dir else Path(shared) if shared else Path(config.out) / run_name(config.model)
-    if resume or not rank0:
-        pass  # the folder exists (resume) or rank 0 makes it
-    else:
+    if rank0 and not resume:  # a resumed run's folder exists; in a distributed run rank 0 makes it
         run_dir.mkdir(parents=True, exist_ok=shared is not None)
         write_text(run_dir / "config.yaml", config.to_yaml())
     os.environ[RUN_DIR_ENV] = str(run_dir)  # processes Lightning starts for other devices inherit it
@@ -444,7 +434,7 @@ def _fit(
     ckpt_path = None
     if resume:
         ckpt_path, done = resume_point(run_dir)
-        history.rows = [r for r in read_rows(run_dir / "metrics.csv") if int(r["epoch"]) <= done]
+        history.rows = [r for r in read_csv(run_dir / "metrics.csv") if int(r["epoch"]) <= done]
         log.info("resuming %s after epoch %d", run_dir, done)
     callbacks: list[Callback] = [
         checkpoint,
