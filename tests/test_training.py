@@ -138,3 +138,12 @@ def test_input_size_sets_the_preprocessing_the_checkpoint_carries(tmp_path, tiny
     assert eval_dataset(module, run_data(run).splits["val"])[0]["image"].shape == (3, 64, 64)
     with pytest.raises(ConfigError, match="input_size"):
         TrainConfig(input_size=8)
+
+
+def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path):
+    from covidct.training import fresh_run_dir
+
+    first = fresh_run_dir(tmp_path, "timm:resnet10t")
+    first.mkdir()
+    second = fresh_run_dir(tmp_path, "timm:resnet10t")
+    assert second != first and not second.exists()

@@ -249,6 +249,16 @@ def make_loader(ds: ImageDataset, batch_size: int, shuffle: bool, num_workers: i
     )
 
 
+def fresh_run_dir(out: str | Path, model: str) -> Path:
+    """OUT/<time>-<model>, with -2, -3, ... when runs start within the same second."""
+    base = Path(out) / run_name(model)
+    candidate, n = base, 1
+    while candidate.exists():
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return candidate
+
+
 def run_name(model: str) -> str:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return f"{stamp}-{re.sub(r'[^A-Za-z0-9_.-]+', '-', model)}"
@@ -346,7 +356,7 @@ def train(config: TrainConfig, progress: bool = True, run_dir: Path | None = Non
 
     rank0 = global_rank() == 0
     shared = os.environ.get(RUN_DIR_ENV)
-    run_dir = Path(run_dir) if run_dir else Path(shared) if shared else Path(config.out) / run_name(config.model)
+    run_dir = Path(run_dir) if run_dir else Path(shared) if shared else fresh_run_dir(config.out, config.model)
     if rank0 and not resume:  # a resumed run's folder exists; in a distributed run rank 0 makes it
         run_dir.mkdir(parents=True, exist_ok=shared is not None)
         write_text(run_dir / "config.yaml", config.to_yaml())
