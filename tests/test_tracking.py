@@ -15,8 +15,10 @@ pytest.importorskip("mlflow")
 
 
 @pytest.mark.slow
-def test_run_logged_to_sqlite_reads_back_equal(trained_run, tmp_path, capsys):
+def test_run_logged_to_sqlite_reads_back_equal(trained_run, tmp_path, capsys, monkeypatch):
     from mlflow.tracking import MlflowClient
+
+    monkeypatch.chdir(tmp_path)  # MLflow keeps a SQLite store's artifacts in ./mlruns
 
     run_dir = tmp_path / trained_run.name
     shutil.copytree(trained_run, run_dir)
