@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from covidct import DISCLAIMER, __version__
+from covidct.data.medical import LUNG_WINDOW
 from covidct.errors import ConfigError, CovidCTError, TrainingInterrupted
 
 
@@ -428,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cam", metavar="DIR", help="also save Grad-CAM overlays (PNG) here")
     p.add_argument("--threshold", type=float, help="decision threshold (default: the model's)")
     p.add_argument(
-        "--window", type=_window, default=(-600.0, 1500.0), help="CT window CENTRE/WIDTH in HU (default -600/1500)"
+        "--window", type=_window, default=LUNG_WINDOW, help="CT window CENTRE/WIDTH in HU (default -600/1500)"
     )
     p.set_defaults(func=cmd_predict)
 
