@@ -83,7 +83,7 @@ def tiny_dataset(tmp_path: Path) -> Path:
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One tiny training run (timm resnet10t from scratch, 2 epochs) shared by the evaluation tests."""
     from covidct.config import TrainConfig
-    from covidct.training import train
+    from covidct.training.fit import train
 
     root = tmp_path_factory.mktemp("session")
     data = make_covidct_layout(root / "covid-ct", TINY_COUNTS)
@@ -124,8 +124,16 @@ def chromium() -> str:
 @pytest.fixture(scope="session")
 def exported_model(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The session's tiny run exported as safetensors + model.json."""
-    from covidct.export import export_run
+    from covidct.inference.export import export_run
 
     out = tmp_path_factory.mktemp("export")
     export_run(trained_run, "safetensors", out)
     return out
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Everything under tests/integration/ trains a model or starts a server: the slow tier (`make test` and CI
+    run it; `pytest -m "not slow"` is the quick tier for everyday work)."""
+    for item in items:
+        if "integration" in Path(str(item.fspath)).parts:
+            item.add_marker(pytest.mark.slow)

@@ -14,7 +14,8 @@ from covidct.errors import ConfigError
 
 DEFAULT_MODEL = "efficientnet_lite0"
 DEFAULT_DATA_DIR = "data/covid-ct"
-MONITORS = {"val_acc": "max", "val_auc": "max", "val_loss": "min"}
+# val_auc_mean: the mean over validation sources of each source's AUC (= val_auc with one source)
+MONITORS = {"val_acc": "max", "val_auc": "max", "val_auc_mean": "max", "val_loss": "min"}
 PRECISIONS = ("auto", "32", "bf16-mixed", "16-mixed")
 
 
@@ -25,44 +26,72 @@ def resolve_data_dir(data_dir: str | Path | None) -> Path:
     return Path(os.environ.get("COVIDCT_DATA_DIR") or DEFAULT_DATA_DIR)
 
 
+def setting(default: Any = None, help: str = "", choices: tuple | None = None, flag: str | None = None,
+            factory: Any = None, cli: bool = True) -> Any:  # fmt: skip
+    """A field of TrainConfig with what the command line needs: its help text, allowed values and flag name
+    (default: --field-name; booleans get --x/--no-x). cli=False: a setting of the file only."""
+    meta = {"help": help, "choices": choices, "flag": flag, "cli": cli}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class TrainConfig:
-    """Everything that defines a training run. Defaults are the shipped recipe."""
+    """Everything that defines a training run, declared once: defaults are the shipped recipe, and the command
+    line (cli/train.py) is built from these fields. A new setting is one field here."""
 
-    model: str = DEFAULT_MODEL
-    data_dir: str = DEFAULT_DATA_DIR
-    data_csv: str | None = None  # a CSV of path,label[,split] instead of the official layout
-    pretrained: bool = True
-    weights: str | None = None  # local ImageNet weight file instead of the download/cache
-    epochs: int = 30
-    batch_size: int = 32
-    lr: float = 3e-4
-    weight_decay: float = 1e-4
-    warmup_epochs: int = 1
-    backbone_lr_scale: float = 1.0  # the pretrained backbone's lr = lr x this; the new head's = lr
-    # The default recipe (chosen on validation, see benchmarks/RESULTS.md): grey images, CT augmentation,
-    # label smoothing. --no-grayscale --augment study --label-smoothing 0 gives the study's pipeline.
-    label_smoothing: float = 0.1
-    grayscale: bool = True  # every image to grey before the model: removes colour mode as a shortcut
-    input_size: int | None = None  # side of the square the model sees (default: the backbone's own, e.g. 224)
-    augment: str = "ct"  # study: crop + flip; ct: also small affine and brightness/contrast jitter
-    patience: int = 10
-    ema_decay: float = 0.0  # > 0: validate and checkpoint an exponential moving average of the weights
-    monitor: str = "val_acc"  # the study chose the best model on validation accuracy
-    seed: int = 42
-    precision: str = "auto"  # auto: bf16-mixed on CPUs with AMX/AVX512-BF16 and on GPUs, else 32
-    channels_last: bool = True
-    # Under bf16 autocast on CPU, run the depthwise convolutions whose bf16 backward is slow in fp32 (precision.py)
-    fp32_slow_layers: bool = True
-    num_workers: int = -1  # -1: min(2, cores)
-    cache_images: bool = True  # decode every image once, keep it in memory
-    cache_dir: str | None = None  # also keep decoded (train: shrunk) images on disk, keyed by content, across runs
-    accelerator: str = "auto"
-    devices: int = 1  # > 1 or num_nodes > 1: data-parallel with Lightning's DDP (NCCL on GPUs, gloo on CPUs)
-    num_nodes: int = 1
-    tensorboard: bool = True  # TensorBoard logs in RUN_DIR/tensorboard
-    out: str = "runs"
-    extra: dict[str, Any] = field(default_factory=dict)
+    # ---- data
+    model: str = setting(DEFAULT_MODEL, "backbone; see: covidct models")
+    data_dir: str = setting(DEFAULT_DATA_DIR, "dataset folder of a single-source run (default: $COVIDCT_DATA_DIR, "
+                            "else data/covid-ct)")  # fmt: skip
+    data_csv: str | None = setting(None, "a CSV of path,label[,split][,group][,source] instead of a folder")
+    sources: list[str] = setting(
+        help="train on this source (repeat for several): a name from `covidct data sources` (looked up under "
+        "$COVIDCT_DATA_ROOT, default data/), NAME=PATH, or a folder/CSV; overrides --data-dir",
+        flag="source", factory=list,
+    )  # fmt: skip
+    source_balance: bool = setting(True, "with several sources, each weighs the same per epoch (weighted sampler)")
+    samples_per_epoch: int | None = setting(None, "images drawn per training epoch (default: the split's size)")
+    # ---- model and weights
+    pretrained: bool = setting(True, "start from ImageNet weights (--no-pretrained: random, only when asked)")
+    weights: str | None = setting(None, "local ImageNet weight file (.pth or .safetensors) for the backbone")
+    freeze_blocks: int = setting(0, "keep the stem and the first N blocks of the backbone frozen")
+    # ---- optimisation
+    epochs: int = setting(30, "maximum epochs")
+    batch_size: int = setting(32, "images per step (per process)")
+    lr: float = setting(3e-4, "peak learning rate of AdamW")
+    weight_decay: float = setting(1e-4, "AdamW weight decay")
+    warmup_epochs: int = setting(1, "linear warm-up epochs before the cosine decay")
+    backbone_lr_scale: float = setting(1.0, "the pretrained backbone's lr = lr x this; the new head's = lr")
+    label_smoothing: float = setting(0.1, "label smoothing of the cross-entropy")
+    patience: int = setting(10, "early-stopping patience in epochs")
+    ema_decay: float = setting(0.0, "> 0: validate and checkpoint an exponential moving average of the weights")
+    monitor: str = setting("val_acc", "best-checkpoint and early-stopping criterion (val_auc_mean: mean of the "
+                           "validation sources' AUCs)", tuple(MONITORS))  # fmt: skip
+    seed: int = setting(42, "seed of everything (weights of the head, splits, augmentation, sampling)")
+    # ---- the image pipeline (the default recipe was chosen on validation, see benchmarks/)
+    grayscale: bool = setting(True, "every image to grey first (removes colour mode as a shortcut)")
+    input_size: int | None = setting(None, "side of the model's input in pixels (default: the backbone's)")
+    augment: str = setting("ct", "study: crop+flip; ct: + affine, brightness/contrast; robust: ct + blur, noise, "
+                           "contrast, JPEG re-encoding", ("study", "ct", "robust"))  # fmt: skip
+    crop: str = setting("none", "crop every image to the body or the lung fields first", ("none", "body", "lung"))
+    intensity: str = setting("none", "histogram equalisation of every image", ("none", "equalize"))
+    # ---- speed and machines
+    precision: str = setting("auto", "auto: bf16-mixed on CPUs with AMX/AVX512-BF16 and on GPUs, else 32",
+                             PRECISIONS)  # fmt: skip
+    channels_last: bool = setting(True, "channels-last memory layout")
+    fp32_slow_layers: bool = setting(True, "under bf16 on CPU, keep the depthwise convs whose bf16 backward is "
+                                     "slow in fp32")  # fmt: skip
+    num_workers: int = setting(-1, "data loader workers (-1: min(2, cores))")
+    cache_images: bool = setting(True, "decode every image once, keep it in memory", flag="cache")
+    cache_dir: str | None = setting(None, "keep decoded images here across runs (keyed by file content)")
+    accelerator: str = setting("auto", "auto, cpu or gpu")
+    devices: int = setting(1, "devices (GPUs, or CPU processes) per node; > 1: DDP")
+    num_nodes: int = setting(1, "machines taking part; see README 'Several machines'")
+    tensorboard: bool = setting(True, "TensorBoard logs in RUN_DIR/tensorboard")
+    out: str = setting("runs", "parent folder of run folders")
+    extra: dict[str, Any] = setting(factory=dict, cli=False)
 
     def __post_init__(self) -> None:
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr}
@@ -84,12 +113,15 @@ class TrainConfig:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
         if not 0 <= self.ema_decay < 1:
             raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
-        if self.monitor not in MONITORS:
-            raise ConfigError(f"monitor must be one of {sorted(MONITORS)}, got {self.monitor!r}")
-        if self.augment not in ("study", "ct"):
-            raise ConfigError(f"augment must be 'study' or 'ct', got {self.augment!r}")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        for f in dataclasses.fields(self):
+            allowed = f.metadata.get("choices")
+            if allowed and getattr(self, f.name) not in allowed:
+                raise ConfigError(f"{f.name} must be one of {allowed}, got {getattr(self, f.name)!r}")
+        if self.samples_per_epoch is not None and self.samples_per_epoch < 1:
+            raise ConfigError(f"samples_per_epoch must be >= 1, got {self.samples_per_epoch!r}")
+        if self.freeze_blocks < 0:
+            raise ConfigError(f"freeze_blocks must be >= 0, got {self.freeze_blocks!r}")
+        self.sources = [str(s) for s in (self.sources or [])]
 
     @property
     def monitor_mode(self) -> str:

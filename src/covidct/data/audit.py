@@ -220,8 +220,9 @@ def audit_markdown(report: AuditReport, max_pairs: int = 50) -> str:
 
 def write_audit(report: AuditReport, out_dir: str | Path) -> Path:
     """audit.json, audit.md, near_duplicates.csv and near_duplicates.png (side-by-side thumbnails) in out_dir."""
+    from covidct.data.figures import pair_sheet_figure
     from covidct.fileio import write_csv, write_json, write_text
-    from covidct.reporting import pair_sheet_figure, save_figure
+    from covidct.plotting import save_figure
 
     out = Path(out_dir)
     pairs = report.exact_duplicates + report.near_duplicates

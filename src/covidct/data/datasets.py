@@ -37,6 +37,8 @@ _NEGATIVE_WORDS = ("non", "normal", "negative", "healthy", "control")
 class Sample:
     path: Path
     label: int
+    source: str = ""  # the source (data set) it came from
+    group: str = ""  # what must stay together in one split or fold (patient, paper); "" = the image alone
 
 
 @dataclass
@@ -46,6 +48,19 @@ class SplitData:
     splits: dict[str, list[Sample]]
     class_names: tuple[str, ...]
     source: str
+    notes: tuple[str, ...] = ()  # what a user must know about how the splits were made
+
+    def sources(self) -> list[str]:
+        return sorted({s.source for samples in self.splits.values() for s in samples})
+
+    def source_counts(self) -> dict[str, dict[str, dict[str, int]]]:
+        """{source: {split: {class: n}}}."""
+        out: dict[str, dict[str, dict[str, int]]] = {}
+        for split, samples in self.splits.items():
+            for s in samples:
+                per = out.setdefault(s.source, {}).setdefault(split, {n: 0 for n in self.class_names})
+                per[self.class_names[s.label]] += 1
+        return out
 
     def counts(self) -> dict[str, dict[str, int]]:
         return {
@@ -120,6 +135,32 @@ def stratified_split(samples: list[Sample], seed: int, fractions: dict[str, floa
     return out
 
 
+def group_split(samples: list[Sample], seed: int, fractions: dict[str, float] | None = None) -> dict:
+    """Split into train/val/test with every group in one split, stratified by each group's majority label:
+    within a label, groups are shuffled (seeded) and dealt to val and test until each holds its share of images."""
+    fractions = fractions or DEFAULT_FRACTIONS
+    groups: dict[str, list[Sample]] = defaultdict(list)
+    for s in sorted(samples, key=lambda s: str(s.path)):
+        groups[s.group or str(s.path)].append(s)
+    by_label: dict[int, list[str]] = defaultdict(list)
+    for key, members in groups.items():
+        labels = [m.label for m in members]
+        by_label[max(set(labels), key=labels.count)].append(key)
+    out: dict[str, list[Sample]] = {split: [] for split in SPLITS}
+    rng = random.Random(seed)
+    for label in sorted(by_label):
+        keys = sorted(by_label[label])
+        rng.shuffle(keys)
+        total = sum(len(groups[k]) for k in keys)
+        want = {"val": fractions["val"] * total, "test": fractions["test"] * total}
+        for key in keys:
+            split = next((sp for sp in ("val", "test") if want[sp] > 0), "train")
+            out[split] += groups[key]
+            if split != "train":
+                want[split] -= len(groups[key])
+    return out
+
+
 def folder_splits(root: Path, seed: int) -> SplitData:
     """root/<split>/<class>/* if split folders exist, else root/<class>/* split at random by seed."""
     if all((root / split).is_dir() for split in SPLITS):
@@ -159,7 +200,9 @@ def csv_splits(csv_path: Path, seed: int) -> SplitData:
     for line, row in enumerate(rows, start=2):
         path = Path(row["path"].strip())
         path = path if path.is_absolute() else csv_path.parent / path
-        sample = Sample(path, index[row["label"].strip()])
+        sample = Sample(
+            path, index[row["label"].strip()], (row.get("source") or "").strip(), (row.get("group") or "").strip()
+        )
         split = (row.get("split") or "").strip()
         if has_split and split:
             if split not in SPLITS:
@@ -168,7 +211,8 @@ def csv_splits(csv_path: Path, seed: int) -> SplitData:
         else:
             unsplit.append(sample)
     if unsplit:
-        for split, samples in stratified_split(unsplit, seed).items():
+        grouped = any(s.group for s in unsplit)
+        for split, samples in (group_split(unsplit, seed) if grouped else stratified_split(unsplit, seed)).items():
             splits[split] += samples
     return SplitData(splits, class_names, f"csv {csv_path}")
 

@@ -1,43 +1,67 @@
-"""The study's train and eval pipelines, normalised with the backbone's own mean and std.
+"""The train and eval pipelines of a model, built from its Preprocessing (stored in every checkpoint).
 
-Options beyond the study: `grayscale` makes every image single-tone (replicated to 3 channels) before the model
-sees it, removing colour mode as a shortcut (CT is grey; the COVID-CT classes differ in colour mode); `augment="ct"`
-adds a small affine jitter and brightness/contrast changes that CT from other scanners and windows can show.
+Steps, in order: optional crop to the body or lungs (crop.py: every source framed alike), optional grey (CT is
+grey; the COVID-CT classes differ in colour mode), optional intensity normalisation (histogram equalisation:
+sources differ in window and contrast), then the study's resize/crop/flip and the chosen augmentation.
+
+Augmentations (torchvision.transforms.v2):
+- study: resize the shorter side, random crop of 50-100% of the area, horizontal flip (the seed study);
+- ct: also a small affine jitter (±10°, 5% shift, ±5% scale) and ±20% brightness/contrast;
+- robust: ct plus what another scanner, window or file format does to an image: blur, noise, gamma/contrast
+  changes and JPEG re-encoding.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
+import torch
 from torchvision import transforms as T
+from torchvision.transforms import v2
 
-AUGMENTATIONS = ("study", "ct")
+from covidct.data.crop import CropToBody
+from covidct.data.preprocessing import Preprocessing
+
+AUGMENTATIONS = ("study", "ct", "robust")
+INTENSITIES = ("none", "equalize")
 
 
-def train_transform(
-    mean: Sequence[float],
-    std: Sequence[float],
-    input_size: int = 224,
-    resize: int = 256,
-    grayscale: bool = False,
-    augment: str = "study",
-) -> T.Compose:
-    """Resize the shorter side, random crop covering 50-100% of the area, horizontal flip (as in the study)."""
+def _front(pre: Preprocessing) -> list:
+    """PIL steps before any resize: crop, grey, equalise."""
+    steps: list = [CropToBody(pre.crop)] if pre.crop != "none" else []
+    if pre.grayscale:
+        steps.append(T.Grayscale(3))
+    if pre.intensity == "equalize":
+        steps.append(T.RandomEqualize(p=1.0))
+    return steps
+
+
+def train_transform(pre: Preprocessing, augment: str = "study") -> T.Compose:
+    """Resize the shorter side, random crop covering 50-100% of the area, horizontal flip (as in the study), then
+    the chosen augmentation."""
     if augment not in AUGMENTATIONS:
         raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {augment!r}")
-    steps: list = [T.Grayscale(3)] if grayscale else []
-    steps += [T.Resize(resize), T.RandomResizedCrop(input_size, scale=(0.5, 1.0)), T.RandomHorizontalFlip()]
-    if augment == "ct":
+    steps = _front(pre)
+    steps += [T.Resize(pre.resize), T.RandomResizedCrop(pre.input_size, scale=(0.5, 1.0)), T.RandomHorizontalFlip()]
+    if augment in ("ct", "robust"):
         steps += [
             T.RandomAffine(degrees=10, translate=(0.05, 0.05), scale=(0.95, 1.05)),
             T.ColorJitter(brightness=0.2, contrast=0.2),
         ]
-    return T.Compose([*steps, T.ToTensor(), T.Normalize(mean, std)])
+    if augment == "robust":  # on PIL images, then uint8 tensors (JPEG), then floats (noise)
+        steps += [
+            T.RandomApply([T.GaussianBlur(5, sigma=(0.1, 1.5))], p=0.3),
+            T.RandomApply([T.ColorJitter(contrast=(0.6, 1.4))], p=0.3),
+            v2.PILToTensor(),
+            v2.RandomApply([v2.JPEG((30, 95))], p=0.3),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.RandomApply([v2.GaussianNoise(sigma=0.03)], p=0.3),
+            T.Normalize(pre.mean, pre.std),
+        ]
+        return T.Compose(steps)
+    return T.Compose([*steps, T.ToTensor(), T.Normalize(pre.mean, pre.std)])
 
 
-def eval_transform(
-    mean: Sequence[float], std: Sequence[float], input_size: int = 224, grayscale: bool = False
-) -> T.Compose:
-    """Resize the whole image to a square (as in the study): nothing of the lungs is cropped away."""
-    steps: list = [T.Grayscale(3)] if grayscale else []
-    return T.Compose([*steps, T.Resize((input_size, input_size)), T.ToTensor(), T.Normalize(mean, std)])
+def eval_transform(pre: Preprocessing) -> T.Compose:
+    """Resize the whole (cropped) image to a square (as in the study): nothing of the lungs is cropped away."""
+    return T.Compose(
+        [*_front(pre), T.Resize((pre.input_size, pre.input_size)), T.ToTensor(), T.Normalize(pre.mean, pre.std)]
+    )

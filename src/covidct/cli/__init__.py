@@ -1,0 +1,40 @@
+"""The command line: `covidct COMMAND`. Each module here registers its own subcommands and parses; the work is
+done by the library. A new command is a cmd_* function and a few lines in its module's register()."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from covidct import DISCLAIMER, __version__
+from covidct.cli import data, evaluate, inference, misc, train
+from covidct.errors import CovidCTError, TrainingInterrupted
+
+COMMAND_MODULES = (data, train, evaluate, inference, misc)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="covidct",
+        description=f"Chest CT COVID-19 classifiers: train, evaluate, compare. {DISCLAIMER}",
+    )
+    parser.add_argument("--version", action="version", version=f"covidct {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in COMMAND_MODULES:
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except TrainingInterrupted as e:
+        print(f"covidct: {e}", file=sys.stderr)
+        return 130
+    except CovidCTError as e:
+        print(f"covidct: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("covidct: interrupted", file=sys.stderr)
+        return 130

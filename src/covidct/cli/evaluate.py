@@ -1,0 +1,138 @@
+"""covidct evaluate, threshold, compare and report."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def evaluate_and_print(
+    run_dir: Path,
+    split: str,
+    checkpoint: str,
+    data_dir: Any,
+    threshold: Any,
+    out: Any,
+    n_boot: int,
+    min_sens: float,
+    calibrate: bool = False,
+    tta: bool = False,
+    on: str | None = None,
+) -> None:
+    from covidct.evaluation.evaluate import evaluate_run, metrics_table
+
+    result = evaluate_run(
+        run_dir,
+        split or "test",
+        checkpoint,
+        data_dir,
+        threshold,
+        out,
+        n_boot,
+        min_sens,
+        calibrate=calibrate,
+        tta=tta,
+        on=on,
+    )
+    cal = result["calibration"]
+    line = f"calibration: ECE {cal['ece']:.3f}"
+    if "temperature" in cal:
+        line += f"; temperature {cal['temperature']:.2f} (fitted on val) -> ECE {cal['ece_calibrated']:.3f}"
+    print(metrics_table(result))
+    print(line)
+    if result.get("external") and result["external"]["images_seen_in_training"]:
+        print(f"warning: {result['external']['images_seen_in_training']} images of {on} were seen in training")
+    first = Path(run_dir if not isinstance(run_dir, list) else run_dir[0])
+    where = Path(out) if out else first / f"eval-{result['split']}"
+    print(f"wrote metrics, predictions and figures to {where}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    runs = args.run_dir if len(args.run_dir) > 1 else args.run_dir[0]
+    evaluate_and_print(
+        runs, args.split, args.checkpoint, args.data_dir, args.threshold, args.out,
+        args.bootstrap, args.min_sensitivity, args.calibrate, args.tta, args.on,
+    )  # fmt: skip
+    return 0
+
+
+def cmd_threshold(args: argparse.Namespace) -> int:
+    from covidct.evaluation.evaluate import store_threshold
+
+    r = store_threshold(args.run_dir, args.choose, args.min_sensitivity, args.checkpoint, args.data_dir)
+    where = f"chosen on val by {r['rule']}" if r["chosen_on"] else "given"
+    print(f"threshold {r['threshold']:.4f} ({where}) stored in {args.run_dir}/checkpoints/{r['checkpoint']}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from covidct.evaluation.evaluate import compare_runs
+    from covidct.tables import table_text, write_table
+
+    runs = args.run_dirs
+    if args.mlflow is not None or any(not Path(r).exists() for r in runs):
+        from covidct.cli.common import require
+
+        require("mlflow", "mlflow", "compare with MLflow run ids")
+        from covidct.reporting.tracking import resolve_run
+
+        runs = [resolve_run(r, args.mlflow or None) for r in runs]
+    rows = compare_runs(runs, args.split)
+    print(table_text(rows))
+    csv_path, md_path = write_table(rows, args.out)
+    print(f"wrote {csv_path} and {md_path}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from covidct.reporting.html import build_report
+
+    path = build_report(args.run_dir, args.split, args.data_dir)
+    print(f"wrote {path}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="metrics, predictions and figures of a run on a split or an external set")
+    p.add_argument(
+        "run_dir", type=Path, nargs="+", help="a run folder (runs/<timestamp>-<model>); several: their ensemble"
+    )
+    p.add_argument("--split", default="test", help="train, val or test (default test)")
+    p.add_argument(
+        "--on", metavar="SET",
+        help="an external labelled set instead of a split: a source name, NAME=PATH, a folder or a CSV (all its "
+        "images; one class allowed); written to eval-<name>/",
+    )  # fmt: skip
+    p.add_argument("--tta", action="store_true", help="average each image's score with its left-right mirror's")
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    p.add_argument("--data-dir", help="override the data folder recorded in the run's config")
+    p.add_argument("--threshold", type=float, help="decision threshold (default: the model's, 0.5)")
+    p.add_argument("--out", help="output folder (default RUN_DIR/eval-SPLIT)")
+    p.add_argument("--calibrate", action="store_true", help="fit temperature scaling on val; report ECE before/after")
+    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the intervals (0: none)")
+    p.add_argument(
+        "--min-sensitivity", type=float, default=0.95, help="the 'sensitivity at least S' operating point (on val)"
+    )
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("threshold", help="choose the decision threshold on val and store it in the checkpoint")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--choose", required=True, help="youden, sensitivity (at least --min-sensitivity) or a number")
+    p.add_argument("--min-sensitivity", type=float, default=0.95)
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    p.add_argument("--data-dir", help="override the data folder recorded in the run's config")
+    p.set_defaults(func=cmd_threshold)
+
+    p = sub.add_parser("report", help="one self-contained HTML report of a run (report.html)")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--split", default="test")
+    p.add_argument("--data-dir", help="override the data folder recorded in the run's config")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("compare", help="evaluated runs side by side (screen, CSV and Markdown)")
+    p.add_argument("run_dirs", nargs="+", help="run folders or MLflow run ids")
+    p.add_argument("--mlflow", nargs="?", const="", metavar="URI", help="tracking URI for run ids (default sqlite)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--out", default="comparison", help="file stem for .csv and .md (default comparison)")
+    p.set_defaults(func=cmd_compare)

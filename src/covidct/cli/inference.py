@@ -1,0 +1,79 @@
+"""covidct export, predict and serve."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from covidct import DISCLAIMER
+from covidct.cli.common import window
+from covidct.data.medical import LUNG_WINDOW
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from covidct.inference.export import export_run
+
+    for path in export_run(args.run_dir, args.format, args.out, args.data_dir):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from covidct.fileio import write_csv
+    from covidct.inference.load import load_trained
+    from covidct.inference.predict import VOLUME_AGGREGATION, expand_inputs, predict_inputs
+
+    print(DISCLAIMER, file=sys.stderr)
+    model = load_trained(args.model)
+    paths = expand_inputs(args.inputs)
+    rows = predict_inputs(model, paths, args.threshold, args.window, Path(args.cam) if args.cam else None)
+    write_csv(args.out, rows)
+    for r in rows:
+        where = f"{r['path']}" + (f" [{r['slice']}]" if r["slice"] != "" else "")
+        print(f"{where}: score {r['score']:.3f} -> {r['label']} (threshold {r['threshold']:.3f})")
+    if any(r["slice"] == "volume" for r in rows):
+        print(f"volume score: {VOLUME_AGGREGATION}")
+    print(f"wrote {args.out}" + (f" and Grad-CAM overlays in {args.cam}" if args.cam else ""))
+    print(DISCLAIMER, file=sys.stderr)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from covidct.inference.serve import serve
+
+    print(DISCLAIMER, file=sys.stderr)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not (args.api_key or os.environ.get("COVIDCT_API_KEY")):
+        print(
+            f"warning: serving on {args.host} without an API key; anyone who can reach it can use it", file=sys.stderr
+        )
+    serve(args.model, args.host, args.port, args.api_key)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export the best model as safetensors + JSON card, or as verified ONNX")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--format", default="safetensors", choices=["safetensors", "onnx"])
+    p.add_argument("--out", help="output folder (default RUN_DIR/export)")
+    p.add_argument("--data-dir", help="data for the ONNX check (default: the run's)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("predict", help="score images, DICOM, DICOM series and NIfTI volumes (research use only)")
+    p.add_argument("model", help="export folder (model.safetensors/.onnx + model.json), model file or run folder")
+    p.add_argument("inputs", nargs="+", help="files, folders (recursive; a folder of DICOM files is a series), globs")
+    p.add_argument("--out", default="predictions.csv", help="CSV to write (default predictions.csv)")
+    p.add_argument("--cam", metavar="DIR", help="also save Grad-CAM overlays (PNG) here")
+    p.add_argument("--threshold", type=float, help="decision threshold (default: the model's)")
+    p.add_argument(
+        "--window", type=window, default=LUNG_WINDOW, help="CT window CENTRE/WIDTH in HU (default -600/1500)"
+    )
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("serve", help="web app and REST API for one model (research use only)")
+    p.add_argument("model", help="export folder (model.safetensors [+ model.onnx] + model.json) or run folder")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", help="require this key in header X-API-Key on /api/ (default: $COVIDCT_API_KEY)")
+    p.set_defaults(func=cmd_serve)

@@ -1,0 +1,162 @@
+"""covidct train, cv and crosssource: the flags of a training recipe are built from TrainConfig's fields."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from covidct import DISCLAIMER
+from covidct.cli.common import progress, require
+from covidct.errors import ConfigError
+
+
+def config_args(p: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field (help, choices and flag name from its metadata; booleans as --x/--no-x;
+    lists repeated). Every default is None here, so that only flags given on the command line override."""
+    from covidct.config import TrainConfig
+
+    p.add_argument("--config", help="a YAML config (e.g. a saved run's config.yaml); flags override it")
+    defaults = TrainConfig()
+    for f in dataclasses.fields(TrainConfig):
+        meta = f.metadata
+        if not meta.get("cli", True):
+            continue
+        flag = "--" + (meta.get("flag") or f.name).replace("_", "-")
+        default = getattr(defaults, f.name)
+        help_text = meta.get("help", "")
+        kind = _kind(f.type)
+        if kind is bool:
+            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                           help=f"{help_text} (default: {'on' if default else 'off'})")  # fmt: skip
+        elif kind is list:
+            p.add_argument(flag, dest=f.name, action="append", default=None, metavar=f.name[:-1].upper(),
+                           help=help_text)  # fmt: skip
+        else:
+            shown = "" if default in (None, "") else f" (default {default})"
+            p.add_argument(flag, dest=f.name, type=kind, default=None, choices=meta.get("choices"),
+                           help=help_text + shown)  # fmt: skip
+
+
+def _kind(annotation: Any) -> type:
+    text = str(annotation)
+    for name, kind in (("bool", bool), ("list", list), ("int", int), ("float", float), ("dict", dict)):
+        if text.startswith(name) or text.startswith(f"{name}[") or text.startswith(f"{name} |"):
+            return kind
+    return str
+
+
+def train_config(args: argparse.Namespace) -> Any:
+    """Defaults < --config YAML < COVIDCT_DATA_DIR < flags given on the command line."""
+    from covidct.config import TrainConfig
+
+    values: dict[str, Any] = TrainConfig.from_yaml(args.config).to_dict() if args.config else {}
+    if os.environ.get("COVIDCT_DATA_DIR") and getattr(args, "data_dir", None) is None:
+        values["data_dir"] = os.environ["COVIDCT_DATA_DIR"]
+    for f in dataclasses.fields(TrainConfig):
+        value = getattr(args, f.name, None)
+        if value is not None and f.metadata.get("cli", True):
+            values[f.name] = value
+    return TrainConfig.from_dict(values)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from covidct.cli.evaluate import evaluate_and_print
+    from covidct.training.fit import train
+
+    if args.resume:
+        from covidct.config import TrainConfig
+
+        saved = Path(args.resume) / "config.yaml"
+        if not saved.is_file():
+            raise ConfigError(f"cannot resume {args.resume}: no config.yaml there; is it a covidct run folder?")
+        config = TrainConfig.from_yaml(saved)  # the run continues with its own recipe; other flags are ignored
+    else:
+        config = train_config(args)
+    if args.mlflow is not None:  # checked before minutes of training, not after
+        require("mlflow", "mlflow", "--mlflow")
+    print(DISCLAIMER, file=sys.stderr)
+    run_dir = train(config, progress=progress(), run_dir=args.resume or args.run_dir, resume=bool(args.resume))
+    from covidct.training.fit import global_rank
+
+    if global_rank() != 0:  # the other processes of a distributed run: rank 0 evaluates and reports
+        return 0
+    print(f"run folder: {run_dir}")
+    if args.evaluate:
+        evaluate_and_print(run_dir, args.evaluate, "best", None, None, None, 2000, 0.95)
+    for name in args.evaluate_on or []:
+        evaluate_and_print(run_dir, None, "best", None, None, None, 2000, 0.95, on=name)
+    if args.report:
+        from covidct.reporting.html import build_report
+
+        print(f"wrote {build_report(run_dir, args.evaluate or 'test')}")
+    if args.mlflow is not None:
+        from covidct.reporting.tracking import DEFAULT_URI, log_run
+
+        run_id = log_run(run_dir, args.mlflow or None)
+        print(f"logged to MLflow ({args.mlflow or DEFAULT_URI}) as run {run_id}")
+    return 0
+
+
+def cmd_cv(args: argparse.Namespace) -> int:
+    import json
+
+    from covidct.training.cv import run_cv
+
+    config = train_config(args)
+    print(DISCLAIMER, file=sys.stderr)
+    cv_dir = run_cv(config, args.folds, progress=progress(), group_duplicates=not args.no_group_duplicates)
+    summary = json.loads((cv_dir / "cv.json").read_text())
+    for f in summary["folds"]:
+        print(f"fold {f['fold']}: val acc {f['val_acc']:.3f}, val AUC {f['val_auc']:.3f} ({f['n_val']} images)")
+    acc, auc, oof = summary["val_acc"], summary["val_auc"], summary["out_of_fold"]
+    print(f"val acc {acc['mean']:.3f} +- {acc['sd']:.3f}, val AUC {auc['mean']:.3f} +- {auc['sd']:.3f} (mean +- sd)")
+    print(f"out of fold ({oof['n']} images): acc {oof['accuracy']:.3f}, AUC {oof['auc']:.3f}")
+    print(f"cv folder: {cv_dir} (fold runs under fold-*/run; evaluate them together as an ensemble)")
+    return 0
+
+
+def cmd_crosssource(args: argparse.Namespace) -> int:
+    from covidct.training.crosssource import run_crosssource
+
+    config = train_config(args)
+    if not config.sources or len(config.sources) < 2:
+        raise ConfigError("crosssource needs at least two --source")
+    print(DISCLAIMER, file=sys.stderr)
+    out = run_crosssource(config, args.out_dir, progress=progress(), n_bootstrap=args.bootstrap)
+    print((out / "matrix.md").read_text())
+    print(f"wrote {out}/matrix.csv, matrix.md, matrix.png and one run folder per training under {out}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="fine-tune a backbone; keeps the best checkpoint on validation")
+    config_args(p)
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its last checkpoint, with its config")
+    p.add_argument("--run-dir", help="the run folder to create (default OUT/<time>-<model>); torchrun/SLURM: set it")
+    p.add_argument("--evaluate", metavar="SPLIT", help="then evaluate the best checkpoint on SPLIT (e.g. test)")
+    p.add_argument("--evaluate-on", action="append", metavar="SET",
+                   help="then also evaluate on this external set (a source, folder or CSV); repeatable")  # fmt: skip
+    p.add_argument("--report", action="store_true", help="then write report.html (evaluating on test if needed)")
+    p.add_argument(
+        "--mlflow", nargs="?", const="", metavar="URI", help="then log the run to MLflow (default sqlite:///mlruns.db)"
+    )
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("cv", help="k-fold cross-validation on train+val (one run per fold; test untouched)")
+    config_args(p)
+    p.add_argument("--folds", type=int, default=5, help="number of folds (default 5)")
+    p.add_argument("--no-group-duplicates", action="store_true", help="do not keep near-duplicate images in one fold")
+    p.set_defaults(func=cmd_cv)
+
+    p = sub.add_parser(
+        "crosssource",
+        help="leave-one-source-out: train on each source alone and on all but one; the train x test-source matrix",
+    )
+    config_args(p)
+    p.add_argument("--out-dir", default="crosssource", help="folder for the runs and the matrix (default crosssource/)")
+    p.add_argument("--bootstrap", type=int, default=0, help="bootstrap resamples per evaluation (default 0: none)")
+    p.set_defaults(func=cmd_crosssource)

@@ -1,0 +1,457 @@
+"""Evaluate a run's checkpoint on a split: metrics.json, predictions.csv and the study's figures."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from covidct.data import ImageDataset, Sample
+from covidct.data.sources import external_set
+from covidct.errors import ConfigError, DataError, ModelError
+from covidct.evaluation.calibration import (
+    apply_temperature,
+    expected_calibration_error,
+    fit_temperature,
+    reliability_curve,
+)
+from covidct.evaluation.figures import (
+    confusion_matrix_figure,
+    misclassified_histogram,
+    precision_recall_figure,
+    reliability_figure,
+    roc_figure,
+    training_curves_figure,
+)
+from covidct.evaluation.metrics import binary_metrics, predict, threshold_for_sensitivity, youden_threshold
+from covidct.evaluation.statistics import (
+    bootstrap_intervals,
+    delong_interval,
+    delong_paired_test,
+    roc_band,
+    wilson_interval,
+)
+from covidct.fileio import atomic_write, write_csv, write_json
+from covidct.inference.load import LoadedModel, load_checkpoint
+from covidct.plotting import save_figure
+from covidct.runs import RunDir, find_checkpoint
+from covidct.tables import interval_text, number_text, table_text
+
+
+def load_classifier(checkpoint: str | Path) -> LoadedModel:
+    """The model of a checkpoint (read safely: weights_only), ready to score."""
+    ckpt = Path(checkpoint)
+    run = RunDir(ckpt.parent.parent) if ckpt.parent.name == "checkpoints" else None
+    return load_checkpoint(ckpt, run)
+
+
+@torch.no_grad()
+def predict_scores(
+    module: LoadedModel, dataset: ImageDataset, batch_size: int = 32, num_workers: int = 0, tta: bool = False
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(paths, labels, scores) where score = probability of class 1 (COVID), in fp32.
+
+    tta: test-time augmentation, the mean of the probabilities of the image and of its left-right mirror (the
+    flip the training augmentation already uses)."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    paths: list[str] = []
+    labels, scores = [], []
+    for batch in loader:
+        x = batch["image"]
+        p = module.logits(x).float().softmax(1)[:, 1]
+        if tta:
+            p = (p + module.logits(x.flip(-1)).float().softmax(1)[:, 1]) / 2
+        scores.append(p.cpu().numpy())
+        labels.append(np.asarray(batch["label"]))
+        paths += list(batch["path"])
+    return paths, np.concatenate(labels), np.concatenate(scores)
+
+
+def ensemble_mean(scores: list[np.ndarray]) -> np.ndarray:
+    """An ensemble's score: the arithmetic mean of its members' probabilities (equal weights, nothing fitted)."""
+    if not scores:
+        raise ValueError("an ensemble needs at least one member")
+    shapes = {s.shape for s in scores}
+    if len(shapes) != 1:
+        raise ValueError(f"members scored different numbers of images: {sorted(shapes)}")
+    return np.mean(np.stack(scores), axis=0)
+
+
+def eval_dataset(module: LoadedModel, samples: list[Sample]) -> ImageDataset:
+    """Samples as the model expects them at evaluation: its own preprocessing, no augmentation."""
+    return ImageDataset(samples, module.transform)
+
+
+def file_digests(paths: list[Path]) -> set[str]:
+    return {hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths}
+
+
+def training_overlap(run: RunDir, samples: list[Sample]) -> int:
+    """How many of `samples` have the same bytes as an image the run trained or validated on."""
+    data = run.data()
+    seen = file_digests([s.path for sp in ("train", "val") for s in data.splits[sp]])
+    return sum(h in seen for h in (hashlib.sha256(Path(s.path).read_bytes()).hexdigest() for s in samples))
+
+
+def evaluate_run(
+    run_dir: str | Path | list[str | Path],
+    split: str = "test",
+    checkpoint: str = "best",
+    data_dir: str | Path | None = None,
+    threshold: float | None = None,
+    out_dir: str | Path | None = None,
+    n_bootstrap: int = 2000,
+    min_sensitivity: float = 0.95,
+    seed: int = 0,
+    calibrate: bool = False,
+    tta: bool = False,
+    on: str | None = None,
+) -> dict[str, Any]:
+    """Score every image of `split` with the run's checkpoint; write metrics, predictions and figures.
+
+    Besides the metrics at the model's threshold, metrics.json holds 95% intervals and the operating points
+    chosen on the validation split (Youden's J, sensitivity >= min_sensitivity), applied unchanged to `split`.
+    Given several run folders, evaluates their ensemble (`ensemble_mean` of the members' probabilities, each
+    member with its own preprocessing) at the first member's threshold; `out_dir` is then required.
+
+    on: evaluate on an external labelled set instead (a source name, folder or CSV: every image of it) into
+    eval-<name>/; thresholds still come from the run's own validation split. A warning counts the images whose
+    bytes the run trained or validated on."""
+    runs = [Path(r) for r in run_dir] if isinstance(run_dir, list) else [Path(run_dir)]
+    if len(runs) > 1 and out_dir is None:
+        raise ModelError(f"an ensemble of {len(runs)} runs needs an output folder (--out)")
+    members = []
+    external: list[Sample] | None = None
+    overlap = 0
+    if on is not None:
+        split, external = external_set(on)
+        overlap = training_overlap(RunDir.at(runs[0]), external)
+        if overlap:
+            warnings.warn(
+                f"{overlap} of {len(external)} images of {on} have the same content as images the run trained or "
+                "validated on: this is not an external validation for them",
+                stacklevel=2,
+            )
+    for run in runs:
+        ckpt = find_checkpoint(run, checkpoint)
+        data = RunDir.at(run).data(data_dir)
+        if external is None and split not in data.splits:
+            raise DataError(f"split must be one of {list(data.splits)}, got {split!r}")
+        module = load_classifier(ckpt)
+        samples = external if external is not None else data.splits[split]
+        paths, labels, scores = predict_scores(module, eval_dataset(module, samples), tta=tta)
+        val = predict_scores(module, eval_dataset(module, data.splits["val"]), tta=tta) if split != "val" else None
+        epoch = int(module.card["checkpoint"]["epoch"])
+        members.append({"run": run, "ckpt": ckpt, "module": module, "scored": (paths, labels, scores), "val": val,
+                        "epoch": epoch, "samples": samples})  # fmt: skip
+    first = members[0]
+    paths, labels, _ = first["scored"]
+    for m in members[1:]:
+        if m["scored"][0] != paths:
+            raise DataError(f"runs {first['run']} and {m['run']} score different images of split {split!r}")
+    scores = ensemble_mean([m["scored"][2] for m in members])
+    if split == "val":
+        val_labels, val_scores = labels, scores
+    elif first["val"] is not None and all(m["val"][0] == first["val"][0] for m in members):
+        val_labels = first["val"][1]
+        val_scores = ensemble_mean([m["val"][2] for m in members])
+    else:  # e.g. the runs of cross-validation folds: no validation set is unseen by every member
+        val_labels = val_scores = None
+    module = first["module"]
+    threshold = float(module.threshold if threshold is None else threshold)
+    metrics = binary_metrics(labels, scores, threshold)
+    class_names = module.class_names
+    points = []
+    chosen = operating_points(val_labels, val_scores, threshold, min_sensitivity) if val_scores is not None else []
+    for name, t in chosen or [("default", threshold)]:
+        m = binary_metrics(labels, scores, t).to_dict()
+        points.append({"name": name, "chosen_on": "val", **m, "ci95": intervals(labels, scores, t, n_bootstrap, seed)})
+
+    result = {
+        "run": str(runs[0]) if len(runs) == 1 else [str(r) for r in runs],
+        "model": module.architecture if len(runs) == 1 else [m["module"].architecture for m in members],
+        "ensemble": {"members": len(runs), "aggregation": "mean of probabilities"} if len(runs) > 1 else None,
+        "tta": "mean over the image and its left-right mirror" if tta else None,
+        "split": split,
+        "external": {"set": on, "images_seen_in_training": overlap} if on is not None else None,
+        "checkpoint": first["ckpt"].name,
+        "epoch": first["epoch"] if len(runs) == 1 else [m["epoch"] for m in members],
+        "class_names": class_names,
+        "positive_class": class_names[1],
+        **metrics.to_dict(),
+        "ci95": intervals(labels, scores, threshold, n_bootstrap, seed),
+        "bootstrap": {"resamples": n_bootstrap, "seed": seed, "stratified": True, "method": "percentile"},
+        "operating_points": points,
+        "calibration": calibration_report(labels, scores, val_labels, val_scores, calibrate and val_scores is not None),
+        "validation": "shared by all members" if val_scores is not None else "none shared: thresholds not chosen",
+        "per_source": per_source_metrics(samples_of(first, external, split), labels, scores, threshold),
+    }
+    run_dir = runs[0]
+    val_paths = paths if split == "val" else first["val"][0]
+    out = Path(out_dir) if out_dir else run_dir / f"eval-{split}"
+    preds = predict(scores, threshold)
+    sources = [s.source for s in samples_of(first, external, split)]
+    rows = [
+        {"path": p, "source": src, "label": int(y), "score": round(float(s), 6), "prediction": int(q)}
+        for p, src, y, s, q in zip(paths, sources, labels, scores, preds)
+    ]
+    write_csv(out / "predictions.csv", rows)
+    if split != "val" and val_scores is not None:  # the scores every threshold was chosen on, for the record
+        val_rows = [
+            {"path": p, "label": int(y), "score": round(float(s), 6)}
+            for p, y, s in zip(val_paths, val_labels, val_scores)
+        ]
+        write_csv(out / "val_predictions.csv", val_rows)
+    save_figure(
+        confusion_matrix_figure(metrics.tp, metrics.tn, metrics.fp, metrics.fn, class_names),
+        out / "confusion_matrix.png",
+    )
+    band = roc_band(labels, scores, n_resamples=min(n_bootstrap, 1000), seed=seed) if n_bootstrap > 0 else None
+    save_figure(roc_figure(labels.tolist(), scores.tolist(), metrics.auc, band), out / "roc_curve.png")
+    save_figure(precision_recall_figure(labels.tolist(), scores.tolist()), out / "pr_curve.png")
+    curves = {"model": reliability_curve(labels, scores)}
+    eces = {"model": result["calibration"]["ece"]}
+    if calibrate:
+        t = result["calibration"]["temperature"]
+        curves[f"temperature {t:.2f}"] = reliability_curve(labels, apply_temperature(scores, t))
+        eces[f"temperature {t:.2f}"] = result["calibration"]["ece_calibrated"]
+    save_figure(reliability_figure(curves, eces), out / "reliability.png")
+    save_figure(misclassified_histogram(scores, labels, threshold), out / "misclassified_scores.png")
+    history = RunDir(run_dir).history() if len(runs) == 1 else []
+    if history:
+        save_figure(training_curves_figure(history), out / "training_curves.png")
+    write_json(out / "metrics.json", result)  # last: its presence means the evaluation is complete
+    return result
+
+
+def samples_of(member: dict[str, Any], external: list[Sample] | None, split: str) -> list[Sample]:
+    return external if external is not None else member["samples"]
+
+
+def per_source_metrics(samples: list[Sample], labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
+    """Accuracy, sensitivity, specificity and AUC (DeLong interval) of each source among the scored images."""
+    sources = np.array([s.source for s in samples])
+    out = {}
+    for source in sorted(set(sources)):
+        mask = sources == source
+        m = binary_metrics(labels[mask], scores[mask], threshold).to_dict()
+        entry = {k: m[k] for k in ("n", "accuracy", "sensitivity", "specificity", "auc", "tp", "tn", "fp", "fn")}
+        if len(np.unique(labels[mask])) == 2:
+            entry["auc_delong"] = delong_interval(labels[mask], scores[mask])[2].as_list()
+        out[source or "(unnamed)"] = entry
+    return out
+
+
+def calibration_report(
+    labels: np.ndarray,
+    scores: np.ndarray,
+    val_labels: np.ndarray | None,
+    val_scores: np.ndarray | None,
+    calibrate: bool,
+) -> dict[str, Any]:
+    """ECE (10 equal-width bins) of the scores; with calibrate, the temperature fitted on validation and the
+    ECE after applying it. Temperature changes no ranking and no decision at 0.5."""
+    report: dict[str, Any] = {"ece": expected_calibration_error(labels, scores), "bins": 10}
+    if calibrate:
+        t = fit_temperature(val_labels, val_scores)
+        report.update(
+            temperature=t,
+            fitted_on="val",
+            ece_calibrated=expected_calibration_error(labels, apply_temperature(scores, t)),
+        )
+    return report
+
+
+def operating_points(
+    val_labels: np.ndarray, val_scores: np.ndarray, default: float, min_sensitivity: float
+) -> list[tuple[str, float]]:
+    """(name, threshold) pairs: the model's own, and those chosen on validation scores."""
+    points = [("default", float(default))]
+    if len(np.unique(val_labels)) == 2:
+        points.append(("youden", youden_threshold(val_labels, val_scores)))
+        points.append(
+            (f"sensitivity>={min_sensitivity:g}", threshold_for_sensitivity(val_labels, val_scores, min_sensitivity))
+        )
+    return points
+
+
+def intervals(labels: np.ndarray, scores: np.ndarray, threshold: float, n_bootstrap: int, seed: int) -> dict:
+    """95% intervals: Wilson for the proportions, stratified bootstrap for everything, DeLong for the AUC."""
+    m = binary_metrics(labels, scores, threshold)
+    boot = bootstrap_intervals(labels, scores, threshold, n_bootstrap, seed=seed) if n_bootstrap > 0 else {}
+    wilson = {
+        "accuracy": wilson_interval(m.tp + m.tn, m.n),
+        "sensitivity": wilson_interval(m.tp, m.tp + m.fn),
+        "specificity": wilson_interval(m.tn, m.tn + m.fp),
+        "precision": wilson_interval(m.tp, m.tp + m.fp),
+        "npv": wilson_interval(m.tn, m.tn + m.fn),
+    }
+    out: dict[str, dict[str, list[float]]] = {}
+    for name in ("accuracy", "sensitivity", "specificity", "precision", "npv", "f1", "auc"):
+        entry = {}
+        if name in wilson:
+            entry["wilson"] = wilson[name].as_list()
+        if name in boot:
+            entry["bootstrap"] = boot[name].as_list()
+        out[name] = entry
+    out["auc"]["delong"] = delong_interval(labels, scores)[2].as_list()
+    return out
+
+
+def metrics_table(result: dict[str, Any]) -> str:
+    """The study's 'Test Performance' table with 95% intervals, one row per operating point.
+
+    Intervals shown: Wilson for proportions, DeLong for the AUC (metrics.json also has the bootstrap ones)."""
+    points = result.get("operating_points") or [{"name": "default", **result}]
+    rows = []
+    for p in points:
+        row: dict[str, Any] = {"operating point": p["name"], "threshold": f"{p['threshold']:.3f}"}
+        for k in ("accuracy", "sensitivity", "specificity", "auc"):
+            ci = p.get("ci95", {}).get(k, {})
+            lo_hi = ci.get("delong" if k == "auc" else "wilson")
+            row[k] = f"{number_text(p[k])} {interval_text(lo_hi)}".strip()
+        row["TP/TN/FP/FN"] = f"{p['tp']}/{p['tn']}/{p['fp']}/{p['fn']}"
+        rows.append(row)
+    model = result["model"] if isinstance(result["model"], str) else "ensemble of " + ", ".join(result["model"])
+    tta = " + TTA" if result.get("tta") else ""
+    head = f"----- {result['split']} performance: {model}{tta} (epoch {result['epoch']}, n={result['n']}) -----"
+    foot = "95% intervals: Wilson (proportions), DeLong (AUC); thresholds other than default chosen on val"
+    return head + "\n" + table_text(rows) + "\n" + foot
+
+
+def compare_runs(run_dirs: list[str | Path], split: str = "test") -> list[dict[str, Any]]:
+    """One row per run: model, epochs, best epoch, and the evaluated metrics on `split`."""
+    rows = []
+    for run in map(Path, run_dirs):
+        metrics_path = run / f"eval-{split}" / "metrics.json"
+        if not metrics_path.is_file():
+            raise ModelError(
+                f"run {run} has no {split} evaluation ({metrics_path} missing); "
+                f"first run: covidct evaluate {run} --split {split}"
+            )
+        m = json.loads(metrics_path.read_text())
+        summary_path = run / "summary.json"
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        rows.append(
+            {
+                "run": run.name,
+                "model": m["model"],
+                "epochs": summary.get("epochs_run"),
+                "best_epoch": m.get("epoch"),
+                "n": m["n"],
+                "accuracy": _num(m["accuracy"]),
+                "accuracy_95ci": interval_text(m.get("ci95", {}).get("accuracy", {}).get("wilson")),
+                "sensitivity": _num(m["sensitivity"]),
+                "sensitivity_95ci": interval_text(m.get("ci95", {}).get("sensitivity", {}).get("wilson")),
+                "specificity": _num(m["specificity"]),
+                "specificity_95ci": interval_text(m.get("ci95", {}).get("specificity", {}).get("wilson")),
+                "auc": _num(m["auc"]),
+                "auc_95ci": interval_text(m.get("ci95", {}).get("auc", {}).get("delong")),
+            }
+        )
+    _add_paired_tests(rows, [Path(r) / f"eval-{split}" / "predictions.csv" for r in run_dirs])
+    configs = [_config_or_empty(Path(r)) for r in run_dirs]
+    for row, diff in zip(rows, config_differences(configs)):
+        row["settings"] = diff
+    return rows
+
+
+def read_predictions(path: Path) -> dict[str, tuple[int, float]]:
+    """{class folder/file name: (label, score)}: keyed so that runs made from other folders still pair up."""
+    with open(path, newline="") as f:
+        return {"/".join(Path(r["path"]).parts[-2:]): (int(r["label"]), float(r["score"])) for r in csv.DictReader(f)}
+
+
+def _add_paired_tests(rows: list[dict[str, Any]], prediction_files: list[Path]) -> None:
+    """DeLong's paired test of each run's AUC against the first run's, on the images both scored."""
+    if not prediction_files[0].is_file():
+        return
+    first = read_predictions(prediction_files[0])
+    for row, path in zip(rows, prediction_files):
+        row["auc_diff_vs_first"], row["diff_95ci"], row["p_delong"] = "", "", ""
+        if path == prediction_files[0] or not path.is_file():
+            continue
+        other = read_predictions(path)
+        common = sorted(set(first) & set(other))
+        if len(common) < len(first) or any(first[k][0] != other[k][0] for k in common):
+            row["diff_95ci"] = "different images: no paired test"
+            continue
+        y = np.array([first[k][0] for k in common])
+        t = delong_paired_test(y, [other[k][1] for k in common], [first[k][1] for k in common])
+        row["auc_diff_vs_first"], row["diff_95ci"] = t.difference, interval_text(t.interval.as_list())
+        row["p_delong"] = t.p_value
+
+
+def _config_or_empty(run: Path) -> dict[str, Any]:
+    """The config as saved: raw, so a field that an older version did not have shows as missing, not as
+    today's default."""
+    import yaml
+
+    path = run / "config.yaml"
+    data = yaml.safe_load(path.read_text()) if path.is_file() else {}
+    return data if isinstance(data, dict) else {}
+
+
+def config_differences(
+    configs: list[dict[str, Any]], ignore: tuple[str, ...] = ("out", "data_dir", "extra")
+) -> list[str]:
+    """For each config, 'key=value' for the settings that are not the same in all of them."""
+    keys = sorted({k for c in configs for k in c} - set(ignore))
+    varying = [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
+    return [", ".join(f"{k}={c.get(k)}" for k in varying) for c in configs]
+
+
+def _num(v: Any) -> float:
+    return float("nan") if v is None else float(v)
+
+
+def store_threshold(
+    run_dir: str | Path,
+    choose: str,
+    min_sensitivity: float = 0.95,
+    checkpoint: str = "best",
+    data_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Choose a threshold on the validation split ('youden', 'sensitivity' or a number) and store it in the
+    checkpoint, so evaluation, prediction and serving use it. Writes RUN_DIR/threshold.json as the record."""
+    run_dir = Path(run_dir)
+    ckpt_path = find_checkpoint(run_dir, checkpoint)
+    if choose in ("youden", "sensitivity"):
+        module = load_classifier(ckpt_path)
+        val = RunDir.at(run_dir).data(data_dir).splits["val"]
+        _, labels, scores = predict_scores(module, eval_dataset(module, val))
+        if len(np.unique(labels)) < 2:
+            raise DataError("the validation split holds one class only: no threshold can be chosen on it")
+        if choose == "youden":
+            value = youden_threshold(labels, scores)
+        else:
+            value = threshold_for_sensitivity(labels, scores, min_sensitivity)
+        val_metrics = binary_metrics(labels, scores, value).to_dict()
+    else:
+        try:
+            value = float(choose)
+        except ValueError:
+            raise ConfigError(f"--choose must be youden, sensitivity or a number in [0, 1], got {choose!r}") from None
+        if not 0 <= value <= 1:
+            raise ConfigError(f"--choose must be youden, sensitivity or a number in [0, 1], got {choose!r}")
+        val_metrics = None
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    ckpt["hyper_parameters"]["threshold"] = float(value)
+    atomic_write(ckpt_path, lambda p: torch.save(ckpt, p))
+    record = {
+        "threshold": float(value),
+        "rule": choose if choose in ("youden", "sensitivity") else "given",
+        "min_sensitivity": min_sensitivity if choose == "sensitivity" else None,
+        "chosen_on": "val" if val_metrics else None,
+        "checkpoint": ckpt_path.name,
+        "val_metrics": val_metrics,
+    }
+    write_json(run_dir / "threshold.json", record)
+    return record

@@ -1,0 +1,217 @@
+"""The one loader of a trained model: `load_trained(path)` returns a LoadedModel (the network or an ONNX Runtime
+session, its preprocessing transform and its card) from an export folder, a model file or a run folder, and
+`model_card` is the one place a card is built. Checkpoints are read with torch.load(weights_only=True): no pickled
+code runs, and no training code is needed."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from covidct import DISCLAIMER, __version__
+from covidct.data import eval_transform
+from covidct.data.preprocessing import Preprocessing
+from covidct.errors import ModelError
+from covidct.models import create_model
+from covidct.runs import RunDir, find_checkpoint
+
+CARD_NAME = "model.json"
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to score: PyTorch module or ONNX Runtime session, with its card."""
+
+    card: dict[str, Any]
+    module: torch.nn.Module | None = None
+    session: Any = None
+    source: str = ""
+    _transform: Any = field(default=None, repr=False)
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing.from_dict(self.card["preprocessing"])
+
+    @property
+    def threshold(self) -> float:
+        return float(self.card.get("threshold", 0.5))
+
+    @property
+    def architecture(self) -> str:
+        return str(self.card["architecture"])
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.card["class_names"])
+
+    @property
+    def model_id(self) -> str:
+        return f"{self.card['architecture']}:{self.card.get('source_run', Path(self.source).name)}"
+
+    @property
+    def transform(self) -> Any:
+        if self._transform is None:
+            self._transform = eval_transform(self.preprocessing)
+        return self._transform
+
+    def tensor(self, images: list[Image.Image]) -> torch.Tensor:
+        return torch.stack([self.transform(img) for img in images])
+
+    @torch.no_grad()
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        if self.session is not None:
+            out = self.session.run(None, {self.session.get_inputs()[0].name: x.numpy()})[0]
+            return torch.from_numpy(out)
+        return self.module(x)  # type: ignore[misc]
+
+    @torch.no_grad()
+    def scores(self, images: list[Image.Image], batch_size: int = 32) -> np.ndarray:
+        """Probability of the positive class for each image."""
+        out = []
+        for start in range(0, len(images), batch_size):
+            x = self.tensor(images[start : start + batch_size])
+            out.append(self.logits(x).float().softmax(1)[:, 1].numpy())
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+
+def model_card(
+    architecture: str,
+    preprocessing: dict[str, Any],
+    class_names: list[str],
+    threshold: float,
+    run: RunDir | None = None,
+) -> dict[str, Any]:
+    """Everything needed to use the weights, and what is known about how good they are and where they were
+    (and were not) validated."""
+    size = preprocessing["input_size"]
+    card: dict[str, Any] = {
+        "format": "covidct-model/1",
+        "architecture": architecture,
+        "preprocessing": dict(preprocessing),
+        "class_names": list(class_names),
+        "positive_class": list(class_names)[1],
+        "threshold": float(threshold),
+        "input": {"name": "image", "shape": ["batch", 3, size, size], "dtype": "float32",
+                  "note": "RGB in [0, 1], then (x - mean) / std"},
+        "output": {"name": "logits", "shape": ["batch", 2], "score": "softmax(logits)[:, 1] = probability of class 1"},
+        "covidct_version": __version__,
+        "exported": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "intended_use": DISCLAIMER,
+    }  # fmt: skip
+    if run is None:
+        return card
+    card["source_run"] = run.name
+    s = run.summary()
+    if s:
+        card["training_data"] = {"source": s.get("data_source"), "counts": s.get("counts")}
+        if s.get("sources"):
+            card["training_data"]["sources"] = s["sources"]
+        card["training"] = {k: s.get(k) for k in ("best_epoch", "epochs_run", "monitor", "best_score")}
+    m = run.evaluation("test")
+    if m is not None:
+        card["metrics"] = {
+            "split": "test",
+            "n": m["n"],
+            **{k: m[k] for k in ("accuracy", "sensitivity", "specificity", "auc")},
+        }
+        card["metrics"]["ci95"] = {
+            k: m.get("ci95", {}).get(k) for k in ("accuracy", "sensitivity", "specificity", "auc")
+        }
+    validated = {name: {"n": e["n"], "auc": e.get("auc"), "accuracy": e.get("accuracy")}
+                 for name, e in run.evaluations().items()}  # fmt: skip
+    if validated:
+        card["validated_on"] = validated
+    return card
+
+
+def read_checkpoint(ckpt: Path) -> dict[str, Any]:
+    try:
+        return torch.load(ckpt, map_location="cpu", weights_only=True)
+    except Exception as e:
+        msg = f"checkpoint {ckpt} cannot be read safely ({type(e).__name__}: {e}); export it first: covidct export"
+        raise ModelError(msg) from None
+
+
+def load_checkpoint(ckpt: str | Path, run: RunDir | None = None) -> LoadedModel:
+    """The network of a training checkpoint (the module's state under model.*), with its card."""
+    ckpt = Path(ckpt)
+    saved = read_checkpoint(ckpt)
+    hp = saved.get("hyper_parameters") or {}
+    if "model_name" not in hp:
+        raise ModelError(f"checkpoint {ckpt} is not a covidct checkpoint (no model_name in its hyperparameters)")
+    model, _ = create_model(hp["model_name"], pretrained=False)
+    state = {k.removeprefix("model."): v for k, v in saved["state_dict"].items() if k.startswith("model.")}
+    try:
+        model.load_state_dict(state)
+    except Exception as e:
+        raise ModelError(f"checkpoint {ckpt} does not fit {hp['model_name']}: {type(e).__name__}: {e}") from None
+    card = model_card(
+        hp["model_name"], dict(hp["preprocessing"]), list(hp["class_names"]), hp.get("threshold", 0.5), run
+    )
+    card["checkpoint"] = {"file": ckpt.name, "epoch": int(saved.get("epoch", -1)) + 1}
+    return LoadedModel(card, module=model.eval().float(), source=str(run.path if run else ckpt))
+
+
+def load_safetensors_model(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild a model from model.safetensors and the model.json beside it."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    card_path = path.with_name(CARD_NAME)
+    if not card_path.is_file():
+        raise ModelError(f"{path} has no {CARD_NAME} beside it (the card says which architecture to build)")
+    card = json.loads(card_path.read_text())
+    model, _ = create_model(card["architecture"], pretrained=False)
+    try:
+        model.load_state_dict(load_file(str(path)))
+    except Exception as e:
+        raise ModelError(f"{path} does not fit {card['architecture']}: {type(e).__name__}: {e}") from None
+    return model.eval(), card
+
+
+def load_trained(path: str | Path, threads: int | None = None, checkpoint: str = "best") -> LoadedModel:
+    """An export folder (model.json with model.safetensors and/or model.onnx: ONNX Runtime scores when present,
+    PyTorch explains), a .safetensors or .onnx file with model.json beside it, a run folder (its export/ when it
+    has one and the best checkpoint is asked for, else the checkpoint) or a .ckpt file.
+    threads: ONNX Runtime's intra-op threads (default: torch's)."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(f"model {path} does not exist (give an export folder, a run folder or a model file)")
+    if path.is_dir():
+        if (path / "checkpoints").is_dir():
+            export = path / "export"
+            if checkpoint == "best" and (export / "model.safetensors").is_file():
+                return load_trained(export, threads)
+            run = RunDir(path)
+            return load_checkpoint(run.checkpoint(checkpoint), run)
+        if (path / "model.safetensors").is_file():
+            model = load_trained(path / "model.safetensors")
+            if (path / "model.onnx").is_file():  # scores from ONNX Runtime (faster), Grad-CAM from PyTorch
+                model.session = load_trained(path / "model.onnx", threads).session
+            return model
+        if (path / "model.onnx").is_file():
+            return load_trained(path / "model.onnx", threads)
+        raise ModelError(f"folder {path} holds no model.safetensors or model.onnx (export one: covidct export RUN)")
+    if path.suffix == ".ckpt":
+        return load_checkpoint(find_checkpoint(path))
+    if path.suffix == ".safetensors":
+        module, card = load_safetensors_model(path)
+        return LoadedModel(card, module=module, source=str(path))
+    if path.suffix == ".onnx":
+        import onnxruntime as ort
+
+        card_path = path.with_name(CARD_NAME)
+        if not card_path.is_file():
+            raise ModelError(f"{path} has no {CARD_NAME} beside it (it holds the preprocessing and threshold)")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or max(1, torch.get_num_threads())
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return LoadedModel(json.loads(card_path.read_text()), session=session, source=str(path))
+    raise ModelError(f"model file {path} must be .safetensors, .onnx or .ckpt (with {CARD_NAME} beside the first two)")

@@ -1,0 +1,29 @@
+"""Backbones built by name through one factory (registry.create_model), each with a 2-class head and its own
+preprocessing. The built-in backbones are in backbones.py, one registered function each."""
+
+from covidct.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, resize_for
+from covidct.models.registry import (
+    BackboneSpec,
+    available_models,
+    backbone_specs,
+    create_model,
+    get_spec,
+    head_parameters,
+    register_backbone,
+)
+from covidct.models.weights import load_weight_file
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "BackboneSpec",
+    "Preprocessing",
+    "available_models",
+    "backbone_specs",
+    "create_model",
+    "get_spec",
+    "head_parameters",
+    "load_weight_file",
+    "register_backbone",
+    "resize_for",
+]

@@ -1,0 +1,115 @@
+"""The backbone registry: one decorated builder per backbone, declaring where its ImageNet weights come from,
+where its classification head is and its preprocessing (as timm's register_model + per-model _cfg).
+
+A new backbone is one function in backbones.py:
+
+    @register_backbone("my_net", weights="where the ImageNet weights come from", head="fc", input_size=224)
+    def my_net(pretrained: bool, weights: str | None) -> nn.Module:
+        ...  # build, load weights; the registry replaces the head with a 2-class one
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from covidct.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from covidct.errors import ModelError
+
+Builder = Callable[[bool, "str | None"], nn.Module]
+HEAD_ATTR = "covidct_head"  # set on every built model: the dotted path of its 2-class head
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str
+    build: Callable[..., nn.Module]
+    weights: str  # where the ImageNet weights come from, for `covidct models` and the docs
+    head: str  # dotted path of the final nn.Linear, replaced by a 2-class one ("" when the builder sets it)
+    preprocessing: Preprocessing
+    notes: str = ""
+    prefix: bool = False  # a family addressed as "<name>:<arch>" (timm:<name>)
+
+
+_REGISTRY: dict[str, BackboneSpec] = {}
+
+
+def register_backbone(
+    name: str,
+    *,
+    weights: str,
+    head: str,
+    input_size: int = 224,
+    mean: tuple[float, float, float] = IMAGENET_MEAN,
+    std: tuple[float, float, float] = IMAGENET_STD,
+    notes: str = "",
+    prefix: bool = False,
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    def decorate(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _REGISTRY:
+            raise ValueError(f"backbone {name!r} registered twice")
+        pre = Preprocessing.for_input(input_size, mean, std)
+        _REGISTRY[name] = BackboneSpec(name, fn, weights, head, pre, notes, prefix)
+        return fn
+
+    return decorate
+
+
+def backbone_specs() -> list[BackboneSpec]:
+    from covidct.models import backbones  # noqa: F401  (registers the built-in backbones)
+
+    return list(_REGISTRY.values())
+
+
+def get_spec(name: str) -> BackboneSpec:
+    specs = {s.name: s for s in backbone_specs()}
+    if name in specs and not specs[name].prefix:
+        return specs[name]
+    family, _, arch = name.partition(":")
+    if arch and family in specs and specs[family].prefix:
+        return specs[family]
+    raise ModelError(f"unknown model {name!r}; available: {', '.join(available_models())}")
+
+
+def available_models() -> list[str]:
+    return [f"{s.name}:<name>" if s.prefix else s.name for s in backbone_specs()]
+
+
+def replace_head(model: nn.Module, path: str) -> None:
+    """The final Linear at `path` becomes a 2-class one (non-COVID = 0, COVID = 1)."""
+    parent_path, _, attr = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    old = parent[int(attr)] if attr.isdigit() else getattr(parent, attr)
+    new = nn.Linear(old.in_features, 2)
+    if attr.isdigit():
+        parent[int(attr)] = new
+    else:
+        setattr(parent, attr, new)
+
+
+def create_model(
+    name: str, pretrained: bool = True, weights: str | Path | None = None
+) -> tuple[nn.Module, Preprocessing]:
+    """Build backbone `name` with a 2-class head; returns the model and its preprocessing."""
+    spec = get_spec(name)
+    weights = str(weights) if weights else None
+    if spec.prefix:
+        model, pre = spec.build(name.partition(":")[2], pretrained, weights)
+    else:
+        model, pre = spec.build(pretrained, weights), spec.preprocessing
+    if spec.head:
+        replace_head(model, spec.head)
+        setattr(model, HEAD_ATTR, spec.head)
+    return model, pre
+
+
+def head_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters of the new classification head (trained from scratch, so they may get a larger lr)."""
+    path = getattr(model, HEAD_ATTR, None)
+    if path:
+        return list(model.get_submodule(path).parameters())
+    get = getattr(model, "get_classifier", None)  # timm models
+    return list(get().parameters()) if callable(get) else []

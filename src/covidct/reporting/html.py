@@ -1,0 +1,104 @@
+"""One self-contained HTML report per run (images embedded as data URIs; no network needed to view it)."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import yaml
+from jinja2 import Environment, PackageLoader, select_autoescape
+from PIL import Image
+
+from covidct import DISCLAIMER
+from covidct.data import load_rgb
+from covidct.data.audit import audit_dataset, write_audit
+from covidct.data.figures import sample_grid_figure
+from covidct.data.samples import pick_samples
+from covidct.errors import ModelError
+from covidct.evaluation.evaluate import evaluate_run
+from covidct.fileio import write_text
+from covidct.plotting import figure_png
+from covidct.runs import RunDir
+from covidct.tables import interval_text, number_text
+
+FIGURES = ("training_curves", "confusion_matrix", "roc_curve", "pr_curve", "reliability", "misclassified_scores")
+MAX_GALLERY = 24
+
+
+def data_uri(png: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64,{base64.b64encode(png).decode('ascii')}"
+
+
+def thumbnail_uri(path: str | Path, size: int = 150) -> str:
+    img = load_rgb(path)
+    img.thumbnail((size, size), Image.Resampling.BILINEAR)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return data_uri(buf.getvalue())
+
+
+def build_report(run_dir: str | Path, split: str = "test", data_dir: str | Path | None = None) -> Path:
+    """Write RUN_DIR/report.html (evaluating the run on `split` first if that was not done)."""
+    run_dir = Path(run_dir)
+    eval_dir = run_dir / f"eval-{split}"
+    if not (eval_dir / "metrics.json").is_file():
+        evaluate_run(run_dir, split, data_dir=data_dir)
+    metrics = json.loads((eval_dir / "metrics.json").read_text())
+    if "operating_points" not in metrics:
+        raise ModelError(f"{eval_dir / 'metrics.json'} predates intervals; run covidct evaluate {run_dir} again")
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    data = RunDir.at(run_dir).data(data_dir)
+
+    audit = audit_dataset(data)
+    write_audit(audit, run_dir / "audit")
+    cross = [
+        {**p, "a_name": Path(p["a"]).name, "b_name": Path(p["b"]).name}
+        for p in audit.near_duplicates + audit.exact_duplicates
+        if p["cross_split"]
+    ]
+    figures = {
+        name: data_uri((eval_dir / f"{name}.png").read_bytes())
+        for name in FIGURES
+        if (eval_dir / f"{name}.png").is_file()
+    }
+    figures["samples"] = data_uri(figure_png(sample_grid_figure(pick_samples(data, 5, seed=0))))
+
+    with open(eval_dir / "predictions.csv", newline="") as f:
+        wrong = [r for r in csv.DictReader(f) if r["label"] != r["prediction"]]
+    class_names = metrics["class_names"]
+    gallery = [
+        {"src": thumbnail_uri(r["path"]), "name": Path(r["path"]).name, "score": float(r["score"]),
+         "truth": class_names[int(r["label"])]}
+        for r in sorted(wrong, key=lambda r: abs(float(r["score"]) - metrics["threshold"]), reverse=True)[:MAX_GALLERY]
+    ]  # fmt: skip
+    pre = config.get("grayscale")
+    env = Environment(loader=PackageLoader("covidct", "templates"), autoescape=select_autoescape(["html", "j2"]))
+    html = env.get_template("report.html.j2").render(
+        run_name=run_dir.name,
+        model=metrics["model"],
+        split=split,
+        written=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        disclaimer=DISCLAIMER,
+        config=config,
+        config_yaml=yaml.safe_dump(config, sort_keys=False),
+        summary=summary,
+        env=summary.get("environment", {}),
+        class_names=class_names,
+        audit={"counts": audit.counts, "summary": audit.summary(), "warnings": audit.warnings, "cross_pairs": cross},
+        metrics=metrics,
+        figures=figures,
+        misclassified=gallery,
+        misclassified_more=max(0, len(wrong) - len(gallery)),
+        preprocessing=("made grey, " if pre else "")
+        + "resized to a square and normalised with the backbone's mean and std",
+        train_counts=", ".join(f"{k} {v}" for k, v in data.counts()["train"].items()) + " training images",
+        fmt=number_text,
+        ci=interval_text,
+    )
+    return write_text(run_dir / "report.html", html)

@@ -1,0 +1,94 @@
+"""RunDir: one object for a run folder and everything in it (config, summary, history, checkpoints, evaluations,
+export), so no other module spells out the layout.
+
+    runs/<timestamp>-<model>/
+      config.yaml  summary.json  metrics.csv  train.log  checkpoints/{best,last}.ckpt
+      eval-<name>/metrics.json ...  export/model.json ...  report.html
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from covidct.config import TrainConfig
+from covidct.errors import ModelError
+from covidct.fileio import read_csv
+
+
+@dataclass(frozen=True)
+class RunDir:
+    path: Path
+
+    @classmethod
+    def at(cls, path: str | Path) -> RunDir:
+        path = Path(path)
+        if not path.is_dir():
+            raise ModelError(f"run folder {path} does not exist")
+        return cls(path)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.yaml"
+
+    def config(self) -> TrainConfig:
+        if not self.config_path.is_file():
+            raise ModelError(f"run folder {self.path} has no config.yaml; is it a covidct run folder?")
+        return TrainConfig.from_yaml(self.config_path)
+
+    def summary(self) -> dict[str, Any]:
+        path = self.path / "summary.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def history(self) -> list[dict[str, str]]:
+        path = self.path / "metrics.csv"
+        return read_csv(path) if path.is_file() else []
+
+    def checkpoint(self, which: str = "best") -> Path:
+        path = self.path / "checkpoints" / f"{which}.ckpt"
+        if not path.is_file():
+            raise ModelError(
+                f"run folder {self.path} has no checkpoint {path.relative_to(self.path)}; "
+                "did training stop before its first validation? Train again with: covidct train"
+            )
+        return path
+
+    def eval_dir(self, name: str) -> Path:
+        return self.path / f"eval-{name}"
+
+    def evaluation(self, name: str) -> dict[str, Any] | None:
+        path = self.eval_dir(name) / "metrics.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def evaluations(self) -> dict[str, dict[str, Any]]:
+        """Every finished evaluation of the run, by name (test, val, or an external set's name)."""
+        out = {}
+        for d in sorted(self.path.glob("eval-*")):
+            m = self.evaluation(d.name.removeprefix("eval-"))
+            if m is not None:
+                out[d.name.removeprefix("eval-")] = m
+        return out
+
+    def data(self, data_dir: str | Path | None = None) -> Any:
+        """The run's data (SplitData) as it was trained: its sources, or its folder (`data_dir` overrides it)."""
+        from covidct.data.sources import run_data
+
+        return run_data(self.config(), data_dir)
+
+    @property
+    def export_dir(self) -> Path:
+        return self.path / "export"
+
+
+def find_checkpoint(run_dir: str | Path, which: str = "best") -> Path:
+    """checkpoints/best.ckpt or last.ckpt of a run folder, or a .ckpt path given directly."""
+    run_dir = Path(run_dir)
+    if run_dir.is_file() and run_dir.suffix == ".ckpt":
+        return run_dir
+    return RunDir.at(run_dir).checkpoint(which)

@@ -1,0 +1,199 @@
+import re
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from covidct.data import (
+    CLASS_NAMES,
+    ImageDataset,
+    eval_transform,
+    load_rgb,
+    load_splits,
+    to_rgb,
+    train_transform,
+)
+from covidct.data.datasets import class_order, stratified_split
+from covidct.data.info import dataset_info, format_info
+from covidct.data.preprocessing import Preprocessing
+from covidct.errors import DataError
+
+from tests.conftest import TINY_COUNTS
+
+
+def test_official_split_parsing_exact_counts(tiny_dataset):
+    data = load_splits(tiny_dataset)
+    assert data.class_names == CLASS_NAMES == ("NonCOVID", "COVID")
+    assert data.counts() == {s: {"NonCOVID": c["NonCOVID"], "COVID": c["COVID"]} for s, c in TINY_COUNTS.items()}
+    covid = [s for s in data.splits["train"] if s.label == 1]
+    assert all("CT_COVID" in str(s.path) for s in covid)
+
+
+def test_missing_data_folder_message(tmp_path):
+    with pytest.raises(DataError, match=r"does not exist.*covidct data download"):
+        load_splits(tmp_path / "nowhere")
+
+
+def test_split_naming_missing_file(tiny_dataset):
+    (tiny_dataset / "Images-processed" / "CT_COVID" / "covid_0.png").unlink()
+    with pytest.raises(DataError, match=r"trainCT_COVID\.txt names 1 file\(s\) missing.*covid_0\.png"):
+        load_splits(tiny_dataset)
+
+
+def test_missing_split_file(tiny_dataset):
+    (tiny_dataset / "Data-split" / "NonCOVID" / "valCT_NonCOVID.txt").unlink()
+    with pytest.raises(DataError, match=r"valCT_NonCOVID\.txt does not exist"):
+        load_splits(tiny_dataset)
+
+
+def test_class_per_folder_with_seeded_split(tmp_path):
+    rng = np.random.default_rng(0)
+    for cls in ("covid", "normal"):
+        (tmp_path / cls).mkdir()
+        for i in range(20):
+            Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(tmp_path / cls / f"{i}.png")
+    a, b = load_splits(tmp_path, seed=1), load_splits(tmp_path, seed=1)
+    assert a.class_names == ("normal", "covid")  # the negative class is 0
+    assert sum(len(v) for v in a.splits.values()) == 40
+    assert {s: [x.path for x in v] for s, v in a.splits.items()} == {
+        s: [x.path for x in v] for s, v in b.splits.items()
+    }
+    paths = [x.path for v in a.splits.values() for x in v]
+    assert len(paths) == len(set(paths))
+
+
+def test_csv_source_with_and_without_split(tmp_path):
+    for i in range(12):
+        Image.new("L", (8, 8), i * 10).save(tmp_path / f"{i}.png")
+    rows = ["path,label,split"] + [
+        f"{i}.png,{'covid' if i % 2 else 'noncovid'},{'train' if i < 6 else ''}" for i in range(12)
+    ]
+    (tmp_path / "d.csv").write_text("\n".join(rows) + "\n")
+    data = load_splits(tmp_path, data_csv=tmp_path / "d.csv")
+    assert data.class_names == ("noncovid", "covid")
+    assert len(data.splits["train"]) >= 6
+    assert sum(len(v) for v in data.splits.values()) == 12
+    assert data.splits["train"][0].path == tmp_path / "0.png"
+
+
+def test_csv_bad_split_value_is_named(tmp_path):
+    (tmp_path / "d.csv").write_text("path,label,split\na.png,covid,training\n")
+    with pytest.raises(DataError, match=r"line 2.*'training'"):
+        load_splits(tmp_path, data_csv=tmp_path / "d.csv")
+
+
+def test_stratified_split_partitions():
+    from covidct.data.datasets import Sample
+
+    samples = [Sample(f"{i}.png", i % 2) for i in range(40)]
+    out = stratified_split(samples, seed=3)
+    flat = [s for v in out.values() for s in v]
+    assert sorted(map(str, (s.path for s in flat))) == sorted(str(s.path) for s in samples)
+    for split in out:
+        assert {s.label for s in out[split]} == {0, 1}
+
+
+def test_class_order():
+    assert class_order(["CT_COVID", "CT_NonCOVID"]) == ("CT_NonCOVID", "CT_COVID")
+    assert class_order(["b", "a"]) == ("a", "b")
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P", "LA", "I;16", "I", "F"])
+def test_every_mode_becomes_rgb(tmp_path, mode):
+    arr = np.linspace(0, 1, 24 * 16).reshape(16, 24)
+    if mode in ("I;16", "I"):
+        img = Image.fromarray((arr * 60000).astype(np.uint16 if mode == "I;16" else np.int32))
+    elif mode == "F":
+        img = Image.fromarray((arr * 3000 - 1000).astype(np.float32))
+    else:
+        img = Image.fromarray((arr * 255).astype(np.uint8)).convert(mode)
+    assert img.mode == mode
+    out = to_rgb(img)
+    assert out.mode == "RGB" and out.size == (24, 16)
+    px = np.asarray(out)
+    assert px[..., 0].min() <= 5 and px[..., 0].max() >= 250  # the full range survives (16-bit is not clipped)
+
+
+def test_16bit_png_roundtrip(tmp_path):
+    arr = np.arange(0, 65536, 256, dtype=np.uint16).reshape(16, 16)
+    Image.fromarray(arr).save(tmp_path / "x.png")
+    img = load_rgb(tmp_path / "x.png")
+    assert img.mode == "RGB" and np.asarray(img).max() == 255 and np.asarray(img).min() == 0
+
+
+def test_truncated_and_unreadable_images_named(tmp_path):
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp_path / "ok.png")
+    data = (tmp_path / "ok.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    (tmp_path / "text.png").write_text("not an image")
+    with pytest.raises(DataError, match=r"cut\.png cannot be read"):
+        load_rgb(tmp_path / "cut.png")
+    with pytest.raises(DataError, match=r"text\.png cannot be read"):
+        load_rgb(tmp_path / "text.png")
+    with pytest.raises(DataError, match=r"nope\.png does not exist"):
+        load_rgb(tmp_path / "nope.png")
+
+
+def test_preload_lists_every_bad_image(tiny_dataset):
+    data = load_splits(tiny_dataset)
+    bad = [data.splits["train"][0].path, data.splits["train"][-1].path]
+    for p in bad:
+        p.write_bytes(b"garbage")
+    ds = ImageDataset(data.splits["train"], cache=True)
+    with pytest.raises(DataError, match=r"2 image\(s\) cannot be used") as e:
+        ds.preload()
+    assert all(p.name in str(e.value) for p in bad)
+
+
+def test_dataset_items_and_transforms(tiny_dataset):
+    data = load_splits(tiny_dataset)
+    mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+    ds = ImageDataset(data.splits["train"], train_transform(Preprocessing(mean, std, 32, 36)), cache=True)
+    item = ds[0]
+    assert set(item) == {"image", "label", "path", "index"} and item["index"] == 0
+    assert item["image"].shape == (3, 32, 32) and item["image"].dtype == torch.float32
+    assert item["label"] in (0, 1) and item["path"].endswith((".png", ".jpg"))
+    assert item["image"].min() >= -1.0 - 1e-6 and item["image"].max() <= 1.0 + 1e-6  # normalised by (x-.5)/.5
+    ev = ImageDataset(data.splits["val"], eval_transform(Preprocessing(mean, std, 40)))
+    assert ev[0]["image"].shape == (3, 40, 40)
+    assert torch.equal(ev[0]["image"], ev[0]["image"])  # eval is deterministic
+
+
+def test_info_reports_counts_modes_and_broken_files(tiny_dataset):
+    data = load_splits(tiny_dataset)
+    data.splits["test"][0].path.write_bytes(b"broken")
+    info = dataset_info(data)
+    assert info.counts["train"] == {"NonCOVID": 8, "COVID": 8}
+    assert set(info.modes["NonCOVID"]) == {"L", "RGB"} and set(info.formats["NonCOVID"]) == {"PNG", "JPEG"}
+    assert len(info.unreadable) == 1 and data.splits["test"][0].path.name in info.unreadable[0]
+    text = format_info(info, data.class_names)
+    assert re.search(r"warning: file format JPEG differs between classes \(NonCOVID \d+%, COVID 0%\)", text)
+    assert "colour mode RGBA differs" in text and "unreadable" in text
+
+
+@pytest.mark.realdata
+def test_real_official_split(real_data):
+    data = load_splits(real_data)
+    totals = {s: len(v) for s, v in data.splits.items()}
+    assert totals == {"train": 425, "val": 118, "test": 203}
+    assert data.counts()["train"] == {"NonCOVID": 234, "COVID": 191}
+    paths = [s.path for v in data.splits.values() for s in v]
+    assert len(paths) == len(set(paths)) == 746  # no overlap
+    assert all(p.is_file() for p in paths)  # no missing file
+    info = dataset_info(data, check_images=False)
+    assert not info.overlap
+
+
+def test_grayscale_and_ct_augmentation(tiny_dataset):
+    data = load_splits(tiny_dataset)
+    rgb = Image.fromarray(np.dstack([np.full((30, 30), v, np.uint8) for v in (200, 50, 10)]))
+    gray = eval_transform(Preprocessing((0.5,) * 3, (0.5,) * 3, 16, grayscale=True))(rgb)
+    assert torch.equal(gray[0], gray[1]) and torch.equal(gray[1], gray[2])
+    colour = eval_transform(Preprocessing((0.5,) * 3, (0.5,) * 3, 16))(rgb)
+    assert not torch.equal(colour[0], colour[1])
+    tf = train_transform(Preprocessing((0.5,) * 3, (0.5,) * 3, 32, 36, grayscale=True), augment="ct")
+    x = ImageDataset(data.splits["train"], tf)[0]["image"]
+    assert x.shape == (3, 32, 32) and torch.equal(x[0], x[2])
+    with pytest.raises(ValueError, match="augment must be one of"):
+        train_transform(Preprocessing(), augment="heavy")

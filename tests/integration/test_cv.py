@@ -1,0 +1,90 @@
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from covidct.config import TrainConfig
+from covidct.data import Sample, load_splits
+from covidct.errors import ConfigError
+from covidct.training.cv import cv_folds, fold_rows, near_duplicate_groups, run_cv
+from tests.conftest import TINY_COUNTS, make_covidct_layout
+
+
+def test_folds_partition_the_pool_exactly_and_keep_groups_together():
+    rng = np.random.default_rng(0)
+    labels = np.array([0] * 30 + [1] * 20)
+    groups = np.arange(50)
+    groups[[3, 4, 5]] = 3  # a scan with three near-identical slices
+    groups[[40, 41]] = 40
+    folds = cv_folds(labels, groups, 5, seed=int(rng.integers(100)))
+    together = np.concatenate(folds)
+    assert sorted(together.tolist()) == list(range(50))  # every image held out exactly once
+    for held in folds:
+        assert 5 <= np.sum(labels[held] == 0) <= 7 and 3 <= np.sum(labels[held] == 1) <= 5  # stratified
+    for members in ([3, 4, 5], [40, 41]):
+        assert sum(set(members) <= set(h.tolist()) for h in folds) == 1
+    with pytest.raises(ConfigError, match="folds"):
+        cv_folds(labels, groups, 1, 0)
+    with pytest.raises(ConfigError, match="smallest class"):
+        cv_folds(np.array([0, 0, 0, 1]), np.arange(4), 2, 0)
+
+
+def test_near_duplicate_groups_join_copies(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    paths = []
+    for i in range(4):
+        img = rng.integers(0, 256, (64, 64), dtype=np.uint8)
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(img).save(paths[-1])
+    Image.open(paths[0]).save(tmp_path / "copy.jpg", quality=95)  # the same picture, re-encoded
+    samples = [Sample(p, 0) for p in [*paths, tmp_path / "copy.jpg"]]
+    groups = near_duplicate_groups(samples)
+    assert groups[0] == groups[4] and len(set(groups.tolist())) == 4
+
+
+def test_fold_rows_keep_test_untouched(tmp_path):
+    data = load_splits(make_covidct_layout(tmp_path / "d", TINY_COUNTS))
+    pool = data.splits["train"] + data.splits["val"]
+    rows = fold_rows(pool, np.array([0, 1, 2]), data.splits["test"], data.class_names)
+    assert [r["split"] for r in rows].count("val") == 3
+    assert [r["split"] for r in rows].count("test") == len(data.splits["test"])
+    assert {r["label"] for r in rows} == set(data.class_names)
+
+
+@pytest.mark.slow
+def test_run_cv_trains_every_fold_and_pools_out_of_fold_scores(tmp_path):
+    data_dir = make_covidct_layout(tmp_path / "covid-ct", TINY_COUNTS)
+    config = TrainConfig(model="timm:resnet10t", data_dir=str(data_dir), pretrained=False, epochs=1, batch_size=8,
+                         num_workers=0, out=str(tmp_path / "runs"))  # fmt: skip
+    cv_dir = run_cv(config, folds=2, progress=False)
+    summary = json.loads((cv_dir / "cv.json").read_text())
+    data = load_splits(data_dir)
+    pool = {"/".join(s.path.parts[-2:]) for s in data.splits["train"] + data.splits["val"]}
+    oof = list(csv.DictReader((cv_dir / "oof_predictions.csv").open()))
+    assert {r["path"] for r in oof} == pool and len(oof) == len(pool)  # each pooled image scored once
+    assert len(summary["folds"]) == 2 and summary["out_of_fold"]["n"] == len(pool)
+    for k in (1, 2):
+        config_k = TrainConfig.from_yaml(cv_dir / f"fold-{k}" / "run" / "config.yaml")
+        fold = load_splits(config_k.data_dir, config_k.data_csv)
+        assert len(fold.splits["test"]) == len(data.splits["test"])  # the official test split, untouched
+        assert len(fold.splits["train"]) + len(fold.splits["val"]) == len(pool)
+    vals = [f["val_acc"] for f in summary["folds"]]
+    assert summary["val_acc"]["mean"] == pytest.approx(np.mean(vals))
+
+
+@pytest.mark.slow
+def test_fold_ensemble_chooses_no_threshold_on_validation_it_trained_on(tmp_path):
+    """Fold runs validated on different images: the ensemble has no shared validation set."""
+    from covidct.evaluation.evaluate import evaluate_run
+
+    data_dir = make_covidct_layout(tmp_path / "covid-ct", TINY_COUNTS)
+    config = TrainConfig(model="timm:resnet10t", data_dir=str(data_dir), pretrained=False, epochs=1, batch_size=8,
+                         num_workers=0, out=str(tmp_path / "runs"), tensorboard=False)  # fmt: skip
+    cv_dir = run_cv(config, folds=2, progress=False)
+    runs = [cv_dir / f"fold-{k}" / "run" for k in (1, 2)]
+    result = evaluate_run(runs, "test", out_dir=tmp_path / "ens", n_bootstrap=0)
+    assert [p["name"] for p in result["operating_points"]] == ["default"]
+    assert result["validation"].startswith("none shared") and not (tmp_path / "ens" / "val_predictions.csv").exists()

@@ -1,0 +1,201 @@
+import csv
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from covidct.errors import ModelError
+from covidct.evaluation.evaluate import (
+    compare_runs,
+    ensemble_mean,
+    eval_dataset,
+    evaluate_run,
+    find_checkpoint,
+    load_classifier,
+    metrics_table,
+    predict_scores,
+    read_predictions,
+)
+from covidct.evaluation.metrics import binary_metrics
+from covidct.runs import RunDir
+
+
+def test_metrics_json_agrees_with_predictions_csv(trained_run):
+    result = evaluate_run(trained_run, "test")
+    out = trained_run / "eval-test"
+    saved = json.loads((out / "metrics.json").read_text())
+    rows = list(csv.DictReader((out / "predictions.csv").open()))
+    assert len(rows) == saved["n"] == 8
+    labels = [int(r["label"]) for r in rows]
+    scores = [float(r["score"]) for r in rows]
+    assert [int(r["prediction"]) for r in rows] == [int(s >= saved["threshold"]) for s in scores]
+    again = binary_metrics(labels, scores, saved["threshold"])
+    for key in ("accuracy", "sensitivity", "specificity", "tp", "tn", "fp", "fn"):
+        assert saved[key] == pytest.approx(getattr(again, key), abs=1e-6), key
+    if not math.isnan(again.auc):
+        assert saved["auc"] == pytest.approx(again.auc, abs=1e-4)
+    assert saved["tp"] + saved["tn"] + saved["fp"] + saved["fn"] == saved["n"]
+    assert result["positive_class"] == "COVID" and saved["split"] == "test"
+    assert len({r["path"] for r in rows}) == 8
+
+
+def test_figures_are_real_pngs(trained_run):
+    evaluate_run(trained_run, "val")
+    out = trained_run / "eval-val"
+    for name in ("confusion_matrix", "roc_curve", "training_curves", "misclassified_scores", "pr_curve", "reliability"):
+        img = Image.open(out / f"{name}.png")
+        arr = np.asarray(img.convert("L"))
+        assert img.size[0] > 200 and img.size[1] > 200, name
+        assert arr.std() > 5, f"{name}.png is blank"
+
+
+def test_calibration_report(trained_run, tmp_path):
+    from covidct.evaluation.calibration import apply_temperature, expected_calibration_error
+
+    r = evaluate_run(trained_run, "test", out_dir=tmp_path / "c", n_bootstrap=0, calibrate=True)
+    cal = r["calibration"]
+    assert cal["fitted_on"] == "val" and 0.05 <= cal["temperature"] <= 20
+    rows = list(csv.DictReader((tmp_path / "c" / "predictions.csv").open()))
+    y, s = [int(v["label"]) for v in rows], [float(v["score"]) for v in rows]
+    assert cal["ece"] == pytest.approx(expected_calibration_error(y, s), abs=1e-4)
+    assert cal["ece_calibrated"] == pytest.approx(
+        expected_calibration_error(y, apply_temperature(s, cal["temperature"])), abs=1e-4
+    )
+
+
+def test_threshold_override(trained_run, tmp_path):
+    r = evaluate_run(trained_run, "test", threshold=0.0, out_dir=tmp_path / "t0")
+    assert r["sensitivity"] == 1.0 and r["specificity"] == 0.0 and r["threshold"] == 0.0
+
+
+def test_compare(trained_run, tmp_path):
+    evaluate_run(trained_run, "test")
+    other = tmp_path / "other-run"
+    shutil.copytree(trained_run, other)
+    rows = compare_runs([trained_run, other])
+    assert [r["run"] for r in rows] == [trained_run.name, "other-run"]
+    assert rows[0]["accuracy"] == rows[1]["accuracy"]
+    assert rows[1]["auc_diff_vs_first"] == 0 and rows[1]["p_delong"] == 1.0  # same scores: no difference
+    assert rows[0]["accuracy_95ci"].startswith("[") and rows[0]["sensitivity_95ci"].startswith("[")
+    with pytest.raises(ModelError, match="no val evaluation"):
+        compare_runs([tmp_path], split="val")
+
+
+def test_run_without_checkpoint(tmp_path):
+    (tmp_path / "run").mkdir()
+    with pytest.raises(ModelError, match=r"has no checkpoint checkpoints/best\.ckpt"):
+        find_checkpoint(tmp_path / "run")
+    with pytest.raises(ModelError, match="does not exist"):
+        find_checkpoint(tmp_path / "nope")
+
+
+def test_corrupt_checkpoint_is_named(trained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    (run / "checkpoints" / "best.ckpt").write_bytes(b"junk")
+    with pytest.raises(ModelError, match=r"best\.ckpt cannot be read"):
+        evaluate_run(run, "test")
+
+
+def test_config_differences():
+    from covidct.evaluation.evaluate import config_differences
+
+    a = {"model": "vgg16", "lr": 1e-3, "out": "x", "seed": 1}
+    b = {"model": "vgg19_bn", "lr": 1e-3, "out": "y", "seed": 1}
+    assert config_differences([a, b]) == ["model=vgg16", "model=vgg19_bn"]
+    assert config_differences([a, a]) == ["", ""]
+
+
+def test_intervals_and_operating_points_chosen_on_validation(trained_run, tmp_path):
+    from covidct.evaluation.metrics import threshold_for_sensitivity, youden_threshold
+
+    r = evaluate_run(trained_run, "test", out_dir=tmp_path / "e", n_bootstrap=200, min_sensitivity=0.9)
+    saved = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert saved["bootstrap"]["resamples"] == 200
+    for name in ("accuracy", "sensitivity", "specificity"):
+        lo, hi = saved["ci95"][name]["wilson"]
+        assert lo <= saved[name] <= hi
+    assert set(saved["ci95"]["auc"]) >= {"delong", "bootstrap"}
+    val = list(csv.DictReader((tmp_path / "e" / "val_predictions.csv").open()))
+    vy, vs = [int(v["label"]) for v in val], [float(v["score"]) for v in val]
+    points = {p["name"]: p for p in r["operating_points"]}
+    assert points["default"]["threshold"] == 0.5
+    if len(set(vy)) == 2:
+        assert points["youden"]["threshold"] == pytest.approx(youden_threshold(vy, vs), abs=1e-5)
+        assert points["sensitivity>=0.9"]["threshold"] == pytest.approx(
+            threshold_for_sensitivity(vy, vs, 0.9), abs=1e-5
+        )
+    rows = list(csv.DictReader((tmp_path / "e" / "predictions.csv").open()))
+    y, s = [int(v["label"]) for v in rows], [float(v["score"]) for v in rows]
+    for p in r["operating_points"]:
+        again = binary_metrics(y, s, p["threshold"])
+        assert (p["tp"], p["fp"]) == (again.tp, again.fp)
+
+
+def test_stored_threshold_is_used(trained_run, tmp_path):
+    from covidct.cli import main
+    from covidct.evaluation.evaluate import store_threshold
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    record = store_threshold(run, "0.3")
+    assert record["threshold"] == 0.3 and record["rule"] == "given"
+    r = evaluate_run(run, "test", out_dir=tmp_path / "e", n_bootstrap=0)
+    assert r["threshold"] == 0.3 and r["operating_points"][0]["threshold"] == 0.3
+    assert json.loads((run / "threshold.json").read_text())["threshold"] == 0.3
+    assert main(["threshold", str(run), "--choose", "1.5"]) == 2
+    assert main(["threshold", str(run), "--choose", "youden"]) in (0, 2)  # 2 only if val holds one class
+
+
+def test_youden_threshold_stored_matches_validation(trained_run, tmp_path):
+    from covidct.evaluation.evaluate import store_threshold
+    from covidct.evaluation.metrics import youden_threshold
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    r = evaluate_run(run, "test", out_dir=tmp_path / "e", n_bootstrap=0)
+    val = list(csv.DictReader((tmp_path / "e" / "val_predictions.csv").open()))
+    y, s = [int(v["label"]) for v in val], [float(v["score"]) for v in val]
+    if len(set(y)) < 2:
+        pytest.skip("tiny val split with one class")
+    record = store_threshold(run, "youden")
+    assert record["threshold"] == pytest.approx(youden_threshold(y, s), abs=1e-5)
+    assert record["chosen_on"] == "val" and r["split"] == "test"
+
+
+def test_ensemble_mean_is_the_mean_of_member_probabilities():
+    a, b = np.array([0.2, 0.9, 0.5]), np.array([0.4, 0.7, 0.0])
+    np.testing.assert_allclose(ensemble_mean([a, b]), [0.3, 0.8, 0.25])
+    with pytest.raises(ValueError, match="different numbers"):
+        ensemble_mean([a, b[:2]])
+
+
+def test_tta_averages_the_image_and_its_mirror(trained_run):
+    module = load_classifier(find_checkpoint(trained_run))
+    ds = eval_dataset(module, RunDir(trained_run).data().splits["val"])
+    _, _, plain = predict_scores(module, ds)
+    _, _, tta = predict_scores(module, ds, tta=True)
+    with torch.no_grad():
+        x = torch.stack([ds[i]["image"] for i in range(len(ds))])
+        mirrored = module.logits(x.flip(-1)).softmax(1)[:, 1].numpy()
+    np.testing.assert_allclose(tta, (plain + mirrored) / 2, atol=1e-5)
+    assert not np.allclose(tta, plain)
+
+
+def test_ensemble_evaluation_averages_members(trained_run, tmp_path):
+    single = evaluate_run(trained_run, "test", out_dir=tmp_path / "one", n_bootstrap=0)
+    with pytest.raises(ModelError, match="--out"):
+        evaluate_run([trained_run, trained_run], "test", n_bootstrap=0)
+    both = evaluate_run([trained_run, trained_run], "test", out_dir=tmp_path / "two", n_bootstrap=0)
+    assert both["ensemble"] == {"members": 2, "aggregation": "mean of probabilities"}
+    assert both["epoch"] == [single["epoch"]] * 2
+    one = read_predictions(tmp_path / "one" / "predictions.csv")
+    two = read_predictions(tmp_path / "two" / "predictions.csv")
+    assert one.keys() == two.keys()
+    for path, (label, score) in one.items():
+        assert two[path][0] == label and two[path][1] == pytest.approx(score, abs=1e-6)
+    assert "ensemble of" in metrics_table(both)

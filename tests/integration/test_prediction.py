@@ -1,0 +1,154 @@
+"""covidct predict: every input format on small files made here, volume aggregation, Grad-CAM, model loading."""
+
+import csv
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from covidct.cli import main
+from covidct.data.medical import apply_window, read_dicom, read_dicom_series, read_nifti
+from covidct.errors import DataError, ModelError
+from covidct.inference.explain import explain
+from covidct.inference.load import load_trained as load_model
+from covidct.inference.predict import aggregate_volume, expand_inputs, predict_inputs
+from tests.conftest import synthetic_ct
+from tests.medical_files import write_dicom, write_nifti
+
+# HU values at the lung window's (-600 / 1500) black point, centre and white point, and beyond it.
+HU = np.array([[-1350, -600], [150, 1000]], dtype=np.float32).repeat(8, 0).repeat(8, 1)
+
+
+def test_lung_window_maps_known_hounsfield_units():
+    assert apply_window(np.array([-2000, -1350, -600, 150, 3000]), -600, 1500).tolist() == [0, 0, 128, 255, 255]
+    with pytest.raises(DataError, match="width"):
+        apply_window(HU, -600, 0)
+
+
+@pytest.mark.parametrize(("intercept", "slope"), [(-1024.0, 1.0), (-2048.0, 2.0)])
+def test_dicom_rescale_and_window(tmp_path, intercept, slope):
+    img = np.asarray(read_dicom(write_dicom(tmp_path / "a.dcm", HU, intercept, slope)))
+    assert img.shape == (16, 16, 3)
+    assert [img[0, 0, 0], img[0, 8, 0], img[8, 0, 0], img[8, 8, 0]] == [0, 128, 255, 255]
+    soft = np.asarray(read_dicom(tmp_path / "a.dcm", window=(40, 400)))  # a soft-tissue window
+    assert [soft[0, 8, 0], soft[8, 0, 0]] == [0, 198]  # (150 + 160) / 400 x 255 = 197.6
+
+
+def test_dicom_monochrome1_is_inverted(tmp_path):
+    img = np.asarray(read_dicom(write_dicom(tmp_path / "m1.dcm", HU, photometric="MONOCHROME1")))
+    assert [img[0, 0, 0], img[0, 8, 0], img[8, 0, 0]] == [255, 127, 0]
+
+
+def test_dicom_without_pixels_is_named(tmp_path):
+    path = write_dicom(tmp_path / "empty.dcm", HU, pixels=False)
+    with pytest.raises(DataError, match=r"empty\.dcm has no pixel data"):
+        read_dicom(path)
+    (tmp_path / "junk.dcm").write_bytes(b"not dicom at all")
+    with pytest.raises(DataError, match=r"junk\.dcm"):
+        read_dicom(tmp_path / "junk.dcm")
+
+
+def test_dicom_series_is_ordered_by_position(tmp_path):
+    series = tmp_path / "series"
+    series.mkdir()
+    for name, z, value in (("a.dcm", 20.0, 150), ("b.dcm", 0.0, -1350), ("c.dcm", 10.0, -600)):
+        write_dicom(series / name, np.full((8, 8), value, np.float32), z=z)
+    slices = read_dicom_series(series)
+    assert [np.asarray(s)[0, 0, 0] for s in slices] == [0, 128, 255]  # z = 0, 10, 20
+    assert expand_inputs([str(series)]) == [series]  # a folder of DICOM files is one series
+
+
+def test_nifti_slices(tmp_path):
+    volume = np.full((16, 12, 5), -1350, np.float32)
+    volume[:, :, 3] = 150
+    volume[2, 0, 0] = 150  # x = 2, y = 0: row 0, column 2 once displayed
+    slices = read_nifti(write_nifti(tmp_path / "v.nii.gz", volume))
+    assert len(slices) == 5 and slices[0].size == (16, 12)
+    first = np.asarray(slices[0])[..., 0]
+    assert first[0, 2] == 255 and first[2, 0] == 0
+    assert np.asarray(slices[3]).min() == 255
+    (tmp_path / "bad.nii").write_bytes(b"nope")
+    with pytest.raises(DataError, match=r"bad\.nii"):
+        read_nifti(tmp_path / "bad.nii")
+
+
+def test_volume_aggregation_is_the_mean_of_the_top_tenth():
+    scores = np.linspace(0, 1, 25)  # top ceil(2.5) = 3 slices: 1.0, 0.9583, 0.9167
+    assert aggregate_volume(scores) == pytest.approx(np.mean(scores[-3:]))
+    assert aggregate_volume(np.array([0.2, 0.7])) == pytest.approx(0.7)
+    with pytest.raises(DataError):
+        aggregate_volume(np.array([]))
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """A PNG, a 16-bit PNG, a JPEG, a DICOM file and a 6-slice NIfTI volume."""
+    root = tmp_path_factory.mktemp("inputs")
+    rng = np.random.default_rng(3)
+    Image.fromarray(synthetic_ct(rng, True, (64, 48))).save(root / "a.png")
+    Image.fromarray(synthetic_ct(rng, False, (64, 48)).astype(np.uint16) * 200).save(root / "deep.png")
+    Image.fromarray(synthetic_ct(rng, False, (50, 60))).convert("RGB").save(root / "b.jpg")
+    write_dicom(root / "c.dcm", synthetic_ct(rng, True, (40, 40)).astype(np.float32) * 6 - 1350)
+    vol = np.stack([synthetic_ct(rng, k % 2 == 0, (32, 32)).astype(np.float32) * 6 - 1350 for k in range(6)], -1)
+    write_nifti(root / "vol.nii.gz", vol)
+    return root
+
+
+def test_predict_every_format(exported_model, inputs):
+    model = load_model(exported_model)
+    paths = expand_inputs([str(inputs)])
+    assert sorted(p.name for p in paths) == ["a.png", "b.jpg", "c.dcm", "deep.png", "vol.nii.gz"]
+    rows = predict_inputs(model, paths)
+    assert len(rows) == 4 + 6 + 1
+    volume = [r for r in rows if r["path"].endswith("vol.nii.gz")]
+    assert [r["slice"] for r in volume] == [0, 1, 2, 3, 4, 5, "volume"]
+    slice_scores = np.array([r["score"] for r in volume[:-1]])
+    assert volume[-1]["score"] == pytest.approx(aggregate_volume(slice_scores), abs=1e-6)
+    for r in rows:
+        assert 0 <= r["score"] <= 1 and r["threshold"] == model.threshold
+        assert r["label"] == ("COVID" if r["score"] >= r["threshold"] else "NonCOVID")
+    forced = predict_inputs(model, paths[:1], threshold=0.0)
+    assert forced[0]["label"] == "COVID"
+
+
+def test_run_folder_loads_without_pickle_and_agrees_with_export(trained_run, exported_model, inputs):
+    a, b = load_model(trained_run), load_model(exported_model)
+    images = [Image.open(inputs / "a.png").convert("RGB"), Image.open(inputs / "b.jpg").convert("RGB")]
+    np.testing.assert_allclose(a.scores(images), b.scores(images), atol=1e-5)
+    assert a.card["class_names"] == b.card["class_names"] and a.threshold == b.threshold
+
+
+def test_gradcam_has_the_image_size_and_is_not_constant(exported_model, inputs):
+    model = load_model(exported_model)
+    image = Image.open(inputs / "b.jpg").convert("RGB")
+    (cam,) = explain(model, [image])
+    assert cam.shape == (60, 50)  # rows x columns of the 50 x 60 image
+    assert cam.min() >= 0 and cam.max() <= 1 and cam.std() > 1e-3
+
+
+def test_predict_cli_writes_csv_and_cams(exported_model, inputs, tmp_path, capsys):
+    out, cams = tmp_path / "p.csv", tmp_path / "cams"
+    assert main(["predict", str(exported_model), str(inputs / "a.png"), str(inputs / "vol.nii.gz"),
+                 "--out", str(out), "--cam", str(cams)]) == 0  # fmt: skip
+    rows = list(csv.DictReader(out.open()))
+    assert [r["slice"] for r in rows] == ["", "0", "1", "2", "3", "4", "5", "volume"]
+    assert all(not math.isnan(float(r["score"])) for r in rows)
+    names = sorted(p.name for p in cams.iterdir())
+    assert names == ["a_cam.png"] + [f"vol_slice{k:04d}_cam.png" for k in range(6)]
+    with Image.open(cams / "a_cam.png") as overlay:
+        assert overlay.size == (64, 48) and overlay.mode == "RGB"
+    captured = capsys.readouterr()
+    assert "research use only" in captured.err and "volume score" in captured.out
+
+
+def test_predict_bad_inputs_are_named(exported_model, tmp_path, capsys):
+    assert main(["predict", str(exported_model), str(tmp_path / "missing.png")]) == 2
+    assert "missing.png does not exist" in capsys.readouterr().err
+    (tmp_path / "notes.png").write_text("not an image")
+    assert main(["predict", str(exported_model), str(tmp_path / "notes.png"), "--out", str(tmp_path / "o.csv")]) == 2
+    assert "notes.png cannot be read" in capsys.readouterr().err
+    with pytest.raises(ModelError, match="does not exist"):
+        load_model(tmp_path / "nothing")
+    with pytest.raises(SystemExit):
+        main(["predict", str(exported_model), "x.png", "--window", "-600/0"])

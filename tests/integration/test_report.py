@@ -1,0 +1,70 @@
+"""report.html: every section present, every image embedded, and (in Chromium) every image rendered."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from covidct.cli import main
+from covidct.reporting.html import build_report
+from tests.conftest import CHROMIUM_FLAGS
+
+SECTIONS = [
+    "run",
+    "data",
+    "samples",
+    "training",
+    "metrics",
+    "confusion",
+    "curves",
+    "calibration",
+    "errors",
+    "model-card",
+]
+
+
+@pytest.fixture(scope="module")
+def report(trained_run) -> Path:
+    return build_report(trained_run, "test")
+
+
+def test_report_is_self_contained(report):
+    html = report.read_text()
+    for section in SECTIONS:
+        assert f'<section id="{section}">' in html, section
+    sources = re.findall(r'<img[^>]*src="([^"]+)"', html)
+    assert len(sources) >= 8
+    assert all(src.startswith("data:image/png;base64,") for src in sources)
+    assert not re.search(r'(src|href)="(https?:)?//', html)  # nothing fetched from a network
+    assert "Research use only" in html and "not for diagnosis" in html.lower()
+    assert "resnet10t" in html and "Wilson" in html
+    assert "made grey, resized to a square and normalised" in html  # the model card states the preprocessing
+
+
+def test_report_renders_in_chromium(report, chromium):
+    from playwright.sync_api import sync_playwright
+
+    requests: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+        page = browser.new_page()
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto(report.as_uri(), wait_until="load")
+        images = page.eval_on_selector_all(
+            "img", "els => els.map(e => [e.alt, e.complete, e.naturalWidth, e.getBoundingClientRect().width])"
+        )
+        sections = page.eval_on_selector_all("section", "els => els.map(e => [e.id, e.innerText.length])")
+        title = page.title()
+        browser.close()
+    assert images, "no images"
+    broken = [alt for alt, complete, natural, shown in images if not (complete and natural > 0 and shown > 0)]
+    assert not broken, f"images that did not render: {broken}"
+    assert [s for s, _ in sections] == SECTIONS
+    assert all(length > 20 for _, length in sections)
+    assert title.startswith("covidct report")
+    assert all(u.startswith(("file:", "data:")) for u in requests), requests
+
+
+def test_report_cli(trained_run, capsys):
+    assert main(["report", str(trained_run)]) == 0
+    assert "report.html" in capsys.readouterr().out

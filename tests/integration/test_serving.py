@@ -1,0 +1,221 @@
+"""covidct serve: every route and every bad input through FastAPI's TestClient, and the page in real Chromium."""
+
+import base64
+import io
+import socket
+import struct
+import subprocess
+import sys
+import time
+import zlib
+
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from covidct import DISCLAIMER
+from covidct.inference.load import load_trained as load_model
+from covidct.inference.serve import MAX_PIXELS, create_app
+from tests.conftest import CHROMIUM_FLAGS, synthetic_ct
+from tests.medical_files import write_dicom
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def png_header_claiming(width: int, height: int) -> bytes:
+    """A PNG whose (valid) header claims width x height pixels: a decompression bomb's signature."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+@pytest.fixture(scope="module")
+def model(exported_model):
+    return load_model(exported_model)
+
+
+@pytest.fixture(scope="module")
+def client(model):
+    return TestClient(create_app(model))
+
+
+@pytest.fixture(scope="module")
+def ct_png():
+    return png_bytes(synthetic_ct(np.random.default_rng(5), True, (64, 48)))
+
+
+def test_health_model_docs_and_page(client, model):
+    assert client.get("/health").json() == {"status": "ok", "model": model.model_id}
+    card = client.get("/api/v1/model").json()
+    assert card["architecture"] == "timm:resnet10t" and card["class_names"] == ["NonCOVID", "COVID"]
+    assert card["serving"]["max_upload_mb"] == 20
+    assert "/api/v1/predict" in client.get("/openapi.json").json()["paths"]
+    assert client.get("/docs").status_code == 200
+    page = client.get("/").text
+    assert DISCLAIMER in page and 'id="opacity"' in page
+    assert "http://" not in page and "https://" not in page  # nothing from a CDN: works offline
+
+
+def test_predict_png_agrees_with_the_model(client, model, ct_png):
+    r = client.post("/api/v1/predict", files={"file": ("ct.png", ct_png, "image/png")})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    expected = float(model.scores([Image.open(io.BytesIO(ct_png)).convert("RGB")])[0])
+    assert body["score"] == pytest.approx(expected, abs=1e-5)
+    assert body["label"] == ("COVID" if body["score"] >= body["threshold"] else "NonCOVID")
+    assert body["cam"] is None and body["disclaimer"] == DISCLAIMER
+
+
+def test_predict_with_cam_returns_an_overlay_of_the_image_size(client, ct_png):
+    body = client.post("/api/v1/predict?cam=true", files={"file": ("ct.png", ct_png)}).json()
+    assert body["cam"].startswith("data:image/png;base64,")
+    with Image.open(io.BytesIO(base64.b64decode(body["cam"].split(",", 1)[1]))) as overlay:
+        assert overlay.size == (64, 48)
+        assert np.asarray(overlay).std() > 1
+
+
+def test_predict_dicom(client, tmp_path):
+    path = write_dicom(tmp_path / "s.dcm", synthetic_ct(np.random.default_rng(1), True).astype(np.float32) * 6 - 1350)
+    r = client.post("/api/v1/predict", files={"file": ("s.dcm", path.read_bytes(), "application/dicom")})
+    assert r.status_code == 200 and 0 <= r.json()["score"] <= 1
+
+
+def test_bad_inputs_get_json_errors_and_the_server_keeps_serving(model, client, ct_png, tmp_path):
+    empty_dicom = write_dicom(tmp_path / "e.dcm", np.zeros((4, 4), np.float32), pixels=False).read_bytes()
+    cases = {
+        "notes.txt": (b"just some text, not an image", 415, "unsupported file type"),
+        "cut.png": (ct_png[: len(ct_png) // 2], 422, "cannot be decoded"),
+        "bomb.png": (png_header_claiming(8_000, 7_500), 422, f"over the limit of {MAX_PIXELS:,}"),
+        "e.dcm": (empty_dicom, 422, "no pixel data"),
+        "zero.png": (b"", 422, "empty"),
+    }
+    for name, (data, status, message) in cases.items():
+        r = client.post("/api/v1/predict", files={"file": (name, data)})
+        assert r.status_code == status, (name, r.text)
+        assert message in r.json()["detail"] and (name in r.json()["detail"] or name == "zero.png")
+    r = client.post("/api/v1/predict", data={"nothing": "here"})
+    assert r.status_code == 422  # no file field
+    small = TestClient(create_app(model, max_upload_mb=0.001))
+    r = small.post("/api/v1/predict", files={"file": ("big.png", ct_png + b"\0" * 2000)})
+    assert r.status_code == 413 and "limit" in r.json()["detail"]
+    assert client.get("/health").status_code == 200
+    assert client.post("/api/v1/predict", files={"file": ("ct.png", ct_png)}).status_code == 200
+
+
+def test_api_key_is_checked_on_every_api_route(model, ct_png):
+    client = TestClient(create_app(model, api_key="s3cret"))
+    assert client.get("/api/v1/model").status_code == 401
+    assert client.post("/api/v1/predict", files={"file": ("ct.png", ct_png)}).status_code == 401
+    assert client.get("/api/v1/model", headers={"X-API-Key": "wrong"}).status_code == 401
+    assert client.get("/api/v1/model", headers={"X-API-Key": "s3cret"}).status_code == 200
+    ok = client.post("/api/v1/predict", files={"file": ("ct.png", ct_png)}, headers={"X-API-Key": "s3cret"})
+    assert ok.status_code == 200
+    assert client.get("/health").status_code == 200  # liveness stays open
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def live_server(exported_model):
+    """`covidct serve` as a user starts it, on 127.0.0.1 and a free port."""
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "covidct", "serve", str(exported_model), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.3)
+        if proc.poll() is not None:
+            pytest.fail(f"server exited: {proc.stdout.read().decode()}")
+    else:
+        proc.kill()
+        pytest.fail("server did not start within 60 s")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+@pytest.mark.slow
+def test_page_in_chromium_shows_score_label_and_heat_map(live_server, chromium, ct_png, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    image = tmp_path / "scan.png"
+    image.write_bytes(ct_png)
+    outside: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+        page = browser.new_page()
+        page.on("request", lambda r: None if r.url.startswith((live_server, "data:")) else outside.append(r.url))
+        page.goto(live_server + "/")
+        page.wait_for_function("document.getElementById('model').textContent.includes('resnet10t')")
+        page.set_input_files("#file", str(image))
+        page.wait_for_selector("#result:not(.hidden)", timeout=30_000)
+        score = float(page.text_content("#score"))
+        label = page.text_content("#label")
+        threshold = float(page.text_content("#threshold"))
+        cam = page.eval_on_selector("#cam", "e => [e.complete, e.naturalWidth, e.naturalHeight, e.src.slice(0, 22)]")
+        bar = page.eval_on_selector("#fill", "e => e.style.width")
+        page.fill("#opacity", "80")
+        opacity = page.eval_on_selector("#cam", "e => e.style.opacity")
+        disclaimer = page.text_content("#disclaimer")
+        browser.close()
+    assert 0 <= score <= 1 and label == ("COVID" if score >= threshold else "NonCOVID")
+    assert cam == [True, 64, 48, "data:image/png;base64,"]
+    assert bar.endswith("%") and abs(float(bar[:-1]) - 100 * score) < 0.1
+    assert opacity == "0.8"
+    assert disclaimer == DISCLAIMER and not outside
+
+
+def test_explanations_run_one_at_a_time(client, ct_png, monkeypatch):
+    """Grad-CAM hooks the shared model's layers; parallel explanations crashed the server under load
+    (benchmarks/load_test.py --cam), so they are serialised while scores stay parallel."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import covidct.inference.explain
+
+    state = {"now": 0, "most": 0}
+    lock = threading.Lock()
+    real = covidct.inference.explain.explain
+
+    def watched(model, images):
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+        time.sleep(0.05)
+        try:
+            return real(model, images)
+        finally:
+            with lock:
+                state["now"] -= 1
+
+    monkeypatch.setattr(covidct.inference.explain, "explain", watched)
+
+    def ask(_: int) -> tuple[int, bool]:
+        r = client.post("/api/v1/predict?cam=true", files={"file": ("ct.png", ct_png)})
+        return r.status_code, bool(r.status_code == 200 and r.json()["cam"])
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(ask, range(6)))
+    assert answers == [(200, True)] * 6
+    assert state["most"] == 1

@@ -1,0 +1,150 @@
+import csv
+
+import pytest
+import torch
+import yaml
+
+from covidct.config import TrainConfig
+from covidct.errors import ConfigError, DataError, ModelError
+from covidct.training.fit import Classifier, resolve_precision, train
+
+
+def test_run_folder_contents(trained_run):
+    config = yaml.safe_load((trained_run / "config.yaml").read_text())
+    assert config["model"] == "timm:resnet10t" and config["epochs"] == 2 and config["seed"] == 42
+    assert TrainConfig.from_yaml(trained_run / "config.yaml").model == "timm:resnet10t"
+    rows = list(csv.DictReader((trained_run / "metrics.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    for r in rows:
+        assert 0 <= float(r["val_acc"]) <= 1 and float(r["train_loss"]) > 0 and float(r["lr"]) > 0
+    assert (trained_run / "checkpoints" / "best.ckpt").is_file()
+    assert (trained_run / "checkpoints" / "last.ckpt").is_file()
+    assert "epoch 2" in (trained_run / "train.log").read_text()
+
+
+def test_checkpoint_carries_architecture_preprocessing_classes_threshold(trained_run):
+    ckpt = torch.load(trained_run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
+    hp = ckpt["hyper_parameters"]
+    assert hp["model_name"] == "timm:resnet10t"
+    assert hp["class_names"] == ["NonCOVID", "COVID"] and hp["threshold"] == 0.5
+    assert set(hp["preprocessing"]) == {"mean", "std", "input_size", "resize", "grayscale", "crop", "intensity"}
+    assert hp["preprocessing"]["grayscale"] is True  # the default recipe
+    module = Classifier.load_from_checkpoint(trained_run / "checkpoints" / "best.ckpt", map_location="cpu")
+    assert module.preprocessing.input_size == hp["preprocessing"]["input_size"]
+    # the best checkpoint is the epoch with the best validation accuracy (first of ties)
+    rows = list(csv.DictReader((trained_run / "metrics.csv").open()))
+    accs = [float(r["val_acc"]) for r in rows]
+    assert ckpt["epoch"] + 1 == 1 + accs.index(max(accs))
+
+
+def test_bad_inputs_leave_no_run_folder(tmp_path, tiny_dataset):
+    out = tmp_path / "runs"
+    with pytest.raises(DataError, match="does not exist"):
+        train(TrainConfig(data_dir=str(tmp_path / "missing"), out=str(out), pretrained=False))
+    with pytest.raises(ModelError, match="unknown model"):
+        train(TrainConfig(model="alexnet9", data_dir=str(tiny_dataset), out=str(out)))
+    (tiny_dataset / "Images-processed" / "CT_COVID" / "covid_1.png").write_bytes(b"\x89PNG broken")
+    with pytest.raises(DataError, match=r"covid_1\.png cannot be read"):
+        train(TrainConfig(model="timm:resnet10t", data_dir=str(tiny_dataset), out=str(out), pretrained=False))
+    assert not out.exists()
+
+
+def test_config_validation_quotes_the_bad_value():
+    with pytest.raises(ConfigError, match=r"epochs must be > 0, got -1"):
+        TrainConfig(epochs=-1)
+    with pytest.raises(ConfigError, match=r"monitor must be one of .* got 'val_f1'"):
+        TrainConfig(monitor="val_f1")
+    with pytest.raises(ConfigError, match=r"unknown config field\(s\) \['lr_max'\]"):
+        TrainConfig.from_dict({"lr_max": 1})
+
+
+def test_precision_resolution():
+    assert resolve_precision("32", "cpu") == "32"
+    assert resolve_precision("auto", "cpu") in ("bf16-mixed", "32")
+
+
+@pytest.mark.slow
+def test_training_learns_the_synthetic_signal(tmp_path):
+    """COVID images carry bright blobs: a few epochs from scratch must beat chance on validation."""
+    from tests.conftest import make_covidct_layout
+
+    counts = {
+        "train": {"COVID": 24, "NonCOVID": 24},
+        "val": {"COVID": 8, "NonCOVID": 8},
+        "test": {"COVID": 4, "NonCOVID": 4},
+    }
+    data = make_covidct_layout(tmp_path / "d", counts, seed=1)
+    run = train(
+        TrainConfig(model="timm:resnet10t", data_dir=str(data), pretrained=False, epochs=6, batch_size=8,
+                    lr=2e-3, patience=6, num_workers=0, out=str(tmp_path / "runs"), monitor="val_auc"),
+        progress=False,
+    )  # fmt: skip
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert max(float(r["val_auc"]) for r in rows) >= 0.8
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+
+
+def test_ema_checkpoint_holds_the_averaged_weights(tmp_path, tiny_dataset):
+    run = train(
+        TrainConfig(model="timm:resnet10t", data_dir=str(tiny_dataset), pretrained=False, epochs=2, batch_size=8,
+                    num_workers=0, out=str(tmp_path / "runs"), ema_decay=0.9),
+        progress=False,
+    )  # fmt: skip
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    averaged, current = ckpt["state_dict"], ckpt["current_model_state"]
+    key = "model.fc.weight"
+    assert averaged[key].shape == current[key].shape
+    assert not torch.equal(averaged[key], current[key])  # the EMA lags the raw weights
+    from covidct.evaluation.evaluate import evaluate_run
+
+    assert evaluate_run(run, "val")["n"] == 8
+
+
+def test_backbone_learns_at_a_scaled_rate():
+    from covidct.models import create_model, head_parameters
+
+    model, pre = create_model("timm:resnet10t", pretrained=False)
+    module = Classifier("timm:resnet10t", pre.to_dict(), ["NonCOVID", "COVID"], lr=1e-3, warmup_epochs=0,
+                        backbone_lr_scale=0.1, model=model)  # fmt: skip
+    optimizer = module.configure_optimizers()["optimizer"]
+    backbone, head = optimizer.param_groups
+    assert backbone["lr"] == pytest.approx(1e-4) and head["lr"] == pytest.approx(1e-3)
+    assert {id(p) for p in head["params"]} == {id(p) for p in head_parameters(module.model)}
+    n_params = len(list(module.parameters()))
+    assert len(backbone["params"]) + len(head["params"]) == n_params
+    with pytest.raises(ConfigError, match="backbone_lr_scale"):
+        TrainConfig(backbone_lr_scale=0)
+
+
+def test_tensorboard_logs_the_epoch_metrics(trained_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(trained_run / "tensorboard"))
+    events.Reload()
+    assert {"val_acc", "val_auc", "train_loss"} <= set(events.Tags()["scalars"])
+    with open(trained_run / "metrics.csv", newline="") as f:
+        history = [float(r["val_acc"]) for r in csv.DictReader(f)]
+    assert [round(e.value, 5) for e in events.Scalars("val_acc")] == [round(v, 5) for v in history]
+
+
+def test_input_size_sets_the_preprocessing_the_checkpoint_carries(tmp_path, tiny_dataset):
+    from covidct.evaluation.evaluate import eval_dataset, load_classifier
+    from covidct.runs import RunDir
+
+    config = TrainConfig(model="timm:resnet10t", data_dir=str(tiny_dataset), pretrained=False, epochs=1,
+                         batch_size=8, num_workers=0, out=str(tmp_path), input_size=64, tensorboard=False)  # fmt: skip
+    run = train(config, progress=False)
+    module = load_classifier(run / "checkpoints" / "best.ckpt")
+    assert (module.preprocessing.input_size, module.preprocessing.resize) == (64, 73)
+    assert eval_dataset(module, RunDir(run).data().splits["val"])[0]["image"].shape == (3, 64, 64)
+    with pytest.raises(ConfigError, match="input_size"):
+        TrainConfig(input_size=8)
+
+
+def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path):
+    from covidct.training.fit import fresh_run_dir
+
+    first = fresh_run_dir(tmp_path, "timm:resnet10t")
+    first.mkdir()
+    second = fresh_run_dir(tmp_path, "timm:resnet10t")
+    assert second != first and not second.exists()
