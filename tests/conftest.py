@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 os.environ.setdefault("COVIDCT_NO_PROGRESS", "1")
+os.environ.setdefault("COVIDCT_ALLOW_PARTIAL_SOURCES", "1")  # tiny stand-ins of the known sources
 
 CHROMIUM_FLAGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -137,3 +138,34 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "integration" in Path(str(item.fspath)).parts:
             item.add_marker(pytest.mark.slow)
+
+
+def make_sars_layout(root: Path, n_covid: int = 12, n_non: int = 12, seed: int = 1, size=(40, 36)) -> Path:
+    """A tiny stand-in for the SARS-CoV-2 CT-scan set: COVID/ and nonCOVID/ of grey PNGs (tight crops)."""
+    rng = np.random.default_rng(seed)
+    for folder, n, covid in (("COVID", n_covid, True), ("nonCOVID", n_non, False)):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            name = f"Covid ({i + 1}).png" if covid else f"Non-Covid ({i + 1}).png"
+            Image.fromarray(synthetic_ct(rng, covid, size)).save(root / folder / name)
+    return root
+
+
+def whole_slice(lungs: bool = True, size: int = 256) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """A scanner-like whole slice in a lung window: air around a body ellipse lying on a table, two dark lungs
+    inside it. Returns the image and the lungs' true box (top, bottom, left, right)."""
+    yy, xx = np.mgrid[0:size, 0:size]
+    img = np.full((size, size), 5.0)
+    body = ((xx - size * 0.5) / (size * 0.36)) ** 2 + ((yy - size * 0.48) / (size * 0.27)) ** 2 < 1
+    img[body] = 230
+    img[int(size * 0.8) : int(size * 0.83), int(size * 0.05) : int(size * 0.95)] = 200  # the table
+    box = (size, 0, size, 0)
+    if lungs:
+        both = np.zeros_like(body)
+        for cx in (size * 0.36, size * 0.64):
+            both |= ((xx - cx) / (size * 0.1)) ** 2 + ((yy - size * 0.47) / (size * 0.17)) ** 2 < 1
+        img[both] = 70
+        rows, cols = np.flatnonzero(both.any(1)), np.flatnonzero(both.any(0))
+        box = (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1)
+    img += np.random.default_rng(0).normal(0, 3, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8), box

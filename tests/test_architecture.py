@@ -100,6 +100,6 @@ def test_inference_does_not_need_training_code(module):
     import subprocess
     import sys
 
-    code = f"import sys, {module}; bad = [m for m in sys.modules if m.startswith(('lightning', 'covidct.training'))]; print(bad)"
+    code = f"import sys, {module}; print([m for m in sys.modules if m.startswith(('lightning', 'covidct.training'))])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"

@@ -18,7 +18,6 @@ from covidct.data.datasets import class_order, stratified_split
 from covidct.data.info import dataset_info, format_info
 from covidct.data.preprocessing import Preprocessing
 from covidct.errors import DataError
-
 from tests.conftest import TINY_COUNTS
 
 

@@ -34,12 +34,12 @@ def kaggle_api() -> Any:
         from kaggle.api.kaggle_api_extended import KaggleApi
     except ImportError:
         raise DataError("downloading sars-cov-2-ct needs the kaggle package: pip install 'covidct[kaggle]'") from None
-    except Exception as e:  # older kaggle versions authenticate on import
+    except (Exception, SystemExit) as e:  # older kaggle versions authenticate on import, some exit
         raise DataError(f"Kaggle credentials are missing or wrong ({type(e).__name__}: {e}). {MANUAL}") from None
     api = KaggleApi()
     try:
         api.authenticate()
-    except Exception as e:
+    except (Exception, SystemExit) as e:
         raise DataError(f"Kaggle credentials are missing or wrong ({type(e).__name__}: {e}). {MANUAL}") from None
     return api
 

@@ -1,0 +1,69 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from covidct.data.crop import CropToBody, crop_box
+from covidct.data.preprocessing import Preprocessing
+from covidct.data.transforms import eval_transform
+from tests.conftest import synthetic_ct, whole_slice
+
+
+def test_lung_crop_of_a_whole_slice_is_the_lungs():
+    img, (top, bottom, left, right) = whole_slice()
+    t, b, lo, hi = crop_box(img, "lung")
+    # the lungs' box plus the margin: air, table and most of the body wall are gone
+    assert t <= top and b >= bottom and lo <= left and hi >= right
+    assert (b - t) < 1.3 * (bottom - top) and (hi - lo) < 1.3 * (right - left)
+    assert b < 0.8 * img.shape[0]  # the table (rows 80-83%) is outside
+
+
+def test_body_crop_drops_air_and_table():
+    img, _ = whole_slice()
+    _, b, lo, hi = crop_box(img, "body")
+    h, w = img.shape
+    assert 0.05 * w < lo < 0.2 * w and 0.8 * w < hi < 0.95 * w
+    assert b < 0.8 * h  # the table is cut by the opening and is not part of the body
+
+
+def test_lung_crop_falls_back_to_the_body_without_enclosed_lungs():
+    img, _ = whole_slice(lungs=False)
+    assert crop_box(img, "lung") == crop_box(img, "body")
+
+
+def test_an_image_already_cropped_to_the_lungs_is_left_about_whole():
+    """Tight crops (the SARS-CoV-2 set) whose lungs touch the border keep most of their area."""
+    img = synthetic_ct(np.random.default_rng(0), covid=False, size=(120, 100))
+    tight = img[10:90, 8:112]
+    box = crop_box(tight, "lung")
+    kept = 1.0 if box is None else (box[1] - box[0]) * (box[3] - box[2]) / tight.size
+    assert kept > 0.6
+
+
+def test_none_and_flat_images_are_not_cropped():
+    img, _ = whole_slice()
+    assert crop_box(img, "none") is None
+    assert crop_box(np.full((64, 64), 7, np.uint8), "lung") is None
+    with pytest.raises(ValueError, match="crop must be one of"):
+        crop_box(img, "chest")
+
+
+def test_the_transform_crops_before_resizing_and_remembers_boxes():
+    img, _ = whole_slice()
+    crop = CropToBody("lung")
+    out = crop(Image.fromarray(img).convert("RGB"))
+    assert out.size[0] < img.shape[1] * 0.8 and out.size[1] < img.shape[0] * 0.8
+    assert len(crop._boxes) == 1 and crop(Image.fromarray(img)).size == out.size
+    x = eval_transform(Preprocessing((0.5,) * 3, (0.5,) * 3, 32, 36, crop="lung"))(Image.fromarray(img).convert("RGB"))
+    assert x.shape == (3, 32, 32)
+
+
+def test_whole_slice_and_its_lung_crop_look_alike_to_the_model():
+    """The point of the crop: a whole slice and a tight crop of the same chest give nearly the same input."""
+    img, (top, bottom, left, right) = whole_slice(size=320)
+    pre = Preprocessing((0.5,) * 3, (0.5,) * 3, 64, 73, crop="lung")
+    whole = eval_transform(pre)(Image.fromarray(img).convert("RGB"))
+    tight = eval_transform(pre)(Image.fromarray(img[top - 6 : bottom + 6, left - 6 : right + 6]).convert("RGB"))
+    plain = eval_transform(Preprocessing((0.5,) * 3, (0.5,) * 3, 64, 73))
+    assert float((whole - tight).abs().mean()) < 0.5 * float(
+        (plain(Image.fromarray(img).convert("RGB")) - tight).abs().mean()
+    )

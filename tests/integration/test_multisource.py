@@ -1,0 +1,104 @@
+"""Training on several sources, external evaluation (--on) and the leave-one-source-out matrix, through the CLI."""
+
+import csv
+import json
+
+import pytest
+import torch
+
+from covidct.cli import main
+from covidct.config import TrainConfig
+from covidct.training.fit import make_sampler, source_weights
+from tests.conftest import TINY_COUNTS, make_covidct_layout, make_sars_layout
+
+TINY = ["--model", "timm:resnet10t", "--no-pretrained", "--batch-size", "8", "--num-workers", "0", "--lr", "1e-3",
+        "--no-tensorboard"]  # fmt: skip
+
+
+@pytest.fixture
+def two_sources(tmp_path):
+    return (
+        make_covidct_layout(tmp_path / "covid-ct", TINY_COUNTS),
+        make_sars_layout(tmp_path / "sars", 14, 14),
+    )
+
+
+def test_each_source_weighs_the_same_per_epoch():
+    w = source_weights(["a"] * 30 + ["b"] * 10)
+    assert w[:30].sum() == pytest.approx(w[30:].sum())
+
+
+def test_sampler_draws_sources_equally_and_is_seeded(two_sources):
+    from covidct.data import ImageDataset
+    from covidct.data.sources import load_sources
+
+    a, b = two_sources
+    data = load_sources([f"covid-ct={a}", f"sars-cov-2-ct={b}"])
+    ds = ImageDataset(data.splits["train"])
+    config = TrainConfig(sources=["x", "y"], samples_per_epoch=2000, seed=3)
+    draws = list(make_sampler(ds, config))
+    share = sum(ds.samples[i].source == "covid-ct" for i in draws) / len(draws)
+    assert len(draws) == 2000 and 0.45 < share < 0.55  # 16 of 36 training images, half of the draws
+    assert draws == list(make_sampler(ds, config))
+    assert make_sampler(ds, TrainConfig(source_balance=False)) is None
+
+
+def test_two_source_training_external_evaluation_and_card(two_sources, tmp_path, capsys):
+    a, b = two_sources
+    args = ["train", *TINY, "--epochs", "2", "--source", f"covid-ct={a}", "--source", f"sars-cov-2-ct={b}",
+            "--monitor", "val_auc_mean", "--crop", "lung", "--augment", "robust",
+            "--out", str(tmp_path / "runs")]  # fmt: skip
+    assert main(args) == 0
+    run = next((tmp_path / "runs").iterdir())
+    summary = json.loads((run / "summary.json").read_text())
+    assert set(summary["sources"]) == {"covid-ct", "sars-cov-2-ct"} and summary["source_balance"] is True
+    assert summary["monitor"] == "val_auc_mean" and any("no patient IDs" in n for n in summary["notes"])
+    history = list(csv.DictReader((run / "metrics.csv").read_text().splitlines()))
+    assert len(history) == 2
+    ckpt = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
+    assert ckpt["hyper_parameters"]["preprocessing"]["crop"] == "lung"
+    logged = set(ckpt["callbacks"][next(k for k in ckpt["callbacks"] if "EarlyStopping" in k)])
+    assert logged  # early stopping watched the explicit monitor
+
+    assert main(["evaluate", str(run), "--split", "test", "--bootstrap", "0"]) == 0
+    m = json.loads((run / "eval-test" / "metrics.json").read_text())
+    assert set(m["per_source"]) == {"covid-ct", "sars-cov-2-ct"}
+    assert sum(v["n"] for v in m["per_source"].values()) == m["n"]
+    rows = list(csv.DictReader((run / "eval-test" / "predictions.csv").read_text().splitlines()))
+    assert {r["source"] for r in rows} == {"covid-ct", "sars-cov-2-ct"}
+
+    other = make_sars_layout(tmp_path / "elsewhere", 5, 6, seed=9)  # a set the model never saw
+    assert main(["evaluate", str(run), "--on", f"hospital={other}", "--bootstrap", "0"]) == 0
+    ext = json.loads((run / "eval-hospital" / "metrics.json").read_text())
+    assert ext["n"] == 11 and ext["external"] == {"set": f"hospital={other}", "images_seen_in_training": 0}
+    capsys.readouterr()
+    with pytest.warns(UserWarning, match="same content as images the run trained"):
+        assert main(["evaluate", str(run), "--on", f"sars-cov-2-ct={b}", "--bootstrap", "0"]) == 0
+    seen = json.loads((run / "eval-sars-cov-2-ct" / "metrics.json").read_text())["external"]
+    assert seen["images_seen_in_training"] >= 20  # train + val of that source
+
+    assert main(["export", str(run)]) == 0
+    card = json.loads((run / "export" / "model.json").read_text())
+    assert set(card["training_data"]["sources"]) == {"covid-ct", "sars-cov-2-ct"}
+    assert {"test", "hospital", "sars-cov-2-ct"} <= set(card["validated_on"])
+
+
+def test_bad_sources_are_one_clear_error(tmp_path, capsys):
+    assert main(["train", *TINY, "--source", "nope", "--out", str(tmp_path / "r")]) == 2
+    assert "unknown source 'nope'" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_crosssource_matrix(two_sources, tmp_path):
+    a, b = two_sources
+    out = tmp_path / "xs"
+    args = ["crosssource", *TINY, "--epochs", "1", "--source", f"covid-ct={a}", "--source", f"sars-cov-2-ct={b}",
+            "--out-dir", str(out)]  # fmt: skip
+    assert main(args) == 0
+    matrix = json.loads((out / "matrix.json").read_text())
+    trained = [t["trained_on"] for t in matrix["trainings"]]
+    assert trained == [["covid-ct"], ["sars-cov-2-ct"], ["covid-ct", "sars-cov-2-ct"]]
+    first = matrix["trainings"][0]["cells"]
+    assert first["sars-cov-2-ct"]["held_out"] and first["sars-cov-2-ct"]["n"] == 28  # every image of it
+    assert not first["covid-ct"]["held_out"] and first["covid-ct"]["n"] == 8  # its own test split
+    assert (out / "matrix.png").stat().st_size > 1000 and "held out" in (out / "matrix.csv").read_text()
