@@ -128,3 +128,33 @@ def test_recipe_files_load_and_default_matches_the_shipped_defaults():
     assert written == shipped  # the file documents the defaults; the two cannot drift apart
     study = TrainConfig.from_yaml(configs / "study.yaml")
     assert (study.model, study.grayscale, study.augment, study.label_smoothing) == ("vgg19_bn", False, "study", 0.0)
+
+
+def test_log_to_a_file_is_one_line_per_epoch(tiny_dataset, tmp_path):
+    """Output that is not a terminal gets no progress-bar redraws (no carriage returns), one line per epoch."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "COVIDCT_NO_PROGRESS"}
+    with open(tmp_path / "log", "w") as log:
+        subprocess.run([sys.executable, "-m", "covidct", "train", "--data-dir", str(tiny_dataset), "--model",
+                        "timm:resnet10t", "--no-pretrained", "--epochs", "2", "--batch-size", "8", "--num-workers",
+                        "0", "--out", str(tmp_path / "runs"), "--evaluate", "test"],
+                       stdout=log, stderr=subprocess.STDOUT, env=env, check=True, timeout=600)  # fmt: skip
+    text = (tmp_path / "log").read_text()
+    assert "\r" not in text
+    assert [line.split(":")[0] for line in text.splitlines() if line.startswith("epoch ")] == ["epoch 1/2", "epoch 2/2"]
+    assert "test performance" in text
+
+
+def test_mlflow_missing_is_said_before_training(tiny_dataset, tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a))
+    code = main(["train", "--data-dir", str(tiny_dataset), "--model", "timm:resnet10t", "--no-pretrained",
+                 "--epochs", "1", "--out", str(tmp_path / "runs"), "--mlflow"])  # fmt: skip
+    assert code == 2
+    assert capsys.readouterr().err.strip().endswith("pip install 'covidct[mlflow]'")
+    assert not (tmp_path / "runs").exists()  # nothing trained, nothing written

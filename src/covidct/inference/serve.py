@@ -19,10 +19,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, File, Header, HTTPException, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image, UnidentifiedImageError
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from covidct import DISCLAIMER
+from covidct import DISCLAIMER, __version__
 from covidct.data.images import to_rgb
 from covidct.data.medical import LUNG_WINDOW
 from covidct.errors import DataError
@@ -32,6 +35,34 @@ MAX_UPLOAD_MB = 20
 MAX_PIXELS = 50_000_000  # 50 megapixels: far above any CT slice, far below what exhausts memory
 API_KEY_ENV = "COVIDCT_API_KEY"
 PAGE = Path(__file__).parent.parent / "templates" / "app.html"
+
+
+class ErrorDetail(BaseModel):
+    """Every error covidct's API answers: one sentence naming the file or field and what is wrong."""
+
+    detail: str = Field(description="what is wrong, naming the file or field")
+
+
+class Prediction(BaseModel):
+    score: float = Field(ge=0, le=1, description="probability of the positive class")
+    label: str
+    threshold: float
+    positive_class: str
+    model: str
+    cam: str | None = Field(None, description="Grad-CAM overlay as a PNG data URL (with ?cam=true)")
+    disclaimer: str
+
+
+class Health(BaseModel):
+    status: str
+    model: str
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    text = {401: "missing or wrong API key (header X-API-Key)", 413: "upload over the size limit",
+            415: "not a PNG, JPEG or DICOM file (judged by its bytes)",
+            422: "empty, truncated or undecodable file, too many pixels, no pixel data, or a bad field"}  # fmt: skip
+    return {code: {"model": ErrorDetail, "description": text[code]} for code in codes}
 
 
 class InputError(Exception):
@@ -140,7 +171,7 @@ def create_app(model: LoadedModel, api_key: str | None = None, max_upload_mb: fl
     app = FastAPI(
         title="covidct",
         description=f"COVID-19 classification of chest CT images. {DISCLAIMER}",
-        version=str(model.card.get("covidct_version", "")),
+        version=str(model.card.get("covidct_version") or __version__),  # FastAPI needs one for OpenAPI
     )
 
     def check_key(x_api_key: Annotated[str | None, Header()] = None) -> None:
@@ -151,17 +182,39 @@ def create_app(model: LoadedModel, api_key: str | None = None, max_upload_mb: fl
     async def input_error(request: Request, exc: InputError) -> JSONResponse:
         return JSONResponse({"detail": exc.detail}, status_code=exc.status)
 
-    @app.get("/health")
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """FastAPI's own 422 has a list as `detail`; covidct's errors are all one string (ErrorDetail)."""
+        parts = [
+            f"{'.'.join(str(x) for x in e.get('loc', ()) if x != 'body')}: {e.get('msg', '')}" for e in exc.errors()
+        ]
+        return JSONResponse({"detail": "; ".join(parts) or "invalid request"}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.get("/health", response_model=Health)
     def health() -> dict[str, Any]:
         return {"status": "ok", "model": model.model_id}
 
-    @app.get("/api/v1/model", dependencies=[Depends(check_key)])
+    @app.get("/api/v1/model", dependencies=[Depends(check_key)], responses=_errors(401))
     def model_card() -> dict[str, Any]:
         return {**model.card, "serving": {"max_upload_mb": max_upload_mb, "max_pixels": MAX_PIXELS,
                                           "workers": predictor.workers, "runtime": "onnxruntime" if model.session
                                           is not None else "pytorch"}}  # fmt: skip
 
-    @app.post("/api/v1/predict", dependencies=[Depends(check_key)])
+    @app.post(
+        "/api/v1/predict",
+        dependencies=[Depends(check_key)],
+        response_model=Prediction,
+        responses=_errors(401, 413, 415, 422),
+        openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+            "type": "object", "required": ["file"], "properties": {"file": {
+                "type": "string", "format": "binary", "contentMediaType": "application/octet-stream",
+                "minLength": 1, "maxLength": limit,
+                "description": f"a PNG, JPEG or DICOM file, 1 byte to {max_upload_mb:g} MB"}}}}}}},
+    )  # fmt: skip
     async def predict(request: Request, file: Annotated[UploadFile, File()], cam: bool = False) -> dict[str, Any]:
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:

@@ -12,6 +12,7 @@ import os
 import platform
 import random
 import re
+import sys
 import time
 import warnings
 from datetime import datetime
@@ -209,9 +210,10 @@ class EpochHistory(Callback):
     """One CSV row per epoch (train and validation metrics, learning rate, seconds), rewritten atomically
     (by rank 0 only when `write` is False elsewhere)."""
 
-    def __init__(self, path: Path, write: bool = True) -> None:
+    def __init__(self, path: Path, write: bool = True, echo: bool = False) -> None:
         self.path = path
         self.write = write
+        self.echo = echo  # one line per epoch on stderr (when there is no progress bar: logs stay readable)
         self.rows: list[dict[str, Any]] = []
         self._start = time.perf_counter()
         self._lr = float("nan")
@@ -231,6 +233,9 @@ class EpochHistory(Callback):
         if self.write:
             write_csv(self.path, self.rows)
         log.info("epoch %d: %s", row["epoch"], {k: v for k, v in row.items() if k != "epoch"})
+        if self.echo and self.write:
+            shown = "  ".join(f"{k} {row[k]:.4f}" for k in ("train_loss", "val_loss", "val_acc", "val_auc"))
+            print(f"epoch {row['epoch']}/{trainer.max_epochs}: {shown}  ({row['seconds']:.0f} s)", file=sys.stderr)
 
 
 def resolve_workers(num_workers: int) -> int:
@@ -501,7 +506,7 @@ def _fit(
         enable_version_counter=False,
         save_on_train_epoch_end=True,
     )
-    history = EpochHistory(run_dir / "metrics.csv", write=rank0)
+    history = EpochHistory(run_dir / "metrics.csv", write=rank0, echo=not progress)
     ckpt_path = None
     if resume:
         ckpt_path, done = resume_point(run_dir)
