@@ -1,6 +1,7 @@
 """covidct predict: every input format on small files made here, volume aggregation, Grad-CAM, model loading."""
 
 import csv
+import json
 import math
 
 import numpy as np
@@ -98,17 +99,20 @@ def inputs(tmp_path_factory):
 def test_predict_every_format(exported_model, inputs):
     model = load_model(exported_model)
     paths = expand_inputs([str(inputs)])
-    assert sorted(p.name for p in paths) == ["a.png", "b.jpg", "c.dcm", "deep.png", "vol.nii.gz"]
-    rows = predict_inputs(model, paths)
-    assert len(rows) == 4 + 6 + 1
+    # the folder itself stands for its DICOM (grouped by study and series); images and volumes one by one
+    assert [p.name for p in paths] == [inputs.name, "a.png", "b.jpg", "deep.png", "vol.nii.gz"]
+    report = {}
+    rows = predict_inputs(model, paths, report=report)
+    assert len(rows) == 3 + (1 + 1 + 1) + (6 + 1)  # images; c.dcm as a 1-slice series + study; the volume
     volume = [r for r in rows if r["path"].endswith("vol.nii.gz")]
     assert [r["slice"] for r in volume] == [0, 1, 2, 3, 4, 5, "volume"]
-    slice_scores = np.array([r["score"] for r in volume[:-1]])
-    assert volume[-1]["score"] == pytest.approx(aggregate_volume(slice_scores), abs=1e-6)
+    counted = np.array([r["score"] for r in volume[:-1] if r["counted"]])
+    assert volume[-1]["score"] == pytest.approx(aggregate_volume(counted), abs=1e-6)
     for r in rows:
         assert 0 <= r["score"] <= 1 and r["threshold"] == model.threshold
         assert r["label"] == ("COVID" if r["score"] >= r["threshold"] else "NonCOVID")
-    forced = predict_inputs(model, paths[:1], threshold=0.0)
+    assert len(report["studies"]) == 1 and report["studies"][0]["series"][0]["slices"] == 1
+    forced = predict_inputs(model, paths[1:2], threshold=0.0)
     assert forced[0]["label"] == "COVID"
 
 
@@ -135,7 +139,11 @@ def test_predict_cli_writes_csv_and_cams(exported_model, inputs, tmp_path, capsy
     assert [r["slice"] for r in rows] == ["", "0", "1", "2", "3", "4", "5", "volume"]
     assert all(not math.isnan(float(r["score"])) for r in rows)
     names = sorted(p.name for p in cams.iterdir())
-    assert names == ["a_cam.png"] + [f"vol_slice{k:04d}_cam.png" for k in range(6)]
+    assert names == ["a_cam.png", "vol_top5_cam.png"]  # the volume: a montage of its top-5 slices with heat maps
+    with Image.open(cams / "vol_top5_cam.png") as montage:
+        assert montage.size == (5 * 256, 256)
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["volumes"][0]["slices"] == 6 and len(report["volumes"][0]["top_slices"]) == 5
     with Image.open(cams / "a_cam.png") as overlay:
         assert overlay.size == (64, 48) and overlay.mode == "RGB"
     captured = capsys.readouterr()
@@ -152,3 +160,27 @@ def test_predict_bad_inputs_are_named(exported_model, tmp_path, capsys):
         load_model(tmp_path / "nothing")
     with pytest.raises(SystemExit):
         main(["predict", str(exported_model), "x.png", "--window", "-600/0"])
+
+
+def test_predict_a_study_folder_as_a_cd_gives_it(exported_model, tmp_path, capsys):
+    """Two reconstructions of one study, JPEG Lossless, in nested folders with a localizer, an SR and an MR
+    image: two series results, one study result from the lung reconstruction, only lung slices counted."""
+    from tests.data.test_dicom_study import make_study
+
+    cd = make_study(tmp_path / "cd", compress="jpeg-lossless")
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(exported_model), str(cd), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "skipped:" in printed and "localizer" in printed
+    rows = list(csv.DictReader(out.open()))
+    assert [r["slice"] for r in rows].count("study") == 1 and [r["slice"] for r in rows].count("volume") == 2
+    lung_rows = [r for r in rows if r["series"] == "LUNG 1.0 B70f" and r["slice"].isdigit()]
+    assert [r["counted"] for r in lung_rows] == ["0", "0", "1", "1", "1", "1"]  # the two lowest: abdomen
+    report = json.loads(out.with_suffix(".json").read_text())
+    (study,) = report["studies"]
+    assert study["from_series"] == "LUNG 1.0 B70f" and len(study["series"]) == 2
+    lung = next(s for s in study["series"] if s["description"].startswith("LUNG"))
+    assert lung["slices"] == 6 and lung["slices_in_lung"] == 4 and lung["slices_counted"] == 4
+    assert "lung" in report["study_rule"]
+    counted = [float(r["score"]) for r in lung_rows if r["counted"] == "1"]
+    assert study["score"] == pytest.approx(aggregate_volume(np.array(counted)), abs=1e-5)

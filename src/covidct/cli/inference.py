@@ -21,21 +21,28 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from covidct.fileio import write_csv
+    from covidct.fileio import write_csv, write_json
     from covidct.inference.load import load_trained
-    from covidct.inference.predict import VOLUME_AGGREGATION, expand_inputs, predict_inputs
+    from covidct.inference.predict import AGGREGATIONS, expand_inputs, predict_inputs
 
     print(DISCLAIMER, file=sys.stderr)
     model = load_trained(args.model)
     paths = expand_inputs(args.inputs)
-    rows = predict_inputs(model, paths, args.threshold, args.window, Path(args.cam) if args.cam else None)
+    report: dict = {}
+    rows = predict_inputs(model, paths, args.threshold, args.window, Path(args.cam) if args.cam else None,
+                          args.aggregate, report)  # fmt: skip
     write_csv(args.out, rows)
+    json_path = Path(args.out).with_suffix(".json")
+    write_json(json_path, {**report, "model": model.model_id, "disclaimer": DISCLAIMER})
     for r in rows:
-        where = f"{r['path']}" + (f" [{r['slice']}]" if r["slice"] != "" else "")
-        print(f"{where}: score {r['score']:.3f} -> {r['label']} (threshold {r['threshold']:.3f})")
-    if any(r["slice"] == "volume" for r in rows):
-        print(f"volume score: {VOLUME_AGGREGATION}")
-    print(f"wrote {args.out}" + (f" and Grad-CAM overlays in {args.cam}" if args.cam else ""))
+        if r["slice"] in ("", "volume", "study"):
+            where = r["path"] + (f" [{r['series']}]" if r["series"] else "") + (f" {r['slice']}" if r["slice"] else "")
+            print(f"{where}: score {r['score']:.3f} -> {r['label']} (threshold {r['threshold']:.3f})")
+    for note in report.get("skipped", []):
+        print(f"skipped: {note}")
+    if any(r["slice"] in ("volume", "study") for r in rows):
+        print(f"volume score: {AGGREGATIONS[args.aggregate][1]}, over the slices in lung")
+    print(f"wrote {args.out} and {json_path}" + (f"; Grad-CAM overlays in {args.cam}" if args.cam else ""))
     print(DISCLAIMER, file=sys.stderr)
     return 0
 
@@ -69,6 +76,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--window", type=window, default=LUNG_WINDOW, help="CT window CENTRE/WIDTH in HU (default -600/1500)"
     )
+    p.add_argument("--aggregate", default="top10_mean", choices=["top10_mean", "top25_mean", "mean", "median", "max"],
+                   help="volume score from the slices in lung (default top10_mean: mean of the top 10%%)")  # fmt: skip
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("serve", help="web app and REST API for one model (research use only)")

@@ -1,15 +1,20 @@
-"""`covidct predict`: score PNG/JPEG images, DICOM files, DICOM series folders and NIfTI volumes with an exported
-model (safetensors + model.json, or ONNX + model.json) or a run folder, and write one CSV row per image or slice.
+"""`covidct predict`: score PNG/JPEG images, DICOM files, folders of DICOM as they come from a PACS or a CD
+(studies and series by UID, DICOMDIR), and NIfTI volumes with an exported model or a run folder. Writes one CSV row
+per image or slice, a summary row per series or volume and per study, and a JSON of the patient-level results.
 
-Volumes (NIfTI files, DICOM series folders) are scored slice by slice and summarised by VOLUME_AGGREGATION: the
-mean of the top-k slice scores, k = max(1, ceil(10% of slices)). A few clearly abnormal slices make a volume
-positive, as a radiologist reads one; the per-slice scores are kept in the CSV beside the summary row.
+Volumes are scored slice by slice, streamed (one batch of slices in memory at a time). Only the slices that show
+lung (data/lungmask.py: air inside the body, from HU) enter the volume score; the CSV says which slices counted
+and their lung fraction. The volume score is an aggregation of the counted slices' scores, a named option
+(AGGREGATIONS; default top10_mean: the mean of the top 10%, a few clearly abnormal slices make a volume positive,
+as a radiologist reads one). A study's score is its lung reconstruction's (a series whose description or kernel
+names a lung/sharp reconstruction), else its series with the most lung slices: STUDY_RULE.
 """
 
 from __future__ import annotations
 
 import glob
 import math
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +23,47 @@ from PIL import Image
 
 from covidct.data import load_rgb
 from covidct.data.images import IMAGE_SUFFIXES
-from covidct.data.medical import LUNG_WINDOW, is_dicom, is_nifti, read_dicom, read_dicom_series, read_nifti
+from covidct.data.lungmask import has_lung, lung_fraction, lung_mask
+from covidct.data.medical import LUNG_WINDOW, apply_window, grey_image, is_dicom, is_nifti, read_dicom
 from covidct.errors import DataError
 from covidct.inference.load import LoadedModel
 
-VOLUME_AGGREGATION = "mean of the top-k slice scores, k = max(1, ceil(0.1 x slices))"
+BATCH = 32
+TOP_K = 5  # slices listed (and shown with --cam) per series
+
+
+def _top_fraction_mean(scores: np.ndarray, fraction: float = 0.1) -> float:
+    k = max(1, math.ceil(fraction * len(scores)))
+    return float(np.sort(scores)[-k:].mean())
+
+
+AGGREGATIONS: dict[str, tuple[Callable[[np.ndarray], float], str]] = {
+    "top10_mean": (_top_fraction_mean, "mean of the top-k slice scores, k = max(1, ceil(0.1 x slices))"),
+    "top25_mean": (lambda s: _top_fraction_mean(s, 0.25), "mean of the top-k slice scores, k = ceil(0.25 x slices)"),
+    "mean": (lambda s: float(np.mean(s)), "mean of all slice scores"),
+    "median": (lambda s: float(np.median(s)), "median slice score"),
+    "max": (lambda s: float(np.max(s)), "highest slice score"),
+}
+DEFAULT_AGGREGATION = "top10_mean"
+VOLUME_AGGREGATION = AGGREGATIONS[DEFAULT_AGGREGATION][1]
+STUDY_RULE = (
+    "a study's result is that of its lung reconstruction (series description or kernel naming lung/sharp); "
+    "without one, that of its series with the most slices in lung"
+)
+
+
+def aggregate_volume(slice_scores: np.ndarray, how: str = DEFAULT_AGGREGATION) -> float:
+    """The volume score of its (counted) slices' scores."""
+    if len(slice_scores) == 0:
+        raise DataError("a volume with no slices cannot be scored")
+    if how not in AGGREGATIONS:
+        raise DataError(f"aggregation must be one of {sorted(AGGREGATIONS)}, got {how!r}")
+    return AGGREGATIONS[how][0](np.asarray(slice_scores, dtype=float))
 
 
 def expand_inputs(inputs: list[str]) -> list[Path]:
-    """Files, folders (searched recursively for images, DICOM and NIfTI; a folder of DICOM files only is one
-    series) and globs, in a stable order. Raises DataError naming what matched nothing."""
+    """Files, folders and globs, in a stable order. A folder holding DICOM files is kept whole (its studies and
+    series are found by UID); images and NIfTI files in other folders are listed one by one."""
     found: list[Path] = []
     for item in inputs:
         matches = [Path(p) for p in sorted(glob.glob(item, recursive=True))] or [Path(item)]
@@ -42,32 +78,96 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
 
 def _expand_folder(folder: Path) -> list[Path]:
     files = sorted(p for p in folder.rglob("*") if p.is_file())
-    if files and all(is_dicom(p) for p in files if p.parent == folder) and any(p.parent == folder for p in files):
-        return [folder]  # a DICOM series
-    out = []
-    for p in files:
-        if p.suffix.lower() in IMAGE_SUFFIXES or is_nifti(p) or p.suffix.lower() in (".dcm", ".dicom"):
-            out.append(p)
-    return out
+    if (folder / "DICOMDIR").is_file() or any(is_dicom(p) for p in files if p.suffix.lower() not in IMAGE_SUFFIXES
+                                              and not is_nifti(p)):  # fmt: skip
+        others = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES or is_nifti(p)]
+        return [folder, *others]  # DICOM found by UID inside; images and volumes beside them one by one
+    return [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES or is_nifti(p)]
 
 
 def read_input(path: Path, window: tuple[float, float] = LUNG_WINDOW) -> tuple[list[Image.Image], bool]:
-    """(images, is_volume) of one input: a 2-D image or DICOM slice, or the slices of a volume."""
-    if path.is_dir():
-        return read_dicom_series(path, window), True
+    """(images, is_volume) of a 2-D input (image or DICOM slice) or a NIfTI volume."""
     if is_nifti(path):
-        return read_nifti(path, window), True
+        return [grey_image(g) for _, g in _nifti_slices(path, window)], True
     if is_dicom(path):
         return [read_dicom(path, window)], False
     return [load_rgb(path)], False
 
 
-def aggregate_volume(slice_scores: np.ndarray) -> float:
-    """VOLUME_AGGREGATION of a volume's slice scores."""
-    if len(slice_scores) == 0:
-        raise DataError("a volume with no slices cannot be scored")
-    k = max(1, math.ceil(0.1 * len(slice_scores)))
-    return float(np.sort(slice_scores)[-k:].mean())
+def _nifti_slices(path: Path, window: tuple[float, float]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(HU, grey) of each axial slice of a NIfTI volume (values taken as HU)."""
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+        shape = img.shape
+    except FileNotFoundError:
+        raise DataError(f"NIfTI file {path} does not exist") from None
+    except Exception as e:
+        raise DataError(f"file {path} is not a readable NIfTI volume ({type(e).__name__}: {e})") from None
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise DataError(f"NIfTI file {path}: expected a 3-D volume, got shape {img.shape}")
+    data = img.dataobj
+    for k in range(shape[2]):  # NIfTI stores x first: transpose so each slice is rows x columns as displayed
+        hu = np.asarray(data[:, :, k] if len(img.shape) == 3 else data[:, :, k, 0], dtype=np.float32).T
+        yield hu, apply_window(hu, *window)
+
+
+class VolumeScorer:
+    """Scores a stream of (key, HU or None, grey) slices in batches; keeps only numbers per slice."""
+
+    def __init__(self, model: LoadedModel) -> None:
+        self.model = model
+
+    def run(self, slices: Iterator[tuple[Any, np.ndarray | None, np.ndarray | None, str]]) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        batch: list[tuple[dict[str, Any], Image.Image]] = []
+        for key, hu, grey, problem in slices:
+            entry: dict[str, Any] = {"key": key, "problem": problem}
+            if grey is None:
+                out.append(entry)
+                continue
+            if hu is not None:
+                lung, body = lung_mask(hu)
+                entry["lung_fraction"] = round(lung_fraction(lung, body), 4)
+            batch.append((entry, grey_image(grey)))
+            out.append(entry)
+            if len(batch) == BATCH:
+                self._score(batch)
+        self._score(batch)
+        return out
+
+    def _score(self, batch: list[tuple[dict[str, Any], Image.Image]]) -> None:
+        if batch:
+            scores = self.model.scores([img for _, img in batch])
+            for (entry, _), s in zip(batch, scores):
+                entry["score"] = float(s)
+            batch.clear()
+
+
+def summarise(entries: list[dict[str, Any]], how: str, t: float) -> dict[str, Any]:
+    """Which slices count (those in lung; all when none shows lung or there are no HU), the volume score, top-k."""
+    scored = [e for e in entries if "score" in e]
+    if not scored:
+        raise DataError("no slice of this volume could be read: " + "; ".join(e["problem"] for e in entries[:3]))
+    with_hu = [e for e in scored if "lung_fraction" in e]
+    in_lung = [e for e in with_hu if has_lung(e["lung_fraction"])]
+    if in_lung:
+        counted, rule = in_lung, "slices in lung (lung mask from HU)"
+    elif with_hu:
+        counted, rule = scored, "all slices (no slice showed lung in the HU mask)"
+    else:
+        counted, rule = scored, "all slices (no HU: no lung mask)"
+    for e in scored:
+        e["counted"] = any(e is c for c in counted)
+    score = aggregate_volume(np.array([e["score"] for e in counted]), how)
+    top = sorted(counted, key=lambda e: -e["score"])[:TOP_K]
+    unreadable = [e["problem"] for e in entries if e.get("problem")]
+    return {"score": score, "slices": len(entries), "slices_scored": len(scored), "slices_in_lung": len(in_lung),
+            "slices_counted": len(counted), "counted": rule, "unreadable": unreadable,
+            "top_slices": [{"slice": e["index"], "score": round(e["score"], 6)} for e in top]}  # fmt: skip
 
 
 def predict_inputs(
@@ -76,23 +176,125 @@ def predict_inputs(
     threshold: float | None = None,
     window: tuple[float, float] = LUNG_WINDOW,
     cam_dir: Path | None = None,
+    aggregation: str = DEFAULT_AGGREGATION,
+    report: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per image or slice, plus one summary row per volume (slice = 'volume')."""
+    """One row per image or slice, one summary row per volume or series (slice = 'volume') and per DICOM study
+    (slice = 'study'). `report`, when given, is filled with the patient-level results (the JSON)."""
+    if aggregation not in AGGREGATIONS:
+        raise DataError(f"aggregation must be one of {sorted(AGGREGATIONS)}, got {aggregation!r}")
     t = model.threshold if threshold is None else float(threshold)
-    positive, negative = model.card["class_names"][1], model.card["class_names"][0]
-    rows: list[dict[str, Any]] = []
-    for path in paths:
-        images, volume = read_input(path, window)
-        scores = model.scores(images)
-        for k, s in enumerate(scores):
-            rows.append({"path": str(path), "slice": k if volume else "", "score": round(float(s), 6),
-                         "label": positive if s >= t else negative, "threshold": t})  # fmt: skip
-        if volume:
-            v = aggregate_volume(scores)
-            rows.append({"path": str(path), "slice": "volume", "score": round(v, 6),
-                         "label": positive if v >= t else negative, "threshold": t})  # fmt: skip
-        if cam_dir is not None:
-            from covidct.inference.explain import save_cams
+    names = model.card["class_names"]
 
-            save_cams(model, images, path, cam_dir, volume)
+    def label(s: float) -> str:
+        return names[1] if s >= t else names[0]
+
+    rows: list[dict[str, Any]] = []
+    report = report if report is not None else {}
+    report.update(aggregation=AGGREGATIONS[aggregation][1], study_rule=STUDY_RULE, threshold=t, studies=[],
+                  volumes=[], images=[], skipped=[])  # fmt: skip
+    for path in paths:
+        if path.is_dir():
+            _predict_folder(model, path, window, aggregation, t, label, rows, report, cam_dir)
+        elif is_nifti(path):
+            entries = VolumeScorer(model).run((k, hu, g, "") for k, (hu, g) in enumerate(_nifti_slices(path, window)))
+            for k, e in enumerate(entries):
+                e["index"] = k
+            summary = summarise(entries, aggregation, t)
+            _slice_rows(rows, str(path), "", entries, label, t)
+            rows.append(_summary_row(str(path), "", "volume", summary["score"], label, t, summary))
+            report["volumes"].append({"path": str(path), **summary, "label": label(summary["score"])})
+            if cam_dir is not None:
+                _save_top_cams(model, path, [g for _, g in _nifti_slices(path, window)], summary, cam_dir)
+        else:
+            images, _ = read_input(path, window)
+            s = float(model.scores(images)[0])
+            rows.append({"path": str(path), "series": "", "slice": "", "score": round(s, 6), "label": label(s),
+                         "threshold": t, "lung_fraction": "", "counted": ""})  # fmt: skip
+            report["images"].append({"path": str(path), "score": s, "label": label(s)})
+            if cam_dir is not None:
+                from covidct.inference.explain import save_cams
+
+                save_cams(model, images, path, cam_dir, False)
     return rows
+
+
+def _slice_rows(rows: list, path: str, series: str, entries: list, label: Callable, t: float) -> None:
+    for e in entries:
+        s = e.get("score")
+        rows.append({"path": path, "series": series, "slice": e["index"],
+                     "score": round(s, 6) if s is not None else "", "label": label(s) if s is not None else
+                     f"unreadable: {e['problem']}", "threshold": t, "lung_fraction": e.get("lung_fraction", ""),
+                     "counted": int(bool(e.get("counted")))})  # fmt: skip
+
+
+def _summary_row(path: str, series: str, kind: str, score: float, label: Callable, t: float, summary: dict) -> dict:
+    return {"path": path, "series": series, "slice": kind, "score": round(score, 6), "label": label(score),
+            "threshold": t, "lung_fraction": "", "counted": summary.get("slices_counted", "")}  # fmt: skip
+
+
+def _predict_folder(model, folder, window, aggregation, t, label, rows, report, cam_dir) -> None:
+    from covidct.data.dicom_study import iter_series, scan_folder
+
+    scan = scan_folder(folder)
+    report["skipped"] += scan.skipped
+    for study_uid, series_list in scan.studies().items():
+        results = []
+        for s in series_list:
+            entries = VolumeScorer(model).run((sl, hu, g, problem) for sl, hu, g, problem in iter_series(s, window))
+            for k, e in enumerate(entries):
+                e["index"], e["file"] = k, str(e["key"].path)
+            try:
+                summary = summarise(entries, aggregation, t)
+            except DataError as e:
+                report["skipped"].append(f"series {s.label} of {folder}: {e}")
+                continue
+            _slice_rows(rows, str(folder), s.label, entries, label, t)
+            rows.append(_summary_row(str(folder), s.label, "volume", summary["score"], label, t, summary))
+            for top in summary["top_slices"]:
+                top["file"] = entries[top["slice"]]["file"]
+            results.append((s, summary))
+            if cam_dir is not None:
+                _save_top_cams(model, folder, None, summary, cam_dir, series=s, window=window)
+        if not results:
+            continue
+        lung_recon = [r for r in results if r[0].looks_like_lung_reconstruction()]
+        chosen = max(lung_recon or results, key=lambda r: (r[1]["slices_in_lung"], r[1]["slices"]))
+        score = chosen[1]["score"]
+        rows.append(_summary_row(str(folder), chosen[0].label, "study", score, label, t, chosen[1]))
+        report["studies"].append({
+            "folder": str(folder), "study_uid": study_uid, "patient": chosen[0].patient, "score": score,
+            "label": label(score), "from_series": chosen[0].label,
+            "series": [{"series_uid": s.series_uid, "description": s.description, "kernel": s.kernel,
+                        "label": label(m["score"]), "notes": s.notes, **m} for s, m in results],
+        })  # fmt: skip
+    if not report["studies"]:
+        raise DataError(f"{folder}: nothing could be scored ({'; '.join(report['skipped'][:3])})")
+
+
+def _save_top_cams(model, path, greys, summary, cam_dir, series=None, window=LUNG_WINDOW) -> None:
+    """A montage PNG of the top-k slices with their heat maps (Grad-CAM), beside per-slice overlays."""
+    from covidct.inference.explain import explain, overlay
+
+    images = []
+    for top in summary["top_slices"]:
+        if series is not None:
+            from covidct.data.dicom_study import slice_hu
+
+            hu, _ = slice_hu(Path(top["file"]))
+            images.append(grey_image(apply_window(hu, *window)))
+        else:
+            images.append(grey_image(greys[top["slice"]]))
+    if not images:
+        return
+    tiles = [overlay(img, cam).resize((256, 256)) for img, cam in zip(images, explain(model, images))]
+    montage = Image.new("RGB", (256 * len(tiles), 256))
+    for i, tile in enumerate(tiles):
+        montage.paste(tile, (256 * i, 0))
+    from covidct.fileio import atomic_write
+    from covidct.inference.explain import cam_name
+
+    cam_dir.mkdir(parents=True, exist_ok=True)
+    stem = cam_name(path).removesuffix("_cam.png") + (f"_{series.label}" if series is not None else "")
+    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)
+    atomic_write(cam_dir / f"{stem}_top{len(tiles)}_cam.png", lambda p: montage.save(p, format="PNG"))

@@ -1,0 +1,200 @@
+"""DICOM as it comes from a PACS or a CD: files grouped by StudyInstanceUID and SeriesInstanceUID (not by folder),
+DICOMDIR read when present, the axial CT image series kept and everything else skipped with a note saying why
+(non-image objects such as SR, RT or presentation states; localizer/scout images; other modalities; multi-frame
+objects), slices ordered by ImagePositionPatient along the slice normal, gaps and mixed orientations noted.
+
+Headers are read first (no pixels); pixels are decoded one slice at a time when a series is scored, so memory
+stays flat whatever the series' length. Compressed transfer syntaxes decode through pydicom's plugins (pylibjpeg,
+pylibjpeg-libjpeg/-openjpeg/-rle, python-gdcm), installed with covidct.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from covidct.data.medical import LUNG_WINDOW, apply_window, dicom_hu, is_dicom
+from covidct.errors import DataError
+
+MAX_SLICE_PIXELS = 50_000_000  # Rows x Columns x NumberOfFrames above this is refused before decoding
+NON_IMAGE_MODALITIES = {"SR", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "PR", "KO", "SEG", "REG", "DOC", "AU"}
+DECODERS = "pylibjpeg, pylibjpeg-libjpeg, pylibjpeg-openjpeg, pylibjpeg-rle and python-gdcm"
+
+
+@dataclass
+class Slice:
+    path: Path
+    position: float  # along the slice normal, mm (else the instance number)
+    instance: int
+
+
+@dataclass
+class Series:
+    study_uid: str
+    series_uid: str
+    description: str = ""
+    kernel: str = ""
+    patient: str = ""
+    slices: list[Slice] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    orientation: tuple[float, ...] | None = None
+
+    @property
+    def label(self) -> str:
+        return self.description or self.series_uid[-12:]
+
+    def looks_like_lung_reconstruction(self) -> bool:
+        text = f"{self.description} {self.kernel}".lower()
+        return any(w in text for w in ("lung", "pulmo", "chest hr", "b70", "b60", "bone", "sharp"))
+
+
+@dataclass
+class StudyScan:
+    """What a folder holds: the CT series to score and a note for each file or series skipped."""
+
+    series: list[Series]
+    skipped: list[str]
+
+    def studies(self) -> dict[str, list[Series]]:
+        out: dict[str, list[Series]] = {}
+        for s in self.series:
+            out.setdefault(s.study_uid, []).append(s)
+        return out
+
+
+def _files(folder: Path) -> tuple[list[Path], list[str]]:
+    """The DICOM files of a folder: those DICOMDIR names when it has one, else every DICOM file under it."""
+    dicomdir = next((p for p in (folder / "DICOMDIR", folder / "dicomdir") if p.is_file()), None)
+    if dicomdir is not None:
+        try:
+            from pydicom.fileset import FileSet
+
+            fs = FileSet(dicomdir)
+            return [Path(inst.path) for inst in fs if inst.path], [f"read {dicomdir} ({len(fs)} instances)"]
+        except Exception as e:  # a damaged DICOMDIR: fall back to the files themselves
+            note = f"{dicomdir}: unreadable DICOMDIR ({type(e).__name__}: {e}); scanned the folder instead"
+            return [p for p in sorted(folder.rglob("*")) if p.is_file() and p.name.upper() != "DICOMDIR"
+                    and is_dicom(p)], [note]  # fmt: skip
+    return [p for p in sorted(folder.rglob("*")) if p.is_file() and is_dicom(p)], []
+
+
+def scan_folder(folder: str | Path) -> StudyScan:
+    """Group a folder's DICOM files into studies and series; see the module's docstring for what is skipped."""
+    import pydicom
+
+    folder = Path(folder)
+    files, skipped = _files(folder)
+    if not files:
+        raise DataError(f"folder {folder} holds no DICOM files")
+    series: dict[tuple[str, str], Series] = {}
+    for path in files:
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception as e:
+            skipped.append(f"{path}: not a readable DICOM file ({type(e).__name__}: {e})")
+            continue
+        modality = str(getattr(ds, "Modality", "") or "")
+        image_type = [str(v).upper() for v in (getattr(ds, "ImageType", None) or [])]
+        frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+        rows, cols = int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0)
+        if modality in NON_IMAGE_MODALITIES or not rows or not cols:
+            skipped.append(f"{path}: not an image ({modality or 'no modality'}, no pixel rows/columns)")
+            continue
+        if modality != "CT":
+            skipped.append(f"{path}: modality {modality or 'missing'}, not CT")
+            continue
+        if "LOCALIZER" in image_type or "SCOUT" in image_type:
+            skipped.append(f"{path}: localizer/scout image")
+            continue
+        if rows * cols * frames > MAX_SLICE_PIXELS:
+            skipped.append(f"{path}: {cols}x{rows}x{frames} pixels is over the limit of {MAX_SLICE_PIXELS:,}")
+            continue
+        if frames > 1:
+            skipped.append(f"{path}: multi-frame object ({frames} frames); covidct scores single-slice series")
+            continue
+        key = (str(getattr(ds, "StudyInstanceUID", "") or "unknown-study"),
+               str(getattr(ds, "SeriesInstanceUID", "") or f"folder:{path.parent}"))  # fmt: skip
+        s = series.get(key)
+        if s is None:
+            kernel = getattr(ds, "ConvolutionKernel", "") or ""
+            s = series[key] = Series(key[0], key[1], str(getattr(ds, "SeriesDescription", "") or ""),
+                                     " ".join(kernel) if isinstance(kernel, list | tuple | pydicom.multival.MultiValue)
+                                     else str(kernel), str(getattr(ds, "PatientID", "") or ""))  # fmt: skip
+        orientation = getattr(ds, "ImageOrientationPatient", None)
+        position = getattr(ds, "ImagePositionPatient", None)
+        instance = int(getattr(ds, "InstanceNumber", 0) or 0)
+        if orientation is not None and len(orientation) == 6 and position is not None and len(position) == 3:
+            o = tuple(round(float(v), 3) for v in orientation)
+            if s.orientation is None:
+                s.orientation = o
+            elif not np.allclose(o, s.orientation, atol=1e-2):
+                s.notes.append(f"{path}: orientation {o} differs from the series' {s.orientation}; slice left out")
+                continue
+            normal = np.cross(np.array(o[:3]), np.array(o[3:]))
+            pos = float(np.dot(normal, np.array([float(v) for v in position])))
+        else:
+            pos = float(instance)
+        s.slices.append(Slice(path, pos, instance))
+    out = []
+    for s in series.values():
+        s.slices.sort(key=lambda x: (x.position, x.instance, x.path.name))
+        if s.orientation is not None and abs(float(np.cross(s.orientation[:3], s.orientation[3:])[2])) < 0.8:
+            skipped.append(f"series {s.label}: not axial (orientation {s.orientation})")
+            continue
+        _note_gaps(s)
+        out.append(s)
+    if not out:
+        raise DataError(f"folder {folder}: no axial CT image series found ({len(skipped)} file(s) skipped: "
+                        f"{'; '.join(skipped[:3])})")  # fmt: skip
+    return StudyScan(out, skipped)
+
+
+def _note_gaps(s: Series) -> None:
+    """Missing slices: a step between neighbours over 1.5 x the median step."""
+    if len(s.slices) < 3:
+        return
+    steps = np.diff([x.position for x in s.slices])
+    median = float(np.median(steps))
+    gaps = int((steps > 1.5 * median).sum()) if median > 0 else 0
+    if gaps:
+        s.notes.append(f"{gaps} gap(s) in slice positions (median step {median:.2f} mm): slices may be missing")
+    if median == 0:
+        s.notes.append("several slices share one position")
+
+
+def slice_hu(path: Path) -> tuple[np.ndarray, Any]:
+    """One slice's HU and its dataset; a transfer syntax no installed plugin decodes names the syntax."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path)
+    except Exception as e:
+        raise DataError(f"file {path} is not a readable DICOM file ({type(e).__name__}: {e})") from None
+    try:
+        return dicom_hu(ds, str(path)), ds
+    except DataError as e:
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        name = getattr(syntax, "name", str(syntax))
+        if "cannot be decoded" in str(e) and syntax is not None and syntax.is_compressed:
+            raise DataError(f"{e}; transfer syntax {name}: install covidct's decoders ({DECODERS})") from None
+        raise
+
+
+def iter_series(
+    s: Series, window: tuple[float, float] = LUNG_WINDOW
+) -> Iterator[tuple[Slice, np.ndarray | None, np.ndarray | None, str]]:
+    """(slice, HU, grey, problem) one slice at a time; a slice that cannot be read gives (slice, None, None, why)."""
+    for sl in s.slices:
+        try:
+            hu, ds = slice_hu(sl.path)
+        except DataError as e:
+            yield sl, None, None, str(e)
+            continue
+        grey = apply_window(hu, *window)
+        if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
+            grey = 255 - grey
+        yield sl, hu, grey, ""

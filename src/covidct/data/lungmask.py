@@ -1,0 +1,60 @@
+"""Which slices of a CT volume show lung: a lung mask from Hounsfield units (air inside the body), no downloaded
+model. For images without HU (PNG/JPEG stacks) the same idea on grey levels: Otsu's threshold instead of HU.
+
+body = the largest component above -500 HU (soft tissue, bone; the table is thinner and cut by an opening),
+holes filled; lung = pixels below -400 HU inside the body (air-filled tissue), small specks removed.
+A slice counts as lung when the lung area is at least MIN_LUNG_FRACTION of the body's area: neck and abdomen
+slices have little or none (bowel gas and the trachea stay under it).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+BODY_HU = -500.0
+LUNG_HU = -400.0
+MIN_LUNG_FRACTION = 0.08
+
+
+def _largest_filled(mask: np.ndarray) -> np.ndarray:
+    from scipy import ndimage
+
+    mask = ndimage.binary_opening(mask, iterations=2)
+    labels, n = ndimage.label(mask)
+    if n == 0:
+        return np.zeros_like(mask)
+    sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, n + 1))
+    return ndimage.binary_fill_holes(labels == 1 + int(np.argmax(sizes)))
+
+
+def lung_mask(hu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(lung, body) boolean masks of one slice in HU."""
+    from scipy import ndimage
+
+    body = _largest_filled(hu > BODY_HU)
+    lung = ndimage.binary_opening(body & (hu < LUNG_HU), iterations=2)
+    return lung, body
+
+
+def lung_mask_grey(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The fallback for images without HU: Otsu's threshold splits dark (air) from bright (tissue)."""
+    from scipy import ndimage
+    from skimage.filters import threshold_otsu
+
+    if grey.max() == grey.min():
+        empty = np.zeros(grey.shape, bool)
+        return empty, empty
+    t = threshold_otsu(grey)
+    body = _largest_filled(grey > t)
+    lung = ndimage.binary_opening(body & (grey <= t), iterations=2)
+    return lung, body
+
+
+def lung_fraction(lung: np.ndarray, body: np.ndarray) -> float:
+    """Lung area as a share of the body's area (0 when there is no body)."""
+    b = int(body.sum())
+    return float(lung.sum()) / b if b else 0.0
+
+
+def has_lung(fraction: float) -> bool:
+    return fraction >= MIN_LUNG_FRACTION
