@@ -1,0 +1,40 @@
+import numpy as np
+
+from covidct.data.probe import ProbeFeatures, grey_histogram, probe_auc, shortcut_probe
+
+
+def features(fmt: str, rng: np.random.Generator, size: int = 64) -> np.ndarray:
+    grey = rng.integers(0, 256, (size, size), dtype=np.uint8)
+    return ProbeFeatures(size, size, fmt, "L", int(rng.integers(3000, 5000)), grey_histogram(grey)).vector()
+
+
+def test_probe_finds_a_format_shortcut_and_not_a_random_label():
+    rng = np.random.default_rng(0)
+    x = np.stack([features("JPEG" if i % 2 else "PNG", rng) for i in range(80)])
+    y = np.arange(80) % 2
+    assert probe_auc(x, y) > 0.95  # the label is the file format
+    shuffled = rng.permutation(y)
+    assert 0.25 < probe_auc(x, shuffled) < 0.75  # nothing to find
+
+
+def test_probe_per_source_and_for_the_source():
+    rng = np.random.default_rng(1)
+    feats, labels, sources = [], [], []
+    for i in range(60):
+        src = "a" if i < 30 else "b"
+        feats.append(features("PNG" if src == "a" else "JPEG", rng))
+        labels.append(i % 2)
+        sources.append(src)
+    out = shortcut_probe(feats, labels, sources)
+    assert set(out) == {"class within a", "class within b", "class (all sources pooled)", "source"}
+    assert out["source"] > 0.95 and out["class within a"] < 0.8
+
+
+def test_probe_needs_enough_images_per_value():
+    x = np.zeros((6, 3))
+    assert probe_auc(x, np.array([0, 0, 0, 0, 1, 1])) is None
+
+
+def test_histogram_sums_to_one():
+    h = grey_histogram(np.arange(256, dtype=np.uint8).reshape(16, 16))
+    assert h.shape == (32,) and np.isclose(h.sum(), 1) and np.allclose(h, 1 / 32)
