@@ -15,6 +15,7 @@ SECTIONS = [
     "samples",
     "training",
     "metrics",
+    "external",
     "confusion",
     "curves",
     "calibration",
@@ -39,6 +40,8 @@ def test_report_is_self_contained(report):
     assert "Research use only" in html and "not for diagnosis" in html.lower()
     assert "resnet10t" in html and "Wilson" in html
     assert "made grey, resized to a square and normalised" in html  # the model card states the preprocessing
+    assert "Where this model has been validated" in html and "no external validation yet" in html
+    assert "Not validated on: whole 512 x 512 scanner slices" in html and "Shortcut probe" in html
 
 
 def test_report_renders_in_chromium(report, chromium):

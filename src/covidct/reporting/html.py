@@ -8,6 +8,7 @@ import io
 import json
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import yaml
 from jinja2 import Environment, PackageLoader, select_autoescape
@@ -39,6 +40,42 @@ def thumbnail_uri(path: str | Path, size: int = 150) -> str:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return data_uri(buf.getvalue())
+
+
+WHOLE_SLICE_NOTE = (
+    "whole 512 x 512 scanner slices or DICOM series from a hospital whose images were not in training, unless a "
+    "row above says so; real-patient CT from elsewhere differs (scanner, window, framing, population): validate "
+    "there before trusting any figure"
+)
+
+
+def _row(name: str, kind: str, m: dict[str, Any], auc_ci: Any) -> dict[str, Any]:
+    keys = ("n", "accuracy", "sensitivity", "specificity", "auc")
+    return {"name": name, "kind": kind, **{k: m.get(k) for k in keys}, "auc_ci": auc_ci}
+
+
+def validation_summary(run: RunDir, data: Any) -> dict[str, Any]:
+    """Every evaluation of the run, split or external set, one row each, and what the model was not validated on."""
+    trained = data.sources() or ["(one folder)"]
+    rows = []
+    for name, m in run.evaluations().items():
+        ext = m.get("external")
+        kind = "split of the training sources"
+        if ext:
+            seen = ext.get("images_seen_in_training")
+            kind = "external set" + (f" ({seen} images seen in training)" if seen else "")
+        rows.append(_row(name, kind, m, m.get("ci95", {}).get("auc", {}).get("delong")))
+        per_source = m.get("per_source") or {}
+        if len(per_source) > 1:
+            rows += [
+                _row(f"{name}: {src}", "one source of it", per, per.get("auc_delong"))
+                for src, per in per_source.items()
+            ]
+    external = [r["name"] for r in rows if r["kind"].startswith("external")]
+    statement = (f"Validated on sources it never trained on: {', '.join(external)}." if external else
+                 "Validated only on held-out splits of its own training sources: no external validation yet "
+                 "(covidct evaluate RUN --on SOURCE|FOLDER|CSV adds one).")  # fmt: skip
+    return {"trained_on": trained, "rows": rows, "statement": statement, "not_validated": WHOLE_SLICE_NOTE}
 
 
 def build_report(run_dir: str | Path, split: str = "test", data_dir: str | Path | None = None) -> Path:
@@ -90,7 +127,14 @@ def build_report(run_dir: str | Path, split: str = "test", data_dir: str | Path 
         summary=summary,
         env=summary.get("environment", {}),
         class_names=class_names,
-        audit={"counts": audit.counts, "summary": audit.summary(), "warnings": audit.warnings, "cross_pairs": cross},
+        audit={
+            "counts": audit.counts,
+            "summary": audit.summary(),
+            "warnings": audit.warnings,
+            "cross_pairs": cross,
+            "probe": audit.probe,
+        },
+        validation=validation_summary(RunDir.at(run_dir), data),
         metrics=metrics,
         figures=figures,
         misclassified=gallery,
