@@ -219,3 +219,41 @@ def test_explanations_run_one_at_a_time(client, ct_png, monkeypatch):
         answers = list(pool.map(ask, range(6)))
     assert answers == [(200, True)] * 6
     assert state["most"] == 1
+
+
+def _zip(files: dict[str, bytes]) -> bytes:
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def test_a_zip_of_a_study_gets_the_study_result(client, tmp_path):
+    from tests.data.test_dicom_study import make_study
+
+    cd = make_study(tmp_path / "cd")
+    files = {str(p.relative_to(cd)): p.read_bytes() for p in sorted(cd.rglob("*")) if p.is_file()}
+    r = client.post("/api/v1/predict", files={"file": ("study.zip", _zip(files))})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    (study,) = body["studies"]
+    assert study["from_series"] == "LUNG 1.0 B70f" and len(study["series"]) == 2
+    assert study["label"] in ("COVID", "NonCOVID") and "disclaimer" in body
+    assert any("localizer" in s for s in body["skipped"]) and not any(str(tmp_path) in s for s in body["skipped"])
+
+
+def test_zip_limits_and_climbing_paths(client):
+    import zipfile
+
+    r = client.post("/api/v1/predict", files={"file": ("evil.zip", _zip({"../../etc/x.dcm": b"x"}))})
+    assert r.status_code == 422 and "climbs out" in r.json()["detail"]
+    bomb = io.BytesIO()
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("a.dcm", b"\0" * (64 * 1024**2))  # 64 MB of zeros: about 64 KB compressed
+    r = client.post("/api/v1/predict", files={"file": ("bomb.zip", bomb.getvalue())})
+    assert r.status_code == 413 and "zip bomb" in r.json()["detail"]
+    r = client.post("/api/v1/predict", files={"file": ("notes.zip", _zip({"a.txt": b"hello"}))})
+    assert r.status_code == 422 and "notes.zip" in r.json()["detail"] and "DICOM" in r.json()["detail"]

@@ -31,7 +31,8 @@ from covidct.data.medical import LUNG_WINDOW
 from covidct.errors import DataError
 from covidct.inference.load import LoadedModel
 
-MAX_UPLOAD_MB = 20
+MAX_UPLOAD_MB = 20  # one image
+MAX_SERIES_MB = 512  # a ZIP of a series or study
 MAX_PIXELS = 50_000_000  # 50 megapixels: far above any CT slice, far below what exhausts memory
 API_KEY_ENV = "COVIDCT_API_KEY"
 PAGE = Path(__file__).parent.parent / "templates" / "app.html"
@@ -50,6 +51,18 @@ class Prediction(BaseModel):
     positive_class: str
     model: str
     cam: str | None = Field(None, description="Grad-CAM overlay as a PNG data URL (with ?cam=true)")
+    disclaimer: str
+
+
+class SeriesPrediction(BaseModel):
+    """The answer to a ZIP of a DICOM series or study: one result per study (from its series) and per series."""
+
+    studies: list[dict[str, Any]]
+    skipped: list[str]
+    aggregation: str
+    study_rule: str
+    threshold: float
+    model: str
     disclaimer: str
 
 
@@ -79,6 +92,8 @@ def sniff(data: bytes) -> str:
         return "png"
     if data.startswith(b"\xff\xd8\xff"):
         return "jpeg"
+    if data.startswith(b"PK\x03\x04"):
+        return "zip"
     if len(data) >= 132 and data[128:132] == b"DICM":
         return "dicom"
     return ""
@@ -88,7 +103,9 @@ def decode_upload(data: bytes, name: str, window: tuple[float, float] = LUNG_WIN
     """An uploaded file as an RGB image, or InputError with the status to answer."""
     kind = sniff(data)
     if not kind:
-        raise InputError(415, f"{name}: unsupported file type; send a PNG, JPEG or DICOM (.dcm) file")
+        raise InputError(
+            415, f"{name}: unsupported file type; send a PNG, JPEG or DICOM (.dcm) file, or a ZIP of a series"
+        )
     if kind == "dicom":
         import pydicom
 
@@ -120,6 +137,46 @@ def decode_upload(data: bytes, name: str, window: tuple[float, float] = LUNG_WIN
         ) from None
 
 
+MAX_ZIP_FILES = 2000  # a CT study is a few hundred slices per series
+MAX_ZIP_BYTES = 2 * 1024**3  # uncompressed, all members together
+MAX_ZIP_RATIO = 200  # uncompressed / compressed of a member: above it, a zip bomb (CT compresses about 2-4x)
+
+
+def unpack_series_zip(data: bytes, name: str, target: Path) -> Path:
+    """Extract a ZIP of DICOM files after checking its members: count, total size, compression ratio, and paths
+    that would climb out of the target. InputError (413/422) names what is wrong; nothing is extracted then."""
+    import zipfile
+    from pathlib import PurePosixPath
+
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(data))
+        members = [m for m in zf.infolist() if not m.is_dir()]
+    except zipfile.BadZipFile as e:
+        raise InputError(422, f"{name}: not a readable ZIP file ({e})") from None
+    if len(members) > MAX_ZIP_FILES:
+        raise InputError(413, f"{name}: {len(members)} files is over the limit of {MAX_ZIP_FILES}")
+    total = sum(m.file_size for m in members)
+    if total > MAX_ZIP_BYTES:
+        raise InputError(413, f"{name}: {total:,} bytes uncompressed is over the limit of {MAX_ZIP_BYTES:,}")
+    for m in members:
+        parts = PurePosixPath(m.filename.replace("\\", "/")).parts
+        if PurePosixPath(m.filename).is_absolute() or ".." in parts or (parts and ":" in parts[0]):
+            raise InputError(422, f"{name}: member {m.filename!r} has a path that climbs out of the archive")
+        if m.file_size > MAX_ZIP_RATIO * max(1, m.compress_size) and m.file_size > 1024**2:
+            raise InputError(413, f"{name}: member {m.filename!r} expands {m.file_size // max(1, m.compress_size)}x "
+                             f"(over {MAX_ZIP_RATIO}x): refused as a zip bomb")  # fmt: skip
+    for i, m in enumerate(members):
+        out = target / f"{i:05d}.dcm"
+        with zf.open(m) as src, open(out, "wb") as dst:
+            copied = 0
+            while chunk := src.read(1024**2):  # the declared size is checked again while reading
+                copied += len(chunk)
+                if copied > m.file_size:
+                    raise InputError(413, f"{name}: member {m.filename!r} is larger than it declares")
+                dst.write(chunk)
+    return target
+
+
 def png_data_url(img: Image.Image) -> str:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
@@ -139,7 +196,32 @@ class Predictor:
     def handle(self, data: bytes, name: str, cam: bool) -> dict[str, Any]:
         """Decode an upload and predict (InputError for bad input)."""
         with self.slots:
+            if sniff(data) == "zip":
+                return self.predict_series(data, name)
             return self.predict(decode_upload(data, name), cam)
+
+    def predict_series(self, data: bytes, name: str) -> dict[str, Any]:
+        """A ZIP of a DICOM series or study: scored as `covidct predict` scores a folder."""
+        import tempfile
+
+        from covidct.inference.predict import predict_inputs
+
+        with tempfile.TemporaryDirectory(prefix="covidct-upload-") as tmp:
+            folder = unpack_series_zip(data, name, Path(tmp))
+            report: dict[str, Any] = {}
+            try:
+                predict_inputs(self.model, [folder], report=report)
+            except DataError as e:
+                raise InputError(422, f"{name}: {str(e).replace(str(folder), 'the archive')}") from None
+        for study in report["studies"]:
+            study.pop("folder", None)
+            for series in study["series"]:
+                for top in series.get("top_slices", []):
+                    top.pop("file", None)
+        keep = ("studies", "skipped", "aggregation", "study_rule", "threshold")
+        out = {k: report[k] for k in keep}
+        out["skipped"] = [x.replace(str(folder), "the archive") for x in out["skipped"]]
+        return {**out, "model": self.model.model_id, "disclaimer": DISCLAIMER}
 
     def predict(self, image: Image.Image, cam: bool) -> dict[str, Any]:
         """Score (and explain) one decoded image; callers hold a slot."""
@@ -168,6 +250,7 @@ def create_app(model: LoadedModel, api_key: str | None = None, max_upload_mb: fl
 
     predictor = Predictor(model)
     limit = int(max_upload_mb * 1024 * 1024)
+    series_limit = max(limit, MAX_SERIES_MB * 1024 * 1024)
     app = FastAPI(
         title="covidct",
         description=f"COVID-19 classification of chest CT images. {DISCLAIMER}",
@@ -207,21 +290,23 @@ def create_app(model: LoadedModel, api_key: str | None = None, max_upload_mb: fl
     @app.post(
         "/api/v1/predict",
         dependencies=[Depends(check_key)],
-        response_model=Prediction,
+        response_model=Prediction | SeriesPrediction,
         responses=_errors(401, 413, 415, 422),
         openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
             "type": "object", "required": ["file"], "properties": {"file": {
                 "type": "string", "format": "binary", "contentMediaType": "application/octet-stream",
-                "minLength": 1, "maxLength": limit,
-                "description": f"a PNG, JPEG or DICOM file, 1 byte to {max_upload_mb:g} MB"}}}}}}},
+                "minLength": 1, "maxLength": series_limit,
+                "description": f"a PNG, JPEG or DICOM file, or a ZIP of a DICOM series or study; 1 byte to "
+                               f"{max_upload_mb:g} MB"}}}}}}},
     )  # fmt: skip
     async def predict(request: Request, file: Annotated[UploadFile, File()], cam: bool = False) -> dict[str, Any]:
         declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
-            raise InputError(413, f"upload of {int(declared):,} bytes is over the limit of {max_upload_mb:g} MB")
-        data = await file.read(limit + 1)
-        if len(data) > limit:
-            raise InputError(413, f"{file.filename}: over the upload limit of {max_upload_mb:g} MB")
+        if declared and declared.isdigit() and int(declared) > series_limit + 64 * 1024:
+            raise InputError(413, f"upload of {int(declared):,} bytes is over the limit of {MAX_SERIES_MB} MB")
+        data = await file.read(series_limit + 1)
+        if len(data) > series_limit or (len(data) > limit and sniff(data) != "zip"):
+            what = f"{MAX_SERIES_MB} MB for a ZIP" if len(data) > series_limit else f"{max_upload_mb:g} MB for an image"
+            raise InputError(413, f"{file.filename}: over the upload limit of {what}")
         if not data:
             raise InputError(422, f"{file.filename}: the file is empty")
         if cam and model.module is None:
