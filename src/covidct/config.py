@@ -56,6 +56,8 @@ class TrainConfig:
     # ---- model and weights
     pretrained: bool = setting(True, "start from ImageNet weights (--no-pretrained: random, only when asked)")
     weights: str | None = setting(None, "local ImageNet weight file (.pth or .safetensors) for the backbone")
+    init: str | None = setting(None, "start the backbone from a `covidct pretrain` run folder (self-supervised on CT) "
+                               "instead of ImageNet")  # fmt: skip
     freeze_blocks: int = setting(0, "keep the stem and the first N blocks of the backbone frozen")
     # ---- optimisation
     epochs: int = setting(30, "maximum epochs")
@@ -153,3 +155,59 @@ class TrainConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must hold a mapping of field: value, got {type(data).__name__}")
         return cls.from_dict(data)
+
+
+PRETRAIN_METHODS = ("simclr", "moco", "byol")
+
+
+@dataclass
+class PretrainConfig:
+    """Self-supervised pretraining on unlabelled CT (lightly's heads and losses, Lightning's loop): the settings,
+    declared once; `covidct pretrain` is built from them. Images: the training (and with include_val, validation)
+    splits of the sources, never a test split."""
+
+    model: str = setting(DEFAULT_MODEL, "backbone; see: covidct models")
+    sources: list[str] = setting(help="pretrain on this source's images (repeat for several); see covidct data "
+                                 "sources", flag="source", factory=list)  # fmt: skip
+    data_dir: str = setting(DEFAULT_DATA_DIR, "dataset folder when no --source is given")
+    data_csv: str | None = setting(None, "a CSV of path,label[,split] instead of a folder")
+    include_val: bool = setting(False, "also use the validation splits' images (never the test splits')")
+    method: str = setting("simclr", "simclr (NT-Xent), moco (v2, momentum encoder + memory bank) or byol",
+                          PRETRAIN_METHODS)  # fmt: skip
+    pretrained: bool = setting(True, "start from ImageNet weights (then CT, as Self-Trans did)")
+    epochs: int = setting(20, "epochs")
+    batch_size: int = setting(64, "images per step (each gives two views)")
+    lr: float = setting(1e-3, "peak learning rate of AdamW (warm-up then cosine)")
+    weight_decay: float = setting(1e-6, "AdamW weight decay")
+    input_size: int = setting(128, "side of the views in pixels")
+    temperature: float = setting(0.2, "NT-Xent temperature (simclr, moco)")
+    memory_bank: int = setting(4096, "moco: negatives kept in the memory bank")
+    grayscale: bool = setting(True, "every image to grey first")
+    crop: str = setting("none", "crop every image to the body or the lung fields first", ("none", "body", "lung"))
+    seed: int = setting(42, "seed of everything")
+    precision: str = setting("auto", "auto: bf16-mixed where it pays, else 32", PRECISIONS)
+    accelerator: str = setting("auto", "auto, cpu or gpu")
+    devices: int = setting(1, "devices per node; > 1: DDP")
+    num_workers: int = setting(-1, "data loader workers (-1: min(2, cores))")
+    out: str = setting("runs", "parent folder of run folders")
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "lr", "input_size", "devices"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        for f in dataclasses.fields(self):
+            allowed = f.metadata.get("choices")
+            if allowed and getattr(self, f.name) not in allowed:
+                raise ConfigError(f"{f.name} must be one of {allowed}, got {getattr(self, f.name)!r}")
+        self.sources = [str(s) for s in (self.sources or [])]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> PretrainConfig:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        known = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(data, dict) or set(data) - known:
+            raise ConfigError(f"{path} is not a pretrain config (unknown fields {sorted(set(data or {}) - known)})")
+        return cls(**data)

@@ -14,14 +14,15 @@ from covidct.cli.common import progress, require
 from covidct.errors import ConfigError
 
 
-def config_args(p: argparse.ArgumentParser) -> None:
+def config_args(p: argparse.ArgumentParser, cls: Any = None) -> None:
     """One flag per TrainConfig field (help, choices and flag name from its metadata; booleans as --x/--no-x;
     lists repeated). Every default is None here, so that only flags given on the command line override."""
     from covidct.config import TrainConfig
 
+    cls = cls or TrainConfig
     p.add_argument("--config", help="a YAML config (e.g. a saved run's config.yaml); flags override it")
-    defaults = TrainConfig()
-    for f in dataclasses.fields(TrainConfig):
+    defaults = cls()
+    for f in dataclasses.fields(cls):
         meta = f.metadata
         if not meta.get("cli", True):
             continue
@@ -119,6 +120,27 @@ def cmd_cv(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from covidct.config import PretrainConfig
+    from covidct.training.pretrain import pretrain
+
+    if args.resume:
+        saved = Path(args.resume) / "config.yaml"
+        if not saved.is_file():
+            raise ConfigError(f"cannot resume {args.resume}: no config.yaml there; is it a covidct pretrain run?")
+        config = PretrainConfig.from_yaml(saved)
+    else:
+        values = PretrainConfig.from_yaml(args.config).__dict__ if args.config else {}
+        for f in dataclasses.fields(PretrainConfig):
+            if getattr(args, f.name, None) is not None:
+                values[f.name] = getattr(args, f.name)
+        config = PretrainConfig(**values)
+    print(DISCLAIMER, file=sys.stderr)
+    run = pretrain(config, progress=progress(), run_dir=args.resume, resume=bool(args.resume))
+    print(f"pretrain run folder: {run} (fine-tune from it: covidct train --model {config.model} --init {run})")
+    return 0
+
+
 def cmd_crosssource(args: argparse.Namespace) -> int:
     from covidct.training.crosssource import run_crosssource
 
@@ -151,6 +173,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--folds", type=int, default=5, help="number of folds (default 5)")
     p.add_argument("--no-group-duplicates", action="store_true", help="do not keep near-duplicate images in one fold")
     p.set_defaults(func=cmd_cv)
+
+    p = sub.add_parser("pretrain", help="self-supervised pretraining on unlabelled CT (lightly: SimCLR, MoCo v2, BYOL)")
+    from covidct.config import PretrainConfig
+
+    config_args(p, PretrainConfig)
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a pretrain run from its last checkpoint")
+    p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser(
         "crosssource",

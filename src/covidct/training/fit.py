@@ -387,7 +387,12 @@ def train(config: TrainConfig, progress: bool = True, run_dir: Path | None = Non
         from covidct.errors import DataError
 
         raise DataError(f"covidct trains binary classifiers; the data has classes {list(data.class_names)}")
-    model, pre = create_model(config.model, config.pretrained and not resume, config.weights)
+    from covidct.training.pretrain import check_accelerator, load_init
+
+    check_accelerator(config.accelerator)
+    model, pre = create_model(config.model, config.pretrained and not resume and not config.init, config.weights)
+    if config.init and not resume:  # self-supervised CT weights (covidct pretrain) instead of ImageNet
+        log.info("backbone from %s", load_init(model, config.model, config.init))
     # stored in the checkpoint with the rest: evaluation and prediction do the same
     pre = dataclasses.replace(pre, grayscale=config.grayscale, crop=config.crop, intensity=config.intensity)
     if config.input_size:  # train crops at input_size from the shorter side resized in the study's 256:224 ratio
@@ -578,6 +583,7 @@ def _fit(
         if history.rows
         else None,
         "precision": precision,
+        "initialised_from": config.init or ("ImageNet" if config.pretrained else "random"),
         "loader_workers": workers,
         "processes": trainer.world_size,
         "data_source": data.source,

@@ -1,0 +1,72 @@
+"""Self-supervised pretraining (lightly) and fine-tuning from it, through the CLI, on a tiny synthetic set."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from covidct.cli import main
+from tests.conftest import make_covidct_layout
+
+COUNTS = {
+    "train": {"COVID": 10, "NonCOVID": 10},
+    "val": {"COVID": 3, "NonCOVID": 3},
+    "test": {"COVID": 3, "NonCOVID": 3},
+}
+TINY = ["--model", "timm:resnet10t", "--no-pretrained", "--num-workers", "0"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_covidct_layout(tmp_path_factory.mktemp("pre") / "covid-ct", COUNTS)
+
+
+@pytest.mark.parametrize("method", ["simclr", "moco", "byol"])
+def test_pretrain_then_fine_tune_from_it(data, tmp_path, method, capsys):
+    args = ["pretrain", *TINY, "--data-dir", str(data), "--method", method, "--epochs", "2", "--batch-size", "8",
+            "--input-size", "32", "--memory-bank", "64", "--out", str(tmp_path / "pre")]  # fmt: skip
+    assert main(args) == 0
+    run = next((tmp_path / "pre").iterdir())
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["images"] == 20 and summary["splits"] == ["train"] and summary["epochs_run"] == 2
+    state = load_file(str(run / "backbone.safetensors"))
+    assert "fc.weight" not in state and any(k.startswith("conv1") for k in state)
+    capsys.readouterr()
+
+    train = ["train", *TINY, "--data-dir", str(data), "--epochs", "1", "--batch-size", "8", "--init", str(run),
+             "--out", str(tmp_path / "ft"), "--no-tensorboard"]  # fmt: skip
+    assert main(train) == 0
+    ft = next((tmp_path / "ft").iterdir())
+    ckpt = torch.load(ft / "checkpoints" / "last.ckpt", weights_only=True)
+    assert json.loads((ft / "summary.json").read_text())["initialised_from"] == str(run)
+    assert ckpt["state_dict"]["model.conv1.0.weight"].shape == state["conv1.0.weight"].shape
+    from covidct.models import create_model
+    from covidct.training.pretrain import load_init
+
+    model, _ = create_model("timm:resnet10t", pretrained=False)
+    load_init(model, "timm:resnet10t", run)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+
+
+def test_pretrain_bad_input(data, tmp_path, capsys):
+    assert main(["pretrain", *TINY, "--data-dir", str(data), "--batch-size", "64", "--out", str(tmp_path)]) == 2
+    assert "20 images < --batch-size 64" in capsys.readouterr().err
+    assert main(["train", *TINY, "--data-dir", str(data), "--init", str(tmp_path / "nope")]) == 2
+    assert "no backbone.safetensors there" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert (
+            main(["train", *TINY, "--data-dir", str(data), "--accelerator", "gpu", "--out", str(tmp_path / "g")]) == 2
+        )
+        assert "no GPU is visible" in capsys.readouterr().err and not (tmp_path / "g").exists()
+
+
+def test_init_from_another_backbone_is_refused(data, tmp_path, capsys):
+    args = ["pretrain", *TINY, "--data-dir", str(data), "--epochs", "1", "--batch-size", "8", "--input-size", "32",
+            "--out", str(tmp_path / "pre")]  # fmt: skip
+    assert main(args) == 0
+    run = next((tmp_path / "pre").iterdir())
+    capsys.readouterr()
+    assert main(["train", "--model", "timm:resnet14t", "--no-pretrained", "--data-dir", str(data), "--init", str(run),
+                 "--out", str(tmp_path / "x")]) == 2  # fmt: skip
+    assert "pretrained timm:resnet10t, not timm:resnet14t" in capsys.readouterr().err
