@@ -529,7 +529,13 @@ def _fit(
         callbacks.append(EMAWeightAveraging(decay=config.ema_decay))
     if progress:
         callbacks.append(TQDMProgressBar(leave=True))
-    distributed = config.devices > 1 or config.num_nodes > 1
+    # torchrun/SLURM with one process (WORLD_SIZE=1) also get the DDP strategy: what they were started for
+    distributed = (
+        config.devices > 1
+        or config.num_nodes > 1
+        or int(os.environ.get("WORLD_SIZE", "1")) > 1
+        or ("WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ)
+    )
     trainer = L.Trainer(
         max_epochs=config.epochs,
         accelerator=config.accelerator,
