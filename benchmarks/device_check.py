@@ -43,6 +43,7 @@ def main() -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--dry-run", action="store_true")
     ap.add_argument("--budget", type=float, default=460.0, help="seconds for all steps (default 460: 8 min - setup)")
+    ap.add_argument("--steps", default="a,b,c,d", help="steps to run, by name prefix (default all: a,b,c,d)")
     args = ap.parse_args()
     out = Path(args.out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
@@ -62,6 +63,8 @@ def main() -> int:
         return deadline - time.perf_counter()
 
     def step(name: str, cmd: list[str], need: float, folder: Path) -> dict:
+        if not any(name.startswith(x) for x in args.steps.split(",")):
+            return {}
         if left() < need:
             results["steps"][name] = {"status": f"skipped: {left():.0f} s left, needs about {need:.0f} s"}
             return results["steps"][name]
@@ -88,7 +91,7 @@ def main() -> int:
     e60 = "2" if dry else "60"
     no_stop = ["--patience", "1000"]
     # (a) speed: the study's VGG-19-bn and the default backbone, 60 epochs each, no early stopping
-    vgg = ["--model", "vgg19_bn", "--batch-size", "32"] if not dry else tiny
+    vgg = ["--model", "vgg19_bn", "--batch-size", "32", "--checkpoint-every", "20"] if not dry else tiny
     step("a_vgg19_bn_60_epochs", [*py, "train", *common, *vgg, "--no-pretrained", "--epochs", e60, *no_stop,
                                   "--augment", "study", "--no-grayscale", "--label-smoothing", "0"], 100,
          out / "runs" / "a-vgg19_bn")  # fmt: skip

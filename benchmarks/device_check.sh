@@ -12,12 +12,14 @@ DRY=0
 DATA="${COVIDCT_DATA_DIR:-../shared/datasets/covid-ct}"
 OUT=device-check
 BUDGET=420
+STEPS=a,b,c,d
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) DRY=1 ;;
     --data) DATA="$2"; shift ;;
     --out) OUT="$2"; shift ;;
     --budget) BUDGET="$2"; shift ;;
+    --steps) STEPS="$2"; shift ;;
     *) echo "device_check.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -58,5 +60,5 @@ if [ "$DRY" = 1 ]; then
   export COVIDCT_ALLOW_PARTIAL_SOURCES=1
 fi
 export COVIDCT_NO_PROGRESS=1
-"$PY" benchmarks/device_check.py --data "$DATA" --out "$OUT" --budget "$BUDGET" $([ "$DRY" = 1 ] && echo --dry-run)
+"$PY" benchmarks/device_check.py --data "$DATA" --out "$OUT" --budget "$BUDGET" --steps "$STEPS" $([ "$DRY" = 1 ] && echo --dry-run)
 echo "device check: $(( $(date +%s) - START )) s of wall time; results in $OUT/results.md and results.json"

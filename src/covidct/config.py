@@ -92,6 +92,8 @@ class TrainConfig:
     devices: int = setting(1, "devices (GPUs, or CPU processes) per node; > 1: DDP")
     num_nodes: int = setting(1, "machines taking part; see README 'Several machines'")
     tensorboard: bool = setting(True, "TensorBoard logs in RUN_DIR/tensorboard")
+    checkpoint_every: int = setting(1, "write checkpoints/last.ckpt (for --resume) every N epochs; large models on "
+                                    "fast GPUs spend more time writing it than training")  # fmt: skip
     out: str = setting("runs", "parent folder of run folders")
     extra: dict[str, Any] = setting(factory=dict, cli=False)
 
@@ -102,7 +104,7 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be > 0, got {value!r}")
         if not 0 < self.backbone_lr_scale <= 1:
             raise ConfigError(f"backbone_lr_scale must be in (0, 1], got {self.backbone_lr_scale!r}")
-        for name in ("devices", "num_nodes"):
+        for name in ("devices", "num_nodes", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         if self.input_size is not None and not 32 <= self.input_size <= 1024:

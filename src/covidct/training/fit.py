@@ -502,6 +502,9 @@ def _fit(
         auto_insert_metric_name=False,
         enable_version_counter=False,  # best.ckpt is replaced, never best-v1.ckpt
         save_on_train_epoch_end=True,
+        # best.ckpt is for evaluation and export: weights only. Resuming uses last.ckpt, which keeps the optimizer
+        # (for vgg19_bn the optimizer state makes a checkpoint 1.7 GB: writing two per epoch dominated GPU epochs).
+        save_weights_only=True,
     )
     last = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
@@ -510,6 +513,7 @@ def _fit(
         save_top_k=1,
         enable_version_counter=False,
         save_on_train_epoch_end=True,
+        every_n_epochs=config.checkpoint_every,
     )
     history = EpochHistory(run_dir / "metrics.csv", write=rank0, echo=not progress)
     ckpt_path = None
