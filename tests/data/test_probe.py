@@ -26,7 +26,14 @@ def test_probe_per_source_and_for_the_source():
         labels.append(i % 2)
         sources.append(src)
     out = shortcut_probe(feats, labels, sources)
-    assert set(out) == {"class within a", "class within b", "class (all sources pooled)", "source"}
+    assert set(out) == {
+        "class within a",
+        "class within b",
+        "class (all sources pooled)",
+        "source",
+        "class within a, metadata only",
+        "class within b, metadata only",
+    }
     assert out["source"] > 0.95 and out["class within a"] < 0.8
 
 

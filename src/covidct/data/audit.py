@@ -200,10 +200,11 @@ def audit_dataset(data: SplitData, progress: bool = False) -> AuditReport:
         report.probe = shortcut_probe([r.probe for r in records], [r.label for r in records],
                                       [r.source for r in records])  # fmt: skip
         for what, auc in report.probe.items():
-            if auc is not None and auc >= 0.8:
+            if auc is not None and auc >= 0.8 and ("metadata" in what or what == "source"):
                 report.warnings.append(
-                    f"warning: the shortcut probe tells the {what.split(' (')[0]} apart at AUC {auc:.2f} from image "
-                    "size, format, mode and grey histogram alone, without looking at the lungs"
+                    f"warning: the shortcut probe tells the {what.split(' (')[0].split(',')[0]} apart at AUC {auc:.2f} "
+                    f"from {'image metadata' if 'metadata' in what else 'image size, format, mode and grey histogram'}"
+                    " alone, without looking at the lungs"
                 )
     if info.overlap:
         report.warnings += [f"listed in two splits: {o}" for o in info.overlap]
