@@ -122,7 +122,7 @@ def test_recipe_files_load_and_default_matches_the_shipped_defaults():
 
     from covidct.config import TrainConfig
 
-    configs = Path(__file__).resolve().parents[1] / "configs"
+    configs = Path(__file__).resolve().parents[2] / "configs"
     shipped = TrainConfig()
     written = TrainConfig.from_yaml(configs / "default.yaml")
     assert written == shipped  # the file documents the defaults; the two cannot drift apart

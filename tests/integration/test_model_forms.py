@@ -67,6 +67,9 @@ def test_serve_every_form_through_the_cli(forms, form):
             m = re.search(r"running on http://127\.0\.0\.1:(\d+)", line)
             port = int(m.group(1)) if m else None
         assert port, "".join(seen)[-3000:]
+        import threading
+
+        threading.Thread(target=proc.stderr.read, daemon=True).start()  # keep the log pipe drained
         health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=30).read())
         card = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/model", timeout=30).read())
         assert health["status"] == "ok" and card["architecture"] == "timm:resnet10t" and card["covidct_version"]

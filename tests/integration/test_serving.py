@@ -2,7 +2,6 @@
 
 import base64
 import io
-import socket
 import struct
 import subprocess
 import sys
@@ -122,34 +121,30 @@ def test_api_key_is_checked_on_every_api_route(model, ct_png):
     assert client.get("/health").status_code == 200  # liveness stays open
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def live_server(exported_model):
-    """`covidct serve` as a user starts it, on 127.0.0.1 and a free port."""
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "covidct", "serve", str(exported_model), "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.3)
-        if proc.poll() is not None:
-            pytest.fail(f"server exited: {proc.stdout.read().decode()}")
-    else:
+    """`covidct serve` as a user starts it, on 127.0.0.1. `--port 0`: the OS picks a free port at bind time and
+    uvicorn announces it (no window between finding a free port and binding it, where another process can take it)."""
+    import re
+
+    proc = subprocess.Popen([sys.executable, "-m", "covidct", "serve", str(exported_model), "--port", "0"],
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    port, seen, deadline = None, [], time.time() + 60
+    while port is None and time.time() < deadline:
+        line = proc.stderr.readline()
+        if not line and proc.poll() is not None:
+            pytest.fail(f"server exited: {''.join(seen)}")
+        seen.append(line)
+        m = re.search(r"running on http://127\.0\.0\.1:(\d+)", line)
+        port = int(m.group(1)) if m else None
+    if port is None:
         proc.kill()
         pytest.fail("server did not start within 60 s")
+    import threading
+
+    threading.Thread(target=proc.stderr.read, daemon=True).start()  # keep the log pipe drained
+    url = f"http://127.0.0.1:{port}"
+    assert httpx.get(url + "/health", timeout=10).status_code == 200
     yield url
     proc.terminate()
     proc.wait(timeout=20)
