@@ -33,6 +33,8 @@ def cmd_data_info(args: argparse.Namespace) -> int:
     info = dataset_info(data, check_images=not args.no_images)
     print(f"source: {data.source}")
     print(format_info(info, data.class_names))
+    for note in data.notes:
+        print(f"note: {note}")
     return 1 if info.unreadable or info.overlap else 0
 
 
