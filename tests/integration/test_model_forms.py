@@ -1,6 +1,7 @@
 """Every model form the README names (run folder, export folder, .safetensors file, ONNX export, .ckpt file) is
 exported, predicted with and served through the real command line."""
 
+import csv
 import json
 import re
 import shutil
@@ -45,10 +46,10 @@ def ct_file(tmp_path_factory):
 def test_predict_every_form(forms, ct_file, form, tmp_path, capsys):
     out = tmp_path / "p.csv"
     assert main(["predict", str(forms[form]), str(ct_file), "--out", str(out)]) == 0
-    score = float(out.read_text().splitlines()[1].split(",")[2])
+    score = float(next(csv.DictReader(out.read_text().splitlines()))["score"])
     capsys.readouterr()
     assert main(["predict", str(forms["export folder"]), str(ct_file), "--out", str(tmp_path / "ref.csv")]) == 0
-    ref = float((tmp_path / "ref.csv").read_text().splitlines()[1].split(",")[2])
+    ref = float(next(csv.DictReader((tmp_path / "ref.csv").read_text().splitlines()))["score"])
     assert score == pytest.approx(ref, abs=1e-4)  # every form is the same model
 
 

@@ -57,8 +57,10 @@ def test_two_source_training_external_evaluation_and_card(two_sources, tmp_path,
     assert len(history) == 2
     ckpt = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
     assert ckpt["hyper_parameters"]["preprocessing"]["crop"] == "lung"
-    logged = set(ckpt["callbacks"][next(k for k in ckpt["callbacks"] if "EarlyStopping" in k)])
-    assert logged  # early stopping watched the explicit monitor
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    stopping = next(k for k in last["callbacks"] if k.startswith("EarlyStopping"))
+    assert "'monitor': 'val_auc_mean'" in stopping  # early stopping watched the explicit monitor
+    assert "optimizer_states" not in ckpt and "optimizer_states" in last  # best: weights only; last: for resume
 
     assert main(["evaluate", str(run), "--split", "test", "--bootstrap", "0"]) == 0
     m = json.loads((run / "eval-test" / "metrics.json").read_text())
