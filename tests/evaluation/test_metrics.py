@@ -100,3 +100,24 @@ def test_threshold_for_sensitivity():
     assert binary_metrics(labels, scores, 0.2).sensitivity == 1.0
     with pytest.raises(ValueError, match="min_sensitivity"):
         threshold_for_sensitivity(labels, scores, 0)
+
+
+def test_summarise_is_pure_numbers_without_a_model():
+    """evaluate's middle stage: metrics.json's content from scores alone (no model, no files)."""
+    from pathlib import Path
+
+    from covidct.data.datasets import Sample
+    from covidct.evaluation.evaluate import Scored, summarise
+
+    y = np.array([1, 1, 1, 0, 0, 0, 1, 0])
+    s = np.array([0.9, 0.8, 0.4, 0.3, 0.6, 0.1, 0.7, 0.2])
+    samples = [Sample(Path(f"{i}.png"), int(v), "a" if i < 4 else "b") for i, v in enumerate(y)]
+    scored = Scored(runs=[Path("run")], split="test", paths=[str(x.path) for x in samples], labels=y, scores=s,
+                    samples=samples, val_paths=None, val_labels=y, val_scores=s, threshold=0.5,
+                    class_names=["NonCOVID", "COVID"], architectures=["m"], epochs=[3],
+                    checkpoint="best.ckpt")  # fmt: skip
+    r = summarise(scored, n_bootstrap=0)
+    assert (r["tp"], r["tn"], r["fp"], r["fn"]) == (3, 3, 1, 1) and r["epoch"] == 3 and r["model"] == "m"
+    assert [p["name"] for p in r["operating_points"]] == ["default", "youden", "sensitivity>=0.95"]
+    assert set(r["per_source"]) == {"a", "b"} and r["per_source"]["a"]["n"] == 4
+    assert r["ci95"]["auc"]["delong"][0] < r["auc"] < r["ci95"]["auc"]["delong"][1]

@@ -6,6 +6,7 @@ import csv
 import hashlib
 import json
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,160 @@ def training_overlap(run: RunDir, samples: list[Sample]) -> int:
     return sum(h in seen for h in (hashlib.sha256(Path(s.path).read_bytes()).hexdigest() for s in samples))
 
 
+@dataclass
+class Scored:
+    """What scoring a run (or an ensemble) on a set of images gives: all that summarising and writing need."""
+
+    runs: list[Path]
+    split: str
+    paths: list[str]
+    labels: np.ndarray
+    scores: np.ndarray
+    samples: list[Sample]
+    val_paths: list[str] | None
+    val_labels: np.ndarray | None
+    val_scores: np.ndarray | None
+    threshold: float
+    class_names: list[str]
+    architectures: list[str]
+    epochs: list[int]
+    checkpoint: str
+    tta: bool = False
+    external: dict[str, Any] | None = None
+
+
+def score_runs(
+    runs: list[Path],
+    split: str,
+    checkpoint: str = "best",
+    data_dir: str | Path | None = None,
+    threshold: float | None = None,
+    tta: bool = False,
+    on: str | None = None,
+) -> Scored:
+    """Score `split` (or the external set `on`) and the validation split with each run; an ensemble's score is the
+    mean of its members' probabilities. The only stage of an evaluation that runs a model."""
+    external: list[Sample] | None = None
+    overlap = 0
+    if on is not None:
+        split, external = external_set(on)
+        overlap = training_overlap(RunDir.at(runs[0]), external)
+        if overlap:
+            warnings.warn(
+                f"{overlap} of {len(external)} images of {on} have the same content as images the run trained or "
+                "validated on: this is not an external validation for them",
+                stacklevel=3,
+            )
+    members = []
+    for run in runs:
+        ckpt = find_checkpoint(run, checkpoint)
+        data = RunDir.at(run).data(data_dir)
+        if external is None and split not in data.splits:
+            raise DataError(f"split must be one of {list(data.splits)}, got {split!r}")
+        module = load_classifier(ckpt)
+        samples = external if external is not None else data.splits[split]
+        paths, labels, scores = predict_scores(module, eval_dataset(module, samples), tta=tta)
+        val = predict_scores(module, eval_dataset(module, data.splits["val"]), tta=tta) if split != "val" else None
+        members.append({"run": run, "ckpt": ckpt, "module": module, "scored": (paths, labels, scores), "val": val,
+                        "samples": samples})  # fmt: skip
+    first = members[0]
+    paths, labels, _ = first["scored"]
+    for m in members[1:]:
+        if m["scored"][0] != paths:
+            raise DataError(f"runs {first['run']} and {m['run']} score different images of split {split!r}")
+    scores = ensemble_mean([m["scored"][2] for m in members])
+    val_paths = None
+    if split == "val":
+        val_paths, val_labels, val_scores = paths, labels, scores
+    elif first["val"] is not None and all(m["val"][0] == first["val"][0] for m in members):
+        val_paths, val_labels = first["val"][0], first["val"][1]
+        val_scores = ensemble_mean([m["val"][2] for m in members])
+    else:  # e.g. the runs of cross-validation folds: no validation set is unseen by every member
+        val_labels = val_scores = None
+    module = first["module"]
+    return Scored(
+        runs=runs, split=split, paths=paths, labels=labels, scores=scores, samples=first["samples"],
+        val_paths=val_paths, val_labels=val_labels, val_scores=val_scores,
+        threshold=float(module.threshold if threshold is None else threshold), class_names=module.class_names,
+        architectures=[m["module"].architecture for m in members],
+        epochs=[int(m["module"].card["checkpoint"]["epoch"]) for m in members], checkpoint=first["ckpt"].name,
+        tta=tta, external={"set": on, "images_seen_in_training": overlap} if on is not None else None,
+    )  # fmt: skip
+
+
+def summarise(
+    s: Scored, n_bootstrap: int = 2000, min_sensitivity: float = 0.95, seed: int = 0, calibrate: bool = False
+) -> dict[str, Any]:
+    """metrics.json's content from scores alone (pure: no model, no files): the metrics at the model's threshold
+    with their intervals, the operating points chosen on validation scores, calibration, per-source metrics."""
+    labels, scores, threshold = s.labels, s.scores, s.threshold
+    metrics = binary_metrics(labels, scores, threshold)
+    points = []
+    chosen = (
+        operating_points(s.val_labels, s.val_scores, threshold, min_sensitivity) if s.val_scores is not None else []
+    )
+    for name, t in chosen or [("default", threshold)]:
+        m = binary_metrics(labels, scores, t).to_dict()
+        points.append({"name": name, "chosen_on": "val", **m, "ci95": intervals(labels, scores, t, n_bootstrap, seed)})
+    single = len(s.runs) == 1
+    return {
+        "run": str(s.runs[0]) if single else [str(r) for r in s.runs],
+        "model": s.architectures[0] if single else s.architectures,
+        "ensemble": {"members": len(s.runs), "aggregation": "mean of probabilities"} if not single else None,
+        "tta": "mean over the image and its left-right mirror" if s.tta else None,
+        "split": s.split,
+        "external": s.external,
+        "checkpoint": s.checkpoint,
+        "epoch": s.epochs[0] if single else s.epochs,
+        "class_names": s.class_names,
+        "positive_class": s.class_names[1],
+        **metrics.to_dict(),
+        "ci95": intervals(labels, scores, threshold, n_bootstrap, seed),
+        "bootstrap": {"resamples": n_bootstrap, "seed": seed, "stratified": True, "method": "percentile"},
+        "operating_points": points,
+        "calibration": calibration_report(
+            labels, scores, s.val_labels, s.val_scores, calibrate and s.val_scores is not None
+        ),
+        "validation": "shared by all members" if s.val_scores is not None else "none shared: thresholds not chosen",
+        "per_source": per_source_metrics(s.samples, labels, scores, threshold),
+    }
+
+
+def write_evaluation(s: Scored, result: dict[str, Any], out: Path, n_bootstrap: int = 2000, seed: int = 0) -> None:
+    """predictions.csv, val_predictions.csv, the figures, and metrics.json last (its presence means complete)."""
+    labels, scores, threshold = s.labels, s.scores, s.threshold
+    preds = predict(scores, threshold)
+    rows = [
+        {"path": p, "source": x.source, "label": int(y), "score": round(float(v), 6), "prediction": int(q)}
+        for p, x, y, v, q in zip(s.paths, s.samples, labels, scores, preds)
+    ]
+    write_csv(out / "predictions.csv", rows)
+    if s.split != "val" and s.val_scores is not None:  # the scores every threshold was chosen on, for the record
+        val_rows = [
+            {"path": p, "label": int(y), "score": round(float(v), 6)}
+            for p, y, v in zip(s.val_paths or [], s.val_labels, s.val_scores)
+        ]
+        write_csv(out / "val_predictions.csv", val_rows)
+    tp, tn, fp, fn = (result[k] for k in ("tp", "tn", "fp", "fn"))
+    save_figure(confusion_matrix_figure(tp, tn, fp, fn, s.class_names), out / "confusion_matrix.png")
+    band = roc_band(labels, scores, n_resamples=min(n_bootstrap, 1000), seed=seed) if n_bootstrap > 0 else None
+    save_figure(roc_figure(labels.tolist(), scores.tolist(), result["auc"], band), out / "roc_curve.png")
+    save_figure(precision_recall_figure(labels.tolist(), scores.tolist()), out / "pr_curve.png")
+    calibration = result["calibration"]
+    curves = {"model": reliability_curve(labels, scores)}
+    eces = {"model": calibration["ece"]}
+    if "temperature" in calibration:
+        t = calibration["temperature"]
+        curves[f"temperature {t:.2f}"] = reliability_curve(labels, apply_temperature(scores, t))
+        eces[f"temperature {t:.2f}"] = calibration["ece_calibrated"]
+    save_figure(reliability_figure(curves, eces), out / "reliability.png")
+    save_figure(misclassified_histogram(scores, labels, threshold), out / "misclassified_scores.png")
+    history = RunDir(s.runs[0]).history() if len(s.runs) == 1 else []
+    if history:
+        save_figure(training_curves_figure(history), out / "training_curves.png")
+    write_json(out / "metrics.json", result)
+
+
 def evaluate_run(
     run_dir: str | Path | list[str | Path],
     split: str = "test",
@@ -114,7 +269,8 @@ def evaluate_run(
     tta: bool = False,
     on: str | None = None,
 ) -> dict[str, Any]:
-    """Score every image of `split` with the run's checkpoint; write metrics, predictions and figures.
+    """Score -> summarise -> write: every image of `split` scored with the run's checkpoint, metrics.json,
+    predictions and figures written into `out_dir` (default RUN_DIR/eval-<split>).
 
     Besides the metrics at the model's threshold, metrics.json holds 95% intervals and the operating points
     chosen on the validation split (Youden's J, sensitivity >= min_sensitivity), applied unchanged to `split`.
@@ -127,112 +283,10 @@ def evaluate_run(
     runs = [Path(r) for r in run_dir] if isinstance(run_dir, list) else [Path(run_dir)]
     if len(runs) > 1 and out_dir is None:
         raise ModelError(f"an ensemble of {len(runs)} runs needs an output folder (--out)")
-    members = []
-    external: list[Sample] | None = None
-    overlap = 0
-    if on is not None:
-        split, external = external_set(on)
-        overlap = training_overlap(RunDir.at(runs[0]), external)
-        if overlap:
-            warnings.warn(
-                f"{overlap} of {len(external)} images of {on} have the same content as images the run trained or "
-                "validated on: this is not an external validation for them",
-                stacklevel=2,
-            )
-    for run in runs:
-        ckpt = find_checkpoint(run, checkpoint)
-        data = RunDir.at(run).data(data_dir)
-        if external is None and split not in data.splits:
-            raise DataError(f"split must be one of {list(data.splits)}, got {split!r}")
-        module = load_classifier(ckpt)
-        samples = external if external is not None else data.splits[split]
-        paths, labels, scores = predict_scores(module, eval_dataset(module, samples), tta=tta)
-        val = predict_scores(module, eval_dataset(module, data.splits["val"]), tta=tta) if split != "val" else None
-        epoch = int(module.card["checkpoint"]["epoch"])
-        members.append({"run": run, "ckpt": ckpt, "module": module, "scored": (paths, labels, scores), "val": val,
-                        "epoch": epoch, "samples": samples})  # fmt: skip
-    first = members[0]
-    paths, labels, _ = first["scored"]
-    for m in members[1:]:
-        if m["scored"][0] != paths:
-            raise DataError(f"runs {first['run']} and {m['run']} score different images of split {split!r}")
-    scores = ensemble_mean([m["scored"][2] for m in members])
-    if split == "val":
-        val_labels, val_scores = labels, scores
-    elif first["val"] is not None and all(m["val"][0] == first["val"][0] for m in members):
-        val_labels = first["val"][1]
-        val_scores = ensemble_mean([m["val"][2] for m in members])
-    else:  # e.g. the runs of cross-validation folds: no validation set is unseen by every member
-        val_labels = val_scores = None
-    module = first["module"]
-    threshold = float(module.threshold if threshold is None else threshold)
-    metrics = binary_metrics(labels, scores, threshold)
-    class_names = module.class_names
-    points = []
-    chosen = operating_points(val_labels, val_scores, threshold, min_sensitivity) if val_scores is not None else []
-    for name, t in chosen or [("default", threshold)]:
-        m = binary_metrics(labels, scores, t).to_dict()
-        points.append({"name": name, "chosen_on": "val", **m, "ci95": intervals(labels, scores, t, n_bootstrap, seed)})
-
-    result = {
-        "run": str(runs[0]) if len(runs) == 1 else [str(r) for r in runs],
-        "model": module.architecture if len(runs) == 1 else [m["module"].architecture for m in members],
-        "ensemble": {"members": len(runs), "aggregation": "mean of probabilities"} if len(runs) > 1 else None,
-        "tta": "mean over the image and its left-right mirror" if tta else None,
-        "split": split,
-        "external": {"set": on, "images_seen_in_training": overlap} if on is not None else None,
-        "checkpoint": first["ckpt"].name,
-        "epoch": first["epoch"] if len(runs) == 1 else [m["epoch"] for m in members],
-        "class_names": class_names,
-        "positive_class": class_names[1],
-        **metrics.to_dict(),
-        "ci95": intervals(labels, scores, threshold, n_bootstrap, seed),
-        "bootstrap": {"resamples": n_bootstrap, "seed": seed, "stratified": True, "method": "percentile"},
-        "operating_points": points,
-        "calibration": calibration_report(labels, scores, val_labels, val_scores, calibrate and val_scores is not None),
-        "validation": "shared by all members" if val_scores is not None else "none shared: thresholds not chosen",
-        "per_source": per_source_metrics(samples_of(first, external, split), labels, scores, threshold),
-    }
-    run_dir = runs[0]
-    val_paths = paths if split == "val" else first["val"][0]
-    out = Path(out_dir) if out_dir else run_dir / f"eval-{split}"
-    preds = predict(scores, threshold)
-    sources = [s.source for s in samples_of(first, external, split)]
-    rows = [
-        {"path": p, "source": src, "label": int(y), "score": round(float(s), 6), "prediction": int(q)}
-        for p, src, y, s, q in zip(paths, sources, labels, scores, preds)
-    ]
-    write_csv(out / "predictions.csv", rows)
-    if split != "val" and val_scores is not None:  # the scores every threshold was chosen on, for the record
-        val_rows = [
-            {"path": p, "label": int(y), "score": round(float(s), 6)}
-            for p, y, s in zip(val_paths, val_labels, val_scores)
-        ]
-        write_csv(out / "val_predictions.csv", val_rows)
-    save_figure(
-        confusion_matrix_figure(metrics.tp, metrics.tn, metrics.fp, metrics.fn, class_names),
-        out / "confusion_matrix.png",
-    )
-    band = roc_band(labels, scores, n_resamples=min(n_bootstrap, 1000), seed=seed) if n_bootstrap > 0 else None
-    save_figure(roc_figure(labels.tolist(), scores.tolist(), metrics.auc, band), out / "roc_curve.png")
-    save_figure(precision_recall_figure(labels.tolist(), scores.tolist()), out / "pr_curve.png")
-    curves = {"model": reliability_curve(labels, scores)}
-    eces = {"model": result["calibration"]["ece"]}
-    if calibrate:
-        t = result["calibration"]["temperature"]
-        curves[f"temperature {t:.2f}"] = reliability_curve(labels, apply_temperature(scores, t))
-        eces[f"temperature {t:.2f}"] = result["calibration"]["ece_calibrated"]
-    save_figure(reliability_figure(curves, eces), out / "reliability.png")
-    save_figure(misclassified_histogram(scores, labels, threshold), out / "misclassified_scores.png")
-    history = RunDir(run_dir).history() if len(runs) == 1 else []
-    if history:
-        save_figure(training_curves_figure(history), out / "training_curves.png")
-    write_json(out / "metrics.json", result)  # last: its presence means the evaluation is complete
+    scored = score_runs(runs, split, checkpoint, data_dir, threshold, tta, on)
+    result = summarise(scored, n_bootstrap, min_sensitivity, seed, calibrate)
+    write_evaluation(scored, result, Path(out_dir) if out_dir else runs[0] / f"eval-{scored.split}", n_bootstrap, seed)
     return result
-
-
-def samples_of(member: dict[str, Any], external: list[Sample] | None, split: str) -> list[Sample]:
-    return external if external is not None else member["samples"]
 
 
 def per_source_metrics(samples: list[Sample], labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
