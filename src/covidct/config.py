@@ -26,6 +26,14 @@ def resolve_data_dir(data_dir: str | Path | None) -> Path:
     return Path(os.environ.get("COVIDCT_DATA_DIR") or DEFAULT_DATA_DIR)
 
 
+def check_choices(config: Any) -> None:
+    """Every field declared with choices holds one of them."""
+    for f in dataclasses.fields(config):
+        allowed = f.metadata.get("choices")
+        if allowed and getattr(config, f.name) not in allowed:
+            raise ConfigError(f"{f.name} must be one of {allowed}, got {getattr(config, f.name)!r}")
+
+
 def setting(default: Any = None, help: str = "", choices: tuple | None = None, flag: str | None = None,
             factory: Any = None, cli: bool = True) -> Any:  # fmt: skip
     """A field of TrainConfig with what the command line needs: its help text, allowed values and flag name
@@ -117,10 +125,7 @@ class TrainConfig:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
         if not 0 <= self.ema_decay < 1:
             raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
-        for f in dataclasses.fields(self):
-            allowed = f.metadata.get("choices")
-            if allowed and getattr(self, f.name) not in allowed:
-                raise ConfigError(f"{f.name} must be one of {allowed}, got {getattr(self, f.name)!r}")
+        check_choices(self)
         if self.samples_per_epoch is not None and self.samples_per_epoch < 1:
             raise ConfigError(f"samples_per_epoch must be >= 1, got {self.samples_per_epoch!r}")
         if self.freeze_blocks < 0:
@@ -197,10 +202,7 @@ class PretrainConfig:
         for name in ("epochs", "batch_size", "lr", "input_size", "devices"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        for f in dataclasses.fields(self):
-            allowed = f.metadata.get("choices")
-            if allowed and getattr(self, f.name) not in allowed:
-                raise ConfigError(f"{f.name} must be one of {allowed}, got {getattr(self, f.name)!r}")
+        check_choices(self)
         self.sources = [str(s) for s in (self.sources or [])]
 
     def to_yaml(self) -> str:
