@@ -44,8 +44,40 @@ def setting(default: Any = None, help: str = "", choices: tuple | None = None, f
     return field(default=default, metadata=meta)
 
 
+class Settings:
+    """What every settings dataclass shares: plain dict and YAML in and out, unknown fields and bad YAML refused
+    with one clear message."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Any:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown config field(s) {unknown}; known fields: {sorted(known)}")
+        return cls(**data)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> Any:
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of field: value, got {type(data).__name__}")
+        return cls.from_dict(data)
+
+
 @dataclass
-class TrainConfig:
+class TrainConfig(Settings):
     """Everything that defines a training run, declared once: defaults are the shipped recipe, and the command
     line (cli/train.py) is built from these fields. A new setting is one field here."""
 
@@ -136,39 +168,12 @@ class TrainConfig:
     def monitor_mode(self) -> str:
         return MONITORS[self.monitor]
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown config field(s) {unknown}; known fields: {sorted(known)}")
-        return cls(**data)
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> TrainConfig:
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of field: value, got {type(data).__name__}")
-        return cls.from_dict(data)
-
 
 PRETRAIN_METHODS = ("simclr", "moco", "byol")
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(Settings):
     """Self-supervised pretraining on unlabelled CT (lightly's heads and losses, Lightning's loop): the settings,
     declared once; `covidct pretrain` is built from them. Images: the training (and with include_val, validation)
     splits of the sources, never a test split."""
@@ -204,14 +209,3 @@ class PretrainConfig:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
         check_choices(self)
         self.sources = [str(s) for s in (self.sources or [])]
-
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> PretrainConfig:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        known = {f.name for f in dataclasses.fields(cls)}
-        if not isinstance(data, dict) or set(data) - known:
-            raise ConfigError(f"{path} is not a pretrain config (unknown fields {sorted(set(data or {}) - known)})")
-        return cls(**data)

@@ -50,18 +50,20 @@ def _kind(annotation: Any) -> type:
     return str
 
 
-def train_config(args: argparse.Namespace) -> Any:
-    """Defaults < --config YAML < COVIDCT_DATA_DIR < flags given on the command line."""
+def train_config(args: argparse.Namespace, cls: Any = None) -> Any:
+    """Defaults < --config YAML < COVIDCT_DATA_DIR < flags given on the command line (TrainConfig, or another
+    settings class such as PretrainConfig)."""
     from covidct.config import TrainConfig
 
-    values: dict[str, Any] = TrainConfig.from_yaml(args.config).to_dict() if args.config else {}
+    cls = cls or TrainConfig
+    values: dict[str, Any] = cls.from_yaml(args.config).to_dict() if args.config else {}
     if os.environ.get("COVIDCT_DATA_DIR") and getattr(args, "data_dir", None) is None:
         values["data_dir"] = os.environ["COVIDCT_DATA_DIR"]
-    for f in dataclasses.fields(TrainConfig):
+    for f in dataclasses.fields(cls):
         value = getattr(args, f.name, None)
         if value is not None and f.metadata.get("cli", True):
             values[f.name] = value
-    return TrainConfig.from_dict(values)
+    return cls.from_dict(values)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -130,11 +132,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
             raise ConfigError(f"cannot resume {args.resume}: no config.yaml there; is it a covidct pretrain run?")
         config = PretrainConfig.from_yaml(saved)
     else:
-        values = PretrainConfig.from_yaml(args.config).__dict__ if args.config else {}
-        for f in dataclasses.fields(PretrainConfig):
-            if getattr(args, f.name, None) is not None:
-                values[f.name] = getattr(args, f.name)
-        config = PretrainConfig(**values)
+        config = train_config(args, PretrainConfig)
     print(DISCLAIMER, file=sys.stderr)
     run = pretrain(config, progress=progress(), run_dir=args.resume, resume=bool(args.resume))
     print(f"pretrain run folder: {run} (fine-tune from it: covidct train --model {config.model} --init {run})")
