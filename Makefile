@@ -16,7 +16,7 @@ MODEL ?= efficientnet_lite0
 RUNS ?= runs
 PYTEST_ARGS ?=
 
-.PHONY: venv browser rref demo test lint format clean
+.PHONY: venv browser rref demo test mutation lint format clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,15 @@ test: venv browser rref
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# Mutation testing of the numeric core (metrics, statistics, calibration; [tool.mutmut] in pyproject.toml) and the
+# planted faults of issue 16; about 5 minutes on 2 cores, so not part of `make test`. Report: benchmarks/MUTATION.md.
+mutation: venv
+	rm -rf mutants
+	$(BIN)/mutmut run --max-children 2 > /dev/null
+	$(BIN)/mutmut export-cicd-stats > /dev/null
+	$(BIN)/python benchmarks/mutation_report.py
+	$(BIN)/python benchmarks/planted_faults.py
+
 lint: venv
 	$(BIN)/ruff check src tests benchmarks
 
@@ -60,4 +69,4 @@ format: venv
 	$(BIN)/ruff check --fix src tests benchmarks
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache mutants
