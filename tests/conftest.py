@@ -103,6 +103,33 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
+def own_run(trained_run: Path, tmp_path: Path) -> Path:
+    """A private copy of the session's run, for tests that write into a run folder (evaluations, reports,
+    thresholds): the shared one stays as training left it, whatever order the tests run in."""
+    import shutil
+
+    return Path(shutil.copytree(trained_run, tmp_path / trained_run.name))
+
+
+def perturbed_copy(run: Path, dest: Path, scale: float = 0.5, seed: int = 0) -> Path:
+    """A copy of `run` whose classifier head got noise: a second model with different scores on the same images."""
+    import shutil
+
+    import torch
+
+    out = Path(shutil.copytree(run, dest))
+    ckpt_path = out / "checkpoints" / "best.ckpt"
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    g = torch.Generator().manual_seed(seed)
+    head = [k for k, v in ckpt["state_dict"].items() if v.is_floating_point()][-2:]  # last weight and bias
+    for k in head:  # noise of the weights' own size, and a bias shift: scores move by more than rounding
+        v = ckpt["state_dict"][k]
+        ckpt["state_dict"][k] = v + scale * (v.abs().mean() + 0.5) * torch.randn(v.shape, generator=g)
+    torch.save(ckpt, ckpt_path)
+    return out
+
+
+@pytest.fixture
 def real_data() -> Path:
     if not (REAL_DATA / "Images-processed").is_dir():
         pytest.skip(f"COVID-CT dataset not found at {REAL_DATA}")

@@ -152,11 +152,21 @@ def test_dataset_items_and_transforms(tiny_dataset):
     item = ds[0]
     assert set(item) == {"image", "label", "path", "index"} and item["index"] == 0
     assert item["image"].shape == (3, 32, 32) and item["image"].dtype == torch.float32
-    assert item["label"] in (0, 1) and item["path"].endswith((".png", ".jpg"))
+    first = data.splits["train"][0]
+    assert item["label"] == first.label and item["path"] == str(first.path)
+    assert [ds[i]["label"] for i in range(len(ds))] == [s.label for s in data.splits["train"]]
     assert item["image"].min() >= -1.0 - 1e-6 and item["image"].max() <= 1.0 + 1e-6  # normalised by (x-.5)/.5
     ev = ImageDataset(data.splits["val"], eval_transform(Preprocessing(mean, std, 40)))
     assert ev[0]["image"].shape == (3, 40, 40)
-    assert torch.equal(ev[0]["image"], ev[0]["image"])  # eval is deterministic
+    # un-normalised, the eval image has the brightness of the file it came from (no /255 forgotten or doubled)
+    with Image.open(data.splits["val"][0].path) as img:
+        grey = np.asarray(img.convert("L"), dtype=np.float32) / 255
+    assert float((ev[0]["image"] * 0.5 + 0.5).mean()) == pytest.approx(grey.mean(), abs=0.05)
+    # eval is deterministic (a second dataset, a second decode), training augmentation is not
+    again = ImageDataset(data.splits["val"], eval_transform(Preprocessing(mean, std, 40)))
+    assert torch.equal(ev[0]["image"], again[0]["image"])
+    draws = [ds[0]["image"] for _ in range(4)]
+    assert any(not torch.equal(draws[0], d) for d in draws[1:])
 
 
 def test_info_reports_counts_modes_and_broken_files(tiny_dataset):

@@ -7,6 +7,7 @@ import pytest
 from covidct.config import TrainConfig
 from covidct.data import Sample, load_splits
 from covidct.errors import ConfigError
+from covidct.evaluation.metrics import binary_metrics
 from covidct.training.cv import cv_folds, fold_rows, near_duplicate_groups, run_cv
 from tests.conftest import TINY_COUNTS, make_covidct_layout
 
@@ -71,8 +72,14 @@ def test_run_cv_trains_every_fold_and_pools_out_of_fold_scores(tmp_path):
         fold = load_splits(config_k.data_dir, config_k.data_csv)
         assert len(fold.splits["test"]) == len(data.splits["test"])  # the official test split, untouched
         assert len(fold.splits["train"]) + len(fold.splits["val"]) == len(pool)
-    vals = [f["val_acc"] for f in summary["folds"]]
-    assert summary["val_acc"]["mean"] == pytest.approx(np.mean(vals))
+    # each fold's figures are its own run's validation evaluation, and the summary averages those
+    own = [json.loads((cv_dir / f"fold-{k}" / "run" / "eval-val" / "metrics.json").read_text()) for k in (1, 2)]
+    assert [f["val_acc"] for f in summary["folds"]] == pytest.approx([m["accuracy"] for m in own])
+    assert [f["n_val"] for f in summary["folds"]] == [m["n"] for m in own] and sum(m["n"] for m in own) == len(pool)
+    assert summary["val_acc"]["mean"] == pytest.approx(np.mean([m["accuracy"] for m in own]))
+    assert summary["val_acc"]["sd"] == pytest.approx(np.std([m["accuracy"] for m in own], ddof=1))
+    pooled = binary_metrics([int(r["label"]) for r in oof], [float(r["score"]) for r in oof], 0.5)
+    assert summary["out_of_fold"]["accuracy"] == pytest.approx(pooled.accuracy)
 
 
 @pytest.mark.slow

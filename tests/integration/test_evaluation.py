@@ -20,13 +20,16 @@ from covidct.evaluation.evaluate import (
     predict_scores,
     read_predictions,
 )
-from covidct.evaluation.metrics import binary_metrics
+from covidct.evaluation.metrics import binary_metrics, youden_threshold
+from covidct.evaluation.statistics import wilson_interval
 from covidct.runs import RunDir
+from covidct.tables import interval_text
+from tests.conftest import perturbed_copy
 
 
-def test_metrics_json_agrees_with_predictions_csv(trained_run):
-    result = evaluate_run(trained_run, "test")
-    out = trained_run / "eval-test"
+def test_metrics_json_agrees_with_predictions_csv(own_run):
+    result = evaluate_run(own_run, "test")
+    out = own_run / "eval-test"
     saved = json.loads((out / "metrics.json").read_text())
     rows = list(csv.DictReader((out / "predictions.csv").open()))
     assert len(rows) == saved["n"] == 8
@@ -43,9 +46,9 @@ def test_metrics_json_agrees_with_predictions_csv(trained_run):
     assert len({r["path"] for r in rows}) == 8
 
 
-def test_figures_are_real_pngs(trained_run):
-    evaluate_run(trained_run, "val")
-    out = trained_run / "eval-val"
+def test_figures_are_real_pngs(own_run):
+    evaluate_run(own_run, "val")
+    out = own_run / "eval-val"
     for name in ("confusion_matrix", "roc_curve", "training_curves", "misclassified_scores", "pr_curve", "reliability"):
         img = Image.open(out / f"{name}.png")
         arr = np.asarray(img.convert("L"))
@@ -54,11 +57,14 @@ def test_figures_are_real_pngs(trained_run):
 
 
 def test_calibration_report(trained_run, tmp_path):
-    from covidct.evaluation.calibration import apply_temperature, expected_calibration_error
+    from covidct.evaluation.calibration import apply_temperature, expected_calibration_error, fit_temperature
 
     r = evaluate_run(trained_run, "test", out_dir=tmp_path / "c", n_bootstrap=0, calibrate=True)
     cal = r["calibration"]
-    assert cal["fitted_on"] == "val" and 0.05 <= cal["temperature"] <= 20
+    val = list(csv.DictReader((tmp_path / "c" / "val_predictions.csv").open()))
+    vy, vs = [int(v["label"]) for v in val], [float(v["score"]) for v in val]
+    # the temperature is the one fitted on the validation scores (not on test), to the precision stored
+    assert cal["fitted_on"] == "val" and cal["temperature"] == pytest.approx(fit_temperature(vy, vs), rel=1e-3)
     rows = list(csv.DictReader((tmp_path / "c" / "predictions.csv").open()))
     y, s = [int(v["label"]) for v in rows], [float(v["score"]) for v in rows]
     assert cal["ece"] == pytest.approx(expected_calibration_error(y, s), abs=1e-4)
@@ -72,15 +78,30 @@ def test_threshold_override(trained_run, tmp_path):
     assert r["sensitivity"] == 1.0 and r["specificity"] == 0.0 and r["threshold"] == 0.0
 
 
-def test_compare(trained_run, tmp_path):
-    evaluate_run(trained_run, "test")
-    other = tmp_path / "other-run"
-    shutil.copytree(trained_run, other)
-    rows = compare_runs([trained_run, other])
-    assert [r["run"] for r in rows] == [trained_run.name, "other-run"]
-    assert rows[0]["accuracy"] == rows[1]["accuracy"]
+def test_compare(own_run, tmp_path):
+    from covidct.evaluation.statistics import delong_paired_test
+
+    evaluate_run(own_run, "test", n_bootstrap=0)
+    copy = tmp_path / "copy-run"
+    shutil.copytree(own_run, copy)
+    rows = compare_runs([own_run, copy])
     assert rows[1]["auc_diff_vs_first"] == 0 and rows[1]["p_delong"] == 1.0  # same scores: no difference
-    assert rows[0]["accuracy_95ci"].startswith("[") and rows[0]["sensitivity_95ci"].startswith("[")
+    other = perturbed_copy(own_run, tmp_path / "other-run")
+    evaluate_run(other, "test", n_bootstrap=0)
+    rows = compare_runs([own_run, other])
+    assert [r["run"] for r in rows] == [own_run.name, "other-run"]
+    first, second = (read_predictions(r / "eval-test" / "predictions.csv") for r in (own_run, other))
+    keys = sorted(first)
+    y = [first[k][0] for k in keys]
+    test = delong_paired_test(y, [second[k][1] for k in keys], [first[k][1] for k in keys])
+    assert [first[k][1] for k in keys] != [second[k][1] for k in keys]  # two models, two sets of scores
+    assert rows[1]["auc_diff_vs_first"] == pytest.approx(test.difference, abs=1e-3)
+    assert rows[1]["p_delong"] == pytest.approx(test.p_value, abs=1e-3)
+    for run, row in zip((own_run, other), rows):
+        saved = json.loads((run / "eval-test" / "metrics.json").read_text())
+        assert row["accuracy"] == pytest.approx(saved["accuracy"], abs=1e-3) and row["n"] == saved["n"]
+        lo, hi = saved["ci95"]["accuracy"]["wilson"]
+        assert row["accuracy_95ci"] == interval_text([lo, hi])
     with pytest.raises(ModelError, match="no val evaluation"):
         compare_runs([tmp_path], split="val")
 
@@ -116,9 +137,11 @@ def test_intervals_and_operating_points_chosen_on_validation(trained_run, tmp_pa
     r = evaluate_run(trained_run, "test", out_dir=tmp_path / "e", n_bootstrap=200, min_sensitivity=0.9)
     saved = json.loads((tmp_path / "e" / "metrics.json").read_text())
     assert saved["bootstrap"]["resamples"] == 200
-    for name in ("accuracy", "sensitivity", "specificity"):
-        lo, hi = saved["ci95"][name]["wilson"]
-        assert lo <= saved[name] <= hi
+    tp, tn, fp, fn, n = (saved[k] for k in ("tp", "tn", "fp", "fn", "n"))
+    counts = {"accuracy": (tp + tn, n), "sensitivity": (tp, tp + fn), "specificity": (tn, tn + fp)}
+    for name, (k, n) in counts.items():
+        expected = wilson_interval(k, n)
+        assert saved["ci95"][name]["wilson"] == pytest.approx([expected.low, expected.high], abs=1e-4), name
     assert set(saved["ci95"]["auc"]) >= {"delong", "bootstrap"}
     val = list(csv.DictReader((tmp_path / "e" / "val_predictions.csv").open()))
     vy, vs = [int(v["label"]) for v in val], [float(v["score"]) for v in val]
@@ -148,7 +171,13 @@ def test_stored_threshold_is_used(trained_run, tmp_path):
     assert r["threshold"] == 0.3 and r["operating_points"][0]["threshold"] == 0.3
     assert json.loads((run / "threshold.json").read_text())["threshold"] == 0.3
     assert main(["threshold", str(run), "--choose", "1.5"]) == 2
-    assert main(["threshold", str(run), "--choose", "youden"]) in (0, 2)  # 2 only if val holds one class
+    val = list(csv.DictReader((tmp_path / "e" / "val_predictions.csv").open()))
+    vy, vs = [int(v["label"]) for v in val], [float(v["score"]) for v in val]
+    assert len(set(vy)) == 2  # the fixture's val split holds both classes
+    assert main(["threshold", str(run), "--choose", "youden"]) == 0
+    assert json.loads((run / "threshold.json").read_text())["threshold"] == pytest.approx(
+        youden_threshold(vy, vs), abs=1e-5
+    )
 
 
 def test_youden_threshold_stored_matches_validation(trained_run, tmp_path):
@@ -187,15 +216,19 @@ def test_tta_averages_the_image_and_its_mirror(trained_run):
 
 
 def test_ensemble_evaluation_averages_members(trained_run, tmp_path):
+    other = perturbed_copy(trained_run, tmp_path / "other")
     single = evaluate_run(trained_run, "test", out_dir=tmp_path / "one", n_bootstrap=0)
+    evaluate_run(other, "test", out_dir=tmp_path / "other-eval", n_bootstrap=0)
     with pytest.raises(ModelError, match="--out"):
-        evaluate_run([trained_run, trained_run], "test", n_bootstrap=0)
-    both = evaluate_run([trained_run, trained_run], "test", out_dir=tmp_path / "two", n_bootstrap=0)
+        evaluate_run([trained_run, other], "test", n_bootstrap=0)
+    both = evaluate_run([trained_run, other], "test", out_dir=tmp_path / "two", n_bootstrap=0)
     assert both["ensemble"] == {"members": 2, "aggregation": "mean of probabilities"}
     assert both["epoch"] == [single["epoch"]] * 2
     one = read_predictions(tmp_path / "one" / "predictions.csv")
-    two = read_predictions(tmp_path / "two" / "predictions.csv")
-    assert one.keys() == two.keys()
+    two = read_predictions(tmp_path / "other-eval" / "predictions.csv")
+    mean = read_predictions(tmp_path / "two" / "predictions.csv")
+    assert one.keys() == two.keys() == mean.keys()
+    assert any(abs(one[k][1] - two[k][1]) > 0.01 for k in one)  # the members disagree, so the check can fail
     for path, (label, score) in one.items():
-        assert two[path][0] == label and two[path][1] == pytest.approx(score, abs=1e-6)
+        assert mean[path][0] == label and mean[path][1] == pytest.approx((score + two[path][1]) / 2, abs=1e-5)
     assert "ensemble of" in metrics_table(both)

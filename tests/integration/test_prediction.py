@@ -109,8 +109,14 @@ def test_predict_every_format(exported_model, inputs):
     counted = np.array([r["score"] for r in volume[:-1] if r["counted"]])
     assert volume[-1]["score"] == pytest.approx(aggregate_volume(counted), abs=1e-6)
     for r in rows:
-        assert 0 <= r["score"] <= 1 and r["threshold"] == model.threshold
+        assert r["threshold"] == model.threshold
         assert r["label"] == ("COVID" if r["score"] >= r["threshold"] else "NonCOVID")
+    # each 8-bit image scores what the model gives the same file opened by PIL here, independently of covidct's
+    # readers (a reader that flipped, inverted or rescaled the image would differ)
+    for name in ("a.png", "b.jpg"):
+        (row,) = [r for r in rows if r["path"].endswith(name)]
+        expected = float(model.scores([Image.open(inputs / name).convert("RGB")])[0])
+        assert row["score"] == pytest.approx(expected, abs=1e-5), name
     assert len(report["studies"]) == 1 and report["studies"][0]["series"][0]["slices"] == 1
     forced = predict_inputs(model, paths[1:2], threshold=0.0)
     assert forced[0]["label"] == "COVID"

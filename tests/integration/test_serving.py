@@ -82,10 +82,15 @@ def test_predict_with_cam_returns_an_overlay_of_the_image_size(client, ct_png):
         assert np.asarray(overlay).std() > 1
 
 
-def test_predict_dicom(client, tmp_path):
-    path = write_dicom(tmp_path / "s.dcm", synthetic_ct(np.random.default_rng(1), True).astype(np.float32) * 6 - 1350)
+def test_predict_dicom(client, model, tmp_path):
+    hu = synthetic_ct(np.random.default_rng(1), True).astype(np.float32) * 6 - 1350
+    path = write_dicom(tmp_path / "s.dcm", hu)
     r = client.post("/api/v1/predict", files={"file": ("s.dcm", path.read_bytes(), "application/dicom")})
-    assert r.status_code == 200 and 0 <= r.json()["score"] <= 1
+    assert r.status_code == 200, r.text
+    # the lung window (-1350 HU black .. +150 HU white) applied here by hand to the HU that went into the file
+    grey = np.clip((hu + 1350) / 1500 * 255, 0, 255).round().astype(np.uint8)
+    expected = float(model.scores([Image.fromarray(grey).convert("RGB")])[0])
+    assert r.json()["score"] == pytest.approx(expected, abs=1e-4)
 
 
 def test_bad_inputs_get_json_errors_and_the_server_keeps_serving(model, client, ct_png, tmp_path):
@@ -151,7 +156,7 @@ def live_server(exported_model):
 
 
 @pytest.mark.slow
-def test_page_in_chromium_shows_score_label_and_heat_map(live_server, chromium, ct_png, tmp_path):
+def test_page_in_chromium_shows_score_label_and_heat_map(live_server, model, chromium, ct_png, tmp_path):
     from playwright.sync_api import sync_playwright
 
     image = tmp_path / "scan.png"
@@ -174,7 +179,9 @@ def test_page_in_chromium_shows_score_label_and_heat_map(live_server, chromium, 
         opacity = page.eval_on_selector("#cam", "e => e.style.opacity")
         disclaimer = page.text_content("#disclaimer")
         browser.close()
-    assert 0 <= score <= 1 and label == ("COVID" if score >= threshold else "NonCOVID")
+    expected = float(model.scores([Image.open(image).convert("RGB")])[0])
+    assert score == pytest.approx(expected, abs=1e-3)  # as shown on the page (3 decimals)
+    assert label == ("COVID" if score >= threshold else "NonCOVID")
     assert cam == [True, 64, 48, "data:image/png;base64,"]
     assert bar.endswith("%") and abs(float(bar[:-1]) - 100 * score) < 0.1
     assert opacity == "0.8"

@@ -58,9 +58,20 @@ def test_config_validation_quotes_the_bad_value():
         TrainConfig.from_dict({"lr_max": 1})
 
 
-def test_precision_resolution():
-    assert resolve_precision("32", "cpu") == "32"
-    assert resolve_precision("auto", "cpu") in ("bf16-mixed", "32")
+def test_precision_resolution(monkeypatch):
+    import covidct.training.precision as precision
+
+    assert resolve_precision("32", "cpu") == "32" and resolve_precision("16-mixed", "gpu") == "16-mixed"
+    monkeypatch.setattr(precision.torch.cuda, "is_available", lambda: False)
+    for fast, expected in ((True, "bf16-mixed"), (False, "32")):  # CPUs: bf16 only where it pays
+        monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda fast=fast: fast)
+        assert resolve_precision("auto", "cpu") == expected and resolve_precision("auto", "auto") == expected
+    monkeypatch.setattr(precision.torch.cuda, "is_available", lambda: True)
+    for bf16, expected in ((True, "bf16-mixed"), (False, "16-mixed")):  # GPUs: bf16 where supported, else fp16
+        monkeypatch.setattr(precision.torch.cuda, "is_bf16_supported", lambda bf16=bf16: bf16)
+        assert resolve_precision("auto", "gpu") == expected
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: False)
+    assert resolve_precision("auto", "cpu") == "32"  # asked for the CPU: a GPU present changes nothing
 
 
 @pytest.mark.slow
