@@ -98,6 +98,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         patience=5,
         num_workers=0,
         out=str(root / "runs"),
+        precision="32",  # the same run on every CPU: "auto" would be bf16 here and fp32 on CPUs without fast bf16
     )
     return train(config, progress=False)
 

@@ -1,6 +1,7 @@
 """report.html: every section present, every image embedded, and (in Chromium) every image rendered."""
 
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -25,8 +26,9 @@ SECTIONS = [
 
 
 @pytest.fixture(scope="module")
-def report(trained_run) -> Path:
-    return build_report(trained_run, "test")
+def report(trained_run, tmp_path_factory) -> Path:
+    run = Path(shutil.copytree(trained_run, tmp_path_factory.mktemp("report") / trained_run.name))
+    return build_report(run, "test")  # a copy: the report writes an evaluation into its run folder
 
 
 def test_report_is_self_contained(report):
@@ -68,6 +70,6 @@ def test_report_renders_in_chromium(report, chromium):
     assert all(u.startswith(("file:", "data:")) for u in requests), requests
 
 
-def test_report_cli(trained_run, capsys):
-    assert main(["report", str(trained_run)]) == 0
+def test_report_cli(own_run, capsys):
+    assert main(["report", str(own_run)]) == 0
     assert "report.html" in capsys.readouterr().out

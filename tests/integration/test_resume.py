@@ -108,8 +108,12 @@ def test_killed_training_resumes_from_the_command_line(tmp_path, how):
     output = (tmp_path / "train.out").read_text()
     if how == signal.SIGTERM:  # graceful: says how to go on
         assert code == 130 and f"covidct train --resume {run}" in output, output
+    else:
+        assert code == -signal.SIGKILL, output
     last, done = resume_point(run)  # the kept checkpoint loads
     assert torch.load(last, weights_only=True)["epoch"] == done - 1
+    # the signal landed mid-run: epochs were left to do and the run had not written its summary
+    assert 2 <= done < 6 and not (run / "summary.json").exists(), (done, output)
     resumed = subprocess.run([sys.executable, "-m", "covidct", "train", "--resume", str(run)], capture_output=True,
                              text=True, timeout=300)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr

@@ -188,6 +188,33 @@ def test_page_in_chromium_shows_score_label_and_heat_map(live_server, model, chr
     assert disclaimer == DISCLAIMER and not outside
 
 
+@pytest.mark.slow
+def test_page_in_chromium_shows_a_zipped_study_with_its_top_slices(live_server, chromium, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    from tests.data.test_dicom_study import make_study
+
+    cd = make_study(tmp_path / "cd")
+    archive = tmp_path / "study.zip"
+    archive.write_bytes(_zip({str(p.relative_to(cd)): p.read_bytes() for p in sorted(cd.rglob("*")) if p.is_file()}))
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+        page = browser.new_page()
+        page.goto(live_server + "/")
+        page.set_input_files("#file", str(archive))
+        page.wait_for_selector("#series:not(.hidden)", timeout=60_000)
+        headings = page.eval_on_selector_all("#series h2, #series h3", "els => els.map(e => e.textContent)")
+        pictures = page.eval_on_selector_all(
+            "#series .tops img", "els => els.map(e => [e.complete, e.naturalWidth, e.alt, e.src.slice(0, 22)])"
+        )
+        error = page.text_content("#error")
+        browser.close()
+    assert not error and len(headings) == 3  # the study, then its two series
+    assert headings[0].endswith(("label COVID", "label NonCOVID")) and "LUNG 1.0" in " ".join(headings)
+    assert pictures and all(ok and width > 0 and src == "data:image/png;base64," for ok, width, _, src in pictures)
+    assert all(alt.startswith("slice ") for _, _, alt, _ in pictures)
+
+
 def test_explanations_run_one_at_a_time(client, ct_png, monkeypatch):
     """Grad-CAM hooks the shared model's layers; parallel explanations crashed the server under load
     (benchmarks/load_test.py --cam), so they are serialised while scores stay parallel."""
@@ -245,6 +272,20 @@ def test_a_zip_of_a_study_gets_the_study_result(client, tmp_path):
     assert study["from_series"] == "LUNG 1.0 B70f" and len(study["series"]) == 2
     assert study["label"] in ("COVID", "NonCOVID") and "disclaimer" in body
     assert any("localizer" in s for s in body["skipped"]) and not any(str(tmp_path) in s for s in body["skipped"])
+    # each series' top slices come back as pictures: the lung window without ?cam, heat maps over it with it
+    plain = [top for s in study["series"] for top in s["top_slices"]]
+    assert plain and all("file" not in top for top in plain)
+    shown = [top for top in plain if "image" in top]
+    assert 0 < len(shown) <= 5 * len(study["series"])
+    with_cam = client.post("/api/v1/predict?cam=true", files={"file": ("study.zip", _zip(files))}).json()
+    heat = [top for s in with_cam["studies"][0]["series"] for top in s["top_slices"] if "image" in top]
+    assert [t["slice"] for t in heat] == [t["slice"] for t in shown]
+    for a, b in zip(shown, heat):
+        pa, pb = (Image.open(io.BytesIO(base64.b64decode(x["image"].split(",", 1)[1]))) for x in (a, b))
+        assert max(pa.size) <= 256 and pa.size == pb.size
+        grey = np.asarray(pa.convert("RGB"), dtype=np.int16)
+        assert np.abs(grey[..., 0] - grey[..., 2]).max() == 0  # the plain picture is grey
+        assert np.abs(np.asarray(pb.convert("RGB"), dtype=np.int16) - grey).mean() > 1  # the heat map is on it
 
 
 def test_zip_limits_and_climbing_paths(client):

@@ -87,7 +87,8 @@ def test_training_learns_the_synthetic_signal(tmp_path):
     data = make_covidct_layout(tmp_path / "d", counts, seed=1)
     run = train(
         TrainConfig(model="timm:resnet10t", data_dir=str(data), pretrained=False, epochs=6, batch_size=8,
-                    lr=2e-3, patience=6, num_workers=0, out=str(tmp_path / "runs"), monitor="val_auc"),
+                    lr=2e-3, patience=6, num_workers=0, out=str(tmp_path / "runs"), monitor="val_auc",
+                    precision="32"),  # the same numbers on every CPU ("auto" is bf16 only where it pays)
         progress=False,
     )  # fmt: skip
     rows = list(csv.DictReader((run / "metrics.csv").open()))

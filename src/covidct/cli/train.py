@@ -107,17 +107,19 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_cv(args: argparse.Namespace) -> int:
     import json
 
+    from covidct.tables import number_text
     from covidct.training.cv import run_cv
 
     config = train_config(args)
     print(DISCLAIMER, file=sys.stderr)
     cv_dir = run_cv(config, args.folds, progress=progress(), group_duplicates=not args.no_group_duplicates)
     summary = json.loads((cv_dir / "cv.json").read_text())
+    n = number_text  # an AUC is undefined (null in cv.json) on a fold whose validation holds one class
     for f in summary["folds"]:
-        print(f"fold {f['fold']}: val acc {f['val_acc']:.3f}, val AUC {f['val_auc']:.3f} ({f['n_val']} images)")
+        print(f"fold {f['fold']}: val acc {n(f['val_acc'])}, val AUC {n(f['val_auc'])} ({f['n_val']} images)")
     acc, auc, oof = summary["val_acc"], summary["val_auc"], summary["out_of_fold"]
-    print(f"val acc {acc['mean']:.3f} +- {acc['sd']:.3f}, val AUC {auc['mean']:.3f} +- {auc['sd']:.3f} (mean +- sd)")
-    print(f"out of fold ({oof['n']} images): acc {oof['accuracy']:.3f}, AUC {oof['auc']:.3f}")
+    print(f"val acc {n(acc['mean'])} +- {n(acc['sd'])}, val AUC {n(auc['mean'])} +- {n(auc['sd'])} (mean +- sd)")
+    print(f"out of fold ({oof['n']} images): acc {n(oof['accuracy'])}, AUC {n(oof['auc'])}")
     print(f"cv folder: {cv_dir} (fold runs under fold-*/run; evaluate them together as an ensemble)")
     return 0
 

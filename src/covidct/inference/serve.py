@@ -137,6 +137,7 @@ def decode_upload(data: bytes, name: str, window: tuple[float, float] = LUNG_WIN
         ) from None
 
 
+TOP_SLICES_SHOWN = 5  # pictures per series in the answer to a ZIP (each about 30-60 kB as a data URL)
 MAX_ZIP_FILES = 2000  # a CT study is a few hundred slices per series
 MAX_ZIP_BYTES = 2 * 1024**3  # uncompressed, all members together
 MAX_ZIP_RATIO = 200  # uncompressed / compressed of a member: above it, a zip bomb (CT compresses about 2-4x)
@@ -197,11 +198,12 @@ class Predictor:
         """Decode an upload and predict (InputError for bad input)."""
         with self.slots:
             if sniff(data) == "zip":
-                return self.predict_series(data, name)
+                return self.predict_series(data, name, cam)
             return self.predict(decode_upload(data, name), cam)
 
-    def predict_series(self, data: bytes, name: str) -> dict[str, Any]:
-        """A ZIP of a DICOM series or study: scored as `covidct predict` scores a folder."""
+    def predict_series(self, data: bytes, name: str, cam: bool = False) -> dict[str, Any]:
+        """A ZIP of a DICOM series or study: scored as `covidct predict` scores a folder. Each series' top slices
+        come back as pictures in the lung window (with their Grad-CAM heat maps under ?cam=true)."""
         import tempfile
 
         from covidct.inference.predict import predict_inputs
@@ -213,15 +215,31 @@ class Predictor:
                 predict_inputs(self.model, [folder], report=report)
             except DataError as e:
                 raise InputError(422, f"{name}: {str(e).replace(str(folder), 'the archive')}") from None
-        for study in report["studies"]:
-            study.pop("folder", None)
-            for series in study["series"]:
-                for top in series.get("top_slices", []):
-                    top.pop("file", None)
+            for study in report["studies"]:
+                study.pop("folder", None)
+                for series in study["series"]:
+                    self._top_slice_pictures(series.get("top_slices", []), cam)
         keep = ("studies", "skipped", "aggregation", "study_rule", "threshold")
         out = {k: report[k] for k in keep}
         out["skipped"] = [x.replace(str(folder), "the archive") for x in out["skipped"]]
         return {**out, "model": self.model.model_id, "disclaimer": DISCLAIMER}
+
+    def _top_slice_pictures(self, tops: list[dict[str, Any]], cam: bool) -> None:
+        """Replace each top slice's file path (a temporary file) by its picture as a PNG data URL."""
+        from covidct.data.dicom_study import slice_hu
+        from covidct.data.medical import LUNG_WINDOW, apply_window, grey_image
+        from covidct.inference.explain import explain, overlay
+
+        shown = tops[:TOP_SLICES_SHOWN]
+        images = [grey_image(apply_window(slice_hu(Path(top["file"]))[0], *LUNG_WINDOW)) for top in shown]
+        if cam and images:
+            with self.cam_lock:
+                images = [overlay(img, heat) for img, heat in zip(images, explain(self.model, images))]
+        for top, img in zip(shown, images):
+            img.thumbnail((256, 256))
+            top["image"] = png_data_url(img)
+        for top in tops:
+            top.pop("file", None)
 
     def predict(self, image: Image.Image, cam: bool) -> dict[str, Any]:
         """Score (and explain) one decoded image; callers hold a slot."""
