@@ -103,3 +103,23 @@ def test_cv_folds(tiny_dataset, tmp_path):
     summary = json.loads((cv_dir / "cv.json").read_text())
     assert [f["fold"] for f in summary["folds"]] == [1, 2]
     assert sorted(p.name for p in cv_dir.iterdir() if p.name.startswith("fold-")) == ["fold-1", "fold-2"]
+
+
+def test_predict_a_dicom_series_folder_with_window_and_threshold(exported_model, tmp_path):
+    """README: covidct predict MODEL patient7/ (a DICOM series folder) with --window and --threshold."""
+    from tests.data.test_dicom_study import make_study
+
+    cd = make_study(tmp_path / "cd")
+    lung_series = cd / "DIR1"
+
+    def run(*flags: str) -> list[dict[str, str]]:
+        out = tmp_path / f"p{len(list(tmp_path.glob('p*.csv')))}.csv"
+        assert main(["predict", str(exported_model), str(lung_series), "--out", str(out), *flags]) == 0
+        return [r for r in csv.DictReader(out.open()) if r["slice"].isdigit()]
+
+    default, soft, forced = run(), run("--window", "40/400"), run("--threshold", "0")
+    assert len(default) == len(soft) == len(forced) == 6
+    # a soft-tissue window shows the model other pictures, so other scores; --threshold 0 calls every slice COVID
+    assert [r["score"] for r in soft] != [r["score"] for r in default]
+    assert all(r["label"] == "COVID" and float(r["threshold"]) == 0.0 for r in forced)
+    assert [r["score"] for r in forced] == [r["score"] for r in default]
