@@ -67,3 +67,25 @@ def test_whole_slice_and_its_lung_crop_look_alike_to_the_model():
     assert float((whole - tight).abs().mean()) < 0.5 * float(
         (plain(Image.fromarray(img).convert("RGB")) - tight).abs().mean()
     )
+
+
+def test_large_images_are_cropped_from_a_shrunk_copy_to_the_same_box():
+    """Masks of a 512 x 512 slice are computed at 256 x 256 (speed, issue 14); the box matches the full-size one."""
+    from covidct.data.crop import _crop_box, crop_box, shrink
+
+    grey, _ = whole_slice(size=512)
+    small, f = shrink(grey.astype(np.float32))
+    assert f == 2 and small.shape == (256, 256)
+    assert shrink(grey[:300, :300].astype(np.float32))[1] == 1  # smaller images are used as they are
+    for mode in ("body", "lung"):
+        fast, full = crop_box(grey, mode), _crop_box(grey.astype(np.float32), mode)
+        assert fast is not None and full is not None, mode
+        assert max(abs(a - b) for a, b in zip(fast, full)) <= 0.02 * 512, (mode, fast, full)
+
+
+def test_lung_fraction_does_not_depend_on_the_slice_size():
+    from covidct.data.lungmask import lung_fraction, lung_mask
+    from tests.medical_files import chest_hu
+
+    big, small = lung_fraction(*lung_mask(chest_hu(512))), lung_fraction(*lung_mask(chest_hu(256)))
+    assert big == pytest.approx(small, abs=0.02) and big > 0.1

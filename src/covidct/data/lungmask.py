@@ -28,9 +28,13 @@ def _largest_filled(mask: np.ndarray) -> np.ndarray:
 
 
 def lung_mask(hu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(lung, body) boolean masks of one slice in HU."""
+    """(lung, body) boolean masks of one slice in HU; a 512 x 512 slice is block-averaged to 256 x 256 first (the
+    masks give an area ratio, which does not need full resolution), so the masks may be smaller than the slice."""
     from scipy import ndimage
 
+    from covidct.data.crop import shrink
+
+    hu, _ = shrink(np.asarray(hu, dtype=np.float32))
     body = _largest_filled(hu > BODY_HU)
     lung = ndimage.binary_opening(body & (hu < LUNG_HU), iterations=2)
     return lung, body
