@@ -32,7 +32,8 @@ def test_pretrain_then_fine_tune_from_it(data, tmp_path, method, capsys):
     assert summary["images"] == 20 and summary["splits"] == ["train"] and summary["epochs_run"] == 2
     state = load_file(str(run / "backbone.safetensors"))
     assert "fc.weight" not in state and any(k.startswith("conv1") for k in state)
-    capsys.readouterr()
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("epoch ")]
+    assert len(lines) == 2 and "train_loss" in lines[0] and "val_" not in lines[0]  # no val_* nan: none is logged
 
     train = ["train", *TINY, "--data-dir", str(data), "--epochs", "1", "--batch-size", "8", "--init", str(run),
              "--out", str(tmp_path / "ft"), "--no-tensorboard"]  # fmt: skip

@@ -234,7 +234,8 @@ class EpochHistory(Callback):
             write_csv(self.path, self.rows)
         log.info("epoch %d: %s", row["epoch"], {k: v for k, v in row.items() if k != "epoch"})
         if self.echo and self.write:
-            shown = "  ".join(f"{k} {row[k]:.4f}" for k in ("train_loss", "val_loss", "val_acc", "val_auc"))
+            keys = ("train_loss", "val_loss", "val_acc", "val_auc")  # those the module logs (pretraining: no val_*)
+            shown = "  ".join(f"{k} {row[k]:.4f}" for k in keys if k in metrics)
             print(f"epoch {row['epoch']}/{trainer.max_epochs}: {shown}  ({row['seconds']:.0f} s)", file=sys.stderr)
 
 
