@@ -34,7 +34,7 @@ def lung_mask(hu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     from covidct.data.crop import shrink
 
-    hu, _ = shrink(np.asarray(hu, dtype=np.float32))
+    hu, _ = shrink(np.asarray(hu))
     body = _largest_filled(hu > BODY_HU)
     lung = ndimage.binary_opening(body & (hu < LUNG_HU), iterations=2)
     return lung, body

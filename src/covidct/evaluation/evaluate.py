@@ -193,9 +193,11 @@ def summarise(
     chosen = (
         operating_points(s.val_labels, s.val_scores, threshold, min_sensitivity) if s.val_scores is not None else []
     )
+    ci95 = intervals(labels, scores, threshold, n_bootstrap, seed)
     for name, t in chosen or [("default", threshold)]:
         m = binary_metrics(labels, scores, t).to_dict()
-        points.append({"name": name, "chosen_on": "val", **m, "ci95": intervals(labels, scores, t, n_bootstrap, seed)})
+        ci = ci95 if t == threshold else intervals(labels, scores, t, n_bootstrap, seed)  # the default point's: once
+        points.append({"name": name, "chosen_on": "val", **m, "ci95": ci})
     single = len(s.runs) == 1
     return {
         "run": str(s.runs[0]) if single else [str(r) for r in s.runs],
@@ -209,7 +211,7 @@ def summarise(
         "class_names": s.class_names,
         "positive_class": s.class_names[1],
         **metrics.to_dict(),
-        "ci95": intervals(labels, scores, threshold, n_bootstrap, seed),
+        "ci95": ci95,
         "bootstrap": {"resamples": n_bootstrap, "seed": seed, "stratified": True, "method": "percentile"},
         "operating_points": points,
         "calibration": calibration_report(

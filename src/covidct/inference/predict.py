@@ -272,19 +272,20 @@ def _predict_folder(model, folder, window, aggregation, t, label, rows, report, 
         raise DataError(f"{folder}: nothing could be scored ({'; '.join(report['skipped'][:3])})")
 
 
+def dicom_top_slices(tops: list[dict[str, Any]], window: tuple[float, float] = LUNG_WINDOW) -> list[Image.Image]:
+    """A DICOM series' top slices (summary["top_slices"], each with its "file") as grey pictures in `window`, read
+    again from their files: the series is streamed, not kept."""
+    from covidct.data.dicom_study import slice_hu
+
+    return [grey_image(apply_window(slice_hu(Path(top["file"]))[0], *window)) for top in tops]
+
+
 def _save_top_cams(model, path, greys, summary, cam_dir, series=None, window=LUNG_WINDOW) -> None:
     """A montage PNG of the top-k slices with their heat maps (Grad-CAM), beside per-slice overlays."""
     from covidct.inference.explain import explain, overlay
 
-    images = []
-    for top in summary["top_slices"]:
-        if series is not None:
-            from covidct.data.dicom_study import slice_hu
-
-            hu, _ = slice_hu(Path(top["file"]))
-            images.append(grey_image(apply_window(hu, *window)))
-        else:
-            images.append(grey_image(greys[top["slice"]]))
+    tops = summary["top_slices"]
+    images = dicom_top_slices(tops, window) if series is not None else [grey_image(greys[t["slice"]]) for t in tops]
     if not images:
         return
     tiles = [overlay(img, cam).resize((256, 256)) for img, cam in zip(images, explain(model, images))]

@@ -226,12 +226,11 @@ class Predictor:
 
     def _top_slice_pictures(self, tops: list[dict[str, Any]], cam: bool) -> None:
         """Replace each top slice's file path (a temporary file) by its picture as a PNG data URL."""
-        from covidct.data.dicom_study import slice_hu
-        from covidct.data.medical import LUNG_WINDOW, apply_window, grey_image
         from covidct.inference.explain import explain, overlay
+        from covidct.inference.predict import dicom_top_slices
 
         shown = tops[:TOP_SLICES_SHOWN]
-        images = [grey_image(apply_window(slice_hu(Path(top["file"]))[0], *LUNG_WINDOW)) for top in shown]
+        images = dicom_top_slices(shown)
         if cam and images:
             with self.cam_lock:
                 images = [overlay(img, heat) for img, heat in zip(images, explain(self.model, images))]
