@@ -108,6 +108,10 @@ class TrainConfig(Settings):
     backbone_lr_scale: float = setting(1.0, "the pretrained backbone's lr = lr x this; the new head's = lr")
     label_smoothing: float = setting(0.1, "label smoothing of the cross-entropy")
     patience: int = setting(10, "early-stopping patience in epochs")
+    mixup: float = setting(0.0, "> 0: mixup within each batch, weights ~ Beta(alpha, alpha) with this alpha (0.2-0.4 "
+                           "is usual); with balanced sources many pairs cross sources")  # fmt: skip
+    domain_adversarial: float = setting(0.0, "> 0: weight of a head that predicts the source through gradient "
+                                        "reversal (Ganin et al. 2016); needs two or more training sources")  # fmt: skip
     ema_decay: float = setting(0.0, "> 0: validate and checkpoint an exponential moving average of the weights")
     monitor: str = setting("val_acc", "best-checkpoint and early-stopping criterion (val_auc_mean: mean of the "
                            "validation sources' AUCs)", tuple(MONITORS))  # fmt: skip
@@ -160,6 +164,12 @@ class TrainConfig(Settings):
         check_choices(self)
         if self.samples_per_epoch is not None and self.samples_per_epoch < 1:
             raise ConfigError(f"samples_per_epoch must be >= 1, got {self.samples_per_epoch!r}")
+        for name in ("mixup", "domain_adversarial"):
+            if not 0 <= getattr(self, name) <= 10:
+                raise ConfigError(f"{name} must be between 0 and 10, got {getattr(self, name)!r}")
+        if self.mixup > 0 and self.domain_adversarial > 0:
+            # a mixed image has no one source for the domain head to predict
+            raise ConfigError("mixup and domain_adversarial cannot be combined: a mixed image has no single source")
         if self.freeze_blocks < 0:
             raise ConfigError(f"freeze_blocks must be >= 0, got {self.freeze_blocks!r}")
         self.sources = [str(s) for s in (self.sources or [])]

@@ -104,3 +104,24 @@ def test_crosssource_matrix(two_sources, tmp_path):
     assert first["sars-cov-2-ct"]["held_out"] and first["sars-cov-2-ct"]["n"] == 28  # every image of it
     assert not first["covid-ct"]["held_out"] and first["covid-ct"]["n"] == 8  # its own test split
     assert (out / "matrix.png").stat().st_size > 1000 and "held out" in (out / "matrix.csv").read_text()
+
+
+def test_domain_adversarial_training_logs_the_source_loss_and_its_model_loads(two_sources, tmp_path):
+    from covidct.inference.load import load_trained
+
+    a, b = two_sources
+    args = ["train", *TINY, "--epochs", "2", "--source", f"covid-ct={a}", "--source", f"sars-cov-2-ct={b}",
+            "--domain-adversarial", "1", "--out", str(tmp_path / "runs")]  # fmt: skip
+    assert main(args) == 0
+    run = next((tmp_path / "runs").iterdir())
+    history = list(csv.DictReader((run / "metrics.csv").read_text().splitlines()))
+    assert all(0 < float(r["train_domain_loss"]) < 5 for r in history)
+    ckpt = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
+    assert ckpt["hyper_parameters"]["domain_weight"] == 1.0 and ckpt["hyper_parameters"]["n_domains"] == 2
+    assert any(k.startswith("domain_head.") for k in ckpt["state_dict"])
+    model = load_trained(run)  # the domain head is training-only: prediction loads the network alone
+    from PIL import Image
+
+    image = Image.open(next(b.rglob("*.png")))
+    assert 0 <= float(model.scores([image])[0]) <= 1
+    assert main(["evaluate", str(run), "--split", "test", "--bootstrap", "0"]) == 0

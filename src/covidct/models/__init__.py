@@ -8,6 +8,7 @@ from covidct.models.registry import (
     backbone_specs,
     create_model,
     get_spec,
+    head_module,
     head_parameters,
     register_backbone,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "backbone_specs",
     "create_model",
     "get_spec",
+    "head_module",
     "head_parameters",
     "load_weight_file",
     "register_backbone",

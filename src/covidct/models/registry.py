@@ -106,10 +106,16 @@ def create_model(
     return model, pre
 
 
-def head_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The parameters of the new classification head (trained from scratch, so they may get a larger lr)."""
+def head_module(model: nn.Module) -> nn.Module | None:
+    """The model's 2-class head (its input is the pooled features), or None where it cannot be found."""
     path = getattr(model, HEAD_ATTR, None)
     if path:
-        return list(model.get_submodule(path).parameters())
+        return model.get_submodule(path)
     get = getattr(model, "get_classifier", None)  # timm models
-    return list(get().parameters()) if callable(get) else []
+    return get() if callable(get) else None
+
+
+def head_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters of the new classification head (trained from scratch, so they may get a larger lr)."""
+    head = head_module(model)
+    return list(head.parameters()) if head is not None else []

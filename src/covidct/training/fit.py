@@ -34,6 +34,7 @@ from lightning.pytorch.callbacks import (
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 from torch.utils.data import DataLoader
+from torchvision.transforms.v2 import MixUp
 
 from covidct import __version__
 from covidct.config import TrainConfig
@@ -41,7 +42,8 @@ from covidct.data import ImageDataset, SplitData, eval_transform, train_transfor
 from covidct.data.sources import run_data
 from covidct.evaluation.metrics import binary_metrics, roc_auc
 from covidct.fileio import atomic_write, read_csv, write_csv, write_json, write_text
-from covidct.models import Preprocessing, create_model, head_parameters
+from covidct.models import Preprocessing, create_model, head_module, head_parameters
+from covidct.models.adversarial import DomainHead, reversal_strength
 from covidct.training.precision import keep_fp32, resolve_precision
 
 log = logging.getLogger("covidct")
@@ -78,6 +80,9 @@ class Classifier(L.LightningModule):
         channels_last: bool = True,
         threshold: float = 0.5,
         backbone_lr_scale: float = 1.0,
+        mixup: float = 0.0,
+        domain_weight: float = 0.0,
+        n_domains: int = 0,
         model: nn.Module | None = None,
     ) -> None:
         super().__init__()
@@ -85,6 +90,20 @@ class Classifier(L.LightningModule):
         if model is None:  # rebuilt from a checkpoint: architecture only, the weights follow
             model, _ = create_model(model_name, pretrained=False)
         self.model = model.to(memory_format=torch.channels_last) if channels_last else model
+        # torchvision's batch MixUp: Beta(alpha, alpha) weights, each image mixed with another of the batch, labels
+        # mixed the same (as soft targets). With balanced sources many pairs cross sources.
+        self.mixup = MixUp(alpha=mixup, num_classes=2) if mixup > 0 else None
+        self.domain_head: DomainHead | None = None
+        self.train_domains: torch.Tensor | None = None  # the source (0..n_domains-1) of each training image, by index
+        if domain_weight > 0 and n_domains > 1:
+            head = head_module(self.model)
+            if not isinstance(head, nn.Linear):
+                from covidct.errors import ConfigError
+
+                raise ConfigError(f"domain_adversarial: {model_name} has no linear head whose input could be read")
+            self.domain_head = DomainHead(head.in_features, n_domains)
+            self._features: torch.Tensor | None = None
+            head.register_forward_pre_hook(self._keep_features)
         self._val_scores: list[torch.Tensor] = []
         self._val_labels: list[torch.Tensor] = []
         self._val_index: list[torch.Tensor] = []
@@ -100,13 +119,31 @@ class Classifier(L.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.model(x)
 
+    def _keep_features(self, head: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        self._features = inputs[0]
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        logits = self(batch["image"])
-        loss = F.cross_entropy(logits, batch["label"], label_smoothing=self.hparams.label_smoothing)
-        acc = (logits.argmax(1) == batch["label"]).float().mean()
-        n = len(batch["label"])
-        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
+        images, labels = batch["image"], batch["label"]
+        targets = labels
+        if self.mixup is not None:
+            images, targets = self.mixup(images, labels)
+        logits = self(images)
+        loss = F.cross_entropy(logits, targets, label_smoothing=self.hparams.label_smoothing)
+        acc = (logits.argmax(1) == labels).float().mean()  # against the unmixed labels: a rough guide only
+        n = len(labels)
         self.log("train_acc", acc, on_step=False, on_epoch=True, batch_size=n)
+        if self.domain_head is not None and self.train_domains is not None:
+            domains = self.train_domains.to(labels.device)[batch["index"]]
+            batches = max(1, int(self.trainer.num_training_batches)) if self._trainer is not None else 1
+            strength = reversal_strength((self.current_epoch + batch_idx / batches) / self.hparams.max_epochs)
+            domain_logits = self.domain_head(self._features, strength)
+            domain_loss = F.cross_entropy(domain_logits, domains)
+            # Near chance (ln 2 with two sources) means the backbone's features no longer give the source away.
+            self.log("train_domain_loss", domain_loss, on_step=False, on_epoch=True, batch_size=n)
+            self.log("train_domain_acc", (domain_logits.argmax(1) == domains).float().mean(), on_step=False,
+                     on_epoch=True, batch_size=n)  # fmt: skip
+            loss = loss + self.hparams.domain_weight * domain_loss
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -227,6 +264,9 @@ class EpochHistory(Callback):
         row = {"epoch": trainer.current_epoch + 1}
         for key in ("train_loss", "train_acc", "val_loss", "val_acc", "val_auc"):
             row[key] = round(metrics.get(key, float("nan")), 6)
+        # with several sources: val_auc_mean and each source's val_auc/<source>; domain-adversarial: its loss
+        for key in sorted(k for k in metrics if k.startswith(("val_auc_", "val_auc/", "train_domain_"))):
+            row[key] = round(metrics[key], 6)
         row["lr"] = self._lr
         row["seconds"] = round(time.perf_counter() - self._start, 2)
         self.rows.append(row)
@@ -473,6 +513,7 @@ def _fit(
     if precision == "bf16-mixed" and on_cpu and config.fp32_slow_layers:
         kept = keep_fp32(model)
         log.info("%d depthwise convolutions kept in fp32 (faster than bf16 on this CPU)", len(kept))
+    domains = sorted({s.source for s in train_ds.samples})
     if config.freeze_blocks:
         frozen = freeze_blocks(model, config.freeze_blocks)
         log.info("%d parameters frozen (stem and the first %d blocks)", frozen, config.freeze_blocks)
@@ -487,9 +528,17 @@ def _fit(
         label_smoothing=config.label_smoothing,
         channels_last=config.channels_last,
         backbone_lr_scale=config.backbone_lr_scale,
+        mixup=config.mixup,
+        domain_weight=config.domain_adversarial,
+        n_domains=len(domains),
         model=model,
     )
     module.val_sources = np.array([s.source for s in val_ds.samples])
+    if module.domain_head is not None:
+        module.train_domains = torch.as_tensor([domains.index(s.source) for s in train_ds.samples])
+        log.info("domain-adversarial head over %d sources (weight %g)", len(domains), config.domain_adversarial)
+    elif config.domain_adversarial > 0:
+        log.info("domain-adversarial head off: one training source")
     # Saved at train epoch end, after EpochHistory wrote the epoch's row (Lightning runs checkpoint callbacks
     # last): a kill in between leaves the row without its checkpoint, and resume redoes that epoch, so the
     # history has no gaps. last.ckpt has its own callback: since Lightning 2.6, save_last=True only writes
