@@ -1,6 +1,6 @@
 import numpy as np
 
-from covidct.data.probe import ProbeFeatures, grey_histogram, probe_auc, shortcut_probe
+from covidct.data.probe import ProbeFeatures, grey_histogram, probe_auc, shortcut_probe, transfer_auc
 
 
 def features(fmt: str, rng: np.random.Generator, size: int = 64) -> np.ndarray:
@@ -33,8 +33,22 @@ def test_probe_per_source_and_for_the_source():
         "source",
         "class within a, metadata only",
         "class within b, metadata only",
+        "class, trained on a, scored on b",
+        "class, trained on b, scored on a",
     }
     assert out["source"] > 0.95 and out["class within a"] < 0.8
+
+
+def test_transfer_probe_sees_a_cue_that_flips_between_sources():
+    """Within each source the class is the brightness; where b has it the other way round, the probe trained on a
+    scores b below chance; where b shares the cue, it transfers."""
+    rng = np.random.default_rng(2)
+    y = np.tile([0, 1], 40)
+    a = np.c_[rng.normal(size=80) + 2.0 * y, rng.normal(size=80)]
+    b = np.c_[rng.normal(size=80) + 2.0 * y, rng.normal(size=80)]
+    assert transfer_auc(a, y, b, 1 - y) < 0.2  # in b the brighter images are the other class
+    assert transfer_auc(a, y, b, y) > 0.8
+    assert transfer_auc(a, np.zeros(80), b, y) is None
 
 
 def test_probe_needs_enough_images_per_value():

@@ -206,6 +206,12 @@ def audit_dataset(data: SplitData, progress: bool = False) -> AuditReport:
                     f"from {'image metadata' if 'metadata' in what else 'image size, format, mode and grey histogram'}"
                     " alone, without looking at the lungs"
                 )
+            if auc is not None and auc < 0.4 and "scored on" in what:
+                report.warnings.append(
+                    f"warning: the shortcut probe {what.split(', ', 1)[1]} at AUC {auc:.2f}: what tells the classes "
+                    "apart in one source points the other way in the other (a model trained on one source can "
+                    "inherit that)"
+                )
     if info.overlap:
         report.warnings += [f"listed in two splits: {o}" for o in info.overlap]
     return report

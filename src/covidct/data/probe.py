@@ -63,8 +63,9 @@ META_COLUMNS = 4 + len(FORMATS) + len(MODES)  # the features that are not the gr
 
 def shortcut_probe(features: list[np.ndarray], labels: list[int], sources: list[str], seed: int = 0) -> dict:
     """{'class within <source>': AUC, 'class within <source>, metadata only': AUC, 'class (all sources pooled)':
-    AUC, 'source': AUC}. The grey histogram can carry real signal (ground glass raises lung density) as well as
-    acquisition differences; the metadata-only probe (size, aspect, format, mode, bytes per pixel) carries none."""
+    AUC, 'source': AUC, 'class, trained on <a>, scored on <b>': AUC}. The grey histogram can carry real signal
+    (ground glass raises lung density) as well as acquisition differences; the metadata-only probe (size, aspect,
+    format, mode, bytes per pixel) carries none."""
     x, y, s = np.stack(features), np.asarray(labels), np.asarray(sources)
     out: dict[str, float | None] = {}
     for source in sorted(set(sources)):
@@ -74,4 +75,22 @@ def shortcut_probe(features: list[np.ndarray], labels: list[int], sources: list[
     if len(set(sources)) > 1:
         out["class (all sources pooled)"] = probe_auc(x, y, seed)
         out["source"] = probe_auc(x, s, seed)
+        for a in sorted(set(sources)):
+            for b in sorted(set(sources) - {a}):
+                out[f"class, trained on {a}, scored on {b}"] = transfer_auc(x[s == a], y[s == a], x[s == b], y[s == b],
+                                                                            seed)  # fmt: skip
     return out
+
+
+def transfer_auc(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
+                 seed: int = 0) -> float | None:  # fmt: skip
+    """AUC on one source of the probe fitted on another: does what tells the classes apart in one source carry
+    over? Near 0.5, the probe's cues are the source's own; well below 0.5, they point the other way elsewhere (the
+    failure a deep net trained on one source can inherit). None when either side holds one class."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.metrics import roc_auc_score
+
+    if len(np.unique(y_train)) < 2 or len(np.unique(y_test)) < 2:
+        return None
+    model = HistGradientBoostingClassifier(max_iter=100, random_state=seed).fit(x_train, y_train)
+    return float(roc_auc_score(y_test, model.predict_proba(x_test)[:, 1]))
