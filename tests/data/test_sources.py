@@ -16,6 +16,7 @@ from covidct.data.sources import (
     load_source,
     load_sources,
     parse_source,
+    sars_group,
     source_dir,
 )
 from covidct.errors import DataError
@@ -61,6 +62,21 @@ def test_sars_source_split_is_seeded_and_says_there_are_no_patient_ids(tmp_path)
     assert {s.source for ss in a.splits.values() for s in ss} == {"sars-cov-2-ct"}
     assert sum(len(v) for v in a.splits.values()) == 40
     assert load_source(f"sars-cov-2-ct={root}", seed=1).splits == a.splits
+
+
+def test_sars_splits_keep_blocks_of_consecutive_file_numbers_together(tmp_path):
+    """Neighbouring numbers are neighbouring slices of one patient: a block never straddles two splits."""
+    root = make_sars_layout(tmp_path / "sars", 200, 200, size=(16, 16))
+    split_of = {s.path.name: split for split, ss in load_source(f"sars-cov-2-ct={root}").splits.items() for s in ss}
+    for prefix in ("Covid", "Non-Covid"):
+        for block in range(10):  # files 1-19, 20-39, ..., 180-199 (and 200 in the eleventh)
+            members = {split_of[f"{prefix} ({n}).png"] for n in range(max(1, 20 * block), 20 * block + 20)}
+            assert len(members) == 1, (prefix, block, members)
+        assert len({split_of[f"{prefix} ({n}).png"] for n in range(1, 201)}) == 3
+    small = make_sars_layout(tmp_path / "small", 30, 30, size=(16, 16))  # too few blocks: slices split alone
+    assert {len(v) > 0 for v in load_source(f"sars-cov-2-ct={small}").splits.values()} == {True}
+    assert sars_group(Path("Covid (134).png"), "COVID") == "COVID:6"
+    assert sars_group(Path("scan.png"), "COVID") == ""
 
 
 def test_partial_source_is_refused_with_counts(tmp_path, monkeypatch):
