@@ -37,7 +37,7 @@ def reversal_strength(progress: float, gamma: float = 10.0) -> float:
 
 
 class DomainHead(nn.Module):
-    """Features -> gradient reversal -> Linear -> ReLU -> Linear -> one logit per source."""
+    """Features -> gradient reversal -> Linear -> ReLU -> Dropout -> Linear -> one logit per source."""
 
     def __init__(self, n_features: int, n_domains: int, hidden: int = 256) -> None:
         super().__init__()
