@@ -122,7 +122,8 @@ class TrainConfig(Settings):
     augment: str = setting("ct", "study: crop+flip; ct: + affine, brightness/contrast; robust: ct + blur, noise, "
                            "contrast, JPEG re-encoding", ("study", "ct", "robust"))  # fmt: skip
     crop: str = setting("none", "crop every image to the body or the lung fields first", ("none", "body", "lung"))
-    intensity: str = setting("none", "histogram equalisation of every image", ("none", "equalize"))
+    intensity: str = setting("none", "histogram equalisation of every image: global (equalize) or adaptive, "
+                             "contrast-limited (clahe)", ("none", "equalize", "clahe"))  # fmt: skip
     # ---- speed and machines
     precision: str = setting("auto", "auto: bf16-mixed on CPUs with AMX/AVX512-BF16 and on GPUs, else 32",
                              PRECISIONS)  # fmt: skip

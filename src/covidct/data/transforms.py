@@ -1,8 +1,9 @@
 """The train and eval pipelines of a model, built from its Preprocessing (stored in every checkpoint).
 
 Steps, in order: optional crop to the body or lungs (crop.py: every source framed alike), optional grey (CT is
-grey; the COVID-CT classes differ in colour mode), optional intensity normalisation (histogram equalisation:
-sources differ in window and contrast), then the study's resize/crop/flip and the chosen augmentation.
+grey; the COVID-CT classes differ in colour mode), optional intensity normalisation (global or adaptive histogram
+equalisation: sources differ in window and contrast), then the study's resize/crop/flip and the chosen
+augmentation.
 
 Augmentations (torchvision.transforms.v2):
 - study: resize the shorter side, random crop of 50-100% of the area, horizontal flip (the seed study);
@@ -13,7 +14,9 @@ Augmentations (torchvision.transforms.v2):
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import v2
 
@@ -21,7 +24,26 @@ from covidct.data.crop import CropToBody
 from covidct.data.preprocessing import Preprocessing
 
 AUGMENTATIONS = ("study", "ct", "robust")
-INTENSITIES = ("none", "equalize")
+INTENSITIES = ("none", "equalize", "clahe")
+
+
+class CLAHE:
+    """Contrast-limited adaptive histogram equalisation (scikit-image's equalize_adapthist) of a grey or RGB PIL
+    image: local contrast evened out tile by tile, with the clip limit keeping noise from being amplified. Unlike
+    global equalisation it keeps a region's brightness relative to its surroundings."""
+
+    def __init__(self, clip_limit: float = 0.01) -> None:
+        self.clip_limit = clip_limit
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        from skimage.exposure import equalize_adapthist
+
+        grey = np.asarray(img.convert("L"))
+        out = (equalize_adapthist(grey, clip_limit=self.clip_limit) * 255).round().astype(np.uint8)
+        return Image.fromarray(out).convert(img.mode)
+
+    def __repr__(self) -> str:
+        return f"CLAHE(clip_limit={self.clip_limit})"
 
 
 def _front(pre: Preprocessing) -> list:
@@ -31,6 +53,8 @@ def _front(pre: Preprocessing) -> list:
         steps.append(T.Grayscale(3))
     if pre.intensity == "equalize":
         steps.append(T.RandomEqualize(p=1.0))
+    elif pre.intensity == "clahe":
+        steps.append(CLAHE())
     return steps
 
 
