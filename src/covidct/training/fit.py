@@ -119,6 +119,44 @@ class Classifier(L.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.model(x)
 
+    @classmethod
+    def for_run(
+        cls,
+        config: TrainConfig,
+        model: nn.Module,
+        pre: Preprocessing,
+        class_names: list[str] | tuple[str, ...],
+        train_ds: ImageDataset,
+        val_ds: ImageDataset,
+    ) -> Classifier:
+        """The module of a training run: the settings it keeps in its checkpoint come from `config` here, once;
+        the sources of the training and validation images (by dataset index) for the per-source validation AUC
+        and the domain-adversarial head."""
+        domains = sorted({s.source for s in train_ds.samples})
+        module = cls(
+            model_name=config.model,
+            preprocessing=pre.to_dict(),
+            class_names=list(class_names),
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+            warmup_epochs=config.warmup_epochs,
+            max_epochs=config.epochs,
+            label_smoothing=config.label_smoothing,
+            channels_last=config.channels_last,
+            backbone_lr_scale=config.backbone_lr_scale,
+            mixup=config.mixup,
+            domain_weight=config.domain_adversarial,
+            n_domains=len(domains),
+            model=model,
+        )
+        module.val_sources = np.array([s.source for s in val_ds.samples])
+        if module.domain_head is not None:
+            module.train_domains = torch.as_tensor([domains.index(s.source) for s in train_ds.samples])
+            log.info("domain-adversarial head over %d sources (weight %g)", len(domains), config.domain_adversarial)
+        elif config.domain_adversarial > 0:
+            log.info("domain-adversarial head off: one training source")
+        return module
+
     def _keep_features(self, head: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
         self._features = inputs[0]
 
@@ -505,45 +543,64 @@ def _fit(
     resume: bool,
     rank0: bool,
 ) -> Path:
+    """The run, as named stages: the network's speed and freezing, the Lightning module, the callbacks, the
+    trainer, the loop, and (rank 0) the summary."""
     precision = resolve_precision(config.precision, config.accelerator)
     workers = resolve_workers(config.num_workers)
     log.info("run %s: model %s, precision %s, %d loader workers", run_dir, config.model, precision, workers)
     log.info("data: %s %s", data.source, data.counts())
+    prepare_network(model, config, precision)
+    module = Classifier.for_run(config, model, pre, data.class_names, train_ds, val_ds)
+    history = EpochHistory(run_dir / "metrics.csv", write=rank0, echo=not progress)
+    ckpt_path = None
+    if resume:
+        ckpt_path, done = resume_point(run_dir)
+        history.rows = [r for r in read_csv(run_dir / "metrics.csv") if int(r["epoch"]) <= done]
+        log.info("resuming %s after epoch %d", run_dir, done)
+    best, callbacks = run_callbacks(config, run_dir, history, progress)
+    trainer = make_trainer(config, precision, callbacks, run_dir, progress)
+    start = time.perf_counter()
+    try:
+        trainer.fit(
+            module,
+            make_loader(train_ds, config.batch_size, True, workers, make_sampler(train_ds, config)),
+            make_loader(val_ds, config.batch_size, False, workers),
+            ckpt_path=ckpt_path,
+        )
+    except SystemExit:  # Lightning's way out after Ctrl-C (exit 1) and SIGTERM (SIGTERMException)
+        if not trainer.interrupted:
+            raise
+        from covidct.errors import TrainingInterrupted
+
+        raise TrainingInterrupted(
+            f"training stopped by a signal; resume with: covidct train --resume {run_dir}"
+        ) from None
+    wall = time.perf_counter() - start
+    if trainer.is_global_zero:
+        write_summary(run_dir, config, data, module, val_ds, best, history, trainer, precision, workers, wall, resume)
+    return run_dir
+
+
+def prepare_network(model: nn.Module, config: TrainConfig, precision: str) -> None:
+    """Under bf16 on a CPU, the depthwise convolutions whose bf16 backward is slow stay fp32; frozen early blocks."""
     on_cpu = config.accelerator == "cpu" or (config.accelerator == "auto" and not torch.cuda.is_available())
     if precision == "bf16-mixed" and on_cpu and config.fp32_slow_layers:
         kept = keep_fp32(model)
         log.info("%d depthwise convolutions kept in fp32 (faster than bf16 on this CPU)", len(kept))
-    domains = sorted({s.source for s in train_ds.samples})
     if config.freeze_blocks:
         frozen = freeze_blocks(model, config.freeze_blocks)
         log.info("%d parameters frozen (stem and the first %d blocks)", frozen, config.freeze_blocks)
-    module = Classifier(
-        model_name=config.model,
-        preprocessing=pre.to_dict(),
-        class_names=list(data.class_names),
-        lr=config.lr,
-        weight_decay=config.weight_decay,
-        warmup_epochs=config.warmup_epochs,
-        max_epochs=config.epochs,
-        label_smoothing=config.label_smoothing,
-        channels_last=config.channels_last,
-        backbone_lr_scale=config.backbone_lr_scale,
-        mixup=config.mixup,
-        domain_weight=config.domain_adversarial,
-        n_domains=len(domains),
-        model=model,
-    )
-    module.val_sources = np.array([s.source for s in val_ds.samples])
-    if module.domain_head is not None:
-        module.train_domains = torch.as_tensor([domains.index(s.source) for s in train_ds.samples])
-        log.info("domain-adversarial head over %d sources (weight %g)", len(domains), config.domain_adversarial)
-    elif config.domain_adversarial > 0:
-        log.info("domain-adversarial head off: one training source")
+
+
+def run_callbacks(
+    config: TrainConfig, run_dir: Path, history: EpochHistory, progress: bool
+) -> tuple[ModelCheckpoint, list[Callback]]:
+    """(the best-checkpoint callback, every callback of the run): one concern each."""
     # Saved at train epoch end, after EpochHistory wrote the epoch's row (Lightning runs checkpoint callbacks
     # last): a kill in between leaves the row without its checkpoint, and resume redoes that epoch, so the
     # history has no gaps. last.ckpt has its own callback: since Lightning 2.6, save_last=True only writes
     # last.ckpt when a new best was saved (openclimatefix/pvnet#544), which would make it a copy of best.ckpt.
-    checkpoint = ModelCheckpoint(
+    best = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
         filename="best",
         monitor=config.monitor,
@@ -565,14 +622,8 @@ def _fit(
         save_on_train_epoch_end=True,
         every_n_epochs=config.checkpoint_every,
     )
-    history = EpochHistory(run_dir / "metrics.csv", write=rank0, echo=not progress)
-    ckpt_path = None
-    if resume:
-        ckpt_path, done = resume_point(run_dir)
-        history.rows = [r for r in read_csv(run_dir / "metrics.csv") if int(r["epoch"]) <= done]
-        log.info("resuming %s after epoch %d", run_dir, done)
     callbacks: list[Callback] = [
-        checkpoint,
+        best,
         last,
         EarlyStopping(monitor=config.monitor, mode=config.monitor_mode, patience=config.patience),
         history,
@@ -583,6 +634,12 @@ def _fit(
         callbacks.append(EMAWeightAveraging(decay=config.ema_decay))
     if progress:
         callbacks.append(TQDMProgressBar(leave=True))
+    return best, callbacks
+
+
+def make_trainer(
+    config: TrainConfig, precision: str, callbacks: list[Callback], run_dir: Path, progress: bool
+) -> L.Trainer:
     # torchrun/SLURM with one process (WORLD_SIZE=1) also get the DDP strategy: what they were started for
     distributed = (
         config.devices > 1
@@ -590,7 +647,7 @@ def _fit(
         or int(os.environ.get("WORLD_SIZE", "1")) > 1
         or ("WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ)
     )
-    trainer = L.Trainer(
+    return L.Trainer(
         max_epochs=config.epochs,
         accelerator=config.accelerator,
         devices=config.devices,
@@ -607,26 +664,24 @@ def _fit(
         deterministic=False,
         log_every_n_steps=1,  # only epoch metrics are logged; this silences a warning on small data
     )
-    start = time.perf_counter()
-    try:
-        trainer.fit(
-            module,
-            make_loader(train_ds, config.batch_size, True, workers, make_sampler(train_ds, config)),
-            make_loader(val_ds, config.batch_size, False, workers),
-            ckpt_path=ckpt_path,
-        )
-    except SystemExit:  # Lightning's way out after Ctrl-C (exit 1) and SIGTERM (SIGTERMException)
-        if not trainer.interrupted:
-            raise
-        from covidct.errors import TrainingInterrupted
 
-        raise TrainingInterrupted(
-            f"training stopped by a signal; resume with: covidct train --resume {run_dir}"
-        ) from None
-    wall = time.perf_counter() - start
-    if not trainer.is_global_zero:
-        return run_dir
-    best = Path(checkpoint.best_model_path)
+
+def write_summary(
+    run_dir: Path,
+    config: TrainConfig,
+    data: SplitData,
+    module: Classifier,
+    val_ds: ImageDataset,
+    best_ckpt: ModelCheckpoint,
+    history: EpochHistory,
+    trainer: L.Trainer,
+    precision: str,
+    workers: int,
+    wall: float,
+    resume: bool,
+) -> None:
+    """summary.json (what the run was and how it went) and val_last_epoch.csv (the last epoch's scores)."""
+    best = Path(best_ckpt.best_model_path)
     best_epoch = (
         int(torch.load(best, map_location="cpu", weights_only=True, mmap=True)["epoch"]) + 1 if best.is_file() else None
     )
@@ -634,7 +689,7 @@ def _fit(
         "model": config.model,
         "monitor": config.monitor,
         "best_epoch": best_epoch,
-        "best_score": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None,
+        "best_score": float(best_ckpt.best_model_score) if best_ckpt.best_model_score is not None else None,
         "epochs_run": len(history.rows),
         "stopped_early": len(history.rows) < config.epochs,
         "wall_time_s": round(wall, 1),
@@ -669,4 +724,3 @@ def _fit(
         len(history.rows),
         wall,
     )
-    return run_dir
