@@ -8,17 +8,17 @@ Usage: python benchmarks/sars_blocks.py AUDIT/near_duplicates.csv ../shared/data
 from __future__ import annotations
 
 import csv
-import re
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from covidct.data.datasets import Sample, group_split
+from covidct.data.sources import sars_file_number, sars_group
 
 
 def number(path: str | Path) -> int:
-    return int(re.search(r"\((\d+)\)", Path(path).name).group(1))
+    return sars_file_number(Path(path))
 
 
 def main(pairs_csv: str, root: str) -> None:
@@ -34,7 +34,7 @@ def main(pairs_csv: str, root: str) -> None:
     files += [(p, 0, "NonCOVID") for p in sorted((Path(root) / "nonCOVID").iterdir())]
     print("| block | train / val / test | pairs across splits |\n|---|---|---|")
     for block in (0, 10, 20, 30, 40):
-        samples = [Sample(p, y, "sars-cov-2-ct", f"{c}:{number(p) // block}" if block else "") for p, y, c in files]
+        samples = [Sample(p, y, "sars-cov-2-ct", sars_group(p, c, block) if block else "") for p, y, c in files]
         splits = group_split(samples, 42)
         where = {str(s.path): k for k, ss in splits.items() for s in ss}
         cross = sum(where[r["a"]] != where[r["b"]] for r in rows)

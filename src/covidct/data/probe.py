@@ -7,6 +7,7 @@ the anatomy; near 0.5, that these features carry no label.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -40,17 +41,23 @@ def grey_histogram(grey: np.ndarray) -> np.ndarray:
     return h / max(1, h.sum())
 
 
+def _probe_model(seed: int) -> Any:
+    """The probe: gradient-boosted trees (scikit-learn), the same within a source and across sources."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    return HistGradientBoostingClassifier(max_iter=100, random_state=seed)
+
+
 def probe_auc(x: np.ndarray, y: np.ndarray, seed: int = 0, folds: int = 5) -> float | None:
     """Cross-validated ROC-AUC (macro one-vs-rest for more than two values) of gradient-boosted trees on x -> y;
     None when a value has fewer images than folds."""
-    from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
     values, counts = np.unique(y, return_counts=True)
     if len(values) < 2 or counts.min() < folds:
         return None
-    model = HistGradientBoostingClassifier(max_iter=100, random_state=seed)
+    model = _probe_model(seed)
     cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
     p = cross_val_predict(model, x, y, cv=cv, method="predict_proba")
     if len(values) == 2:
@@ -87,10 +94,9 @@ def transfer_auc(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y
     """AUC on one source of the probe fitted on another: does what tells the classes apart in one source carry
     over? Near 0.5, the probe's cues are the source's own; well below 0.5, they point the other way elsewhere (the
     failure a deep net trained on one source can inherit). None when either side holds one class."""
-    from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.metrics import roc_auc_score
 
     if len(np.unique(y_train)) < 2 or len(np.unique(y_test)) < 2:
         return None
-    model = HistGradientBoostingClassifier(max_iter=100, random_state=seed).fit(x_train, y_train)
+    model = _probe_model(seed).fit(x_train, y_train)
     return float(roc_auc_score(y_test, model.predict_proba(x_test)[:, 1]))

@@ -128,10 +128,16 @@ SARS_NOTE = (
 SARS_BLOCK = 20
 
 
-def sars_group(path: Path, class_name: str) -> str:
-    """'COVID:6' for 'Covid (134).png' (numbers 120-139); '' (the file alone) when the name has no number."""
+def sars_file_number(path: Path) -> int | None:
+    """134 for 'Covid (134).png'; None when the name has no number."""
     number = re.search(r"\((\d+)\)", path.name)
-    return f"{class_name}:{int(number.group(1)) // SARS_BLOCK}" if number else ""
+    return int(number.group(1)) if number else None
+
+
+def sars_group(path: Path, class_name: str, block: int = SARS_BLOCK) -> str:
+    """'COVID:6' for 'Covid (134).png' (numbers 120-139); '' (the file alone) when the name has no number."""
+    number = sars_file_number(path)
+    return f"{class_name}:{number // block}" if number is not None else ""
 
 
 @register_source(
