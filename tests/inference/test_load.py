@@ -36,3 +36,31 @@ def test_a_checkpoint_carrying_code_is_refused_and_not_run(tmp_path):
     # the same file through plain pickle would have run it: the test's payload is real
     torch.load(run / "checkpoints" / "best.ckpt", weights_only=False)
     assert marker.exists()
+
+
+class _Recorder(torch.nn.Module):
+    """Parameters on `device`; records where its input arrived and answers on the CPU."""
+
+    def __init__(self, device: str) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1, device=device))
+        self.seen: list[torch.device] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(x.device)
+        return torch.zeros(len(x), 2)
+
+
+def test_inputs_follow_the_network_to_its_device_and_scores_come_back_on_the_cpu():
+    from covidct.inference.load import LoadedModel
+
+    module = _Recorder("cpu")
+    model = LoadedModel(card={}, module=module)
+    assert model.to("meta") is model  # "meta": a device that exists without a GPU
+    assert module.w.device.type == "meta"
+    out = model.logits(torch.ones(3, 1, 4, 4))
+    assert module.seen[-1].type == "meta"  # the batch was moved to the network, not the other way round
+    assert out.device.type == "cpu" and out.shape == (3, 2)
+    on_cpu = _Recorder("cpu")
+    LoadedModel(card={}, module=on_cpu).logits(torch.ones(1, 1, 4, 4))
+    assert on_cpu.seen[-1].type == "cpu"

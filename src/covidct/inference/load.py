@@ -64,12 +64,20 @@ class LoadedModel:
     def tensor(self, images: list[Image.Image]) -> torch.Tensor:
         return torch.stack([self.transform(img) for img in images])
 
+    def to(self, device: str | torch.device) -> LoadedModel:
+        """Move the PyTorch network (e.g. to "cuda" for scoring thousands of images); inputs follow it and
+        outputs come back on the CPU. An ONNX Runtime session stays where it is."""
+        if self.module is not None:
+            self.module.to(device)
+        return self
+
     @torch.no_grad()
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         if self.session is not None:
             out = self.session.run(None, {self.session.get_inputs()[0].name: x.numpy()})[0]
             return torch.from_numpy(out)
-        return self.module(x)  # type: ignore[misc]
+        device = next(self.module.parameters()).device  # type: ignore[union-attr]
+        return self.module(x.to(device)).cpu()  # type: ignore[misc]
 
     @torch.no_grad()
     def scores(self, images: list[Image.Image], batch_size: int = 32) -> np.ndarray:

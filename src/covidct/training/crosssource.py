@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from covidct.config import TrainConfig
 from covidct.data import ImageDataset
@@ -37,6 +38,8 @@ def score(run: RunDir, samples: list) -> tuple[np.ndarray, np.ndarray]:
     from covidct.evaluation.evaluate import predict_scores
 
     model = load_checkpoint(run.checkpoint("best"), run)
+    if torch.cuda.is_available():  # the matrix scores every image of a held-out source: thousands per training
+        model.to("cuda")
     _, labels, scores = predict_scores(model, ImageDataset(samples, model.transform))
     return labels, scores
 
