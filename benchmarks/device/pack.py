@@ -1,0 +1,49 @@
+"""The copy of the shared sources that travels to a lent GPU (benchmarks/GENERALIZATION.md, "Three seeds per recipe
+on a lent GPU"): the machine takes at most 64 MiB per call and reaches no data.
+
+Each image goes through covidct's own CropToBody("lung") (what --crop lung does at training, evaluation and
+prediction), to grey, shorter side at most 256 px, then lossy WebP; benchmarks/device/unpack.py turns it back into
+PNG under the original name, so the official covid-ct split and the sars-cov-2-ct blocks are unchanged.
+
+    .venv/bin/python benchmarks/device/pack.py .devdata/data 92 88 [../shared/datasets]
+"""
+
+import shutil
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from PIL import Image
+
+from covidct.data.crop import CropToBody
+from covidct.data.images import load_rgb
+
+DST = Path(sys.argv[1])
+QUALITY = {"covid-ct": int(sys.argv[2]), "sars-cov-2-ct": int(sys.argv[3])}  # WebP quality per source
+SRC = Path(sys.argv[4] if len(sys.argv) > 4 else "../shared/datasets")
+SIDE = 256  # training's decoded cache shrinks to the same shorter side
+CROP = CropToBody("lung")
+
+
+def pack(path: Path) -> None:
+    rel = path.relative_to(SRC)
+    out = DST / (str(rel) + ".webp")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    img = CROP(load_rgb(path)).convert("L")
+    w, h = img.size
+    scale = SIDE / min(w, h)
+    if scale < 1:
+        img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.LANCZOS)
+    img.save(out, "WEBP", quality=QUALITY[rel.parts[0]], method=6)
+
+
+if __name__ == "__main__":
+    for source in QUALITY:
+        for p in (SRC / source).rglob("*"):
+            if p.is_file() and p.suffix.lower() in (".txt", ".md"):  # split lists and READMEs, unchanged
+                (DST / p.relative_to(SRC)).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(p, DST / p.relative_to(SRC))
+    files = sorted(p for s in QUALITY for p in (SRC / s).rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    with ProcessPoolExecutor(2) as pool:
+        list(pool.map(pack, files, chunksize=16))
+    print("packed", len(files), "images to", DST)
