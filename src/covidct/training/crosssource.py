@@ -53,6 +53,16 @@ def cell(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, 
     return out
 
 
+def caveats(config: TrainConfig, n_sources: int) -> list[str]:
+    """What this matrix cannot show for this recipe, written beside it."""
+    out = [f"One training per row (seed {config.seed}): held-out cells move with the seed (by up to 0.14 AUC in "
+           "benchmarks/GENERALIZATION.md), so compare recipes over several seeds (--seed)."]  # fmt: skip
+    if n_sources == 2 and config.domain_adversarial > 0:
+        out.append("With two sources the held-out rows train on one source, where a domain-adversarial head is off: "
+                   "--domain-adversarial changes only the row trained on both.")  # fmt: skip
+    return out
+
+
 def run_crosssource(config: TrainConfig, out_dir: str | Path, progress: bool = False, n_bootstrap: int = 0) -> Path:
     from covidct.training.fit import train
 
@@ -95,9 +105,11 @@ def run_crosssource(config: TrainConfig, out_dir: str | Path, progress: bool = F
     note = (f"\nMean held-out-source AUC: {np.mean(held):.3f} over {len(held)} cells. AUC with DeLong 95% interval; "
             "accuracy, sensitivity, specificity at the Youden threshold chosen on the training sources' validation "
             "split.\n")  # fmt: skip
+    note += "".join(f"\n{c}\n" for c in caveats(config, len(names)))
     write_text(out / "matrix.md", table_markdown(rows) + note)
     write_json(out / "matrix.json", {"sources": sources, "config": config.to_dict(), "trainings": records,
-                                     "mean_held_out_auc": float(np.mean(held)) if held else None})  # fmt: skip
+                                     "mean_held_out_auc": float(np.mean(held)) if held else None,
+                                     "caveats": caveats(config, len(names))})  # fmt: skip
     _heatmap(records, names, out / "matrix.png")
     return out
 
@@ -124,4 +136,4 @@ def _heatmap(records: list[dict[str, Any]], names: list[str], path: Path) -> Non
     save_figure(fig, path)
 
 
-__all__ = ["json", "run_crosssource", "trainings"]
+__all__ = ["caveats", "json", "run_crosssource", "trainings"]
