@@ -2,7 +2,9 @@
 
 import csv
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -104,6 +106,14 @@ def test_crosssource_matrix(two_sources, tmp_path):
     assert first["sars-cov-2-ct"]["held_out"] and first["sars-cov-2-ct"]["n"] == 28  # every image of it
     assert not first["covid-ct"]["held_out"] and first["covid-ct"]["n"] == 8  # its own test split
     assert (out / "matrix.png").stat().st_size > 1000 and "held out" in (out / "matrix.csv").read_text()
+    # every cell's images with their scores, beside the run that scored them, at the cell's threshold
+    first_run = Path(matrix["trainings"][0]["run"])
+    rows = list(csv.DictReader((first_run / "scores-sars-cov-2-ct.csv").read_text().splitlines()))
+    assert len(rows) == 28 and all(Path(r["path"]).is_relative_to(b) for r in rows)
+    threshold = matrix["trainings"][0]["threshold"]
+    assert all(int(r["predicted"]) == (float(r["score"]) >= threshold) for r in rows)
+    accuracy = np.mean([int(r["correct"]) for r in rows])
+    assert accuracy == pytest.approx(first["sars-cov-2-ct"]["accuracy"], abs=1e-6)
 
 
 def test_domain_adversarial_training_logs_the_source_loss_and_its_model_loads(two_sources, tmp_path):

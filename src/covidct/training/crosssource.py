@@ -34,14 +34,20 @@ def trainings(sources: list[str]) -> list[list[str]]:
     return [*out, list(sources)]
 
 
-def score(run: RunDir, samples: list) -> tuple[np.ndarray, np.ndarray]:
+def score(run: RunDir, samples: list) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(paths, labels, scores) of the run's best checkpoint on these samples."""
     from covidct.evaluation.evaluate import predict_scores
 
     model = load_checkpoint(run.checkpoint("best"), run)
     if torch.cuda.is_available():  # the matrix scores every image of a held-out source: thousands per training
         model.to("cuda")
-    _, labels, scores = predict_scores(model, ImageDataset(samples, model.transform))
-    return labels, scores
+    return predict_scores(model, ImageDataset(samples, model.transform))
+
+
+def score_rows(paths: list[str], labels: np.ndarray, scores: np.ndarray, threshold: float) -> list[dict[str, Any]]:
+    """One row per image of a cell: what was scored and how, for error analysis (which held-out images fail)."""
+    return [{"path": p, "label": int(y), "score": float(s), "predicted": int(s >= threshold),
+             "correct": int(int(s >= threshold) == int(y))} for p, y, s in zip(paths, labels, scores)]  # fmt: skip
 
 
 def cell(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, Any]:
@@ -79,7 +85,7 @@ def run_crosssource(config: TrainConfig, out_dir: str | Path, progress: bool = F
         run = RunDir(train(cfg, progress=progress))
         wall = time.perf_counter() - start
         val = run.data().splits["val"]
-        val_labels, val_scores = score(run, val)
+        _, val_labels, val_scores = score(run, val)
         threshold = youden_threshold(val_labels, val_scores)
         row: dict[str, Any] = {"trained on": label}
         record: dict[str, Any] = {"trained_on": train_names, "run": str(run.path), "train_seconds": round(wall, 1),
@@ -89,7 +95,8 @@ def run_crosssource(config: TrainConfig, out_dir: str | Path, progress: bool = F
             held_out = name not in train_names
             samples = [s for sp in ("train", "val", "test") for s in data[name].splits[sp]] if held_out else \
                 data[name].splits["test"]  # fmt: skip
-            labels, scores = score(run, samples)
+            paths, labels, scores = score(run, samples)
+            write_csv(run.path / f"scores-{name}.csv", score_rows(paths, labels, scores, threshold))
             c = cell(labels, scores, threshold)
             c["held_out"] = held_out
             record["cells"][name] = c
