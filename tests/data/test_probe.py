@@ -59,3 +59,23 @@ def test_probe_needs_enough_images_per_value():
 def test_histogram_sums_to_one():
     h = grey_histogram(np.arange(256, dtype=np.uint8).reshape(16, 16))
     assert h.shape == (32,) and np.isclose(h.sum(), 1) and np.allclose(h, 1 / 32)
+
+
+def test_view_statistics_read_the_file_and_what_the_model_sees(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from covidct.data.probe import VIEW_STATISTICS, statistics_of, view_statistics
+
+    pixels = np.zeros((40, 100), dtype=np.uint8)
+    pixels[:, 50:] = 200  # left half dark, right half bright
+    path = tmp_path / "half.png"
+    Image.fromarray(pixels).save(path)
+    whole = view_statistics(path)
+    assert (whole["width"], whole["height"]) == (100.0, 40.0) and whole["file_kb"] == path.stat().st_size / 1024
+    assert whole["dark_share"] == 0.5 and whole["mean_grey"] == 100.0 and whole["grey_std"] == 100.0
+    bright = view_statistics(path, view=lambda img: img.crop((50, 0, 100, 40)))  # the model's crop
+    assert (bright["width"], bright["height"]) == (100.0, 40.0)  # the file's size, whatever the crop
+    assert bright["dark_share"] == 0.0 and bright["mean_grey"] == 200.0
+    table = statistics_of([str(path), str(path)])
+    assert tuple(table) == VIEW_STATISTICS and table["dark_share"].tolist() == [0.5, 0.5]

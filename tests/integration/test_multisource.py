@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from covidct.cli import main
 from covidct.config import TrainConfig
@@ -75,7 +76,13 @@ def test_two_source_training_external_evaluation_and_card(two_sources, tmp_path,
     assert main(["evaluate", str(run), "--on", f"hospital={other}", "--bootstrap", "0"]) == 0
     ext = json.loads((run / "eval-hospital" / "metrics.json").read_text())
     assert ext["n"] == 11 and ext["external"] == {"set": f"hospital={other}", "images_seen_in_training": 0}
-    capsys.readouterr()
+    drivers = ext["score_drivers"]  # what the scores follow on the external set, one entry per statistic
+    assert set(drivers["statistics"]) == {"width", "height", "file_kb", "mean_grey", "grey_std", "dark_share"}
+    assert drivers["strongest"] in drivers["statistics"] and "scores follow" in capsys.readouterr().out
+    assert m.get("score_drivers") is None  # a split of the run's own data: not an external set
+    assert main(["report", str(run)]) == 0
+    external_rows = (run / "report.html").read_text().split('<section id="external">')[1].split("</section>")[0]
+    assert "hospital" in external_rows and "scores follow" in external_rows
     with pytest.warns(UserWarning, match="same content as images the run trained"):
         assert main(["evaluate", str(run), "--on", f"sars-cov-2-ct={b}", "--bootstrap", "0"]) == 0
     seen = json.loads((run / "eval-sars-cov-2-ct" / "metrics.json").read_text())["external"]
@@ -114,6 +121,16 @@ def test_crosssource_matrix(two_sources, tmp_path):
     assert all(int(r["predicted"]) == (float(r["score"]) >= threshold) for r in rows)
     accuracy = np.mean([int(r["correct"]) for r in rows])
     assert accuracy == pytest.approx(first["sars-cov-2-ct"]["accuracy"], abs=1e-6)
+    # what the held-out scores follow: in every held-out cell, and named in matrix.md; never for in-source cells
+    assert "score_drivers" in first["sars-cov-2-ct"] and "score_drivers" not in first["covid-ct"]
+    drivers = first["sars-cov-2-ct"]["score_drivers"]["statistics"]
+    from scipy.stats import spearmanr
+
+    heights = [Image.open(r["path"]).height for r in rows]
+    scores = [float(r["score"]) for r in rows]
+    rho = spearmanr(scores, heights)[0]
+    assert drivers["height"]["spearman"] == (pytest.approx(rho) if np.ptp(heights) else None)
+    assert "covid-ct -> sars-cov-2-ct: scores follow" in (out / "matrix.md").read_text()
 
 
 def test_domain_adversarial_training_logs_the_source_loss_and_its_model_loads(two_sources, tmp_path):

@@ -41,6 +41,10 @@ def evaluate_and_print(
         line += f"; temperature {cal['temperature']:.2f} (fitted on val) -> ECE {cal['ece_calibrated']:.3f}"
     print(metrics_table(result))
     print(line)
+    if result.get("score_drivers"):
+        from covidct.evaluation.drivers import drivers_text
+
+        print(f"on {on}: {drivers_text(result['score_drivers'])}")
     if result.get("external") and result["external"]["images_seen_in_training"]:
         print(f"warning: {result['external']['images_seen_in_training']} images of {on} were seen in training")
     first = Path(run_dir if not isinstance(run_dir, list) else run_dir[0])

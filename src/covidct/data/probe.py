@@ -6,10 +6,13 @@ the anatomy; near 0.5, that these features carry no label.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 HIST_BINS = 32
 FORMATS = ("PNG", "JPEG", "BMP", "TIFF")
@@ -34,6 +37,31 @@ class ProbeFeatures:
         ]
         onehot = [float(self.format == f) for f in FORMATS] + [float(self.mode == m) for m in MODES]
         return np.concatenate([np.asarray(meta + onehot, dtype=np.float64), self.histogram])
+
+
+DARK = 60  # of 255: air and aerated lung in a lung window
+VIEW_STATISTICS = ("width", "height", "file_kb", "mean_grey", "grey_std", "dark_share")
+
+
+def view_statistics(path: str | Path, view: Callable[[Image.Image], Image.Image] | None = None) -> dict[str, float]:
+    """Simple statistics of one image: of its file (width, height, kB) and of what the model sees before resizing
+    (`view`: its crop, grey and equalisation steps; covidct.data.transforms.view_transform): mean and standard
+    deviation of the grey level and the share of dark pixels. Raises DataError for an unreadable file."""
+    from covidct.data.images import load_rgb
+
+    path = Path(path)
+    img = load_rgb(path)
+    width, height = img.size
+    seen = np.asarray((view(img) if view else img).convert("L"), dtype=np.float32)
+    return {"width": float(width), "height": float(height), "file_kb": path.stat().st_size / 1024,
+            "mean_grey": float(seen.mean()), "grey_std": float(seen.std()),
+            "dark_share": float((seen < DARK).mean())}  # fmt: skip
+
+
+def statistics_of(paths: list[str], view: Callable[[Image.Image], Image.Image] | None = None) -> dict[str, np.ndarray]:
+    """view_statistics of every path, as one array per statistic (in VIEW_STATISTICS order)."""
+    rows = [view_statistics(p, view) for p in paths]
+    return {name: np.array([r[name] for r in rows], dtype=float) for name in VIEW_STATISTICS}
 
 
 def grey_histogram(grey: np.ndarray) -> np.ndarray:

@@ -84,6 +84,11 @@ def train_transform(pre: Preprocessing, augment: str = "study") -> T.Compose:
     return T.Compose([*steps, T.ToTensor(), T.Normalize(pre.mean, pre.std)])
 
 
+def view_transform(pre: Preprocessing) -> T.Compose:
+    """What the model sees of an image before it is resized: the crop, grey and equalisation steps alone."""
+    return T.Compose(_front(pre))
+
+
 def eval_transform(pre: Preprocessing) -> T.Compose:
     """Resize the whole (cropped) image to a square (as in the study): nothing of the lungs is cropped away."""
     return T.Compose(

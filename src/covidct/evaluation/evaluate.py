@@ -15,7 +15,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from covidct.data import ImageDataset, Sample
+from covidct.data.probe import statistics_of
 from covidct.data.sources import external_set
+from covidct.data.transforms import view_transform
 from covidct.errors import ConfigError, DataError, ModelError
 from covidct.evaluation.calibration import (
     apply_temperature,
@@ -23,6 +25,7 @@ from covidct.evaluation.calibration import (
     fit_temperature,
     reliability_curve,
 )
+from covidct.evaluation.drivers import score_drivers
 from covidct.evaluation.figures import (
     confusion_matrix_figure,
     misclassified_histogram,
@@ -121,6 +124,7 @@ class Scored:
     checkpoint: str
     tta: bool = False
     external: dict[str, Any] | None = None
+    view_stats: dict[str, np.ndarray] | None = None  # image statistics of an external set (evaluation/drivers.py)
 
 
 def score_runs(
@@ -172,6 +176,8 @@ def score_runs(
     else:  # e.g. the runs of cross-validation folds: no validation set is unseen by every member
         val_labels = val_scores = None
     module = first["module"]
+    # on an external set: simple statistics of every image, for what the scores follow there (first member's view)
+    view_stats = statistics_of(paths, view_transform(module.preprocessing)) if on is not None else None
     return Scored(
         runs=runs, split=split, paths=paths, labels=labels, scores=scores, samples=first["samples"],
         val_paths=val_paths, val_labels=val_labels, val_scores=val_scores,
@@ -179,6 +185,7 @@ def score_runs(
         architectures=[m["module"].architecture for m in members],
         epochs=[int(m["module"].card["checkpoint"]["epoch"]) for m in members], checkpoint=first["ckpt"].name,
         tta=tta, external={"set": on, "images_seen_in_training": overlap} if on is not None else None,
+        view_stats=view_stats,
     )  # fmt: skip
 
 
@@ -219,6 +226,7 @@ def summarise(
         ),
         "validation": "shared by all members" if s.val_scores is not None else "none shared: thresholds not chosen",
         "per_source": per_source_metrics(s.samples, labels, scores, threshold),
+        "score_drivers": score_drivers(labels, scores, s.view_stats) if s.view_stats is not None else None,
     }
 
 

@@ -17,11 +17,14 @@ import torch
 
 from covidct.config import TrainConfig
 from covidct.data import ImageDataset
+from covidct.data.probe import statistics_of
 from covidct.data.sources import load_source, parse_source
+from covidct.data.transforms import view_transform
+from covidct.evaluation.drivers import drivers_text, score_drivers
 from covidct.evaluation.metrics import binary_metrics, youden_threshold
 from covidct.evaluation.statistics import delong_interval
 from covidct.fileio import write_csv, write_json, write_text
-from covidct.inference.load import load_checkpoint
+from covidct.inference.load import LoadedModel, load_checkpoint
 from covidct.runs import RunDir
 from covidct.tables import table_markdown
 
@@ -34,13 +37,17 @@ def trainings(sources: list[str]) -> list[list[str]]:
     return [*out, list(sources)]
 
 
-def score(run: RunDir, samples: list) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """(paths, labels, scores) of the run's best checkpoint on these samples."""
+def scorer(run: RunDir) -> LoadedModel:
+    """The run's best checkpoint, on the GPU when there is one: the matrix scores every image of a held-out source,
+    thousands per training."""
+    model = load_checkpoint(run.checkpoint("best"), run)
+    return model.to("cuda") if torch.cuda.is_available() else model
+
+
+def score(model: LoadedModel, samples: list) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(paths, labels, scores) of the model on these samples."""
     from covidct.evaluation.evaluate import predict_scores
 
-    model = load_checkpoint(run.checkpoint("best"), run)
-    if torch.cuda.is_available():  # the matrix scores every image of a held-out source: thousands per training
-        model.to("cuda")
     return predict_scores(model, ImageDataset(samples, model.transform))
 
 
@@ -77,6 +84,8 @@ def run_crosssource(config: TrainConfig, out_dir: str | Path, progress: bool = F
     names = [parse_source(s)[0] for s in sources]
     data = {name: load_source(spec, config.seed) for name, spec in zip(names, sources)}  # fails before training
     rows, records = [], []
+    statistics: dict[str, dict[str, np.ndarray]] = {}
+    drivers: list[str] = []
     for train_set in trainings(sources):
         train_names = [parse_source(s)[0] for s in train_set]
         label = " + ".join(train_names)
@@ -85,7 +94,8 @@ def run_crosssource(config: TrainConfig, out_dir: str | Path, progress: bool = F
         run = RunDir(train(cfg, progress=progress))
         wall = time.perf_counter() - start
         val = run.data().splits["val"]
-        _, val_labels, val_scores = score(run, val)
+        model = scorer(run)
+        _, val_labels, val_scores = score(model, val)
         threshold = youden_threshold(val_labels, val_scores)
         row: dict[str, Any] = {"trained on": label}
         record: dict[str, Any] = {"trained_on": train_names, "run": str(run.path), "train_seconds": round(wall, 1),
@@ -95,10 +105,15 @@ def run_crosssource(config: TrainConfig, out_dir: str | Path, progress: bool = F
             held_out = name not in train_names
             samples = [s for sp in ("train", "val", "test") for s in data[name].splits[sp]] if held_out else \
                 data[name].splits["test"]  # fmt: skip
-            paths, labels, scores = score(run, samples)
+            paths, labels, scores = score(model, samples)
             write_csv(run.path / f"scores-{name}.csv", score_rows(paths, labels, scores, threshold))
             c = cell(labels, scores, threshold)
             c["held_out"] = held_out
+            if held_out:  # what the scores follow where the model never trained (statistics once per source)
+                if name not in statistics:
+                    statistics[name] = statistics_of(paths, view_transform(model.preprocessing))
+                c["score_drivers"] = score_drivers(labels, scores, statistics[name])
+                drivers.append(f"{label} -> {name}: {drivers_text(c['score_drivers'])}.")
             record["cells"][name] = c
             ci = c.get("auc_ci95")
             row[f"{name} AUC"] = f"{c['auc']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
@@ -113,6 +128,11 @@ def run_crosssource(config: TrainConfig, out_dir: str | Path, progress: bool = F
             "accuracy, sensitivity, specificity at the Youden threshold chosen on the training sources' validation "
             "split.\n")  # fmt: skip
     note += "".join(f"\n{c}\n" for c in caveats(config, len(names)))
+    if drivers:  # evaluation/drivers.py: rank correlation of the held-out scores with simple image statistics
+        note += (
+            "\nWhat the held-out scores follow (Spearman rho with image statistics; the statistic's own class AUC):\n\n"
+        )
+        note += "".join(f"- {d}\n" for d in drivers)
     write_text(out / "matrix.md", table_markdown(rows) + note)
     write_json(out / "matrix.json", {"sources": sources, "config": config.to_dict(), "trainings": records,
                                      "mean_held_out_auc": float(np.mean(held)) if held else None,
