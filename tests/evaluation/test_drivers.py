@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from covidct.evaluation.drivers import drivers_text, score_drivers
+from covidct.evaluation.drivers import driver_warnings, drivers_text, score_drivers
 
 
 def test_the_statistic_the_scores_are_made_of_is_the_strongest_driver():
@@ -38,3 +38,14 @@ def test_constant_values_one_class_and_mismatched_lengths():
     assert one_class["statistics"]["w"]["class_auc"] is None and "one class" in drivers_text(one_class)
     with pytest.raises(ValueError, match="statistic 'w' has 3 values for 4 scores"):
         score_drivers(np.ones(4), np.zeros(4), {"w": np.arange(3.0)})
+
+
+def test_scores_that_follow_a_file_statistic_are_warned_about_and_content_statistics_are_not():
+    labels = np.repeat([0, 1], 5)
+    scores = np.linspace(0, 1, 10)
+    d = score_drivers(labels, scores, {"height": scores * 100, "mean_grey": scores, "file_kb": -scores})
+    warned = driver_warnings(d)
+    assert len(warned) == 2 and "height (Spearman +1.00)" in warned[0] and "file_kb (Spearman -1.00)" in warned[1]
+    weak = score_drivers(labels, scores, {"width": np.array([5, 1, 4, 2, 3, 3, 2, 4, 1, 5.0])})
+    assert abs(weak["statistics"]["width"]["spearman"]) < 0.5 and driver_warnings(weak) == []
+    assert driver_warnings(d, warn_rho=1.01) == []

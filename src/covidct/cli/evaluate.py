@@ -42,9 +42,11 @@ def evaluate_and_print(
     print(metrics_table(result))
     print(line)
     if result.get("score_drivers"):
-        from covidct.evaluation.drivers import drivers_text
+        from covidct.evaluation.drivers import driver_warnings, drivers_text
 
         print(f"on {on}: {drivers_text(result['score_drivers'])}")
+        for w in driver_warnings(result["score_drivers"]):
+            print(f"warning: on {on}, {w}")
     if result.get("external") and result["external"]["images_seen_in_training"]:
         print(f"warning: {result['external']['images_seen_in_training']} images of {on} were seen in training")
     first = Path(run_dir if not isinstance(run_dir, list) else run_dir[0])

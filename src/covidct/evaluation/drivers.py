@@ -38,6 +38,23 @@ def score_drivers(labels: np.ndarray, scores: np.ndarray, stats: dict[str, np.nd
     return {"statistics": out, "strongest": strongest}
 
 
+FILE_STATISTICS = ("width", "height", "file_kb")  # of the file, not of what it shows
+WARN_RHO = 0.5  # |Spearman| from which scores following a file statistic get a warning
+
+
+def driver_warnings(drivers: dict[str, Any], warn_rho: float = WARN_RHO) -> list[str]:
+    """A warning for each file statistic (size, kB) the scores follow with |rho| >= warn_rho: a model that ranks
+    images by their framing or encoding, not by what they show."""
+    out = []
+    for name in FILE_STATISTICS:
+        d = drivers.get("statistics", {}).get(name)
+        if d and d["spearman"] is not None and abs(d["spearman"]) >= warn_rho:
+            rho = d["spearman"]
+            out.append(f"the scores follow the image's {name} (Spearman {rho:+.2f}): the model may be reading the "
+                       "framing or the encoding, not the lungs")  # fmt: skip
+    return out
+
+
 def drivers_text(drivers: dict[str, Any]) -> str:
     """One line: the statistic the scores follow most, and what it says of the class on its own."""
     name = drivers.get("strongest")

@@ -20,7 +20,7 @@ from covidct.data.audit import audit_dataset, write_audit
 from covidct.data.figures import sample_grid_figure
 from covidct.data.samples import pick_samples
 from covidct.errors import ModelError
-from covidct.evaluation.drivers import drivers_text
+from covidct.evaluation.drivers import driver_warnings, drivers_text
 from covidct.evaluation.evaluate import evaluate_run
 from covidct.fileio import write_text
 from covidct.plotting import figure_png
@@ -67,7 +67,7 @@ def validation_summary(run: RunDir, data: Any) -> dict[str, Any]:
             kind = "external set" + (f" ({seen} images seen in training)" if seen else "")
         rows.append(_row(name, kind, m, m.get("ci95", {}).get("auc", {}).get("delong")))
         if m.get("score_drivers"):  # external sets: the statistic the scores follow most there
-            rows[-1]["follows"] = drivers_text(m["score_drivers"])
+            rows[-1]["follows"] = "; ".join([drivers_text(m["score_drivers"]), *driver_warnings(m["score_drivers"])])
         per_source = m.get("per_source") or {}
         if len(per_source) > 1:
             rows += [

@@ -20,7 +20,7 @@ from covidct.data import ImageDataset
 from covidct.data.probe import statistics_of
 from covidct.data.sources import load_source, parse_source
 from covidct.data.transforms import view_transform
-from covidct.evaluation.drivers import drivers_text, score_drivers
+from covidct.evaluation.drivers import driver_warnings, drivers_text, score_drivers
 from covidct.evaluation.metrics import binary_metrics, youden_threshold
 from covidct.evaluation.statistics import delong_interval
 from covidct.fileio import write_csv, write_json, write_text
@@ -114,6 +114,7 @@ def run_crosssource(config: TrainConfig, out_dir: str | Path, progress: bool = F
                     statistics[name] = statistics_of(paths, view_transform(model.preprocessing))
                 c["score_drivers"] = score_drivers(labels, scores, statistics[name])
                 drivers.append(f"{label} -> {name}: {drivers_text(c['score_drivers'])}.")
+                drivers += [f"warning: {label} -> {name}: {w}." for w in driver_warnings(c["score_drivers"])]
             record["cells"][name] = c
             ci = c.get("auc_ci95")
             row[f"{name} AUC"] = f"{c['auc']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
