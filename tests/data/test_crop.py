@@ -47,12 +47,21 @@ def test_none_and_flat_images_are_not_cropped():
         crop_box(img, "chest")
 
 
-def test_the_transform_crops_before_resizing_and_remembers_boxes():
+def test_the_transform_crops_before_resizing_and_remembers_boxes(monkeypatch):
+    import covidct.data.crop as crop_module
+
     img, _ = whole_slice()
+    calls = []
+    real = crop_module.crop_box
+    monkeypatch.setattr(crop_module, "crop_box", lambda grey, mode: calls.append(mode) or real(grey, mode))
+    monkeypatch.setattr(CropToBody, "_boxes", {})
     crop = CropToBody("lung")
     out = crop(Image.fromarray(img).convert("RGB"))
     assert out.size[0] < img.shape[1] * 0.8 and out.size[1] < img.shape[0] * 0.8
-    assert len(crop._boxes) == 1 and crop(Image.fromarray(img)).size == out.size
+    assert crop(Image.fromarray(img)).size == out.size and calls == ["lung"]  # the box, found once
+    assert CropToBody("lung")(Image.fromarray(img)).size == out.size and calls == ["lung"]  # shared by instances
+    body = CropToBody("body")(Image.fromarray(img))  # another mode is another box
+    assert calls == ["lung", "body"] and body.size[0] > out.size[0]
     x = eval_transform(Preprocessing((0.5,) * 3, (0.5,) * 3, 32, 36, crop="lung"))(Image.fromarray(img).convert("RGB"))
     assert x.shape == (3, 32, 32)
 

@@ -15,6 +15,7 @@ body where no enclosed lungs are found (an image already cropped to the lungs, w
 from __future__ import annotations
 
 import hashlib
+from typing import ClassVar
 
 import numpy as np
 from PIL import Image
@@ -95,20 +96,25 @@ def _crop_box(grey: np.ndarray, mode: str) -> tuple[int, int, int, int] | None:
 class CropToBody:
     """A transform (PIL in, PIL out) cropping to the body or the lungs; see the module's docstring."""
 
+    # Boxes by mode and content, shared by every instance in a process: training sees each image often, and
+    # evaluation scores the same images with one transform and reads their statistics with another.
+    _boxes: ClassVar[dict[tuple[str, bytes], tuple[int, int, int, int] | None]] = {}
+
     def __init__(self, mode: str = "lung") -> None:
         if mode not in CROPS:
             raise ValueError(f"crop must be one of {CROPS}, got {mode!r}")
         self.mode = mode
-        self._boxes: dict[bytes, tuple[int, int, int, int] | None] = {}  # by content: training sees each image often
 
     def __call__(self, img: Image.Image) -> Image.Image:
         grey = np.asarray(img.convert("L"))
-        key = hashlib.blake2b(grey.tobytes(), digest_size=16, person=str(grey.shape).encode()[:16]).digest()
-        if key not in self._boxes:
-            if len(self._boxes) > 50_000:
-                self._boxes.clear()
-            self._boxes[key] = crop_box(grey, self.mode)
-        box = self._boxes[key]
+        digest = hashlib.blake2b(grey.tobytes(), digest_size=16, person=str(grey.shape).encode()[:16]).digest()
+        key = (self.mode, digest)
+        boxes = CropToBody._boxes
+        if key not in boxes:
+            if len(boxes) > 50_000:
+                boxes.clear()
+            boxes[key] = crop_box(grey, self.mode)
+        box = boxes[key]
         if box is None:
             return img
         top, bottom, left, right = box
