@@ -207,3 +207,35 @@ def test_kaggle_without_credentials_is_one_clear_error(tmp_path, monkeypatch, ca
     err = capsys.readouterr().err
     assert err.startswith("covidct: error: Kaggle credentials are missing or wrong") and "kaggle.json" in err
     assert not (tmp_path / "sars").exists()
+
+
+def test_a_labelled_folder_of_hospital_dicom_slices_is_a_source(tmp_path):
+    """Hospitals export slices as DICOM, with or without a .dcm suffix: a labelled folder of them is read in the
+    lung window, one sample per slice, beside ordinary images; other files are ignored."""
+    from covidct.data.images import image_header, load_rgb
+    from covidct.data.medical import read_dicom
+    from tests.medical_files import chest_hu, write_dicom
+
+    root = tmp_path / "hospital"
+    for label, covid in (("COVID", True), ("NonCOVID", False)):
+        (root / label).mkdir(parents=True)
+        for i in range(2):
+            write_dicom(root / label / f"s{i}.dcm", chest_hu(64, covid=covid, seed=i), instance=i + 1)
+        write_dicom(root / label / "IM000099", chest_hu(64, covid=covid, seed=9))  # no suffix, as PACS exports
+    Image.fromarray(synthetic_ct(np.random.default_rng(0), True)).save(root / "COVID" / "figure.png")
+    (root / "COVID" / "notes.txt").write_text("not an image")
+    (root / "NonCOVID" / "README").write_text("no suffix, not DICOM either")
+    name, samples = external_set(f"hospital={root}")
+    names = sorted((s.path.parent.name, s.path.name) for s in samples)
+    assert name == "hospital" and len(samples) == 7
+    assert ("COVID", "IM000099") in names and ("COVID", "figure.png") in names and ("NonCOVID", "README") not in names
+    dcm = root / "COVID" / "s0.dcm"
+    img = load_rgb(dcm)
+    assert img.mode == "RGB" and np.array_equal(np.asarray(img), np.asarray(read_dicom(dcm).convert("RGB")))
+    assert image_header(dcm) == ("HU", "DICOM", (64, 64))
+    assert image_header(root / "COVID" / "figure.png")[1] == "PNG"
+    (root / "COVID" / "broken.dcm").write_bytes(b"\0" * 132)
+    with pytest.raises(DataError, match=r"broken\.dcm"):
+        load_rgb(root / "COVID" / "broken.dcm")
+    with pytest.raises(DataError, match=r"broken\.dcm is not a readable DICOM slice"):
+        image_header(root / "COVID" / "broken.dcm")

@@ -80,6 +80,16 @@ def test_two_source_training_external_evaluation_and_card(two_sources, tmp_path,
     assert set(drivers["statistics"]) == {"width", "height", "file_kb", "mean_grey", "grey_std", "dark_share"}
     assert drivers["strongest"] in drivers["statistics"] and "scores follow" in capsys.readouterr().out
     assert m.get("score_drivers") is None  # a split of the run's own data: not an external set
+    from tests.medical_files import chest_hu, write_dicom
+
+    dicoms = tmp_path / "pacs"  # a hospital's labelled DICOM slices, as exported (one without a suffix)
+    for label, covid in (("COVID", True), ("NonCOVID", False)):
+        (dicoms / label).mkdir(parents=True)
+        write_dicom(dicoms / label / "a.dcm", chest_hu(96, covid=covid, seed=1))
+        write_dicom(dicoms / label / "IM0002", chest_hu(96, covid=covid, seed=2))
+    assert main(["evaluate", str(run), "--on", f"pacs={dicoms}", "--bootstrap", "0"]) == 0
+    pacs = json.loads((run / "eval-pacs" / "metrics.json").read_text())
+    assert pacs["n"] == 4 and pacs["score_drivers"]["statistics"]["width"]["spearman"] is None  # all 96 px wide
     assert main(["report", str(run)]) == 0
     external_rows = (run / "report.html").read_text().split('<section id="external">')[1].split("</section>")[0]
     assert "hospital" in external_rows and "scores follow" in external_rows

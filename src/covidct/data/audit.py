@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from covidct.data.datasets import SplitData
-from covidct.data.images import load_rgb
+from covidct.data.images import image_header, load_rgb
 from covidct.data.info import DatasetInfo, shortcut_warnings
 from covidct.errors import DataError
 
@@ -83,8 +83,7 @@ def image_record(split: str, label: int, path: Path, source: str = "") -> ImageR
     raw = path.read_bytes() if path.is_file() else None
     if raw is None:
         raise DataError(f"image file {path} does not exist")
-    with Image.open(path) as img:
-        mode, fmt, size = img.mode, img.format or "?", img.size
+    mode, fmt, size = image_header(path)
     grey = load_rgb(path).convert("L")
     thumb = np.asarray(grey.resize((THUMB, THUMB), Image.Resampling.BILINEAR), dtype=np.float32).ravel()
     thumb = (thumb - thumb.mean()) / (thumb.std() + 1e-6)

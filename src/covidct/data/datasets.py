@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from covidct.data.images import IMAGE_SUFFIXES, load_rgb
+from covidct.data.images import is_slice_file, load_rgb
 from covidct.errors import DataError
 
 CLASS_NAMES = ("NonCOVID", "COVID")
@@ -178,7 +178,7 @@ def _folder_samples(root: Path, class_names: Sequence[str]) -> list[Sample]:
         folder = root / name
         if not folder.is_dir():
             raise DataError(f"class folder {folder} does not exist (classes: {list(class_names)})")
-        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(p for p in folder.rglob("*") if is_slice_file(p))
         samples += [Sample(p, label) for p in files]
     return samples
 

@@ -12,6 +12,18 @@ from covidct.errors import DataError
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
 
+def is_dicom_slice(path: Path) -> bool:
+    """A DICOM file (by suffix, or the 'DICM' marker of files without a known image suffix): one CT slice."""
+    from covidct.data.medical import is_dicom
+
+    return path.suffix.lower() not in IMAGE_SUFFIXES and is_dicom(path)
+
+
+def is_slice_file(path: Path) -> bool:
+    """What a labelled folder may hold, one slice per file: an image, or a DICOM slice as hospitals export them."""
+    return path.suffix.lower() in IMAGE_SUFFIXES or (path.is_file() and is_dicom_slice(path))
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
     """Convert any PIL image to 8-bit RGB.
 
@@ -30,9 +42,35 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_rgb(path: str | Path) -> Image.Image:
-    """Decode an image file fully into RGB; a missing, unreadable or truncated file raises DataError."""
+def image_header(path: str | Path) -> tuple[str, str, tuple[int, int]]:
+    """(mode, format, (width, height)) of an image file without decoding its pixels; a DICOM slice is
+    ("HU", "DICOM", its size). A missing or unreadable file raises DataError."""
     path = Path(path)
+    if path.is_file() and is_dicom_slice(path):
+        import pydicom
+
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            return "HU", "DICOM", (int(ds.Columns), int(ds.Rows))
+        except Exception as e:  # pydicom raises many kinds; all mean "not a DICOM slice we can use"
+            raise DataError(f"file {path} is not a readable DICOM slice ({type(e).__name__}: {e})") from None
+    try:
+        with Image.open(path) as img:
+            return img.mode, img.format or "?", img.size
+    except FileNotFoundError:
+        raise DataError(f"image file {path} does not exist") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"image file {path} cannot be read ({type(e).__name__}: {e})") from None
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Decode an image file fully into RGB; a missing, unreadable or truncated file raises DataError. A DICOM slice
+    is read in Hounsfield units and shown in the lung window (medical.read_dicom), as prediction reads it."""
+    path = Path(path)
+    if path.is_file() and is_dicom_slice(path):
+        from covidct.data.medical import read_dicom
+
+        return read_dicom(path).convert("RGB")
     try:
         with Image.open(path) as img:
             img.load()  # decode now, so a truncated file fails here and not in a worker later

@@ -6,10 +6,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image
-
 from covidct.data.datasets import SplitData
-from covidct.data.images import load_rgb
+from covidct.data.images import image_header, load_rgb
 from covidct.errors import DataError
 
 
@@ -39,8 +37,7 @@ def dataset_info(data: SplitData, check_images: bool = True) -> DatasetInfo:
         for s in samples:
             name = data.class_names[s.label]
             try:
-                with Image.open(s.path) as img:
-                    mode, fmt, size = img.mode, img.format or "?", img.size
+                mode, fmt, size = image_header(s.path)
                 load_rgb(s.path)
             except (DataError, OSError) as e:
                 info.unreadable.append(str(e))

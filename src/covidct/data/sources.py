@@ -34,7 +34,7 @@ from covidct.data.datasets import (
     load_splits,
     read_official_split,
 )
-from covidct.data.images import IMAGE_SUFFIXES
+from covidct.data.images import IMAGE_SUFFIXES, is_slice_file
 from covidct.errors import DataError
 
 DATA_ROOT_ENV = "COVIDCT_DATA_ROOT"  # a folder holding sources by name: <root>/covid-ct, <root>/sars-cov-2-ct
@@ -263,7 +263,7 @@ def _class_dirs(path: Path) -> list[str]:
 
 def _one_class_folder(path: Path) -> SplitData:
     (name,) = _class_dirs(path)
-    files = sorted(p for p in (path / name).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in (path / name).rglob("*") if is_slice_file(p))
     samples = [Sample(p, 0) for p in files]
     return SplitData({"train": [], "val": [], "test": samples}, (name,), f"folder {path} (one class: {name})")
 
