@@ -239,3 +239,27 @@ def test_a_labelled_folder_of_hospital_dicom_slices_is_a_source(tmp_path):
         load_rgb(root / "COVID" / "broken.dcm")
     with pytest.raises(DataError, match=r"broken\.dcm is not a readable DICOM slice"):
         image_header(root / "COVID" / "broken.dcm")
+
+
+def test_a_patients_subfolder_never_straddles_splits(tmp_path):
+    """DIR/<class>/<patient>/slices (how hospital exports are laid out): each patient's slices in one split."""
+    from covidct.data.datasets import load_splits
+
+    rng = np.random.default_rng(0)
+    for label, covid in (("COVID", True), ("NonCOVID", False)):
+        for patient in range(8):
+            folder = tmp_path / label / f"patient{patient}"
+            folder.mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(synthetic_ct(rng, covid)).save(folder / f"slice{i}.png")
+        Image.fromarray(synthetic_ct(rng, covid)).save(tmp_path / label / "loose.png")  # no subfolder: alone
+    data = load_splits(tmp_path, seed=3)
+    where = {}
+    for split, samples in data.splits.items():
+        assert samples, f"{split} is empty"
+        for s in samples:
+            if s.group:
+                assert where.setdefault(s.group, split) == split, f"{s.group} straddles {where[s.group]} and {split}"
+    assert len(where) == 16 and all(g.split("/")[0] in ("COVID", "NonCOVID") for g in where)
+    assert sum(len(v) for v in data.splits.values()) == 2 * (8 * 3 + 1)
+    assert "each subfolder in one split" in data.source

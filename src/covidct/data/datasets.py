@@ -169,7 +169,17 @@ def folder_splits(root: Path, seed: int) -> SplitData:
         return SplitData(splits, class_names, f"folders {root}/<split>/<class>")
     class_names = class_order([d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")])
     samples = _folder_samples(root, class_names)
-    return SplitData(stratified_split(samples, seed), class_names, f"folders {root}/<class> (seeded split)")
+    grouped = any(s.group for s in samples)
+    splits = group_split(samples, seed) if grouped else stratified_split(samples, seed)
+    how = "seeded split, each subfolder in one split" if grouped else "seeded split"
+    return SplitData(splits, class_names, f"folders {root}/<class> ({how})")
+
+
+def subfolder_group(class_folder: Path, path: Path) -> str:
+    """The group of a file in a class folder: its first subfolder (a patient's or a study's folder, as hospitals
+    export them), so that a patient's slices never straddle splits or folds; "" for files directly in the folder."""
+    rel = path.parent.relative_to(class_folder)
+    return f"{class_folder.name}/{rel.parts[0]}" if rel.parts else ""
 
 
 def _folder_samples(root: Path, class_names: Sequence[str]) -> list[Sample]:
@@ -179,7 +189,7 @@ def _folder_samples(root: Path, class_names: Sequence[str]) -> list[Sample]:
         if not folder.is_dir():
             raise DataError(f"class folder {folder} does not exist (classes: {list(class_names)})")
         files = sorted(p for p in folder.rglob("*") if is_slice_file(p))
-        samples += [Sample(p, label) for p in files]
+        samples += [Sample(p, label, group=subfolder_group(folder, p)) for p in files]
     return samples
 
 
