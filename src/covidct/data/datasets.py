@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import random
+import re
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -90,8 +91,17 @@ def read_split_file(path: Path) -> list[str]:
     return [line.strip() for line in lines if line.strip()]
 
 
+def covid_ct_group(name: str) -> str:
+    """The paper (or case) a COVID-CT image was cut from, from its file name: COVID files are named
+    <paper>-p<page>-<figure>..., non-COVID ones <case>%<n>.<ext>."""
+    stem = Path(name).stem
+    m = re.search(r"-p\d+", stem)
+    return stem[: m.start()] if m else stem.split("%")[0]
+
+
 def read_official_split(root: Path, split: str, check_files: bool = True) -> list[Sample]:
-    """Samples of one official split; every file named in it must exist."""
+    """Samples of one official split, each grouped by the paper it was cut from (covid_ct_group: folds and any
+    re-split keep a paper together); every file named in it must exist."""
     samples: list[Sample] = []
     for label, class_name in enumerate(CLASS_NAMES):
         split_file = official_split_file(root, class_name, split)
@@ -102,7 +112,7 @@ def read_official_split(root: Path, split: str, check_files: bool = True) -> lis
         if missing:
             shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
             raise DataError(f"split file {split_file} names {len(missing)} file(s) missing from {image_dir}: {shown}")
-        samples += [Sample(p, label) for p in paths]
+        samples += [Sample(p, label, group=covid_ct_group(p.name)) for p in paths]
     return samples
 
 

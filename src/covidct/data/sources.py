@@ -27,6 +27,7 @@ from covidct.data.datasets import (
     SPLITS,
     Sample,
     SplitData,
+    covid_ct_group,
     csv_splits,
     folder_splits,
     group_split,
@@ -83,14 +84,6 @@ def source_info(name: str) -> SourceInfo:
 
 
 # ---- the registered sources -----------------------------------------------------------------------------------
-
-
-def covid_ct_group(name: str) -> str:
-    """The paper (or case) a COVID-CT image was cut from, from its file name: COVID files are named
-    <paper>-p<page>-<figure>..., non-COVID ones <case>%<n>.<ext>."""
-    stem = Path(name).stem
-    m = re.search(r"-p\d+", stem)
-    return stem[: m.start()] if m else stem.split("%")[0]
 
 
 @register_source(

@@ -42,6 +42,20 @@ def near_duplicate_groups(samples: list[Sample]) -> np.ndarray:
     return connected_components(graph, directed=False)[1]
 
 
+def with_sample_groups(ids: np.ndarray, samples: list[Sample]) -> np.ndarray:
+    """Group ids that also keep each sample's own group together (a patient, a paper, a subfolder: Sample.group),
+    joined with the given ones (e.g. near-duplicate clusters): connected components of both."""
+    n = len(samples)
+    rows, cols = list(range(n)), list(range(n))
+    first: dict[tuple[str, Any], int] = {}
+    for k, (i, s) in enumerate(zip(ids, samples)):
+        for key in [("id", int(i))] + ([("group", s.group)] if s.group else []):
+            rows.append(first.setdefault(key, k))
+            cols.append(k)
+    graph = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, n))
+    return connected_components(graph, directed=False)[1]
+
+
 def cv_folds(labels: np.ndarray, groups: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
     """Indices held out by each fold: stratified by label, groups never split; every index in exactly one fold."""
     if folds < 2:
@@ -83,12 +97,13 @@ def run_cv(config: TrainConfig, folds: int = 5, progress: bool = True, group_dup
     data: SplitData = load_splits(config.data_dir, config.data_csv, config.seed)
     pool = data.splits["train"] + data.splits["val"]
     labels = np.array([s.label for s in pool])
-    groups = near_duplicate_groups(pool) if group_duplicates else np.arange(len(pool))
+    groups = with_sample_groups(near_duplicate_groups(pool) if group_duplicates else np.arange(len(pool)), pool)
     held_out = cv_folds(labels, groups, folds, config.seed)
     cv_dir = Path(config.out) / f"cv-{run_name(config.model)}"
     cv_dir.mkdir(parents=True, exist_ok=False)
     write_json(cv_dir / "cv_plan.json", {"folds": folds, "seed": config.seed, "group_near_duplicates": group_duplicates,
-                                         "pool": len(pool), "groups": len(np.unique(groups))})  # fmt: skip
+                                         "pool": len(pool), "groups": len(np.unique(groups)),
+                                         "sample_groups": len({s.group for s in pool if s.group})})  # fmt: skip
     results, oof = [], {}
     for k, held in enumerate(held_out, start=1):
         fold_dir = cv_dir / f"fold-{k}"
