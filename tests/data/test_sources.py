@@ -7,10 +7,9 @@ import pytest
 from PIL import Image
 
 from covidct.cli import main
-from covidct.data.datasets import Sample, group_split
+from covidct.data.datasets import Sample, covid_ct_group, group_split
 from covidct.data.kaggle import DATASET, download_sars_cov_2_ct
 from covidct.data.sources import (
-    covid_ct_group,
     external_set,
     known_sources,
     load_source,

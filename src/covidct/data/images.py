@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -42,11 +44,22 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+@contextmanager
+def _readable(path: Path) -> Iterator[None]:
+    """Pillow's errors on opening or decoding `path` as one DataError naming the file."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise DataError(f"image file {path} does not exist") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"image file {path} cannot be read ({type(e).__name__}: {e})") from None
+
+
 def image_header(path: str | Path) -> tuple[str, str, tuple[int, int]]:
     """(mode, format, (width, height)) of an image file without decoding its pixels; a DICOM slice is
     ("HU", "DICOM", its size). A missing or unreadable file raises DataError."""
     path = Path(path)
-    if path.is_file() and is_dicom_slice(path):
+    if is_dicom_slice(path):  # no I/O for an image suffix
         import pydicom
 
         try:
@@ -54,28 +67,18 @@ def image_header(path: str | Path) -> tuple[str, str, tuple[int, int]]:
             return "HU", "DICOM", (int(ds.Columns), int(ds.Rows))
         except Exception as e:  # pydicom raises many kinds; all mean "not a DICOM slice we can use"
             raise DataError(f"file {path} is not a readable DICOM slice ({type(e).__name__}: {e})") from None
-    try:
-        with Image.open(path) as img:
-            return img.mode, img.format or "?", img.size
-    except FileNotFoundError:
-        raise DataError(f"image file {path} does not exist") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"image file {path} cannot be read ({type(e).__name__}: {e})") from None
+    with _readable(path), Image.open(path) as img:
+        return img.mode, img.format or "?", img.size
 
 
 def load_rgb(path: str | Path) -> Image.Image:
     """Decode an image file fully into RGB; a missing, unreadable or truncated file raises DataError. A DICOM slice
     is read in Hounsfield units and shown in the lung window (medical.read_dicom), as prediction reads it."""
     path = Path(path)
-    if path.is_file() and is_dicom_slice(path):
+    if is_dicom_slice(path):  # no I/O for an image suffix: this is every training decode
         from covidct.data.medical import read_dicom
 
-        return read_dicom(path).convert("RGB")
-    try:
-        with Image.open(path) as img:
-            img.load()  # decode now, so a truncated file fails here and not in a worker later
-            return to_rgb(img)
-    except FileNotFoundError:
-        raise DataError(f"image file {path} does not exist") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"image file {path} cannot be read ({type(e).__name__}: {e})") from None
+        return read_dicom(path)  # RGB already
+    with _readable(path), Image.open(path) as img:
+        img.load()  # decode now, so a truncated file fails here and not in a worker later
+        return to_rgb(img)

@@ -27,7 +27,6 @@ from covidct.data.datasets import (
     SPLITS,
     Sample,
     SplitData,
-    covid_ct_group,
     csv_splits,
     folder_splits,
     group_split,
@@ -101,10 +100,7 @@ def _covid_ct(root: Path, seed: int) -> SplitData:
         raise DataError(f"source covid-ct: {root} is not the COVID-CT layout (Images-processed/ + Data-split/)")
     splits = {}
     for split in SPLITS:
-        splits[split] = [
-            dataclasses.replace(s, source="covid-ct", group=covid_ct_group(s.path.name))
-            for s in read_official_split(root, split)
-        ]
+        splits[split] = [dataclasses.replace(s, source="covid-ct") for s in read_official_split(root, split)]
     _check_counts("covid-ct", root, splits, {c: sum(OFFICIAL_COUNTS[s][c] for s in SPLITS) for c in CLASS_NAMES})
     return SplitData(splits, CLASS_NAMES, f"COVID-CT official split {root}")
 
@@ -313,8 +309,7 @@ def run_data(config: Any, data_dir: str | Path | None = None) -> SplitData:
         return load_sources(list(config.sources), config.seed)
     data = load_splits(data_dir or config.data_dir, config.data_csv, config.seed)
     if is_official_layout(Path(data_dir or config.data_dir)) and not config.data_csv:
-        tagged = {sp: [dataclasses.replace(s, source="covid-ct", group=covid_ct_group(s.path.name)) for s in ss]
-                  for sp, ss in data.splits.items()}  # fmt: skip
+        tagged = {sp: [dataclasses.replace(s, source="covid-ct") for s in ss] for sp, ss in data.splits.items()}
         return dataclasses.replace(data, splits=tagged)
     return data
 

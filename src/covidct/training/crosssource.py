@@ -128,7 +128,8 @@ def run_crosssource(config: TrainConfig, out_dir: str | Path, progress: bool = F
     note = (f"\nMean held-out-source AUC: {np.mean(held):.3f} over {len(held)} cells. AUC with DeLong 95% interval; "
             "accuracy, sensitivity, specificity at the Youden threshold chosen on the training sources' validation "
             "split.\n")  # fmt: skip
-    note += "".join(f"\n{c}\n" for c in caveats(config, len(names)))
+    limits = caveats(config, len(names))
+    note += "".join(f"\n{c}\n" for c in limits)
     if drivers:  # evaluation/drivers.py: rank correlation of the held-out scores with simple image statistics
         note += (
             "\nWhat the held-out scores follow (Spearman rho with image statistics; the statistic's own class AUC):\n\n"
@@ -137,7 +138,7 @@ def run_crosssource(config: TrainConfig, out_dir: str | Path, progress: bool = F
     write_text(out / "matrix.md", table_markdown(rows) + note)
     write_json(out / "matrix.json", {"sources": sources, "config": config.to_dict(), "trainings": records,
                                      "mean_held_out_auc": float(np.mean(held)) if held else None,
-                                     "caveats": caveats(config, len(names))})  # fmt: skip
+                                     "caveats": limits})  # fmt: skip
     _heatmap(records, names, out / "matrix.png")
     return out
 
