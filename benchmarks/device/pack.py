@@ -4,6 +4,9 @@ on a lent GPU"): the machine takes at most 64 MiB per call and reaches no data.
 Each image goes through covidct's own CropToBody("lung") (what --crop lung does at training, evaluation and
 prediction), to grey, shorter side at most 256 px, then lossy WebP; benchmarks/device/unpack.py turns it back into
 PNG under the original name, so the official covid-ct split and the sars-cov-2-ct blocks are unchanged. The
+lung fields of `--crop lung-mask` travel beside each image as a 1-bit PNG at the copy's size
+("x.jpg.mask.png", only where lungs were found; the box is the same as `--crop lung`'s), so that unpack.py can also
+write the masked copy without a second set of images. The
 ImageNet weights of efficientnet_lite0 go beside it (DST/../site), rounded to fp16 (9.5 MB instead of 19), as the
 package the backbone registry imports; benchmarks/device/matrices.sh puts that folder on PYTHONPATH.
 
@@ -16,29 +19,34 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
-from covidct.data.crop import CropToBody
+from covidct.data.crop import crop_region
 from covidct.data.images import load_rgb
 
 DST = Path(sys.argv[1])
 QUALITY = {"covid-ct": int(sys.argv[2]), "sars-cov-2-ct": int(sys.argv[3])}  # WebP quality per source
 SRC = Path(sys.argv[4] if len(sys.argv) > 4 else "../shared/datasets")
 SIDE = 256  # training's decoded cache shrinks to the same shorter side
-CROP = CropToBody("lung")
 
 
 def pack(path: Path) -> None:
     rel = path.relative_to(SRC)
     out = DST / (str(rel) + ".webp")
     out.parent.mkdir(parents=True, exist_ok=True)
-    img = CROP(load_rgb(path)).convert("L")
+    img = load_rgb(path).convert("L")  # what CropToBody does: the box of the grey image, then crop
+    box, mask = crop_region(np.asarray(img), "lung-mask")  # the box is --crop lung's; mask: the lung fields
+    if box is not None:
+        img = img.crop((box[2], box[0], box[3], box[1]))
     w, h = img.size
     scale = SIDE / min(w, h)
     if scale < 1:
         img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.LANCZOS)
     img.save(out, "WEBP", quality=QUALITY[rel.parts[0]], method=6)
+    if mask is not None:
+        Image.fromarray(mask).resize(img.size, Image.Resampling.NEAREST).save(str(out)[: -len(".webp")] + ".mask.png")
 
 
 def pack_weights(site: Path) -> None:

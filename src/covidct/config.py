@@ -17,6 +17,7 @@ DEFAULT_DATA_DIR = "data/covid-ct"
 # val_auc_mean: the mean over validation sources of each source's AUC (= val_auc with one source)
 MONITORS = {"val_acc": "max", "val_auc": "max", "val_auc_mean": "max", "val_loss": "min"}
 PRECISIONS = ("auto", "32", "bf16-mixed", "16-mixed")
+CROPS = ("none", "body", "lung", "lung-mask")  # data/crop.py says what each does
 
 
 def resolve_data_dir(data_dir: str | Path | None) -> Path:
@@ -121,7 +122,8 @@ class TrainConfig(Settings):
     input_size: int | None = setting(None, "side of the model's input in pixels (default: the backbone's)")
     augment: str = setting("ct", "study: crop+flip; ct: + affine, brightness/contrast; robust: ct + blur, noise, "
                            "contrast, JPEG re-encoding", ("study", "ct", "robust"))  # fmt: skip
-    crop: str = setting("none", "crop every image to the body or the lung fields first", ("none", "body", "lung"))
+    crop: str = setting("none", "crop every image to the body or the lung fields first (lung-mask: and black "
+                         "out what lies outside the lungs)", CROPS)  # fmt: skip
     intensity: str = setting("none", "histogram equalisation of every image: global (equalize) or adaptive, "
                              "contrast-limited (clahe)", ("none", "equalize", "clahe"))  # fmt: skip
     # ---- speed and machines
@@ -206,7 +208,8 @@ class PretrainConfig(Settings):
     temperature: float = setting(0.2, "NT-Xent temperature (simclr, moco)")
     memory_bank: int = setting(4096, "moco: negatives kept in the memory bank")
     grayscale: bool = setting(True, "every image to grey first")
-    crop: str = setting("none", "crop every image to the body or the lung fields first", ("none", "body", "lung"))
+    crop: str = setting("none", "crop every image to the body or the lung fields first (lung-mask: and black "
+                         "out what lies outside the lungs)", CROPS)  # fmt: skip
     seed: int = setting(42, "seed of everything")
     precision: str = setting("auto", "auto: bf16-mixed where it pays, else 32", PRECISIONS)
     accelerator: str = setting("auto", "auto, cpu or gpu")

@@ -52,8 +52,8 @@ def test_the_transform_crops_before_resizing_and_remembers_boxes(monkeypatch):
 
     img, _ = whole_slice()
     calls = []
-    real = crop_module.crop_box
-    monkeypatch.setattr(crop_module, "crop_box", lambda grey, mode: calls.append(mode) or real(grey, mode))
+    real = crop_module.crop_region
+    monkeypatch.setattr(crop_module, "crop_region", lambda grey, mode: calls.append(mode) or real(grey, mode))
     monkeypatch.setattr(CropToBody, "_boxes", {})
     crop = CropToBody("lung")
     out = crop(Image.fromarray(img).convert("RGB"))
@@ -80,7 +80,7 @@ def test_whole_slice_and_its_lung_crop_look_alike_to_the_model():
 
 def test_large_images_are_cropped_from_a_shrunk_copy_to_the_same_box():
     """Masks of a 512 x 512 slice are computed at 256 x 256 (speed, issue 14); the box matches the full-size one."""
-    from covidct.data.crop import _crop_box, crop_box, shrink
+    from covidct.data.crop import _crop_region, crop_box, shrink
 
     grey, _ = whole_slice(size=512)
     small, f = shrink(grey.astype(np.float32))
@@ -89,7 +89,7 @@ def test_large_images_are_cropped_from_a_shrunk_copy_to_the_same_box():
     same, f = shrink(small_image)
     assert f == 1 and same is small_image  # smaller images are used as they are, dtype included
     for mode in ("body", "lung"):
-        fast, full = crop_box(grey, mode), _crop_box(grey, mode)
+        fast, full = crop_box(grey, mode), _crop_region(grey, mode)[0]
         assert fast is not None and full is not None, mode
         assert max(abs(a - b) for a, b in zip(fast, full)) <= 0.02 * 512, (mode, fast, full)
 
@@ -100,3 +100,45 @@ def test_lung_fraction_does_not_depend_on_the_slice_size():
 
     big, small = lung_fraction(*lung_mask(chest_hu(512))), lung_fraction(*lung_mask(chest_hu(256)))
     assert big == pytest.approx(small, abs=0.02) and big > 0.1
+
+
+@pytest.mark.parametrize("size", [256, 512])  # 512: the mask is found at 256 and blown back up
+def test_lung_mask_keeps_the_lungs_and_a_lesion_at_the_pleura_and_blacks_out_the_rest(size):
+    img, _ = whole_slice(size=size)
+    yy, xx = np.mgrid[0:size, 0:size]
+    # a dense lesion (as bright as tissue) on the outer edge of the left lung: a dent in the dark region
+    lesion = ((xx - size * 0.27) / (size * 0.03)) ** 2 + ((yy - size * 0.47) / (size * 0.05)) ** 2 < 1
+    img[lesion] = 225
+    plain = CropToBody("lung")(Image.fromarray(img))
+    masked = CropToBody("lung-mask")(Image.fromarray(img))
+    assert masked.size == plain.size  # the same box as --crop lung
+    top, _, left, _ = crop_box(img, "lung")
+    out = np.asarray(masked)
+
+    def at(y, x):  # a pixel of the whole slice, read in the masked crop
+        return int(out[round(y) - top, round(x) - left])
+
+    assert at(size * 0.47, size * 0.36) > 40  # inside the right-hand lung: kept
+    assert at(size * 0.47, size * 0.27) > 180  # the lesion at the pleura: kept (the hull fills the dent)
+    assert at(size * 0.47, size * 0.50) == 0  # the mediastinum between the lungs: black
+    assert at(size * 0.30 - 2, size * 0.50) == 0  # body wall above the gap between the lungs: black
+    assert (out == 0).mean() > 0.15 and (out > 40).mean() > 0.5
+
+
+def test_lung_mask_falls_back_to_the_lung_crop_without_a_pair_of_lungs():
+    img, _ = whole_slice(lungs=False)
+    assert np.array_equal(np.asarray(CropToBody("lung-mask")(Image.fromarray(img))),
+                          np.asarray(CropToBody("lung")(Image.fromarray(img))))  # fmt: skip
+    rgb = Image.fromarray(whole_slice()[0]).convert("RGB")
+    masked = CropToBody("lung-mask")(rgb)  # a colour image keeps its mode; every band is blacked out
+    assert masked.mode == "RGB" and np.asarray(masked)[masked.size[1] // 2, masked.size[0] // 2].tolist() == [0, 0, 0]
+
+
+def test_lung_mask_is_a_setting_of_training_and_of_the_stored_preprocessing():
+    from covidct.config import TrainConfig, check_choices
+
+    check_choices(TrainConfig(crop="lung-mask"))  # accepted as --crop lung-mask and in YAML
+    pre = Preprocessing((0.5,) * 3, (0.5,) * 3, 32, 36, crop="lung-mask")
+    assert Preprocessing.from_dict(pre.to_dict()).crop == "lung-mask"
+    x = eval_transform(pre)(Image.fromarray(whole_slice()[0]).convert("RGB"))
+    assert x.shape == (3, 32, 32) and float(x[:, 16, 16].max()) == -1.0  # the mediastinum: black, normalised

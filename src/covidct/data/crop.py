@@ -9,7 +9,11 @@ How (scikit-image / SciPy, no downloaded model): Otsu's threshold splits dark (a
 the body is the largest bright component after an opening (which cuts the table and thin lines) with its holes
 filled; the lungs are the dark regions enclosed by it. `lung` crops to the lungs' bounding box and falls back to the
 body where no enclosed lungs are found (an image already cropped to the lungs, where they touch the border);
-`body` crops to the body. An image where nothing sensible is found is left whole.
+`body` crops to the body. `lung-mask` crops as `lung` and also blacks out everything outside the lung fields
+(each lung's convex hull, widened by the margin: dense lesions at the pleura make dents in the dark region that the
+hull fills back in), so that the model sees lung parenchyma only, not the chest wall, mediastinum, arrows or text
+that differ between sources; where no pair of lungs is found it falls back to `lung`. An image where nothing
+sensible is found is left whole.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from typing import ClassVar
 import numpy as np
 from PIL import Image
 
-CROPS = ("none", "body", "lung")
+from covidct.config import CROPS
+
 MARGIN = 0.04  # of the box's side, added around it
 MIN_BODY = 0.15  # a body smaller than this share of the image is not trusted
 MIN_LUNG = 0.01  # enclosed dark regions smaller than this share of the body are not lung
@@ -44,39 +49,55 @@ def shrink(image: np.ndarray, side: int = WORK_SIDE) -> tuple[np.ndarray, int]:
     return image[:h, :w].reshape(h // f, f, w // f, f).mean(axis=(1, 3), dtype=np.float32), f
 
 
-def crop_box(grey: np.ndarray, mode: str) -> tuple[int, int, int, int] | None:
+Box = tuple[int, int, int, int]
+
+
+def crop_box(grey: np.ndarray, mode: str) -> Box | None:
     """(top, bottom, left, right) of the crop of a 2-D grey image, or None to keep it whole."""
+    return crop_region(grey, mode)[0]
+
+
+def crop_region(grey: np.ndarray, mode: str) -> tuple[Box | None, np.ndarray | None]:
+    """(box, mask): the crop's box as crop_box gives it and, for `lung-mask` where lungs were found, the boolean
+    mask of the lung fields inside that box (the box's own shape), else None."""
     if mode == "none":
-        return None
+        return None, None
     if mode not in CROPS:
         raise ValueError(f"crop must be one of {CROPS}, got {mode!r}")
     small, f = shrink(np.asarray(grey))
-    box = _crop_box(small, mode)
-    if box is None or f == 1:
-        return box
-    h, w = grey.shape
-    top, bottom, left, right = box
-    return top * f, min(h, bottom * f), left * f, min(w, right * f)
+    box, mask = _crop_region(small, mode)
+    if box is None:
+        return None, None
+    if f > 1:
+        h, w = grey.shape
+        top, bottom, left, right = box
+        box = top * f, min(h, bottom * f), left * f, min(w, right * f)
+        if mask is not None:  # block f x f back up; the rows and columns shrink trimmed stay outside
+            big = np.repeat(np.repeat(mask, f, axis=0), f, axis=1)
+            mask = np.zeros((box[1] - box[0], box[3] - box[2]), bool)
+            mask[: big.shape[0], : big.shape[1]] = big[: mask.shape[0], : mask.shape[1]]
+    return box, mask
 
 
-def _crop_box(grey: np.ndarray, mode: str) -> tuple[int, int, int, int] | None:
+def _crop_region(grey: np.ndarray, mode: str) -> tuple[Box | None, np.ndarray | None]:
     from scipy import ndimage
     from skimage.filters import threshold_otsu
+    from skimage.morphology import convex_hull_object
 
     h, w = grey.shape
     if h < 16 or w < 16 or grey.max() == grey.min():
-        return None
+        return None, None
     bright = grey > threshold_otsu(grey)
     bright = ndimage.binary_opening(bright, iterations=max(1, min(h, w) // 100))
     labels, n = ndimage.label(bright)
     if n == 0:
-        return None
+        return None, None
     sizes = ndimage.sum_labels(bright, labels, index=np.arange(1, n + 1))
     body = ndimage.binary_fill_holes(labels == 1 + int(np.argmax(sizes)))
     if body.sum() < MIN_BODY * h * w:
-        return None
-    box = _box(body)
-    if mode == "lung":
+        return None, None
+    box, fields = _box(body), None
+    if mode in ("lung", "lung-mask"):
         lungs = body & ~bright
         lungs = ndimage.binary_opening(lungs, iterations=max(1, min(h, w) // 100))
         lab, m = ndimage.label(lungs)
@@ -87,18 +108,23 @@ def _crop_box(grey: np.ndarray, mode: str) -> tuple[int, int, int, int] | None:
                 lung_box = _box(keep)
                 # one lung enclosed and the other cut by the image border: keep the body rather than half the chest
                 if lung_box[3] - lung_box[2] >= MIN_LUNG_WIDTH * (box[3] - box[2]):
-                    box = lung_box
+                    box, fields = lung_box, keep
     top, bottom, left, right = box
     dy, dx = round((bottom - top) * MARGIN), round((right - left) * MARGIN)
-    return max(0, top - dy), min(h, bottom + dy), max(0, left - dx), min(w, right + dx)
+    box = max(0, top - dy), min(h, bottom + dy), max(0, left - dx), min(w, right + dx)
+    if mode != "lung-mask" or fields is None:
+        return box, None
+    hull = ndimage.binary_dilation(convex_hull_object(fields), iterations=max(1, min(dy, dx)))
+    return box, hull[box[0] : box[1], box[2] : box[3]]
 
 
 class CropToBody:
-    """A transform (PIL in, PIL out) cropping to the body or the lungs; see the module's docstring."""
+    """A transform (PIL in, PIL out) cropping to the body or the lungs (and blacking out what lies outside the lungs
+    for `lung-mask`); see the module's docstring."""
 
-    # Boxes by mode and content, shared by every instance in a process: training sees each image often, and
-    # evaluation scores the same images with one transform and reads their statistics with another.
-    _boxes: ClassVar[dict[tuple[str, bytes], tuple[int, int, int, int] | None]] = {}
+    # Boxes (and masks, bit-packed) by mode and content, shared by every instance in a process: training sees each
+    # image often, and evaluation scores the same images with one transform and reads their statistics with another.
+    _boxes: ClassVar[dict[tuple[str, bytes], tuple[Box | None, np.ndarray | None]]] = {}
 
     def __init__(self, mode: str = "lung") -> None:
         if mode not in CROPS:
@@ -113,12 +139,18 @@ class CropToBody:
         if key not in boxes:
             if len(boxes) > 50_000:
                 boxes.clear()
-            boxes[key] = crop_box(grey, self.mode)
-        box = boxes[key]
+            box, mask = crop_region(grey, self.mode)
+            boxes[key] = box, None if mask is None else np.packbits(mask, axis=1)
+        box, packed = boxes[key]
         if box is None:
             return img
         top, bottom, left, right = box
-        return img.crop((left, top, right, bottom))
+        out = img.crop((left, top, right, bottom))
+        if packed is None:
+            return out
+        mask = np.unpackbits(packed, axis=1, count=right - left).astype(bool)
+        black = Image.new(out.mode, out.size)  # zeros in every band: black, transparent
+        return Image.composite(out, black, Image.fromarray(mask))
 
     def __repr__(self) -> str:
         return f"CropToBody(mode={self.mode!r})"
