@@ -82,17 +82,29 @@ def test_two_source_training_external_evaluation_and_card(two_sources, tmp_path,
     assert m.get("score_drivers") is None  # a split of the run's own data: not an external set
     from tests.medical_files import chest_hu, write_dicom
 
-    dicoms = tmp_path / "pacs"  # a hospital's labelled DICOM slices, as exported (one without a suffix)
+    dicoms = tmp_path / "pacs"  # a hospital's labelled DICOM slices, as exported: a folder per patient
     for label, covid in (("COVID", True), ("NonCOVID", False)):
-        (dicoms / label).mkdir(parents=True)
-        write_dicom(dicoms / label / "a.dcm", chest_hu(96, covid=covid, seed=1))
-        write_dicom(dicoms / label / "IM0002", chest_hu(96, covid=covid, seed=2))
-    assert main(["evaluate", str(run), "--on", f"pacs={dicoms}", "--bootstrap", "0"]) == 0
+        for patient in (1, 2):
+            (dicoms / label / f"{label}-{patient}").mkdir(parents=True)
+            write_dicom(dicoms / label / f"{label}-{patient}" / "a.dcm", chest_hu(96, covid=covid, seed=patient))
+            write_dicom(dicoms / label / f"{label}-{patient}" / "IM0002", chest_hu(96, covid=covid, seed=9 + patient))
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--on", f"pacs={dicoms}", "--bootstrap", "0", "--per-group"]) == 0
     pacs = json.loads((run / "eval-pacs" / "metrics.json").read_text())
-    assert pacs["n"] == 4 and pacs["score_drivers"]["statistics"]["width"]["spearman"] is None  # all 96 px wide
+    assert pacs["n"] == 8 and pacs["score_drivers"]["statistics"]["width"]["spearman"] is None  # all 96 px wide
+    per_patient = pacs["per_group"]  # each patient's two slices scored as one
+    assert per_patient["groups"] == 4 and per_patient["aggregation"] == "top10_mean"
+    assert per_patient["tp"] + per_patient["fn"] == 2 and per_patient["tn"] + per_patient["fp"] == 2
+    groups = list(csv.DictReader((run / "eval-pacs" / "group_predictions.csv").read_text().splitlines()))
+    slices = list(csv.DictReader((run / "eval-pacs" / "predictions.csv").read_text().splitlines()))
+    covid_1 = [float(r["score"]) for r in slices if "COVID-1" in r["path"] and "NonCOVID" not in r["path"]]
+    row = next(r for r in groups if r["group"].endswith("COVID-1") and "NonCOVID" not in r["group"])
+    assert row["slices"] == "2" and float(row["score"]) == pytest.approx(max(covid_1), abs=1e-5)
+    assert "per group (4 groups" in capsys.readouterr().out
     assert main(["report", str(run)]) == 0
     external_rows = (run / "report.html").read_text().split('<section id="external">')[1].split("</section>")[0]
     assert "hospital" in external_rows and "scores follow" in external_rows
+    assert "pacs: per group" in external_rows and "4 groups, top10_mean" in external_rows
     with pytest.warns(UserWarning, match="same content as images the run trained"):
         assert main(["evaluate", str(run), "--on", f"sars-cov-2-ct={b}", "--bootstrap", "0"]) == 0
     seen = json.loads((run / "eval-sars-cov-2-ct" / "metrics.json").read_text())["external"]

@@ -77,6 +77,11 @@ def test_nifti_slices(tmp_path):
 def test_volume_aggregation_is_the_mean_of_the_top_tenth():
     scores = np.linspace(0, 1, 25)  # top ceil(2.5) = 3 slices: 1.0, 0.9583, 0.9167
     assert aggregate_volume(scores) == pytest.approx(np.mean(scores[-3:]))
+    from covidct.cli import common
+    from covidct.inference import predict as predict_module
+
+    assert set(common.AGGREGATION_NAMES) == set(predict_module.AGGREGATIONS)  # the parser's names
+    assert common.DEFAULT_AGGREGATION == predict_module.DEFAULT_AGGREGATION
     assert aggregate_volume(np.array([0.2, 0.7])) == pytest.approx(0.7)
     with pytest.raises(DataError):
         aggregate_volume(np.array([]))

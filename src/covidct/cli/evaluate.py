@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from covidct.cli.common import AGGREGATION_NAMES, DEFAULT_AGGREGATION
+
 
 def evaluate_and_print(
     run_dir: Path,
@@ -19,6 +21,7 @@ def evaluate_and_print(
     calibrate: bool = False,
     tta: bool = False,
     on: str | None = None,
+    per_group: str | None = None,
 ) -> None:
     from covidct.evaluation.evaluate import evaluate_run, metrics_table
 
@@ -34,6 +37,7 @@ def evaluate_and_print(
         calibrate=calibrate,
         tta=tta,
         on=on,
+        per_group=per_group,
     )
     cal = result["calibration"]
     line = f"calibration: ECE {cal['ece']:.3f}"
@@ -41,6 +45,8 @@ def evaluate_and_print(
         line += f"; temperature {cal['temperature']:.2f} (fitted on val) -> ECE {cal['ece_calibrated']:.3f}"
     print(metrics_table(result))
     print(line)
+    if result.get("per_group"):
+        print(group_line(result["per_group"]))
     if result.get("score_drivers"):
         from covidct.evaluation.drivers import driver_warnings, drivers_text
 
@@ -54,11 +60,25 @@ def evaluate_and_print(
     print(f"wrote metrics, predictions and figures to {where}")
 
 
+def group_line(g: dict[str, Any]) -> str:
+    """One line of the per-group (patient) figures."""
+    from covidct.tables import interval_text, number_text
+
+    auc = f"AUC {number_text(g['auc'])} {interval_text(g.get('auc_delong'))}".strip()
+    both = f"; {g['groups_with_both_labels']} with slices of both labels" if g["groups_with_both_labels"] else ""
+    return (
+        f"per group ({g['groups']} groups, {g['slices_per_group']['median']:g} slices each (median){both}; "
+        f"{g['aggregation']} of slice scores): {auc}, accuracy {number_text(g['accuracy'])}, sensitivity "
+        f"{number_text(g['sensitivity'])}, specificity {number_text(g['specificity'])}, "
+        f"TP/TN/FP/FN {g['tp']}/{g['tn']}/{g['fp']}/{g['fn']}"
+    )
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     runs = args.run_dir if len(args.run_dir) > 1 else args.run_dir[0]
     evaluate_and_print(
         runs, args.split, args.checkpoint, args.data_dir, args.threshold, args.out,
-        args.bootstrap, args.min_sensitivity, args.calibrate, args.tta, args.on,
+        args.bootstrap, args.min_sensitivity, args.calibrate, args.tta, args.on, args.per_group,
     )  # fmt: skip
     return 0
 
@@ -109,6 +129,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--on", metavar="SET",
         help="an external labelled set instead of a split: a source name, NAME=PATH, a folder or a CSV (all its "
         "images; one class allowed); written to eval-<name>/",
+    )  # fmt: skip
+    p.add_argument(
+        "--per-group", nargs="?", const=DEFAULT_AGGREGATION, choices=AGGREGATION_NAMES, metavar="AGGREGATION",
+        help="also score each group (a patient's subfolder, a CSV's group column) as one: its slices' scores "
+        f"aggregated as covidct predict aggregates a volume (default {DEFAULT_AGGREGATION}); COVID if any slice is",
     )  # fmt: skip
     p.add_argument("--tta", action="store_true", help="average each image's score with its left-right mirror's")
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])

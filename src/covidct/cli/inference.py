@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from covidct import DISCLAIMER
-from covidct.cli.common import window
+from covidct.cli.common import AGGREGATION_NAMES, DEFAULT_AGGREGATION, window
 from covidct.data.medical import LUNG_WINDOW
 
 
@@ -76,7 +76,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--window", type=window, default=LUNG_WINDOW, help="CT window CENTRE/WIDTH in HU (default -600/1500)"
     )
-    p.add_argument("--aggregate", default="top10_mean", choices=["top10_mean", "top25_mean", "mean", "median", "max"],
+    p.add_argument("--aggregate", default=DEFAULT_AGGREGATION, choices=AGGREGATION_NAMES,
                    help="volume score from the slices in lung (default top10_mean: mean of the top 10%%)")  # fmt: skip
     p.set_defaults(func=cmd_predict)
 

@@ -35,6 +35,7 @@ from covidct.evaluation.figures import (
     training_curves_figure,
 )
 from covidct.evaluation.metrics import binary_metrics, predict, threshold_for_sensitivity, youden_threshold
+from covidct.evaluation.patients import group_metrics, group_scores
 from covidct.evaluation.statistics import (
     bootstrap_intervals,
     delong_interval,
@@ -190,10 +191,16 @@ def score_runs(
 
 
 def summarise(
-    s: Scored, n_bootstrap: int = 2000, min_sensitivity: float = 0.95, seed: int = 0, calibrate: bool = False
+    s: Scored,
+    n_bootstrap: int = 2000,
+    min_sensitivity: float = 0.95,
+    seed: int = 0,
+    calibrate: bool = False,
+    per_group: str | None = None,
 ) -> dict[str, Any]:
     """metrics.json's content from scores alone (pure: no model, no files): the metrics at the model's threshold
-    with their intervals, the operating points chosen on validation scores, calibration, per-source metrics."""
+    with their intervals, the operating points chosen on validation scores, calibration, per-source metrics and,
+    with per_group (an aggregation), each group (patient) scored as one (evaluation/patients.py)."""
     labels, scores, threshold = s.labels, s.scores, s.threshold
     metrics = binary_metrics(labels, scores, threshold)
     points = []
@@ -227,6 +234,7 @@ def summarise(
         "validation": "shared by all members" if s.val_scores is not None else "none shared: thresholds not chosen",
         "per_source": per_source_metrics(s.samples, labels, scores, threshold),
         "score_drivers": score_drivers(labels, scores, s.view_stats) if s.view_stats is not None else None,
+        "per_group": group_metrics(s.samples, labels, scores, threshold, per_group) if per_group else None,
     }
 
 
@@ -239,6 +247,12 @@ def write_evaluation(s: Scored, result: dict[str, Any], out: Path, n_bootstrap: 
         for p, x, y, v, q in zip(s.paths, s.samples, labels, scores, preds)
     ]
     write_csv(out / "predictions.csv", rows)
+    if result.get("per_group"):
+        groups = group_scores(s.samples, labels, scores, result["per_group"]["aggregation"])
+        write_csv(out / "group_predictions.csv", [
+            {**{k: r[k] for k in ("group", "source", "label", "slices")}, "score": round(r["score"], 6),
+             "prediction": int(r["score"] >= threshold)} for r in groups
+        ])  # fmt: skip
     if s.split != "val" and s.val_scores is not None:  # the scores every threshold was chosen on, for the record
         val_rows = [
             {"path": p, "label": int(y), "score": round(float(v), 6)}
@@ -278,6 +292,7 @@ def evaluate_run(
     calibrate: bool = False,
     tta: bool = False,
     on: str | None = None,
+    per_group: str | None = None,
 ) -> dict[str, Any]:
     """Score -> summarise -> write: every image of `split` scored with the run's checkpoint, metrics.json,
     predictions and figures written into `out_dir` (default RUN_DIR/eval-<split>).
@@ -289,12 +304,16 @@ def evaluate_run(
 
     on: evaluate on an external labelled set instead (a source name, folder or CSV: every image of it) into
     eval-<name>/; thresholds still come from the run's own validation split. A warning counts the images whose
-    bytes the run trained or validated on."""
+    bytes the run trained or validated on.
+
+    per_group: also score each group of the set (a patient's folder, a CSV's group column) as one, its slices'
+    scores aggregated this way (inference/predict.py's AGGREGATIONS); metrics.json's per_group and
+    group_predictions.csv."""
     runs = [Path(r) for r in run_dir] if isinstance(run_dir, list) else [Path(run_dir)]
     if len(runs) > 1 and out_dir is None:
         raise ModelError(f"an ensemble of {len(runs)} runs needs an output folder (--out)")
     scored = score_runs(runs, split, checkpoint, data_dir, threshold, tta, on)
-    result = summarise(scored, n_bootstrap, min_sensitivity, seed, calibrate)
+    result = summarise(scored, n_bootstrap, min_sensitivity, seed, calibrate, per_group)
     write_evaluation(scored, result, Path(out_dir) if out_dir else runs[0] / f"eval-{scored.split}", n_bootstrap, seed)
     return result
 

@@ -68,6 +68,10 @@ def validation_summary(run: RunDir, data: Any) -> dict[str, Any]:
         rows.append(_row(name, kind, m, m.get("ci95", {}).get("auc", {}).get("delong")))
         if m.get("score_drivers"):  # external sets: the statistic the scores follow most there
             rows[-1]["follows"] = "; ".join([drivers_text(m["score_drivers"]), *driver_warnings(m["score_drivers"])])
+        if m.get("per_group"):  # evaluate --per-group: each patient (group) scored as one
+            g = m["per_group"]
+            rows.append(_row(f"{name}: per group", f"{g['groups']} groups, {g['aggregation']} of slice scores", g,
+                             g.get("auc_delong")))  # fmt: skip
         per_source = m.get("per_source") or {}
         if len(per_source) > 1:
             rows += [
