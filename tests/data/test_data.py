@@ -206,3 +206,35 @@ def test_grayscale_and_ct_augmentation(tiny_dataset):
     assert x.shape == (3, 32, 32) and torch.equal(x[0], x[2])
     with pytest.raises(ValueError, match="augment must be one of"):
         train_transform(Preprocessing(), augment="heavy")
+
+
+def test_a_seeded_draw_is_augmented_the_same_way_anywhere_and_leaves_the_random_state_alone(tmp_path):
+    """SeededDraws' (index, seed) keys: the same augmentation whatever the worker, and torch's own random state
+    (dropout, mixup in the main process) untouched."""
+    import torch
+    from torchvision import transforms as T
+
+    from covidct.data import Sample, SeededDraws
+
+    rng = np.random.default_rng(0)
+    samples = []
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (24, 24), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+        samples.append(Sample(tmp_path / f"{i}.png", i % 2))
+    ds = ImageDataset(samples, T.Compose([T.RandomResizedCrop(16), T.ColorJitter(0.5, 0.5), T.ToTensor()]))
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    a = ds[(1, 1234)]["image"]
+    assert torch.equal(torch.get_rng_state(), before)  # restored
+    torch.manual_seed(99)  # another worker, another random state
+    assert torch.equal(ds[(1, 1234)]["image"], a) and not torch.equal(ds[(1, 4321)]["image"], a)
+    assert ds[(1, 1234)]["index"] == 1
+    draws = SeededDraws(torch.utils.data.SequentialSampler(ds), seed=5)
+    epoch1, epoch2 = list(draws), list(draws)
+    assert [i for i, _ in epoch1] == [0, 1, 2] and epoch1 != epoch2  # new seeds each epoch
+    assert list(SeededDraws(torch.utils.data.SequentialSampler(ds), seed=5)) == epoch1  # and they repeat
+    shuffled = SeededDraws(torch.utils.data.RandomSampler(ds, generator=torch.Generator()), seed=5)
+    first, second = list(shuffled), list(shuffled)
+    resumed = SeededDraws(torch.utils.data.RandomSampler(ds, generator=torch.Generator()), seed=5)
+    resumed.set_epoch(1)  # what Lightning does before epoch 2 of a resumed run
+    assert list(resumed) == second and first != second  # the order and the seeds of that epoch, from (seed, epoch)

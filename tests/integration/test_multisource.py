@@ -39,11 +39,14 @@ def test_sampler_draws_sources_equally_and_is_seeded(two_sources):
     data = load_sources([f"covid-ct={a}", f"sars-cov-2-ct={b}"])
     ds = ImageDataset(data.splits["train"])
     config = TrainConfig(sources=["x", "y"], samples_per_epoch=2000, seed=3)
-    draws = list(make_sampler(ds, config))
-    share = sum(ds.samples[i].source == "covid-ct" for i in draws) / len(draws)
+    draws = list(make_sampler(ds, config))  # (index, seed of that draw's augmentation)
+    share = sum(ds.samples[i].source == "covid-ct" for i, _ in draws) / len(draws)
     assert len(draws) == 2000 and 0.45 < share < 0.55  # 16 of 36 training images, half of the draws
     assert draws == list(make_sampler(ds, config))
-    assert make_sampler(ds, TrainConfig(source_balance=False)) is None
+    assert len({seed for _, seed in draws}) == 2000  # a fresh seed per draw, also for an image drawn twice
+    plain = make_sampler(ds, TrainConfig(source_balance=False, seed=3))  # no balance, no epoch size: a shuffle
+    first, second = [i for i, _ in plain], [i for i, _ in plain]
+    assert sorted(first) == list(range(len(ds))) and first != second  # each image once per epoch, reshuffled
 
 
 def test_two_source_training_external_evaluation_and_card(two_sources, tmp_path, capsys):

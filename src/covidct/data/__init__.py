@@ -6,6 +6,7 @@ from covidct.data.datasets import (
     SPLITS,
     ImageDataset,
     Sample,
+    SeededDraws,
     SplitData,
     load_splits,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "SPLITS",
     "ImageDataset",
     "Sample",
+    "SeededDraws",
     "SplitData",
     "eval_transform",
     "load_rgb",

@@ -258,10 +258,57 @@ def load_splits(data_dir: str | Path, data_csv: str | Path | None = None, seed: 
     )
 
 
+class SeededDraws(torch.utils.data.Sampler):
+    """A sampler of indices made into one of (index, seed) pairs: each draw carries the seed of its augmentation, and
+    an epoch's draws and seeds follow from (seed, epoch) alone, in the main process.
+
+    Why: each loader worker draws augmentations from its own random state, and which worker gets which image depends
+    on their number, so without this the same --seed trains on other augmentations with another --num-workers (on
+    another machine, whose core count sets the default). With it a draw is augmented the same way whichever worker
+    decodes it, and a resumed run draws what an uninterrupted one would have (Lightning calls set_epoch before each
+    epoch, through its DDP wrapper too; tests/integration/test_reproducible.py, test_resume.py)."""
+
+    def __init__(self, sampler: torch.utils.data.Sampler, seed: int) -> None:
+        self.sampler = sampler  # one with a `generator` (RandomSampler, WeightedRandomSampler) is reseeded per epoch
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _seed(self, stream: int) -> int:
+        return int(np.random.SeedSequence([self.seed, self.epoch, stream]).generate_state(1)[0])
+
+    def __len__(self) -> int:
+        return len(self.sampler)  # type: ignore[arg-type]
+
+    def __iter__(self):
+        generator = getattr(self.sampler, "generator", None)
+        if generator is not None:
+            generator.manual_seed(self._seed(0))
+        indices = [int(i) for i in self.sampler]
+        seeds = torch.randint(0, 2**62, (len(indices),), generator=torch.Generator().manual_seed(self._seed(1)))
+        self.epoch += 1  # the next epoch's, for a loop that does not call set_epoch
+        return iter(zip(indices, seeds.tolist()))
+
+
+def seeded_call(transform: Callable, img: Any, seed: int) -> Any:
+    """transform(img) with torch's and Python's random states seeded for this call only (restored afterwards, so a
+    loader without workers leaves the training's own random state as it was)."""
+    state = random.getstate()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        try:
+            return transform(img)
+        finally:
+            random.setstate(state)
+
+
 class ImageDataset(Dataset):
     """Items are dicts {image, label, path, index} (index: the position in the dataset). With cache=True every image
     is decoded once; with a DecodedCache (data/cache.py) images are decoded once per content and may come from its
-    disk store."""
+    disk store. A key may be an index or an (index, seed) pair from SeededDraws: the transform then runs seeded."""
 
     def __init__(self, samples: Sequence[Sample], transform: Callable | None = None, cache: Any = False):
         self.samples = list(samples)
@@ -297,7 +344,11 @@ class ImageDataset(Dataset):
             self._images[i] = np.asarray(img)
         return img
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        i, seed = key if isinstance(key, tuple) else (key, None)
         img = self.image(i)
-        image = self.transform(img) if self.transform else torch.from_numpy(np.asarray(img).copy())
+        if self.transform is None:
+            image = torch.from_numpy(np.asarray(img).copy())
+        else:
+            image = self.transform(img) if seed is None else seeded_call(self.transform, img, seed)
         return {"image": image, "label": self.samples[i].label, "path": str(self.samples[i].path), "index": i}

@@ -38,7 +38,7 @@ from torchvision.transforms.v2 import MixUp
 
 from covidct import __version__
 from covidct.config import TrainConfig
-from covidct.data import ImageDataset, SplitData, eval_transform, train_transform
+from covidct.data import ImageDataset, SeededDraws, SplitData, eval_transform, train_transform
 from covidct.data.sources import run_data
 from covidct.evaluation.metrics import binary_metrics, roc_auc
 from covidct.fileio import atomic_write, read_csv, write_csv, write_json, write_text
@@ -345,16 +345,18 @@ def source_weights(sources: list[str]) -> np.ndarray:
     return np.array([per[s] for s in sources])
 
 
-def make_sampler(ds: ImageDataset, config: TrainConfig) -> torch.utils.data.Sampler | None:
-    """A seeded weighted sampler when sources are balanced or an epoch size is set; else plain shuffling."""
+def make_sampler(ds: ImageDataset, config: TrainConfig) -> SeededDraws:
+    """The training draws, seeded: a weighted sampler when sources are balanced or an epoch size is set, else a
+    shuffle; each draw with the seed of its augmentation (SeededDraws: the same whatever the worker count)."""
     sources = [s.source for s in ds.samples]
     balance = config.source_balance and len(set(sources)) > 1
+    generator = torch.Generator()  # seeded by SeededDraws from (seed, epoch)
     if not balance and config.samples_per_epoch is None:
-        return None
+        return SeededDraws(torch.utils.data.RandomSampler(ds, generator=generator), config.seed)
     weights = source_weights(sources) if balance else np.ones(len(sources))
     n = config.samples_per_epoch or len(ds)
-    generator = torch.Generator().manual_seed(config.seed)
-    return torch.utils.data.WeightedRandomSampler(torch.as_tensor(weights), n, replacement=True, generator=generator)
+    draws = torch.utils.data.WeightedRandomSampler(torch.as_tensor(weights), n, replacement=True, generator=generator)
+    return SeededDraws(draws, config.seed)
 
 
 def make_loader(ds: ImageDataset, batch_size: int, shuffle: bool, num_workers: int, sampler: Any = None) -> DataLoader:
