@@ -223,9 +223,10 @@ def test_a_seeded_draw_is_augmented_the_same_way_anywhere_and_leaves_the_random_
         samples.append(Sample(tmp_path / f"{i}.png", i % 2))
     ds = ImageDataset(samples, T.Compose([T.RandomResizedCrop(16), T.ColorJitter(0.5, 0.5), T.ToTensor()]))
     torch.manual_seed(0)
-    before = torch.get_rng_state()
+    np.random.seed(0)
+    before, np_before = torch.get_rng_state(), np.random.get_state()[1].copy()
     a = ds[(1, 1234)]["image"]
-    assert torch.equal(torch.get_rng_state(), before)  # restored
+    assert torch.equal(torch.get_rng_state(), before) and np.array_equal(np.random.get_state()[1], np_before)
     torch.manual_seed(99)  # another worker, another random state
     assert torch.equal(ds[(1, 1234)]["image"], a) and not torch.equal(ds[(1, 4321)]["image"], a)
     assert ds[(1, 1234)]["index"] == 1

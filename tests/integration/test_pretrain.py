@@ -71,3 +71,19 @@ def test_init_from_another_backbone_is_refused(data, tmp_path, capsys):
     assert main(["train", "--model", "timm:resnet14t", "--no-pretrained", "--data-dir", str(data), "--init", str(run),
                  "--out", str(tmp_path / "x")]) == 2  # fmt: skip
     assert "pretrained timm:resnet10t, not timm:resnet14t" in capsys.readouterr().err
+
+
+def test_pretraining_repeats_with_any_worker_count(data, tmp_path):
+    """The two views of each image are drawn from (seed, epoch) in the main process, not by the worker."""
+
+    def backbone(workers: str, seed: str = "3") -> dict:
+        out = tmp_path / f"w{workers}-s{seed}"
+        args = ["pretrain", "--model", "timm:resnet10t", "--no-pretrained", "--num-workers", workers, "--data-dir",
+                str(data), "--method", "simclr", "--epochs", "2", "--batch-size", "8", "--input-size", "32",
+                "--seed", seed, "--precision", "32", "--out", str(out)]  # fmt: skip
+        assert main(args) == 0
+        return load_file(str(next(out.iterdir()) / "backbone.safetensors"))
+
+    a, b, other = backbone("0"), backbone("2"), backbone("0", seed="4")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], other[k]) for k in a)

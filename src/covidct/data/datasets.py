@@ -293,16 +293,19 @@ class SeededDraws(torch.utils.data.Sampler):
 
 
 def seeded_call(transform: Callable, img: Any, seed: int) -> Any:
-    """transform(img) with torch's and Python's random states seeded for this call only (restored afterwards, so a
-    loader without workers leaves the training's own random state as it was)."""
-    state = random.getstate()
+    """transform(img) with torch's, Python's and NumPy's global random states seeded for this call only (torchvision
+    draws from torch's, some of lightly's transforms from NumPy's), restored afterwards: a loader without workers
+    leaves the training's own random state as it was."""
+    state, np_state = random.getstate(), np.random.get_state()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         random.seed(seed)
+        np.random.seed(seed % 2**32)
         try:
             return transform(img)
         finally:
             random.setstate(state)
+            np.random.set_state(np_state)
 
 
 class ImageDataset(Dataset):

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from covidct.config import PretrainConfig
-from covidct.data import ImageDataset
+from covidct.data import ImageDataset, SeededDraws
 from covidct.data.sources import load_sources
 from covidct.errors import ConfigError, DataError, ModelError
 from covidct.fileio import atomic_write, write_json, write_text
@@ -174,7 +174,9 @@ def pretrain(config: PretrainConfig, progress: bool = False, run_dir: Path | Non
     handler = _attach_log_file(run_dir / "train.log")
     try:
         workers = resolve_workers(config.num_workers)
-        loader = torch.utils.data.DataLoader(ds, batch_size=config.batch_size, shuffle=True, drop_last=True,
+        # views drawn per image from (seed, epoch) in the main process: the same with any worker count (SeededDraws)
+        draws = SeededDraws(torch.utils.data.RandomSampler(ds, generator=torch.Generator()), config.seed)
+        loader = torch.utils.data.DataLoader(ds, batch_size=config.batch_size, sampler=draws, drop_last=True,
                                              num_workers=workers, persistent_workers=workers > 0)  # fmt: skip
         history = EpochHistory(run_dir / "metrics.csv", echo=not progress)
         last = L.pytorch.callbacks.ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None,
