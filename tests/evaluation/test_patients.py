@@ -62,3 +62,18 @@ def test_a_set_without_groups_or_an_unknown_aggregation_is_a_clear_error():
     grouped = _set({"p": [(0, 0.1)]})
     with pytest.raises(DataError, match="aggregation must be one of"):
         group_scores(*grouped, "p95")
+
+
+def test_only_slices_in_lung_count_where_hu_says_which_as_covidct_predict_scores_a_volume():
+    """An abdomen slice (no lung in its HU mask) with a high score does not make a patient positive; a group
+    without HU (images) or without any slice in lung counts all its slices."""
+    samples, labels, scores = _set({"p1": [(0, 0.2)] * 9 + [(0, 0.95)], "p2": [(0, 0.3), (0, 0.9)]})
+    fractions = [0.3] * 9 + [0.0] + [None, None]  # p1: DICOM, its last slice below the lung; p2: images
+    rows = {r["group"]: r for r in group_scores(samples, labels, scores, "max", fractions)}
+    assert rows["p1"]["score"] == pytest.approx(0.2) and rows["p1"]["slices_counted"] == 9
+    assert rows["p2"]["score"] == pytest.approx(0.9) and rows["p2"]["slices_counted"] == 2
+    assert "in lung" in rows["p1"]["counted"] and "no HU" in rows["p2"]["counted"]
+    plain = {r["group"]: r["score"] for r in group_scores(samples, labels, scores, "max")}
+    assert plain["p1"] == pytest.approx(0.95)  # without the lung fractions every slice counts
+    m = group_metrics(samples, labels, scores, 0.5, "max", fractions)
+    assert sum(m["groups_by_counting_rule"].values()) == 2 and m["fp"] == 1  # p2 only

@@ -91,10 +91,11 @@ def test_two_source_training_external_evaluation_and_card(two_sources, tmp_path,
             (dicoms / label / f"{label}-{patient}").mkdir(parents=True)
             write_dicom(dicoms / label / f"{label}-{patient}" / "a.dcm", chest_hu(96, covid=covid, seed=patient))
             write_dicom(dicoms / label / f"{label}-{patient}" / "IM0002", chest_hu(96, covid=covid, seed=9 + patient))
+    write_dicom(dicoms / "COVID" / "COVID-1" / "IM0003", chest_hu(96, lungs=False, seed=5))  # below the lungs
     capsys.readouterr()
     assert main(["evaluate", str(run), "--on", f"pacs={dicoms}", "--bootstrap", "0", "--per-group"]) == 0
     pacs = json.loads((run / "eval-pacs" / "metrics.json").read_text())
-    assert pacs["n"] == 8 and pacs["score_drivers"]["statistics"]["width"]["spearman"] is None  # all 96 px wide
+    assert pacs["n"] == 9 and pacs["score_drivers"]["statistics"]["width"]["spearman"] is None  # all 96 px wide
     per_patient = pacs["per_group"]  # each patient's two slices scored as one
     assert per_patient["groups"] == 4 and per_patient["aggregation"] == "top10_mean"
     assert per_patient["tp"] + per_patient["fn"] == 2 and per_patient["tn"] + per_patient["fp"] == 2
@@ -102,7 +103,9 @@ def test_two_source_training_external_evaluation_and_card(two_sources, tmp_path,
     slices = list(csv.DictReader((run / "eval-pacs" / "predictions.csv").read_text().splitlines()))
     covid_1 = [float(r["score"]) for r in slices if "COVID-1" in r["path"] and "NonCOVID" not in r["path"]]
     row = next(r for r in groups if r["group"].endswith("COVID-1") and "NonCOVID" not in r["group"])
-    assert row["slices"] == "2" and float(row["score"]) == pytest.approx(max(covid_1), abs=1e-5)
+    assert row["slices"] == "3" and row["slices_counted"] == "2"  # the slice below the lungs does not count
+    in_lung = [float(r["score"]) for r in slices if "/COVID/COVID-1/" in r["path"] and "IM0003" not in r["path"]]
+    assert float(row["score"]) == pytest.approx(max(in_lung), abs=1e-5) and max(in_lung) <= max(covid_1)
     assert "per group (4 groups" in capsys.readouterr().out
     assert main(["report", str(run)]) == 0
     external_rows = (run / "report.html").read_text().split('<section id="external">')[1].split("</section>")[0]

@@ -9,6 +9,8 @@ slices have little or none (bowel gas and the trachea stay under it).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 BODY_HU = -500.0
@@ -62,3 +64,13 @@ def lung_fraction(lung: np.ndarray, body: np.ndarray) -> float:
 
 def has_lung(fraction: float) -> bool:
     return fraction >= MIN_LUNG_FRACTION
+
+
+def slice_lung_fraction(path: Path) -> float | None:
+    """The lung fraction of a DICOM slice file from its HU; None for an image file (no HU, no lung rule)."""
+    from covidct.data.images import is_dicom_slice
+    from covidct.data.medical import read_dicom_hu
+
+    if not is_dicom_slice(Path(path)):
+        return None
+    return lung_fraction(*lung_mask(read_dicom_hu(path)))

@@ -73,18 +73,27 @@ def dicom_grey(ds: object, source: str, window: tuple[float, float]) -> Image.Im
     return grey_image(grey)
 
 
-def read_dicom(path: str | Path, window: tuple[float, float] = LUNG_WINDOW) -> Image.Image:
-    """One DICOM slice, windowed to an RGB image."""
+def _dcmread(path: Path) -> object:
     import pydicom
 
-    path = Path(path)
     try:
-        ds = pydicom.dcmread(path)
+        return pydicom.dcmread(path)
     except FileNotFoundError:
         raise DataError(f"DICOM file {path} does not exist") from None
     except Exception as e:
         raise DataError(f"file {path} is not a readable DICOM file ({type(e).__name__}: {e})") from None
-    return dicom_grey(ds, str(path), window)
+
+
+def read_dicom(path: str | Path, window: tuple[float, float] = LUNG_WINDOW) -> Image.Image:
+    """One DICOM slice, windowed to an RGB image."""
+    path = Path(path)
+    return dicom_grey(_dcmread(path), str(path), window)
+
+
+def read_dicom_hu(path: str | Path) -> np.ndarray:
+    """One DICOM slice in Hounsfield units."""
+    path = Path(path)
+    return dicom_hu(_dcmread(path), str(path))
 
 
 def read_dicom_series(folder: str | Path, window: tuple[float, float] = LUNG_WINDOW) -> list[Image.Image]:

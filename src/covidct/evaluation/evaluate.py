@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from covidct.data import ImageDataset, Sample
+from covidct.data.lungmask import slice_lung_fraction
 from covidct.data.probe import statistics_of
 from covidct.data.sources import external_set
 from covidct.data.transforms import view_transform
@@ -126,6 +127,7 @@ class Scored:
     tta: bool = False
     external: dict[str, Any] | None = None
     view_stats: dict[str, np.ndarray] | None = None  # image statistics of an external set (evaluation/drivers.py)
+    lung_fractions: list[float | None] | None = None  # per slice, from HU (DICOM only), for per-group scoring
 
 
 def score_runs(
@@ -234,7 +236,9 @@ def summarise(
         "validation": "shared by all members" if s.val_scores is not None else "none shared: thresholds not chosen",
         "per_source": per_source_metrics(s.samples, labels, scores, threshold),
         "score_drivers": score_drivers(labels, scores, s.view_stats) if s.view_stats is not None else None,
-        "per_group": group_metrics(s.samples, labels, scores, threshold, per_group) if per_group else None,
+        "per_group": group_metrics(s.samples, labels, scores, threshold, per_group, s.lung_fractions)
+        if per_group
+        else None,
     }
 
 
@@ -248,10 +252,11 @@ def write_evaluation(s: Scored, result: dict[str, Any], out: Path, n_bootstrap: 
     ]
     write_csv(out / "predictions.csv", rows)
     if result.get("per_group"):
-        groups = group_scores(s.samples, labels, scores, result["per_group"]["aggregation"])
+        groups = group_scores(s.samples, labels, scores, result["per_group"]["aggregation"], s.lung_fractions)
+        columns = ("group", "source", "label", "slices", "slices_counted")
         write_csv(out / "group_predictions.csv", [
-            {**{k: r[k] for k in ("group", "source", "label", "slices")}, "score": round(r["score"], 6),
-             "prediction": int(r["score"] >= threshold)} for r in groups
+            {**{k: r[k] for k in columns}, "score": round(r["score"], 6), "prediction": int(r["score"] >= threshold)}
+            for r in groups
         ])  # fmt: skip
     if s.split != "val" and s.val_scores is not None:  # the scores every threshold was chosen on, for the record
         val_rows = [
@@ -313,6 +318,8 @@ def evaluate_run(
     if len(runs) > 1 and out_dir is None:
         raise ModelError(f"an ensemble of {len(runs)} runs needs an output folder (--out)")
     scored = score_runs(runs, split, checkpoint, data_dir, threshold, tta, on)
+    if per_group:  # predict's rule for a volume: only DICOM slices whose HU shows lung count
+        scored.lung_fractions = [slice_lung_fraction(x.path) for x in scored.samples]
     result = summarise(scored, n_bootstrap, min_sensitivity, seed, calibrate, per_group)
     write_evaluation(scored, result, Path(out_dir) if out_dir else runs[0] / f"eval-{scored.split}", n_bootstrap, seed)
     return result

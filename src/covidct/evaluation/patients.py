@@ -5,7 +5,9 @@ Why: hospital data come as patients, and a patient's label is what a clinician d
 over a folder of patients count a patient with 80 slices 80 times, and every slice of a COVID patient takes the
 patient's label, normal-looking ones included. Here a group's score is the aggregation of its slices' scores
 (inference/predict.py's AGGREGATIONS; default top10_mean: a few clearly abnormal slices make a patient positive)
-and its label is COVID when any of its slices is labelled COVID. Pure functions: no model, no files.
+over the slices that count by predict's rule (DICOM slices whose HU lung mask shows lung; all slices of a group
+without HU or without any such slice), and its label is COVID when any of its slices is labelled COVID. Pure
+functions: no model, no files (the lung fractions are read by the caller).
 """
 
 from __future__ import annotations
@@ -18,12 +20,19 @@ from covidct.data import Sample
 from covidct.errors import DataError
 from covidct.evaluation.metrics import binary_metrics
 from covidct.evaluation.statistics import delong_interval
-from covidct.inference.predict import AGGREGATIONS, aggregate_volume
+from covidct.inference.predict import AGGREGATIONS, summarise
 
 
-def group_scores(samples: list[Sample], labels: np.ndarray, scores: np.ndarray, how: str) -> list[dict[str, Any]]:
-    """One row per group, in name order: group, source, label (any slice COVID), slices, score (aggregated).
-    A sample without a group is a group of its own (named by its path)."""
+def group_scores(
+    samples: list[Sample],
+    labels: np.ndarray,
+    scores: np.ndarray,
+    how: str,
+    lung_fractions: list[float | None] | None = None,
+) -> list[dict[str, Any]]:
+    """One row per group, in name order: group, source, label (any slice COVID), slices, slices counted, how they
+    were chosen, score (aggregated as covidct predict aggregates a volume). A sample without a group is a group of
+    its own (named by its path). lung_fractions: each slice's (None: no HU), for predict's rule of slices in lung."""
     if how not in AGGREGATIONS:
         raise DataError(f"aggregation must be one of {sorted(AGGREGATIONS)}, got {how!r}")
     members: dict[tuple[str, str], list[int]] = {}
@@ -31,35 +40,51 @@ def group_scores(samples: list[Sample], labels: np.ndarray, scores: np.ndarray, 
         members.setdefault((s.source, s.group or str(s.path)), []).append(i)
     rows = []
     for (source, group), idx in sorted(members.items()):
+        entries = []
+        for i in idx:
+            entry: dict[str, Any] = {"index": i, "score": float(scores[i])}
+            if lung_fractions is not None and lung_fractions[i] is not None:
+                entry["lung_fraction"] = lung_fractions[i]
+            entries.append(entry)
+        volume = summarise(entries, how, 0.5)
         rows.append({"group": group, "source": source, "label": int(np.max(labels[idx])), "slices": len(idx),
-                     "mixed_labels": bool(len(set(labels[idx].tolist())) > 1),
-                     "score": aggregate_volume(scores[idx], how)})  # fmt: skip
+                     "slices_counted": volume["slices_counted"], "counted": volume["counted"],
+                     "mixed_labels": bool(len(set(labels[idx].tolist())) > 1), "score": volume["score"]})  # fmt: skip
     return rows
 
 
 def group_metrics(
-    samples: list[Sample], labels: np.ndarray, scores: np.ndarray, threshold: float, how: str
+    samples: list[Sample],
+    labels: np.ndarray,
+    scores: np.ndarray,
+    threshold: float,
+    how: str,
+    lung_fractions: list[float | None] | None = None,
 ) -> dict[str, Any]:
     """The metrics of the groups' scores at the model's threshold, the AUC with its DeLong interval, and what
-    the groups were (how many, slices per group, groups whose slices carry both labels)."""
+    the groups were (how many, slices per group, which slices counted, groups whose slices carry both labels)."""
     grouped = sum(1 for s in samples if s.group)
     if grouped == 0:
         raise DataError(
             "no groups in this set: per-patient figures need a patient's slices in a subfolder of its class folder, "
             "a group column in the CSV, or a source that groups its images"
         )
-    rows = group_scores(samples, labels, scores, how)
+    rows = group_scores(samples, labels, scores, how, lung_fractions)
     y = np.array([r["label"] for r in rows])
     s = np.array([r["score"] for r in rows])
     m = binary_metrics(y, s, threshold).to_dict()
     sizes = np.array([r["slices"] for r in rows])
     out = {
         "aggregation": how,
-        "rule": f"a group's score: {AGGREGATIONS[how][1]}; its label: COVID if any of its slices is",
+        "rule": f"a group's score: {AGGREGATIONS[how][1]}, over its slices in lung where HU shows it (as covidct "
+        "predict scores a volume); its label: COVID if any of its slices is",
         "groups": len(rows),
         "ungrouped_images": len(samples) - grouped,
         "slices_per_group": {"min": int(sizes.min()), "median": float(np.median(sizes)), "max": int(sizes.max())},
         "groups_with_both_labels": sum(r["mixed_labels"] for r in rows),
+        "groups_by_counting_rule": {
+            rule: sum(r["counted"] == rule for r in rows) for rule in {r["counted"] for r in rows}
+        },
         **{k: m[k] for k in ("n", "accuracy", "sensitivity", "specificity", "auc", "tp", "tn", "fp", "fn")},
     }
     if len(np.unique(y)) == 2:
