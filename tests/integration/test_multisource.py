@@ -180,3 +180,20 @@ def test_domain_adversarial_training_logs_the_source_loss_and_its_model_loads(tw
     image = Image.open(next(b.rglob("*.png")))
     assert 0 <= float(model.scores([image])[0]) <= 1
     assert main(["evaluate", str(run), "--split", "test", "--bootstrap", "0"]) == 0
+
+
+def test_crosssource_over_seeds_keeps_each_matrix_and_their_spread(two_sources, tmp_path, capsys):
+    a, b = two_sources
+    out = tmp_path / "xs"
+    args = ["crosssource", *TINY, "--epochs", "1", "--source", f"covid-ct={a}", "--source", f"sars-cov-2-ct={b}",
+            "--seeds", "3", "4", "--out-dir", str(out)]  # fmt: skip
+    assert main(args) == 0
+    per_seed = [json.loads((out / f"seed-{s}" / "matrix.json").read_text()) for s in (3, 4)]
+    assert [m["config"]["seed"] for m in per_seed] == [3, 4]
+    summary = json.loads((out / "seeds.json").read_text())
+    assert summary["seeds"] == [3, 4] and len(summary["cells"]) == 6  # 3 trainings x 2 sources
+    cell = next(c for c in summary["cells"] if c["held_out"] and c["trained_on"] == ["covid-ct"])
+    assert cell["auc"]["values"] == [m["trainings"][0]["cells"]["sars-cov-2-ct"]["auc"] for m in per_seed]
+    assert "Mean held-out-source AUC" in (out / "seeds.md").read_text() and "seeds.md" in capsys.readouterr().out
+    assert main([*args[:-5], "--seeds", "3", "3", "--out-dir", str(tmp_path / "dup")]) == 2  # one clear error
+    assert "distinct seeds" in capsys.readouterr().err and not (tmp_path / "dup").exists()

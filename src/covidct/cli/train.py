@@ -148,6 +148,13 @@ def cmd_crosssource(args: argparse.Namespace) -> int:
     if not config.sources or len(config.sources) < 2:
         raise ConfigError("crosssource needs at least two --source")
     print(DISCLAIMER, file=sys.stderr)
+    if args.seeds:
+        from covidct.training.crosssource import run_seeds
+
+        out = run_seeds(config, args.seeds, args.out_dir, progress=progress(), n_bootstrap=args.bootstrap)
+        print((out / "seeds.md").read_text())
+        print(f"wrote {out}/seeds.csv, seeds.md, seeds.json and one matrix per seed under {out}/seed-N/")
+        return 0
     out = run_crosssource(config, args.out_dir, progress=progress(), n_bootstrap=args.bootstrap)
     print((out / "matrix.md").read_text())
     print(f"wrote {out}/matrix.csv, matrix.md, matrix.png and one run folder per training under {out}")
@@ -188,4 +195,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     config_args(p)
     p.add_argument("--out-dir", default="crosssource", help="folder for the runs and the matrix (default crosssource/)")
     p.add_argument("--bootstrap", type=int, default=0, help="bootstrap resamples per evaluation (default 0: none)")
+    p.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
+                   help="one matrix per seed (OUT/seed-N/) and every cell's mean and spread over them (seeds.md); "
+                   "a seed alone moves a held-out cell by up to 0.14 AUC, so compare recipes over seeds")  # fmt: skip
     p.set_defaults(func=cmd_crosssource)

@@ -20,6 +20,7 @@ from covidct.data import ImageDataset
 from covidct.data.probe import statistics_of
 from covidct.data.sources import load_source, parse_source
 from covidct.data.transforms import view_transform
+from covidct.errors import ConfigError
 from covidct.evaluation.drivers import driver_warnings, drivers_text, score_drivers
 from covidct.evaluation.metrics import binary_metrics, youden_threshold
 from covidct.evaluation.statistics import delong_interval
@@ -69,7 +70,7 @@ def cell(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, 
 def caveats(config: TrainConfig, n_sources: int) -> list[str]:
     """What this matrix cannot show for this recipe, written beside it."""
     out = [f"One training per row (seed {config.seed}): held-out cells move with the seed (by up to 0.14 AUC in "
-           "benchmarks/GENERALIZATION.md), so compare recipes over several seeds (--seed)."]  # fmt: skip
+           "benchmarks/GENERALIZATION.md), so compare recipes over several seeds (--seeds 42 7 1)."]  # fmt: skip
     if n_sources == 2 and config.domain_adversarial > 0:
         out.append("With two sources the held-out rows train on one source, where a domain-adversarial head is off: "
                    "--domain-adversarial changes only the row trained on both.")  # fmt: skip
@@ -143,6 +144,70 @@ def run_crosssource(config: TrainConfig, out_dir: str | Path, progress: bool = F
     return out
 
 
+def seed_summary(matrices: list[dict[str, Any]]) -> dict[str, Any]:
+    """The matrices of one recipe at several seeds, cell by cell (pure: matrix.json contents in, numbers out): each
+    seed's AUC, their mean, standard deviation (n - 1), min and max, the mean accuracy at each seed's threshold, and
+    the mean held-out AUC of each seed. Why: a seed moves a held-out cell by up to 0.14 AUC
+    (benchmarks/GENERALIZATION.md), more than most levers do, so recipes are compared over seeds."""
+    first = matrices[0]
+    for m in matrices[1:]:
+        if [t["trained_on"] for t in m["trainings"]] != [t["trained_on"] for t in first["trainings"]]:
+            raise ConfigError("the matrices of a seed summary must train on the same sources")
+
+    def spread(values: list[float]) -> dict[str, Any]:
+        v = np.asarray(values, dtype=float)
+        sd = float(np.std(v, ddof=1)) if len(v) > 1 else None
+        return {"values": [float(x) for x in v], "mean": float(v.mean()), "sd": sd, "min": float(v.min()),
+                "max": float(v.max())}  # fmt: skip
+
+    cells = []
+    for i, t in enumerate(first["trainings"]):
+        for name, c in t["cells"].items():
+            per_seed = [m["trainings"][i]["cells"][name] for m in matrices]
+            cells.append({"trained_on": t["trained_on"], "scored_on": name, "held_out": c["held_out"],
+                          "auc": spread([x["auc"] for x in per_seed]),
+                          "accuracy_mean": float(np.mean([x["accuracy"] for x in per_seed]))})  # fmt: skip
+    held = [m["mean_held_out_auc"] for m in matrices if m["mean_held_out_auc"] is not None]
+    return {"seeds": [m["config"]["seed"] for m in matrices], "cells": cells,
+            "mean_held_out_auc": spread(held) if held else None}  # fmt: skip
+
+
+def run_seeds(
+    config: TrainConfig, seeds: list[int], out_dir: str | Path, progress: bool = False, n_bootstrap: int = 0
+) -> Path:
+    """One leave-one-source-out matrix per seed (OUT/seed-N/, as run_crosssource writes it), then seeds.json,
+    seeds.csv and seeds.md: every cell's mean and spread over the seeds."""
+    if len(set(seeds)) != len(seeds) or not seeds:
+        raise ConfigError(f"--seeds must name distinct seeds, got {seeds}")
+    out = Path(out_dir)
+    matrices = []
+    for seed in seeds:
+        folder = run_crosssource(dataclasses.replace(config, seed=seed), out / f"seed-{seed}", progress, n_bootstrap)
+        matrices.append(json.loads((folder / "matrix.json").read_text()))
+    summary = seed_summary(matrices)
+    rows = []
+    for c in summary["cells"]:
+        a = c["auc"]
+        sd = f" (sd {a['sd']:.3f})" if a["sd"] is not None else ""
+        rows.append({"trained on": " + ".join(c["trained_on"]), "scored on": c["scored_on"],
+                     "scored": "held out (all images)" if c["held_out"] else "in source (test split)",
+                     "AUC mean (sd)": f"{a['mean']:.3f}{sd}", "AUC min-max": f"{a['min']:.3f}-{a['max']:.3f}",
+                     "AUC per seed": " / ".join(f"{v:.3f}" for v in a["values"]),
+                     "accuracy mean": f"{c['accuracy_mean']:.3f}"})  # fmt: skip
+    write_csv(out / "seeds.csv", rows)
+    held = summary["mean_held_out_auc"]
+    note = f"\nSeeds {', '.join(map(str, seeds))}; one matrix per seed in seed-N/."
+    if held:
+        sd = f" (sd {held['sd']:.3f})" if held["sd"] is not None else ""
+        note += f" Mean held-out-source AUC {held['mean']:.3f}{sd}, per seed " + " / ".join(
+            f"{v:.3f}" for v in held["values"]
+        )
+        note += ". A recipe beats another when its held-out cells are higher across the seeds, not in one of them.\n"
+    write_text(out / "seeds.md", table_markdown(rows) + "\n" + note)
+    write_json(out / "seeds.json", {"sources": list(config.sources), "config": config.to_dict(), **summary})
+    return out
+
+
 def _heatmap(records: list[dict[str, Any]], names: list[str], path: Path) -> None:
     import matplotlib
 
@@ -165,4 +230,4 @@ def _heatmap(records: list[dict[str, Any]], names: list[str], path: Path) -> Non
     save_figure(fig, path)
 
 
-__all__ = ["caveats", "json", "run_crosssource", "trainings"]
+__all__ = ["caveats", "json", "run_crosssource", "run_seeds", "seed_summary", "trainings"]
