@@ -52,8 +52,8 @@ def test_the_transform_crops_before_resizing_and_remembers_boxes(monkeypatch):
 
     img, _ = whole_slice()
     calls = []
-    real = crop_module.crop_region
-    monkeypatch.setattr(crop_module, "crop_region", lambda grey, mode: calls.append(mode) or real(grey, mode))
+    real = crop_module._scaled_region
+    monkeypatch.setattr(crop_module, "_scaled_region", lambda grey, mode: calls.append(mode) or real(grey, mode))
     monkeypatch.setattr(CropToBody, "_boxes", {})
     crop = CropToBody("lung")
     out = crop(Image.fromarray(img).convert("RGB"))
@@ -112,6 +112,10 @@ def test_lung_mask_keeps_the_lungs_and_a_lesion_at_the_pleura_and_blacks_out_the
     plain = CropToBody("lung")(Image.fromarray(img))
     masked = CropToBody("lung-mask")(Image.fromarray(img))
     assert masked.size == plain.size  # the same box as --crop lung
+    from covidct.data.crop import crop_region
+
+    box, mask = crop_region(img, "lung-mask")  # the transform's cached mask is the same, blown up on use
+    assert np.array_equal(np.asarray(masked) == 0, ~mask | (img[box[0] : box[1], box[2] : box[3]] == 0))
     top, _, left, _ = crop_box(img, "lung")
     out = np.asarray(masked)
 

@@ -60,23 +60,38 @@ def crop_box(grey: np.ndarray, mode: str) -> Box | None:
 def crop_region(grey: np.ndarray, mode: str) -> tuple[Box | None, np.ndarray | None]:
     """(box, mask): the crop's box as crop_box gives it and, for `lung-mask` where lungs were found, the boolean
     mask of the lung fields inside that box (the box's own shape), else None."""
+    box, small, f = _scaled_region(grey, mode)
+    if box is None or small is None:
+        return box, None
+    return box, _blow_up(small, f, (box[1] - box[0], box[3] - box[2]))
+
+
+def _scaled_region(grey: np.ndarray, mode: str) -> tuple[Box | None, np.ndarray | None, int]:
+    """(box at full size, mask as found on the image shrunk by f, f)."""
     if mode == "none":
-        return None, None
+        return None, None, 1
     if mode not in CROPS:
         raise ValueError(f"crop must be one of {CROPS}, got {mode!r}")
     small, f = shrink(np.asarray(grey))
     box, mask = _crop_region(small, mode)
     if box is None:
-        return None, None
+        return None, None, f
     if f > 1:
         h, w = grey.shape
         top, bottom, left, right = box
         box = top * f, min(h, bottom * f), left * f, min(w, right * f)
-        if mask is not None:  # block f x f back up; the rows and columns shrink trimmed stay outside
-            big = np.repeat(np.repeat(mask, f, axis=0), f, axis=1)
-            mask = np.zeros((box[1] - box[0], box[3] - box[2]), bool)
-            mask[: big.shape[0], : big.shape[1]] = big[: mask.shape[0], : mask.shape[1]]
-    return box, mask
+    return box, mask, f
+
+
+def _blow_up(mask: np.ndarray, f: int, shape: tuple[int, int]) -> np.ndarray:
+    """A mask found at 1/f scale, each pixel blocked f x f back up to `shape`; the rows and columns shrink trimmed
+    stay outside."""
+    if f == 1:
+        return mask
+    big = np.repeat(np.repeat(mask, f, axis=0), f, axis=1)
+    out = np.zeros(shape, bool)
+    out[: big.shape[0], : big.shape[1]] = big[: shape[0], : shape[1]]
+    return out
 
 
 def _crop_region(grey: np.ndarray, mode: str) -> tuple[Box | None, np.ndarray | None]:
@@ -122,9 +137,10 @@ class CropToBody:
     """A transform (PIL in, PIL out) cropping to the body or the lungs (and blacking out what lies outside the lungs
     for `lung-mask`); see the module's docstring."""
 
-    # Boxes (and masks, bit-packed) by mode and content, shared by every instance in a process: training sees each
-    # image often, and evaluation scores the same images with one transform and reads their statistics with another.
-    _boxes: ClassVar[dict[tuple[str, bytes], tuple[Box | None, np.ndarray | None]]] = {}
+    # Boxes (and masks, bit-packed at the scale they were found: a quarter of a 512 x 512 slice's) by mode and
+    # content, shared by every instance in a process: training sees each image often, and evaluation scores the same
+    # images with one transform and reads their statistics with another.
+    _boxes: ClassVar[dict[tuple[str, bytes], tuple[Box | None, tuple[np.ndarray, int, int] | None]]] = {}
 
     def __init__(self, mode: str = "lung") -> None:
         if mode not in CROPS:
@@ -139,8 +155,8 @@ class CropToBody:
         if key not in boxes:
             if len(boxes) > 50_000:
                 boxes.clear()
-            box, mask = crop_region(grey, self.mode)
-            boxes[key] = box, None if mask is None else np.packbits(mask, axis=1)
+            box, small, f = _scaled_region(grey, self.mode)
+            boxes[key] = box, None if small is None else (np.packbits(small, axis=1), small.shape[1], f)
         box, packed = boxes[key]
         if box is None:
             return img
@@ -148,7 +164,8 @@ class CropToBody:
         out = img.crop((left, top, right, bottom))
         if packed is None:
             return out
-        mask = np.unpackbits(packed, axis=1, count=right - left).astype(bool)
+        bits, width, f = packed
+        mask = _blow_up(np.unpackbits(bits, axis=1, count=width).astype(bool), f, (bottom - top, right - left))
         black = Image.new(out.mode, out.size)  # zeros in every band: black, transparent
         return Image.composite(out, black, Image.fromarray(mask))
 
