@@ -134,8 +134,11 @@ def test_unmappable_and_single_class_folders(tmp_path):
         Image.fromarray(synthetic_ct(rng, True)).save(tmp_path / "one" / "COVID" / f"{i}.png")
     with pytest.raises(DataError, match="one class only"):
         load_sources([str(tmp_path / "one")])
+    (tmp_path / "one" / "COVID" / "patient7").mkdir()  # a patient's folder in a one-class export: its group
+    Image.fromarray(synthetic_ct(rng, True)).save(tmp_path / "one" / "COVID" / "patient7" / "s1.png")
     name, samples = external_set(str(tmp_path / "one"))
-    assert name == "one" and [s.label for s in samples] == [1, 1, 1]
+    assert name == "one" and [s.label for s in samples] == [1, 1, 1, 1]
+    assert [s.group for s in samples] == ["", "", "", "COVID/patient7"]
 
 
 def test_several_sources_keep_their_names(tmp_path):

@@ -175,10 +175,10 @@ def folder_splits(root: Path, seed: int) -> SplitData:
     """root/<split>/<class>/* if split folders exist, else root/<class>/* split at random by seed."""
     if all((root / split).is_dir() for split in SPLITS):
         class_names = class_order([d.name for d in (root / "train").iterdir() if d.is_dir()])
-        splits = {split: _folder_samples(root / split, class_names) for split in SPLITS}
+        splits = {split: class_folder_samples(root / split, class_names) for split in SPLITS}
         return SplitData(splits, class_names, f"folders {root}/<split>/<class>")
     class_names = class_order([d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")])
-    samples = _folder_samples(root, class_names)
+    samples = class_folder_samples(root, class_names)
     grouped = any(s.group for s in samples)
     splits = group_split(samples, seed) if grouped else stratified_split(samples, seed)
     how = "seeded split, each subfolder in one split" if grouped else "seeded split"
@@ -192,7 +192,8 @@ def subfolder_group(class_folder: Path, path: Path) -> str:
     return f"{class_folder.name}/{rel.parts[0]}" if rel.parts else ""
 
 
-def _folder_samples(root: Path, class_names: Sequence[str]) -> list[Sample]:
+def class_folder_samples(root: Path, class_names: Sequence[str]) -> list[Sample]:
+    """Every slice file under ROOT/<class>/ (label: the class's index), grouped by its first subfolder."""
     samples = []
     for label, name in enumerate(class_names):
         folder = root / name
@@ -272,6 +273,11 @@ class SeededDraws(torch.utils.data.Sampler):
         self.sampler = sampler  # one with a `generator` (RandomSampler, WeightedRandomSampler) is reseeded per epoch
         self.seed = seed
         self.epoch = 0
+
+    @classmethod
+    def shuffle(cls, dataset: Dataset, seed: int) -> SeededDraws:
+        """Every item once per epoch, in an order (and with augmentation seeds) drawn from (seed, epoch)."""
+        return cls(torch.utils.data.RandomSampler(dataset, generator=torch.Generator()), seed)  # type: ignore[arg-type]
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

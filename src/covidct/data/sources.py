@@ -27,6 +27,7 @@ from covidct.data.datasets import (
     SPLITS,
     Sample,
     SplitData,
+    class_folder_samples,
     csv_splits,
     folder_splits,
     group_split,
@@ -34,7 +35,7 @@ from covidct.data.datasets import (
     load_splits,
     read_official_split,
 )
-from covidct.data.images import IMAGE_SUFFIXES, is_slice_file
+from covidct.data.images import IMAGE_SUFFIXES
 from covidct.errors import DataError
 
 DATA_ROOT_ENV = "COVIDCT_DATA_ROOT"  # a folder holding sources by name: <root>/covid-ct, <root>/sars-cov-2-ct
@@ -252,8 +253,7 @@ def _class_dirs(path: Path) -> list[str]:
 
 def _one_class_folder(path: Path) -> SplitData:
     (name,) = _class_dirs(path)
-    files = sorted(p for p in (path / name).rglob("*") if is_slice_file(p))
-    samples = [Sample(p, 0) for p in files]
+    samples = class_folder_samples(path, (name,))  # a patient's subfolder is its group, as with two classes
     return SplitData({"train": [], "val": [], "test": samples}, (name,), f"folder {path} (one class: {name})")
 
 

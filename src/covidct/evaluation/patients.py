@@ -46,7 +46,7 @@ def group_scores(
             if lung_fractions is not None and lung_fractions[i] is not None:
                 entry["lung_fraction"] = lung_fractions[i]
             entries.append(entry)
-        volume = summarise(entries, how, 0.5)
+        volume = summarise(entries, how)
         rows.append({"group": group, "source": source, "label": int(np.max(labels[idx])), "slices": len(idx),
                      "slices_counted": volume["slices_counted"], "counted": volume["counted"],
                      "mixed_labels": bool(len(set(labels[idx].tolist())) > 1), "score": volume["score"]})  # fmt: skip

@@ -147,7 +147,7 @@ class VolumeScorer:
             batch.clear()
 
 
-def summarise(entries: list[dict[str, Any]], how: str, t: float) -> dict[str, Any]:
+def summarise(entries: list[dict[str, Any]], how: str) -> dict[str, Any]:
     """Which slices count (those in lung; all when none shows lung or there are no HU), the volume score, top-k."""
     scored = [e for e in entries if "score" in e]
     if not scored:
@@ -200,7 +200,7 @@ def predict_inputs(
             entries = VolumeScorer(model).run((k, hu, g, "") for k, (hu, g) in enumerate(_nifti_slices(path, window)))
             for k, e in enumerate(entries):
                 e["index"] = k
-            summary = summarise(entries, aggregation, t)
+            summary = summarise(entries, aggregation)
             _slice_rows(rows, str(path), "", entries, label, t)
             rows.append(_summary_row(str(path), "", "volume", summary["score"], label, t, summary))
             report["volumes"].append({"path": str(path), **summary, "label": label(summary["score"])})
@@ -245,7 +245,7 @@ def _predict_folder(model, folder, window, aggregation, t, label, rows, report, 
             for k, e in enumerate(entries):
                 e["index"], e["file"] = k, str(e["key"].path)
             try:
-                summary = summarise(entries, aggregation, t)
+                summary = summarise(entries, aggregation)
             except DataError as e:
                 report["skipped"].append(f"series {s.label} of {folder}: {e}")
                 continue

@@ -350,25 +350,25 @@ def make_sampler(ds: ImageDataset, config: TrainConfig) -> SeededDraws:
     shuffle; each draw with the seed of its augmentation (SeededDraws: the same whatever the worker count)."""
     sources = [s.source for s in ds.samples]
     balance = config.source_balance and len(set(sources)) > 1
-    generator = torch.Generator()  # seeded by SeededDraws from (seed, epoch)
     if not balance and config.samples_per_epoch is None:
-        return SeededDraws(torch.utils.data.RandomSampler(ds, generator=generator), config.seed)
+        return SeededDraws.shuffle(ds, config.seed)
     weights = source_weights(sources) if balance else np.ones(len(sources))
     n = config.samples_per_epoch or len(ds)
+    generator = torch.Generator()  # seeded by SeededDraws from (seed, epoch)
     draws = torch.utils.data.WeightedRandomSampler(torch.as_tensor(weights), n, replacement=True, generator=generator)
     return SeededDraws(draws, config.seed)
 
 
-def make_loader(ds: ImageDataset, batch_size: int, shuffle: bool, num_workers: int, sampler: Any = None) -> DataLoader:
+def make_loader(ds: ImageDataset, batch_size: int, num_workers: int, draws: SeededDraws | None = None) -> DataLoader:
+    """The training loader (given its draws, make_sampler) or an evaluation one (in order, every image)."""
     return DataLoader(
         ds,
         batch_size=batch_size,
-        shuffle=shuffle and sampler is None,
-        sampler=sampler,
+        sampler=draws,
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
         pin_memory=torch.cuda.is_available(),
-        drop_last=shuffle and len(ds) > batch_size,  # no 1-image batch-norm batches
+        drop_last=draws is not None and len(ds) > batch_size,  # training: no 1-image batch-norm batches
     )
 
 
@@ -565,8 +565,8 @@ def _fit(
     try:
         trainer.fit(
             module,
-            make_loader(train_ds, config.batch_size, True, workers, make_sampler(train_ds, config)),
-            make_loader(val_ds, config.batch_size, False, workers),
+            make_loader(train_ds, config.batch_size, workers, make_sampler(train_ds, config)),
+            make_loader(val_ds, config.batch_size, workers),
             ckpt_path=ckpt_path,
         )
     except SystemExit:  # Lightning's way out after Ctrl-C (exit 1) and SIGTERM (SIGTERMException)

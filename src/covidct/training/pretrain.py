@@ -175,7 +175,7 @@ def pretrain(config: PretrainConfig, progress: bool = False, run_dir: Path | Non
     try:
         workers = resolve_workers(config.num_workers)
         # views drawn per image from (seed, epoch) in the main process: the same with any worker count (SeededDraws)
-        draws = SeededDraws(torch.utils.data.RandomSampler(ds, generator=torch.Generator()), config.seed)
+        draws = SeededDraws.shuffle(ds, config.seed)
         loader = torch.utils.data.DataLoader(ds, batch_size=config.batch_size, sampler=draws, drop_last=True,
                                              num_workers=workers, persistent_workers=workers > 0)  # fmt: skip
         history = EpochHistory(run_dir / "metrics.csv", echo=not progress)
