@@ -239,3 +239,27 @@ def test_a_seeded_draw_is_augmented_the_same_way_anywhere_and_leaves_the_random_
     resumed = SeededDraws(torch.utils.data.RandomSampler(ds, generator=torch.Generator()), seed=5)
     resumed.set_epoch(1)  # what Lightning does before epoch 2 of a resumed run
     assert list(resumed) == second and first != second  # the order and the seeds of that epoch, from (seed, epoch)
+
+
+def test_seeded_draws_under_lightnings_ddp_wrapper_follow_the_epoch_it_sets():
+    """Under DDP Lightning wraps the sampler in its DistributedSamplerWrapper and calls set_epoch on the wrapper: the
+    ranks together must draw exactly that epoch's (index, seed) pairs, so a resumed DDP run repeats an uninterrupted
+    one as the single-process resume test shows."""
+    import torch
+    from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
+
+    from covidct.data import SeededDraws
+
+    def draws() -> SeededDraws:
+        return SeededDraws(torch.utils.data.RandomSampler(range(8), generator=torch.Generator()), seed=5)
+
+    expected = draws()
+    expected.set_epoch(3)
+    want = sorted(expected)
+    ranks = [DistributedSamplerWrapper(draws(), num_replicas=2, rank=r, shuffle=True, seed=0) for r in range(2)]
+    for wrapper in ranks:
+        wrapper.set_epoch(3)  # what Lightning does before the 4th epoch, of a resumed run too
+    got = [tuple(d) for wrapper in ranks for d in wrapper]
+    assert sorted(got) == want and len(got) == 8  # each pair once across the ranks
+    fresh = draws()
+    assert sorted(fresh) != want  # epoch 0's draws are other ones: the epoch did reach the inner sampler
