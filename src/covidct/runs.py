@@ -62,6 +62,14 @@ class RunDir:
     def eval_dir(self, name: str) -> Path:
         return self.path / f"eval-{name}"
 
+    @property
+    def threshold_path(self) -> Path:
+        return self.path / "threshold.json"
+
+    def threshold_record(self) -> dict[str, Any] | None:
+        """How the stored decision threshold was chosen (`covidct threshold`), if it was."""
+        return json.loads(self.threshold_path.read_text()) if self.threshold_path.is_file() else None
+
     def evaluation(self, name: str) -> dict[str, Any] | None:
         path = self.eval_dir(name) / "metrics.json"
         return json.loads(path.read_text()) if path.is_file() else None

@@ -232,3 +232,40 @@ def test_ensemble_evaluation_averages_members(trained_run, tmp_path):
     for path, (label, score) in one.items():
         assert mean[path][0] == label and mean[path][1] == pytest.approx((score + two[path][1]) / 2, abs=1e-5)
     assert "ensemble of" in metrics_table(both)
+
+
+def test_a_site_chooses_its_own_threshold_on_its_labelled_set(trained_run, tmp_path, capsys):
+    """`covidct threshold RUN --choose youden --on SET`: the operating point from a site's own labelled images (its
+    scanners shift the scores), recorded as such; a number with --on, or a one-class set, refused without touching
+    what was stored."""
+    from covidct.cli import main
+    from tests.conftest import make_sars_layout
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    site = make_sars_layout(tmp_path / "site", 7, 6, seed=3)
+    assert main(["evaluate", str(run), "--on", f"site={site}", "--bootstrap", "0"]) == 0
+    rows = list(csv.DictReader((run / "eval-site" / "predictions.csv").open()))
+    y, s = [int(v["label"]) for v in rows], [float(v["score"]) for v in rows]
+    capsys.readouterr()
+    assert main(["threshold", str(run), "--choose", "youden", "--on", f"site={site}"]) == 0
+    assert "chosen on site by youden" in capsys.readouterr().out
+    record = json.loads((run / "threshold.json").read_text())
+    assert record["chosen_on"] == "site" and record["set"] == f"site={site}" and "val_metrics" not in record
+    assert record["threshold"] == pytest.approx(youden_threshold(y, s), abs=1e-5)
+    at = binary_metrics(y, s, record["threshold"])
+    assert (record["set_metrics"]["tp"], record["set_metrics"]["fp"]) == (at.tp, at.fp)
+    assert evaluate_run(run, "test", out_dir=tmp_path / "e", n_bootstrap=0)["threshold"] == record["threshold"]
+    from covidct.inference.load import load_trained
+
+    assert load_trained(run).card["threshold_chosen_on"] == f"site={site}"  # the card says where the line was drawn
+
+    stored = (run / "threshold.json").read_bytes()
+    assert main(["threshold", str(run), "--choose", "0.3", "--on", f"site={site}"]) == 2
+    one = tmp_path / "covid-only"
+    shutil.copytree(site / "COVID", one / "COVID")
+    assert main(["threshold", str(run), "--choose", "youden", "--on", f"one={one}"]) == 2
+    err = capsys.readouterr().err
+    assert "one class only" in err and "covidct: error:" in err
+    assert (run / "threshold.json").read_bytes() == stored  # refused: nothing rewritten
+    assert evaluate_run(run, "test", out_dir=tmp_path / "e2", n_bootstrap=0)["threshold"] == record["threshold"]

@@ -86,9 +86,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_threshold(args: argparse.Namespace) -> int:
     from covidct.evaluation.evaluate import store_threshold
 
-    r = store_threshold(args.run_dir, args.choose, args.min_sensitivity, args.checkpoint, args.data_dir)
-    where = f"chosen on val by {r['rule']}" if r["chosen_on"] else "given"
+    r = store_threshold(args.run_dir, args.choose, args.min_sensitivity, args.checkpoint, args.data_dir, args.on)
+    where = f"chosen on {r['chosen_on']} by {r['rule']}" if r["chosen_on"] else "given"
     print(f"threshold {r['threshold']:.4f} ({where}) stored in {args.run_dir}/checkpoints/{r['checkpoint']}")
+    if r["set"]:
+        print(f"figures on {r['chosen_on']} at this threshold are optimistic: evaluate other patients of that site")
     return 0
 
 
@@ -153,6 +155,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-sensitivity", type=float, default=0.95)
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
     p.add_argument("--data-dir", help="override the data folder recorded in the run's config")
+    p.add_argument("--on", metavar="SET", help="choose it on this labelled set instead of val (a site's own "
+                   "validation data: source name, NAME=FOLDER or a CSV, as for evaluate --on)")  # fmt: skip
     p.set_defaults(func=cmd_threshold)
 
     p = sub.add_parser("report", help="one self-contained HTML report of a run (report.html)")
