@@ -118,8 +118,8 @@ def model_card(
     card["source_run"] = run.name
     chosen = run.threshold_record()
     if chosen is not None and abs(chosen["threshold"] - float(threshold)) < 1e-9:
-        # where the operating point comes from: a site's own set (--on), the validation split, or given by hand
-        card["threshold_chosen_on"] = chosen.get("set") or chosen.get("chosen_on") or "given"
+        # where the operating point comes from: a site's set by its name (--on; not its local path), val, or by hand
+        card["threshold_chosen_on"] = chosen.get("chosen_on") or "given"
     s = run.summary()
     if s:
         card["training_data"] = {"source": s.get("data_source"), "counts": s.get("counts")}
