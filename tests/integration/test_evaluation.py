@@ -247,11 +247,13 @@ def test_a_site_chooses_its_own_threshold_on_its_labelled_set(trained_run, tmp_p
     assert main(["evaluate", str(run), "--on", f"site={site}", "--bootstrap", "0"]) == 0
     rows = list(csv.DictReader((run / "eval-site" / "predictions.csv").open()))
     y, s = [int(v["label"]) for v in rows], [float(v["score"]) for v in rows]
+    before = evaluate_run(run, "val", out_dir=tmp_path / "v", n_bootstrap=0)["threshold"]
     capsys.readouterr()
     assert main(["threshold", str(run), "--choose", "youden", "--on", f"site={site}"]) == 0
     assert "chosen on site by youden" in capsys.readouterr().out
     record = json.loads((run / "threshold.json").read_text())
     assert record["chosen_on"] == "site" and record["set"] == f"site={site}" and "val_metrics" not in record
+    assert record["previous_threshold"] == pytest.approx(before)  # what the run had, to go back to
     assert record["threshold"] == pytest.approx(youden_threshold(y, s), abs=1e-5)
     at = binary_metrics(y, s, record["threshold"])
     assert (record["set_metrics"]["tp"], record["set_metrics"]["fp"]) == (at.tp, at.fp)

@@ -552,6 +552,7 @@ def store_threshold(
             raise ConfigError(f"--choose must be youden, sensitivity or a number in [0, 1], got {choose!r}")
         where, chosen = None, None
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    previous = ckpt["hyper_parameters"].get("threshold", 0.5)  # kept in the record: `--choose PREVIOUS` restores it
     ckpt["hyper_parameters"]["threshold"] = float(value)
     atomic_write(ckpt_path, lambda p: torch.save(ckpt, p))
     record = {
@@ -561,6 +562,7 @@ def store_threshold(
         "chosen_on": where,
         "set": on,
         "checkpoint": ckpt_path.name,
+        "previous_threshold": float(previous),
         "val_metrics" if on is None else "set_metrics": chosen,
     }
     write_json(RunDir(run_dir).threshold_path, record)
