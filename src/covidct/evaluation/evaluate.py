@@ -106,6 +106,20 @@ def training_overlap(run: RunDir, samples: list[Sample]) -> int:
     return sum(h in seen for h in (hashlib.sha256(Path(s.path).read_bytes()).hexdigest() for s in samples))
 
 
+def external_samples(run: RunDir, on: str) -> tuple[str, list[Sample], int]:
+    """(name, samples, overlap) of the labelled set `on` (every image of it), with a warning when `overlap` of its
+    images have the bytes of images the run trained or validated on: figures on those are not external."""
+    name, samples = external_set(on)
+    overlap = training_overlap(run, samples)
+    if overlap:
+        warnings.warn(
+            f"{overlap} of {len(samples)} images of {on} have the same content as images the run trained or "
+            "validated on: this is not an external validation for them",
+            stacklevel=4,  # past this helper and its caller: where the evaluation was asked for
+        )
+    return name, samples, overlap
+
+
 @dataclass
 class Scored:
     """What scoring a run (or an ensemble) on a set of images gives: all that summarising and writing need."""
@@ -144,14 +158,7 @@ def score_runs(
     external: list[Sample] | None = None
     overlap = 0
     if on is not None:
-        split, external = external_set(on)
-        overlap = training_overlap(RunDir.at(runs[0]), external)
-        if overlap:
-            warnings.warn(
-                f"{overlap} of {len(external)} images of {on} have the same content as images the run trained or "
-                "validated on: this is not an external validation for them",
-                stacklevel=3,
-            )
+        split, external, overlap = external_samples(RunDir.at(runs[0]), on)
     members = []
     for run in runs:
         ckpt = find_checkpoint(run, checkpoint)
@@ -520,20 +527,16 @@ def store_threshold(
     training sources' validation split can miss (sars-cov-2-ct at covid-ct's 0.5: sensitivity 0.39, specificity
     0.62); the AUC does not change, only where the line is drawn. Figures on the same set at that threshold are then
     optimistic: evaluate the site's other patients."""
-    run_dir = Path(run_dir)
-    ckpt_path = find_checkpoint(run_dir, checkpoint)
+    run = RunDir.at(run_dir)
+    ckpt_path = find_checkpoint(run.path, checkpoint)
     if on is not None and choose not in ("youden", "sensitivity"):
         raise ConfigError(f"--on chooses the threshold on a set: --choose youden or sensitivity, not {choose!r}")
     if choose in ("youden", "sensitivity"):
         module = load_classifier(ckpt_path)
         if on is None:
-            where, samples = "val", RunDir.at(run_dir).data(data_dir).splits["val"]
+            where, samples = "val", run.data(data_dir).splits["val"]
         else:
-            where, samples = external_set(on)
-            overlap = training_overlap(RunDir.at(run_dir), samples)
-            if overlap:
-                warnings.warn(f"{overlap} of {len(samples)} images of {on} have the same content as images the run "
-                              "trained or validated on", stacklevel=2)  # fmt: skip
+            where, samples, _ = external_samples(run, on)
         _, labels, scores = predict_scores(module, eval_dataset(module, samples))
         if len(np.unique(labels)) < 2:
             what = "the validation split" if on is None else f"--on {on}"
@@ -565,5 +568,5 @@ def store_threshold(
         "previous_threshold": float(previous),
         "val_metrics" if on is None else "set_metrics": chosen,
     }
-    write_json(RunDir(run_dir).threshold_path, record)
+    write_json(run.threshold_path, record)
     return record
