@@ -1,5 +1,5 @@
 """The layering of the package: a stage may import its own and lower stages, never a higher one (also not inside
-a function). The order is data -> models -> runs -> inference -> evaluation -> training -> reporting -> cli, over
+a function). The order is data -> models -> runs -> ood -> inference -> evaluation -> training -> reporting -> cli, over
 a core of settings, errors and file helpers that every stage may use."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ LAYERS = [
     {"covidct.data"},
     {"covidct.models"},
     {"covidct.runs"},
+    {"covidct.ood"},
     {"covidct.inference"},
     {"covidct.evaluation"},
     {"covidct.training"},

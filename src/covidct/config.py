@@ -114,6 +114,8 @@ class TrainConfig(Settings):
     domain_adversarial: float = setting(0.0, "> 0: weight of a head that predicts the source through gradient "
                                         "reversal (Ganin et al. 2016); needs two or more training sources")  # fmt: skip
     ema_decay: float = setting(0.0, "> 0: validate and checkpoint an exponential moving average of the weights")
+    ood: bool = setting(True, "fit the out-of-distribution detector on the training images at the end (threshold "
+                        "on validation); see covidct ood")  # fmt: skip
     monitor: str = setting("val_acc", "best-checkpoint and early-stopping criterion (val_auc_mean: mean of the "
                            "validation sources' AUCs)", tuple(MONITORS))  # fmt: skip
     seed: int = setting(42, "seed of everything (weights of the head, splits, augmentation, sampling)")

@@ -68,7 +68,16 @@ class RunDir:
 
     def threshold_record(self) -> dict[str, Any] | None:
         """How the stored decision threshold was chosen (`covidct threshold`), if it was."""
-        return json.loads(self.threshold_path.read_text()) if self.threshold_path.is_file() else None
+        if not self.threshold_path.is_file():
+            return None
+        try:
+            record = json.loads(self.threshold_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            msg = f"{self.threshold_path} is not valid JSON ({e}); choose again: covidct threshold"
+            raise ModelError(msg) from None
+        if not isinstance(record, dict) or not isinstance(record.get("threshold"), (int, float)):
+            raise ModelError(f"{self.threshold_path} has no numeric 'threshold'; choose again: covidct threshold")
+        return record
 
     def evaluation(self, name: str) -> dict[str, Any] | None:
         path = self.eval_dir(name) / "metrics.json"
@@ -92,6 +101,11 @@ class RunDir:
     @property
     def export_dir(self) -> Path:
         return self.path / "export"
+
+    @property
+    def ood_dir(self) -> Path:
+        """The out-of-distribution detector (ood.json + ood.safetensors; covidct.ood)."""
+        return self.path / "ood"
 
 
 def find_checkpoint(run_dir: str | Path, which: str = "best") -> Path:

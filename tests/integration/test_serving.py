@@ -300,3 +300,30 @@ def test_zip_limits_and_climbing_paths(client):
     assert r.status_code == 413 and "zip bomb" in r.json()["detail"]
     r = client.post("/api/v1/predict", files={"file": ("notes.zip", _zip({"a.txt": b"hello"}))})
     assert r.status_code == 422 and "notes.zip" in r.json()["detail"] and "DICOM" in r.json()["detail"]
+
+
+@pytest.mark.slow
+def test_page_in_chromium_shows_the_out_of_distribution_banner(live_server, model, chromium, ct_png, tmp_path):
+    """The banner appears above the score for an image unlike the training images, and only then."""
+    from playwright.sync_api import sync_playwright
+
+    rng = np.random.default_rng(3)
+    noise = tmp_path / "noise.png"
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(noise)
+    scan = tmp_path / "scan.png"
+    scan.write_bytes(ct_png)
+    shown = {}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+        page = browser.new_page()
+        page.goto(live_server + "/")
+        for path in (scan, noise):
+            page.set_input_files("#file", str(path))
+            page.wait_for_selector("#result:not(.hidden)", timeout=30_000)
+            shown[path.name] = (page.is_visible("#ood"), page.text_content("#ood"))
+            page.evaluate("document.getElementById('result').classList.add('hidden')")
+        browser.close()
+    _, ood = model.scores_with_ood([Image.open(p).convert("RGB") for p in (scan, noise)])
+    flags = model.ood_flags(ood)
+    assert flags[1] and shown["noise.png"][0] and "does not look like the images" in shown["noise.png"][1]
+    assert shown["scan.png"][0] == bool(flags[0])

@@ -7,10 +7,10 @@ import argparse
 import sys
 
 from covidct import DISCLAIMER, __version__
-from covidct.cli import data, evaluate, inference, misc, train
+from covidct.cli import data, evaluate, inference, misc, ood, train
 from covidct.errors import CovidCTError, TrainingInterrupted
 
-COMMAND_MODULES = (data, train, evaluate, inference, misc)
+COMMAND_MODULES = (data, train, evaluate, inference, ood, misc)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -37,14 +37,32 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for r in rows:
         if r["slice"] in ("", "volume", "study"):
             where = r["path"] + (f" [{r['series']}]" if r["series"] else "") + (f" {r['slice']}" if r["slice"] else "")
-            print(f"{where}: score {r['score']:.3f} -> {r['label']} (threshold {r['threshold']:.3f})")
+            odd = " [OUT OF DISTRIBUTION]" if r.get("in_distribution") is False else ""
+            print(f"{where}: score {r['score']:.3f} -> {r['label']} (threshold {r['threshold']:.3f}){odd}")
     for note in report.get("skipped", []):
         print(f"skipped: {note}")
+    print(ood_message(rows, report.get("ood_check", "unavailable"), args.model))
     if any(r["slice"] in ("volume", "study") for r in rows):
         print(f"volume score: {AGGREGATIONS[args.aggregate][1]}, over the slices in lung")
     print(f"wrote {args.out} and {json_path}" + (f"; Grad-CAM overlays in {args.cam}" if args.cam else ""))
     print(DISCLAIMER, file=sys.stderr)
     return 0
+
+
+def ood_message(rows: list[dict], rule: str, model: str) -> str:
+    """One line on the out-of-distribution check: unavailable (and how to add it), or how much it flagged."""
+    if rule == "unavailable":
+        return (f"out-of-distribution check unavailable: this model has no detector (trained before covidct had "
+                f"them); add one with: covidct ood fit RUN (then export again if {model} is an export)")  # fmt: skip
+    slices = [r for r in rows if r["slice"] not in ("volume", "study") and r["in_distribution"] != ""]
+    flagged = [r for r in slices if r["in_distribution"] is False]
+    volumes = [r for r in rows if r["slice"] in ("volume", "study") and r["in_distribution"] is False]
+    if not flagged and not volumes:
+        return f"out-of-distribution check: none of {len(slices)} images/slices flagged"
+    return (
+        f"WARNING: {len(flagged)} of {len(slices)} images/slices (and {len(volumes)} volumes/studies) do not look "
+        "like the images this model was trained on: their scores mean little there (volumes: " + rule + ")"
+    )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

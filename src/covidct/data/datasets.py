@@ -329,6 +329,12 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def with_transform(self, transform: Callable | None) -> ImageDataset:
+        """The same images (and what was decoded of them) under another transform."""
+        other = ImageDataset(self.samples, transform, cache=self.store if self.store is not None else self.cache)
+        other._images = self._images
+        return other
+
     def preload(self, progress: bool = False) -> None:
         """Decode every image now (shared by forked loader workers); list every unreadable file at once."""
         from tqdm.auto import tqdm

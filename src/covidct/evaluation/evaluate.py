@@ -45,7 +45,7 @@ from covidct.evaluation.statistics import (
     wilson_interval,
 )
 from covidct.fileio import atomic_write, write_csv, write_json
-from covidct.inference.load import LoadedModel, load_checkpoint
+from covidct.inference.load import LoadedModel, load_checkpoint, read_checkpoint, with_detector
 from covidct.plotting import save_figure
 from covidct.runs import RunDir, find_checkpoint
 from covidct.tables import interval_text, number_text, table_text
@@ -66,18 +66,39 @@ def predict_scores(
 
     tta: test-time augmentation, the mean of the probabilities of the image and of its left-right mirror (the
     flip the training augmentation already uses)."""
+    paths, labels, scores, _ = predict_scores_and_ood(module, dataset, batch_size, num_workers, tta, check=False)
+    return paths, labels, scores
+
+
+@torch.no_grad()
+def predict_scores_and_ood(
+    module: LoadedModel,
+    dataset: ImageDataset,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    tta: bool = False,
+    check: bool = True,
+) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray | None]:
+    """predict_scores and, when the model has a detector (and check), each image's out-of-distribution score from
+    the same forward pass (of the image as it is, not its mirror)."""
+    check = check and module.ood is not None
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     paths: list[str] = []
-    labels, scores = [], []
+    labels, scores, ood = [], [], []
     for batch in loader:
         x = batch["image"]
-        p = module.logits(x).float().softmax(1)[:, 1]
+        if check:
+            logits, features = module.logits_and_features(x)
+            ood.append(module.ood.score(features.numpy()))
+        else:
+            logits = module.logits(x)
+        p = logits.float().softmax(1)[:, 1]
         if tta:
             p = (p + module.logits(x.flip(-1)).float().softmax(1)[:, 1]) / 2
         scores.append(p.cpu().numpy())
         labels.append(np.asarray(batch["label"]))
         paths += list(batch["path"])
-    return paths, np.concatenate(labels), np.concatenate(scores)
+    return paths, np.concatenate(labels), np.concatenate(scores), np.concatenate(ood) if check else None
 
 
 def ensemble_mean(scores: list[np.ndarray]) -> np.ndarray:
@@ -142,6 +163,8 @@ class Scored:
     external: dict[str, Any] | None = None
     view_stats: dict[str, np.ndarray] | None = None  # image statistics of an external set (evaluation/drivers.py)
     lung_fractions: list[float | None] | None = None  # per slice, from HU (DICOM only), for per-group scoring
+    ood_scores: np.ndarray | None = None  # out-of-distribution score per image (single runs with a detector)
+    ood_flags: np.ndarray | None = None  # True: unlike the training images
 
 
 def score_runs(
@@ -166,13 +189,15 @@ def score_runs(
         if external is None and split not in data.splits:
             raise DataError(f"split must be one of {list(data.splits)}, got {split!r}")
         module = load_classifier(ckpt)
+        if len(runs) == 1 and ckpt.parent.name == "checkpoints":  # an ensemble has no one detector
+            module = with_detector(module, RunDir(ckpt.parent.parent).ood_dir)
         if torch.cuda.is_available():  # thousands of images of an external set: seconds instead of minutes
             module.to("cuda")
         samples = external if external is not None else data.splits[split]
-        paths, labels, scores = predict_scores(module, eval_dataset(module, samples), tta=tta)
+        paths, labels, scores, ood = predict_scores_and_ood(module, eval_dataset(module, samples), tta=tta)
         val = predict_scores(module, eval_dataset(module, data.splits["val"]), tta=tta) if split != "val" else None
         members.append({"run": run, "ckpt": ckpt, "module": module, "scored": (paths, labels, scores), "val": val,
-                        "samples": samples})  # fmt: skip
+                        "samples": samples, "ood": ood})  # fmt: skip
     first = members[0]
     paths, labels, _ = first["scored"]
     for m in members[1:]:
@@ -197,7 +222,7 @@ def score_runs(
         architectures=[m["module"].architecture for m in members],
         epochs=[int(m["module"].card["checkpoint"]["epoch"]) for m in members], checkpoint=first["ckpt"].name,
         tta=tta, external={"set": on, "images_seen_in_training": overlap} if on is not None else None,
-        view_stats=view_stats,
+        view_stats=view_stats, ood_scores=first["ood"], ood_flags=module.ood_flags(first["ood"]),
     )  # fmt: skip
 
 
@@ -248,7 +273,31 @@ def summarise(
         "per_group": group_metrics(s.samples, labels, scores, threshold, per_group, s.lung_fractions)
         if per_group
         else None,
+        "ood": ood_split_metrics(labels, scores, threshold, s.ood_flags),
     }
+
+
+def ood_split_metrics(
+    labels: np.ndarray, scores: np.ndarray, threshold: float, flags: np.ndarray | None
+) -> dict[str, Any] | None:
+    """The share of images the out-of-distribution detector flagged, and the metrics on the images it let through
+    and on those it flagged, separately (None without a detector). Pure."""
+    if flags is None:
+        return None
+    flags = np.asarray(flags, dtype=bool)
+    labels, scores = np.asarray(labels), np.asarray(scores)
+
+    def part(mask: np.ndarray) -> dict[str, Any] | None:
+        return binary_metrics(labels[mask], scores[mask], threshold).to_dict() if mask.any() else None
+
+    return {"n_flagged": int(flags.sum()), "fraction_flagged": float(flags.mean()) if len(flags) else 0.0,
+            "in_distribution": part(~flags), "flagged": part(flags)}  # fmt: skip
+
+
+def exact(score: Any) -> float:
+    """A score as written to a predictions file: every digit kept (repr round-trips), so a count recomputed from the
+    file at a threshold that sits on a score is the count in metrics.json. Six decimals moved scores across it."""
+    return float(score)
 
 
 def write_evaluation(s: Scored, result: dict[str, Any], out: Path, n_bootstrap: int = 2000, seed: int = 0) -> None:
@@ -256,20 +305,23 @@ def write_evaluation(s: Scored, result: dict[str, Any], out: Path, n_bootstrap: 
     labels, scores, threshold = s.labels, s.scores, s.threshold
     preds = predict(scores, threshold)
     rows = [
-        {"path": p, "source": x.source, "label": int(y), "score": round(float(v), 6), "prediction": int(q)}
+        {"path": p, "source": x.source, "label": int(y), "score": exact(v), "prediction": int(q)}
         for p, x, y, v, q in zip(s.paths, s.samples, labels, scores, preds)
     ]
+    if s.ood_scores is not None and s.ood_flags is not None:
+        for row, o, f in zip(rows, s.ood_scores, s.ood_flags):
+            row["ood_score"], row["in_distribution"] = round(float(o), 4), int(not f)
     write_csv(out / "predictions.csv", rows)
     if result.get("per_group"):
         groups = group_scores(s.samples, labels, scores, result["per_group"]["aggregation"], s.lung_fractions)
         columns = ("group", "source", "label", "slices", "slices_counted")
         write_csv(out / "group_predictions.csv", [
-            {**{k: r[k] for k in columns}, "score": round(r["score"], 6), "prediction": int(r["score"] >= threshold)}
+            {**{k: r[k] for k in columns}, "score": exact(r["score"]), "prediction": int(r["score"] >= threshold)}
             for r in groups
         ])  # fmt: skip
     if s.split != "val" and s.val_scores is not None:  # the scores every threshold was chosen on, for the record
         val_rows = [
-            {"path": p, "label": int(y), "score": round(float(v), 6)}
+            {"path": p, "label": int(y), "score": exact(v)}
             for p, y, v in zip(s.val_paths or [], s.val_labels, s.val_scores)
         ]
         write_csv(out / "val_predictions.csv", val_rows)
@@ -422,7 +474,20 @@ def metrics_table(result: dict[str, Any]) -> str:
     tta = " + TTA" if result.get("tta") else ""
     head = f"----- {result['split']} performance: {model}{tta} (epoch {result['epoch']}, n={result['n']}) -----"
     foot = "95% intervals: Wilson (proportions), DeLong (AUC); thresholds other than default chosen on val"
-    return head + "\n" + table_text(rows) + "\n" + foot
+    return head + "\n" + table_text(rows) + "\n" + foot + ood_line(result.get("ood"))
+
+
+def ood_line(ood: dict[str, Any] | None) -> str:
+    """What the out-of-distribution check said of the evaluated images (a line under the table)."""
+    if not ood:
+        return "\nout-of-distribution check: unavailable (no detector; add one with covidct ood fit RUN)"
+    line = f"\nout-of-distribution: {ood['n_flagged']} images flagged ({ood['fraction_flagged']:.1%})"
+    for name in ("in_distribution", "flagged"):
+        m = ood.get(name)
+        if m:
+            line += f"; {name.replace('_', '-')}: n={m['n']}, accuracy {number_text(m['accuracy'])}, "
+            line += f"AUC {number_text(m['auc'])}"
+    return line
 
 
 def compare_runs(run_dirs: list[str | Path], split: str = "test") -> list[dict[str, Any]]:
@@ -554,7 +619,10 @@ def store_threshold(
         if not 0 <= value <= 1:
             raise ConfigError(f"--choose must be youden, sensitivity or a number in [0, 1], got {choose!r}")
         where, chosen = None, None
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    # weights_only: a checkpoint carrying pickled code is refused, never run (read_checkpoint says so clearly)
+    ckpt = read_checkpoint(ckpt_path)
+    if not isinstance(ckpt.get("hyper_parameters"), dict):
+        raise ModelError(f"checkpoint {ckpt_path} is not a covidct checkpoint (no hyperparameters)")
     previous = ckpt["hyper_parameters"].get("threshold", 0.5)  # kept in the record: `--choose PREVIOUS` restores it
     ckpt["hyper_parameters"]["threshold"] = float(value)
     atomic_write(ckpt_path, lambda p: torch.save(ckpt, p))
@@ -569,4 +637,11 @@ def store_threshold(
         "val_metrics" if on is None else "set_metrics": chosen,
     }
     write_json(run.threshold_path, record)
+    card_path = run.export_dir / "model.json"
+    if card_path.is_file():  # the export carries the same operating point: predict and serve load it
+        card = json.loads(card_path.read_text())
+        card["threshold"] = float(value)
+        card["threshold_chosen_on"] = where or "given"
+        write_json(card_path, card)
+        record["export_updated"] = str(card_path)
     return record

@@ -61,7 +61,7 @@ def export_onnx(module: LoadedModel, out_dir: Path, images: torch.Tensor) -> tup
     try:
         write_onnx(model, size, tmp)
         session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-        got = session.run(None, {"image": images.numpy().astype(np.float32)})[0]
+        got = session.run(None, {"image": images.numpy().astype(np.float32)})[0]  # [1]: the detector's features
         with torch.no_grad():
             want = model(images).float().numpy()
         diff = float(np.abs(_softmax(got)[:, 1] - _softmax(want)[:, 1]).max())
@@ -77,11 +77,29 @@ def export_onnx(module: LoadedModel, out_dir: Path, images: torch.Tensor) -> tup
     return path, diff
 
 
+class WithFeatures(nn.Module):
+    """The network with the out-of-distribution detector's features as a second output (covidct.ood.features), so
+    ONNX Runtime gives the same check as PyTorch."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        from covidct.ood.features import FeatureTaps
+
+        with FeatureTaps(self.model) as taps:
+            logits = self.model(x)
+            return logits, taps.features()
+
+
 def write_onnx(model: nn.Module, size: int, path: Path) -> Path:
-    """One self-contained ONNX file: input 'image' (batch x 3 x size x size, dynamic batch), output 'logits'."""
+    """One self-contained ONNX file: input 'image' (batch x 3 x size x size, dynamic batch), outputs 'logits' and
+    'ood_features' (what the out-of-distribution detector scores)."""
     program = torch.onnx.export(
-        model.eval(), (torch.zeros(2, 3, size, size),), input_names=["image"], output_names=["logits"],
-        dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},), dynamo=True, verbose=False,
+        WithFeatures(model).eval(), (torch.zeros(2, 3, size, size),), input_names=["image"],
+        output_names=["logits", "ood_features"], dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
+        dynamo=True, verbose=False,
     )  # fmt: skip
     program.save(str(path), external_data=False)
     return path
@@ -103,12 +121,40 @@ def export_run(
 ) -> list[Path]:
     """Export a run's best checkpoint as safetensors + card, or as ONNX (+ card); by default into RUN_DIR/export."""
     run = RunDir.at(run_dir)
+    if fmt not in ("safetensors", "onnx"):
+        raise ModelError(f"--format must be onnx or safetensors, got {fmt!r}")
     module = load_checkpoint(run.checkpoint("best"), run)
     module.card.pop("checkpoint", None)
     out = Path(out_dir) if out_dir else run.export_dir
+    detector = export_detector(run, data_dir)
+    if detector is not None:
+        module.card["ood"] = {k: v for k, v in detector.describe().items() if k != "format"}
     if fmt == "safetensors":
-        return list(export_safetensors(module, out))
-    if fmt == "onnx":
+        written = list(export_safetensors(module, out))
+    else:
         path, _ = export_onnx(module, out, verification_images(run, module, data_dir))
-        return [path, out / CARD_NAME]
-    raise ModelError(f"--format must be onnx or safetensors, got {fmt!r}")
+        written = [path, out / CARD_NAME]
+    if detector is not None:
+        written.append(detector.save(out))
+    return written
+
+
+def export_detector(run: RunDir, data_dir: str | Path | None) -> Any:
+    """The run's out-of-distribution detector, fitted now when the run has none (a run trained before detectors)
+    and its data is at hand; None, with a warning, when it cannot be."""
+    import logging
+
+    from covidct.errors import DataError
+    from covidct.inference.ood import fit_for_run
+    from covidct.ood.detector import OODDetector
+
+    detector = OODDetector.load(run.ood_dir)
+    if detector is not None:
+        return detector
+    try:
+        return fit_for_run(run.path, data_dir=data_dir)
+    except (DataError, ModelError) as e:
+        logging.getLogger("covidct").warning(
+            "no out-of-distribution detector exported (%s); fit one later: covidct ood fit %s", e, run.path
+        )
+        return None

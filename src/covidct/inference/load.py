@@ -33,6 +33,7 @@ class LoadedModel:
     module: torch.nn.Module | None = None
     session: Any = None
     source: str = ""
+    ood: Any = None  # the out-of-distribution detector (covidct.ood.detector.OODDetector), when the model has one
     _transform: Any = field(default=None, repr=False)
 
     @property
@@ -80,13 +81,46 @@ class LoadedModel:
         return self.module(x.to(device)).cpu()  # type: ignore[misc]
 
     @torch.no_grad()
+    def logits_and_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and the detector's features of a batch, in one pass (ONNX: the graph's second output)."""
+        if self.session is not None:
+            outputs = self.session.run(None, {self.session.get_inputs()[0].name: x.numpy()})
+            if len(outputs) < 2:
+                raise ModelError(f"{self.source}: this ONNX file has no feature output for the out-of-distribution "
+                                 "check; export it again: covidct export RUN --format onnx")  # fmt: skip
+            return torch.from_numpy(outputs[0]), torch.from_numpy(outputs[1])
+        from covidct.ood.features import logits_and_features
+
+        device = next(self.module.parameters()).device  # type: ignore[union-attr]
+        logits, features = logits_and_features(self.module, x.to(device))  # type: ignore[arg-type]
+        return logits.cpu(), features.cpu()
+
+    @torch.no_grad()
     def scores(self, images: list[Image.Image], batch_size: int = 32) -> np.ndarray:
         """Probability of the positive class for each image."""
-        out = []
+        return self.scores_with_ood(images, batch_size, check=False)[0]
+
+    @torch.no_grad()
+    def scores_with_ood(
+        self, images: list[Image.Image], batch_size: int = 32, check: bool = True
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """(probability of the positive class, out-of-distribution score) of each image; the second is None when
+        the model has no detector (or check=False). Higher ood score = less like the training images."""
+        check = check and self.ood is not None
+        out, ood = [], []
         for start in range(0, len(images), batch_size):
             x = self.tensor(images[start : start + batch_size])
-            out.append(self.logits(x).float().softmax(1)[:, 1].numpy())
-        return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+            if check:
+                logits, features = self.logits_and_features(x)
+                ood.append(self.ood.score(features.numpy()))
+            else:
+                logits = self.logits(x)
+            out.append(logits.float().softmax(1)[:, 1].numpy())
+        scores = np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+        return scores, (np.concatenate(ood) if ood else np.zeros(0)) if check else None
+
+    def ood_flags(self, ood_scores: np.ndarray | None) -> np.ndarray | None:
+        return None if ood_scores is None or self.ood is None else self.ood.flags(ood_scores)
 
 
 def model_card(
@@ -188,6 +222,32 @@ def load_safetensors_model(path: str | Path) -> tuple[torch.nn.Module, dict[str,
     return model.eval(), card
 
 
+def with_run_threshold(model: LoadedModel, run: RunDir) -> LoadedModel:
+    """threshold.json is the run's one threshold record: an export made before `covidct threshold` still scores
+    at the operating point the run now has (the export's card is rewritten too, but an export copied elsewhere
+    before that keeps its own)."""
+    record = run.threshold_record()
+    if record is not None and "threshold" in record:
+        model.card["threshold"] = float(record["threshold"])
+        model.card["threshold_chosen_on"] = record.get("chosen_on") or "given"
+    return model
+
+
+def with_detector(model: LoadedModel, folder: Path) -> LoadedModel:
+    """Attach the out-of-distribution detector saved in `folder` (a run's ood/ or an export), if there is one and it
+    was fitted for this architecture; a detector of another model is refused with a clear error."""
+    from covidct.ood.detector import OODDetector
+
+    detector = OODDetector.load(folder)
+    if detector is not None:
+        if detector.architecture != model.architecture:
+            raise ModelError(f"the out-of-distribution detector in {folder} was fitted for {detector.architecture}, "
+                             f"not {model.architecture}; refit it: covidct ood fit RUN")  # fmt: skip
+        model.card["ood"] = {k: v for k, v in detector.describe().items() if k != "format"}
+    model.ood = detector
+    return model
+
+
 def load_trained(path: str | Path, threads: int | None = None, checkpoint: str = "best") -> LoadedModel:
     """An export folder (model.json with model.safetensors and/or model.onnx: ONNX Runtime scores when present,
     PyTorch explains), a .safetensors or .onnx file with model.json beside it, a run folder (its export/ when it
@@ -200,13 +260,15 @@ def load_trained(path: str | Path, threads: int | None = None, checkpoint: str =
         if (path / "checkpoints").is_dir():
             export = path / "export"
             if checkpoint == "best" and (export / "model.safetensors").is_file():
-                return load_trained(export, threads)
+                return with_run_threshold(load_trained(export, threads), RunDir(path))
             run = RunDir(path)
-            return load_checkpoint(run.checkpoint(checkpoint), run)
+            return with_detector(load_checkpoint(run.checkpoint(checkpoint), run), run.ood_dir)
         if (path / "model.safetensors").is_file():
             model = load_trained(path / "model.safetensors")
             if (path / "model.onnx").is_file():  # scores from ONNX Runtime (faster), Grad-CAM from PyTorch
-                model.session = load_trained(path / "model.onnx", threads).session
+                session = load_trained(path / "model.onnx", threads).session
+                if len(session.get_outputs()) > 1 or model.ood is None:  # older ONNX files lack the features
+                    model.session = session
             return model
         if (path / "model.onnx").is_file():
             return load_trained(path / "model.onnx", threads)
@@ -215,7 +277,7 @@ def load_trained(path: str | Path, threads: int | None = None, checkpoint: str =
         return load_checkpoint(find_checkpoint(path))
     if path.suffix == ".safetensors":
         module, card = load_safetensors_model(path)
-        return LoadedModel(card, module=module, source=str(path))
+        return with_detector(LoadedModel(card, module=module, source=str(path)), path.parent)
     if path.suffix == ".onnx":
         import onnxruntime as ort
 
@@ -225,5 +287,6 @@ def load_trained(path: str | Path, threads: int | None = None, checkpoint: str =
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or max(1, torch.get_num_threads())
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        return LoadedModel(json.loads(card_path.read_text()), session=session, source=str(path))
+        model = LoadedModel(json.loads(card_path.read_text()), session=session, source=str(path))
+        return with_detector(model, path.parent) if len(session.get_outputs()) > 1 else model
     raise ModelError(f"model file {path} must be .safetensors, .onnx or .ckpt (with {CARD_NAME} beside the first two)")

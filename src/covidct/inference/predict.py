@@ -141,10 +141,29 @@ class VolumeScorer:
 
     def _score(self, batch: list[tuple[dict[str, Any], Image.Image]]) -> None:
         if batch:
-            scores = self.model.scores([img for _, img in batch])
-            for (entry, _), s in zip(batch, scores):
+            scores, ood = self.model.scores_with_ood([img for _, img in batch])
+            flags = self.model.ood_flags(ood)
+            for k, ((entry, _), s) in enumerate(zip(batch, scores)):
                 entry["score"] = float(s)
+                if ood is not None and flags is not None:
+                    entry["ood_score"], entry["in_distribution"] = float(ood[k]), not bool(flags[k])
             batch.clear()
+
+
+# A series, volume or study is out of distribution when at least this share of its counted slices is: five times
+# the share of validation images flagged by construction (5%), so a few odd slices of a familiar scan do not flag it.
+OOD_STUDY_SHARE = 0.25
+OOD_RULE = f"out of distribution when >= {OOD_STUDY_SHARE:.0%} of its counted slices are flagged"
+
+
+def ood_summary(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """The share of `entries` (counted slices) the detector flagged and the volume's flag by OOD_RULE; {} when
+    the model has no detector."""
+    checked = [e for e in entries if "in_distribution" in e]
+    if not checked:
+        return {}
+    share = float(np.mean([not e["in_distribution"] for e in checked]))
+    return {"ood_fraction": round(share, 4), "in_distribution": share < OOD_STUDY_SHARE}
 
 
 def summarise(entries: list[dict[str, Any]], how: str) -> dict[str, Any]:
@@ -166,7 +185,7 @@ def summarise(entries: list[dict[str, Any]], how: str) -> dict[str, Any]:
     top = sorted(counted, key=lambda e: -e["score"])[:TOP_K]
     unreadable = [e["problem"] for e in entries if e.get("problem")]
     return {"score": score, "slices": len(entries), "slices_scored": len(scored), "slices_in_lung": len(in_lung),
-            "slices_counted": len(counted), "counted": rule, "unreadable": unreadable,
+            "slices_counted": len(counted), "counted": rule, "unreadable": unreadable, **ood_summary(counted),
             "top_slices": [{"slice": e["index"], "score": round(e["score"], 6)} for e in top]}  # fmt: skip
 
 
@@ -192,7 +211,8 @@ def predict_inputs(
     rows: list[dict[str, Any]] = []
     report = report if report is not None else {}
     report.update(aggregation=AGGREGATIONS[aggregation][1], study_rule=STUDY_RULE, threshold=t, studies=[],
-                  volumes=[], images=[], skipped=[])  # fmt: skip
+                  volumes=[], images=[], skipped=[],
+                  ood_check=OOD_RULE if model.ood is not None else "unavailable")  # fmt: skip
     for path in paths:
         if path.is_dir():
             _predict_folder(model, path, window, aggregation, t, label, rows, report, cam_dir)
@@ -208,15 +228,30 @@ def predict_inputs(
                 _save_top_cams(model, path, [g for _, g in _nifti_slices(path, window)], summary, cam_dir)
         else:
             images, _ = read_input(path, window)
-            s = float(model.scores(images)[0])
+            scores, ood = model.scores_with_ood(images)
+            s = float(scores[0])
+            flag = _ood_fields(model, ood)
             rows.append({"path": str(path), "series": "", "slice": "", "score": round(s, 6), "label": label(s),
-                         "threshold": t, "lung_fraction": "", "counted": ""})  # fmt: skip
-            report["images"].append({"path": str(path), "score": s, "label": label(s)})
+                         "threshold": t, "lung_fraction": "", "counted": "", **flag})  # fmt: skip
+            report["images"].append({"path": str(path), "score": s, "label": label(s), **flag})
             if cam_dir is not None:
                 from covidct.inference.explain import save_cams
 
                 save_cams(model, images, path, cam_dir, False)
     return rows
+
+
+def ood_summary_of(summary: dict[str, Any]) -> dict[str, Any]:
+    """A study's check is that of the series its result comes from (STUDY_RULE)."""
+    return {k: summary[k] for k in ("ood_fraction", "in_distribution") if k in summary}
+
+
+def _ood_fields(model: LoadedModel, ood: np.ndarray | None) -> dict[str, Any]:
+    """The CSV/JSON columns of one image's check: its ood score and whether it looks like the training images."""
+    flags = model.ood_flags(ood)
+    if ood is None or flags is None:
+        return {"ood_score": "", "in_distribution": "", "ood_fraction": ""}
+    return {"ood_score": round(float(ood[0]), 4), "in_distribution": not bool(flags[0]), "ood_fraction": ""}
 
 
 def _slice_rows(rows: list, path: str, series: str, entries: list, label: Callable, t: float) -> None:
@@ -225,12 +260,16 @@ def _slice_rows(rows: list, path: str, series: str, entries: list, label: Callab
         rows.append({"path": path, "series": series, "slice": e["index"],
                      "score": round(s, 6) if s is not None else "", "label": label(s) if s is not None else
                      f"unreadable: {e['problem']}", "threshold": t, "lung_fraction": e.get("lung_fraction", ""),
-                     "counted": int(bool(e.get("counted")))})  # fmt: skip
+                     "counted": int(bool(e.get("counted"))),
+                     "ood_score": round(e["ood_score"], 4) if "ood_score" in e else "",
+                     "in_distribution": e.get("in_distribution", ""), "ood_fraction": ""})  # fmt: skip
 
 
 def _summary_row(path: str, series: str, kind: str, score: float, label: Callable, t: float, summary: dict) -> dict:
     return {"path": path, "series": series, "slice": kind, "score": round(score, 6), "label": label(score),
-            "threshold": t, "lung_fraction": "", "counted": summary.get("slices_counted", "")}  # fmt: skip
+            "threshold": t, "lung_fraction": "", "counted": summary.get("slices_counted", ""),
+            "ood_score": "", "in_distribution": summary.get("in_distribution", ""),
+            "ood_fraction": summary.get("ood_fraction", "")}  # fmt: skip
 
 
 def _predict_folder(model, folder, window, aggregation, t, label, rows, report, cam_dir) -> None:
@@ -264,7 +303,7 @@ def _predict_folder(model, folder, window, aggregation, t, label, rows, report, 
         rows.append(_summary_row(str(folder), chosen[0].label, "study", score, label, t, chosen[1]))
         report["studies"].append({
             "folder": str(folder), "study_uid": study_uid, "patient": chosen[0].patient, "score": score,
-            "label": label(score), "from_series": chosen[0].label,
+            "label": label(score), "from_series": chosen[0].label, **ood_summary_of(chosen[1]),
             "series": [{"series_uid": s.series_uid, "description": s.description, "kernel": s.kernel,
                         "label": label(m["score"]), "notes": s.notes, **m} for s, m in results],
         })  # fmt: skip

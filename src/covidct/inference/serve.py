@@ -51,6 +51,13 @@ class Prediction(BaseModel):
     positive_class: str
     model: str
     cam: str | None = Field(None, description="Grad-CAM overlay as a PNG data URL (with ?cam=true)")
+    in_distribution: bool | None = Field(
+        None,
+        description="false: the image does not look like the images the "
+        "model was trained on, and its score means little; null: no detector",
+    )
+    ood_score: float | None = Field(None, description="out-of-distribution score (higher: less like training)")
+    ood_threshold: float | None = Field(None, description="ood_score above this: flagged")
     disclaimer: str
 
 
@@ -62,6 +69,11 @@ class SeriesPrediction(BaseModel):
     aggregation: str
     study_rule: str
     threshold: float
+    ood_check: str | None = Field(
+        None,
+        description="the rule by which a series or study is out of distribution "
+        "(each has ood_fraction and in_distribution), or 'unavailable'",
+    )
     model: str
     disclaimer: str
 
@@ -219,7 +231,7 @@ class Predictor:
                 study.pop("folder", None)
                 for series in study["series"]:
                     self._top_slice_pictures(series.get("top_slices", []), cam)
-        keep = ("studies", "skipped", "aggregation", "study_rule", "threshold")
+        keep = ("studies", "skipped", "aggregation", "study_rule", "threshold", "ood_check")
         out = {k: report[k] for k in keep}
         out["skipped"] = [x.replace(str(folder), "the archive") for x in out["skipped"]]
         return {**out, "model": self.model.model_id, "disclaimer": DISCLAIMER}
@@ -244,7 +256,9 @@ class Predictor:
         """Score (and explain) one decoded image; callers hold a slot."""
         from covidct.inference.explain import explain, overlay
 
-        score = float(self.model.scores([image])[0])
+        scores, ood = self.model.scores_with_ood([image])
+        score = float(scores[0])
+        flags = self.model.ood_flags(ood)
         heat = None
         if cam:
             with self.cam_lock:
@@ -258,6 +272,9 @@ class Predictor:
             "positive_class": names[1],
             "model": self.model.model_id,
             "cam": png_data_url(heat) if heat is not None else None,
+            "in_distribution": None if flags is None else not bool(flags[0]),
+            "ood_score": None if ood is None else round(float(ood[0]), 4),
+            "ood_threshold": None if self.model.ood is None else float(self.model.ood.threshold),
             "disclaimer": DISCLAIMER,
         }
 

@@ -580,7 +580,26 @@ def _fit(
     wall = time.perf_counter() - start
     if trainer.is_global_zero:
         write_summary(run_dir, config, data, module, val_ds, best, history, trainer, precision, workers, wall, resume)
+        if config.ood:
+            fit_run_detector(run_dir, train_ds, val_ds)
     return run_dir
+
+
+def fit_run_detector(run_dir: Path, train_ds: ImageDataset, val_ds: ImageDataset) -> None:
+    """The out-of-distribution detector of the best checkpoint (what evaluation and export use), on the images
+    training already decoded."""
+    from covidct.inference.load import load_checkpoint
+    from covidct.inference.ood import save_for_run
+    from covidct.ood.fit import fit_for_network
+    from covidct.runs import RunDir
+
+    run = RunDir(run_dir)
+    best = load_checkpoint(run.checkpoint("best"), run)
+    sources = sorted({s.source or "train" for s in train_ds.samples})
+    info = {"fitted_on": sources, "split": "train", "threshold_on": "val"}
+    detector = fit_for_network(best.module, best.architecture, train_ds.with_transform(best.transform),
+                               val_ds.with_transform(best.transform), info=info)  # fmt: skip
+    save_for_run(run, detector)
 
 
 def prepare_network(model: nn.Module, config: TrainConfig, precision: str) -> None:
@@ -714,7 +733,7 @@ def write_summary(
     if module.last_validation:
         v = module.last_validation
         rows = [
-            {"index": int(i), "path": str(val_ds.samples[int(i)].path), "label": int(y), "score": round(float(p), 6)}
+            {"index": int(i), "path": str(val_ds.samples[int(i)].path), "label": int(y), "score": float(p)}
             for i, y, p in zip(v["index"], v["label"], v["score"])
         ]
         write_csv(run_dir / "val_last_epoch.csv", rows)  # every validation image once, as the last epoch scored it

@@ -1,0 +1,34 @@
+"""covidct ood: the out-of-distribution detector of a run (fitted at the end of training since it exists)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def cmd_ood_fit(args: argparse.Namespace) -> int:
+    from covidct.inference.ood import fit_for_run
+
+    detector = fit_for_run(args.run_dir, args.method, args.percentile, args.data_dir)
+    d = detector.describe()
+    print(f"out-of-distribution detector ({d['method']}) fitted on {d['n_train']} training images; threshold "
+          f"{d['threshold']:.4g} = percentile {d['percentile']:g} of {d['n_val']} validation images "
+          f"({d['val_flagged']:.1%} of them flagged); {d['fit_seconds']} s")  # fmt: skip
+    exported = (Path(args.run_dir) / "export" / "model.json").is_file()
+    print(f"wrote {Path(args.run_dir) / 'ood'}" + (" and the run's export" if exported else ""))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from covidct.ood.detector import DEFAULT_PERCENTILE, METHODS
+    from covidct.ood.fit import DEFAULT_METHOD
+
+    p = sub.add_parser("ood", help="the out-of-distribution detector of a model (does an input look like training?)")
+    ood_sub = p.add_subparsers(dest="ood_command", metavar="ACTION", required=True)
+    f = ood_sub.add_parser("fit", help="fit (or refit) a run's detector: training images, threshold on validation")
+    f.add_argument("run_dir", type=Path)
+    f.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS, help=f"default {DEFAULT_METHOD}")
+    f.add_argument("--percentile", type=float, default=DEFAULT_PERCENTILE,
+                   help="threshold: this percentile of the validation scores (default 95: ~5%% flagged)")  # fmt: skip
+    f.add_argument("--data-dir", help="the run's data folder, if it moved")
+    f.set_defaults(func=cmd_ood_fit)

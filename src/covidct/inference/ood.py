@@ -1,0 +1,42 @@
+"""A run's out-of-distribution detector: fitted from the run folder (`covidct ood fit RUN`, for runs trained before
+detectors, and at export when a run has none) and saved where predict and serve look for it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from covidct.ood.detector import DEFAULT_PERCENTILE, OODDetector
+from covidct.ood.fit import DEFAULT_METHOD, fit_for_network
+
+
+def fit_for_run(
+    run_dir: str | Path,
+    method: str = DEFAULT_METHOD,
+    percentile: float = DEFAULT_PERCENTILE,
+    data_dir: str | Path | None = None,
+    extra_train: list | None = None,
+) -> OODDetector:
+    """`covidct ood fit RUN`: the run's best model and data; saved into the run (and into its export, when it has
+    one, so predict and serve use it). extra_train: more samples that count as seen (an adapted model's site)."""
+    from covidct.data import ImageDataset
+    from covidct.inference.load import load_checkpoint
+    from covidct.runs import RunDir
+
+    run = RunDir.at(run_dir)
+    model = load_checkpoint(run.checkpoint("best"), run)
+    data = run.data(data_dir)
+    train_samples = list(data.splits["train"]) + list(extra_train or [])
+    train = ImageDataset(train_samples, model.transform)
+    val = ImageDataset(data.splits["val"], model.transform)
+    info = {"fitted_on": sorted({s.source or "train" for s in train_samples}), "split": "train",
+            "threshold_on": "val"}  # fmt: skip
+    detector = fit_for_network(model.module, model.architecture, train, val, method, percentile, info)
+    save_for_run(run, detector)
+    return detector
+
+
+def save_for_run(run: Any, detector: OODDetector) -> None:
+    detector.save(run.ood_dir)
+    if (run.export_dir / "model.json").is_file():
+        detector.save(run.export_dir)

@@ -1,0 +1,143 @@
+"""The out-of-distribution check as the program runs it: fitted at the end of training, the same score from every
+model form, shown by predict, evaluate and the API, and refusing what does not belong to the model."""
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from covidct.cli import main
+from covidct.data import ImageDataset, load_rgb
+from covidct.errors import ModelError
+from covidct.inference.load import load_trained
+from covidct.ood.fit import dataset_features
+from covidct.runs import RunDir
+
+
+def noise_images(n: int = 6, seed: int = 0) -> list[Image.Image]:
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)) for _ in range(n)]
+
+
+def framed(images: list[Image.Image]) -> list[Image.Image]:
+    """Each image pasted into a large black square: the framing of a whole scanner slice around a lung crop."""
+    return [Image.fromarray(np.pad(np.asarray(im.convert("L")), 100)).convert("RGB") for im in images]
+
+
+def test_training_fits_a_detector_with_its_threshold_on_validation(trained_run):
+    run = RunDir(trained_run)
+    card = json.loads((run.ood_dir / "ood.json").read_text())
+    model = load_trained(trained_run)
+    assert model.ood is not None and card["architecture"] == model.architecture == "timm:resnet10t"
+    val = ImageDataset(run.data().splits["val"], model.transform)
+    scores = model.ood.score(dataset_features(model.module, val))
+    assert card["threshold"] == pytest.approx(np.percentile(scores, card["percentile"]), rel=1e-6)
+    assert card["n_train"] == len(run.data().splits["train"]) and card["threshold_on"] == "val"
+
+
+def test_unlike_images_are_flagged_and_the_training_images_mostly_not(trained_run):
+    model = load_trained(trained_run)
+    own = [load_rgb(s.path) for s in RunDir(trained_run).data().splits["train"]]
+    _, own_ood = model.scores_with_ood(own)
+    _, noise_ood = model.scores_with_ood(noise_images())
+    _, framed_ood = model.scores_with_ood(framed(own[:6]))
+    assert model.ood_flags(own_ood).mean() <= 0.25
+    assert model.ood_flags(noise_ood).all() and model.ood_flags(framed_ood).all()
+
+
+def test_every_model_form_gives_the_checkpoints_ood_score(trained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    images = [load_rgb(s.path) for s in RunDir(run).data().splits["test"]] + noise_images(2)
+    want_scores, want = load_trained(run).scores_with_ood(images)
+    assert main(["export", str(run), "--out", str(tmp_path / "st")]) == 0
+    assert main(["export", str(run), "--format", "onnx", "--out", str(tmp_path / "ox")]) == 0
+    forms = {"safetensors": tmp_path / "st", "onnx": tmp_path / "ox", "onnx file": tmp_path / "ox" / "model.onnx"}
+    for name, path in forms.items():
+        model = load_trained(path)
+        scores, got = model.scores_with_ood(images)
+        assert got is not None, name
+        np.testing.assert_allclose(scores, want_scores, atol=1e-4, err_msg=name)
+        # ONNX Runtime's float32 kernels differ from PyTorch's in the last bits; the distance amplifies them a little
+        np.testing.assert_allclose(got, want, rtol=1e-4 if name == "safetensors" else 2e-3, err_msg=name)
+        assert (model.ood_flags(got) == load_trained(run).ood_flags(want)).mean() >= 0.9, name
+
+
+def test_predict_shows_the_flag_and_warns(trained_run, tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i, img in enumerate(noise_images(3)):
+        img.save(folder / f"noise{i}.png")
+    assert main(["predict", str(trained_run), str(folder), "--out", str(tmp_path / "p.csv")]) == 0
+    out = capsys.readouterr().out
+    rows = list(csv.DictReader((tmp_path / "p.csv").open()))
+    assert [r["in_distribution"] for r in rows] == ["False"] * 3 and all(float(r["ood_score"]) > 0 for r in rows)
+    assert "WARNING: 3 of 3 images/slices" in out and "[OUT OF DISTRIBUTION]" in out
+    report = json.loads((tmp_path / "p.json").read_text())
+    assert all(i["in_distribution"] is False for i in report["images"]) and "counted slices" in report["ood_check"]
+
+
+def test_a_run_without_a_detector_predicts_as_before_and_says_how_to_add_one(trained_run, tmp_path, capsys):
+    run = tmp_path / "old-run"
+    shutil.copytree(trained_run, run)
+    shutil.rmtree(run / "ood")  # as trained before detectors existed
+    image = tmp_path / "x.png"
+    noise_images(1)[0].save(image)
+    assert main(["predict", str(run), str(image), "--out", str(tmp_path / "p.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "check unavailable" in out and "covidct ood fit" in out
+    row = next(csv.DictReader((tmp_path / "p.csv").open()))
+    assert row["in_distribution"] == "" and row["score"] != ""
+    assert main(["ood", "fit", str(run)]) == 0
+    assert load_trained(run).ood is not None
+
+
+def test_a_detector_of_another_model_is_refused_and_nothing_is_touched(trained_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    card_path = run / "ood" / "ood.json"
+    card = json.loads(card_path.read_text())
+    card_path.write_text(json.dumps({**card, "architecture": "efficientnet_lite0"}))
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    with pytest.raises(ModelError, match="fitted for efficientnet_lite0"):
+        load_trained(run)
+    image = tmp_path / "x.png"
+    noise_images(1)[0].save(image)
+    assert main(["predict", str(run), str(image), "--out", str(tmp_path / "p.csv")]) == 2
+    assert "covidct: error:" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_evaluate_on_a_set_splits_the_metrics_by_the_flag(trained_run, tmp_path):
+    from tests.conftest import make_sars_layout
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    site = make_sars_layout(tmp_path / "site", 6, 6, seed=4, size=(200, 180))  # larger images than training's
+    assert main(["evaluate", str(run), "--on", f"site={site}", "--bootstrap", "0"]) == 0
+    metrics = json.loads((run / "eval-site" / "metrics.json").read_text())
+    rows = list(csv.DictReader((run / "eval-site" / "predictions.csv").open()))
+    flagged = [r for r in rows if r["in_distribution"] == "0"]
+    ood = metrics["ood"]
+    assert ood["n_flagged"] == len(flagged) and ood["fraction_flagged"] == pytest.approx(len(flagged) / len(rows))
+    parts = [m["n"] for m in (ood["in_distribution"], ood["flagged"]) if m]
+    assert sum(parts) == metrics["n"]
+    if ood["flagged"]:
+        y = [int(r["label"]) for r in flagged]
+        assert ood["flagged"]["tp"] + ood["flagged"]["fn"] == sum(y)
+
+
+def test_the_api_answers_the_flag(trained_run):
+    import io
+
+    client = TestClient(__import__("covidct.inference.serve", fromlist=["create_app"]).create_app(
+        load_trained(trained_run)))  # fmt: skip
+    buf = io.BytesIO()
+    noise_images(1)[0].save(buf, format="PNG")
+    body = client.post("/api/v1/predict", files={"file": ("n.png", buf.getvalue(), "image/png")}).json()
+    assert body["in_distribution"] is False and body["ood_score"] > body["ood_threshold"]
+    assert "in_distribution" in client.get("/openapi.json").text
