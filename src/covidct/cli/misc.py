@@ -35,7 +35,30 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_study(args: argparse.Namespace) -> int:
+    from covidct.errors import ModelError
+    from covidct.reporting.study import study_table
+    from covidct.runs import RunDir
+
+    run = RunDir.at(args.run_dir)
+    metrics = run.evaluation("test")
+    if metrics is None:
+        raise ModelError(f"{run.path} has no test evaluation yet: covidct evaluate {run.path} --split test")
+    print(study_table(metrics))
+    for name, m in run.evaluations().items():
+        if name not in ("test", "val"):
+            ood = m.get("ood") or {}
+            flagged = f", {ood['fraction_flagged']:.0%} flagged out of distribution" if ood else ""
+            print(f"also scored, never trained on: {name}: n={m['n']}, accuracy {m['accuracy']:.3f}, "
+                  f"AUC {m['auc']:.3f}{flagged}")  # fmt: skip
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("study", help="a run's test figures beside the seed study's published table")
+    p.add_argument("run_dir", type=Path)
+    p.set_defaults(func=cmd_study)
+
     p = sub.add_parser("bench", help="training, data and inference speed here, beside the naive baseline")
     p.add_argument("--models", nargs="+", help="backbones (default: efficientnet_lite0 vgg19_bn vgg16 resnet50)")
     p.add_argument("--quick", action="store_true", help="tiny sizes, one model: checks the benchmark runs (CI)")

@@ -177,12 +177,22 @@ def model_card(
     return card
 
 
+def unsafe_message(path: Path, error: Exception) -> str:
+    """Why a checkpoint was refused, in one line: torch's own message is several paragraphs."""
+    if isinstance(error, FileNotFoundError):
+        return f"checkpoint {path} does not exist"
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if "Weights only load failed" in first or "Unsupported global" in str(error):
+        return (f"checkpoint {path} cannot be read safely: it holds pickled objects besides tensors and plain values, "
+                "which covidct never runs (was it written by covidct?)")  # fmt: skip
+    return f"checkpoint {path} cannot be read safely ({type(error).__name__}: {first[:200]})"
+
+
 def read_checkpoint(ckpt: Path) -> dict[str, Any]:
     try:
         return torch.load(ckpt, map_location="cpu", weights_only=True)
     except Exception as e:
-        msg = f"checkpoint {ckpt} cannot be read safely ({type(e).__name__}: {e}); export it first: covidct export"
-        raise ModelError(msg) from None
+        raise ModelError(unsafe_message(ckpt, e)) from None
 
 
 def load_checkpoint(ckpt: str | Path, run: RunDir | None = None) -> LoadedModel:

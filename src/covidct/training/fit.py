@@ -462,6 +462,8 @@ def train(config: TrainConfig, progress: bool = True, run_dir: Path | None = Non
     (epoch counter, optimizer, scheduler, early stopping, random generators). With several devices or nodes,
     Lightning's DDP runs one process per device; only rank 0 writes files.
     """
+    if resume and run_dir is not None:
+        resume_point(Path(run_dir))  # refuse an unreadable last.ckpt before anything is written (train.log included)
     L.seed_everything(config.seed, workers=True, verbose=False)
     data = run_data(config)
     if len(data.class_names) != 2:
@@ -529,7 +531,9 @@ def resume_point(run_dir: Path) -> tuple[Path, int]:
     try:
         epoch = int(torch.load(last, map_location="cpu", weights_only=True, mmap=True)["epoch"])
     except Exception as e:
-        raise ConfigError(f"cannot resume {run_dir}: {last} does not load ({type(e).__name__}: {e})") from None
+        from covidct.inference.load import unsafe_message
+
+        raise ConfigError(f"cannot resume {run_dir}: {unsafe_message(last, e)}") from None
     return last, epoch + 1
 
 
