@@ -161,7 +161,44 @@ def cmd_crosssource(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_adapt(args: argparse.Namespace) -> int:
+    from covidct.training.adapt import adapt_run, load_site, run_curve
+
+    site = load_site(args.run_dir, args.source, args.allow_overlap, not args.no_group_duplicates)
+    print(f"site {site.name}: {len(site.samples)} images in {len(set(site.groups.tolist()))} groups "
+          f"(per class {site.group_counts()})")  # fmt: skip
+    if args.curve:
+        out = Path(args.out) if args.out else args.run_dir / f"curve-{site.name}"
+        summary = run_curve(args.run_dir, site, out, tuple(args.curve), args.draws, args.seed)
+        for r in summary:
+            (lo, hi), worst = r["auc_ci"], r["auc_worst"]
+            print(f"{r['strategy']:>14} k={r['k']:<3} AUC {r['auc']:.3f} [{lo:.3f}, {hi:.3f}] (worst {worst:.3f})")
+        print(f"wrote {out / 'curve.md'}, curve.csv, curve.png")
+        return 0
+    run = adapt_run(args.run_dir, site, Path(args.out) if args.out else args.run_dir.parent)
+    from covidct.runs import RunDir
+
+    print(RunDir(run).summary()["adaptation"]["text"])
+    print(f"adapted run folder: {run} (predict, serve, evaluate and export take it)")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
+    from covidct.training.adapt import DEFAULT_DRAWS
+
+    p = sub.add_parser("adapt", help="a site's labelled patients: learning curve, and the model adapted to the site")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--source", required=True, metavar="SITE", help="the site's labelled images: NAME=DIR, a folder "
+                   "or a CSV with a group column (groups = patients)")  # fmt: skip
+    p.add_argument("--curve", type=int, nargs="+", metavar="K", help="measure the learning curve instead: K groups "
+                   "per class drawn, the rest scored (e.g. 1 2 5 10 20)")  # fmt: skip
+    p.add_argument("--draws", type=int, default=DEFAULT_DRAWS, help=f"draws per K (default {DEFAULT_DRAWS})")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="curve: its folder (default RUN/curve-SITE); model: the parent folder (default RUN's)")
+    p.add_argument("--allow-overlap", action="store_true", help="accept site images the run trained on")
+    p.add_argument("--no-group-duplicates", action="store_true", help="do not join near-duplicate images' groups")
+    p.set_defaults(func=cmd_adapt)
+
     p = sub.add_parser("train", help="fine-tune a backbone; keeps the best checkpoint on validation")
     config_args(p)
     p.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its last checkpoint, with its config")

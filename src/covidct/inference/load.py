@@ -160,6 +160,8 @@ def model_card(
         if s.get("sources"):
             card["training_data"]["sources"] = s["sources"]
         card["training"] = {k: s.get(k) for k in ("best_epoch", "epochs_run", "monitor", "best_score")}
+        if s.get("adaptation"):  # covidct adapt: where the head was refitted and how it was validated there
+            card["adaptation"] = s["adaptation"]
     m = run.evaluation("test")
     if m is not None:
         card["metrics"] = {

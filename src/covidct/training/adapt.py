@@ -1,0 +1,332 @@
+"""covidct adapt: a site labels some of its own patients; how many it takes before the model is good there (the
+learning curve), and the adapted model.
+
+The curve draws k groups (patients) per class from the site, fits on them and scores every other group of the site,
+for several k and several draws, beside two baselines on the same draws: the source model as it is (k = 0), and the
+same k groups fitted on ImageNet features alone (does starting from the source model help?). The strategy measured
+is the head alone on frozen features (a logistic regression: scikit-learn's, with the standardisation folded into
+the model's own linear head afterwards, so the adapted model is an ordinary network); fitting it takes milliseconds,
+so a curve of 5 k x 5 draws costs two feature passes over the site's images.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from covidct.data import Sample
+from covidct.errors import DataError
+
+log = logging.getLogger("covidct")
+
+DEFAULT_KS = (1, 2, 5, 10, 20)
+DEFAULT_DRAWS = 5
+HEAD_C = 0.1  # inverse L2 strength of the logistic regression on standardised features (few images: strong)
+STRATEGIES = ("head",)  # the head alone on the source model's frozen features
+BASELINES = ("zero-shot", "imagenet-head")
+
+
+@dataclass
+class Site:
+    """A site's labelled images with a group (patient) id per image."""
+
+    name: str
+    spec: str
+    samples: list[Sample]
+    labels: np.ndarray
+    groups: np.ndarray
+
+    def group_counts(self) -> dict[int, int]:
+        """Groups per class."""
+        return {c: len(set(self.groups[self.labels == c])) for c in (0, 1)}
+
+
+def site_groups(samples: list[Sample], group_duplicates: bool) -> np.ndarray:
+    """A group id per image: its own group (patient, block, paper), joined with its near-duplicate cluster (slices
+    next to each other straddle blocks), so no near-copy of a scored image is ever among the fitted ones."""
+    from covidct.training.cv import near_duplicate_groups, with_sample_groups
+
+    ids = near_duplicate_groups(samples) if group_duplicates else np.arange(len(samples))
+    return with_sample_groups(ids, samples)
+
+
+def load_site(run_dir: Path, spec: str, allow_overlap: bool = False, group_duplicates: bool = True) -> Site:
+    """The site's labelled set, checked: two classes, groups within one class, no image the run trained on."""
+    from covidct.data.sources import external_set
+    from covidct.evaluation.evaluate import training_overlap
+    from covidct.runs import RunDir
+
+    name, samples = external_set(spec)
+    labels = np.array([s.label for s in samples])
+    if len(set(labels.tolist())) < 2:
+        raise DataError(f"--source {spec}: one class only; adapting needs labelled patients of both classes")
+    overlap = training_overlap(RunDir.at(run_dir), samples)
+    if overlap and not allow_overlap:
+        raise DataError(f"--source {spec}: {overlap} of {len(samples)} images have the same content as images "
+                        f"{run_dir} trained or validated on; remove them, or pass --allow-overlap")  # fmt: skip
+    groups = site_groups(samples, group_duplicates)
+    mixed = [g for g in np.unique(groups) if len(set(labels[groups == g].tolist())) > 1]
+    if mixed:
+        named = sorted({samples[int(np.flatnonzero(groups == g)[0])].group or "(near-duplicates)" for g in mixed})
+        raise DataError(f"--source {spec}: {len(mixed)} group(s) hold both classes (e.g. {named[:3]}); a group is "
+                        "one patient with one label")  # fmt: skip
+    return Site(name, spec, samples, labels, groups)
+
+
+def draw_groups(labels: np.ndarray, groups: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """A mask of the images of k groups per class drawn at random; at least one group per class stays out."""
+    chosen = []
+    for c in (0, 1):
+        pool = np.unique(groups[labels == c])
+        if len(pool) < k + 1:
+            raise DataError(f"k = {k} groups per class asked, but class {c} has {len(pool)} group(s): at most "
+                            f"{len(pool) - 1} can be drawn with one left to score")  # fmt: skip
+        chosen += rng.choice(pool, size=k, replace=False).tolist()
+    return np.isin(groups, chosen)
+
+
+def fit_head(x: np.ndarray, y: np.ndarray, c: float = HEAD_C) -> tuple[np.ndarray, float]:
+    """(weights, bias) of a logistic regression on standardised features, folded back to the raw features:
+    logit = x @ weights + bias. Pure; scikit-learn does the fitting."""
+    from sklearn.linear_model import LogisticRegression
+
+    mean, std = x.mean(0), np.maximum(x.std(0), 1e-6)
+    lr = LogisticRegression(C=c, max_iter=2000).fit((x - mean) / std, y)
+    weights = lr.coef_[0] / std
+    return weights, float(lr.intercept_[0] - (mean * weights).sum())
+
+
+def head_scores(weights: np.ndarray, bias: float, x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(x @ weights + bias, -50, 50)))
+
+
+def score_draw(name: str, y_fit: np.ndarray, s_fit: np.ndarray, y: np.ndarray, s: np.ndarray,
+               groups: np.ndarray) -> dict[str, Any]:  # fmt: skip
+    """AUC on the scored groups, and sensitivity/specificity at the threshold chosen (Youden) on the drawn ones;
+    per group (patient): the mean score of its images."""
+    from covidct.evaluation.metrics import binary_metrics, roc_auc, youden_threshold
+
+    t = youden_threshold(y_fit, s_fit) if len(set(y_fit.tolist())) == 2 else 0.5
+    m = binary_metrics(y, s, t)
+    ids = np.unique(groups)
+    gy = np.array([y[groups == g][0] for g in ids])
+    gs = np.array([s[groups == g].mean() for g in ids])
+    return {"strategy": name, "auc": m.auc, "sensitivity": m.sensitivity, "specificity": m.specificity,
+            "threshold": t, "group_auc": roc_auc(gy, gs), "n_scored": len(y), "groups_scored": len(ids)}  # fmt: skip
+
+
+def learning_curve(
+    features: dict[str, np.ndarray | None],
+    zero_shot: np.ndarray,
+    labels: np.ndarray,
+    groups: np.ndarray,
+    ks: tuple[int, ...] = DEFAULT_KS,
+    draws: int = DEFAULT_DRAWS,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """One row per (k, draw, strategy). features: {"head": source-model features, "imagenet-head": ImageNet
+    features or None}. The same drawn groups for every strategy of a draw; a draw is seeded by (seed, k, draw)."""
+    rows = []
+    for k in ks:
+        for d in range(draws):
+            fit = draw_groups(labels, groups, k, np.random.default_rng([seed, k, d]))
+            rest = ~fit
+            parts = {"zero-shot": (zero_shot[fit], zero_shot[rest])}
+            for name, x in features.items():
+                if x is not None:
+                    w, b = fit_head(x[fit], labels[fit])
+                    parts[name] = (head_scores(w, b, x[fit]), head_scores(w, b, x[rest]))
+            for name, (s_fit, s_rest) in parts.items():
+                row = score_draw(name, labels[fit], s_fit, labels[rest], s_rest, groups[rest])
+                rows.append({"k": k, "draw": d, "groups_fitted": 2 * k, "images_fitted": int(fit.sum()), **row})
+    return rows
+
+
+def summarise_curve(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (strategy, k): mean over draws with a 95% interval of the mean (t), and the worst draw."""
+    from scipy import stats
+
+    out = []
+    for name in dict.fromkeys(r["strategy"] for r in rows):
+        for k in dict.fromkeys(r["k"] for r in rows):
+            sel = [r for r in rows if r["strategy"] == name and r["k"] == k]
+            row: dict[str, Any] = {"strategy": name, "k": k, "draws": len(sel)}
+            for key in ("auc", "sensitivity", "specificity", "group_auc"):
+                v = np.array([r[key] for r in sel], dtype=float)
+                v = v[np.isfinite(v)]
+                mean = float(v.mean()) if len(v) else math.nan
+                half = float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0
+                row[key], row[f"{key}_ci"] = mean, [mean - half, mean + half]
+                row[f"{key}_worst"] = float(v.min()) if len(v) else math.nan
+            out.append(row)
+    return out
+
+
+def curve_markdown(summary: list[dict[str, Any]], site: Site, run: str, seconds: float) -> str:
+    lines = [f"# Learning curve at {site.name}: {run} adapted with k groups per class", "",
+             f"{len(site.samples)} images in {len(np.unique(site.groups))} groups ({site.group_counts()} per class "
+             f"0/1); each k drawn {summary[0]['draws']} times, the rest of the site scored; {seconds:.0f} s.", "",
+             "| strategy | k | AUC (95% CI of the mean) | worst draw | sensitivity | specificity | per-group AUC |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in summary:
+        lo, hi = r["auc_ci"]
+        lines.append(f"| {r['strategy']} | {r['k']} | {r['auc']:.3f} [{lo:.3f}, {hi:.3f}] | {r['auc_worst']:.3f} | "
+                     f"{r['sensitivity']:.3f} | {r['specificity']:.3f} | {r['group_auc']:.3f} |")  # fmt: skip
+    lines += [
+        "",
+        "zero-shot: the source model as it is (threshold chosen on the drawn groups); head: a logistic "
+        "regression on the source model's frozen features; imagenet-head: the same on ImageNet features alone.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def curve_plot(summary: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    from covidct.plotting import save_figure
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name in dict.fromkeys(r["strategy"] for r in summary):
+        sel = [r for r in summary if r["strategy"] == name]
+        ks = [r["k"] for r in sel]
+        ax.plot(ks, [r["auc"] for r in sel], marker="o", label=name)
+        ax.fill_between(ks, [r["auc_ci"][0] for r in sel], [r["auc_ci"][1] for r in sel], alpha=0.2)
+    ax.set_xscale("log")
+    ax.set_xlabel("groups (patients) labelled per class")
+    ax.set_ylabel("AUC on the site's other groups")
+    ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+    ax.legend()
+    save_figure(fig, path)
+
+
+# ---- the features, the curve and the adapted model of a run --------------------------------------------------------
+
+
+def site_features(model: Any, site: Site) -> np.ndarray:
+    """The pooled features the model's head reads, for every image of the site (one pass)."""
+    from covidct.data import ImageDataset
+    from covidct.models import head_module
+    from covidct.ood.fit import dataset_features
+
+    width = head_module(model.module).in_features
+    return dataset_features(model.module, ImageDataset(site.samples, model.transform))[:, -width:]
+
+
+def imagenet_features(model: Any, site: Site) -> np.ndarray | None:
+    """The same features from the architecture's ImageNet weights alone (the baseline); None, with a note, when
+    those weights cannot be had here."""
+    from covidct.data import ImageDataset
+    from covidct.errors import ModelError
+    from covidct.models import create_model, head_module
+    from covidct.ood.fit import dataset_features
+
+    try:
+        net, _ = create_model(model.architecture, pretrained=True)
+    except ModelError as e:
+        log.warning("ImageNet baseline skipped: %s", str(e).splitlines()[0])
+        return None
+    width = head_module(net).in_features
+    return dataset_features(net.eval(), ImageDataset(site.samples, model.transform))[:, -width:]
+
+
+def run_curve(run_dir: Path, site: Site, out: Path, ks: tuple[int, ...], draws: int, seed: int) -> list[dict]:
+    """curve.csv, curve.md, curve.png (and curve.json) in `out`; returns the summary rows."""
+    from covidct.data import load_rgb
+    from covidct.fileio import write_csv, write_json, write_text
+    from covidct.inference.load import load_trained
+
+    for k in ks:  # refused before any work, naming the counts
+        draw_groups(site.labels, site.groups, k, np.random.default_rng(0))
+    start = time.perf_counter()
+    model = load_trained(run_dir, checkpoint="best")
+    features = {"head": site_features(model, site), "imagenet-head": imagenet_features(model, site)}
+    zero_shot = model.scores([load_rgb(s.path) for s in site.samples])
+    rows = learning_curve(features, zero_shot, site.labels, site.groups, ks, draws, seed)
+    summary = summarise_curve(rows)
+    seconds = time.perf_counter() - start
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / "curve_draws.csv", rows)
+    flat = [{k: v for k, v in r.items() if not k.endswith("_ci")} | {"auc_low": r["auc_ci"][0],
+            "auc_high": r["auc_ci"][1]} for r in summary]  # fmt: skip
+    write_csv(out / "curve.csv", flat)
+    record = {"run": str(run_dir), "site": site.spec, "ks": list(ks), "draws": draws, "seed": seed}
+    write_json(out / "curve.json", {**record, "seconds": round(seconds, 1), "summary": summary})
+    write_text(out / "curve.md", curve_markdown(summary, site, str(run_dir), seconds))
+    curve_plot(summary, out / "curve.png")
+    return summary
+
+
+def site_validation(x: np.ndarray, site: Site, folds: int = 5, seed: int = 0) -> dict[str, Any]:
+    """Leave-groups-out cross-validation of the head at the site: out-of-fold scores of every image, the AUC, and
+    the threshold by Youden's J on them (the adapted model's operating point)."""
+    from covidct.evaluation.metrics import binary_metrics, roc_auc, youden_threshold
+    from covidct.training.cv import cv_folds
+
+    n_groups = min(site.group_counts().values())
+    folds = max(2, min(folds, n_groups))
+    oof = np.zeros(len(site.labels))
+    for held in cv_folds(site.labels, site.groups, folds, seed):
+        fit = np.ones(len(oof), dtype=bool)
+        fit[held] = False
+        w, b = fit_head(x[fit], site.labels[fit])
+        oof[held] = head_scores(w, b, x[held])
+    t = youden_threshold(site.labels, oof)
+    m = binary_metrics(site.labels, oof, t)
+    return {"method": f"{folds}-fold cross-validation by group", "auc": roc_auc(site.labels, oof), "threshold": t,
+            "sensitivity": m.sensitivity, "specificity": m.specificity, "accuracy": m.accuracy}  # fmt: skip
+
+
+def adapt_run(run_dir: Path, site: Site, out_parent: Path) -> Path:
+    """The adapted model: the source network with its head refitted on all the site's images, as an ordinary run
+    folder (checkpoint, config, summary, threshold record, out-of-distribution detector including the site)."""
+    import shutil
+
+    import torch
+
+    from covidct.fileio import atomic_write, write_json
+    from covidct.inference.load import load_checkpoint, read_checkpoint
+    from covidct.inference.ood import fit_for_run
+    from covidct.models import head_module
+    from covidct.runs import RunDir
+
+    source = RunDir.at(run_dir)
+    model = load_checkpoint(source.checkpoint("best"), source)
+    x = site_features(model, site)
+    validation = site_validation(x, site)
+    w, b = fit_head(x, site.labels)
+    head = head_module(model.module)
+    with torch.no_grad():  # softmax([0, z])[1] = sigmoid(z): row 0 zero, row 1 the regression
+        head.weight.zero_()
+        head.bias.zero_()
+        head.weight[1] = torch.as_tensor(w, dtype=head.weight.dtype)
+        head.bias[1] = float(b)
+    saved = read_checkpoint(source.checkpoint("best"))
+    hp = dict(saved["hyper_parameters"], threshold=float(validation["threshold"]))
+    run = RunDir(out_parent / f"{source.name}-adapted-{site.name}")
+    if run.path.exists():
+        from covidct.errors import ConfigError
+
+        raise ConfigError(f"{run.path} exists already; remove it or choose another --out")
+    (run.path / "checkpoints").mkdir(parents=True)
+    shutil.copy(source.config_path, run.config_path)
+    state = {f"model.{k}": v for k, v in model.module.state_dict().items()}
+    ckpt = {"state_dict": state, "hyper_parameters": hp, "epoch": int(saved.get("epoch", 0))}
+    atomic_write(run.path / "checkpoints" / "best.ckpt", lambda p: torch.save(ckpt, p))
+    groups = len(np.unique(site.groups))
+    adaptation = {"from_run": str(source.path), "site": site.name, "groups": groups, "images": len(site.samples),
+                  "strategy": "head: logistic regression on the source model's frozen features",
+                  "validated_at_site": validation,
+                  "text": f"adapted on {site.name} ({groups} groups, {len(site.samples)} images) from {source.name}; "
+                          f"validated at the site by leave-groups-out: AUC {validation['auc']:.3f}"}  # fmt: skip
+    write_json(run.path / "summary.json", {**source.summary(), "adaptation": adaptation})
+    write_json(run.threshold_path, {"threshold": validation["threshold"], "rule": "youden", "chosen_on": site.name,
+                                    "set": site.spec, "checkpoint": "best.ckpt", "previous_threshold": None,
+                                    "set_metrics": validation, "how": validation["method"]})  # fmt: skip
+    fit_for_run(run.path, extra_train=site.samples)
+    return run.path
