@@ -1,4 +1,4 @@
-"""Plant, one at a time, the statistics faults of issue 16 in a copy of src/ and run the quick tests of
+"""Plant, one at a time, the statistics faults of issues 16 and 28 in a copy of src/ and run the quick tests of
 tests/evaluation against each: a fault that no test catches is printed as MISSED and the script exits 1.
 
   .venv/bin/python benchmarks/planted_faults.py        # part of `make mutation`; a table for MUTATION.md
@@ -50,6 +50,21 @@ FAULTS = [
     ("ECE not weighted by bin share", "calibration.py", "ece += inside.mean() * abs(",
      "ece += (1 / len(np.unique(bins))) * abs(", 1),
     ("Clopper-Pearson instead of Wilson", "statistics.py", 'method="wilson"', 'method="exact"', 1),
+    # issue 28: three faults no test caught, and more of the numeric core
+    ("bootstrap intervals at 0.5 whatever the threshold", "evaluate.py",
+     "bootstrap_intervals(labels, scores, threshold,", "bootstrap_intervals(labels, scores, 0.5,", 1),
+    ("Youden without its guard on non-finite thresholds", "metrics.py",
+     "j = np.where(finite, tpr - fpr, -np.inf)", "j = tpr - fpr", 1),
+    ("ECE bins closed on the right", "calibration.py", "return np.clip((s * n_bins).astype(int), 0, n_bins - 1)",
+     "return np.clip(np.ceil(s * n_bins).astype(int) - 1, 0, n_bins - 1)", 1),
+    ("reliability diagram binned apart from the ECE", "calibration.py", "bins = score_bins(s, n_bins)",
+     "bins = np.clip(np.ceil(s * n_bins).astype(int) - 1, 0, n_bins - 1)", 2),
+    ("scores not cast to float64", "metrics.py", "s = np.asarray(scores, dtype=float).ravel()",
+     "s = np.asarray(scores).ravel()", 1),
+    ("predict compares in the scores' own precision", "metrics.py",
+     "return (np.asarray(scores, dtype=float) >= threshold)", "return (np.asarray(scores) >= threshold)", 1),
+    ("threshold for sensitivity takes the lowest that qualifies", "metrics.py", "return float(thresholds[ok[0]])",
+     "return float(thresholds[ok[-1]])", 1),
 ]  # fmt: skip
 
 

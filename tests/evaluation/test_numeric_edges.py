@@ -326,3 +326,73 @@ def test_bootstrap_statistic_along_axis_zero():
     stacked = _metrics_from_split_scores(np.stack([pos, pos[::-1]], 1), np.stack([neg, neg], 1), 0.5, axis=0)
     single = _metrics_from_split_scores(pos, neg, 0.5)
     np.testing.assert_allclose(stacked, np.stack([single, single], 1))
+
+
+# ---- faults no test caught before (issue: tests that can fail, part two) -------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bootstrap_intervals_are_computed_at_the_threshold_asked(dtype):
+    """At a threshold below every positive score sensitivity is 1 in every resample: the interval is [1, 1]; at
+    0.5 it is not. An interval computed at 0.5 whatever the threshold excludes its own point estimate."""
+    from covidct.evaluation.evaluate import intervals
+    from covidct.evaluation.metrics import binary_metrics
+
+    rng = np.random.default_rng(0)
+    y = np.r_[np.ones(40), np.zeros(40)].astype(int)
+    s = np.r_[rng.uniform(0.3, 0.9, 40), rng.uniform(0.1, 0.7, 40)].astype(dtype)
+    low = intervals(y, s, 0.25, 500, 0)
+    assert low["sensitivity"]["bootstrap"] == [1.0, 1.0]
+    for t in (0.25, 0.5, 0.65):
+        ci = intervals(y, s, t, 500, 0)
+        point = binary_metrics(y, s, t)
+        for name in ("sensitivity", "specificity", "accuracy"):
+            lo, hi = ci[name]["bootstrap"]
+            assert lo <= getattr(point, name) <= hi, (t, name)
+    assert intervals(y, s, 0.5, 500, 0)["sensitivity"]["bootstrap"][0] < 1.0
+
+
+@pytest.mark.parametrize("scores", [[0.5, 0.5, 0.5, 0.5], [0.2, 0.8, 0.2, 0.8]])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_youden_threshold_is_finite_for_degenerate_scores(scores, dtype):
+    """All-equal scores, or scores at chance (both classes the same): roc_curve's first threshold is inf and J ties
+    at 0 there; the threshold returned is a real score."""
+    from covidct.evaluation.metrics import youden_threshold
+
+    t = youden_threshold([0, 1, 1, 0], np.asarray(scores, dtype=dtype))
+    assert np.isfinite(t) and t in {float(np.float64(dtype(v))) for v in scores}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_ece_and_the_reliability_diagram_put_a_score_on_a_bin_edge_in_the_same_bin(dtype):
+    """Bins are closed on the left, [i/10, (i+1)/10), in both. 0.5 is exact in float32 and float64; the two bins
+    around it have errors of opposite sign, so moving it across the edge changes the ECE (0.2 -> 0.533)."""
+    from covidct.evaluation.calibration import expected_calibration_error, reliability_curve
+
+    y = [1, 0, 1]
+    s = np.asarray([0.5, 0.55, 0.45], dtype=dtype)
+    assert expected_calibration_error(y, s) == pytest.approx(
+        (2 / 3) * abs(0.5 - (0.5 + float(s[1])) / 2) + (1 / 3) * abs(1 - float(s[2])), abs=1e-6
+    )
+    assert expected_calibration_error(y, s) == pytest.approx(0.2, abs=1e-6)
+    predicted, observed = reliability_curve(y, s)
+    np.testing.assert_allclose(predicted, [float(s[2]), (0.5 + float(s[1])) / 2], atol=1e-6)
+    np.testing.assert_allclose(observed, [1.0, 0.5])
+
+
+def test_float32_scores_are_binned_and_thresholded_at_their_true_value():
+    """float32(0.7) is 0.69999998...: it belongs below 0.7, in ECE bin 6 and under a threshold of 0.7, exactly
+    as the float64 counts of metrics.json treat it (the evaluation passes float32 scores)."""
+    from covidct.evaluation.calibration import expected_calibration_error
+    from covidct.evaluation.metrics import binary_metrics, predict
+
+    y = [1, 1, 1, 0]
+    s = np.asarray([0.7, 0.7, 0.3, 0.69], dtype=np.float32)
+    assert expected_calibration_error(y, s) == pytest.approx(0.1975, abs=1e-6)
+    labels = predict(s, 0.7)
+    assert labels.tolist() == [0, 0, 0, 0]
+    m = binary_metrics(y, s, 0.7)
+    assert (m.tp, m.fp) == (
+        int(((labels == 1) & (np.array(y) == 1)).sum()),
+        int(((labels == 1) & (np.array(y) == 0)).sum()),
+    )

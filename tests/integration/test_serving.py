@@ -327,3 +327,11 @@ def test_page_in_chromium_shows_the_out_of_distribution_banner(live_server, mode
     flags = model.ood_flags(ood)
     assert flags[1] and shown["noise.png"][0] and "does not look like the images" in shown["noise.png"][1]
     assert shown["scan.png"][0] == bool(flags[0])
+
+
+def test_unknown_query_parameters_and_form_fields_are_refused_by_name(client, ct_png):
+    r = client.post("/api/v1/predict?cams=true", files={"file": ("x.png", ct_png, "image/png")})
+    assert r.status_code == 422 and "cams" in r.json()["detail"]
+    r = client.post("/api/v1/predict", files={"file": ("x.png", ct_png, "image/png")}, data={"threshold": "0.1"})
+    assert r.status_code == 422 and "threshold" in r.json()["detail"]
+    assert client.post("/api/v1/predict?cam=false", files={"file": ("x.png", ct_png, "image/png")}).status_code == 200

@@ -12,7 +12,6 @@ import math
 import numpy as np
 from numpy.typing import ArrayLike
 from scipy.optimize import minimize_scalar
-from sklearn.calibration import calibration_curve
 
 from covidct.evaluation.metrics import _as_arrays
 
@@ -24,7 +23,7 @@ def expected_calibration_error(labels: ArrayLike, scores: ArrayLike, n_bins: int
     y, s = _as_arrays(labels, scores)
     if y.size == 0:
         return math.nan
-    bins = np.clip((s * n_bins).astype(int), 0, n_bins - 1)  # bin i holds [i/n, (i+1)/n); 1.0 goes to the last
+    bins = score_bins(s, n_bins)
     ece = 0.0
     for b in range(n_bins):
         inside = bins == b
@@ -33,10 +32,21 @@ def expected_calibration_error(labels: ArrayLike, scores: ArrayLike, n_bins: int
     return float(ece)
 
 
+def score_bins(s: np.ndarray, n_bins: int) -> np.ndarray:
+    """The bin of each score: bin i holds [i/n, (i+1)/n), closed on the left; 1.0 goes to the last."""
+    return np.clip((s * n_bins).astype(int), 0, n_bins - 1)
+
+
 def reliability_curve(labels: ArrayLike, scores: ArrayLike, n_bins: int = 10) -> tuple[np.ndarray, np.ndarray]:
-    """(mean score, observed positive rate) per non-empty equal-width bin (scikit-learn's calibration_curve)."""
+    """(mean score, observed positive rate) per non-empty equal-width bin, binned exactly as the ECE is.
+
+    Not scikit-learn's calibration_curve: it puts a score on a bin edge in the lower bin (closed on the right), the
+    ECE in the upper one, so the diagram and the number disagreed for such scores."""
     y, s = _as_arrays(labels, scores)
-    observed, predicted = calibration_curve(y, s, n_bins=n_bins, strategy="uniform")
+    bins = score_bins(s, n_bins)
+    used = [b for b in range(n_bins) if (bins == b).any()]
+    predicted = np.array([s[bins == b].mean() for b in used])
+    observed = np.array([y[bins == b].mean() for b in used])
     return predicted, observed
 
 

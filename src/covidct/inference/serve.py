@@ -334,6 +334,13 @@ def create_app(model: LoadedModel, api_key: str | None = None, max_upload_mb: fl
                                f"{max_upload_mb:g} MB"}}}}}}},
     )  # fmt: skip
     async def predict(request: Request, file: Annotated[UploadFile, File()], cam: bool = False) -> dict[str, Any]:
+        # A parameter the API does not know is refused, not dropped: '?cams=true' would silently return no heat map
+        unknown = sorted(set(request.query_params) - {"cam"})
+        if unknown:
+            raise InputError(422, f"unknown query parameter(s) {unknown}; this route takes: cam")
+        extra = sorted(set((await request.form()).keys()) - {"file"})
+        if extra:
+            raise InputError(422, f"unknown form field(s) {extra}; this route takes: file")
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > series_limit + 64 * 1024:
             raise InputError(413, f"upload of {int(declared):,} bytes is over the limit of {MAX_SERIES_MB} MB")
