@@ -101,22 +101,24 @@ class TrainConfig(Settings):
                                "instead of ImageNet")  # fmt: skip
     freeze_blocks: int = setting(0, "keep the stem and the first N blocks of the backbone frozen")
     # ---- optimisation
-    epochs: int = setting(30, "maximum epochs")
+    epochs: int = setting(12, "maximum epochs")
     batch_size: int = setting(32, "images per step (per process)")
-    lr: float = setting(3e-4, "peak learning rate of AdamW")
+    lr: float = setting(1e-3, "peak learning rate of AdamW")
     weight_decay: float = setting(1e-4, "AdamW weight decay")
     warmup_epochs: int = setting(1, "linear warm-up epochs before the cosine decay")
     backbone_lr_scale: float = setting(1.0, "the pretrained backbone's lr = lr x this; the new head's = lr")
     label_smoothing: float = setting(0.1, "label smoothing of the cross-entropy")
-    patience: int = setting(10, "early-stopping patience in epochs")
+    patience: int = setting(12, "early-stopping patience in epochs")
     mixup: float = setting(0.0, "> 0: mixup within each batch, weights ~ Beta(alpha, alpha) with this alpha (0.2-0.4 "
                            "is usual); with balanced sources many pairs cross sources")  # fmt: skip
     domain_adversarial: float = setting(0.0, "> 0: weight of a head that predicts the source through gradient "
                                         "reversal (Ganin et al. 2016); needs two or more training sources")  # fmt: skip
     ema_decay: float = setting(0.0, "> 0: validate and checkpoint an exponential moving average of the weights")
+    operating_point: str = setting("youden", "decision threshold stored at the end of training: youden (Youden's J "
+                                   "on the validation split) or 0.5", ("youden", "0.5"))  # fmt: skip
     ood: bool = setting(True, "fit the out-of-distribution detector on the training images at the end (threshold "
                         "on validation); see covidct ood")  # fmt: skip
-    monitor: str = setting("val_acc", "best-checkpoint and early-stopping criterion (val_auc_mean: mean of the "
+    monitor: str = setting("val_auc", "best-checkpoint and early-stopping criterion (val_auc_mean: mean of the "
                            "validation sources' AUCs)", tuple(MONITORS))  # fmt: skip
     seed: int = setting(42, "seed of everything (weights of the head, splits, augmentation, sampling)")
     # ---- the image pipeline (the default recipe was chosen on validation, see benchmarks/)

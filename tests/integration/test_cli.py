@@ -128,6 +128,10 @@ def test_recipe_files_load_and_default_matches_the_shipped_defaults():
     assert written == shipped  # the file documents the defaults; the two cannot drift apart
     study = TrainConfig.from_yaml(configs / "study.yaml")
     assert (study.model, study.grayscale, study.augment, study.label_smoothing) == ("vgg19_bn", False, "study", 0.0)
+    assert (study.epochs, study.monitor, study.operating_point) == (30, "val_acc", "0.5")  # the study's, pinned
+    multi = TrainConfig.from_yaml(configs / "multisource.yaml")
+    assert multi.sources == ["covid-ct", "sars-cov-2-ct"] and (multi.crop, multi.monitor) == ("lung", "val_auc_mean")
+    assert sorted(p.name for p in configs.glob("*.yaml")) == ["default.yaml", "multisource.yaml", "study.yaml"]
 
 
 def test_log_to_a_file_is_one_line_per_epoch(tiny_dataset, tmp_path):

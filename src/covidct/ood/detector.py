@@ -171,6 +171,8 @@ def fit_detector(
     if method not in METHODS:
         raise ModelError(f"out-of-distribution method must be one of {METHODS}, got {method!r}")
     train, val = np.asarray(train, dtype=np.float64), np.asarray(val, dtype=np.float64)
+    if not (np.isfinite(train).all() and np.isfinite(val).all()):
+        raise ModelError("the detector's features hold NaN or infinite values (a diverged model?); not fitted")
     if len(train) < 2 or len(val) < 1:
         raise ModelError(f"an out-of-distribution detector needs >= 2 training and >= 1 validation images, got "
                          f"{len(train)} and {len(val)}")  # fmt: skip

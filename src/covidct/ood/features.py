@@ -54,8 +54,8 @@ class FeatureTaps:
 
     def _keep_stats(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
         a = output.float()
-        if a.dim() == 4:
-            self._stats += [a.mean((2, 3)), a.std((2, 3))]
+        if a.dim() == 4:  # the spread with correction 0: a 1 x 1 map (small inputs) has spread 0, not NaN
+            self._stats += [a.mean((2, 3)), a.std((2, 3), correction=0)]
 
     def _keep_pooled(self, module: nn.Module, inputs: tuple) -> None:
         self._pooled = inputs[0].float().flatten(1)

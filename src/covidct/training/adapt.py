@@ -208,14 +208,22 @@ def curve_plot(summary: list[dict[str, Any]], path: Path) -> None:
 # ---- the features, the curve and the adapted model of a run --------------------------------------------------------
 
 
-def site_features(model: Any, site: Site) -> np.ndarray:
-    """The pooled features the model's head reads, for every image of the site (one pass)."""
+def site_features(model: Any, site: Site) -> tuple[np.ndarray, np.ndarray]:
+    """(the pooled features the model's head reads, the model's own scores) of every image of the site, one pass."""
+    import torch
+    from torch.utils.data import DataLoader
+
     from covidct.data import ImageDataset
     from covidct.models import head_module
-    from covidct.ood.fit import dataset_features
+    from covidct.ood.features import logits_and_features
 
     width = head_module(model.module).in_features
-    return dataset_features(model.module, ImageDataset(site.samples, model.transform))[:, -width:]
+    feats, scores = [], []
+    for batch in DataLoader(ImageDataset(site.samples, model.transform), batch_size=32, shuffle=False):
+        logits, f = logits_and_features(model.module.eval(), batch["image"])
+        feats.append(f[:, -width:].numpy())
+        scores.append(torch.softmax(logits.float(), 1)[:, 1].numpy())
+    return np.concatenate(feats), np.concatenate(scores)
 
 
 def imagenet_features(model: Any, site: Site) -> np.ndarray | None:
@@ -237,7 +245,6 @@ def imagenet_features(model: Any, site: Site) -> np.ndarray | None:
 
 def run_curve(run_dir: Path, site: Site, out: Path, ks: tuple[int, ...], draws: int, seed: int) -> list[dict]:
     """curve.csv, curve.md, curve.png (and curve.json) in `out`; returns the summary rows."""
-    from covidct.data import load_rgb
     from covidct.fileio import write_csv, write_json, write_text
     from covidct.inference.load import load_trained
 
@@ -245,8 +252,8 @@ def run_curve(run_dir: Path, site: Site, out: Path, ks: tuple[int, ...], draws: 
         draw_groups(site.labels, site.groups, k, np.random.default_rng(0))
     start = time.perf_counter()
     model = load_trained(run_dir, checkpoint="best")
-    features = {"head": site_features(model, site), "imagenet-head": imagenet_features(model, site)}
-    zero_shot = model.scores([load_rgb(s.path) for s in site.samples])
+    source_features, zero_shot = site_features(model, site)
+    features = {"head": source_features, "imagenet-head": imagenet_features(model, site)}
     rows = learning_curve(features, zero_shot, site.labels, site.groups, ks, draws, seed)
     summary = summarise_curve(rows)
     seconds = time.perf_counter() - start
@@ -297,7 +304,7 @@ def adapt_run(run_dir: Path, site: Site, out_parent: Path) -> Path:
 
     source = RunDir.at(run_dir)
     model = load_checkpoint(source.checkpoint("best"), source)
-    x = site_features(model, site)
+    x, _ = site_features(model, site)
     validation = site_validation(x, site)
     w, b = fit_head(x, site.labels)
     head = head_module(model.module)
