@@ -12,7 +12,8 @@ from covidct.runs import RunDir, find_checkpoint
 
 
 def test_safetensors_roundtrip_and_card(trained_run, tmp_path):
-    weights, card_path = export_run(trained_run, "safetensors", tmp_path / "e")
+    weights, card_path, detector = export_run(trained_run, "safetensors", tmp_path / "e")
+    assert detector.name == "ood.json" and (tmp_path / "e" / "ood.safetensors").is_file()  # the detector travels
     model, card = load_safetensors_model(weights)
     assert card == json.loads(card_path.read_text())
     assert card["architecture"] == "timm:resnet10t" and card["class_names"] == ["NonCOVID", "COVID"]
@@ -24,7 +25,7 @@ def test_safetensors_roundtrip_and_card(trained_run, tmp_path):
 
 
 def test_safetensors_needs_its_card(trained_run, tmp_path):
-    weights, card = export_run(trained_run, "safetensors", tmp_path / "e")
+    weights, card, _ = export_run(trained_run, "safetensors", tmp_path / "e")
     card.unlink()
     with pytest.raises(ModelError, match=r"no model\.json beside it"):
         load_safetensors_model(weights)
@@ -34,7 +35,7 @@ def test_safetensors_needs_its_card(trained_run, tmp_path):
 def test_onnx_export_verified_with_dynamic_batch(trained_run, tmp_path):
     import onnxruntime as ort
 
-    path, card_path = export_run(trained_run, "onnx", tmp_path / "e")
+    path, card_path, _ = export_run(trained_run, "onnx", tmp_path / "e")
     card = json.loads(card_path.read_text())
     assert card["onnx"]["verified_on_images"] > 0 and card["onnx"]["max_score_difference"] < 1e-3
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
