@@ -141,3 +141,17 @@ def test_the_api_answers_the_flag(trained_run):
     body = client.post("/api/v1/predict", files={"file": ("n.png", buf.getvalue(), "image/png")}).json()
     assert body["in_distribution"] is False and body["ood_score"] > body["ood_threshold"]
     assert "in_distribution" in client.get("/openapi.json").text
+
+
+def test_the_check_is_the_same_when_threads_share_the_model(trained_run):
+    """The server scores requests in parallel threads on one model: each thread's features are its own pass's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = load_trained(trained_run)
+    batches = [noise_images(3, seed=k) + [load_rgb(s.path) for s in RunDir(trained_run).data().splits["val"][:3]]
+               for k in range(6)]  # fmt: skip
+    alone = [model.scores_with_ood(b)[1] for b in batches]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda b: model.scores_with_ood(b)[1], batches * 3))
+    for k, got in enumerate(together):
+        np.testing.assert_allclose(got, alone[k % len(batches)], rtol=1e-4)

@@ -40,6 +40,8 @@ def test_run_logged_to_sqlite_reads_back_equal(trained_run, tmp_path, capsys, mo
     assert {a.path for a in client.list_artifacts(run_id, "export")} == {
         "export/model.json",
         "export/model.safetensors",
+        "export/ood.json",  # the out-of-distribution detector travels with the export
+        "export/ood.safetensors",
     }
     local = client.download_artifacts(run_id, "metrics.csv", str(tmp_path / "dl"))
     assert Path(local).read_bytes() == (run_dir / "metrics.csv").read_bytes()

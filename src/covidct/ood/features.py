@@ -6,6 +6,8 @@ classifier decides on). One pass gives the logits and these features, so the che
 
 from __future__ import annotations
 
+import threading
+
 import torch
 from torch import nn
 
@@ -26,45 +28,66 @@ def stages(model: nn.Module) -> list[nn.Module]:
     raise ModelError(f"{type(model).__name__}: no stages (blocks, features or layer1-4) to read features from")
 
 
-class FeatureTaps:
-    """Forward hooks on the stages and on the head's input; `with FeatureTaps(model) as taps: logits = model(x)`,
-    then `taps.features()` is N x D (float32), the same layout for every call."""
+_local = threading.local()  # the collector of this thread's forward pass, if any
+_install_lock = threading.Lock()
+_INSTALLED = "_covidct_feature_taps"
 
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-        self._stats: list[torch.Tensor] = []
-        self._pooled: torch.Tensor | None = None
-        self._hooks: list = []
 
-    def __enter__(self) -> FeatureTaps:
-        for stage in stages(self.model):
-            self._hooks.append(stage.register_forward_hook(self._keep_stats))
-        head = head_module(self.model)
+def _keep_stats(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+    collector = getattr(_local, "collector", None)
+    if collector is not None and output.dim() == 4:
+        a = output.float()  # the spread with correction 0: a 1 x 1 map (small inputs) has spread 0, not NaN
+        collector.stats += [a.mean((2, 3)), a.std((2, 3), correction=0)]
+
+
+def _keep_pooled(module: nn.Module, inputs: tuple) -> None:
+    collector = getattr(_local, "collector", None)
+    if collector is not None:
+        collector.pooled = inputs[0].float().flatten(1)
+
+
+def install(model: nn.Module) -> None:
+    """Hooks on the stages and on the head's input, once per model and for good. They record only while a thread has
+    a FeatureTaps open, and only that thread's pass: the server scores requests in parallel threads on one shared
+    model, and hooks added and removed per call saw each other's passes (and changed the hook dicts under them)."""
+    with _install_lock:
+        if getattr(model, _INSTALLED, False):
+            return
+        head = head_module(model)
         if head is None:
             from covidct.errors import ModelError
 
-            raise ModelError(f"{type(self.model).__name__}: no classification head found to read features from")
-        self._hooks.append(head.register_forward_pre_hook(self._keep_pooled))
+            raise ModelError(f"{type(model).__name__}: no classification head found to read features from")
+        for stage in stages(model):
+            stage.register_forward_hook(_keep_stats)
+        head.register_forward_pre_hook(_keep_pooled)
+        object.__setattr__(model, _INSTALLED, True)
+
+
+class FeatureTaps:
+    """`with FeatureTaps(model) as taps: logits = model(x)`, then `taps.features()` is N x D (float32), the same
+    layout for every call; thread-safe (each thread collects its own pass)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.stats: list[torch.Tensor] = []
+        self.pooled: torch.Tensor | None = None
+        self._outer: FeatureTaps | None = None
+
+    def __enter__(self) -> FeatureTaps:
+        install(self.model)
+        self._outer = getattr(_local, "collector", None)
+        _local.collector = self
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for h in self._hooks:
-            h.remove()
-        self._hooks.clear()
-
-    def _keep_stats(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-        a = output.float()
-        if a.dim() == 4:  # the spread with correction 0: a 1 x 1 map (small inputs) has spread 0, not NaN
-            self._stats += [a.mean((2, 3)), a.std((2, 3), correction=0)]
-
-    def _keep_pooled(self, module: nn.Module, inputs: tuple) -> None:
-        self._pooled = inputs[0].float().flatten(1)
+        _local.collector = self._outer
 
     def features(self) -> torch.Tensor:
-        if self._pooled is None:
+        if self.pooled is None:
             raise RuntimeError("FeatureTaps.features() before a forward pass")
-        out = torch.cat([*self._stats, self._pooled], 1)
-        self._stats, self._pooled = [], None
+        out = torch.cat([*self.stats, self.pooled], 1)
+        self.stats, self.pooled = [], None
         return out
 
 
