@@ -48,16 +48,26 @@ class Site:
 
 
 def site_groups(samples: list[Sample], group_duplicates: bool) -> np.ndarray:
-    """A group id per image: its own group (patient, block, paper), joined with its near-duplicate cluster (slices
-    next to each other straddle blocks), so no near-copy of a scored image is ever among the fitted ones."""
+    """A group id per image: its own group (patient, block, paper), joined with its near-duplicate cluster within its
+    class (neighbouring slices straddle blocks), so no near-copy of a scored image is among the fitted ones. A
+    near-duplicate of an image of the other class is a label conflict of the data set, not a patient: not joined."""
     from covidct.training.cv import near_duplicate_groups, with_sample_groups
 
-    ids = near_duplicate_groups(samples) if group_duplicates else np.arange(len(samples))
+    ids = np.arange(len(samples))
+    if group_duplicates:
+        for label in (0, 1):
+            members = np.flatnonzero([s.label == label for s in samples])
+            if len(members):
+                ids[members] = len(samples) * (label + 1) + near_duplicate_groups([samples[i] for i in members])
     return with_sample_groups(ids, samples)
 
 
 def load_site(run_dir: Path, spec: str, allow_overlap: bool = False, group_duplicates: bool = True) -> Site:
-    """The site's labelled set, checked: two classes, groups within one class, no image the run trained on."""
+    """The site's labelled set, checked: two classes, no image the run trained on, and in a CSV (a site's own patient
+    list) no group holding both classes. A known source's groups (a paper of COVID-CT can show both classes) are
+    split by class instead."""
+    import dataclasses
+
     from covidct.data.sources import external_set
     from covidct.evaluation.evaluate import training_overlap
     from covidct.runs import RunDir
@@ -70,13 +80,18 @@ def load_site(run_dir: Path, spec: str, allow_overlap: bool = False, group_dupli
     if overlap and not allow_overlap:
         raise DataError(f"--source {spec}: {overlap} of {len(samples)} images have the same content as images "
                         f"{run_dir} trained or validated on; remove them, or pass --allow-overlap")  # fmt: skip
-    groups = site_groups(samples, group_duplicates)
-    mixed = [g for g in np.unique(groups) if len(set(labels[groups == g].tolist())) > 1]
-    if mixed:
-        named = sorted({samples[int(np.flatnonzero(groups == g)[0])].group or "(near-duplicates)" for g in mixed})
-        raise DataError(f"--source {spec}: {len(mixed)} group(s) hold both classes (e.g. {named[:3]}); a group is "
+    given: dict[str, set[int]] = {}
+    for sample in samples:
+        if sample.group:
+            given.setdefault(sample.group, set()).add(sample.label)
+    mixed = sorted(g for g, classes in given.items() if len(classes) > 1)
+    if mixed and Path(spec.partition("=")[2] or spec).suffix.lower() == ".csv":
+        raise DataError(f"--source {spec}: {len(mixed)} group(s) hold both classes (e.g. {mixed[:3]}); a group is "
                         "one patient with one label")  # fmt: skip
-    return Site(name, spec, samples, labels, groups)
+    if mixed:
+        log.info("%d group(s) of %s hold both classes: split by class", len(mixed), spec)
+        samples = [dataclasses.replace(s, group=f"{s.group}|{s.label}") if s.group in mixed else s for s in samples]
+    return Site(name, spec, samples, labels, site_groups(samples, group_duplicates))
 
 
 def draw_groups(labels: np.ndarray, groups: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
