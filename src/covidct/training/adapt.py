@@ -112,7 +112,7 @@ def fit_head(x: np.ndarray, y: np.ndarray, c: float = HEAD_C) -> tuple[np.ndarra
     from sklearn.linear_model import LogisticRegression
 
     mean, std = x.mean(0), np.maximum(x.std(0), 1e-6)
-    lr = LogisticRegression(C=c, max_iter=2000).fit((x - mean) / std, y)
+    lr = LogisticRegression(C=c, max_iter=2000, class_weight="balanced").fit((x - mean) / std, y)
     weights = lr.coef_[0] / std
     return weights, float(lr.intercept_[0] - (mean * weights).sum())
 
@@ -121,13 +121,15 @@ def head_scores(weights: np.ndarray, bias: float, x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(x @ weights + bias, -50, 50)))
 
 
-def score_draw(name: str, y_fit: np.ndarray, s_fit: np.ndarray, y: np.ndarray, s: np.ndarray,
+def score_draw(name: str, y_fit: np.ndarray, s_fit: np.ndarray | None, y: np.ndarray, s: np.ndarray,
                groups: np.ndarray) -> dict[str, Any]:  # fmt: skip
-    """AUC on the scored groups, and sensitivity/specificity at the threshold chosen (Youden) on the drawn ones;
-    per group (patient): the mean score of its images."""
+    """AUC on the scored groups, and sensitivity/specificity at a threshold set on the drawn ones: the model as it
+    is, Youden's J on the drawn groups' scores; a refitted head, its own 0.5 (class-balanced; its scores on the
+    images it was fitted on separate them perfectly, so Youden's J there is no guide: s_fit None). Per group
+    (patient): the mean score of its images."""
     from covidct.evaluation.metrics import binary_metrics, roc_auc, youden_threshold
 
-    t = youden_threshold(y_fit, s_fit) if len(set(y_fit.tolist())) == 2 else 0.5
+    t = youden_threshold(y_fit, s_fit) if s_fit is not None and len(set(y_fit.tolist())) == 2 else 0.5
     m = binary_metrics(y, s, t)
     ids = np.unique(groups)
     gy = np.array([y[groups == g][0] for g in ids])
@@ -152,11 +154,11 @@ def learning_curve(
         for d in range(draws):
             fit = draw_groups(labels, groups, k, np.random.default_rng([seed, k, d]))
             rest = ~fit
-            parts = {"zero-shot": (zero_shot[fit], zero_shot[rest])}
+            parts: dict[str, tuple] = {"zero-shot": (zero_shot[fit], zero_shot[rest])}
             for name, x in features.items():
                 if x is not None:
                     w, b = fit_head(x[fit], labels[fit])
-                    parts[name] = (head_scores(w, b, x[fit]), head_scores(w, b, x[rest]))
+                    parts[name] = (None, head_scores(w, b, x[rest]))
             for name, (s_fit, s_rest) in parts.items():
                 row = score_draw(name, labels[fit], s_fit, labels[rest], s_rest, groups[rest])
                 rows.append({"k": k, "draw": d, "groups_fitted": 2 * k, "images_fitted": int(fit.sum()), **row})
