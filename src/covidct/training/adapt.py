@@ -197,8 +197,9 @@ def curve_markdown(summary: list[dict[str, Any]], site: Site, run: str, seconds:
                      f"{r['sensitivity']:.3f} | {r['specificity']:.3f} | {r['group_auc']:.3f} |")  # fmt: skip
     lines += [
         "",
-        "zero-shot: the source model as it is (threshold chosen on the drawn groups); head: a logistic "
-        "regression on the source model's frozen features; imagenet-head: the same on ImageNet features alone.",
+        "zero-shot: the source model as it is (its threshold by Youden's J on the drawn groups); head: a "
+        "class-balanced logistic regression on the source model's frozen features, read at 0.5; imagenet-head: "
+        "the same on ImageNet features alone.",
     ]
     return "\n".join(lines) + "\n"
 
