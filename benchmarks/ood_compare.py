@@ -1,0 +1,143 @@
+"""Out-of-distribution detectors side by side on one model (benchmarks/OOD.md): fitted on its training images, the
+threshold at the 95th percentile of its validation images, then the share flagged of its own test split, of another
+source, of benign changes of its test images and of framing changes. Never used to choose on a test split: the
+method was chosen on the held-out source and the framing changes; the test split figures are reported as they came.
+
+Usage: python benchmarks/ood_compare.py RUN OTHER_SOURCE_SPEC [--max-other N] [--out FILE.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from sklearn.metrics import roc_auc_score
+
+from covidct.data import load_rgb
+from covidct.data.sources import external_set
+from covidct.inference.load import load_trained
+from covidct.models import create_model
+from covidct.ood.detector import fit_detector
+from covidct.ood.features import logits_and_features
+from covidct.runs import RunDir
+
+
+def jpeg(im: Image.Image, q: int = 75) -> Image.Image:
+    buf = io.BytesIO()
+    im.convert("RGB").save(buf, "JPEG", quality=q)
+    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+
+def noise(im: Image.Image) -> Image.Image:
+    a = np.asarray(im.convert("RGB")).astype(np.float32)
+    a = a + np.random.default_rng(1).normal(0, 5, a.shape)  # mild: sd 5 grey levels of 255
+    return Image.fromarray(a.clip(0, 255).astype(np.uint8))
+
+
+def whole_slice(im: Image.Image) -> Image.Image:
+    """The lung crop pasted into a black square twice its size: how a whole scanner slice frames the lungs."""
+    side = 2 * max(im.size)
+    canvas = Image.new("RGB", (side, side))
+    canvas.paste(im.convert("RGB"), ((side - im.size[0]) // 2, (side - im.size[1]) // 2))
+    return canvas
+
+
+def soft_tissue(im: Image.Image) -> Image.Image:
+    """A soft-tissue-like window: the grey levels stretched around the middle (lungs go black, tissue spreads)."""
+    a = np.asarray(im.convert("L")).astype(np.float32)
+    return Image.fromarray(((a - 100) * 2.5).clip(0, 255).astype(np.uint8)).convert("RGB")
+
+
+BENIGN = {
+    "JPEG q75": jpeg,
+    "resize x0.8": lambda im: im.resize((max(1, int(im.size[0] * 0.8)), max(1, int(im.size[1] * 0.8)))),
+    "resize x1.25": lambda im: im.resize((int(im.size[0] * 1.25), int(im.size[1] * 1.25))),
+    "mirrored": lambda im: im.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+    "rotated 5 deg": lambda im: im.rotate(5),
+    "mild noise (sd 5)": noise,
+}
+FRAMING = {"whole-slice view (pasted into black)": whole_slice, "soft-tissue window": soft_tissue}
+
+
+@torch.no_grad()
+def outputs(net: torch.nn.Module, model, images: list[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
+    logits, feats = [], []
+    for i in range(0, len(images), 32):
+        lg, ft = logits_and_features(net, model.tensor(images[i : i + 32]))
+        logits.append(lg.float().numpy())
+        feats.append(ft.numpy())
+    return np.concatenate(logits), np.concatenate(feats)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("run")
+    ap.add_argument("other")
+    ap.add_argument("--max-other", type=int, default=600)
+    ap.add_argument("--out")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    run = RunDir.at(args.run)
+    model = load_trained(run.path)
+    net = model.module.eval()
+    data = run.data()
+    imgs = {sp: [load_rgb(s.path) for s in data.splits[sp]] for sp in ("train", "val", "test")}
+    _, other = external_set(args.other)
+    rng = np.random.default_rng(0)
+    other = [other[i] for i in sorted(rng.permutation(len(other))[: args.max_other])]
+    imgs["other"] = [load_rgb(s.path) for s in other]
+    for name, f in {**BENIGN, **FRAMING}.items():
+        imgs[name] = [f(im) for im in imgs["test"]]
+    t0 = time.perf_counter()
+    out = {k: outputs(net, model, v) for k, v in imgs.items()}
+    seconds = time.perf_counter() - t0
+    imnet, _ = create_model(model.architecture, pretrained=True)
+    imnet_out = {k: outputs(imnet.eval(), model, v) for k, v in imgs.items()}
+    width = out["train"][1].shape[1] - net.get_classifier().in_features if hasattr(net, "get_classifier") else None
+
+    def msp(k):  # maximum softmax probability, negated: higher = more unusual
+        lg = out[k][0]
+        p = np.exp(lg - lg.max(1, keepdims=True))
+        return -(p / p.sum(1, keepdims=True)).max(1)
+
+    def energy(k):
+        lg = out[k][0]
+        m = lg.max(1)
+        return -(m + np.log(np.exp(lg - m[:, None]).sum(1)))
+
+    methods = {"maximum softmax probability": msp, "energy": energy}
+    for method in ("mahalanobis", "knn"):
+        for feats, pick in (("pooled features", lambda f: f[:, width:]), ("stage statistics + pooled", lambda f: f)):
+            det = fit_detector(pick(out["train"][1]), pick(out["val"][1]), model.architecture, method)
+            methods[f"{method} on {feats}"] = lambda k, det=det, pick=pick: det.score(pick(out[k][1]))
+        det = fit_detector(imnet_out["train"][1], imnet_out["val"][1], model.architecture, method)
+        methods[f"{method} on ImageNet backbone (before fine-tuning) stats + pooled"] = lambda k, det=det: det.score(
+            imnet_out[k][1]
+        )
+    results = {}
+    for name, score in methods.items():
+        thr = np.percentile(score("val"), 95)
+        own, oth = score("test"), score("other")
+        y = np.r_[np.zeros(len(own)), np.ones(len(oth))]
+        s = np.r_[own, oth]
+        fpr95 = float(np.mean(own > np.percentile(oth, 5)))  # own test flagged when 95% of the other source is
+        results[name] = {"own test flagged": float(np.mean(own > thr)),
+                         "other source flagged": float(np.mean(oth > thr)),
+                         "AUROC (other vs own test)": float(roc_auc_score(y, s)), "FPR at 95% TPR": fpr95,
+                         **{k: float(np.mean(score(k) > thr)) for k in {**BENIGN, **FRAMING}}}  # fmt: skip
+    record = {"run": str(run.path), "other": args.other, "n": {k: len(v) for k, v in imgs.items()},
+              "feature_seconds_all_sets": round(seconds, 1), "results": results}  # fmt: skip
+    text = json.dumps(record, indent=1)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+
+
+if __name__ == "__main__":
+    main()

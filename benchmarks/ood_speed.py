@@ -1,0 +1,58 @@
+"""What the out-of-distribution check costs at prediction: the same images scored with and without it, alternating,
+best of N; and the detector's fitting time on N images (features of their forward pass + the fit).
+
+Usage: python benchmarks/ood_speed.py RUN [--repeats 5] [--fit-images 3000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from covidct.data import ImageDataset, load_rgb
+from covidct.inference.load import load_trained
+from covidct.ood.detector import fit_detector
+from covidct.ood.fit import dataset_features
+from covidct.runs import RunDir
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("run")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--fit-images", type=int, default=3000)
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    model = load_trained(args.run)
+    data = RunDir(args.run).data()
+    images = [load_rgb(s.path) for s in data.splits["test"]]
+    plain, checked = [], []
+    for _ in range(args.repeats):
+        t = time.perf_counter()
+        model.scores(images)
+        plain.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        model.scores_with_ood(images)
+        checked.append(time.perf_counter() - t)
+    p, c = min(plain), min(checked)
+    print(
+        f"predict {len(images)} decoded images: {p:.2f} s without, {c:.2f} s with the check ({100 * (c / p - 1):+.1f}%)"
+    )
+    pool = [s for sp in ("train", "val", "test") for s in data.splits[sp]]
+    pool = (pool * (args.fit_images // len(pool) + 1))[: args.fit_images]
+    ds = ImageDataset(pool, model.transform, cache=True)
+    ds.preload()  # decoded once, as training has them at its end
+    t = time.perf_counter()
+    feats = dataset_features(model.module, ds)
+    mid = time.perf_counter()
+    fit_detector(feats[: len(feats) * 4 // 5], feats[len(feats) * 4 // 5 :], model.architecture)
+    end = time.perf_counter()
+    print(f"fit on {len(pool)} decoded images: {end - t:.1f} s ({mid - t:.1f} s features, {end - mid:.1f} s fit)")
+    print(f"torch threads {torch.get_num_threads()}, feature width {feats.shape[1]}, {np.isfinite(feats).all()=}")
+
+
+if __name__ == "__main__":
+    main()
