@@ -27,7 +27,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(2)
     model = load_trained(args.run)
-    data = RunDir(args.run).data()
+    data = RunDir.at(args.run).data()
     images = [load_rgb(s.path) for s in data.splits["test"]]
     plain, checked = [], []
     for _ in range(args.repeats):
