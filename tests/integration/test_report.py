@@ -1,6 +1,7 @@
 """report.html: every section present, every image embedded, and (in Chromium) every image rendered."""
 
 import csv
+import json
 import re
 import shutil
 from pathlib import Path
@@ -47,6 +48,8 @@ def test_report_is_self_contained(report):
     assert "made grey, resized to a square and normalised" in html  # the model card states the preprocessing
     assert "Where this model has been validated" in html and "no external validation yet" in html
     assert "Not validated on: whole 512 x 512 scanner slices" in html and "Shortcut probe" in html
+    ood = json.loads((report.parent / "eval-test" / "metrics.json").read_text())["ood"]
+    assert "flagged out of distribution" in html and f"<td>{ood['fraction_flagged']:.0%}</td>" in html
 
 
 def test_report_renders_in_chromium(report, chromium):
