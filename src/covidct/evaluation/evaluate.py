@@ -87,12 +87,8 @@ def predict_scores_and_ood(
     labels, scores, ood = [], [], []
     for batch in loader:
         x = batch["image"]
-        if check:
-            logits, features = module.logits_and_features(x)
-            ood.append(module.ood.score(features.numpy()))
-        else:
-            logits = module.logits(x)
-        p = logits.float().softmax(1)[:, 1]
+        p, batch_ood = module.score_batch(x, check)
+        ood.append(batch_ood)
         if tta:
             p = (p + module.logits(x.flip(-1)).float().softmax(1)[:, 1]) / 2
         scores.append(p.cpu().numpy())

@@ -128,7 +128,7 @@ def export_run(
     out = Path(out_dir) if out_dir else run.export_dir
     detector = export_detector(run, data_dir)
     if detector is not None:
-        module.card["ood"] = {k: v for k, v in detector.describe().items() if k != "format"}
+        module.card["ood"] = detector.card()
     if fmt == "safetensors":
         written = list(export_safetensors(module, out))
     else:

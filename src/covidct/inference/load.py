@@ -109,15 +109,20 @@ class LoadedModel:
         check = check and self.ood is not None
         out, ood = [], []
         for start in range(0, len(images), batch_size):
-            x = self.tensor(images[start : start + batch_size])
-            if check:
-                logits, features = self.logits_and_features(x)
-                ood.append(self.ood.score(features.numpy()))
-            else:
-                logits = self.logits(x)
-            out.append(logits.float().softmax(1)[:, 1].numpy())
+            batch_scores, batch_ood = self.score_batch(self.tensor(images[start : start + batch_size]), check)
+            out.append(batch_scores.numpy())
+            ood.append(batch_ood)
         scores = np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
         return scores, (np.concatenate(ood) if ood else np.zeros(0)) if check else None
+
+    @torch.no_grad()
+    def score_batch(self, x: torch.Tensor, check: bool = True) -> tuple[torch.Tensor, Any]:
+        """(probability of the positive class, out-of-distribution scores or None) of a preprocessed batch: the
+        detector's features come from the same forward pass when the model has one and check is asked."""
+        if check and self.ood is not None:
+            logits, features = self.logits_and_features(x)
+            return logits.float().softmax(1)[:, 1], self.ood.score(features.numpy())
+        return self.logits(x).float().softmax(1)[:, 1], None
 
     def ood_flags(self, ood_scores: np.ndarray | None) -> np.ndarray | None:
         return None if ood_scores is None or self.ood is None else self.ood.flags(ood_scores)
@@ -255,7 +260,7 @@ def with_detector(model: LoadedModel, folder: Path) -> LoadedModel:
         if detector.architecture != model.architecture:
             raise ModelError(f"the out-of-distribution detector in {folder} was fitted for {detector.architecture}, "
                              f"not {model.architecture}; refit it: covidct ood fit RUN")  # fmt: skip
-        model.card["ood"] = {k: v for k, v in detector.describe().items() if k != "format"}
+        model.card["ood"] = detector.card()
     model.ood = detector
     return model
 

@@ -20,18 +20,26 @@ def fit_for_run(
     """`covidct ood fit RUN`: the run's best model and data; saved into the run (and into its export, when it has
     one, so predict and serve use it). extra_train: more samples that count as seen (an adapted model's site)."""
     from covidct.data import ImageDataset
-    from covidct.inference.load import load_checkpoint
     from covidct.runs import RunDir
 
     run = RunDir.at(run_dir)
-    model = load_checkpoint(run.checkpoint("best"), run)
     data = run.data(data_dir)
-    train_samples = list(data.splits["train"]) + list(extra_train or [])
-    train = ImageDataset(train_samples, model.transform)
-    val = ImageDataset(data.splits["val"], model.transform)
-    info = {"fitted_on": sorted({s.source or "train" for s in train_samples}), "split": "train",
+    train = ImageDataset(list(data.splits["train"]) + list(extra_train or []))
+    return fit_and_save(run, train, ImageDataset(data.splits["val"]), method, percentile)
+
+
+def fit_and_save(
+    run: Any, train: Any, val: Any, method: str = DEFAULT_METHOD, percentile: float = DEFAULT_PERCENTILE
+) -> OODDetector:
+    """The detector of the run's best checkpoint on `train` (threshold on `val`), ImageDatasets whose images (and
+    what was decoded of them) are used under the model's own evaluation transform; saved with the run."""
+    from covidct.inference.load import load_checkpoint
+
+    model = load_checkpoint(run.checkpoint("best"), run)
+    info = {"fitted_on": sorted({s.source or "train" for s in train.samples}), "split": "train",
             "threshold_on": "val"}  # fmt: skip
-    detector = fit_for_network(model.module, model.architecture, train, val, method, percentile, info)
+    detector = fit_for_network(model.module, model.architecture, train.with_transform(model.transform),
+                               val.with_transform(model.transform), method, percentile, info)  # fmt: skip
     save_for_run(run, detector)
     return detector
 

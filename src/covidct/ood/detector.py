@@ -70,6 +70,10 @@ class OODDetector:
                 "feature_dim": self.feature_dim, "threshold": self.threshold, "percentile": self.percentile,
                 **self.info}  # fmt: skip
 
+    def card(self) -> dict[str, Any]:
+        """What a model card says of its detector."""
+        return {k: v for k, v in self.describe().items() if k != "format"}
+
     def save(self, folder: str | Path) -> Path:
         """ood.safetensors (the arrays) and ood.json (the rest) in `folder`; written atomically."""
         from safetensors.numpy import save_file

@@ -20,19 +20,27 @@ DEFAULT_METHOD = "mahalanobis"  # chosen on held-out sources and framing changes
 
 
 @torch.no_grad()
-def dataset_features(net: nn.Module, dataset: Dataset, batch_size: int = 32) -> np.ndarray:
-    """Detector features (N x D) of every item of `dataset` (its images already transformed for evaluation)."""
+def dataset_outputs(net: nn.Module, dataset: Dataset, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """(logits N x 2, detector features N x D) of every item of `dataset` (images already transformed), one pass."""
     was_training = net.training
     net.eval()
     device = next(net.parameters()).device
-    out = []
+    logits, feats = [], []
     try:
         for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0):
-            _, features = logits_and_features(net, batch["image"].to(device))
-            out.append(features.cpu().numpy())
+            lg, f = logits_and_features(net, batch["image"].to(device))
+            logits.append(lg.float().cpu().numpy())
+            feats.append(f.cpu().numpy())
     finally:
         net.train(was_training)
-    return np.concatenate(out) if out else np.zeros((0, 0))
+    if not feats:
+        return np.zeros((0, 2)), np.zeros((0, 0))
+    return np.concatenate(logits), np.concatenate(feats)
+
+
+def dataset_features(net: nn.Module, dataset: Dataset, batch_size: int = 32) -> np.ndarray:
+    """Detector features (N x D) of every item of `dataset`."""
+    return dataset_outputs(net, dataset, batch_size)[1]
 
 
 def fit_for_network(

@@ -228,20 +228,15 @@ def curve_plot(summary: list[dict[str, Any]], path: Path) -> None:
 
 def site_features(model: Any, site: Site) -> tuple[np.ndarray, np.ndarray]:
     """(the pooled features the model's head reads, the model's own scores) of every image of the site, one pass."""
-    import torch
-    from torch.utils.data import DataLoader
+    from scipy.special import softmax
 
     from covidct.data import ImageDataset
     from covidct.models import head_module
-    from covidct.ood.features import logits_and_features
+    from covidct.ood.fit import dataset_outputs
 
     width = head_module(model.module).in_features
-    feats, scores = [], []
-    for batch in DataLoader(ImageDataset(site.samples, model.transform), batch_size=32, shuffle=False):
-        logits, f = logits_and_features(model.module.eval(), batch["image"])
-        feats.append(f[:, -width:].numpy())
-        scores.append(torch.softmax(logits.float(), 1)[:, 1].numpy())
-    return np.concatenate(feats), np.concatenate(scores)
+    logits, features = dataset_outputs(model.module, ImageDataset(site.samples, model.transform))
+    return features[:, -width:], softmax(logits, axis=1)[:, 1]
 
 
 def imagenet_features(model: Any, site: Site) -> np.ndarray | None:

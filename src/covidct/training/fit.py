@@ -612,18 +612,10 @@ def store_operating_point(run_dir: Path) -> None:
 def fit_run_detector(run_dir: Path, train_ds: ImageDataset, val_ds: ImageDataset) -> None:
     """The out-of-distribution detector of the best checkpoint (what evaluation and export use), on the images
     training already decoded."""
-    from covidct.inference.load import load_checkpoint
-    from covidct.inference.ood import save_for_run
-    from covidct.ood.fit import fit_for_network
+    from covidct.inference.ood import fit_and_save
     from covidct.runs import RunDir
 
-    run = RunDir(run_dir)
-    best = load_checkpoint(run.checkpoint("best"), run)
-    sources = sorted({s.source or "train" for s in train_ds.samples})
-    info = {"fitted_on": sources, "split": "train", "threshold_on": "val"}
-    detector = fit_for_network(best.module, best.architecture, train_ds.with_transform(best.transform),
-                               val_ds.with_transform(best.transform), info=info)  # fmt: skip
-    save_for_run(run, detector)
+    fit_and_save(RunDir(run_dir), train_ds, val_ds)
 
 
 def prepare_network(model: nn.Module, config: TrainConfig, precision: str) -> None:
