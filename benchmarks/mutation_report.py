@@ -27,9 +27,9 @@ EQUIVALENT = {
     ("fit_temperature", "method=None)"): "minimize_scalar picks 'bounded' when bounds are given",
     ("fit_temperature", "math.log(20.0)), )"): "the same as method=None",
     ("fit_temperature", 'method="BOUNDED"'): "scipy lower-cases the method name",
-    ("_as_arrays", "np.asarray(scores, dtype=None)"):
+    ("label_score_arrays", "np.asarray(scores, dtype=None)"):
         "numeric scores (all the CLI passes) compare the same as int or float arrays",
-    ("_as_arrays", "np.asarray(scores, )"): "the same as dtype=None",
+    ("label_score_arrays", "np.asarray(scores, )"): "the same as dtype=None",
     ("predict", "np.asarray(scores, dtype=None)"): "numeric scores compare the same without the cast",
     ("predict", "np.asarray(scores, )"): "the same as dtype=None",
     ("confusion_counts", "astype(None)"): "float 0.0/1.0 compare equal to 0/1",

@@ -5,6 +5,7 @@ a core of settings, errors and file helpers that every stage may use."""
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -43,20 +44,53 @@ def module_name(path: Path) -> str:
     return ".".join(parts)
 
 
+def _from_target(node: ast.ImportFrom, me: str, is_package: bool) -> str:
+    """The absolute module of `from X import ...`, relative ones resolved against the importing module."""
+    if not node.level:
+        return node.module or ""
+    base = me.split(".") if is_package else me.split(".")[:-1]
+    base = base[: len(base) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def _dynamic_target(node: ast.Call) -> str | None:
+    """The module named by importlib.import_module(...) or __import__(...): its literal text, or the literal start
+    of an f-string ('covidct.x.{name}' counts as covidct.x); '?' when it cannot be read at all."""
+    f = node.func
+    name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
+    if name not in ("import_module", "__import__") or not node.args:
+        return None
+    arg = node.args[0]
+    if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+        return arg.value
+    if isinstance(arg, ast.JoinedStr) and arg.values and isinstance(arg.values[0], ast.Constant):
+        return str(arg.values[0].value).rstrip(".")
+    return "?"
+
+
 def imports(path: Path) -> list[tuple[int, str]]:
-    """(line, module) of every covidct import in the file, top-level or not."""
+    """(line, module) of every covidct import in the file, top-level or not, relative or not, and of importlib's
+    dynamic imports of covidct modules (an unreadable dynamic target is reported as covidct.?)."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
+    me, is_package = module_name(path), path.name == "__init__.py"
     found = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            if node.module == "covidct":  # from covidct import data, ... names submodules or core names
-                found += [(node.lineno, f"covidct.{a.name}") for a in node.names if (PACKAGE / a.name).exists()
-                          or (PACKAGE / f"{a.name}.py").exists()]  # fmt: skip
-                found.append((node.lineno, "covidct"))
-            elif node.module.startswith("covidct."):
-                found.append((node.lineno, node.module))
+        if isinstance(node, ast.ImportFrom):
+            target = _from_target(node, me, is_package)
+            if target == "covidct" or target.startswith("covidct."):
+                found.append((node.lineno, target))
+                # from covidct.x import y, ... where y is a submodule: an import of covidct.x.y too
+                folder = PACKAGE.joinpath(*target.split(".")[1:])
+                found += [(node.lineno, f"{target}.{a.name}") for a in node.names
+                          if (folder / a.name).is_dir() or (folder / f"{a.name}.py").is_file()]  # fmt: skip
         elif isinstance(node, ast.Import):
             found += [(node.lineno, a.name) for a in node.names if a.name.startswith("covidct")]
+        elif isinstance(node, ast.Call):
+            target = _dynamic_target(node)
+            if target == "?":
+                found.append((node.lineno, "covidct.?"))
+            elif target and target.startswith("covidct"):
+                found.append((node.lineno, target))
     return found
 
 
@@ -66,9 +100,59 @@ def violations(package: Path = PACKAGE) -> list[str]:
         me = module_name(path)
         mine = layer_of(me)
         for line, target in imports(path):
-            if layer_of(target) > mine:
+            if target == "covidct.?" or layer_of(target) > mine:
                 out.append(f"{path.relative_to(package.parent)}:{line}: {me} imports higher stage {target}")
     return out
+
+
+def private_imports(package: Path = PACKAGE) -> list[str]:
+    """`from covidct.x import _name` in another module than x: a private name used across modules."""
+    out = []
+    for path in sorted(package.rglob("*.py")):
+        me, is_package = module_name(path), path.name == "__init__.py"
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                target = _from_target(node, me, is_package)
+                if target.startswith("covidct") and target != me:
+                    out += [
+                        f"{me} imports {target}.{a.name}"
+                        for a in node.names
+                        if a.name.startswith("_") and not a.name.startswith("__")
+                    ]
+    return out
+
+
+def import_cycles(package: Path = PACKAGE) -> list[list[str]]:
+    """Cycles of the module graph (every import counted, inside functions too), as strongly connected components:
+    a cycle inside one package is as hard to follow as one between stages."""
+    modules = {module_name(p): p for p in package.rglob("*.py")}
+    graph = {m: {t if t in modules else t.rpartition(".")[0] for _, t in imports(p)} & set(modules) - {m}
+             for m, p in modules.items()}  # fmt: skip
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles = []
+
+    def visit(v: str) -> None:  # Tarjan's algorithm
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while not component or component[-1] != v:
+                component.append(stack.pop())
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return cycles
 
 
 def test_no_stage_imports_a_higher_one():
@@ -88,6 +172,50 @@ def test_the_check_sees_a_violation(tmp_path):
         assert violations(pkg) == ["covidct/data/bad.py:2: covidct.data.bad imports higher stage covidct.training.fit"]
     finally:
         PACKAGE = old
+
+
+def _planted(tmp_path: Path, files: dict[str, str]) -> Path:
+    pkg = tmp_path / "covidct"
+    for name, text in {"__init__.py": "", "data/__init__.py": "", "training/__init__.py": "", **files}.items():
+        (pkg / name).parent.mkdir(parents=True, exist_ok=True)
+        (pkg / name).write_text(text)
+    return pkg
+
+
+def test_the_check_sees_relative_and_dynamic_upward_imports(tmp_path, monkeypatch):
+    pkg = _planted(tmp_path, {
+        "data/rel.py": "def f():\n    from ..training.fit import train\n",
+        "data/dyn.py": "import importlib\nm = importlib.import_module('covidct.training.fit')\n",
+        "data/fstr.py": "import importlib\nm = importlib.import_module(f'covidct.training.{x}')\n",
+        "data/opaque.py": "import importlib\nname = 'x'\nm = importlib.import_module(name)\n",
+        "data/fine.py": "from . import rel\nfrom .rel import f\n",
+    })  # fmt: skip
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", pkg)
+    found = violations(pkg)
+    assert found == [
+        "covidct/data/dyn.py:2: covidct.data.dyn imports higher stage covidct.training.fit",
+        "covidct/data/fstr.py:2: covidct.data.fstr imports higher stage covidct.training",
+        "covidct/data/opaque.py:3: covidct.data.opaque imports higher stage covidct.?",
+        "covidct/data/rel.py:2: covidct.data.rel imports higher stage covidct.training.fit",
+    ]
+
+
+def test_no_module_imports_another_modules_private_names():
+    assert private_imports() == []
+
+
+def test_the_check_sees_a_private_import_and_a_cycle(tmp_path, monkeypatch):
+    pkg = _planted(tmp_path, {
+        "data/a.py": "from covidct.data.b import _helper\n",
+        "data/b.py": "def g():\n    from covidct.data import a\n\ndef _helper():\n    pass\n",
+    })  # fmt: skip
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", pkg)
+    assert private_imports(pkg) == ["covidct.data.a imports covidct.data.b._helper"]
+    assert import_cycles(pkg) == [["covidct.data.a", "covidct.data.b"]]
+
+
+def test_no_import_cycles_inside_packages_either():
+    assert import_cycles() == []
 
 
 def test_every_module_has_a_layer():

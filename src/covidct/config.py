@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,35 @@ class Settings:
         return cls.from_dict(data)
 
 
+def _positive(v: Any) -> bool:
+    return v > 0
+
+
+def _at_least_one(v: Any) -> bool:
+    return v >= 1
+
+
+# The allowed range of each numeric training setting: (test, what the error message says is allowed).
+TRAIN_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "epochs": (_positive, "> 0"),
+    "batch_size": (_positive, "> 0"),
+    "lr": (_positive, "> 0"),
+    "backbone_lr_scale": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "devices": (_at_least_one, ">= 1"),
+    "num_nodes": (_at_least_one, ">= 1"),
+    "checkpoint_every": (_at_least_one, ">= 1"),
+    "input_size": (lambda v: v is None or 32 <= v <= 1024, "between 32 and 1024 pixels"),
+    "patience": (_at_least_one, ">= 1"),
+    "weight_decay": (lambda v: v >= 0, ">= 0"),
+    "label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "ema_decay": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "samples_per_epoch": (lambda v: v is None or v >= 1, ">= 1"),
+    "mixup": (lambda v: 0 <= v <= 10, "between 0 and 10"),
+    "domain_adversarial": (lambda v: 0 <= v <= 10, "between 0 and 10"),
+    "freeze_blocks": (lambda v: v >= 0, ">= 0"),
+}
+
+
 @dataclass
 class TrainConfig(Settings):
     """Everything that defines a training run, declared once: defaults are the shipped recipe, and the command
@@ -100,6 +130,8 @@ class TrainConfig(Settings):
     init: str | None = setting(None, "start the backbone from a `covidct pretrain` run folder (self-supervised on CT) "
                                "instead of ImageNet")  # fmt: skip
     freeze_blocks: int = setting(0, "keep the stem and the first N blocks of the backbone frozen")
+    linear_probe: bool = setting(False, "LP-FT: fit the new head by logistic regression on the frozen ImageNet "
+                                 "features of the training images before fine-tuning the whole network")  # fmt: skip
     # ---- optimisation
     epochs: int = setting(12, "maximum epochs")
     batch_size: int = setting(32, "images per step (per process)")
@@ -149,36 +181,14 @@ class TrainConfig(Settings):
     extra: dict[str, Any] = setting(factory=dict, cli=False)
 
     def __post_init__(self) -> None:
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr}
-        for name, value in positive.items():
-            if not value > 0:
-                raise ConfigError(f"{name} must be > 0, got {value!r}")
-        if not 0 < self.backbone_lr_scale <= 1:
-            raise ConfigError(f"backbone_lr_scale must be in (0, 1], got {self.backbone_lr_scale!r}")
-        for name in ("devices", "num_nodes", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        if self.input_size is not None and not 32 <= self.input_size <= 1024:
-            raise ConfigError(f"input_size must be between 32 and 1024 pixels, got {self.input_size!r}")
-        if self.patience < 1:
-            raise ConfigError(f"patience must be >= 1, got {self.patience!r}")
-        if self.weight_decay < 0:
-            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
-        if not 0 <= self.label_smoothing < 1:
-            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
-        if not 0 <= self.ema_decay < 1:
-            raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
+        for name, (ok, allowed) in TRAIN_RANGES.items():
+            value = getattr(self, name)
+            if not ok(value):
+                raise ConfigError(f"{name} must be {allowed}, got {value!r}")
         check_choices(self)
-        if self.samples_per_epoch is not None and self.samples_per_epoch < 1:
-            raise ConfigError(f"samples_per_epoch must be >= 1, got {self.samples_per_epoch!r}")
-        for name in ("mixup", "domain_adversarial"):
-            if not 0 <= getattr(self, name) <= 10:
-                raise ConfigError(f"{name} must be between 0 and 10, got {getattr(self, name)!r}")
         if self.mixup > 0 and self.domain_adversarial > 0:
             # a mixed image has no one source for the domain head to predict
             raise ConfigError("mixup and domain_adversarial cannot be combined: a mixed image has no single source")
-        if self.freeze_blocks < 0:
-            raise ConfigError(f"freeze_blocks must be >= 0, got {self.freeze_blocks!r}")
         self.sources = [str(s) for s in (self.sources or [])]
 
     @property

@@ -15,7 +15,7 @@ from typing import Any
 
 from covidct.config import TrainConfig
 from covidct.errors import ModelError
-from covidct.fileio import read_csv
+from covidct.fileio import read_csv, write_json, write_text
 
 
 @dataclass(frozen=True)
@@ -33,9 +33,66 @@ class RunDir:
     def name(self) -> str:
         return self.path.name
 
+    def create(self, config_text: str, exist_ok: bool = False) -> None:
+        """Make the folder and write its config.yaml (a fresh run; a resumed one exists already)."""
+        self.path.mkdir(parents=True, exist_ok=exist_ok)
+        write_text(self.config_path, config_text)
+
     @property
     def config_path(self) -> Path:
         return self.path / "config.yaml"
+
+    @property
+    def summary_path(self) -> Path:
+        return self.path / "summary.json"
+
+    @property
+    def metrics_path(self) -> Path:
+        """metrics.csv: one row per epoch."""
+        return self.path / "metrics.csv"
+
+    @property
+    def log_path(self) -> Path:
+        return self.path / "train.log"
+
+    @property
+    def val_last_epoch_path(self) -> Path:
+        """val_last_epoch.csv: every validation image's score as the last epoch gave it."""
+        return self.path / "val_last_epoch.csv"
+
+    @property
+    def report_path(self) -> Path:
+        return self.path / "report.html"
+
+    @property
+    def audit_dir(self) -> Path:
+        return self.path / "audit"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+    def checkpoint_path(self, which: str = "best") -> Path:
+        """checkpoints/<which>.ckpt, whether it exists or not (checkpoint() checks)."""
+        return self.checkpoints_dir / f"{which}.ckpt"
+
+    @property
+    def backbone_path(self) -> Path:
+        """A pretraining run's backbone weights (covidct pretrain; `covidct train --init RUN` reads them)."""
+        return self.path / "backbone.safetensors"
+
+    def scores_path(self, source: str) -> Path:
+        """scores-<source>.csv: every image of a source as `covidct crosssource` scored it with this run's model."""
+        return self.path / f"scores-{source}.csv"
+
+    def artifacts(self) -> list[Path]:
+        """The run's own files worth keeping beside it in a tracker (MLflow), those that exist."""
+        files = [self.config_path, self.metrics_path, self.summary_path, self.log_path, self.val_last_epoch_path,
+                 self.report_path]  # fmt: skip
+        return [f for f in files if f.is_file()]
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        write_json(self.summary_path, summary)
 
     def config(self) -> TrainConfig:
         if not self.config_path.is_file():
@@ -43,15 +100,14 @@ class RunDir:
         return TrainConfig.from_yaml(self.config_path)
 
     def summary(self) -> dict[str, Any]:
-        path = self.path / "summary.json"
+        path = self.summary_path
         return json.loads(path.read_text()) if path.is_file() else {}
 
     def history(self) -> list[dict[str, str]]:
-        path = self.path / "metrics.csv"
-        return read_csv(path) if path.is_file() else []
+        return read_csv(self.metrics_path) if self.metrics_path.is_file() else []
 
     def checkpoint(self, which: str = "best") -> Path:
-        path = self.path / "checkpoints" / f"{which}.ckpt"
+        path = self.checkpoint_path(which)
         if not path.is_file():
             raise ModelError(
                 f"run folder {self.path} has no checkpoint {path.relative_to(self.path)}; "

@@ -11,7 +11,7 @@ from PIL import Image
 
 from covidct.cli import main
 from covidct.config import TrainConfig
-from covidct.training.fit import make_sampler, source_weights
+from covidct.training.loaders import make_sampler, source_weights
 from tests.conftest import TINY_COUNTS, make_covidct_layout, make_sars_layout
 
 TINY = ["--model", "timm:resnet10t", "--no-pretrained", "--batch-size", "8", "--num-workers", "0", "--lr", "1e-3",

@@ -12,7 +12,9 @@ import torch
 
 from covidct.config import TrainConfig
 from covidct.errors import ConfigError, TrainingInterrupted
-from covidct.training.fit import AtomicCheckpointIO, EpochHistory, resume_point, train
+from covidct.training.callbacks import EpochHistory
+from covidct.training.engine import AtomicCheckpointIO, resume_point
+from covidct.training.fit import train
 from tests.conftest import TINY_COUNTS, make_covidct_layout
 
 

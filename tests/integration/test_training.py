@@ -6,7 +6,9 @@ import yaml
 
 from covidct.config import TrainConfig
 from covidct.errors import ConfigError, DataError, ModelError
-from covidct.training.fit import Classifier, resolve_precision, train
+from covidct.training.fit import train
+from covidct.training.module import Classifier
+from covidct.training.precision import resolve_precision
 
 
 def test_run_folder_contents(trained_run):
@@ -154,7 +156,7 @@ def test_input_size_sets_the_preprocessing_the_checkpoint_carries(tmp_path, tiny
 
 
 def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path):
-    from covidct.training.fit import fresh_run_dir
+    from covidct.training.engine import fresh_run_dir
 
     first = fresh_run_dir(tmp_path, "timm:resnet10t")
     first.mkdir()

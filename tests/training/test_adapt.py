@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from covidct.errors import DataError
-from covidct.training.adapt import draw_groups, fit_head, head_scores, learning_curve, summarise_curve
+from covidct.training.adapt import draw_groups, learning_curve, summarise_curve
+from covidct.training.head import fit_head, head_scores
 
 
 def site(n_groups: int = 8, per_group: int = 5, dim: int = 16, seed: int = 0):

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from covidct.config import TrainConfig
 from covidct.errors import ConfigError
 from covidct.models import create_model
-from covidct.training.fit import Classifier
+from covidct.training.module import Classifier
 
 PRE = {"resize": 40, "input_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3}
 

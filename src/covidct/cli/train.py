@@ -83,7 +83,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         require("mlflow", "mlflow", "--mlflow")
     print(DISCLAIMER, file=sys.stderr)
     run_dir = train(config, progress=progress(), run_dir=args.resume or args.run_dir, resume=bool(args.resume))
-    from covidct.training.fit import global_rank
+    from covidct.training.engine import global_rank
 
     if global_rank() != 0:  # the other processes of a distributed run: rank 0 evaluates and reports
         return 0

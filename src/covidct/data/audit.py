@@ -134,13 +134,34 @@ def _pair(records: list[ImageRecord], i: int, j: int, class_names: tuple[str, ..
 
 
 def audit_dataset(data: SplitData, progress: bool = False) -> AuditReport:
-    """Read every image once and audit the whole dataset."""
-    from tqdm.auto import tqdm
-
+    """Read every image once and audit the whole dataset: as stages, each one finding."""
     from covidct.data.info import dataset_info
 
     info = dataset_info(data, check_images=False)
     report = AuditReport(data.class_names, data.counts(), info)
+    records = read_records(data, report, progress)
+    find_duplicates(records, report, data.class_names)
+    report.warnings = shortcut_warnings(info, data.class_names)
+    report.sources = data.source_counts()
+    if len(report.sources) > 1:
+        report.warnings += per_source_warnings(records, sorted(report.sources), data.class_names)
+    if records:
+        from covidct.data.probe import shortcut_probe
+
+        report.probe = shortcut_probe([r.probe for r in records], [r.label for r in records],
+                                      [r.source for r in records])  # fmt: skip
+        report.warnings += probe_warnings(report.probe)
+    if info.overlap:
+        report.warnings += [f"listed in two splits: {o}" for o in info.overlap]
+    return report
+
+
+def read_records(data: SplitData, report: AuditReport, progress: bool) -> list[ImageRecord]:
+    """Every image's record (read once); unreadable, tiny and extreme-aspect images into the report's problems,
+    modes, formats and size ranges into its info."""
+    from tqdm.auto import tqdm
+
+    info = report.info
     records: list[ImageRecord] = []
     sizes: dict[str, list[tuple[int, int]]] = defaultdict(list)
     samples = [(split, s) for split, v in data.splits.items() for s in v]
@@ -155,16 +176,25 @@ def audit_dataset(data: SplitData, progress: bool = False) -> AuditReport:
         info.modes.setdefault(name, Counter())[r.mode] += 1
         info.formats.setdefault(name, Counter())[r.format] += 1
         sizes[name].append(r.size)
-        w, h = r.size
-        if min(w, h) < MIN_SIDE:
-            report.problems.append({"path": str(r.path), "problem": f"tiny: {w}x{h} (shorter side < {MIN_SIDE} px)"})
-        if max(w, h) / max(1, min(w, h)) > MAX_ASPECT:
-            report.problems.append(
-                {"path": str(r.path), "problem": f"extreme aspect ratio: {w}x{h} (> {MAX_ASPECT:g}:1)"}
-            )
+        report.problems += [{"path": str(r.path), "problem": p} for p in size_problems(*r.size)]
     for name, wh in sizes.items():
         ws, hs = [w for w, _ in wh], [h for _, h in wh]
         info.sizes[name] = (min(ws), min(hs), max(ws), max(hs))
+    return records
+
+
+def size_problems(w: int, h: int) -> list[str]:
+    out = []
+    if min(w, h) < MIN_SIDE:
+        out.append(f"tiny: {w}x{h} (shorter side < {MIN_SIDE} px)")
+    if max(w, h) / max(1, min(w, h)) > MAX_ASPECT:
+        out.append(f"extreme aspect ratio: {w}x{h} (> {MAX_ASPECT:g}:1)")
+    return out
+
+
+def find_duplicates(records: list[ImageRecord], report: AuditReport, class_names: tuple[str, ...]) -> None:
+    """Exact duplicates (same SHA-256) and near duplicates (perceptual hash, then correlation), the pairs that bias
+    a test score first: label conflicts, then pairs across splits or sources."""
     by_hash: dict[str, list[int]] = defaultdict(list)
     for i, r in enumerate(records):
         by_hash[r.sha256].append(i)
@@ -173,47 +203,47 @@ def audit_dataset(data: SplitData, progress: bool = False) -> AuditReport:
         for x, i in enumerate(group):
             for j in group[x + 1 :]:
                 exact.add((i, j))
-                report.exact_duplicates.append(_pair(records, i, j, data.class_names, sha256=records[i].sha256))
+                report.exact_duplicates.append(_pair(records, i, j, class_names, sha256=records[i].sha256))
     for i, j, dist, corr in near_duplicate_pairs(records):
         if (i, j) not in exact:
             report.near_duplicates.append(
-                _pair(records, i, j, data.class_names, phash_distance=dist, correlation=round(corr, 4))
+                _pair(records, i, j, class_names, phash_distance=dist, correlation=round(corr, 4))
             )
-    # cross-split and conflicting pairs first: they are the ones that bias a test score
     report.near_duplicates.sort(key=lambda p: (not p["label_conflict"], not (p["cross_split"] or p["cross_source"]),
                                                -p["correlation"]))  # fmt: skip
-    report.warnings = shortcut_warnings(info, data.class_names)
-    report.sources = data.source_counts()
-    if len(report.sources) > 1:  # the same check within each source: a shortcut can hide inside one source
-        for source in sorted(report.sources):
-            own = DatasetInfo(counts={})
-            for r in records:
-                if r.source == source:
-                    own.modes.setdefault(data.class_names[r.label], Counter())[r.mode] += 1
-                    own.formats.setdefault(data.class_names[r.label], Counter())[r.format] += 1
-            report.warnings += [w.replace("warning:", f"warning ({source}):", 1)
-                                for w in shortcut_warnings(own, data.class_names)]  # fmt: skip
-    if records:
-        from covidct.data.probe import shortcut_probe
 
-        report.probe = shortcut_probe([r.probe for r in records], [r.label for r in records],
-                                      [r.source for r in records])  # fmt: skip
-        for what, auc in report.probe.items():
-            if auc is not None and auc >= 0.8 and ("metadata" in what or what == "source"):
-                report.warnings.append(
-                    f"warning: the shortcut probe tells the {what.split(' (')[0].split(',')[0]} apart at AUC {auc:.2f} "
-                    f"from {'image metadata' if 'metadata' in what else 'image size, format, mode and grey histogram'}"
-                    " alone, without looking at the lungs"
-                )
-            if auc is not None and auc < 0.4 and "scored on" in what:
-                report.warnings.append(
-                    f"warning: the shortcut probe {what.split(', ', 1)[1]} at AUC {auc:.2f}: what tells the classes "
-                    "apart in one source points the other way in the other (a model trained on one source can "
-                    "inherit that)"
-                )
-    if info.overlap:
-        report.warnings += [f"listed in two splits: {o}" for o in info.overlap]
-    return report
+
+def per_source_warnings(records: list[ImageRecord], sources: list[str], class_names: tuple[str, ...]) -> list[str]:
+    """The mode/format shortcut check within each source: a shortcut can hide inside one source."""
+    out = []
+    for source in sources:
+        own = DatasetInfo(counts={})
+        for r in records:
+            if r.source == source:
+                own.modes.setdefault(class_names[r.label], Counter())[r.mode] += 1
+                own.formats.setdefault(class_names[r.label], Counter())[r.format] += 1
+        out += [w.replace("warning:", f"warning ({source}):", 1) for w in shortcut_warnings(own, class_names)]
+    return out
+
+
+def probe_warnings(probe: dict[str, float | None]) -> list[str]:
+    """Warnings from the shortcut probe's AUCs: classes or sources told apart without the lungs, or a shortcut that
+    points the other way in another source."""
+    out = []
+    for what, auc in probe.items():
+        if auc is not None and auc >= 0.8 and ("metadata" in what or what == "source"):
+            out.append(
+                f"warning: the shortcut probe tells the {what.split(' (')[0].split(',')[0]} apart at AUC {auc:.2f} "
+                f"from {'image metadata' if 'metadata' in what else 'image size, format, mode and grey histogram'}"
+                " alone, without looking at the lungs"
+            )
+        if auc is not None and auc < 0.4 and "scored on" in what:
+            out.append(
+                f"warning: the shortcut probe {what.split(', ', 1)[1]} at AUC {auc:.2f}: what tells the classes "
+                "apart in one source points the other way in the other (a model trained on one source can "
+                "inherit that)"
+            )
+    return out
 
 
 def audit_markdown(report: AuditReport, max_pairs: int = 50) -> str:

@@ -97,60 +97,80 @@ def scan_folder(folder: str | Path) -> StudyScan:
         except Exception as e:
             skipped.append(f"{path}: not a readable DICOM file ({type(e).__name__}: {e})")
             continue
-        modality = str(getattr(ds, "Modality", "") or "")
-        image_type = [str(v).upper() for v in (getattr(ds, "ImageType", None) or [])]
-        frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-        rows, cols = int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0)
-        if modality in NON_IMAGE_MODALITIES or not rows or not cols:
-            skipped.append(f"{path}: not an image ({modality or 'no modality'}, no pixel rows/columns)")
+        why = not_a_ct_slice(ds)
+        if why:
+            skipped.append(f"{path}: {why}")
             continue
-        if modality != "CT":
-            skipped.append(f"{path}: modality {modality or 'missing'}, not CT")
-            continue
-        if "LOCALIZER" in image_type or "SCOUT" in image_type:
-            skipped.append(f"{path}: localizer/scout image")
-            continue
-        if rows * cols * frames > MAX_SLICE_PIXELS:
-            skipped.append(f"{path}: {cols}x{rows}x{frames} pixels is over the limit of {MAX_SLICE_PIXELS:,}")
-            continue
-        if frames > 1:
-            skipped.append(f"{path}: multi-frame object ({frames} frames); covidct scores single-slice series")
-            continue
-        key = (str(getattr(ds, "StudyInstanceUID", "") or "unknown-study"),
-               str(getattr(ds, "SeriesInstanceUID", "") or f"folder:{path.parent}"))  # fmt: skip
-        s = series.get(key)
-        if s is None:
-            kernel = getattr(ds, "ConvolutionKernel", "") or ""
-            s = series[key] = Series(key[0], key[1], str(getattr(ds, "SeriesDescription", "") or ""),
-                                     " ".join(kernel) if isinstance(kernel, list | tuple | pydicom.multival.MultiValue)
-                                     else str(kernel), str(getattr(ds, "PatientID", "") or ""))  # fmt: skip
-        orientation = getattr(ds, "ImageOrientationPatient", None)
-        position = getattr(ds, "ImagePositionPatient", None)
-        instance = int(getattr(ds, "InstanceNumber", 0) or 0)
-        if orientation is not None and len(orientation) == 6 and position is not None and len(position) == 3:
-            o = tuple(round(float(v), 3) for v in orientation)
-            if s.orientation is None:
-                s.orientation = o
-            elif not np.allclose(o, s.orientation, atol=1e-2):
-                s.notes.append(f"{path}: orientation {o} differs from the series' {s.orientation}; slice left out")
-                continue
-            normal = np.cross(np.array(o[:3]), np.array(o[3:]))
-            pos = float(np.dot(normal, np.array([float(v) for v in position])))
-        else:
-            pos = float(instance)
-        s.slices.append(Slice(path, pos, instance))
-    out = []
-    for s in series.values():
-        s.slices.sort(key=lambda x: (x.position, x.instance, x.path.name))
-        if s.orientation is not None and abs(float(np.cross(s.orientation[:3], s.orientation[3:])[2])) < 0.8:
-            skipped.append(f"series {s.label}: not axial (orientation {s.orientation})")
-            continue
-        _note_gaps(s)
-        out.append(s)
+        add_slice(series_of(series, ds, path), ds, path)
+    out = [s for s in series.values() if keep_series(s, skipped)]
     if not out:
         raise DataError(f"folder {folder}: no axial CT image series found ({len(skipped)} file(s) skipped: "
                         f"{'; '.join(skipped[:3])})")  # fmt: skip
     return StudyScan(out, skipped)
+
+
+def not_a_ct_slice(ds: Any) -> str | None:
+    """Why a DICOM header is not a single CT image slice covidct scores, or None when it is one."""
+    modality = str(getattr(ds, "Modality", "") or "")
+    image_type = [str(v).upper() for v in (getattr(ds, "ImageType", None) or [])]
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    rows, cols = int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0)
+    if modality in NON_IMAGE_MODALITIES or not rows or not cols:
+        return f"not an image ({modality or 'no modality'}, no pixel rows/columns)"
+    if modality != "CT":
+        return f"modality {modality or 'missing'}, not CT"
+    if "LOCALIZER" in image_type or "SCOUT" in image_type:
+        return "localizer/scout image"
+    if rows * cols * frames > MAX_SLICE_PIXELS:
+        return f"{cols}x{rows}x{frames} pixels is over the limit of {MAX_SLICE_PIXELS:,}"
+    if frames > 1:
+        return f"multi-frame object ({frames} frames); covidct scores single-slice series"
+    return None
+
+
+def series_of(series: dict[tuple[str, str], Series], ds: Any, path: Path) -> Series:
+    """The series a slice belongs to (by study and series UID), created on its first slice."""
+    import pydicom
+
+    key = (str(getattr(ds, "StudyInstanceUID", "") or "unknown-study"),
+           str(getattr(ds, "SeriesInstanceUID", "") or f"folder:{path.parent}"))  # fmt: skip
+    if key not in series:
+        kernel = getattr(ds, "ConvolutionKernel", "") or ""
+        if isinstance(kernel, list | tuple | pydicom.multival.MultiValue):
+            kernel = " ".join(kernel)
+        series[key] = Series(key[0], key[1], str(getattr(ds, "SeriesDescription", "") or ""), str(kernel),
+                             str(getattr(ds, "PatientID", "") or ""))  # fmt: skip
+    return series[key]
+
+
+def add_slice(s: Series, ds: Any, path: Path) -> None:
+    """Add a slice at its position along the series' normal (its instance number where the geometry is missing);
+    a slice whose orientation differs from the series' is left out with a note."""
+    orientation = getattr(ds, "ImageOrientationPatient", None)
+    position = getattr(ds, "ImagePositionPatient", None)
+    instance = int(getattr(ds, "InstanceNumber", 0) or 0)
+    if orientation is not None and len(orientation) == 6 and position is not None and len(position) == 3:
+        o = tuple(round(float(v), 3) for v in orientation)
+        if s.orientation is None:
+            s.orientation = o
+        elif not np.allclose(o, s.orientation, atol=1e-2):
+            s.notes.append(f"{path}: orientation {o} differs from the series' {s.orientation}; slice left out")
+            return
+        normal = np.cross(np.array(o[:3]), np.array(o[3:]))
+        pos = float(np.dot(normal, np.array([float(v) for v in position])))
+    else:
+        pos = float(instance)
+    s.slices.append(Slice(path, pos, instance))
+
+
+def keep_series(s: Series, skipped: list[str]) -> bool:
+    """Sort a series' slices; an axial one is kept (gaps noted), another is skipped with a note."""
+    s.slices.sort(key=lambda x: (x.position, x.instance, x.path.name))
+    if s.orientation is not None and abs(float(np.cross(s.orientation[:3], s.orientation[3:])[2])) < 0.8:
+        skipped.append(f"series {s.label}: not axial (orientation {s.orientation})")
+        return False
+    _note_gaps(s)
+    return True
 
 
 def _note_gaps(s: Series) -> None:

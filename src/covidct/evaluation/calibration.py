@@ -13,14 +13,14 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy.optimize import minimize_scalar
 
-from covidct.evaluation.metrics import _as_arrays
+from covidct.evaluation.metrics import label_score_arrays
 
 _EPS = 1e-7
 
 
 def expected_calibration_error(labels: ArrayLike, scores: ArrayLike, n_bins: int = 10) -> float:
     """Sum over equal-width score bins of (bin share) x |observed positive rate - mean score|."""
-    y, s = _as_arrays(labels, scores)
+    y, s = label_score_arrays(labels, scores)
     if y.size == 0:
         return math.nan
     bins = score_bins(s, n_bins)
@@ -42,7 +42,7 @@ def reliability_curve(labels: ArrayLike, scores: ArrayLike, n_bins: int = 10) ->
 
     Not scikit-learn's calibration_curve: it puts a score on a bin edge in the lower bin (closed on the right), the
     ECE in the upper one, so the diagram and the number disagreed for such scores."""
-    y, s = _as_arrays(labels, scores)
+    y, s = label_score_arrays(labels, scores)
     bins = score_bins(s, n_bins)
     used = [b for b in range(n_bins) if (bins == b).any()]
     predicted = np.array([s[bins == b].mean() for b in used])
@@ -61,7 +61,7 @@ def apply_temperature(scores: ArrayLike, temperature: float) -> np.ndarray:
 
 def fit_temperature(labels: ArrayLike, scores: ArrayLike) -> float:
     """The temperature minimising the negative log-likelihood of `labels` (fit it on validation scores)."""
-    y, s = _as_arrays(labels, scores)
+    y, s = label_score_arrays(labels, scores)
     z = logit(s)
 
     def nll(log_t: float) -> float:

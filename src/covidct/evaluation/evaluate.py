@@ -178,36 +178,14 @@ def score_runs(
     overlap = 0
     if on is not None:
         split, external, overlap = external_samples(RunDir.at(runs[0]), on)
-    members = []
-    for run in runs:
-        ckpt = find_checkpoint(run, checkpoint)
-        data = RunDir.at(run).data(data_dir)
-        if external is None and split not in data.splits:
-            raise DataError(f"split must be one of {list(data.splits)}, got {split!r}")
-        module = load_classifier(ckpt)
-        if len(runs) == 1 and ckpt.parent.name == "checkpoints":  # an ensemble has no one detector
-            module = with_detector(module, RunDir(ckpt.parent.parent).ood_dir)
-        if torch.cuda.is_available():  # thousands of images of an external set: seconds instead of minutes
-            module.to("cuda")
-        samples = external if external is not None else data.splits[split]
-        paths, labels, scores, ood = predict_scores_and_ood(module, eval_dataset(module, samples), tta=tta)
-        val = predict_scores(module, eval_dataset(module, data.splits["val"]), tta=tta) if split != "val" else None
-        members.append({"run": run, "ckpt": ckpt, "module": module, "scored": (paths, labels, scores), "val": val,
-                        "samples": samples, "ood": ood})  # fmt: skip
+    members = [score_member(run, split, checkpoint, data_dir, tta, external, single=len(runs) == 1) for run in runs]
     first = members[0]
     paths, labels, _ = first["scored"]
     for m in members[1:]:
         if m["scored"][0] != paths:
             raise DataError(f"runs {first['run']} and {m['run']} score different images of split {split!r}")
     scores = ensemble_mean([m["scored"][2] for m in members])
-    val_paths = None
-    if split == "val":
-        val_paths, val_labels, val_scores = paths, labels, scores
-    elif first["val"] is not None and all(m["val"][0] == first["val"][0] for m in members):
-        val_paths, val_labels = first["val"][0], first["val"][1]
-        val_scores = ensemble_mean([m["val"][2] for m in members])
-    else:  # e.g. the runs of cross-validation folds: no validation set is unseen by every member
-        val_labels = val_scores = None
+    val_paths, val_labels, val_scores = (paths, labels, scores) if split == "val" else shared_validation(members)
     module = first["module"]
     # on an external set: simple statistics of every image, for what the scores follow there (first member's view)
     view_stats = statistics_of(paths, view_transform(module.preprocessing)) if on is not None else None
@@ -220,6 +198,35 @@ def score_runs(
         tta=tta, external={"set": on, "images_seen_in_training": overlap} if on is not None else None,
         view_stats=view_stats, ood_scores=first["ood"], ood_flags=module.ood_flags(first["ood"]),
     )  # fmt: skip
+
+
+def score_member(run: Path, split: str, checkpoint: str, data_dir: str | Path | None, tta: bool,
+                 external: list[Sample] | None, single: bool) -> dict[str, Any]:  # fmt: skip
+    """One run's scores of the split (or external set) and of its validation split, with its detector's scores
+    when it is evaluated alone (an ensemble has no one detector)."""
+    ckpt = find_checkpoint(run, checkpoint)
+    data = RunDir.at(run).data(data_dir)
+    if external is None and split not in data.splits:
+        raise DataError(f"split must be one of {list(data.splits)}, got {split!r}")
+    module = load_classifier(ckpt)
+    if single and ckpt.parent.name == "checkpoints":
+        module = with_detector(module, RunDir(ckpt.parent.parent).ood_dir)
+    if torch.cuda.is_available():  # thousands of images of an external set: seconds instead of minutes
+        module.to("cuda")
+    samples = external if external is not None else data.splits[split]
+    paths, labels, scores, ood = predict_scores_and_ood(module, eval_dataset(module, samples), tta=tta)
+    val = predict_scores(module, eval_dataset(module, data.splits["val"]), tta=tta) if split != "val" else None
+    return {"run": run, "ckpt": ckpt, "module": module, "scored": (paths, labels, scores), "val": val,
+            "samples": samples, "ood": ood}  # fmt: skip
+
+
+def shared_validation(members: list[dict[str, Any]]) -> tuple[Any, Any, Any]:
+    """(paths, labels, ensemble scores) of the validation split every member holds, or Nones: e.g. the runs of
+    cross-validation folds, where no validation set is unseen by every member."""
+    first = members[0]["val"]
+    if first is None or not all(m["val"][0] == first[0] for m in members):
+        return None, None, None
+    return first[0], first[1], ensemble_mean([m["val"][2] for m in members])
 
 
 def summarise(
@@ -593,35 +600,10 @@ def store_threshold(
     if on is not None and choose not in ("youden", "sensitivity"):
         raise ConfigError(f"--on chooses the threshold on a set: --choose youden or sensitivity, not {choose!r}")
     if choose in ("youden", "sensitivity"):
-        module = load_classifier(ckpt_path)
-        if on is None:
-            where, samples = "val", run.data(data_dir).splits["val"]
-        else:
-            where, samples, _ = external_samples(run, on)
-        _, labels, scores = predict_scores(module, eval_dataset(module, samples))
-        if len(np.unique(labels)) < 2:
-            what = "the validation split" if on is None else f"--on {on}"
-            raise DataError(f"{what} holds one class only: no threshold can be chosen on it")
-        if choose == "youden":
-            value = youden_threshold(labels, scores)
-        else:
-            value = threshold_for_sensitivity(labels, scores, min_sensitivity)
-        chosen = binary_metrics(labels, scores, value).to_dict()
+        value, where, chosen = threshold_by_rule(run, ckpt_path, choose, min_sensitivity, data_dir, on)
     else:
-        try:
-            value = float(choose)
-        except ValueError:
-            raise ConfigError(f"--choose must be youden, sensitivity or a number in [0, 1], got {choose!r}") from None
-        if not 0 <= value <= 1:
-            raise ConfigError(f"--choose must be youden, sensitivity or a number in [0, 1], got {choose!r}")
-        where, chosen = None, None
-    # weights_only: a checkpoint carrying pickled code is refused, never run (read_checkpoint says so clearly)
-    ckpt = read_checkpoint(ckpt_path)
-    if not isinstance(ckpt.get("hyper_parameters"), dict):
-        raise ModelError(f"checkpoint {ckpt_path} is not a covidct checkpoint (no hyperparameters)")
-    previous = ckpt["hyper_parameters"].get("threshold", 0.5)  # kept in the record: `--choose PREVIOUS` restores it
-    ckpt["hyper_parameters"]["threshold"] = float(value)
-    atomic_write(ckpt_path, lambda p: torch.save(ckpt, p))
+        value, where, chosen = given_threshold(choose), None, None
+    previous = write_checkpoint_threshold(ckpt_path, value)
     record = {
         "threshold": float(value),
         "rule": choose if choose in ("youden", "sensitivity") else "given",
@@ -641,3 +623,45 @@ def store_threshold(
         write_json(card_path, card)
         record["export_updated"] = str(card_path)
     return record
+
+
+def threshold_by_rule(run: RunDir, ckpt_path: Path, choose: str, min_sensitivity: float,
+                      data_dir: str | Path | None, on: str | None) -> tuple[float, str, dict[str, Any]]:  # fmt: skip
+    """(threshold, where it was chosen, the metrics there) by Youden's J or a minimum sensitivity, on the validation
+    split or on the labelled set `on`."""
+    module = load_classifier(ckpt_path)
+    if on is None:
+        where, samples = "val", run.data(data_dir).splits["val"]
+    else:
+        where, samples, _ = external_samples(run, on)
+    _, labels, scores = predict_scores(module, eval_dataset(module, samples))
+    if len(np.unique(labels)) < 2:
+        what = "the validation split" if on is None else f"--on {on}"
+        raise DataError(f"{what} holds one class only: no threshold can be chosen on it")
+    if choose == "youden":
+        value = youden_threshold(labels, scores)
+    else:
+        value = threshold_for_sensitivity(labels, scores, min_sensitivity)
+    return value, where, binary_metrics(labels, scores, value).to_dict()
+
+
+def given_threshold(choose: str) -> float:
+    try:
+        value = float(choose)
+    except ValueError:
+        raise ConfigError(f"--choose must be youden, sensitivity or a number in [0, 1], got {choose!r}") from None
+    if not 0 <= value <= 1:
+        raise ConfigError(f"--choose must be youden, sensitivity or a number in [0, 1], got {choose!r}")
+    return value
+
+
+def write_checkpoint_threshold(ckpt_path: Path, value: float) -> float:
+    """Store the threshold in the checkpoint's hyperparameters (for a checkpoint used outside its run folder);
+    returns the one it replaces. Read with weights_only: a checkpoint carrying pickled code is refused, never run."""
+    ckpt = read_checkpoint(ckpt_path)
+    if not isinstance(ckpt.get("hyper_parameters"), dict):
+        raise ModelError(f"checkpoint {ckpt_path} is not a covidct checkpoint (no hyperparameters)")
+    previous = ckpt["hyper_parameters"].get("threshold", 0.5)  # kept in the record: `--choose PREVIOUS` restores it
+    ckpt["hyper_parameters"]["threshold"] = float(value)
+    atomic_write(ckpt_path, lambda p: torch.save(ckpt, p))
+    return float(previous)

@@ -38,7 +38,7 @@ def _ratio(num: int, den: int) -> float:
     return num / den if den else math.nan
 
 
-def _as_arrays(labels: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+def label_score_arrays(labels: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     y = np.asarray(labels).astype(int).ravel()
     s = np.asarray(scores, dtype=float).ravel()
     if y.shape != s.shape:
@@ -66,7 +66,7 @@ def confusion_counts(labels: ArrayLike, predictions: ArrayLike) -> tuple[int, in
 
 def roc_auc(labels: ArrayLike, scores: ArrayLike) -> float:
     """Area under the ROC curve; NaN when only one class is present."""
-    y, s = _as_arrays(labels, scores)
+    y, s = label_score_arrays(labels, scores)
     if len(np.unique(y)) < 2:
         return math.nan
     return float(roc_auc_score(y, s))
@@ -74,14 +74,14 @@ def roc_auc(labels: ArrayLike, scores: ArrayLike) -> float:
 
 def roc_points(labels: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(false positive rate, true positive rate, thresholds) of the ROC curve."""
-    y, s = _as_arrays(labels, scores)
+    y, s = label_score_arrays(labels, scores)
     fpr, tpr, thresholds = roc_curve(y, s)
     return fpr, tpr, thresholds
 
 
 def binary_metrics(labels: ArrayLike, scores: ArrayLike, threshold: float = 0.5) -> BinaryMetrics:
     """Accuracy, sensitivity, specificity, PPV, NPV, F1, ROC-AUC and the confusion counts at threshold."""
-    y, s = _as_arrays(labels, scores)
+    y, s = label_score_arrays(labels, scores)
     tp, tn, fp, fn = confusion_counts(y, predict(s, threshold))
     precision = _ratio(tp, tp + fp)
     sensitivity = _ratio(tp, tp + fn)
@@ -107,7 +107,7 @@ def youden_threshold(labels: ArrayLike, scores: ArrayLike) -> float:
     """The threshold maximising Youden's J = sensitivity + specificity - 1 (the highest one among ties).
 
     Meant for validation scores; the threshold is then applied unchanged to the test split."""
-    y, s = _as_arrays(labels, scores)
+    y, s = label_score_arrays(labels, scores)
     fpr, tpr, thresholds = roc_curve(y, s, drop_intermediate=False)
     finite = np.isfinite(thresholds)
     j = np.where(finite, tpr - fpr, -np.inf)
@@ -119,7 +119,7 @@ def threshold_for_sensitivity(labels: ArrayLike, scores: ArrayLike, min_sensitiv
     can be under that constraint)."""
     if not 0 < min_sensitivity <= 1:
         raise ValueError(f"min_sensitivity must be in (0, 1], got {min_sensitivity!r}")
-    y, s = _as_arrays(labels, scores)
+    y, s = label_score_arrays(labels, scores)
     _, tpr, thresholds = roc_curve(y, s, drop_intermediate=False)
     ok = np.flatnonzero((tpr >= min_sensitivity) & np.isfinite(thresholds))
     return float(thresholds[ok[0]])  # thresholds decrease along the curve: the first that qualifies is highest

@@ -16,7 +16,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import stats
 
-from covidct.evaluation.metrics import _as_arrays
+from covidct.evaluation.metrics import label_score_arrays
 
 BOOTSTRAP_METRICS = ("accuracy", "sensitivity", "specificity", "precision", "npv", "f1", "auc")
 
@@ -73,7 +73,7 @@ def bootstrap_intervals(
     seed: int = 0,
 ) -> dict[str, Interval]:
     """Stratified percentile-bootstrap intervals of every metric in BOOTSTRAP_METRICS."""
-    y, s = _as_arrays(labels, scores)
+    y, s = label_score_arrays(labels, scores)
     pos, neg = s[y == 1], s[y == 0]
     if len(pos) < 2 or len(neg) < 2:
         return {m: Interval(math.nan, math.nan) for m in BOOTSTRAP_METRICS}
@@ -114,7 +114,7 @@ def _delong_components(pos: np.ndarray, neg: np.ndarray) -> tuple[float, np.ndar
 
 def delong_interval(labels: ArrayLike, scores: ArrayLike, confidence: float = 0.95) -> tuple[float, float, Interval]:
     """(AUC, its DeLong standard error, a normal-approximation interval clipped to [0, 1])."""
-    y, s = _as_arrays(labels, scores)
+    y, s = label_score_arrays(labels, scores)
     pos, neg = s[y == 1], s[y == 0]
     if len(pos) < 2 or len(neg) < 2:
         return math.nan, math.nan, Interval(math.nan, math.nan)
@@ -138,8 +138,8 @@ def delong_paired_test(
     labels: ArrayLike, scores_a: ArrayLike, scores_b: ArrayLike, confidence: float = 0.95
 ) -> PairedAUCTest:
     """DeLong's test for the difference of two correlated AUCs (two models scored on the same images)."""
-    y, a = _as_arrays(labels, scores_a)
-    _, b = _as_arrays(labels, scores_b)
+    y, a = label_score_arrays(labels, scores_a)
+    _, b = label_score_arrays(labels, scores_b)
     m, n = int((y == 1).sum()), int((y == 0).sum())
     if m < 2 or n < 2:
         nan = math.nan
@@ -160,7 +160,7 @@ def roc_band(
     labels: ArrayLike, scores: ArrayLike, n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A pointwise stratified-bootstrap band of the ROC curve: (fpr grid, tpr low, tpr high)."""
-    y, s = _as_arrays(labels, scores)
+    y, s = label_score_arrays(labels, scores)
     pos, neg = s[y == 1], s[y == 0]
     grid = np.linspace(0, 1, 101)
     if len(pos) < 2 or len(neg) < 2:

@@ -279,21 +279,8 @@ class Predictor:
         }
 
 
-def create_app(model: LoadedModel, api_key: str | None = None, max_upload_mb: float = MAX_UPLOAD_MB) -> FastAPI:
-    """The FastAPI app around `model`."""
-
-    predictor = Predictor(model)
-    limit = int(max_upload_mb * 1024 * 1024)
-    series_limit = max(limit, MAX_SERIES_MB * 1024 * 1024)
-    app = FastAPI(
-        title="covidct",
-        description=f"COVID-19 classification of chest CT images. {DISCLAIMER}",
-        version=str(model.card.get("covidct_version") or __version__),  # FastAPI needs one for OpenAPI
-    )
-
-    def check_key(x_api_key: Annotated[str | None, Header()] = None) -> None:
-        if api_key and not (x_api_key and secrets.compare_digest(x_api_key, api_key)):
-            raise HTTPException(401, "missing or wrong API key (header X-API-Key)")
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error answer is {"detail": "one string"} (ErrorDetail)."""
 
     @app.exception_handler(InputError)
     async def input_error(request: Request, exc: InputError) -> JSONResponse:
@@ -311,45 +298,75 @@ def create_app(model: LoadedModel, api_key: str | None = None, max_upload_mb: fl
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
 
+
+def upload_schema(series_limit: int, max_upload_mb: float) -> dict[str, Any]:
+    """The predict route's request body in the OpenAPI document (FastAPI cannot say the byte limits itself)."""
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+        "type": "object", "required": ["file"], "properties": {"file": {
+            "type": "string", "format": "binary", "contentMediaType": "application/octet-stream",
+            "minLength": 1, "maxLength": series_limit,
+            "description": f"a PNG, JPEG or DICOM file, or a ZIP of a DICOM series or study; 1 byte to "
+                           f"{max_upload_mb:g} MB"}}}}}}}  # fmt: skip
+
+
+async def read_upload(request: Request, file: UploadFile, limit: int, series_limit: int, max_upload_mb: float) -> bytes:
+    """The uploaded bytes, or InputError: a parameter or form field the API does not know (refused, not dropped:
+    '?cams=true' would silently return no heat map), an upload over the limits, an empty file."""
+    unknown = sorted(set(request.query_params) - {"cam"})
+    if unknown:
+        raise InputError(422, f"unknown query parameter(s) {unknown}; this route takes: cam")
+    extra = sorted(set((await request.form()).keys()) - {"file"})
+    if extra:
+        raise InputError(422, f"unknown form field(s) {extra}; this route takes: file")
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > series_limit + 64 * 1024:
+        raise InputError(413, f"upload of {int(declared):,} bytes is over the limit of {MAX_SERIES_MB} MB")
+    data = await file.read(series_limit + 1)
+    if len(data) > series_limit or (len(data) > limit and sniff(data) != "zip"):
+        what = f"{MAX_SERIES_MB} MB for a ZIP" if len(data) > series_limit else f"{max_upload_mb:g} MB for an image"
+        raise InputError(413, f"{file.filename}: over the upload limit of {what}")
+    if not data:
+        raise InputError(422, f"{file.filename}: the file is empty")
+    return data
+
+
+def create_app(model: LoadedModel, api_key: str | None = None, max_upload_mb: float = MAX_UPLOAD_MB) -> FastAPI:
+    """The FastAPI app around `model`."""
+
+    predictor = Predictor(model)
+    limit = int(max_upload_mb * 1024 * 1024)
+    series_limit = max(limit, MAX_SERIES_MB * 1024 * 1024)
+    app = FastAPI(
+        title="covidct",
+        description=f"COVID-19 classification of chest CT images. {DISCLAIMER}",
+        version=str(model.card.get("covidct_version") or __version__),  # FastAPI needs one for OpenAPI
+    )
+    install_error_handlers(app)
+
+    def check_key(x_api_key: Annotated[str | None, Header()] = None) -> None:
+        if api_key and not (x_api_key and secrets.compare_digest(x_api_key, api_key)):
+            raise HTTPException(401, "missing or wrong API key (header X-API-Key)")
+
     @app.get("/health", response_model=Health)
     def health() -> dict[str, Any]:
         return {"status": "ok", "model": model.model_id}
 
     @app.get("/api/v1/model", dependencies=[Depends(check_key)], responses=_errors(401))
     def model_card() -> dict[str, Any]:
-        return {**model.card, "serving": {"max_upload_mb": max_upload_mb, "max_pixels": MAX_PIXELS,
-                                          "workers": predictor.workers, "runtime": "onnxruntime" if model.session
-                                          is not None else "pytorch"}}  # fmt: skip
+        runtime = "onnxruntime" if model.session is not None else "pytorch"
+        serving = {"max_upload_mb": max_upload_mb, "max_pixels": MAX_PIXELS, "workers": predictor.workers,
+                   "runtime": runtime}  # fmt: skip
+        return {**model.card, "serving": serving}
 
     @app.post(
         "/api/v1/predict",
         dependencies=[Depends(check_key)],
         response_model=Prediction | SeriesPrediction,
         responses=_errors(401, 413, 415, 422),
-        openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-            "type": "object", "required": ["file"], "properties": {"file": {
-                "type": "string", "format": "binary", "contentMediaType": "application/octet-stream",
-                "minLength": 1, "maxLength": series_limit,
-                "description": f"a PNG, JPEG or DICOM file, or a ZIP of a DICOM series or study; 1 byte to "
-                               f"{max_upload_mb:g} MB"}}}}}}},
-    )  # fmt: skip
+        openapi_extra=upload_schema(series_limit, max_upload_mb),
+    )
     async def predict(request: Request, file: Annotated[UploadFile, File()], cam: bool = False) -> dict[str, Any]:
-        # A parameter the API does not know is refused, not dropped: '?cams=true' would silently return no heat map
-        unknown = sorted(set(request.query_params) - {"cam"})
-        if unknown:
-            raise InputError(422, f"unknown query parameter(s) {unknown}; this route takes: cam")
-        extra = sorted(set((await request.form()).keys()) - {"file"})
-        if extra:
-            raise InputError(422, f"unknown form field(s) {extra}; this route takes: file")
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > series_limit + 64 * 1024:
-            raise InputError(413, f"upload of {int(declared):,} bytes is over the limit of {MAX_SERIES_MB} MB")
-        data = await file.read(series_limit + 1)
-        if len(data) > series_limit or (len(data) > limit and sniff(data) != "zip"):
-            what = f"{MAX_SERIES_MB} MB for a ZIP" if len(data) > series_limit else f"{max_upload_mb:g} MB for an image"
-            raise InputError(413, f"{file.filename}: over the upload limit of {what}")
-        if not data:
-            raise InputError(422, f"{file.filename}: the file is empty")
+        data = await read_upload(request, file, limit, series_limit, max_upload_mb)
         if cam and model.module is None:
             raise InputError(422, "this server loaded an ONNX model only; Grad-CAM needs the safetensors export")
         # Decoding and inference run in a worker thread: the event loop keeps accepting requests meanwhile.

@@ -14,6 +14,9 @@ from covidct.models.registry import (
 )
 from covidct.models.weights import load_weight_file
 
+# The built-in backbones register themselves on import (one decorated function each), after the registry exists.
+from covidct.models import backbones  # noqa: F401  isort: skip
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",

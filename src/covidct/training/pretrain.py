@@ -10,9 +10,7 @@ flips, small rotations, brightness/contrast jitter but no hue or saturation (CT 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -24,13 +22,23 @@ from torch import nn
 from covidct.config import PretrainConfig
 from covidct.data import ImageDataset, SeededDraws
 from covidct.data.sources import load_sources
-from covidct.errors import ConfigError, DataError, ModelError
-from covidct.fileio import atomic_write, write_json, write_text
+from covidct.errors import DataError, ModelError
+from covidct.fileio import atomic_write
 from covidct.models import create_model
 from covidct.models.registry import HEAD_ATTR
+from covidct.runs import RunDir
+from covidct.training.callbacks import EpochHistory, last_checkpoint
+from covidct.training.engine import (
+    build_trainer,
+    check_accelerator,
+    global_rank,
+    resolve_workers,
+    resume_point,
+    run_folder,
+)
+from covidct.training.precision import resolve_precision
 
 log = logging.getLogger("covidct")
-BACKBONE_FILE = "backbone.safetensors"
 
 
 def feature_extractor(model: nn.Module) -> tuple[nn.Module, int]:
@@ -139,23 +147,12 @@ def pretrain_images(config: PretrainConfig) -> list:
     return [s for sp in splits for s in data.splits[sp]]  # never the test split
 
 
-def check_accelerator(accelerator: str) -> None:
-    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--accelerator {accelerator}: no GPU is visible here (torch.cuda.is_available() is False)")
-
-
 def pretrain(config: PretrainConfig, progress: bool = False, run_dir: Path | None = None, resume: bool = False) -> Path:
-    from covidct.training.fit import (
-        AtomicCheckpointIO,
-        EpochHistory,
-        _attach_log_file,
-        _detach_log_file,
-        fresh_run_dir,
-        resolve_workers,
-    )
-    from covidct.training.precision import resolve_precision
-
+    """Pretrain `config.model` self-supervised; returns the run folder (its backbone.safetensors is what
+    `covidct train --init RUN` starts from). The same engine, run folder, history and resume as training."""
     check_accelerator(config.accelerator)
+    if resume and run_dir is not None:
+        resume_point(RunDir(Path(run_dir)))  # refuse an unreadable last.ckpt before anything is written
     L.seed_everything(config.seed, workers=True, verbose=False)
     samples = pretrain_images(config)
     if len(samples) < config.batch_size:
@@ -167,71 +164,51 @@ def pretrain(config: PretrainConfig, progress: bool = False, run_dir: Path | Non
                             config.memory_bank, backbone)  # fmt: skip
     ds = ImageDataset(samples, ct_views(config, pre.mean, pre.std), cache=True)
     ds.preload(progress)
-    run_dir = Path(run_dir) if run_dir else fresh_run_dir(config.out, f"pretrain-{config.method}-{config.model}")
-    if not resume:
-        run_dir.mkdir(parents=True)
-        write_text(run_dir / "config.yaml", config.to_yaml())
-    handler = _attach_log_file(run_dir / "train.log")
-    try:
-        workers = resolve_workers(config.num_workers)
-        # views drawn per image from (seed, epoch) in the main process: the same with any worker count (SeededDraws)
-        draws = SeededDraws.shuffle(ds, config.seed)
-        loader = torch.utils.data.DataLoader(ds, batch_size=config.batch_size, sampler=draws, drop_last=True,
-                                             num_workers=workers, persistent_workers=workers > 0)  # fmt: skip
-        history = EpochHistory(run_dir / "metrics.csv", echo=not progress)
-        last = L.pytorch.callbacks.ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None,
-                                                   save_top_k=1, enable_version_counter=False,
-                                                   save_on_train_epoch_end=True)  # fmt: skip
-        precision = resolve_precision(config.precision, config.accelerator)
-        trainer = L.Trainer(max_epochs=config.epochs, accelerator=config.accelerator, devices=config.devices,
-                            strategy="ddp" if config.devices > 1 else "auto", precision=precision,
-                            callbacks=[history, last], logger=False, plugins=[AtomicCheckpointIO()],
-                            enable_progress_bar=progress, enable_model_summary=False, default_root_dir=run_dir,
-                            log_every_n_steps=1)  # fmt: skip
-        ckpt = run_dir / "checkpoints" / "last.ckpt" if resume else None
-        if resume and not ckpt.is_file():
-            raise ConfigError(f"cannot resume {run_dir}: it has no checkpoints/last.ckpt")
-        if resume:
-            import csv
+    with run_folder(run_dir, config.out, f"pretrain-{config.method}-{config.model}", config.to_yaml(), resume) as run:
+        return _pretrain(config, module, ds, run, progress, resume)
 
-            with open(run_dir / "metrics.csv", newline="") as f:
-                history.rows = list(csv.DictReader(f))
-        start = time.perf_counter()
-        trainer.fit(module, loader, ckpt_path=ckpt)
-        if trainer.is_global_zero:
-            from safetensors.torch import save_file
 
-            state = {k: v.detach().contiguous().clone() for k, v in module.backbone.state_dict().items()}
-            atomic_write(run_dir / BACKBONE_FILE, lambda p: save_file(state, str(p), {"model": config.model}))
-            write_json(run_dir / "summary.json", {
-                "kind": "pretrain", "model": config.model, "method": config.method, "images": len(samples),
-                "epochs_run": len(history.rows), "wall_time_s": round(time.perf_counter() - start, 1),
-                "precision": precision, "final_loss": float(history.rows[-1]["train_loss"]) if history.rows else None,
-                "sources": config.sources or [config.data_dir], "splits": ["train", "val"] if config.include_val
-                else ["train"]})  # fmt: skip
-    finally:
-        _detach_log_file(handler)
-    return run_dir
+def _pretrain(config: PretrainConfig, module: SelfSupervised, ds: ImageDataset, run: RunDir, progress: bool,
+              resume: bool) -> Path:  # fmt: skip
+    workers = resolve_workers(config.num_workers)
+    # views drawn per image from (seed, epoch) in the main process: the same with any worker count (SeededDraws)
+    draws = SeededDraws.shuffle(ds, config.seed)
+    loader = torch.utils.data.DataLoader(ds, batch_size=config.batch_size, sampler=draws, drop_last=True,
+                                         num_workers=workers, persistent_workers=workers > 0)  # fmt: skip
+    history = EpochHistory(run.metrics_path, write=global_rank() == 0, echo=not progress)
+    ckpt = None
+    if resume:
+        ckpt, done = resume_point(run)
+        history.restore(run.history(), done)
+    precision = resolve_precision(config.precision, config.accelerator)
+    trainer = build_trainer(config, precision, [history, last_checkpoint(run)], run.path, progress)
+    start = time.perf_counter()
+    trainer.fit(module, loader, ckpt_path=ckpt)
+    if trainer.is_global_zero:
+        save_backbone(run, module.backbone, config.model)
+        run.write_summary({
+            "kind": "pretrain", "model": config.model, "method": config.method, "images": len(ds),
+            "epochs_run": len(history.rows), "wall_time_s": round(time.perf_counter() - start, 1),
+            "precision": precision, "final_loss": float(history.rows[-1]["train_loss"]) if history.rows else None,
+            "sources": config.sources or [config.data_dir], "splits": ["train", "val"] if config.include_val
+            else ["train"]})  # fmt: skip
+    return run.path
+
+
+def save_backbone(run: RunDir, backbone: nn.Module, model_name: str) -> None:
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().contiguous().clone() for k, v in backbone.state_dict().items()}
+    atomic_write(run.backbone_path, lambda p: save_file(state, str(p), {"model": model_name}))
 
 
 def load_init(model: nn.Module, model_name: str, init: str | Path) -> str:
     """Load a pretrain run's backbone into `model` (its head stays new); ModelError when it does not fit."""
     from safetensors.torch import load_file
 
-    run = Path(init)
-    path = run / BACKBONE_FILE if run.is_dir() else run
-    if not path.is_file():
-        raise ModelError(f"--init {init}: no {BACKBONE_FILE} there; is it a finished `covidct pretrain` run folder?")
-    config = run / "config.yaml"
-    if config.is_file():
-        pre_model = PretrainConfig.from_yaml(config).model
-        if pre_model != model_name:
-            raise ModelError(f"--init {init} pretrained {pre_model}, not {model_name}: use --model {pre_model}")
+    path = init_weights_path(model_name, init)
     state = load_file(str(path))
-    head = getattr(model, HEAD_ATTR, "") or ""
-    if not head and hasattr(model, "get_classifier"):  # timm models: the head's name, found by identity
-        classifier = model.get_classifier()
-        head = next((name for name, m in model.named_modules() if m is classifier), "")
+    head = head_name(model)
     own = {k: v for k, v in model.state_dict().items() if not (head and k.startswith(head + "."))}
     missing = [k for k in own if k not in state]
     wrong = [k for k in own if k in state and state[k].shape != own[k].shape]
@@ -241,4 +218,25 @@ def load_init(model: nn.Module, model_name: str, init: str | Path) -> str:
     return str(path)
 
 
-__all__ = ["BACKBONE_FILE", "dataclasses", "load_init", "os", "pretrain"]
+def init_weights_path(model_name: str, init: str | Path) -> Path:
+    """The backbone file of `--init` (a pretrain run folder or the file itself); ModelError when there is none or
+    its run pretrained another architecture."""
+    given = Path(init)
+    run = RunDir(given.parent if given.is_file() else given)
+    path = given if given.is_file() else run.backbone_path
+    if not path.is_file():
+        raise ModelError(f"--init {init}: no {path.name} there; is it a finished `covidct pretrain` run folder?")
+    if run.config_path.is_file():
+        pre_model = PretrainConfig.from_yaml(run.config_path).model
+        if pre_model != model_name:
+            raise ModelError(f"--init {init} pretrained {pre_model}, not {model_name}: use --model {pre_model}")
+    return path
+
+
+def head_name(model: nn.Module) -> str:
+    """The state-dict prefix of the model's classification head ('' when it has none that can be named)."""
+    head = getattr(model, HEAD_ATTR, "") or ""
+    if not head and hasattr(model, "get_classifier"):  # timm models: the head's name, found by identity
+        classifier = model.get_classifier()
+        head = next((name for name, m in model.named_modules() if m is classifier), "")
+    return head

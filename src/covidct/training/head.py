@@ -1,0 +1,56 @@
+"""A linear head fitted on frozen features: the logistic regression that adaptation (`covidct adapt`) and the linear
+probe before fine-tuning (LP-FT, `--linear-probe`) both fit, and its folding into the network's own 2-class head.
+scikit-learn does the fitting; this is the glue."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+HEAD_C = 0.1  # inverse L2 strength of the logistic regression on standardised features (few images: strong)
+
+
+def fit_head(x: np.ndarray, y: np.ndarray, c: float = HEAD_C, standardise: bool = True) -> tuple[np.ndarray, float]:
+    """(weights, bias) of a class-balanced logistic regression on standardised features, folded back to the raw
+    features: logit = x @ weights + bias. Pure. standardise=False fits the raw features: a head that is fine-tuned
+    afterwards must not carry the large weights that folding puts on nearly constant features (they blow up as
+    soon as fine-tuning moves those features)."""
+    from sklearn.linear_model import LogisticRegression
+
+    mean, std = (x.mean(0), np.maximum(x.std(0), 1e-6)) if standardise else (np.zeros(x.shape[1]), np.ones(x.shape[1]))
+    lr = LogisticRegression(C=c, max_iter=2000, class_weight="balanced").fit((x - mean) / std, y)
+    weights = lr.coef_[0] / std
+    return weights, float(lr.intercept_[0] - (mean * weights).sum())
+
+
+def head_scores(weights: np.ndarray, bias: float, x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(x @ weights + bias, -50, 50)))
+
+
+def set_linear_head(head: nn.Linear, weights: np.ndarray, bias: float) -> None:
+    """Write a regression into a 2-class linear head: softmax([0, z])[1] = sigmoid(z), so row 0 is zero and row 1
+    the regression."""
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.zero_()
+        head.weight[1] = torch.as_tensor(weights, dtype=head.weight.dtype)
+        head.bias[1] = float(bias)
+
+
+def head_inputs(net: nn.Module, head: nn.Module, dataset: Dataset, batch_size: int = 32) -> np.ndarray:
+    """What `head` reads (the pooled features, N x D) for every item of `dataset`, in eval mode, one pass."""
+    seen: list[np.ndarray] = []
+    hook = head.register_forward_pre_hook(lambda _m, inputs: seen.append(inputs[0].detach().float().cpu().numpy()))
+    was_training = net.training
+    net.eval()
+    device = next(net.parameters()).device
+    try:
+        with torch.no_grad():
+            for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0):
+                net(batch["image"].to(device))
+    finally:
+        hook.remove()
+        net.train(was_training)
+    return np.concatenate(seen) if seen else np.zeros((0, getattr(head, "in_features", 0)))

@@ -1,0 +1,241 @@
+"""The LightningModule of classification training: a backbone with a 2-class head, its steps, the validation
+metrics it logs, its optimiser and schedule. Lightning runs the loop (training/engine.py builds the trainer)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.transforms.v2 import MixUp
+
+from covidct.config import TrainConfig
+from covidct.data import ImageDataset
+from covidct.errors import ConfigError
+from covidct.evaluation.metrics import binary_metrics, roc_auc
+from covidct.models import Preprocessing, create_model, head_module, head_parameters
+from covidct.models.adversarial import DomainHead, reversal_strength
+
+log = logging.getLogger("covidct")
+
+
+class Classifier(L.LightningModule):
+    """A backbone with a 2-class head. Its hyperparameters (saved in every checkpoint) carry the architecture,
+    preprocessing, class names and threshold, so a checkpoint is all prediction needs."""
+
+    def __init__(
+        self,
+        model_name: str,
+        preprocessing: dict[str, Any],
+        class_names: list[str],
+        lr: float = 3e-4,
+        weight_decay: float = 1e-4,
+        warmup_epochs: int = 1,
+        max_epochs: int = 30,
+        label_smoothing: float = 0.0,
+        channels_last: bool = True,
+        threshold: float = 0.5,
+        backbone_lr_scale: float = 1.0,
+        mixup: float = 0.0,
+        domain_weight: float = 0.0,
+        n_domains: int = 0,
+        model: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["model"])
+        if model is None:  # rebuilt from a checkpoint: architecture only, the weights follow
+            model, _ = create_model(model_name, pretrained=False)
+        self.model = model.to(memory_format=torch.channels_last) if channels_last else model
+        # torchvision's batch MixUp: Beta(alpha, alpha) weights, each image mixed with another of the batch, labels
+        # mixed the same (as soft targets). With balanced sources many pairs cross sources.
+        self.mixup = MixUp(alpha=mixup, num_classes=2) if mixup > 0 else None
+        self.domain_head: DomainHead | None = None
+        self.train_domains: torch.Tensor | None = None  # the source (0..n_domains-1) of each training image, by index
+        if domain_weight > 0 and n_domains > 1:
+            head = head_module(self.model)
+            if not isinstance(head, nn.Linear):
+                raise ConfigError(f"domain_adversarial: {model_name} has no linear head whose input could be read")
+            self.domain_head = DomainHead(head.in_features, n_domains)
+            self._features: torch.Tensor | None = None
+            head.register_forward_pre_hook(self._keep_features)
+        self._val_scores: list[torch.Tensor] = []
+        self._val_labels: list[torch.Tensor] = []
+        self._val_index: list[torch.Tensor] = []
+        self.last_validation: dict[str, np.ndarray] = {}
+        self.val_sources: np.ndarray | None = None  # the source of each validation image, by dataset index
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing.from_dict(self.hparams.preprocessing)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.model(x)
+
+    @classmethod
+    def for_run(
+        cls,
+        config: TrainConfig,
+        model: nn.Module,
+        pre: Preprocessing,
+        class_names: list[str] | tuple[str, ...],
+        train_ds: ImageDataset,
+        val_ds: ImageDataset,
+    ) -> Classifier:
+        """The module of a training run: the settings it keeps in its checkpoint come from `config` here, once;
+        the sources of the training and validation images (by dataset index) for the per-source validation AUC
+        and the domain-adversarial head."""
+        domains = sorted({s.source for s in train_ds.samples})
+        module = cls(
+            model_name=config.model,
+            preprocessing=pre.to_dict(),
+            class_names=list(class_names),
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+            warmup_epochs=config.warmup_epochs,
+            max_epochs=config.epochs,
+            label_smoothing=config.label_smoothing,
+            channels_last=config.channels_last,
+            backbone_lr_scale=config.backbone_lr_scale,
+            mixup=config.mixup,
+            domain_weight=config.domain_adversarial,
+            n_domains=len(domains),
+            model=model,
+        )
+        module.val_sources = np.array([s.source for s in val_ds.samples])
+        if module.domain_head is not None:
+            module.train_domains = torch.as_tensor([domains.index(s.source) for s in train_ds.samples])
+            log.info("domain-adversarial head over %d sources (weight %g)", len(domains), config.domain_adversarial)
+        elif config.domain_adversarial > 0:
+            log.info("domain-adversarial head off: one training source")
+        return module
+
+    def _keep_features(self, head: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        self._features = inputs[0]
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        images, labels = batch["image"], batch["label"]
+        targets = labels
+        if self.mixup is not None:
+            images, targets = self.mixup(images, labels)
+        logits = self(images)
+        loss = F.cross_entropy(logits, targets, label_smoothing=self.hparams.label_smoothing)
+        acc = (logits.argmax(1) == labels).float().mean()  # against the unmixed labels: a rough guide only
+        n = len(labels)
+        self.log("train_acc", acc, on_step=False, on_epoch=True, batch_size=n)
+        if self.domain_head is not None and self.train_domains is not None:
+            domains = self.train_domains.to(labels.device)[batch["index"]]
+            batches = max(1, int(self.trainer.num_training_batches)) if self._trainer is not None else 1
+            strength = reversal_strength((self.current_epoch + batch_idx / batches) / self.hparams.max_epochs)
+            domain_logits = self.domain_head(self._features, strength)
+            domain_loss = F.cross_entropy(domain_logits, domains)
+            # Near chance (ln 2 with two sources) means the backbone's features no longer give the source away.
+            self.log("train_domain_loss", domain_loss, on_step=False, on_epoch=True, batch_size=n)
+            self.log("train_domain_acc", (domain_logits.argmax(1) == domains).float().mean(), on_step=False,
+                     on_epoch=True, batch_size=n)  # fmt: skip
+            loss = loss + self.hparams.domain_weight * domain_loss
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        logits = self(batch["image"]).float()
+        loss = F.cross_entropy(logits, batch["label"])
+        self.log("val_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch["label"]))
+        self._val_scores.append(logits.softmax(1)[:, 1].detach())
+        self._val_labels.append(batch["label"].detach())
+        self._val_index.append(torch.as_tensor(batch["index"], device=logits.device))
+
+    def gathered_validation(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(index, label, score) of every validation image exactly once, across all processes: the distributed
+        sampler pads ranks to equal length with repeated images, which are dropped here by dataset index."""
+        index, labels, scores = (torch.cat(x) for x in (self._val_index, self._val_labels, self._val_scores))
+        for x in (self._val_index, self._val_labels, self._val_scores):
+            x.clear()
+        if self.trainer.world_size > 1:
+            index, labels, scores = (self.all_gather(x).reshape(-1) for x in (index, labels, scores))
+        index, labels, scores = (x.cpu().numpy() for x in (index, labels, scores))
+        _, first = np.unique(index, return_index=True)
+        return index[first], labels[first], scores[first]
+
+    def on_validation_epoch_end(self) -> None:
+        index, labels, scores = self.gathered_validation()
+        self.last_validation = {"index": index, "label": labels, "score": scores}
+        m = binary_metrics(labels, scores, self.hparams.threshold)
+        self.log("val_acc", m.accuracy, prog_bar=True)
+        # AUC is NaN when a (tiny) validation set holds one class; log 0.5, the chance level, instead.
+        self.log("val_auc", m.auc if not math.isnan(m.auc) else 0.5, prog_bar=True)
+        self.log("val_auc_mean", self.per_source_auc(index, labels, scores), prog_bar=False)
+
+    def per_source_auc(self, index: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> float:
+        """Log each validation source's AUC (val_auc/<source>); return their mean (chance 0.5 where undefined)."""
+        if self.val_sources is None or len(set(self.val_sources)) < 2:
+            auc = roc_auc(labels, scores) if len(np.unique(labels)) == 2 else 0.5
+            return float(auc)
+        aucs = []
+        for source in sorted(set(self.val_sources)):
+            mask = self.val_sources[index] == source
+            y, p = labels[mask], scores[mask]
+            auc = float(roc_auc(y, p)) if len(np.unique(y)) == 2 else 0.5
+            self.log(f"val_auc/{source}", auc)
+            aucs.append(auc)
+        return float(np.mean(aucs))
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the random number generators' states, so a resumed run draws what the uninterrupted one would.
+        Stored as tensors and plain numbers: the checkpoint still loads with torch.load(weights_only=True)."""
+        checkpoint["covidct_rng"] = rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "covidct_rng" in checkpoint:
+            set_rng_state(checkpoint["covidct_rng"])
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        # The new head learns at lr; the pretrained backbone at lr x backbone_lr_scale (1: one learning rate).
+        head = {id(p) for p in head_parameters(self.model)}
+        groups = [
+            {
+                "params": [p for p in self.parameters() if id(p) not in head],
+                "lr": hp.lr * hp.get("backbone_lr_scale", 1),
+            },
+            {"params": [p for p in self.parameters() if id(p) in head], "lr": hp.lr},
+        ]
+        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=hp.weight_decay)
+
+        def factor(epoch: int) -> float:  # linear warm-up, then cosine decay to zero over max_epochs
+            if epoch < hp.warmup_epochs:
+                return (epoch + 1) / (hp.warmup_epochs + 1)
+            progress = (epoch - hp.warmup_epochs) / max(1, hp.max_epochs - hp.warmup_epochs)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch (CPU) generator states in types torch.load(weights_only=True) accepts."""
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                  "cached_gaussian": float(cached)},
+        "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss_next": gauss_next},
+    }  # fmt: skip
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(
+        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
+    p = state["python"]
+    random.setstate((p["version"], tuple(int(v) for v in p["internal"].tolist()), p["gauss_next"]))
