@@ -17,7 +17,7 @@ from sklearn.metrics import roc_auc_score
 from torch.utils.data import DataLoader
 
 from covidct.data.sources import external_set
-from covidct.evaluation.evaluate import eval_dataset, load_classifier, predict_scores
+from covidct.evaluation.scoring import eval_dataset, load_classifier, predict_scores
 from covidct.runs import find_checkpoint
 
 

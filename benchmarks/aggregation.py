@@ -48,7 +48,7 @@ def main() -> None:
     args = ap.parse_args()
     from covidct.data import ImageDataset
     from covidct.data.sources import load_source
-    from covidct.evaluation.evaluate import predict_scores
+    from covidct.evaluation.scoring import predict_scores
     from covidct.inference.load import load_checkpoint
     from covidct.runs import RunDir
 

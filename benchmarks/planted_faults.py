@@ -51,7 +51,7 @@ FAULTS = [
      "ece += (1 / len(np.unique(bins))) * abs(", 1),
     ("Clopper-Pearson instead of Wilson", "statistics.py", 'method="wilson"', 'method="exact"', 1),
     # issue 28: three faults no test caught, and more of the numeric core
-    ("bootstrap intervals at 0.5 whatever the threshold", "evaluate.py",
+    ("bootstrap intervals at 0.5 whatever the threshold", "summary.py",
      "bootstrap_intervals(labels, scores, threshold,", "bootstrap_intervals(labels, scores, 0.5,", 1),
     ("Youden without its guard on non-finite thresholds", "metrics.py",
      "j = np.where(finite, tpr - fpr, -np.inf)", "j = tpr - fpr", 1),

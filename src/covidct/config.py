@@ -237,3 +237,36 @@ class PretrainConfig(Settings):
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
         check_choices(self)
         self.sources = [str(s) for s in (self.sources or [])]
+
+
+@dataclass
+class EvalConfig(Settings):
+    """The settings of an evaluation (`covidct evaluate`, and train's --evaluate): declared once, the command's flags
+    built from them as train's are from TrainConfig; evaluation.evaluate.evaluate_run takes them."""
+
+    split: str = setting("test", "train, val or test")
+    on: str | None = setting(None, "an external labelled set instead of a split: a source name, NAME=PATH, a folder "
+                             "or a CSV (all its images; one class allowed); written to eval-<name>/")  # fmt: skip
+    # its flag takes an optional value (--per-group [AGGREGATION]): built by hand in cli/evaluate.py
+    per_group: str | None = setting(None, "score each group (patient) as one, its slices aggregated so", cli=False)
+    tta: bool = setting(False, "average each image's score with its left-right mirror's")
+    checkpoint: str = setting("best", "which checkpoint of the run", ("best", "last"))
+    data_dir: str | None = setting(None, "override the data folder recorded in the run's config")
+    threshold: float | None = setting(None, "decision threshold (default: the model's)")
+    out_dir: str | None = setting(None, "output folder (default RUN_DIR/eval-SPLIT)", flag="out")
+    calibrate: bool = setting(False, "fit temperature scaling on val; report ECE before and after")
+    n_bootstrap: int = setting(2000, "bootstrap resamples for the intervals (0: none)", flag="bootstrap")
+    min_sensitivity: float = setting(0.95, "the 'sensitivity at least S' operating point (chosen on val)")
+    seed: int = setting(0, "seed of the bootstrap", cli=False)
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        if self.n_bootstrap < 0:
+            raise ConfigError(f"n_bootstrap must be >= 0, got {self.n_bootstrap!r}")
+        if not 0 < self.min_sensitivity <= 1:
+            raise ConfigError(f"min_sensitivity must be in (0, 1], got {self.min_sensitivity!r}")
+        if self.threshold is not None and not 0 <= self.threshold <= 1:
+            raise ConfigError(f"threshold must be in [0, 1], got {self.threshold!r}")
+
+
+EVAL_DEFAULTS = EvalConfig()  # the one place the evaluation defaults are read from (function defaults too)

@@ -135,6 +135,15 @@ class RunDir:
             raise ModelError(f"{self.threshold_path} has no numeric 'threshold'; choose again: covidct threshold")
         return record
 
+    def eval_dirs(self) -> list[Path]:
+        """Every eval-<name> folder of the run, sorted."""
+        return sorted(d for d in self.path.glob("eval-*") if d.is_dir())
+
+    @classmethod
+    def of_checkpoint(cls, ckpt: Path) -> RunDir | None:
+        """The run folder a checkpoint sits in (RUN/checkpoints/<which>.ckpt), or None for a checkpoint elsewhere."""
+        return cls(ckpt.parent.parent) if ckpt.parent.name == "checkpoints" else None
+
     def evaluation(self, name: str) -> dict[str, Any] | None:
         path = self.eval_dir(name) / "metrics.json"
         return json.loads(path.read_text()) if path.is_file() else None
@@ -142,7 +151,7 @@ class RunDir:
     def evaluations(self) -> dict[str, dict[str, Any]]:
         """Every finished evaluation of the run, by name (test, val, or an external set's name)."""
         out = {}
-        for d in sorted(self.path.glob("eval-*")):
+        for d in self.eval_dirs():
             m = self.evaluation(d.name.removeprefix("eval-"))
             if m is not None:
                 out[d.name.removeprefix("eval-")] = m

@@ -107,7 +107,8 @@ def test_summarise_is_pure_numbers_without_a_model():
     from pathlib import Path
 
     from covidct.data.datasets import Sample
-    from covidct.evaluation.evaluate import Scored, summarise
+    from covidct.evaluation.scoring import Scored
+    from covidct.evaluation.summary import summarise
 
     y = np.array([1, 1, 1, 0, 0, 0, 1, 0])
     s = np.array([0.9, 0.8, 0.4, 0.3, 0.6, 0.1, 0.7, 0.2])

@@ -335,8 +335,8 @@ def test_bootstrap_statistic_along_axis_zero():
 def test_bootstrap_intervals_are_computed_at_the_threshold_asked(dtype):
     """At a threshold below every positive score sensitivity is 1 in every resample: the interval is [1, 1]; at
     0.5 it is not. An interval computed at 0.5 whatever the threshold excludes its own point estimate."""
-    from covidct.evaluation.evaluate import intervals
     from covidct.evaluation.metrics import binary_metrics
+    from covidct.evaluation.summary import intervals
 
     rng = np.random.default_rng(0)
     y = np.r_[np.ones(40), np.zeros(40)].astype(int)

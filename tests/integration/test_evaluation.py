@@ -9,20 +9,13 @@ import torch
 from PIL import Image
 
 from covidct.errors import ModelError
-from covidct.evaluation.evaluate import (
-    compare_runs,
-    ensemble_mean,
-    eval_dataset,
-    evaluate_run,
-    find_checkpoint,
-    load_classifier,
-    metrics_table,
-    predict_scores,
-    read_predictions,
-)
+from covidct.evaluation.compare import compare_runs, read_predictions
+from covidct.evaluation.evaluate import evaluate_run
 from covidct.evaluation.metrics import binary_metrics, youden_threshold
+from covidct.evaluation.scoring import ensemble_mean, eval_dataset, load_classifier, predict_scores
 from covidct.evaluation.statistics import wilson_interval
-from covidct.runs import RunDir
+from covidct.evaluation.writing import metrics_table
+from covidct.runs import RunDir, find_checkpoint
 from covidct.tables import interval_text
 from tests.conftest import perturbed_copy
 
@@ -123,7 +116,7 @@ def test_corrupt_checkpoint_is_named(trained_run, tmp_path):
 
 
 def test_config_differences():
-    from covidct.evaluation.evaluate import config_differences
+    from covidct.evaluation.compare import config_differences
 
     a = {"model": "vgg16", "lr": 1e-3, "out": "x", "seed": 1}
     b = {"model": "vgg19_bn", "lr": 1e-3, "out": "y", "seed": 1}
@@ -161,7 +154,7 @@ def test_intervals_and_operating_points_chosen_on_validation(trained_run, tmp_pa
 
 def test_stored_threshold_is_used(trained_run, tmp_path):
     from covidct.cli import main
-    from covidct.evaluation.evaluate import store_threshold
+    from covidct.evaluation.thresholds import store_threshold
 
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
@@ -181,8 +174,8 @@ def test_stored_threshold_is_used(trained_run, tmp_path):
 
 
 def test_youden_threshold_stored_matches_validation(trained_run, tmp_path):
-    from covidct.evaluation.evaluate import store_threshold
     from covidct.evaluation.metrics import youden_threshold
+    from covidct.evaluation.thresholds import store_threshold
 
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
@@ -246,7 +239,7 @@ def test_a_site_chooses_its_own_threshold_on_its_labelled_set(trained_run, tmp_p
     site = make_sars_layout(tmp_path / "site", 7, 6, seed=3)
     # The scores at full precision, as the program computes them: predictions.csv rounds to six decimals, and the
     # chosen threshold sits on a score, so counts recounted from rounded scores can differ by one (machine-dependent).
-    from covidct.evaluation.evaluate import eval_dataset, external_samples, load_classifier, predict_scores
+    from covidct.evaluation.scoring import eval_dataset, external_samples, load_classifier, predict_scores
 
     module = load_classifier(RunDir(run).checkpoint("best"))
     _, samples, _ = external_samples(RunDir(run), f"site={site}")

@@ -6,7 +6,7 @@ import torch
 
 from covidct.cli import main
 from covidct.errors import ModelError
-from covidct.evaluation.evaluate import load_classifier
+from covidct.evaluation.scoring import load_classifier
 from covidct.inference.export import export_run, load_safetensors_model, verification_images
 from covidct.runs import RunDir, find_checkpoint
 

@@ -142,7 +142,7 @@ def test_tensorboard_logs_the_epoch_metrics(trained_run):
 
 
 def test_input_size_sets_the_preprocessing_the_checkpoint_carries(tmp_path, tiny_dataset):
-    from covidct.evaluation.evaluate import eval_dataset, load_classifier
+    from covidct.evaluation.scoring import eval_dataset, load_classifier
     from covidct.runs import RunDir
 
     config = TrainConfig(model="timm:resnet10t", data_dir=str(tiny_dataset), pretrained=False, epochs=1,

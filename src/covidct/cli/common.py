@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
+from typing import Any
 
 # the slice-score aggregations of inference/predict.py (AGGREGATIONS), named here so that building the parser does
 # not import torch; tests/integration/test_prediction.py checks that the two agree
@@ -44,3 +46,51 @@ def require(module: str, extra: str, feature: str) -> None:
 
     if importlib.util.find_spec(module) is None:
         raise ConfigError(f"{feature} needs the optional package {module}: pip install 'covidct[{extra}]'")
+
+
+def config_args(p: argparse.ArgumentParser, cls: Any = None, config_file: bool = True) -> None:
+    """One flag per field of a settings class (TrainConfig unless given; help, choices and flag name from its
+    metadata; booleans as --x/--no-x; lists repeated). Every default is None here, so that only flags given on the
+    command line override. config_file: also --config, a YAML file of the same settings."""
+    from covidct.config import TrainConfig
+
+    cls = cls or TrainConfig
+    if config_file:
+        p.add_argument("--config", help="a YAML config (e.g. a saved run's config.yaml); flags override it")
+    defaults = cls()
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        if not meta.get("cli", True):
+            continue
+        flag = "--" + (meta.get("flag") or f.name).replace("_", "-")
+        default = getattr(defaults, f.name)
+        help_text = meta.get("help", "")
+        kind = _kind(f.type)
+        if kind is bool:
+            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                           help=f"{help_text} (default: {'on' if default else 'off'})")  # fmt: skip
+        elif kind is list:
+            p.add_argument(flag, dest=f.name, action="append", default=None, metavar=f.name[:-1].upper(),
+                           help=help_text)  # fmt: skip
+        else:
+            shown = "" if default in (None, "") else f" (default {default})"
+            p.add_argument(flag, dest=f.name, type=kind, default=None, choices=meta.get("choices"),
+                           help=help_text + shown)  # fmt: skip
+
+
+def _kind(annotation: Any) -> type:
+    text = str(annotation)
+    for name, kind in (("bool", bool), ("list", list), ("int", int), ("float", float), ("dict", dict)):
+        if text.startswith(name) or text.startswith(f"{name}[") or text.startswith(f"{name} |"):
+            return kind
+    return str
+
+
+def settings_from_args(args: argparse.Namespace, cls: Any, **values: Any) -> Any:
+    """A settings object from the flags given on the command line (the others keep the class's defaults), plus
+    `values` for settings whose flags are built by hand."""
+    for f in dataclasses.fields(cls):
+        value = getattr(args, f.name, None)
+        if value is not None and f.metadata.get("cli", True):
+            values[f.name] = value
+    return cls.from_dict(values)

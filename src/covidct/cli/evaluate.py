@@ -6,39 +6,16 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from covidct.cli.common import AGGREGATION_NAMES, DEFAULT_AGGREGATION
+from covidct.cli.common import AGGREGATION_NAMES, DEFAULT_AGGREGATION, config_args, settings_from_args
 
 
-def evaluate_and_print(
-    run_dir: Path,
-    split: str,
-    checkpoint: str,
-    data_dir: Any,
-    threshold: Any,
-    out: Any,
-    n_boot: int,
-    min_sens: float,
-    calibrate: bool = False,
-    tta: bool = False,
-    on: str | None = None,
-    per_group: str | None = None,
-) -> None:
-    from covidct.evaluation.evaluate import evaluate_run, metrics_table
+def evaluate_and_print(run_dir: Path | list[Path], config: Any) -> None:
+    """Evaluate (an EvalConfig) and print the table, calibration, per-group and external-set lines."""
+    from covidct.evaluation.evaluate import evaluate
+    from covidct.evaluation.writing import metrics_table
 
-    result = evaluate_run(
-        run_dir,
-        split or "test",
-        checkpoint,
-        data_dir,
-        threshold,
-        out,
-        n_boot,
-        min_sens,
-        calibrate=calibrate,
-        tta=tta,
-        on=on,
-        per_group=per_group,
-    )
+    result = evaluate(run_dir, config)
+    on, out = config.on, config.out_dir
     cal = result["calibration"]
     line = f"calibration: ECE {cal['ece']:.3f}"
     if "temperature" in cal:
@@ -56,7 +33,9 @@ def evaluate_and_print(
     if result.get("external") and result["external"]["images_seen_in_training"]:
         print(f"warning: {result['external']['images_seen_in_training']} images of {on} were seen in training")
     first = Path(run_dir if not isinstance(run_dir, list) else run_dir[0])
-    where = Path(out) if out else first / f"eval-{result['split']}"
+    from covidct.runs import RunDir
+
+    where = Path(out) if out else RunDir(first).eval_dir(result["split"])
     print(f"wrote metrics, predictions and figures to {where}")
 
 
@@ -75,16 +54,15 @@ def group_line(g: dict[str, Any]) -> str:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from covidct.config import EvalConfig
+
     runs = args.run_dir if len(args.run_dir) > 1 else args.run_dir[0]
-    evaluate_and_print(
-        runs, args.split, args.checkpoint, args.data_dir, args.threshold, args.out,
-        args.bootstrap, args.min_sensitivity, args.calibrate, args.tta, args.on, args.per_group,
-    )  # fmt: skip
+    evaluate_and_print(runs, settings_from_args(args, EvalConfig, per_group=args.per_group))
     return 0
 
 
 def cmd_threshold(args: argparse.Namespace) -> int:
-    from covidct.evaluation.evaluate import store_threshold
+    from covidct.evaluation.thresholds import store_threshold
 
     r = store_threshold(args.run_dir, args.choose, args.min_sensitivity, args.checkpoint, args.data_dir, args.on)
     where = f"chosen on {r['chosen_on']} by {r['rule']}" if r["chosen_on"] else "given"
@@ -95,7 +73,7 @@ def cmd_threshold(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from covidct.evaluation.evaluate import compare_runs
+    from covidct.evaluation.compare import compare_runs
     from covidct.tables import table_text, write_table
 
     runs = args.run_dirs
@@ -122,37 +100,24 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from covidct.config import EvalConfig
+
     p = sub.add_parser("evaluate", help="metrics, predictions and figures of a run on a split or an external set")
     p.add_argument(
         "run_dir", type=Path, nargs="+", help="a run folder (runs/<timestamp>-<model>); several: their ensemble"
     )
-    p.add_argument("--split", default="test", help="train, val or test (default test)")
-    p.add_argument(
-        "--on", metavar="SET",
-        help="an external labelled set instead of a split: a source name, NAME=PATH, a folder or a CSV (all its "
-        "images; one class allowed); written to eval-<name>/",
-    )  # fmt: skip
+    config_args(p, EvalConfig, config_file=False)
     p.add_argument(
         "--per-group", nargs="?", const=DEFAULT_AGGREGATION, choices=AGGREGATION_NAMES, metavar="AGGREGATION",
         help="also score each group (a patient's subfolder, a CSV's group column) as one: its slices' scores "
         f"aggregated as covidct predict aggregates a volume (default {DEFAULT_AGGREGATION}); COVID if any slice is",
     )  # fmt: skip
-    p.add_argument("--tta", action="store_true", help="average each image's score with its left-right mirror's")
-    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
-    p.add_argument("--data-dir", help="override the data folder recorded in the run's config")
-    p.add_argument("--threshold", type=float, help="decision threshold (default: the model's, 0.5)")
-    p.add_argument("--out", help="output folder (default RUN_DIR/eval-SPLIT)")
-    p.add_argument("--calibrate", action="store_true", help="fit temperature scaling on val; report ECE before/after")
-    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the intervals (0: none)")
-    p.add_argument(
-        "--min-sensitivity", type=float, default=0.95, help="the 'sensitivity at least S' operating point (on val)"
-    )
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("threshold", help="choose the decision threshold on val and store it in the checkpoint")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--choose", required=True, help="youden, sensitivity (at least --min-sensitivity) or a number")
-    p.add_argument("--min-sensitivity", type=float, default=0.95)
+    p.add_argument("--min-sensitivity", type=float, default=EvalConfig().min_sensitivity)
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
     p.add_argument("--data-dir", help="override the data folder recorded in the run's config")
     p.add_argument("--on", metavar="SET", help="choose it on this labelled set instead of val (a site's own "

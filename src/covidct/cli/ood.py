@@ -14,8 +14,11 @@ def cmd_ood_fit(args: argparse.Namespace) -> int:
     print(f"out-of-distribution detector ({d['method']}) fitted on {d['n_train']} training images; threshold "
           f"{d['threshold']:.4g} = percentile {d['percentile']:g} of {d['n_val']} validation images "
           f"({d['val_flagged']:.1%} of them flagged); {d['fit_seconds']} s")  # fmt: skip
-    exported = (Path(args.run_dir) / "export" / "model.json").is_file()
-    print(f"wrote {Path(args.run_dir) / 'ood'}" + (" and the run's export" if exported else ""))
+    from covidct.runs import RunDir
+
+    run = RunDir(Path(args.run_dir))
+    exported = (run.export_dir / "model.json").is_file()
+    print(f"wrote {run.ood_dir}" + (" and the run's export" if exported else ""))
     return 0
 
 

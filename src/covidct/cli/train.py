@@ -10,44 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from covidct import DISCLAIMER
-from covidct.cli.common import progress, require
+from covidct.cli.common import config_args, progress, require
 from covidct.errors import ConfigError
-
-
-def config_args(p: argparse.ArgumentParser, cls: Any = None) -> None:
-    """One flag per TrainConfig field (help, choices and flag name from its metadata; booleans as --x/--no-x;
-    lists repeated). Every default is None here, so that only flags given on the command line override."""
-    from covidct.config import TrainConfig
-
-    cls = cls or TrainConfig
-    p.add_argument("--config", help="a YAML config (e.g. a saved run's config.yaml); flags override it")
-    defaults = cls()
-    for f in dataclasses.fields(cls):
-        meta = f.metadata
-        if not meta.get("cli", True):
-            continue
-        flag = "--" + (meta.get("flag") or f.name).replace("_", "-")
-        default = getattr(defaults, f.name)
-        help_text = meta.get("help", "")
-        kind = _kind(f.type)
-        if kind is bool:
-            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
-                           help=f"{help_text} (default: {'on' if default else 'off'})")  # fmt: skip
-        elif kind is list:
-            p.add_argument(flag, dest=f.name, action="append", default=None, metavar=f.name[:-1].upper(),
-                           help=help_text)  # fmt: skip
-        else:
-            shown = "" if default in (None, "") else f" (default {default})"
-            p.add_argument(flag, dest=f.name, type=kind, default=None, choices=meta.get("choices"),
-                           help=help_text + shown)  # fmt: skip
-
-
-def _kind(annotation: Any) -> type:
-    text = str(annotation)
-    for name, kind in (("bool", bool), ("list", list), ("int", int), ("float", float), ("dict", dict)):
-        if text.startswith(name) or text.startswith(f"{name}[") or text.startswith(f"{name} |"):
-            return kind
-    return str
 
 
 def train_config(args: argparse.Namespace, cls: Any = None) -> Any:
@@ -68,12 +32,14 @@ def train_config(args: argparse.Namespace, cls: Any = None) -> Any:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from covidct.cli.evaluate import evaluate_and_print
+    from covidct.config import EvalConfig
     from covidct.training.fit import train
 
     if args.resume:
         from covidct.config import TrainConfig
+        from covidct.runs import RunDir
 
-        saved = Path(args.resume) / "config.yaml"
+        saved = RunDir(Path(args.resume)).config_path
         if not saved.is_file():
             raise ConfigError(f"cannot resume {args.resume}: no config.yaml there; is it a covidct run folder?")
         config = TrainConfig.from_yaml(saved)  # the run continues with its own recipe; other flags are ignored
@@ -89,9 +55,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     print(f"run folder: {run_dir}")
     if args.evaluate:
-        evaluate_and_print(run_dir, args.evaluate, "best", None, None, None, 2000, 0.95)
+        evaluate_and_print(run_dir, EvalConfig(split=args.evaluate))
     for name in args.evaluate_on or []:
-        evaluate_and_print(run_dir, None, "best", None, None, None, 2000, 0.95, on=name)
+        evaluate_and_print(run_dir, EvalConfig(on=name))
     if args.report:
         from covidct.reporting.html import build_report
 
@@ -129,7 +95,9 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from covidct.training.pretrain import pretrain
 
     if args.resume:
-        saved = Path(args.resume) / "config.yaml"
+        from covidct.runs import RunDir
+
+        saved = RunDir(Path(args.resume)).config_path
         if not saved.is_file():
             raise ConfigError(f"cannot resume {args.resume}: no config.yaml there; is it a covidct pretrain run?")
         config = PretrainConfig.from_yaml(saved)

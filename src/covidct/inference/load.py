@@ -274,8 +274,8 @@ def load_trained(path: str | Path, threads: int | None = None, checkpoint: str =
     if not path.exists():
         raise ModelError(f"model {path} does not exist (give an export folder, a run folder or a model file)")
     if path.is_dir():
-        if (path / "checkpoints").is_dir():
-            export = path / "export"
+        if RunDir(path).checkpoints_dir.is_dir():
+            export = RunDir(path).export_dir
             if checkpoint == "best" and (export / "model.safetensors").is_file():
                 return with_run_threshold(load_trained(export, threads), RunDir(path))
             run = RunDir(path)

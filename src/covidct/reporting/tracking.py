@@ -19,12 +19,12 @@ from typing import Any
 import yaml
 
 from covidct.errors import ConfigError
+from covidct.runs import RunDir
 
 DEFAULT_URI = "sqlite:///mlruns.db"
 EXPERIMENT = "covidct"
 EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "lr", "seconds")
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
-ARTIFACTS = ("config.yaml", "metrics.csv", "summary.json", "train.log", "val_last_epoch.csv", "report.html")
 
 
 def _client(uri: str | None) -> Any:
@@ -41,7 +41,7 @@ def _client(uri: str | None) -> Any:
 def final_metrics(run_dir: Path) -> dict[str, float]:
     """{split_metric: value} and {split_metric_ci_low/high} from each eval-<split>/metrics.json."""
     out: dict[str, float] = {}
-    for path in sorted(run_dir.glob("eval-*/metrics.json")):
+    for path in [d / "metrics.json" for d in RunDir(run_dir).eval_dirs() if (d / "metrics.json").is_file()]:
         m = json.loads(path.read_text())
         split = m["split"]
         for key in ("accuracy", "sensitivity", "specificity", "auc", "precision", "npv", "f1"):
@@ -59,10 +59,11 @@ def log_run(run_dir: str | Path, uri: str | None = None, experiment: str = EXPER
     from mlflow.entities import Metric, Param
 
     run_dir = Path(run_dir)
-    config_path = run_dir / "config.yaml"
+    folder = RunDir(run_dir)
+    config_path = folder.config_path
     if not config_path.is_file():
         raise ConfigError(f"{run_dir} is not a covidct run folder (no config.yaml) and cannot be logged to MLflow")
-    if not (run_dir / "export" / "model.safetensors").is_file() and (run_dir / "checkpoints" / "best.ckpt").is_file():
+    if not (folder.export_dir / "model.safetensors").is_file() and folder.checkpoint_path("best").is_file():
         from covidct.inference.export import export_run
 
         export_run(run_dir, "safetensors")
@@ -74,24 +75,16 @@ def log_run(run_dir: str | Path, uri: str | None = None, experiment: str = EXPER
     config = yaml.safe_load(config_path.read_text()) or {}
     params = [Param(k, json.dumps(v) if isinstance(v, (dict, list)) else str(v)) for k, v in config.items()]
     now = int(time.time() * 1000)
-    metrics = []
-    if (run_dir / "metrics.csv").is_file():
-        import csv
-
-        with open(run_dir / "metrics.csv", newline="") as f:
-            for row in csv.DictReader(f):
-                for key in EPOCH_METRICS:
-                    if row.get(key) not in (None, "", "nan"):
-                        metrics.append(Metric(key, float(row[key]), now, int(row["epoch"])))
+    metrics = [Metric(key, float(row[key]), now, int(row["epoch"])) for row in folder.history() for key in EPOCH_METRICS
+               if row.get(key) not in (None, "", "nan")]  # fmt: skip
     metrics += [Metric(k, v, now, 0) for k, v in final_metrics(run_dir).items()]
     for start in range(0, max(len(metrics), 1), 1000):  # MLflow takes at most 1000 metrics per batch
         client.log_batch(run_id, metrics=metrics[start : start + 1000], params=params if start == 0 else [])
-    for name in ARTIFACTS:
-        if (run_dir / name).is_file():
-            client.log_artifact(run_id, str(run_dir / name))
-    for folder in [*sorted(run_dir.glob("eval-*")), run_dir / "export"]:
-        if folder.is_dir():
-            client.log_artifacts(run_id, str(folder), artifact_path=folder.name)
+    for path in folder.artifacts():
+        client.log_artifact(run_id, str(path))
+    for sub in [*folder.eval_dirs(), folder.export_dir]:
+        if sub.is_dir():
+            client.log_artifacts(run_id, str(sub), artifact_path=sub.name)
     client.set_terminated(run_id)
     return run_id
 
@@ -108,7 +101,7 @@ def resolve_run(ref: str | Path, uri: str | None = None) -> Path:
     except Exception as e:
         raise ConfigError(f"MLflow run {ref} not found at {uri or DEFAULT_URI} ({type(e).__name__})") from None
     recorded = Path(run.data.tags.get("covidct.run_dir", ""))
-    if recorded.name and (recorded / "config.yaml").is_file():
+    if recorded.name and RunDir(recorded).config_path.is_file():
         return recorded
     target = Path(tempfile.mkdtemp(prefix=f"covidct-mlflow-{ref[:8]}-")) / run.info.run_name
     target.mkdir(parents=True)

@@ -23,8 +23,8 @@ import numpy as np
 from covidct.data import ImageDataset, Sample
 from covidct.data.sources import external_set
 from covidct.errors import ConfigError, DataError, ModelError
-from covidct.evaluation.evaluate import training_overlap
 from covidct.evaluation.metrics import binary_metrics, roc_auc, youden_threshold
+from covidct.evaluation.scoring import training_overlap
 from covidct.fileio import atomic_write, write_csv, write_json, write_text
 from covidct.inference.load import load_checkpoint, load_trained, read_checkpoint
 from covidct.inference.ood import fit_for_run
@@ -292,20 +292,21 @@ def adapt_run(run_dir: Path, site: Site, out_parent: Path) -> Path:
     run = RunDir(out_parent / f"{source.name}-adapted-{site.name}")
     if run.path.exists():
         raise ConfigError(f"{run.path} exists already; remove it or choose another --out")
-    (run.path / "checkpoints").mkdir(parents=True)
+    run.checkpoints_dir.mkdir(parents=True)
     shutil.copy(source.config_path, run.config_path)
     state = {f"model.{k}": v for k, v in model.module.state_dict().items()}
     ckpt = {"state_dict": state, "hyper_parameters": hp, "epoch": int(saved.get("epoch", 0))}
-    atomic_write(run.path / "checkpoints" / "best.ckpt", lambda p: torch.save(ckpt, p))
+    atomic_write(run.checkpoint_path("best"), lambda p: torch.save(ckpt, p))
     groups = len(np.unique(site.groups))
     adaptation = {"from_run": str(source.path), "site": site.name, "groups": groups, "images": len(site.samples),
                   "strategy": "head: logistic regression on the source model's frozen features",
                   "validated_at_site": validation,
                   "text": f"adapted on {site.name} ({groups} groups, {len(site.samples)} images) from {source.name}; "
                           f"validated at the site by leave-groups-out: AUC {validation['auc']:.3f}"}  # fmt: skip
-    write_json(run.path / "summary.json", {**source.summary(), "adaptation": adaptation})
-    write_json(run.threshold_path, {"threshold": validation["threshold"], "rule": "youden", "chosen_on": site.name,
-                                    "set": site.spec, "checkpoint": "best.ckpt", "previous_threshold": None,
-                                    "set_metrics": validation, "how": validation["method"]})  # fmt: skip
+    run.write_summary({**source.summary(), "adaptation": adaptation})
+    record = {"threshold": validation["threshold"], "rule": "youden", "chosen_on": site.name, "set": site.spec,
+              "checkpoint": run.checkpoint_path("best").name, "previous_threshold": None,
+              "set_metrics": validation, "how": validation["method"]}  # fmt: skip
+    write_json(run.threshold_path, record)
     fit_for_run(run.path, extra_train=site.samples)
     return run.path

@@ -22,8 +22,8 @@ from covidct.data.sources import load_source, parse_source
 from covidct.data.transforms import view_transform
 from covidct.errors import ConfigError
 from covidct.evaluation.drivers import driver_warnings, drivers_text, score_drivers
-from covidct.evaluation.evaluate import predict_scores
 from covidct.evaluation.metrics import binary_metrics, youden_threshold
+from covidct.evaluation.scoring import predict_scores
 from covidct.evaluation.statistics import delong_interval
 from covidct.fileio import write_csv, write_json, write_text
 from covidct.inference.load import LoadedModel, load_checkpoint

@@ -22,9 +22,11 @@ from sklearn.model_selection import StratifiedGroupKFold
 from covidct.config import TrainConfig
 from covidct.data import Sample, SplitData, load_splits
 from covidct.errors import ConfigError
-from covidct.evaluation.evaluate import evaluate_run, read_predictions
+from covidct.evaluation.compare import read_predictions
+from covidct.evaluation.evaluate import evaluate_run
 from covidct.evaluation.metrics import binary_metrics
 from covidct.fileio import write_csv, write_json
+from covidct.runs import RunDir
 from covidct.training.engine import run_name
 from covidct.training.fit import train
 
@@ -115,7 +117,7 @@ def run_cv(config: TrainConfig, folds: int = 5, progress: bool = True, group_dup
         run = train(fold_config, progress=progress, run_dir=fold_dir / "run")
         r = evaluate_run(run, "val", n_bootstrap=0)
         results.append({"fold": k, "run": str(run), "n_val": len(held), "val_acc": r["accuracy"], "val_auc": r["auc"]})
-        oof.update(read_predictions(run / "eval-val" / "predictions.csv"))
+        oof.update(read_predictions(RunDir(run).eval_dir("val") / "predictions.csv"))
     paths = sorted(oof)
     oof_labels = np.array([oof[p][0] for p in paths])
     oof_scores = np.array([oof[p][1] for p in paths])

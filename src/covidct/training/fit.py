@@ -195,7 +195,7 @@ def store_operating_point(run_dir: Path) -> None:
     """The threshold by Youden's J on the validation split (recorded in threshold.json as `covidct threshold`
     does): with label smoothing the scores of this recipe sit off 0.5 (validation at 0.5: sensitivity 0.87,
     specificity 0.67, ACCURACY.md), and the operating point is chosen on validation, never on test."""
-    from covidct.evaluation.evaluate import store_threshold
+    from covidct.evaluation.thresholds import store_threshold
 
     try:
         record = store_threshold(run_dir, "youden")

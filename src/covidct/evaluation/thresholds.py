@@ -1,0 +1,107 @@
+"""The operating point: chosen on validation (or a site's labelled set) or given, recorded in threshold.json,
+written into the checkpoint and the export's card."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from covidct.config import EVAL_DEFAULTS
+from covidct.errors import ConfigError, DataError, ModelError
+from covidct.evaluation.metrics import binary_metrics, threshold_for_sensitivity, youden_threshold
+from covidct.evaluation.scoring import eval_dataset, external_samples, load_classifier, predict_scores
+from covidct.fileio import atomic_write, write_json
+from covidct.inference.load import read_checkpoint
+from covidct.runs import RunDir, find_checkpoint
+
+
+def store_threshold(
+    run_dir: str | Path,
+    choose: str,
+    min_sensitivity: float = EVAL_DEFAULTS.min_sensitivity,
+    checkpoint: str = "best",
+    data_dir: str | Path | None = None,
+    on: str | None = None,
+) -> dict[str, Any]:
+    """Choose a threshold on the validation split ('youden', 'sensitivity' or a number) and store it in the
+    checkpoint, so evaluation, prediction and serving use it. Writes RUN_DIR/threshold.json as the record.
+
+    on: choose it on that labelled set instead (a source, folder or CSV, as `evaluate --on`): a site's own
+    validation data. Another hospital's scanners and windows shift a model's scores, so an operating point set on the
+    training sources' validation split can miss (sars-cov-2-ct at covid-ct's 0.5: sensitivity 0.39, specificity
+    0.62); the AUC does not change, only where the line is drawn. Figures on the same set at that threshold are then
+    optimistic: evaluate the site's other patients."""
+    run = RunDir.at(run_dir)
+    ckpt_path = find_checkpoint(run.path, checkpoint)
+    if on is not None and choose not in ("youden", "sensitivity"):
+        raise ConfigError(f"--on chooses the threshold on a set: --choose youden or sensitivity, not {choose!r}")
+    if choose in ("youden", "sensitivity"):
+        value, where, chosen = threshold_by_rule(run, ckpt_path, choose, min_sensitivity, data_dir, on)
+    else:
+        value, where, chosen = given_threshold(choose), None, None
+    previous = write_checkpoint_threshold(ckpt_path, value)
+    record = {
+        "threshold": float(value),
+        "rule": choose if choose in ("youden", "sensitivity") else "given",
+        "min_sensitivity": min_sensitivity if choose == "sensitivity" else None,
+        "chosen_on": where,
+        "set": on,
+        "checkpoint": ckpt_path.name,
+        "previous_threshold": float(previous),
+        "val_metrics" if on is None else "set_metrics": chosen,
+    }
+    write_json(run.threshold_path, record)
+    card_path = run.export_dir / "model.json"
+    if card_path.is_file():  # the export carries the same operating point: predict and serve load it
+        card = json.loads(card_path.read_text())
+        card["threshold"] = float(value)
+        card["threshold_chosen_on"] = where or "given"
+        write_json(card_path, card)
+        record["export_updated"] = str(card_path)
+    return record
+
+
+def threshold_by_rule(run: RunDir, ckpt_path: Path, choose: str, min_sensitivity: float,
+                      data_dir: str | Path | None, on: str | None) -> tuple[float, str, dict[str, Any]]:  # fmt: skip
+    """(threshold, where it was chosen, the metrics there) by Youden's J or a minimum sensitivity, on the validation
+    split or on the labelled set `on`."""
+    module = load_classifier(ckpt_path)
+    if on is None:
+        where, samples = "val", run.data(data_dir).splits["val"]
+    else:
+        where, samples, _ = external_samples(run, on)
+    _, labels, scores = predict_scores(module, eval_dataset(module, samples))
+    if len(np.unique(labels)) < 2:
+        what = "the validation split" if on is None else f"--on {on}"
+        raise DataError(f"{what} holds one class only: no threshold can be chosen on it")
+    if choose == "youden":
+        value = youden_threshold(labels, scores)
+    else:
+        value = threshold_for_sensitivity(labels, scores, min_sensitivity)
+    return value, where, binary_metrics(labels, scores, value).to_dict()
+
+
+def given_threshold(choose: str) -> float:
+    try:
+        value = float(choose)
+    except ValueError:
+        raise ConfigError(f"--choose must be youden, sensitivity or a number in [0, 1], got {choose!r}") from None
+    if not 0 <= value <= 1:
+        raise ConfigError(f"--choose must be youden, sensitivity or a number in [0, 1], got {choose!r}")
+    return value
+
+
+def write_checkpoint_threshold(ckpt_path: Path, value: float) -> float:
+    """Store the threshold in the checkpoint's hyperparameters (for a checkpoint used outside its run folder);
+    returns the one it replaces. Read with weights_only: a checkpoint carrying pickled code is refused, never run."""
+    ckpt = read_checkpoint(ckpt_path)
+    if not isinstance(ckpt.get("hyper_parameters"), dict):
+        raise ModelError(f"checkpoint {ckpt_path} is not a covidct checkpoint (no hyperparameters)")
+    previous = ckpt["hyper_parameters"].get("threshold", 0.5)  # kept in the record: `--choose PREVIOUS` restores it
+    ckpt["hyper_parameters"]["threshold"] = float(value)
+    atomic_write(ckpt_path, lambda p: torch.save(ckpt, p))
+    return float(previous)
