@@ -66,7 +66,8 @@ test: venv browser rref
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
 # Mutation testing of the numeric core (metrics, statistics, calibration; [tool.mutmut] in pyproject.toml) and the
-# planted faults of issue 16; about 5 minutes on 2 cores, so not part of `make test`. Report: benchmarks/MUTATION.md.
+# planted one-line faults; a few minutes on 2 cores, so not part of `make test`: .ci/run runs it after. A survivor not
+# reviewed as equivalent (benchmarks/mutation_report.py, by mutant id and line hash) or an uncaught fault fails it.
 mutation: venv
 	rm -rf mutants
 	$(BIN)/mutmut run --max-children 2 > /dev/null

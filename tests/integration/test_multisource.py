@@ -172,7 +172,9 @@ def test_domain_adversarial_training_logs_the_source_loss_and_its_model_loads(tw
     history = list(csv.DictReader((run / "metrics.csv").read_text().splitlines()))
     assert all(0 < float(r["train_domain_loss"]) < 5 for r in history)
     ckpt = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
-    assert ckpt["hyper_parameters"]["domain_weight"] == 1.0 and ckpt["hyper_parameters"]["n_domains"] == 2
+    assert (
+        ckpt["hyper_parameters"]["config"]["domain_adversarial"] == 1.0 and ckpt["hyper_parameters"]["n_domains"] == 2
+    )
     assert any(k.startswith("domain_head.") for k in ckpt["state_dict"])
     model = load_trained(run)  # the domain head is training-only: prediction loads the network alone
     from PIL import Image

@@ -6,8 +6,9 @@ import yaml
 
 from covidct.config import TrainConfig
 from covidct.errors import ConfigError, DataError, ModelError
+from covidct.inference.load import load_checkpoint
 from covidct.training.fit import train
-from covidct.training.module import Classifier
+from covidct.training.module import Classifier, training_card
 from covidct.training.precision import resolve_precision
 
 
@@ -31,7 +32,8 @@ def test_checkpoint_carries_architecture_preprocessing_classes_threshold(trained
     assert hp["class_names"] == ["NonCOVID", "COVID"] and hp["threshold"] == 0.5
     assert set(hp["preprocessing"]) == {"mean", "std", "input_size", "resize", "grayscale", "crop", "intensity"}
     assert hp["preprocessing"]["grayscale"] is True  # the default recipe
-    module = Classifier.load_from_checkpoint(trained_run / "checkpoints" / "best.ckpt", map_location="cpu")
+    assert hp["config"]["model"] == "timm:resnet10t" and hp["config"]["epochs"] == 2  # the run's settings too
+    module = load_checkpoint(trained_run / "checkpoints" / "best.ckpt")
     assert module.preprocessing.input_size == hp["preprocessing"]["input_size"]
     # the best checkpoint is the epoch with the best validation accuracy (first of ties)
     rows = list(csv.DictReader((trained_run / "metrics.csv").open()))
@@ -118,8 +120,8 @@ def test_backbone_learns_at_a_scaled_rate():
     from covidct.models import create_model, head_parameters
 
     model, pre = create_model("timm:resnet10t", pretrained=False)
-    module = Classifier("timm:resnet10t", pre.to_dict(), ["NonCOVID", "COVID"], lr=1e-3, warmup_epochs=0,
-                        backbone_lr_scale=0.1, model=model)  # fmt: skip
+    config = TrainConfig(model="timm:resnet10t", lr=1e-3, warmup_epochs=0, backbone_lr_scale=0.1)
+    module = Classifier(config, training_card(config, pre, ["NonCOVID", "COVID"]), model=model)
     optimizer = module.configure_optimizers()["optimizer"]
     backbone, head = optimizer.param_groups
     assert backbone["lr"] == pytest.approx(1e-4) and head["lr"] == pytest.approx(1e-3)

@@ -7,16 +7,16 @@ import torch.nn.functional as F
 from covidct.config import TrainConfig
 from covidct.errors import ConfigError
 from covidct.models import create_model
-from covidct.training.module import Classifier
+from covidct.training.module import Classifier, training_card
 
 PRE = {"resize": 40, "input_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3}
 
 
-def classifier(**kwargs) -> Classifier:
+def classifier(n_domains: int = 0, **settings) -> Classifier:
     torch.manual_seed(0)
     model, pre = create_model("timm:resnet10t", pretrained=False)
-    return Classifier("timm:resnet10t", pre.to_dict(), ["non-COVID", "COVID"], channels_last=False, model=model,
-                      **kwargs)  # fmt: skip
+    config = TrainConfig(model="timm:resnet10t", channels_last=False, **settings)
+    return Classifier(config, training_card(config, pre, ["non-COVID", "COVID"]), model=model, n_domains=n_domains)
 
 
 def batch(n: int = 6) -> dict:
@@ -36,22 +36,22 @@ def test_mixup_trains_on_mixed_images_against_mixed_soft_labels():
     images, targets = module.mixup(b["image"], b["label"])
     assert targets.shape == (6, 2) and torch.allclose(targets.sum(1), torch.ones(6))
     assert not torch.equal(images, b["image"])  # the images were mixed, and the loss below is of the mixed ones
-    expected = F.cross_entropy(module(images), targets, label_smoothing=module.hparams.label_smoothing)
+    expected = F.cross_entropy(module(images), targets, label_smoothing=module.config.label_smoothing)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     assert classifier().mixup is None
 
 
 def test_domain_head_adds_the_weighted_source_loss_and_is_left_out_of_the_network():
-    plain = classifier(domain_weight=2.0, n_domains=1)
+    plain = classifier(domain_adversarial=2.0, n_domains=1)
     assert plain.domain_head is None  # one source: nothing to be adversarial about
-    module = classifier(domain_weight=2.0, n_domains=2)
+    module = classifier(domain_adversarial=2.0, n_domains=2)
     module.eval()
     module.train_domains = torch.tensor([0, 0, 1, 1, 0, 1])
     b = batch()
     with pytest.warns(UserWarning, match="self.log"):
         loss = module.training_step(b, 0)
     logits = module(b["image"])
-    classification = F.cross_entropy(logits, b["label"], label_smoothing=module.hparams.label_smoothing)
+    classification = F.cross_entropy(logits, b["label"], label_smoothing=module.config.label_smoothing)
     assert loss.item() > classification.item()
     # strength only scales the gradient; the loss is the domain head's cross-entropy on the same features
     domain = F.cross_entropy(module.domain_head(module._features, 1.0), module.train_domains)

@@ -25,42 +25,35 @@ from covidct.models.adversarial import DomainHead, reversal_strength
 log = logging.getLogger("covidct")
 
 
-class Classifier(L.LightningModule):
-    """A backbone with a 2-class head. Its hyperparameters (saved in every checkpoint) carry the architecture,
-    preprocessing, class names and threshold, so a checkpoint is all prediction needs."""
+def training_card(config: TrainConfig, pre: Preprocessing, class_names: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """What prediction needs of a checkpoint: the architecture, its preprocessing, the class names, the threshold
+    (0.5 until one is chosen; threshold.json is the record)."""
+    return {"model_name": config.model, "preprocessing": pre.to_dict(), "class_names": list(class_names),
+            "threshold": 0.5}  # fmt: skip
 
-    def __init__(
-        self,
-        model_name: str,
-        preprocessing: dict[str, Any],
-        class_names: list[str],
-        lr: float = 3e-4,
-        weight_decay: float = 1e-4,
-        warmup_epochs: int = 1,
-        max_epochs: int = 30,
-        label_smoothing: float = 0.0,
-        channels_last: bool = True,
-        threshold: float = 0.5,
-        backbone_lr_scale: float = 1.0,
-        mixup: float = 0.0,
-        domain_weight: float = 0.0,
-        n_domains: int = 0,
-        model: nn.Module | None = None,
-    ) -> None:
+
+class Classifier(L.LightningModule):
+    """A backbone with a 2-class head, built from the run's settings (TrainConfig) and its card (training_card).
+    Both are saved in every checkpoint's hyperparameters: the card's keys at the top (what load_trained reads; a
+    checkpoint is all prediction needs), the settings under "config"."""
+
+    def __init__(self, config: TrainConfig, card: dict[str, Any], model: nn.Module | None = None,
+                 n_domains: int = 0) -> None:  # fmt: skip
         super().__init__()
-        self.save_hyperparameters(ignore=["model"])
+        self.config = config
+        self.save_hyperparameters({**card, "config": config.to_dict(), "n_domains": n_domains})
         if model is None:  # rebuilt from a checkpoint: architecture only, the weights follow
-            model, _ = create_model(model_name, pretrained=False)
-        self.model = model.to(memory_format=torch.channels_last) if channels_last else model
+            model, _ = create_model(card["model_name"], pretrained=False)
+        self.model = model.to(memory_format=torch.channels_last) if config.channels_last else model
         # torchvision's batch MixUp: Beta(alpha, alpha) weights, each image mixed with another of the batch, labels
         # mixed the same (as soft targets). With balanced sources many pairs cross sources.
-        self.mixup = MixUp(alpha=mixup, num_classes=2) if mixup > 0 else None
+        self.mixup = MixUp(alpha=config.mixup, num_classes=2) if config.mixup > 0 else None
         self.domain_head: DomainHead | None = None
         self.train_domains: torch.Tensor | None = None  # the source (0..n_domains-1) of each training image, by index
-        if domain_weight > 0 and n_domains > 1:
+        if config.domain_adversarial > 0 and n_domains > 1:
             head = head_module(self.model)
             if not isinstance(head, nn.Linear):
-                raise ConfigError(f"domain_adversarial: {model_name} has no linear head whose input could be read")
+                raise ConfigError(f"domain_adversarial: {config.model} has no linear head whose input could be read")
             self.domain_head = DomainHead(head.in_features, n_domains)
             self._features: torch.Tensor | None = None
             head.register_forward_pre_hook(self._keep_features)
@@ -75,7 +68,7 @@ class Classifier(L.LightningModule):
         return Preprocessing.from_dict(self.hparams.preprocessing)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.hparams.channels_last:
+        if self.config.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.model(x)
 
@@ -89,26 +82,10 @@ class Classifier(L.LightningModule):
         train_ds: ImageDataset,
         val_ds: ImageDataset,
     ) -> Classifier:
-        """The module of a training run: the settings it keeps in its checkpoint come from `config` here, once;
-        the sources of the training and validation images (by dataset index) for the per-source validation AUC
-        and the domain-adversarial head."""
+        """The module of a training run, with the sources of the training and validation images (by dataset
+        index) for the per-source validation AUC and the domain-adversarial head."""
         domains = sorted({s.source for s in train_ds.samples})
-        module = cls(
-            model_name=config.model,
-            preprocessing=pre.to_dict(),
-            class_names=list(class_names),
-            lr=config.lr,
-            weight_decay=config.weight_decay,
-            warmup_epochs=config.warmup_epochs,
-            max_epochs=config.epochs,
-            label_smoothing=config.label_smoothing,
-            channels_last=config.channels_last,
-            backbone_lr_scale=config.backbone_lr_scale,
-            mixup=config.mixup,
-            domain_weight=config.domain_adversarial,
-            n_domains=len(domains),
-            model=model,
-        )
+        module = cls(config, training_card(config, pre, class_names), model=model, n_domains=len(domains))
         module.val_sources = np.array([s.source for s in val_ds.samples])
         if module.domain_head is not None:
             module.train_domains = torch.as_tensor([domains.index(s.source) for s in train_ds.samples])
@@ -126,21 +103,21 @@ class Classifier(L.LightningModule):
         if self.mixup is not None:
             images, targets = self.mixup(images, labels)
         logits = self(images)
-        loss = F.cross_entropy(logits, targets, label_smoothing=self.hparams.label_smoothing)
+        loss = F.cross_entropy(logits, targets, label_smoothing=self.config.label_smoothing)
         acc = (logits.argmax(1) == labels).float().mean()  # against the unmixed labels: a rough guide only
         n = len(labels)
         self.log("train_acc", acc, on_step=False, on_epoch=True, batch_size=n)
         if self.domain_head is not None and self.train_domains is not None:
             domains = self.train_domains.to(labels.device)[batch["index"]]
             batches = max(1, int(self.trainer.num_training_batches)) if self._trainer is not None else 1
-            strength = reversal_strength((self.current_epoch + batch_idx / batches) / self.hparams.max_epochs)
+            strength = reversal_strength((self.current_epoch + batch_idx / batches) / self.config.epochs)
             domain_logits = self.domain_head(self._features, strength)
             domain_loss = F.cross_entropy(domain_logits, domains)
             # Near chance (ln 2 with two sources) means the backbone's features no longer give the source away.
             self.log("train_domain_loss", domain_loss, on_step=False, on_epoch=True, batch_size=n)
             self.log("train_domain_acc", (domain_logits.argmax(1) == domains).float().mean(), on_step=False,
                      on_epoch=True, batch_size=n)  # fmt: skip
-            loss = loss + self.hparams.domain_weight * domain_loss
+            loss = loss + self.config.domain_adversarial * domain_loss
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
         return loss
 
@@ -197,14 +174,11 @@ class Classifier(L.LightningModule):
             set_rng_state(checkpoint["covidct_rng"])
 
     def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hparams
+        hp = self.config
         # The new head learns at lr; the pretrained backbone at lr x backbone_lr_scale (1: one learning rate).
         head = {id(p) for p in head_parameters(self.model)}
         groups = [
-            {
-                "params": [p for p in self.parameters() if id(p) not in head],
-                "lr": hp.lr * hp.get("backbone_lr_scale", 1),
-            },
+            {"params": [p for p in self.parameters() if id(p) not in head], "lr": hp.lr * hp.backbone_lr_scale},
             {"params": [p for p in self.parameters() if id(p) in head], "lr": hp.lr},
         ]
         optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=hp.weight_decay)
@@ -212,7 +186,7 @@ class Classifier(L.LightningModule):
         def factor(epoch: int) -> float:  # linear warm-up, then cosine decay to zero over max_epochs
             if epoch < hp.warmup_epochs:
                 return (epoch + 1) / (hp.warmup_epochs + 1)
-            progress = (epoch - hp.warmup_epochs) / max(1, hp.max_epochs - hp.warmup_epochs)
+            progress = (epoch - hp.warmup_epochs) / max(1, hp.epochs - hp.warmup_epochs)
             return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
