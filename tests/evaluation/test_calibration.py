@@ -46,3 +46,13 @@ def test_temperature_recovers_the_stretch_and_lowers_ece():
 
 def test_logit_is_finite_at_the_ends():
     assert np.isfinite(logit([0.0, 1.0])).all()
+
+
+def test_logit_of_float32_scores_is_computed_in_float64():
+    """The network's scores arrive as float32: a score of 1.0 is clipped to 1 - 1e-7 in float64 (logit 16.118);
+    clipped in float32, 1 - 1e-7 rounds to 0.99999988 and the logit moves to about 15.94."""
+    z = logit(np.array([0.0, 0.3, 1.0], dtype=np.float32))
+    assert z.dtype == np.float64
+    assert z[2] == pytest.approx(np.log((1 - 1e-7) / 1e-7), rel=1e-9)
+    assert z[0] == pytest.approx(-np.log((1 - 1e-7) / 1e-7), rel=1e-9)
+    assert z[1] == pytest.approx(np.log(np.float64(np.float32(0.3)) / (1 - np.float64(np.float32(0.3)))), rel=1e-9)
