@@ -108,7 +108,7 @@ def test_summarise_is_pure_numbers_without_a_model():
 
     from covidct.data.datasets import Sample
     from covidct.evaluation.scoring import Scored
-    from covidct.evaluation.summary import summarise
+    from covidct.evaluation.summary import summarise_scores
 
     y = np.array([1, 1, 1, 0, 0, 0, 1, 0])
     s = np.array([0.9, 0.8, 0.4, 0.3, 0.6, 0.1, 0.7, 0.2])
@@ -117,7 +117,7 @@ def test_summarise_is_pure_numbers_without_a_model():
                     samples=samples, val_paths=None, val_labels=y, val_scores=s, threshold=0.5,
                     class_names=["NonCOVID", "COVID"], architectures=["m"], epochs=[3],
                     checkpoint="best.ckpt")  # fmt: skip
-    r = summarise(scored, n_bootstrap=0)
+    r = summarise_scores(scored, n_bootstrap=0)
     assert (r["tp"], r["tn"], r["fp"], r["fn"]) == (3, 3, 1, 1) and r["epoch"] == 3 and r["model"] == "m"
     assert [p["name"] for p in r["operating_points"]] == ["default", "youden", "sensitivity>=0.95"]
     assert set(r["per_source"]) == {"a", "b"} and r["per_source"]["a"]["n"] == 4

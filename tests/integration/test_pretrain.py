@@ -87,3 +87,25 @@ def test_pretraining_repeats_with_any_worker_count(data, tmp_path):
     a, b, other = backbone("0"), backbone("2"), backbone("0", seed="4")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], other[k]) for k in a)
+
+
+def test_resumed_pretraining_keeps_only_the_history_its_checkpoint_completed(data, tmp_path):
+    """A kill after an epoch's row was written but before its last.ckpt: the resumed run redoes that epoch and its
+    history has each epoch once (pretraining once kept the orphan row, as training never did)."""
+    import csv
+
+    import yaml
+
+    args = ["pretrain", *TINY, "--data-dir", str(data), "--method", "simclr", "--epochs", "2", "--batch-size", "8",
+            "--input-size", "32", "--out", str(tmp_path / "pre")]  # fmt: skip
+    assert main(args) == 0
+    run = next((tmp_path / "pre").iterdir())
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    (run / "config.yaml").write_text(yaml.safe_dump({**config, "epochs": 3}, sort_keys=False))
+    with open(run / "metrics.csv", "a", newline="") as f:  # epoch 3's row, written before the kill
+        f.write("3," + ",".join(["123.0"] * (len((run / "metrics.csv").read_text().splitlines()[0].split(",")) - 1))
+                + "\n")  # fmt: skip
+    assert main(["pretrain", "--resume", str(run)]) == 0
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert float(rows[2]["train_loss"]) != 123.0

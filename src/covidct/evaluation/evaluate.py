@@ -9,7 +9,7 @@ from covidct.config import EvalConfig
 from covidct.data.lungmask import slice_lung_fraction
 from covidct.errors import ModelError
 from covidct.evaluation.scoring import score_runs
-from covidct.evaluation.summary import summarise
+from covidct.evaluation.summary import summarise_scores
 from covidct.evaluation.writing import write_evaluation
 from covidct.runs import RunDir
 
@@ -21,7 +21,7 @@ def evaluate_run(run_dir: str | Path | list[str | Path], split: str = "test", **
 
 
 def evaluate(run_dir: str | Path | list[str | Path], config: EvalConfig) -> dict[str, Any]:
-    """Score -> summarise -> write: every image of `config.split` scored with the run's checkpoint, metrics.json,
+    """Score -> summarise_scores -> write: every image of `config.split` scored with the run's checkpoint, metrics.json,
     predictions and figures written into `config.out_dir` (default RUN_DIR/eval-<split>).
 
     Besides the metrics at the model's threshold, metrics.json holds 95% intervals and the operating points
@@ -43,7 +43,7 @@ def evaluate(run_dir: str | Path | list[str | Path], config: EvalConfig) -> dict
     scored = score_runs(runs, c.split, c.checkpoint, c.data_dir, c.threshold, c.tta, c.on)
     if c.per_group:  # predict's rule for a volume: only DICOM slices whose HU shows lung count
         scored.lung_fractions = [slice_lung_fraction(x.path) for x in scored.samples]
-    result = summarise(scored, c.n_bootstrap, c.min_sensitivity, c.seed, c.calibrate, c.per_group)
+    result = summarise_scores(scored, c.n_bootstrap, c.min_sensitivity, c.seed, c.calibrate, c.per_group)
     out = Path(c.out_dir) if c.out_dir else RunDir(runs[0]).eval_dir(scored.split)
     write_evaluation(scored, result, out, c.n_bootstrap, c.seed)
     return result

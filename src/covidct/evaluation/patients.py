@@ -20,7 +20,7 @@ from covidct.data import Sample
 from covidct.errors import DataError
 from covidct.evaluation.metrics import binary_metrics
 from covidct.evaluation.statistics import delong_interval
-from covidct.inference.predict import AGGREGATIONS, summarise
+from covidct.inference.predict import AGGREGATIONS, summarise_volume
 
 
 def group_scores(
@@ -46,7 +46,7 @@ def group_scores(
             if lung_fractions is not None and lung_fractions[i] is not None:
                 entry["lung_fraction"] = lung_fractions[i]
             entries.append(entry)
-        volume = summarise(entries, how)
+        volume = summarise_volume(entries, how)
         rows.append({"group": group, "source": source, "label": int(np.max(labels[idx])), "slices": len(idx),
                      "slices_counted": volume["slices_counted"], "counted": volume["counted"],
                      "mixed_labels": bool(len(set(labels[idx].tolist())) > 1), "score": volume["score"]})  # fmt: skip

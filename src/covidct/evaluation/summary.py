@@ -26,7 +26,7 @@ from covidct.evaluation.statistics import (
 )
 
 
-def summarise(
+def summarise_scores(
     s: Scored,
     n_bootstrap: int = EVAL_DEFAULTS.n_bootstrap,
     min_sensitivity: float = EVAL_DEFAULTS.min_sensitivity,

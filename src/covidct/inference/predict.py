@@ -166,7 +166,7 @@ def ood_summary(entries: list[dict[str, Any]]) -> dict[str, Any]:
     return {"ood_fraction": round(share, 4), "in_distribution": share < OOD_STUDY_SHARE}
 
 
-def summarise(entries: list[dict[str, Any]], how: str) -> dict[str, Any]:
+def summarise_volume(entries: list[dict[str, Any]], how: str) -> dict[str, Any]:
     """Which slices count (those in lung; all when none shows lung or there are no HU), the volume score, top-k."""
     scored = [e for e in entries if "score" in e]
     if not scored:
@@ -220,7 +220,7 @@ def predict_inputs(
             entries = VolumeScorer(model).run((k, hu, g, "") for k, (hu, g) in enumerate(_nifti_slices(path, window)))
             for k, e in enumerate(entries):
                 e["index"] = k
-            summary = summarise(entries, aggregation)
+            summary = summarise_volume(entries, aggregation)
             _slice_rows(rows, str(path), "", entries, label, t)
             rows.append(_summary_row(str(path), "", "volume", summary["score"], label, t, summary))
             report["volumes"].append({"path": str(path), **summary, "label": label(summary["score"])})
@@ -284,7 +284,7 @@ def _predict_folder(model, folder, window, aggregation, t, label, rows, report, 
             for k, e in enumerate(entries):
                 e["index"], e["file"] = k, str(e["key"].path)
             try:
-                summary = summarise(entries, aggregation)
+                summary = summarise_volume(entries, aggregation)
             except DataError as e:
                 report["skipped"].append(f"series {s.label} of {folder}: {e}")
                 continue

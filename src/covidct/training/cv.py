@@ -83,7 +83,7 @@ def fold_rows(
     return rows + [{"path": str(s.path.resolve()), "label": class_names[s.label], "split": "test"} for s in test]
 
 
-def summarise(folds: list[dict[str, Any]], oof_labels: np.ndarray, oof_scores: np.ndarray) -> dict[str, Any]:
+def summarise_folds(folds: list[dict[str, Any]], oof_labels: np.ndarray, oof_scores: np.ndarray) -> dict[str, Any]:
     """Mean and sd over folds of the best checkpoint's validation metrics, and the pooled out-of-fold ones."""
     out: dict[str, Any] = {"folds": folds}
     for key in ("val_acc", "val_auc"):
@@ -122,5 +122,5 @@ def run_cv(config: TrainConfig, folds: int = 5, progress: bool = True, group_dup
     oof_labels = np.array([oof[p][0] for p in paths])
     oof_scores = np.array([oof[p][1] for p in paths])
     write_csv(cv_dir / "oof_predictions.csv", [{"path": p, "label": oof[p][0], "score": oof[p][1]} for p in paths])
-    write_json(cv_dir / "cv.json", summarise(results, oof_labels, oof_scores))
+    write_json(cv_dir / "cv.json", summarise_folds(results, oof_labels, oof_scores))
     return cv_dir
