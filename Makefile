@@ -58,12 +58,15 @@ rref:
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends r-base-core r-cran-proc >/dev/null; }; } || \
 	  echo "R/pROC not installed: the live R reference test will be skipped"
 
-# The quick tier first (no training, no server: a broken commit fails in about a minute), then the slow tier.
+# The quick tier first (no training, no server: a broken commit fails in about a minute), then the slow tier on
+# SLOW_WORKERS processes (pytest-xdist) of one thread each: its tests spend much of their time starting
+# subprocesses and servers, so two processes on 2 cores took it from 6 min to 3 min 53 s (benchmarks/RESULTS.md).
+SLOW_WORKERS ?= 2
 test: venv browser rref
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/python -m pytest -m "not slow" -x $(PYTEST_ARGS)
-	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m slow -n $(SLOW_WORKERS) $(PYTEST_ARGS)
 
 # Mutation testing of the numeric core (metrics, statistics, calibration; [tool.mutmut] in pyproject.toml) and the
 # planted one-line faults; a few minutes on 2 cores, so not part of `make test`: .ci/run runs it after. A survivor not
