@@ -87,8 +87,8 @@ def _kind(annotation: Any) -> type:
 
 
 def settings_from_args(args: argparse.Namespace, cls: Any, **values: Any) -> Any:
-    """A settings object from the flags given on the command line (the others keep the class's defaults), plus
-    `values` for settings whose flags are built by hand."""
+    """A settings object from the flags given on the command line over `values` (a recipe file's, or settings whose
+    flags are built by hand); the rest keep the class's defaults."""
     for f in dataclasses.fields(cls):
         value = getattr(args, f.name, None)
         if value is not None and f.metadata.get("cli", True):

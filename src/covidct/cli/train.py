@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from covidct import DISCLAIMER
-from covidct.cli.common import config_args, progress, require
+from covidct.cli.common import config_args, progress, require, settings_from_args
 from covidct.errors import ConfigError
 
 
@@ -23,11 +22,7 @@ def train_config(args: argparse.Namespace, cls: Any = None) -> Any:
     values: dict[str, Any] = cls.from_yaml(args.config).to_dict() if args.config else {}
     if os.environ.get("COVIDCT_DATA_DIR") and getattr(args, "data_dir", None) is None:
         values["data_dir"] = os.environ["COVIDCT_DATA_DIR"]
-    for f in dataclasses.fields(cls):
-        value = getattr(args, f.name, None)
-        if value is not None and f.metadata.get("cli", True):
-            values[f.name] = value
-    return cls.from_dict(values)
+    return settings_from_args(args, cls, **values)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
