@@ -40,7 +40,9 @@ def set_linear_head(head: nn.Linear, weights: np.ndarray, bias: float) -> None:
 
 
 def head_inputs(net: nn.Module, head: nn.Module, dataset: Dataset, batch_size: int = 32) -> np.ndarray:
-    """What `head` reads (the pooled features, N x D) for every item of `dataset`, in eval mode, one pass."""
+    """What `head` reads (the pooled features, N x D) for every item of `dataset`, in eval mode, one pass. Not
+    ood.fit.dataset_outputs: that installs the detector's feature hooks on the network for good, and the linear
+    probe's network is trained next; this hook is removed after the pass."""
     seen: list[np.ndarray] = []
     hook = head.register_forward_pre_hook(lambda _m, inputs: seen.append(inputs[0].detach().float().cpu().numpy()))
     was_training = net.training
