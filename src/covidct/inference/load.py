@@ -219,7 +219,7 @@ def load_checkpoint(ckpt: str | Path, run: RunDir | None = None) -> LoadedModel:
         hp["model_name"], dict(hp["preprocessing"]), list(hp["class_names"]), hp.get("threshold", 0.5), run
     )
     card["checkpoint"] = {"file": ckpt.name, "epoch": int(saved.get("epoch", -1)) + 1}
-    return LoadedModel(card, module=model.eval().float(), source=str(run.path if run else ckpt))
+    return LoadedModel(card, module=inference_ready(model), source=str(run.path if run else ckpt))
 
 
 def load_safetensors_model(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -236,7 +236,14 @@ def load_safetensors_model(path: str | Path) -> tuple[torch.nn.Module, dict[str,
         model.load_state_dict(load_file(str(path)))
     except Exception as e:
         raise ModelError(f"{path} does not fit {card['architecture']}: {type(e).__name__}: {e}") from None
-    return model.eval(), card
+    return inference_ready(model), card
+
+
+def inference_ready(model: torch.nn.Module) -> torch.nn.Module:
+    """Eval mode, fp32, channels-last weights: oneDNN then runs every convolution channels-last (inputs need not be
+    converted), 1.8x faster on this project's CPU for the same figures to 1e-6 (benchmarks/OOD.md, fitting time).
+    Export converts back to the contiguous layout before writing."""
+    return model.eval().float().to(memory_format=torch.channels_last)
 
 
 def with_run_threshold(model: LoadedModel, run: RunDir) -> LoadedModel:
