@@ -39,7 +39,7 @@ def test_the_curve_is_written_with_both_baselines_where_they_exist(trained_run, 
     assert main(["adapt", str(trained_run), "--source", f"site={site}", "--curve", "1", "2", "--draws", "2",
                  "--out", str(out), "--no-group-duplicates"]) == 0  # fmt: skip
     rows = list(csv.DictReader((out / "curve.csv").open()))
-    assert {(r["strategy"], r["k"]) for r in rows} >= {("zero-shot", "1"), ("head", "1"), ("head", "2")}
+    assert {(r["strategy"], r["k"]) for r in rows} >= {("zero-shot", "1"), ("head", "1"), ("head", "2"), ("lp-ft", "2")}
     draws = list(csv.DictReader((out / "curve_draws.csv").open()))
     assert len([d for d in draws if d["strategy"] == "head"]) == 4 and (out / "curve.png").stat().st_size > 1000
     assert "| head | 2 |" in (out / "curve.md").read_text()
@@ -58,6 +58,7 @@ def test_the_adapted_model_is_an_ordinary_run_that_names_its_site(trained_run, t
     run = next(parent.iterdir())
     model = load_trained(run)
     assert model.card["adaptation"]["site"] == "site" and model.card["adaptation"]["groups"] == 10
+    assert model.card["adaptation"]["strategy"].startswith("lp-ft")
     assert model.card["threshold"] == pytest.approx(json.loads((run / "threshold.json").read_text())["threshold"])
     assert model.ood is not None and model.ood.info["n_train"] == 16 + 30  # its training images and the site's
     image = next((tmp_path / "site").glob("*.png"))

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from covidct.errors import DataError
-from covidct.training.adapt import draw_groups, learning_curve, summarise_curve
+from covidct.training.adapt import draw_groups, head_adapter, learning_curve, summarise_curve
 from covidct.training.head import fit_head, head_scores
 
 
@@ -31,7 +31,7 @@ def test_draws_take_whole_groups_k_per_class_and_leave_the_rest():
 def test_a_seed_repeats_a_curve_exactly_and_another_seed_draws_otherwise():
     x, labels, groups = site()
     zero = np.random.default_rng(1).random(len(labels))
-    features = {"head": x, "imagenet-head": x[:, ::-1] * 2}
+    features = {"head": head_adapter(x, labels), "imagenet-head": head_adapter(x[:, ::-1] * 2, labels)}
     a = learning_curve(features, zero, labels, groups, (1, 3), draws=3, seed=5)
     b = learning_curve(features, zero, labels, groups, (1, 3), draws=3, seed=5)
     c = learning_curve(features, zero, labels, groups, (1, 3), draws=3, seed=6)
@@ -43,7 +43,8 @@ def test_a_seed_repeats_a_curve_exactly_and_another_seed_draws_otherwise():
 def test_the_head_learns_the_site_and_the_curve_rises_with_k():
     x, labels, groups = site(n_groups=20, seed=2)
     zero = np.full(len(labels), 0.5) + np.random.default_rng(0).normal(0, 0.01, len(labels))
-    summary = summarise_curve(learning_curve({"head": x}, zero, labels, groups, (1, 10), draws=5, seed=0))
+    adapters = {"head": head_adapter(x, labels)}
+    summary = summarise_curve(learning_curve(adapters, zero, labels, groups, (1, 10), draws=5, seed=0))
     head = {r["k"]: r for r in summary if r["strategy"] == "head"}
     assert head[10]["auc"] > head[1]["auc"] and head[10]["auc"] >= 0.85
     assert abs(next(r for r in summary if r["strategy"] == "zero-shot" and r["k"] == 10)["auc"] - 0.5) < 0.15

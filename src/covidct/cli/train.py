@@ -132,13 +132,13 @@ def cmd_adapt(args: argparse.Namespace) -> int:
           f"(per class {site.group_counts()})")  # fmt: skip
     if args.curve:
         out = Path(args.out) if args.out else args.run_dir / f"curve-{site.name}"
-        summary = run_curve(args.run_dir, site, out, tuple(args.curve), args.draws, args.seed)
+        summary = run_curve(args.run_dir, site, out, tuple(args.curve), args.draws, args.seed, tuple(args.strategies))
         for r in summary:
             (lo, hi), worst = r["auc_ci"], r["auc_worst"]
             print(f"{r['strategy']:>14} k={r['k']:<3} AUC {r['auc']:.3f} [{lo:.3f}, {hi:.3f}] (worst {worst:.3f})")
         print(f"wrote {out / 'curve.md'}, curve.csv, curve.png")
         return 0
-    run = adapt_run(args.run_dir, site, Path(args.out) if args.out else args.run_dir.parent)
+    run = adapt_run(args.run_dir, site, Path(args.out) if args.out else args.run_dir.parent, args.strategy)
     from covidct.runs import RunDir
 
     print(RunDir(run).summary()["adaptation"]["text"])
@@ -146,8 +146,8 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    from covidct.training.adapt import DEFAULT_DRAWS
+def register_adapt(sub: argparse._SubParsersAction) -> None:
+    from covidct.training.adapt import DEFAULT_DRAWS, DEFAULT_STRATEGY, STRATEGIES, STRATEGY_TEXT
 
     p = sub.add_parser("adapt", help="a site's labelled patients: learning curve, and the model adapted to the site")
     p.add_argument("run_dir", type=Path)
@@ -156,12 +156,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--curve", type=int, nargs="+", metavar="K", help="measure the learning curve instead: K groups "
                    "per class drawn, the rest scored (e.g. 1 2 5 10 20)")  # fmt: skip
     p.add_argument("--draws", type=int, default=DEFAULT_DRAWS, help=f"draws per K (default {DEFAULT_DRAWS})")
+    strategies = "; ".join(f"{k}: {v}" for k, v in STRATEGY_TEXT.items())
+    p.add_argument("--strategy", choices=STRATEGIES, default=DEFAULT_STRATEGY,
+                   help=f"how the adapted model is made: {strategies} (default %(default)s)")  # fmt: skip
+    p.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(STRATEGIES), metavar="S",
+                   help="the curve's strategies (default: all, %(default)s)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="curve: its folder (default RUN/curve-SITE); model: the parent folder (default RUN's)")
     p.add_argument("--allow-overlap", action="store_true", help="accept site images the run trained on")
     p.add_argument("--no-group-duplicates", action="store_true", help="do not join near-duplicate images' groups")
     p.set_defaults(func=cmd_adapt)
 
+
+def register(sub: argparse._SubParsersAction) -> None:
+    register_adapt(sub)
     p = sub.add_parser("train", help="fine-tune a backbone; keeps the best checkpoint on validation")
     config_args(p)
     p.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its last checkpoint, with its config")

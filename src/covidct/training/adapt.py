@@ -2,11 +2,12 @@
 learning curve), and the adapted model.
 
 The curve draws k groups (patients) per class from the site, fits on them and scores every other group of the site,
-for several k and several draws, beside two baselines on the same draws: the source model as it is (k = 0), and the
-same k groups fitted on ImageNet features alone (does starting from the source model help?). The strategy measured
-is the head alone on frozen features (a logistic regression: scikit-learn's, with the standardisation folded into
-the model's own linear head afterwards, so the adapted model is an ordinary network); fitting it takes milliseconds,
-so a curve of 5 k x 5 draws costs two feature passes over the site's images.
+for several k and several draws, beside baselines on the same draws: the source model as it is (k = 0), and the same
+k groups fitted from ImageNet weights alone (does starting from the source model help?). Two strategies, each a
+named choice: the head alone on frozen features (a logistic regression: scikit-learn's, with the standardisation
+folded into the model's own linear head afterwards, so the adapted model is an ordinary network), and LP-FT (that
+regression, then the last stage and the head fine-tuned on cached inputs of the last stage: tail.py). Full
+fine-tuning is not offered: 25 draws of whole-network training take hours on a CPU (benchmarks/ADAPTATION.md).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,17 +31,24 @@ from covidct.fileio import atomic_write, write_csv, write_json, write_text
 from covidct.inference.load import load_checkpoint, load_trained, read_checkpoint
 from covidct.inference.ood import fit_for_run
 from covidct.models import create_model, head_module
-from covidct.ood.fit import dataset_features, dataset_outputs
+from covidct.ood.fit import dataset_outputs
 from covidct.runs import RunDir
 from covidct.training.cv import cv_folds, near_duplicate_groups, with_sample_groups
 from covidct.training.head import fit_head, head_scores, set_linear_head
+from covidct.training.tail import cached_inputs, fine_tune_tail, pooled_features
+from covidct.training.tail import scores as tail_scores
 
 log = logging.getLogger("covidct")
 
 DEFAULT_KS = (1, 2, 5, 10, 20)
 DEFAULT_DRAWS = 5
-STRATEGIES = ("head",)  # the head alone on the source model's frozen features
-BASELINES = ("zero-shot", "imagenet-head")
+STRATEGY_TEXT = {
+    "head": "logistic regression on the source model's frozen features",
+    "lp-ft": "that logistic regression, then the last stage and head fine-tuned (LP-FT)",
+}
+STRATEGIES = tuple(STRATEGY_TEXT)
+DEFAULT_STRATEGY = "lp-ft"  # above the head alone on every draw measured: benchmarks/ADAPTATION.md
+BASELINES = ("zero-shot", "imagenet-head", "imagenet-lp-ft")
 
 
 @dataclass
@@ -125,8 +134,21 @@ def score_draw(name: str, y_fit: np.ndarray, s_fit: np.ndarray | None, y: np.nda
             "threshold": t, "group_auc": roc_auc(gy, gs), "n_scored": len(y), "groups_scored": len(ids)}  # fmt: skip
 
 
+Adapter = Callable[[np.ndarray, np.ndarray, int], np.ndarray]  # (fitted mask, scored mask, seed) -> scored scores
+
+
+def head_adapter(x: np.ndarray, labels: np.ndarray) -> Adapter:
+    """The head alone: a logistic regression on frozen features `x`, fitted on the drawn images."""
+
+    def adapt(fit: np.ndarray, rest: np.ndarray, seed: int) -> np.ndarray:
+        w, b = fit_head(x[fit], labels[fit])
+        return head_scores(w, b, x[rest])
+
+    return adapt
+
+
 def learning_curve(
-    features: dict[str, np.ndarray | None],
+    adapters: dict[str, Adapter],
     zero_shot: np.ndarray,
     labels: np.ndarray,
     groups: np.ndarray,
@@ -134,18 +156,16 @@ def learning_curve(
     draws: int = DEFAULT_DRAWS,
     seed: int = 0,
 ) -> list[dict[str, Any]]:
-    """One row per (k, draw, strategy). features: {"head": source-model features, "imagenet-head": ImageNet
-    features or None}. The same drawn groups for every strategy of a draw; a draw is seeded by (seed, k, draw)."""
+    """One row per (k, draw, strategy). adapters: {"head": head_adapter(...), "lp-ft": ..., "imagenet-head": ...}.
+    The same drawn groups for every strategy of a draw; a draw is seeded by (seed, k, draw)."""
     rows = []
     for k in ks:
         for d in range(draws):
             fit = draw_groups(labels, groups, k, np.random.default_rng([seed, k, d]))
             rest = ~fit
             parts: dict[str, tuple] = {"zero-shot": (zero_shot[fit], zero_shot[rest])}
-            for name, x in features.items():
-                if x is not None:
-                    w, b = fit_head(x[fit], labels[fit])
-                    parts[name] = (None, head_scores(w, b, x[rest]))
+            for name, adapt in adapters.items():
+                parts[name] = (None, adapt(fit, rest, d))
             for name, (s_fit, s_rest) in parts.items():
                 row = score_draw(name, labels[fit], s_fit, labels[rest], s_rest, groups[rest])
                 rows.append({"k": k, "draw": d, "groups_fitted": 2 * k, "images_fitted": int(fit.sum()), **row})
@@ -185,8 +205,9 @@ def curve_markdown(summary: list[dict[str, Any]], site: Site, run: str, seconds:
     lines += [
         "",
         "zero-shot: the source model as it is (its threshold by Youden's J on the drawn groups); head: a "
-        "class-balanced logistic regression on the source model's frozen features, read at 0.5; imagenet-head: "
-        "the same on ImageNet features alone.",
+        "class-balanced logistic regression on the source model's frozen features, read at 0.5; lp-ft: that "
+        "regression, then the network's last stage and head fine-tuned on the drawn groups (class-balanced, read "
+        "at 0.5); imagenet-head, imagenet-lp-ft: the same from ImageNet weights alone.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -213,36 +234,75 @@ def curve_plot(summary: list[dict[str, Any]], path: Path) -> None:
 # ---- the features, the curve and the adapted model of a run --------------------------------------------------------
 
 
-def site_features(model: Any, site: Site) -> tuple[np.ndarray, np.ndarray]:
-    """(the pooled features the model's head reads, the model's own scores) of every image of the site, one pass."""
+@dataclass
+class Start:
+    """A network the site adapts from, with what the curve needs of the site's images: the pooled features the head
+    reads, the network's own scores, and (for LP-FT) the cached inputs of its last stage."""
+
+    net: Any
+    pooled: np.ndarray
+    scores: np.ndarray
+    maps: Any = None
+
+
+def start_from(net: Any, site: Site, transform: Any, with_maps: bool) -> Start:
+    """One pass over the site's images. With maps, the head's features and the scores come from the cached maps."""
     from scipy.special import softmax
 
-    width = head_module(model.module).in_features
-    logits, features = dataset_outputs(model.module, ImageDataset(site.samples, model.transform))
-    return features[:, -width:], softmax(logits, axis=1)[:, 1]
+    dataset = ImageDataset(site.samples, transform)
+    if with_maps:
+        maps = cached_inputs(net, dataset)
+        return Start(net, pooled_features(net, maps), tail_scores(net, maps), maps)
+    width = head_module(net).in_features
+    logits, features = dataset_outputs(net, dataset)
+    return Start(net, features[:, -width:], softmax(logits, axis=1)[:, 1])
 
 
-def imagenet_features(model: Any, site: Site) -> np.ndarray | None:
-    """The same features from the architecture's ImageNet weights alone (the baseline); None, with a note, when
-    those weights cannot be had here."""
+def imagenet_network(architecture: str) -> Any:
+    """The architecture with its ImageNet weights alone (the baseline); None, with a note, when those weights cannot
+    be had here."""
     try:
-        net, _ = create_model(model.architecture, pretrained=True)
+        net, _ = create_model(architecture, pretrained=True)
     except ModelError as e:
         log.warning("ImageNet baseline skipped: %s", str(e).splitlines()[0])
         return None
-    width = head_module(net).in_features
-    return dataset_features(net.eval(), ImageDataset(site.samples, model.transform))[:, -width:]
+    return net.eval()
 
 
-def run_curve(run_dir: Path, site: Site, out: Path, ks: tuple[int, ...], draws: int, seed: int) -> list[dict]:
+def lpft_adapter(net: Any, maps: Any, labels: np.ndarray) -> Adapter:
+    """LP-FT on a copy of `net` per draw: the linear probe, then the last stage and head fine-tuned (tail.py)."""
+    import copy
+
+    import torch
+
+    def adapt(fit: np.ndarray, rest: np.ndarray, seed: int) -> np.ndarray:
+        tuned = fine_tune_tail(copy.deepcopy(net), maps[torch.from_numpy(fit)], labels[fit], seed)
+        return tail_scores(tuned, maps[torch.from_numpy(rest)])
+
+    return adapt
+
+
+def strategy_adapters(prefix: str, start: Start, labels: np.ndarray, strategies: tuple[str, ...]) -> dict[str, Adapter]:
+    makers = {"head": lambda: head_adapter(start.pooled, labels), "lp-ft": lambda: lpft_adapter(start.net,
+              start.maps, labels)}  # fmt: skip
+    return {f"{prefix}{name}": makers[name]() for name in strategies}
+
+
+def run_curve(run_dir: Path, site: Site, out: Path, ks: tuple[int, ...], draws: int, seed: int,
+              strategies: tuple[str, ...] = STRATEGIES) -> list[dict]:  # fmt: skip
     """curve.csv, curve.md, curve.png (and curve.json) in `out`; returns the summary rows."""
     for k in ks:  # refused before any work, naming the counts
         draw_groups(site.labels, site.groups, k, np.random.default_rng(0))
     start = time.perf_counter()
     model = load_trained(run_dir, checkpoint="best")
-    source_features, zero_shot = site_features(model, site)
-    features = {"head": source_features, "imagenet-head": imagenet_features(model, site)}
-    rows = learning_curve(features, zero_shot, site.labels, site.groups, ks, draws, seed)
+    with_maps = "lp-ft" in strategies
+    source = start_from(model.module, site, model.transform, with_maps)
+    adapters = strategy_adapters("", source, site.labels, strategies)
+    imagenet = imagenet_network(model.architecture)
+    if imagenet is not None:
+        baseline = start_from(imagenet, site, model.transform, with_maps)
+        adapters |= strategy_adapters("imagenet-", baseline, site.labels, strategies)
+    rows = learning_curve(adapters, source.scores, site.labels, site.groups, ks, draws, seed)
     summary = summarise_curve(rows)
     seconds = time.perf_counter() - start
     out.mkdir(parents=True, exist_ok=True)
@@ -250,31 +310,43 @@ def run_curve(run_dir: Path, site: Site, out: Path, ks: tuple[int, ...], draws: 
     flat = [{k: v for k, v in r.items() if not k.endswith("_ci")} | {"auc_low": r["auc_ci"][0],
             "auc_high": r["auc_ci"][1]} for r in summary]  # fmt: skip
     write_csv(out / "curve.csv", flat)
-    record = {"run": str(run_dir), "site": site.spec, "ks": list(ks), "draws": draws, "seed": seed}
+    record = {"run": str(run_dir), "site": site.spec, "ks": list(ks), "draws": draws, "seed": seed,
+              "strategies": list(strategies)}  # fmt: skip
     write_json(out / "curve.json", {**record, "seconds": round(seconds, 1), "summary": summary})
     write_text(out / "curve.md", curve_markdown(summary, site, str(run_dir), seconds))
     curve_plot(summary, out / "curve.png")
     return summary
 
 
-def site_validation(x: np.ndarray, site: Site, folds: int = 5, seed: int = 0) -> dict[str, Any]:
-    """Leave-groups-out cross-validation of the head at the site: out-of-fold scores of every image, the AUC, and
+def site_validation(adapt: Adapter, site: Site, folds: int = 5, seed: int = 0) -> dict[str, Any]:
+    """Leave-groups-out cross-validation of a strategy at the site: out-of-fold scores of every image, the AUC, and
     the threshold by Youden's J on them (the adapted model's operating point)."""
     n_groups = min(site.group_counts().values())
     folds = max(2, min(folds, n_groups))
     oof = np.zeros(len(site.labels))
-    for held in cv_folds(site.labels, site.groups, folds, seed):
-        fit = np.ones(len(oof), dtype=bool)
-        fit[held] = False
-        w, b = fit_head(x[fit], site.labels[fit])
-        oof[held] = head_scores(w, b, x[held])
+    for i, held in enumerate(cv_folds(site.labels, site.groups, folds, seed)):
+        scored = np.zeros(len(oof), dtype=bool)
+        scored[held] = True
+        oof[scored] = adapt(~scored, scored, i)
     t = youden_threshold(site.labels, oof)
     m = binary_metrics(site.labels, oof, t)
     return {"method": f"{folds}-fold cross-validation by group", "auc": roc_auc(site.labels, oof), "threshold": t,
             "sensitivity": m.sensitivity, "specificity": m.specificity, "accuracy": m.accuracy}  # fmt: skip
 
 
-def adapt_run(run_dir: Path, site: Site, out_parent: Path) -> Path:
+def adapted_network(model: Any, site: Site, strategy: str) -> dict[str, Any]:
+    """Adapt `model.module` in place on all the site's images by `strategy`; returns the site validation of it."""
+    start = start_from(model.module, site, model.transform, with_maps=strategy == "lp-ft")
+    validation = site_validation(strategy_adapters("", start, site.labels, (strategy,))[strategy], site)
+    if strategy == "lp-ft":
+        fine_tune_tail(model.module, start.maps, site.labels, seed=0)
+    else:
+        w, b = fit_head(start.pooled, site.labels)
+        set_linear_head(head_module(model.module), w, b)
+    return validation
+
+
+def adapt_run(run_dir: Path, site: Site, out_parent: Path, strategy: str = DEFAULT_STRATEGY) -> Path:
     """The adapted model: the source network with its head refitted on all the site's images, as an ordinary run
     folder (checkpoint, config, summary, threshold record, out-of-distribution detector including the site)."""
     import shutil
@@ -283,10 +355,7 @@ def adapt_run(run_dir: Path, site: Site, out_parent: Path) -> Path:
 
     source = RunDir.at(run_dir)
     model = load_checkpoint(source.checkpoint("best"), source)
-    x, _ = site_features(model, site)
-    validation = site_validation(x, site)
-    w, b = fit_head(x, site.labels)
-    set_linear_head(head_module(model.module), w, b)
+    validation = adapted_network(model, site, strategy)
     saved = read_checkpoint(source.checkpoint("best"))
     hp = dict(saved["hyper_parameters"], threshold=float(validation["threshold"]))
     run = RunDir(out_parent / f"{source.name}-adapted-{site.name}")
@@ -294,12 +363,12 @@ def adapt_run(run_dir: Path, site: Site, out_parent: Path) -> Path:
         raise ConfigError(f"{run.path} exists already; remove it or choose another --out")
     run.checkpoints_dir.mkdir(parents=True)
     shutil.copy(source.config_path, run.config_path)
-    state = {f"model.{k}": v for k, v in model.module.state_dict().items()}
+    state = {f"model.{k}": v.contiguous() for k, v in model.module.state_dict().items()}
     ckpt = {"state_dict": state, "hyper_parameters": hp, "epoch": int(saved.get("epoch", 0))}
     atomic_write(run.checkpoint_path("best"), lambda p: torch.save(ckpt, p))
     groups = len(np.unique(site.groups))
     adaptation = {"from_run": str(source.path), "site": site.name, "groups": groups, "images": len(site.samples),
-                  "strategy": "head: logistic regression on the source model's frozen features",
+                  "strategy": f"{strategy}: {STRATEGY_TEXT[strategy]}",
                   "validated_at_site": validation,
                   "text": f"adapted on {site.name} ({groups} groups, {len(site.samples)} images) from {source.name}; "
                           f"validated at the site by leave-groups-out: AUC {validation['auc']:.3f}"}  # fmt: skip

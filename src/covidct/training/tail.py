@@ -1,0 +1,131 @@
+"""Fine-tuning a network's last stage and head on cached inputs: the fine-tuning half of LP-FT for `covidct adapt`.
+
+A learning curve adapts the model 25 times (5 values of k x 5 draws); fine-tuning the whole network each time costs
+minutes per draw on a CPU. Everything before the last stage is frozen, so its output is computed once per image and
+cached; each draw then trains only the last stage, the layers after it and the head on those cached maps (for
+efficientnet_lite0 at 224 px: 192 x 7 x 7 per image, about an eighth of the network's work). The cached map is fed in
+by a forward hook that replaces the output of the second-to-last stage, so the network's own forward runs the rest
+and any backbone with stages (covidct.ood.features.stages) works; the layers before it see a 1-image dummy batch.
+
+Why a plain loop and not the Lightning engine: this fits a few hundred cached tensors for a few epochs inside one
+command, like fit_head's scikit-learn regression; there is no run folder, checkpoint or resume to manage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from covidct.models import head_module
+from covidct.ood.features import stages
+from covidct.training.head import fit_head, set_linear_head
+
+TAIL_EPOCHS = 8  # measured on the curve's draws: benchmarks/ADAPTATION.md
+TAIL_LR = 1e-4  # AdamW; the head starts from the linear probe, so a small step keeps what it learned
+TAIL_BATCH = 32
+TAIL_WEIGHT_DECAY = 1e-4
+
+
+def cut_stage(net: nn.Module) -> nn.Module:
+    """The stage whose output is cached: the second-to-last one."""
+    parts = stages(net)
+    if len(parts) < 2:
+        from covidct.errors import ModelError
+
+        raise ModelError(f"{type(net).__name__}: fewer than two stages; its last stage cannot be fine-tuned alone")
+    return parts[-2]
+
+
+@torch.no_grad()
+def cached_inputs(net: nn.Module, dataset: Dataset, batch_size: int = 32) -> torch.Tensor:
+    """The cut stage's output (N x C x H x W, float32) for every item of `dataset`, eval mode, one pass."""
+    seen: list[torch.Tensor] = []
+    hook = cut_stage(net).register_forward_hook(lambda _m, _i, out: seen.append(out.detach().float().cpu()))
+    was_training = net.training
+    net.eval()
+    try:
+        for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0):
+            net(batch["image"])
+    finally:
+        hook.remove()
+        net.train(was_training)
+    return torch.cat(seen) if seen else torch.zeros(0)
+
+
+@contextmanager
+def fed_at_cut(net: nn.Module) -> Iterator[callable]:
+    """Within the block, `run(maps)` gives the network's logits for cached maps of the cut stage."""
+    state: dict[str, torch.Tensor] = {}
+    hook = cut_stage(net).register_forward_hook(lambda _m, _i, _out: state["maps"])
+    size = 32  # the smallest input every registered backbone takes (stride 32)
+    dummy = torch.zeros(1, 3, size, size)
+
+    def run(maps: torch.Tensor) -> torch.Tensor:
+        state["maps"] = maps
+        return net(dummy)
+
+    try:
+        yield run
+    finally:
+        hook.remove()
+
+
+def pooled_features(net: nn.Module, maps: torch.Tensor, batch_size: int = 64) -> np.ndarray:
+    """What the head reads (N x D) for cached maps: the linear probe's input."""
+    head = head_module(net)
+    seen: list[np.ndarray] = []
+    hook = head.register_forward_pre_hook(lambda _m, inputs: seen.append(inputs[0].detach().float().numpy()))
+    try:
+        scores(net, maps, batch_size)
+    finally:
+        hook.remove()
+    return np.concatenate(seen)
+
+
+@torch.no_grad()
+def scores(net: nn.Module, maps: torch.Tensor, batch_size: int = 64) -> np.ndarray:
+    """Probability of the positive class for cached maps (eval mode)."""
+    net.eval()
+    out = []
+    with fed_at_cut(net) as run:
+        for start in range(0, len(maps), batch_size):
+            out.append(run(maps[start : start + batch_size]).float().softmax(1)[:, 1].numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def tail_parameters(net: nn.Module) -> list[nn.Parameter]:
+    """The parameters a tail fine-tune changes: those of the last stage and after it (the rest get no gradient)."""
+    frozen = {id(p) for stage in stages(net)[:-1] for p in stage.parameters()}
+    cut_index = [id(m) for m in net.modules()].index(id(stages(net)[-1]))
+    before = {id(p) for m in list(net.modules())[1:cut_index] for p in m.parameters(recurse=False)}
+    return [p for p in net.parameters() if id(p) not in frozen and id(p) not in before]
+
+
+def fine_tune_tail(net: nn.Module, maps: torch.Tensor, labels: np.ndarray, seed: int = 0,
+                   epochs: int = TAIL_EPOCHS, lr: float = TAIL_LR) -> nn.Module:  # fmt: skip
+    """LP-FT on cached maps, in place: the head set by a logistic regression on the pooled features (the linear
+    probe), then the last stage, the layers after it and the head trained with AdamW on a class-balanced cross-entropy.
+    Batch norm stays in eval mode (a few hundred images cannot re-estimate its statistics)."""
+    w, b = fit_head(pooled_features(net, maps), labels, standardise=False)
+    set_linear_head(head_module(net), w, b)
+    y = torch.as_tensor(labels, dtype=torch.long)
+    counts = torch.bincount(y, minlength=2).clamp_min(1).float()
+    loss_fn = nn.CrossEntropyLoss(weight=counts.sum() / (2 * counts))
+    params = tail_parameters(net)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=TAIL_WEIGHT_DECAY)
+    gen = torch.Generator().manual_seed(seed)
+    net.eval()
+    with fed_at_cut(net) as run:
+        for _ in range(epochs):
+            order = torch.randperm(len(y), generator=gen)
+            for start in range(0, len(y), TAIL_BATCH):
+                idx = order[start : start + TAIL_BATCH]
+                opt.zero_grad(set_to_none=True)
+                loss_fn(run(maps[idx]), y[idx]).backward()
+                opt.step()
+    return net
