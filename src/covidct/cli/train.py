@@ -132,7 +132,16 @@ def cmd_adapt(args: argparse.Namespace) -> int:
           f"(per class {site.group_counts()})")  # fmt: skip
     if args.curve:
         out = Path(args.out) if args.out else args.run_dir / f"curve-{site.name}"
-        summary = run_curve(args.run_dir, site, out, tuple(args.curve), args.draws, args.seed, tuple(args.strategies))
+        summary = run_curve(
+            args.run_dir,
+            site,
+            out,
+            tuple(args.curve),
+            args.draws,
+            args.seed,
+            tuple(args.strategies),
+            tuple(args.imagenet_strategies),
+        )
         for r in summary:
             (lo, hi), worst = r["auc_ci"], r["auc_worst"]
             print(f"{r['strategy']:>14} k={r['k']:<3} AUC {r['auc']:.3f} [{lo:.3f}, {hi:.3f}] (worst {worst:.3f})")
@@ -147,7 +156,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 
 
 def register_adapt(sub: argparse._SubParsersAction) -> None:
-    from covidct.training.adapt import DEFAULT_DRAWS, DEFAULT_STRATEGY, STRATEGIES, STRATEGY_TEXT
+    from covidct.training.adapt import DEFAULT_DRAWS, DEFAULT_STRATEGY, IMAGENET_STRATEGIES, STRATEGIES, STRATEGY_TEXT
 
     p = sub.add_parser("adapt", help="a site's labelled patients: learning curve, and the model adapted to the site")
     p.add_argument("run_dir", type=Path)
@@ -161,6 +170,9 @@ def register_adapt(sub: argparse._SubParsersAction) -> None:
                    help=f"how the adapted model is made: {strategies} (default %(default)s)")  # fmt: skip
     p.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(STRATEGIES), metavar="S",
                    help="the curve's strategies (default: all, %(default)s)")  # fmt: skip
+    p.add_argument("--imagenet-strategies", nargs="*", choices=STRATEGIES, default=list(IMAGENET_STRATEGIES),
+                   metavar="S", help="the same k groups from ImageNet weights alone, by these strategies (default "
+                   "%(default)s; none: no ImageNet baseline)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="curve: its folder (default RUN/curve-SITE); model: the parent folder (default RUN's)")
     p.add_argument("--allow-overlap", action="store_true", help="accept site images the run trained on")

@@ -1,11 +1,11 @@
-"""Fine-tuning a network's last stage and head on cached inputs: the fine-tuning half of LP-FT for `covidct adapt`.
+"""Fine-tuning a network's last stages and head on cached inputs: the fine-tuning half of LP-FT for `covidct adapt`.
 
 A learning curve adapts the model 25 times (5 values of k x 5 draws); fine-tuning the whole network each time costs
-minutes per draw on a CPU. Everything before the last stage is frozen, so its output is computed once per image and
-cached; each draw then trains only the last stage, the layers after it and the head on those cached maps (for
-efficientnet_lite0 at 224 px: 192 x 7 x 7 per image, about an eighth of the network's work). The cached map is fed in
-by a forward hook that replaces the output of the second-to-last stage, so the network's own forward runs the rest
-and any backbone with stages (covidct.ood.features.stages) works; the layers before it see a 1-image dummy batch.
+minutes per draw on a CPU. Everything before the last TAIL_STAGES stages is frozen, so its output is computed once
+per image and cached; each draw then trains only the last stages, the layers after them and the head on those cached
+maps (for efficientnet_lite0 at 224 px: 112 x 14 x 14 per image, about a fifth of the network's work). The cached map
+is fed in by a forward hook that replaces the output of the stage before them, so the network's own forward runs the
+rest and any backbone with stages (covidct.ood.features.stages) works; the layers before it see a 1-image dummy.
 
 Why a plain loop and not the Lightning engine: this fits a few hundred cached tensors for a few epochs inside one
 command, like fit_head's scikit-learn regression; there is no run folder, checkpoint or resume to manage.
@@ -25,6 +25,7 @@ from covidct.models import head_module
 from covidct.ood.features import stages
 from covidct.training.head import fit_head, set_linear_head
 
+TAIL_STAGES = 2  # the last stages fine-tuned (with everything after them); 1 and 2 measured: ADAPTATION.md
 TAIL_EPOCHS = 8  # measured on the curve's draws: benchmarks/ADAPTATION.md
 TAIL_LR = 1e-4  # AdamW; the head starts from the linear probe, so a small step keeps what it learned
 TAIL_BATCH = 32
@@ -32,13 +33,15 @@ TAIL_WEIGHT_DECAY = 1e-4
 
 
 def cut_stage(net: nn.Module) -> nn.Module:
-    """The stage whose output is cached: the second-to-last one."""
+    """The stage whose output is cached: the one before the TAIL_STAGES fine-tuned."""
     parts = stages(net)
-    if len(parts) < 2:
+    if len(parts) < TAIL_STAGES + 1:
         from covidct.errors import ModelError
 
-        raise ModelError(f"{type(net).__name__}: fewer than two stages; its last stage cannot be fine-tuned alone")
-    return parts[-2]
+        raise ModelError(
+            f"{type(net).__name__}: {len(parts)} stages; its last {TAIL_STAGES} cannot be fine-tuned alone"
+        )
+    return parts[-TAIL_STAGES - 1]
 
 
 @torch.no_grad()
@@ -99,9 +102,9 @@ def scores(net: nn.Module, maps: torch.Tensor, batch_size: int = 64) -> np.ndarr
 
 
 def tail_parameters(net: nn.Module) -> list[nn.Parameter]:
-    """The parameters a tail fine-tune changes: those of the last stage and after it (the rest get no gradient)."""
-    frozen = {id(p) for stage in stages(net)[:-1] for p in stage.parameters()}
-    cut_index = [id(m) for m in net.modules()].index(id(stages(net)[-1]))
+    """The parameters a tail fine-tune changes: those of the last stages and after them (the rest get no gradient)."""
+    frozen = {id(p) for stage in stages(net)[:-TAIL_STAGES] for p in stage.parameters()}
+    cut_index = [id(m) for m in net.modules()].index(id(stages(net)[-TAIL_STAGES]))
     before = {id(p) for m in list(net.modules())[1:cut_index] for p in m.parameters(recurse=False)}
     return [p for p in net.parameters() if id(p) not in frozen and id(p) not in before]
 
@@ -109,8 +112,8 @@ def tail_parameters(net: nn.Module) -> list[nn.Parameter]:
 def fine_tune_tail(net: nn.Module, maps: torch.Tensor, labels: np.ndarray, seed: int = 0,
                    epochs: int = TAIL_EPOCHS, lr: float = TAIL_LR) -> nn.Module:  # fmt: skip
     """LP-FT on cached maps, in place: the head set by a logistic regression on the pooled features (the linear
-    probe), then the last stage, the layers after it and the head trained with AdamW on a class-balanced cross-entropy.
-    Batch norm stays in eval mode (a few hundred images cannot re-estimate its statistics)."""
+    probe), then the last stages, the layers after them and the head trained with AdamW on a class-balanced
+    cross-entropy. Batch norm stays in eval mode (a few hundred images cannot re-estimate its statistics)."""
     w, b = fit_head(pooled_features(net, maps), labels, standardise=False)
     set_linear_head(head_module(net), w, b)
     y = torch.as_tensor(labels, dtype=torch.long)
