@@ -89,3 +89,21 @@ def test_bad_fitting_input_is_refused():
         fit_detector(gaussian(10), gaussian(5), "arch", percentile=100)
     with pytest.raises(ModelError, match=">= 2 training"):
         fit_detector(gaussian(1), gaussian(5), "arch")
+
+
+def test_scoring_runs_numpys_blas_on_one_thread_and_gives_back_the_others(monkeypatch):
+    """OpenBLAS's idle workers spin after a product and slow the network's next pass (benchmarks/OOD.md)."""
+    from threadpoolctl import threadpool_info
+
+    import covidct.ood.detector as detector_module
+
+    def blas_threads() -> list[int]:
+        return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+    seen: list[list[int]] = []
+    real = detector_module.ood_scores
+    monkeypatch.setattr(detector_module, "ood_scores", lambda *a: (seen.append(blas_threads()), real(*a))[1])
+    detector = fit_detector(gaussian(100), gaussian(50, seed=1), "arch", "mahalanobis")
+    before = blas_threads()
+    assert len(detector.score(gaussian(10, seed=2))) == 10
+    assert seen and all(n == 1 for n in seen[-1]) and blas_threads() == before

@@ -58,8 +58,11 @@ class OODDetector:
         return (features - self.center) / self.scale
 
     def score(self, features: np.ndarray) -> np.ndarray:
-        """Higher = less like the training images."""
-        return ood_scores(self.method, self.standardise(features), self.bank, self.location, self.k)
+        """Higher = less like the training images. NumPy's BLAS on one thread: a batch's product takes about a
+        millisecond, and OpenBLAS's worker threads then spin for a while, taking the cores from the network's next
+        forward pass (measured: +21% on a prediction with them, +5% without: benchmarks/OOD.md)."""
+        with one_blas_thread():
+            return ood_scores(self.method, self.standardise(features), self.bank, self.location, self.k)
 
     def flags(self, scores: np.ndarray) -> np.ndarray:
         """True where an image is out of distribution (its score above the threshold)."""
@@ -119,6 +122,17 @@ class OODDetector:
             what = f"method {detector.method!r}, {detector.center.shape} centre for {detector.feature_dim} features"
             raise ModelError(f"out-of-distribution detector in {folder} is damaged ({what}); refit it")
         return detector
+
+
+_blas: list[Any] = []  # threadpoolctl's controller, made once (it scans the loaded libraries)
+
+
+def one_blas_thread() -> Any:
+    from threadpoolctl import ThreadpoolController
+
+    if not _blas:
+        _blas.append(ThreadpoolController())
+    return _blas[0].limit(limits=1, user_api="blas")
 
 
 _CARD_KEYS = {"format", "method", "k", "architecture", "feature_dim", "threshold", "percentile"}

@@ -44,7 +44,7 @@ DEFAULT_KS = (1, 2, 5, 10, 20)
 DEFAULT_DRAWS = 5
 STRATEGY_TEXT = {
     "head": "logistic regression on the source model's frozen features",
-    "lp-ft": "that logistic regression, then the last two stages and head fine-tuned (LP-FT)",
+    "lp-ft": "the same regression (a linear probe), then the last two stages and head fine-tuned (LP-FT)",
 }
 STRATEGIES = tuple(STRATEGY_TEXT)
 DEFAULT_STRATEGY = "lp-ft"  # above the head alone on every draw measured: benchmarks/ADAPTATION.md
