@@ -13,7 +13,7 @@ command, like fit_head's scikit-learn regression; there is no run folder, checkp
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import numpy as np
@@ -61,7 +61,7 @@ def cached_inputs(net: nn.Module, dataset: Dataset, batch_size: int = 32) -> tor
 
 
 @contextmanager
-def fed_at_cut(net: nn.Module) -> Iterator[callable]:
+def fed_at_cut(net: nn.Module) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
     """Within the block, `run(maps)` gives the network's logits for cached maps of the cut stage."""
     state: dict[str, torch.Tensor] = {}
     hook = cut_stage(net).register_forward_hook(lambda _m, _i, _out: state["maps"])
