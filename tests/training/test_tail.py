@@ -7,6 +7,7 @@ from torch.utils.data import Dataset
 
 from covidct.models import create_model, head_module
 from covidct.training import tail
+from covidct.training.head import head_inputs
 
 
 class Images(Dataset):
@@ -36,6 +37,9 @@ def test_scores_from_cached_maps_equal_the_networks_own_scores():
     with torch.no_grad():
         direct = net(x).softmax(1)[:, 1].numpy()
     np.testing.assert_allclose(tail.scores(net, maps, batch_size=3), direct, atol=1e-5)
+    pooled, scores = tail.outputs(net, maps, batch_size=4)
+    np.testing.assert_allclose(pooled, head_inputs(net, head_module(net), Images(x)), atol=1e-5)
+    np.testing.assert_allclose(scores, direct, atol=1e-5)
 
 
 def test_fine_tuning_changes_only_the_last_stages_and_after_and_learns_the_site():

@@ -281,11 +281,10 @@ def load_trained(path: str | Path, threads: int | None = None, checkpoint: str =
     if not path.exists():
         raise ModelError(f"model {path} does not exist (give an export folder, a run folder or a model file)")
     if path.is_dir():
-        if RunDir(path).checkpoints_dir.is_dir():
-            export = RunDir(path).export_dir
-            if checkpoint == "best" and (export / "model.safetensors").is_file():
-                return with_run_threshold(load_trained(export, threads), RunDir(path))
-            run = RunDir(path)
+        run = RunDir(path)
+        if run.checkpoints_dir.is_dir():
+            if checkpoint == "best" and (run.export_dir / "model.safetensors").is_file():
+                return with_run_threshold(load_trained(run.export_dir, threads), run)
             return with_detector(load_checkpoint(run.checkpoint(checkpoint), run), run.ood_dir)
         if (path / "model.safetensors").is_file():
             model = load_trained(path / "model.safetensors")

@@ -14,6 +14,7 @@ The methods were measured side by side: benchmarks/OOD.md.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,15 +125,16 @@ class OODDetector:
         return detector
 
 
-_blas: list[Any] = []  # threadpoolctl's controller, made once (it scans the loaded libraries)
+@functools.cache
+def _blas_controller() -> Any:
+    """threadpoolctl's controller, made once (it scans the loaded libraries)."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
 
 
 def one_blas_thread() -> Any:
-    from threadpoolctl import ThreadpoolController
-
-    if not _blas:
-        _blas.append(ThreadpoolController())
-    return _blas[0].limit(limits=1, user_api="blas")
+    return _blas_controller().limit(limits=1, user_api="blas")
 
 
 _CARD_KEYS = {"format", "method", "k", "architecture", "feature_dim", "threshold", "percentile"}

@@ -6,8 +6,8 @@ for several k and several draws, beside baselines on the same draws: the source 
 k groups fitted from ImageNet weights alone (does starting from the source model help?). Two strategies, each a
 named choice: the head alone on frozen features (a logistic regression: scikit-learn's, with the standardisation
 folded into the model's own linear head afterwards, so the adapted model is an ordinary network), and LP-FT (that
-regression, then the last stages and the head fine-tuned on their cached inputs: tail.py). Full
-fine-tuning is not offered: 25 draws of whole-network training take hours on a CPU (benchmarks/ADAPTATION.md).
+regression, then the last stages and the head fine-tuned on their cached inputs: tail.py). Full fine-tuning is not
+offered: 25 draws of whole-network training would take about 45 minutes per curve on a CPU (benchmarks/ADAPTATION.md).
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ from covidct.ood.fit import dataset_outputs
 from covidct.runs import RunDir
 from covidct.training.cv import cv_folds, near_duplicate_groups, with_sample_groups
 from covidct.training.head import fit_head, head_scores, set_linear_head
-from covidct.training.tail import cached_inputs, fine_tune_tail, pooled_features
+from covidct.training.tail import cached_inputs, fine_tune_tail
+from covidct.training.tail import outputs as tail_outputs
 from covidct.training.tail import scores as tail_scores
 
 log = logging.getLogger("covidct")
@@ -47,8 +48,7 @@ STRATEGY_TEXT = {
     "lp-ft": "the same regression (a linear probe), then the last two stages and head fine-tuned (LP-FT)",
 }
 STRATEGIES = tuple(STRATEGY_TEXT)
-DEFAULT_STRATEGY = "lp-ft"  # above the head alone on every draw measured: benchmarks/ADAPTATION.md
-BASELINES = ("zero-shot", "imagenet-head", "imagenet-lp-ft")
+DEFAULT_STRATEGY = "lp-ft"  # above the head alone at every k COVID-CT -> SARS-CoV-2, level the other way: ADAPTATION.md
 IMAGENET_STRATEGIES = ("head",)  # the ImageNet baseline's default: LP-FT from ImageNet too doubles a curve's time
 
 
@@ -253,7 +253,7 @@ def start_from(net: Any, site: Site, transform: Any, with_maps: bool) -> Start:
     dataset = ImageDataset(site.samples, transform)
     if with_maps:
         maps = cached_inputs(net, dataset)
-        return Start(net, pooled_features(net, maps), tail_scores(net, maps), maps)
+        return Start(net, *tail_outputs(net, maps), maps)
     width = head_module(net).in_features
     logits, features = dataset_outputs(net, dataset)
     return Start(net, features[:, -width:], softmax(logits, axis=1)[:, 1])
@@ -270,22 +270,22 @@ def imagenet_network(architecture: str) -> Any:
     return net.eval()
 
 
-def lpft_adapter(net: Any, maps: Any, labels: np.ndarray) -> Adapter:
-    """LP-FT on a copy of `net` per draw: the linear probe, then the last stages and head fine-tuned (tail.py)."""
+def lpft_adapter(start: Start, labels: np.ndarray) -> Adapter:
+    """LP-FT on a copy of the network per draw: the linear probe, then the last stages and head fine-tuned (tail.py)."""
     import copy
 
     import torch
 
     def adapt(fit: np.ndarray, rest: np.ndarray, seed: int) -> np.ndarray:
-        tuned = fine_tune_tail(copy.deepcopy(net), maps[torch.from_numpy(fit)], labels[fit], seed)
+        net, maps = copy.deepcopy(start.net), start.maps
+        tuned = fine_tune_tail(net, maps[torch.from_numpy(fit)], labels[fit], seed, pooled=start.pooled[fit])
         return tail_scores(tuned, maps[torch.from_numpy(rest)])
 
     return adapt
 
 
 def strategy_adapters(prefix: str, start: Start, labels: np.ndarray, strategies: tuple[str, ...]) -> dict[str, Adapter]:
-    makers = {"head": lambda: head_adapter(start.pooled, labels), "lp-ft": lambda: lpft_adapter(start.net,
-              start.maps, labels)}  # fmt: skip
+    makers = {"head": lambda: head_adapter(start.pooled, labels), "lp-ft": lambda: lpft_adapter(start, labels)}
     return {f"{prefix}{name}": makers[name]() for name in strategies}
 
 
@@ -341,7 +341,7 @@ def adapted_network(model: Any, site: Site, strategy: str) -> dict[str, Any]:
     start = start_from(model.module, site, model.transform, with_maps=strategy == "lp-ft")
     validation = site_validation(strategy_adapters("", start, site.labels, (strategy,))[strategy], site)
     if strategy == "lp-ft":
-        fine_tune_tail(model.module, start.maps, site.labels, seed=0)
+        fine_tune_tail(model.module, start.maps, site.labels, seed=0, pooled=start.pooled)
     else:
         w, b = fit_head(start.pooled, site.labels)
         set_linear_head(head_module(model.module), w, b)
@@ -349,7 +349,7 @@ def adapted_network(model: Any, site: Site, strategy: str) -> dict[str, Any]:
 
 
 def adapt_run(run_dir: Path, site: Site, out_parent: Path, strategy: str = DEFAULT_STRATEGY) -> Path:
-    """The adapted model: the source network with its head refitted on all the site's images, as an ordinary run
+    """The adapted model: the source network adapted on all the site's images by `strategy`, as an ordinary run
     folder (checkpoint, config, summary, threshold record, out-of-distribution detector including the site)."""
     import shutil
 

@@ -78,43 +78,47 @@ def fed_at_cut(net: nn.Module) -> Iterator[Callable[[torch.Tensor], torch.Tensor
         hook.remove()
 
 
-def pooled_features(net: nn.Module, maps: torch.Tensor, batch_size: int = 64) -> np.ndarray:
-    """What the head reads (N x D) for cached maps: the linear probe's input."""
-    head = head_module(net)
-    seen: list[np.ndarray] = []
-    hook = head.register_forward_pre_hook(lambda _m, inputs: seen.append(inputs[0].detach().float().numpy()))
-    try:
-        scores(net, maps, batch_size)
-    finally:
-        hook.remove()
-    return np.concatenate(seen)
-
-
 @torch.no_grad()
-def scores(net: nn.Module, maps: torch.Tensor, batch_size: int = 64) -> np.ndarray:
-    """Probability of the positive class for cached maps (eval mode)."""
+def outputs(net: nn.Module, maps: torch.Tensor, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """(what the head reads, N x D: the linear probe's input; probability of the positive class) for cached maps,
+    eval mode, one pass."""
+    seen: list[np.ndarray] = []
+    hook = head_module(net).register_forward_pre_hook(lambda _m, inputs: seen.append(inputs[0].float().numpy()))
     net.eval()
     out = []
-    with fed_at_cut(net) as run:
-        for start in range(0, len(maps), batch_size):
-            out.append(run(maps[start : start + batch_size]).float().softmax(1)[:, 1].numpy())
-    return np.concatenate(out) if out else np.zeros(0)
+    try:
+        with fed_at_cut(net) as run:
+            for start in range(0, len(maps), batch_size):
+                out.append(run(maps[start : start + batch_size]).float().softmax(1)[:, 1].numpy())
+    finally:
+        hook.remove()
+    if not out:
+        return np.zeros((0, getattr(head_module(net), "in_features", 0))), np.zeros(0)
+    return np.concatenate(seen), np.concatenate(out)
+
+
+def scores(net: nn.Module, maps: torch.Tensor, batch_size: int = 64) -> np.ndarray:
+    """Probability of the positive class for cached maps (eval mode)."""
+    return outputs(net, maps, batch_size)[1]
 
 
 def tail_parameters(net: nn.Module) -> list[nn.Parameter]:
-    """The parameters a tail fine-tune changes: those of the last stages and after them (the rest get no gradient)."""
-    frozen = {id(p) for stage in stages(net)[:-TAIL_STAGES] for p in stage.parameters()}
-    cut_index = [id(m) for m in net.modules()].index(id(stages(net)[-TAIL_STAGES]))
-    before = {id(p) for m in list(net.modules())[1:cut_index] for p in m.parameters(recurse=False)}
-    return [p for p in net.parameters() if id(p) not in frozen and id(p) not in before]
+    """The parameters a tail fine-tune changes: those of the last stages and after them. Every module before the
+    first of them (in the network's own order, which lists a stage's parts inside it) is left alone."""
+    modules = list(net.modules())
+    before = modules[1 : modules.index(stages(net)[-TAIL_STAGES])]
+    skip = {id(p) for m in before for p in m.parameters(recurse=False)}
+    return [p for p in net.parameters() if id(p) not in skip]
 
 
-def fine_tune_tail(net: nn.Module, maps: torch.Tensor, labels: np.ndarray, seed: int = 0,
-                   epochs: int = TAIL_EPOCHS, lr: float = TAIL_LR) -> nn.Module:  # fmt: skip
+def fine_tune_tail(net: nn.Module, maps: torch.Tensor, labels: np.ndarray, seed: int = 0, epochs: int = TAIL_EPOCHS,
+                   lr: float = TAIL_LR, pooled: np.ndarray | None = None) -> nn.Module:  # fmt: skip
     """LP-FT on cached maps, in place: the head set by a logistic regression on the pooled features (the linear
     probe), then the last stages, the layers after them and the head trained with AdamW on a class-balanced
-    cross-entropy. Batch norm stays in eval mode (a few hundred images cannot re-estimate its statistics)."""
-    w, b = fit_head(pooled_features(net, maps), labels, standardise=False)
+    cross-entropy. Batch norm stays in eval mode (a few hundred images cannot re-estimate its statistics).
+    pooled: what the head reads for these maps, when the caller has it already (the curve computes it once per
+    site, not once per draw)."""
+    w, b = fit_head(outputs(net, maps)[0] if pooled is None else pooled, labels, standardise=False)
     set_linear_head(head_module(net), w, b)
     y = torch.as_tensor(labels, dtype=torch.long)
     counts = torch.bincount(y, minlength=2).clamp_min(1).float()
