@@ -104,6 +104,7 @@ TRAIN_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "mixup": (lambda v: 0 <= v <= 10, "between 0 and 10"),
     "domain_adversarial": (lambda v: 0 <= v <= 10, "between 0 and 10"),
     "freeze_blocks": (lambda v: v >= 0, ">= 0"),
+    "imagenet_probe": (lambda v: 0 <= v < 1, "in [0, 1)"),
 }
 
 
@@ -132,6 +133,8 @@ class TrainConfig(Settings):
     freeze_blocks: int = setting(0, "keep the stem and the first N blocks of the backbone frozen")
     linear_probe: bool = setting(False, "LP-FT: fit the new head by logistic regression on the frozen ImageNet "
                                  "features of the training images before fine-tuning the whole network")  # fmt: skip
+    imagenet_probe: float = setting(0.25, "share of the log-odds given to a logistic regression on the frozen "
+                                    "starting network's features, fitted at the end of training (0: none)")  # fmt: skip
     # ---- optimisation
     epochs: int = setting(12, "maximum epochs")
     batch_size: int = setting(32, "images per step (per process)")

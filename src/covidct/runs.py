@@ -172,6 +172,11 @@ class RunDir:
         """The out-of-distribution detector (ood.json + ood.safetensors; covidct.ood)."""
         return self.path / "ood"
 
+    @property
+    def probe_dir(self) -> Path:
+        """The ImageNet probe blended into the scores (imagenet_probe.json + .safetensors; covidct.models)."""
+        return self.path / "imagenet_probe"
+
 
 def find_checkpoint(run_dir: str | Path, which: str = "best") -> Path:
     """checkpoints/best.ckpt or last.ckpt of a run folder, or a .ckpt path given directly."""

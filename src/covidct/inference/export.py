@@ -25,17 +25,36 @@ ONNX_TOLERANCE = 1e-3
 
 
 def _plain_model(loaded: LoadedModel) -> nn.Module:
-    return loaded.module.eval().float().to(memory_format=torch.contiguous_format)
+    """The network (with the ImageNet probe blended in, when the model has one) in the contiguous layout."""
+    model = loaded.module.eval().float().to(memory_format=torch.contiguous_format)
+    if loaded.probe is not None:
+        loaded.probe.net.to(memory_format=torch.contiguous_format)
+        return Blended(model, loaded.probe)
+    return model
+
+
+class Blended(nn.Module):
+    """The network and its ImageNet probe as one module giving the blended logits (what the ONNX graph computes);
+    the detector's feature taps stay on the network (`.model`)."""
+
+    def __init__(self, model: nn.Module, probe: nn.Module) -> None:
+        super().__init__()
+        self.model, self.probe = model, probe
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.probe.blend(self.model(x), x)
 
 
 def export_safetensors(module: LoadedModel, out_dir: Path) -> tuple[Path, Path]:
     """model.safetensors (the backbone with its head) and model.json (the card) in out_dir."""
     from safetensors.torch import save_file
 
-    model = _plain_model(module)
+    model = module.module.eval().float().to(memory_format=torch.contiguous_format)
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     card = module.card
     weights = atomic_write(out_dir / "model.safetensors", lambda p: save_file(state, str(p), {"format": "pt"}))
+    if module.probe is not None:  # beside the weights: load_trained attaches it as it attaches the detector
+        module.probe.save(out_dir)
     return weights, write_card(out_dir, card)
 
 
@@ -88,7 +107,8 @@ class WithFeatures(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         from covidct.ood.features import FeatureTaps
 
-        with FeatureTaps(self.model) as taps:
+        net = self.model.model if isinstance(self.model, Blended) else self.model
+        with FeatureTaps(net) as taps:
             logits = self.model(x)
             return logits, taps.features()
 

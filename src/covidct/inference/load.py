@@ -34,6 +34,7 @@ class LoadedModel:
     session: Any = None
     source: str = ""
     ood: Any = None  # the out-of-distribution detector (covidct.ood.detector.OODDetector), when the model has one
+    probe: Any = None  # the ImageNet probe blended into the scores (covidct.models.imagenet_probe), when it has one
     _transform: Any = field(default=None, repr=False)
 
     @property
@@ -70,6 +71,8 @@ class LoadedModel:
         outputs come back on the CPU. An ONNX Runtime session stays where it is."""
         if self.module is not None:
             self.module.to(device)
+        if self.probe is not None:
+            self.probe.to(device)
         return self
 
     @torch.no_grad()
@@ -78,7 +81,12 @@ class LoadedModel:
             out = self.session.run(None, {self.session.get_inputs()[0].name: x.numpy()})[0]
             return torch.from_numpy(out)
         device = next(self.module.parameters()).device  # type: ignore[union-attr]
-        return self.module(x.to(device)).cpu()  # type: ignore[misc]
+        return self.blended(self.module(x.to(device)), x).cpu()  # type: ignore[misc]
+
+    def blended(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The network's logits with the ImageNet probe blended in, when the model has one (an ONNX graph has it
+        inside)."""
+        return logits if self.probe is None else self.probe.blend(logits, x.to(logits.device))
 
     @torch.no_grad()
     def logits_and_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,7 +101,7 @@ class LoadedModel:
 
         device = next(self.module.parameters()).device  # type: ignore[union-attr]
         logits, features = logits_and_features(self.module, x.to(device))  # type: ignore[arg-type]
-        return logits.cpu(), features.cpu()
+        return self.blended(logits, x).cpu(), features.cpu()
 
     @torch.no_grad()
     def scores(self, images: list[Image.Image], batch_size: int = 32) -> np.ndarray:
@@ -219,7 +227,8 @@ def load_checkpoint(ckpt: str | Path, run: RunDir | None = None) -> LoadedModel:
         hp["model_name"], dict(hp["preprocessing"]), list(hp["class_names"]), hp.get("threshold", 0.5), run
     )
     card["checkpoint"] = {"file": ckpt.name, "epoch": int(saved.get("epoch", -1)) + 1}
-    return LoadedModel(card, module=inference_ready(model), source=str(run.path if run else ckpt))
+    loaded = LoadedModel(card, module=inference_ready(model), source=str(run.path if run else ckpt))
+    return with_probe(loaded, run.probe_dir) if run is not None else loaded
 
 
 def load_safetensors_model(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -254,6 +263,18 @@ def with_run_threshold(model: LoadedModel, run: RunDir) -> LoadedModel:
     if record is not None and "threshold" in record:
         model.card["threshold"] = float(record["threshold"])
         model.card["threshold_chosen_on"] = record.get("chosen_on") or "given"
+    return model
+
+
+def with_probe(model: LoadedModel, folder: Path) -> LoadedModel:
+    """Attach the ImageNet probe saved in `folder` (a run's imagenet_probe/ or an export), if there is one."""
+    from covidct.models.imagenet_probe import load_probe
+
+    probe = load_probe(folder, model.architecture)
+    if probe is not None:
+        probe.net = inference_ready(probe.net)
+        model.card["imagenet_probe"] = probe.card()
+    model.probe = probe
     return model
 
 
@@ -300,7 +321,8 @@ def load_trained(path: str | Path, threads: int | None = None, checkpoint: str =
         return load_checkpoint(find_checkpoint(path))
     if path.suffix == ".safetensors":
         module, card = load_safetensors_model(path)
-        return with_detector(LoadedModel(card, module=module, source=str(path)), path.parent)
+        loaded = with_probe(LoadedModel(card, module=module, source=str(path)), path.parent)
+        return with_detector(loaded, path.parent)
     if path.suffix == ".onnx":
         import onnxruntime as ort
 

@@ -158,8 +158,14 @@ def finish_run(
     resume: bool,
     train_ds: ImageDataset,
 ) -> None:
-    """After the loop (rank 0): the summary, the operating point, the out-of-distribution detector."""
+    """After the loop (rank 0): the summary, the ImageNet probe (before the operating point: it changes the scores),
+    the operating point, the out-of-distribution detector."""
     write_summary(run, config, data, val_ds, fitted, resume)
+    if config.imagenet_probe > 0:
+        try:
+            fit_run_probe(run, config, train_ds)
+        except Exception as e:  # the trained model is saved: a probe that cannot be fitted must not lose it
+            log.warning("no ImageNet probe (%s: %s); the fine-tuned network scores alone", type(e).__name__, e)
     if config.operating_point == "youden":
         store_operating_point(run.path)
     if config.ood:
@@ -172,6 +178,22 @@ def finish_run(
                 e,
                 run.path,
             )
+
+
+def fit_run_probe(run: RunDir, config: TrainConfig, train_ds: ImageDataset) -> None:
+    """The ImageNet probe of the network the run started from (ImageNet, --weights or --init), on the training
+    images training already decoded, under the evaluation transform."""
+    from covidct.training.imagenet_probe import fit_probe
+
+    if not (config.pretrained or config.weights or config.init):
+        log.info("no ImageNet probe: the run started from random weights")
+        return
+    net, pre = build_network(config, resume=False)
+    labels = np.array([s.label for s in train_ds.samples])
+    probe = fit_probe(net, pre.input_size, train_ds.with_transform(eval_transform(pre)), labels, config.model,
+                      config.imagenet_probe)  # fmt: skip
+    if probe is not None:
+        probe.save(run.probe_dir)
 
 
 def freeze_blocks(model: nn.Module, n: int) -> int:

@@ -1,0 +1,68 @@
+"""Fitting a run's ImageNet probe (covidct.models.imagenet_probe) at the end of training: the frozen starting
+network's features of the training images (no augmentation), a logistic regression with its strength chosen by
+cross-validation on those images alone (scikit-learn's LogisticRegressionCV), folded into one linear layer."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from covidct.models.imagenet_probe import ImageNetProbe, stage_mean_indices
+
+log = logging.getLogger("covidct")
+PROBE_CS = tuple(float(c) for c in np.logspace(-4, 0, 9))  # inverse L2 strengths tried by cross-validation
+PROBE_FOLDS = 5
+
+
+def fit_regression(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float, dict[str, Any]] | None:
+    """(weights, bias, what was chosen) of a logistic regression on standardised features, folded back to the raw
+    features (logit = x @ weights + bias), its C chosen by stratified k-fold AUC; None when a class has fewer than
+    two images (nothing to cross-validate). Pure."""
+    from sklearn.linear_model import LogisticRegressionCV
+
+    folds = min(PROBE_FOLDS, int(np.bincount(y, minlength=2).min()))
+    if folds < 2 or len(np.unique(y)) < 2:
+        return None
+    mean, std = x.mean(0), np.maximum(x.std(0), 1e-6)
+    lr = LogisticRegressionCV(Cs=list(PROBE_CS), cv=folds, scoring="roc_auc", max_iter=10000)
+    lr.fit((x - mean) / std, y)
+    weights = lr.coef_[0] / std
+    cv_auc = float(np.max(np.mean(lr.scores_[1], axis=0)))
+    return weights, float(lr.intercept_[0] - (mean * weights).sum()), {"C": float(lr.C_[0]), "cv_auc": cv_auc}
+
+
+@torch.no_grad()
+def probe_features(probe: ImageNetProbe, dataset: Dataset, batch_size: int = 32) -> np.ndarray:
+    out = [probe.features(batch["image"]).numpy()
+           for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)]  # fmt: skip
+    return np.concatenate(out) if out else np.zeros((0, len(probe.keep)))
+
+
+def fit_probe(
+    net: nn.Module, input_size: int, train: Dataset, labels: np.ndarray, architecture: str, share: float
+) -> ImageNetProbe | None:
+    """The probe of the frozen `net` (the run's starting network) on `train` (under the evaluation transform)."""
+    from covidct.inference.load import inference_ready
+
+    start = time.perf_counter()
+    net = inference_ready(net)
+    probe = ImageNetProbe(net, stage_mean_indices(net, input_size), share)
+    fitted = fit_regression(probe_features(probe, train), labels)
+    if fitted is None:
+        log.warning("no ImageNet probe: a class has fewer than 2 training images")
+        return None
+    weights, bias, chosen = fitted
+    with torch.no_grad():
+        probe.linear.weight.copy_(torch.as_tensor(weights, dtype=torch.float32)[None])
+        probe.linear.bias.fill_(bias)
+    probe.info = {"architecture": architecture, "stages": "channel means of the last 4", "n_train": len(labels),
+                  **chosen, "fit_seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
+    log.info("ImageNet probe: C %.4g (cross-validated AUC %.3f on the training images), share %.2f, %.0f s",
+             chosen["C"], chosen["cv_auc"], share, probe.info["fit_seconds"])  # fmt: skip
+    return probe
