@@ -5,8 +5,9 @@ validation AUC of each of three seeds (mean 0.864 -> 0.879; benchmarks/ACCURACY.
 
 What the probe reads: the channel means of the frozen network's last PROBE_STAGES stages (its mid- and high-level
 texture, 704 numbers for efficientnet_lite0), taken by the same hooks as the out-of-distribution detector's features.
-The blend is on the log-odds: margin = (1 - s) x (fine-tuned logit margin) + s x (probe logit), s the probe's share (0.25), returned as the
-2-class logits [0, margin], so softmax(...)[:, 1] = sigmoid(margin) and everything that scores logits works unchanged.
+The blend is on the log-odds: margin = (1 - s) x (fine-tuned logit margin) + s x (probe logit), s the probe's share
+(0.25 in the default recipe), returned as the 2-class logits [0, margin], so softmax(...)[:, 1] = sigmoid(margin) and
+everything that scores logits works unchanged.
 
 Stored beside the model as imagenet_probe.safetensors (the frozen weights, the regression, the feature indices) and
 imagenet_probe.json (what it is): no pickle; a probe of another architecture or feature width is refused."""
@@ -107,11 +108,11 @@ def load_probe(folder: Path, architecture: str) -> ImageNetProbe | None:
     try:
         state = load_file(str(weights_path))
         net, _ = create_model(arch, pretrained=False)
-        probe = ImageNetProbe(net, torch.zeros(n, dtype=torch.long), share,
-                              {k: v for k, v in card.items() if k not in ("format", "share", "n_features")})  # fmt: skip
+        info = {k: v for k, v in card.items() if k not in ("format", "share", "n_features")}
+        probe = ImageNetProbe(net, torch.zeros(n, dtype=torch.long), share, info)
         probe.load_state_dict(state)
     except Exception as e:
-        raise ModelError(f"{weights_path} does not fit the probe its card describes ({type(e).__name__}: {e})") from None
+        raise ModelError(f"{weights_path} does not fit the probe its card says ({type(e).__name__}: {e})") from None
     if not torch.equal(probe.keep, stage_mean_indices(probe.net, 64)):  # the features it reads are where it says
         raise ModelError(f"{weights_path}: its feature indices do not match {arch}'s last {PROBE_STAGES} stages")
     return probe

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from typing import Any
 
 import numpy as np
@@ -31,7 +32,9 @@ def fit_regression(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float, dic
         return None
     mean, std = x.mean(0), np.maximum(x.std(0), 1e-6)
     lr = LogisticRegressionCV(Cs=list(PROBE_CS), cv=folds, scoring="roc_auc", max_iter=10000)
-    lr.fit((x - mean) / std, y)
+    with warnings.catch_warnings():  # scikit-learn 1.9 announces 1.10's changed defaults; nothing here depends on them
+        warnings.simplefilter("ignore", FutureWarning)
+        lr.fit((x - mean) / std, y)
     weights = lr.coef_[0] / std
     cv_auc = float(np.max(np.mean(lr.scores_[1], axis=0)))
     return weights, float(lr.intercept_[0] - (mean * weights).sum()), {"C": float(lr.C_[0]), "cv_auc": cv_auc}
