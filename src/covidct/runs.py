@@ -174,7 +174,7 @@ class RunDir:
 
     @property
     def probe_dir(self) -> Path:
-        """The ImageNet probe blended into the scores (imagenet_probe.json + .safetensors; covidct.models)."""
+        """The ImageNet probe blended into the scores (covidct.inference.imagenet_probe)."""
         return self.path / "imagenet_probe"
 
 

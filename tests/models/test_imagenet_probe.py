@@ -1,4 +1,4 @@
-"""The ImageNet probe's pieces (covidct.models.imagenet_probe, covidct.training.imagenet_probe): the blend is the
+"""The ImageNet probe's pieces (covidct.inference.imagenet_probe, covidct.training.imagenet_probe): the blend is the
 weighted log-odds, the features are the last stages' channel means, the regression's standardisation folds back
 exactly, and a saved probe comes back the same or is refused with a clear error."""
 
@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from covidct.errors import ModelError
-from covidct.models import create_model
-from covidct.models.imagenet_probe import (
+from covidct.inference.imagenet_probe import (
     CARD_NAME,
     WEIGHTS_NAME,
     ImageNetProbe,
@@ -18,6 +17,7 @@ from covidct.models.imagenet_probe import (
     load_probe,
     stage_mean_indices,
 )
+from covidct.models import create_model
 from covidct.ood.features import stages
 from covidct.training.imagenet_probe import PROBE_CS, fit_regression
 

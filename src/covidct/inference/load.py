@@ -34,7 +34,7 @@ class LoadedModel:
     session: Any = None
     source: str = ""
     ood: Any = None  # the out-of-distribution detector (covidct.ood.detector.OODDetector), when the model has one
-    probe: Any = None  # the ImageNet probe blended into the scores (covidct.models.imagenet_probe), when it has one
+    probe: Any = None  # the ImageNet probe blended into the scores (covidct.inference.imagenet_probe), when it has one
     _transform: Any = field(default=None, repr=False)
 
     @property
@@ -268,7 +268,7 @@ def with_run_threshold(model: LoadedModel, run: RunDir) -> LoadedModel:
 
 def with_probe(model: LoadedModel, folder: Path) -> LoadedModel:
     """Attach the ImageNet probe saved in `folder` (a run's imagenet_probe/ or an export), if there is one."""
-    from covidct.models.imagenet_probe import load_probe
+    from covidct.inference.imagenet_probe import load_probe
 
     probe = load_probe(folder, model.architecture)
     if probe is not None:

@@ -1,4 +1,4 @@
-"""Fitting a run's ImageNet probe (covidct.models.imagenet_probe) at the end of training: the frozen starting
+"""Fitting a run's ImageNet probe (covidct.inference.imagenet_probe) at the end of training: the frozen starting
 network's features of the training images (no augmentation), a logistic regression with its strength chosen by
 cross-validation on those images alone (scikit-learn's LogisticRegressionCV), folded into one linear layer."""
 
@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from covidct.models.imagenet_probe import ImageNetProbe, stage_mean_indices
+from covidct.inference.imagenet_probe import ImageNetProbe, stage_mean_indices
 
 log = logging.getLogger("covidct")
 PROBE_CS = tuple(float(c) for c in np.logspace(-4, 0, 9))  # inverse L2 strengths tried by cross-validation
