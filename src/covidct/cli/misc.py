@@ -36,7 +36,10 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
+    import json
+
     from covidct.errors import ModelError
+    from covidct.inference.imagenet_probe import CARD_NAME as PROBE_CARD
     from covidct.reporting.study import study_table
     from covidct.runs import RunDir
 
@@ -45,6 +48,11 @@ def cmd_study(args: argparse.Namespace) -> int:
     if metrics is None:
         raise ModelError(f"{run.path} has no test evaluation yet: covidct evaluate {run.path} --split test")
     print(study_table(metrics))
+    probe = run.probe_dir / PROBE_CARD
+    if probe.is_file():  # the scores are a blend: say so where the figures are
+        share = json.loads(probe.read_text()).get("share")
+        print(f"scores: the fine-tuned network blended with a logistic regression on its ImageNet starting point's "
+              f"features (share {share} of the log-odds; benchmarks/ACCURACY.md)")  # fmt: skip
     for name, m in run.evaluations().items():
         if name not in ("test", "val"):
             ood = m.get("ood") or {}
