@@ -1,7 +1,7 @@
 """What the out-of-distribution check costs at prediction: the same images scored with and without it, alternating,
 best of N; and the detector's fitting time on N images (features of their forward pass + the fit).
 
-Usage: python benchmarks/ood_speed.py RUN [--repeats 5] [--fit-images 3000]
+Usage: python benchmarks/ood_speed.py RUN [--repeats 5] [--fit-images 3000] [--unfolded]
 """
 
 from __future__ import annotations
@@ -24,9 +24,12 @@ def main() -> None:
     ap.add_argument("run")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--fit-images", type=int, default=3000)
+    ap.add_argument("--unfolded", action="store_true", help="score with batch norm as it is (before inference/fold.py)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     model = load_trained(args.run)
+    if args.unfolded:
+        model._scoring = (model.module, model.probe)
     data = RunDir.at(args.run).data()
     images = [load_rgb(s.path) for s in data.splits["test"]]
     plain, checked = [], []
@@ -46,7 +49,7 @@ def main() -> None:
     ds = ImageDataset(pool, model.transform, cache=True)
     ds.preload()  # decoded once, as training has them at its end
     t = time.perf_counter()
-    feats = dataset_features(model.module, ds)
+    feats = dataset_features(model.scoring()[0], ds)  # the network the detector's fit uses (inference/ood.py)
     mid = time.perf_counter()
     fit_detector(feats[: len(feats) * 4 // 5], feats[len(feats) * 4 // 5 :], model.architecture)
     end = time.perf_counter()

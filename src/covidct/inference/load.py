@@ -36,6 +36,7 @@ class LoadedModel:
     ood: Any = None  # the out-of-distribution detector (covidct.ood.detector.OODDetector), when the model has one
     probe: Any = None  # the ImageNet probe blended into the scores (covidct.inference.imagenet_probe), when it has one
     _transform: Any = field(default=None, repr=False)
+    _scoring: Any = field(default=None, repr=False)  # (network, probe) with batch norm folded, made at first use
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -73,20 +74,33 @@ class LoadedModel:
             self.module.to(device)
         if self.probe is not None:
             self.probe.to(device)
+        self._scoring = None  # folded again, on the new device, at the next call
         return self
+
+    def scoring(self) -> tuple[torch.nn.Module, Any]:
+        """(network, ImageNet probe or None) as scoring runs them: copies with batch norm folded into the
+        convolutions (inference/fold.py: the same logits to 1e-5, faster); `module` and `probe` keep their own
+        weights for export, adaptation and Grad-CAM."""
+        if self._scoring is None:
+            from covidct.inference.fold import fold_batch_norm
+
+            size = self.preprocessing.input_size
+            net = fold_batch_norm(self.module, size)  # type: ignore[arg-type]
+            probe = self.probe
+            if probe is not None:
+                probe = type(probe)(fold_batch_norm(probe.net, size), probe.keep, probe.share, probe.info)
+                probe.linear = self.probe.linear
+            self._scoring = (net, probe)
+        return self._scoring
 
     @torch.no_grad()
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         if self.session is not None:
             out = self.session.run(None, {self.session.get_inputs()[0].name: x.numpy()})[0]
             return torch.from_numpy(out)
-        device = next(self.module.parameters()).device  # type: ignore[union-attr]
-        return self.blended(self.module(x.to(device)), x).cpu()  # type: ignore[misc]
-
-    def blended(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """The network's logits with the ImageNet probe blended in, when the model has one (an ONNX graph has it
-        inside)."""
-        return logits if self.probe is None else self.probe.blend(logits, x.to(logits.device))
+        net, probe = self.scoring()
+        x = x.to(next(net.parameters()).device)
+        return (net(x) if probe is None else probe.blend(net(x), x)).cpu()
 
     @torch.no_grad()
     def logits_and_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,9 +113,10 @@ class LoadedModel:
             return torch.from_numpy(outputs[0]), torch.from_numpy(outputs[1])
         from covidct.ood.features import logits_and_features
 
-        device = next(self.module.parameters()).device  # type: ignore[union-attr]
-        logits, features = logits_and_features(self.module, x.to(device))  # type: ignore[arg-type]
-        return self.blended(logits, x).cpu(), features.cpu()
+        net, probe = self.scoring()
+        x = x.to(next(net.parameters()).device)
+        logits, features = logits_and_features(net, x)
+        return (logits if probe is None else probe.blend(logits, x)).cpu(), features.cpu()
 
     @torch.no_grad()
     def scores(self, images: list[Image.Image], batch_size: int = 32) -> np.ndarray:

@@ -38,7 +38,7 @@ def fit_and_save(
     model = load_checkpoint(run.checkpoint("best"), run)
     info = {"fitted_on": sorted({s.source or "train" for s in train.samples}), "split": "train",
             "threshold_on": "val"}  # fmt: skip
-    detector = fit_for_network(model.module, model.architecture, train.with_transform(model.transform),
+    detector = fit_for_network(model.scoring()[0], model.architecture, train.with_transform(model.transform),
                                val.with_transform(model.transform), method, percentile, info)  # fmt: skip
     save_for_run(run, detector)
     return detector
