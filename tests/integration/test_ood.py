@@ -34,7 +34,7 @@ def test_training_fits_a_detector_with_its_threshold_on_validation(trained_run):
     model = load_trained(trained_run)
     assert model.ood is not None and card["architecture"] == model.architecture == "timm:resnet10t"
     val = ImageDataset(run.data().splits["val"], model.transform)
-    scores = model.ood.score(dataset_features(model.module, val))
+    scores = model.ood.score(dataset_features(model.scoring()[0], val))  # the network that scores and fits
     assert card["threshold"] == pytest.approx(np.percentile(scores, card["percentile"]), rel=1e-6)
     assert card["n_train"] == len(run.data().splits["train"]) and card["threshold_on"] == "val"
 

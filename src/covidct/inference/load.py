@@ -84,11 +84,11 @@ class LoadedModel:
         if self._scoring is None:
             from covidct.inference.fold import fold_batch_norm
 
-            size = self.preprocessing.input_size
-            net = fold_batch_norm(self.module, size)  # type: ignore[arg-type]
-            probe = self.probe
+            size = (self.card.get("preprocessing") or {}).get("input_size")
+            fold = (lambda net: fold_batch_norm(net, int(size))) if size else (lambda net: net)
+            net, probe = fold(self.module), self.probe
             if probe is not None:
-                probe = type(probe)(fold_batch_norm(probe.net, size), probe.keep, probe.share, probe.info)
+                probe = type(probe)(fold(probe.net), probe.keep, probe.share, probe.info)
                 probe.linear = self.probe.linear
             self._scoring = (net, probe)
         return self._scoring
