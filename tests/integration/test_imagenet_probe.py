@@ -64,6 +64,9 @@ def test_scores_blend_the_network_and_the_starting_networks_features(probe_run):
         z = model.probe.linear(starting_network_features(weights, x)).squeeze(1).double()
     want = torch.sigmoid(0.75 * (logits[:, 1] - logits[:, 0]) + 0.25 * z).numpy()
     np.testing.assert_allclose(model.scores(images), want, rtol=1e-4, atol=1e-5)
+    with_check, ood = model.scores_with_ood(images)  # predict and serve: the same pass gives the detector's features
+    assert ood is not None and len(ood) == len(images)
+    np.testing.assert_allclose(with_check, want, rtol=1e-4, atol=1e-5)
     # the operating point is Youden's J on the blended validation scores: the probe is fitted before it
     labels = np.array([s.label for s in run.data().splits["val"]])
     assert run.threshold_record()["threshold"] == pytest.approx(youden_threshold(labels, want), abs=1e-4)

@@ -80,7 +80,8 @@ class LoadedModel:
     def scoring(self) -> tuple[torch.nn.Module, Any]:
         """(network, ImageNet probe or None) as scoring runs them: copies with batch norm folded into the
         convolutions (inference/fold.py: the same logits to 1e-5, faster); `module` and `probe` keep their own
-        weights for export, adaptation and Grad-CAM."""
+        weights for export, adaptation and Grad-CAM. Made at the first call: code that changes `module` afterwards
+        (covidct adapt saves it and loads the result anew) must set `_scoring = None` to score the change."""
         if self._scoring is None:
             from covidct.inference.fold import fold_batch_norm
 
