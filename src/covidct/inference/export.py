@@ -24,11 +24,15 @@ __all__ = ["CARD_NAME", "export_run", "load_safetensors_model", "write_onnx"]
 ONNX_TOLERANCE = 1e-3
 
 
+def _contiguous(net: nn.Module) -> nn.Module:
+    return net.eval().float().to(memory_format=torch.contiguous_format)
+
+
 def _plain_model(loaded: LoadedModel) -> nn.Module:
     """The network (with the ImageNet probe blended in, when the model has one) in the contiguous layout."""
-    model = loaded.module.eval().float().to(memory_format=torch.contiguous_format)
+    model = _contiguous(loaded.module)
     if loaded.probe is not None:
-        loaded.probe.net.to(memory_format=torch.contiguous_format)
+        _contiguous(loaded.probe.net)
         return Blended(model, loaded.probe)
     return model
 
@@ -49,7 +53,7 @@ def export_safetensors(module: LoadedModel, out_dir: Path) -> tuple[Path, Path]:
     """model.safetensors (the backbone with its head) and model.json (the card) in out_dir."""
     from safetensors.torch import save_file
 
-    model = module.module.eval().float().to(memory_format=torch.contiguous_format)
+    model = _contiguous(module.module)
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     card = module.card
     weights = atomic_write(out_dir / "model.safetensors", lambda p: save_file(state, str(p), {"format": "pt"}))

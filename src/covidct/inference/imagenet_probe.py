@@ -69,6 +69,12 @@ class ImageNetProbe(nn.Module):
         """The probe's logit (N,) of a preprocessed batch."""
         return self.linear(self.features(x)).squeeze(1)
 
+    def on_network(self, net: nn.Module) -> ImageNetProbe:
+        """The same probe reading `net` (e.g. a batch-norm-folded copy of its own); the regression is shared."""
+        other = ImageNetProbe(net, self.keep, self.share, self.info)
+        other.linear = self.linear
+        return other
+
     def blend(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return blend_logits(logits, self(x), self.share)
 

@@ -87,11 +87,8 @@ class LoadedModel:
 
             size = (self.card.get("preprocessing") or {}).get("input_size")
             fold = (lambda net: fold_batch_norm(net, int(size))) if size else (lambda net: net)
-            net, probe = fold(self.module), self.probe
-            if probe is not None:
-                probe = type(probe)(fold(probe.net), probe.keep, probe.share, probe.info)
-                probe.linear = self.probe.linear
-            self._scoring = (net, probe)
+            probe = None if self.probe is None else self.probe.on_network(fold(self.probe.net))
+            self._scoring = (fold(self.module), probe)
         return self._scoring
 
     @torch.no_grad()

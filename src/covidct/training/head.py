@@ -4,6 +4,8 @@ scikit-learn does the fitting; this is the glue."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from torch import nn
@@ -19,10 +21,17 @@ def fit_head(x: np.ndarray, y: np.ndarray, c: float = HEAD_C, standardise: bool 
     soon as fine-tuning moves those features)."""
     from sklearn.linear_model import LogisticRegression
 
+    weights, bias, _ = fit_folded(LogisticRegression(C=c, max_iter=2000, class_weight="balanced"), x, y, standardise)
+    return weights, bias
+
+
+def fit_folded(estimator: Any, x: np.ndarray, y: np.ndarray, standardise: bool = True) -> tuple[np.ndarray, float, Any]:
+    """(weights, bias, the fitted estimator) of a scikit-learn linear classifier fitted on standardised features and
+    folded back to the raw features: logit = x @ weights + bias."""
     mean, std = (x.mean(0), np.maximum(x.std(0), 1e-6)) if standardise else (np.zeros(x.shape[1]), np.ones(x.shape[1]))
-    lr = LogisticRegression(C=c, max_iter=2000, class_weight="balanced").fit((x - mean) / std, y)
-    weights = lr.coef_[0] / std
-    return weights, float(lr.intercept_[0] - (mean * weights).sum())
+    estimator.fit((x - mean) / std, y)
+    weights = estimator.coef_[0] / std
+    return weights, float(estimator.intercept_[0] - (mean * weights).sum()), estimator
 
 
 def head_scores(weights: np.ndarray, bias: float, x: np.ndarray) -> np.ndarray:

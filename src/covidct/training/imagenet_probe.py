@@ -27,17 +27,17 @@ def fit_regression(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float, dic
     two images (nothing to cross-validate). Pure."""
     from sklearn.linear_model import LogisticRegressionCV
 
+    from covidct.training.head import fit_folded
+
     folds = min(PROBE_FOLDS, int(np.bincount(y, minlength=2).min()))
     if folds < 2 or len(np.unique(y)) < 2:
         return None
-    mean, std = x.mean(0), np.maximum(x.std(0), 1e-6)
     lr = LogisticRegressionCV(Cs=list(PROBE_CS), cv=folds, scoring="roc_auc", max_iter=10000)
     with warnings.catch_warnings():  # scikit-learn 1.9 announces 1.10's changed defaults; nothing here depends on them
         warnings.simplefilter("ignore", FutureWarning)
-        lr.fit((x - mean) / std, y)
-    weights = lr.coef_[0] / std
+        weights, bias, lr = fit_folded(lr, x, y)
     cv_auc = float(np.max(np.mean(lr.scores_[1], axis=0)))
-    return weights, float(lr.intercept_[0] - (mean * weights).sum()), {"C": float(lr.C_[0]), "cv_auc": cv_auc}
+    return weights, bias, {"C": float(lr.C_[0]), "cv_auc": cv_auc}
 
 
 @torch.no_grad()
