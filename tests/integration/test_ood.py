@@ -155,3 +155,79 @@ def test_the_check_is_the_same_when_threads_share_the_model(trained_run):
         together = list(pool.map(lambda b: model.scores_with_ood(b)[1], batches * 3))
     for k, got in enumerate(together):
         np.testing.assert_allclose(got, alone[k % len(batches)], rtol=1e-4)
+
+
+def labelled_dicoms(root, kernel: str = "B70f") -> str:
+    """A site's labelled DICOM slices (a folder per class and patient), their headers naming scanner and kernel."""
+    import pydicom
+
+    from tests.medical_files import chest_hu, write_dicom
+
+    for label, covid in (("COVID", True), ("NonCOVID", False)):
+        for patient in (1, 2, 3):
+            folder = root / label / f"{label}-{patient}"
+            folder.mkdir(parents=True)
+            path = write_dicom(folder / "a.dcm", chest_hu(96, covid=covid, seed=patient))
+            ds = pydicom.dcmread(path)
+            ds.Manufacturer, ds.ConvolutionKernel, ds.PixelSpacing, ds.SliceThickness = "SIEMENS", kernel, [0.7, 0.7], 1
+            ds.save_as(path)
+    return str(root)
+
+
+def test_training_records_what_it_was_trained_on(trained_run):
+    card = json.loads((RunDir(trained_run).ood_dir / "ood.json").read_text())
+    n = len(RunDir(trained_run).data().splits["train"])
+    assert card["acquisitions"] == {"kinds": {"image file": n}, "scanners": [], "pixel_spacing": None,
+                                    "slice_thickness": None}  # fmt: skip
+    assert "no scanner acquisition seen" in load_trained(trained_run).card["ood"]["acquisitions_seen"]
+
+
+def test_scanner_slices_are_flagged_everywhere_for_a_model_trained_on_image_files(trained_run, tmp_path, capsys):
+    """Trained on PNG files only: every DICOM slice and study is outside what it learned, whatever its pixels,
+    in predict (CSV, JSON, the warning), evaluate --on and the API; a PNG is left to the image detector."""
+    from tests.data.test_dicom_study import make_study
+
+    cd = make_study(tmp_path / "cd")
+    image = tmp_path / "val.png"
+    load_rgb(RunDir(trained_run).data().splits["val"][0].path).save(image)
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(trained_run), str(cd), str(image), "--out", str(out)]) == 0
+    assert "not seen in training: a scanner acquisition (DICOM)" in capsys.readouterr().out
+    rows = list(csv.DictReader(out.open()))
+    dicom_rows = [r for r in rows if r["path"] == str(cd) and r["slice"] != ""]
+    assert dicom_rows and all(r["in_distribution"] == "False" for r in dicom_rows)
+    assert all("image files only" in r["ood_reason"] for r in dicom_rows)
+    png = next(r for r in rows if r["path"] == str(image))
+    assert "scanner" not in png["ood_reason"]
+    (study,) = json.loads(out.with_suffix(".json").read_text())["studies"]
+    assert study["in_distribution"] is False and study["ood_fraction"] == 1.0
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    assert main(["evaluate", str(run), "--on", f"pacs={labelled_dicoms(tmp_path / 'pacs')}", "--bootstrap", "0"]) == 0
+    assert json.loads((run / "eval-pacs" / "metrics.json").read_text())["ood"]["fraction_flagged"] == 1.0
+
+    client = TestClient(__import__("covidct.inference.serve", fromlist=["create_app"]).create_app(
+        load_trained(trained_run)))  # fmt: skip
+    body = client.post("/api/v1/predict", files={"file": ("a.dcm", (cd / "DIR1" / "SUB0" / "IM0000").read_bytes(),
+                                                          "application/dicom")}).json()  # fmt: skip
+    assert body["in_distribution"] is False and "scanner acquisition" in body["ood_reason"]
+
+
+def test_a_site_whose_slices_were_in_training_passes_the_acquisition_check(trained_run, tmp_path):
+    """The detector refitted with a site's DICOM slices among its training images (what covidct adapt does): the
+    site's scanner and kernel pass; another kernel of the same scanner is flagged, slice by slice."""
+    from covidct.data.sources import external_set
+    from covidct.inference.ood import fit_for_run
+    from covidct.inference.predict import IMAGE_UNLIKE, predict_inputs
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    _, site = external_set(f"site={labelled_dicoms(tmp_path / 'site')}")
+    fit_for_run(run, extra_train=site)
+    model = load_trained(run)
+    assert model.card["ood"]["acquisitions"]["scanners"] == [["SIEMENS", "B70F"]]
+    same = predict_inputs(model, [s.path for s in site])
+    assert all(r["ood_reason"] in ("", IMAGE_UNLIKE) for r in same)
+    other = [s.path for s in external_set(f"o={labelled_dicoms(tmp_path / 'other', kernel='B30f')}")[1]]
+    assert all("kernel B30F not seen" in r["ood_reason"] for r in predict_inputs(model, other))

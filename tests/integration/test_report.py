@@ -50,6 +50,7 @@ def test_report_is_self_contained(report):
     assert "Not validated on: whole 512 x 512 scanner slices" in html and "Shortcut probe" in html
     ood = json.loads((report.parent / "eval-test" / "metrics.json").read_text())["ood"]
     assert "flagged out of distribution" in html and f"<td>{ood['fraction_flagged']:.0%}</td>" in html
+    assert "no scanner acquisition seen; every DICOM or NIfTI input is flagged" in html  # trained on PNG files
 
 
 def test_report_renders_in_chromium(report, chromium):

@@ -59,9 +59,13 @@ def ood_message(rows: list[dict], rule: str, model: str) -> str:
     volumes = [r for r in rows if r["slice"] in ("volume", "study") and r["in_distribution"] is False]
     if not flagged and not volumes:
         return f"out-of-distribution check: none of {len(slices)} images/slices flagged"
+    from covidct.inference.predict import IMAGE_UNLIKE
+
+    acquisitions = sorted({r["ood_reason"] for r in flagged if r.get("ood_reason") not in ("", IMAGE_UNLIKE, None)})
+    why = "".join(f"; not seen in training: {a}" for a in acquisitions[:3])
     return (
         f"WARNING: {len(flagged)} of {len(slices)} images/slices (and {len(volumes)} volumes/studies) do not look "
-        "like the images this model was trained on: their scores mean little there (volumes: " + rule + ")"
+        "like the images this model was trained on: their scores mean little there (volumes: " + rule + ")" + why
     )
 
 

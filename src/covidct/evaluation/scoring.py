@@ -167,8 +167,19 @@ def score_runs(
         architectures=[m["module"].architecture for m in members],
         epochs=[int(m["module"].card["checkpoint"]["epoch"]) for m in members], checkpoint=first["ckpt"].name,
         tta=tta, external={"set": on, "images_seen_in_training": overlap} if on is not None else None,
-        view_stats=view_stats, ood_scores=first["ood"], ood_flags=module.ood_flags(first["ood"]),
+        view_stats=view_stats, ood_scores=first["ood"], ood_flags=checked_flags(module, paths, first["ood"]),
     )  # fmt: skip
+
+
+def checked_flags(module: LoadedModel, paths: list[str], ood: np.ndarray | None) -> np.ndarray | None:
+    """The detector's flags, and every image whose acquisition (a DICOM or NIfTI header) the training images did
+    not hold (covidct.ood.acquisition); None without a detector."""
+    from covidct.ood.acquisition import of_file
+
+    flags = module.ood_flags(ood)
+    if flags is None:
+        return None
+    return flags | np.array([module.unseen_acquisition(of_file(p)) is not None for p in paths], dtype=bool)
 
 
 def score_member(run: Path, split: str, checkpoint: str, data_dir: str | Path | None, tta: bool,

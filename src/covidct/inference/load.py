@@ -148,6 +148,11 @@ class LoadedModel:
     def ood_flags(self, ood_scores: np.ndarray | None) -> np.ndarray | None:
         return None if ood_scores is None or self.ood is None else self.ood.flags(ood_scores)
 
+    def unseen_acquisition(self, acquisition: Any) -> str | None:
+        """Why an input's acquisition (covidct.ood.acquisition.Acquisition) is outside what the model was trained
+        on, or None (also when the model has no detector, or one fitted before the acquisition record)."""
+        return None if self.ood is None else self.ood.unseen_acquisition(acquisition)
+
 
 def model_card(
     architecture: str,

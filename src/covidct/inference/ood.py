@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from covidct.ood.acquisition import AcquisitionRecord
 from covidct.ood.detector import DEFAULT_PERCENTILE, OODDetector
 from covidct.ood.fit import DEFAULT_METHOD, fit_for_network
 
@@ -40,6 +41,7 @@ def fit_and_save(
             "threshold_on": "val"}  # fmt: skip
     detector = fit_for_network(model.scoring()[0], model.architecture, train.with_transform(model.transform),
                                val.with_transform(model.transform), method, percentile, info)  # fmt: skip
+    detector.acquisitions = AcquisitionRecord.of_paths(s.path for s in train.samples)
     save_for_run(run, detector)
     return detector
 

@@ -27,6 +27,7 @@ from covidct.data.lungmask import has_lung, lung_fraction, lung_mask
 from covidct.data.medical import LUNG_WINDOW, apply_window, grey_image, is_dicom, is_nifti, read_dicom
 from covidct.errors import DataError
 from covidct.inference.load import LoadedModel
+from covidct.ood.acquisition import of_file
 
 BATCH = 32
 TOP_K = 5  # slices listed (and shown with --cam) per series
@@ -115,11 +116,21 @@ def _nifti_slices(path: Path, window: tuple[float, float]) -> Iterator[tuple[np.
         yield hu, apply_window(hu, *window)
 
 
-class VolumeScorer:
-    """Scores a stream of (key, HU or None, grey) slices in batches; keeps only numbers per slice."""
+# Why an image or slice is flagged: its pixels (the detector), or its acquisition (ood/acquisition.py: a scanner,
+# kernel or spacing the training images did not hold), which then flags every slice of the series.
+IMAGE_UNLIKE = "the image is unlike the training images"
 
-    def __init__(self, model: LoadedModel) -> None:
-        self.model = model
+
+def ood_reason(in_distribution: bool, acquisition: str | None) -> str:
+    return "" if in_distribution else acquisition or IMAGE_UNLIKE
+
+
+class VolumeScorer:
+    """Scores a stream of (key, HU or None, grey) slices in batches; keeps only numbers per slice. `unseen`: why
+    the series' acquisition is outside what the model was trained on (None: it is not, or cannot be told)."""
+
+    def __init__(self, model: LoadedModel, unseen: str | None = None) -> None:
+        self.model, self.unseen = model, unseen
 
     def run(self, slices: Iterator[tuple[Any, np.ndarray | None, np.ndarray | None, str]]) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -146,7 +157,9 @@ class VolumeScorer:
             for k, ((entry, _), s) in enumerate(zip(batch, scores)):
                 entry["score"] = float(s)
                 if ood is not None and flags is not None:
-                    entry["ood_score"], entry["in_distribution"] = float(ood[k]), not bool(flags[k])
+                    entry["ood_score"] = float(ood[k])
+                    entry["in_distribution"] = not bool(flags[k]) and self.unseen is None
+                    entry["ood_reason"] = ood_reason(entry["in_distribution"], self.unseen)
             batch.clear()
 
 
@@ -163,7 +176,9 @@ def ood_summary(entries: list[dict[str, Any]]) -> dict[str, Any]:
     if not checked:
         return {}
     share = float(np.mean([not e["in_distribution"] for e in checked]))
-    return {"ood_fraction": round(share, 4), "in_distribution": share < OOD_STUDY_SHARE}
+    reasons = [e["ood_reason"] for e in checked if e.get("ood_reason")]
+    reason = max(set(reasons), key=reasons.count) if share >= OOD_STUDY_SHARE else ""
+    return {"ood_fraction": round(share, 4), "in_distribution": share < OOD_STUDY_SHARE, "ood_reason": reason}
 
 
 def summarise_volume(entries: list[dict[str, Any]], how: str) -> dict[str, Any]:
@@ -212,12 +227,14 @@ def predict_inputs(
     report = report if report is not None else {}
     report.update(aggregation=AGGREGATIONS[aggregation][1], study_rule=STUDY_RULE, threshold=t, studies=[],
                   volumes=[], images=[], skipped=[],
-                  ood_check=OOD_RULE if model.ood is not None else "unavailable")  # fmt: skip
+                  ood_check=ood_check(model))  # fmt: skip
     for path in paths:
         if path.is_dir():
             _predict_folder(model, path, window, aggregation, t, label, rows, report, cam_dir)
         elif is_nifti(path):
-            entries = VolumeScorer(model).run((k, hu, g, "") for k, (hu, g) in enumerate(_nifti_slices(path, window)))
+            unseen = model.unseen_acquisition(of_file(path))
+            slices = enumerate(_nifti_slices(path, window))
+            entries = VolumeScorer(model, unseen).run((k, hu, g, "") for k, (hu, g) in slices)
             for k, e in enumerate(entries):
                 e["index"] = k
             summary = summarise_volume(entries, aggregation)
@@ -230,7 +247,7 @@ def predict_inputs(
             images, _ = read_input(path, window)
             scores, ood = model.scores_with_ood(images)
             s = float(scores[0])
-            flag = _ood_fields(model, ood)
+            flag = _ood_fields(model, ood, model.unseen_acquisition(of_file(path)))
             rows.append({"path": str(path), "series": "", "slice": "", "score": round(s, 6), "label": label(s),
                          "threshold": t, "lung_fraction": "", "counted": "", **flag})  # fmt: skip
             report["images"].append({"path": str(path), "score": s, "label": label(s), **flag})
@@ -241,17 +258,29 @@ def predict_inputs(
     return rows
 
 
+def ood_check(model: LoadedModel) -> str:
+    """The report's rule of the check, or 'unavailable' without a detector."""
+    if model.ood is None:
+        return "unavailable"
+    if model.ood.acquisitions is None:
+        return OOD_RULE + "; the acquisition check is unavailable (a detector fitted before it: covidct ood fit RUN)"
+    return OOD_RULE + "; DICOM and NIfTI inputs also by their acquisition: " + model.ood.acquisitions.summary()
+
+
 def ood_summary_of(summary: dict[str, Any]) -> dict[str, Any]:
     """A study's check is that of the series its result comes from (STUDY_RULE)."""
-    return {k: summary[k] for k in ("ood_fraction", "in_distribution") if k in summary}
+    return {k: summary[k] for k in ("ood_fraction", "in_distribution", "ood_reason") if k in summary}
 
 
-def _ood_fields(model: LoadedModel, ood: np.ndarray | None) -> dict[str, Any]:
-    """The CSV/JSON columns of one image's check: its ood score and whether it looks like the training images."""
+def _ood_fields(model: LoadedModel, ood: np.ndarray | None, unseen: str | None) -> dict[str, Any]:
+    """The CSV/JSON columns of one image's check: its ood score, whether it looks like the training images (and
+    was acquired as they were, where its file says), and why not."""
     flags = model.ood_flags(ood)
     if ood is None or flags is None:
-        return {"ood_score": "", "in_distribution": "", "ood_fraction": ""}
-    return {"ood_score": round(float(ood[0]), 4), "in_distribution": not bool(flags[0]), "ood_fraction": ""}
+        return {"ood_score": "", "in_distribution": "", "ood_fraction": "", "ood_reason": ""}
+    inside = not bool(flags[0]) and unseen is None
+    return {"ood_score": round(float(ood[0]), 4), "in_distribution": inside, "ood_fraction": "",
+            "ood_reason": ood_reason(inside, unseen)}  # fmt: skip
 
 
 def _slice_rows(rows: list, path: str, series: str, entries: list, label: Callable, t: float) -> None:
@@ -262,14 +291,15 @@ def _slice_rows(rows: list, path: str, series: str, entries: list, label: Callab
                      f"unreadable: {e['problem']}", "threshold": t, "lung_fraction": e.get("lung_fraction", ""),
                      "counted": int(bool(e.get("counted"))),
                      "ood_score": round(e["ood_score"], 4) if "ood_score" in e else "",
-                     "in_distribution": e.get("in_distribution", ""), "ood_fraction": ""})  # fmt: skip
+                     "in_distribution": e.get("in_distribution", ""), "ood_fraction": "",
+                     "ood_reason": e.get("ood_reason", "")})  # fmt: skip
 
 
 def _summary_row(path: str, series: str, kind: str, score: float, label: Callable, t: float, summary: dict) -> dict:
     return {"path": path, "series": series, "slice": kind, "score": round(score, 6), "label": label(score),
             "threshold": t, "lung_fraction": "", "counted": summary.get("slices_counted", ""),
             "ood_score": "", "in_distribution": summary.get("in_distribution", ""),
-            "ood_fraction": summary.get("ood_fraction", "")}  # fmt: skip
+            "ood_fraction": summary.get("ood_fraction", ""), "ood_reason": summary.get("ood_reason", "")}  # fmt: skip
 
 
 def _predict_folder(model, folder, window, aggregation, t, label, rows, report, cam_dir) -> None:
@@ -280,7 +310,8 @@ def _predict_folder(model, folder, window, aggregation, t, label, rows, report, 
     for study_uid, series_list in scan.studies().items():
         results = []
         for s in series_list:
-            entries = VolumeScorer(model).run((sl, hu, g, problem) for sl, hu, g, problem in iter_series(s, window))
+            unseen = model.unseen_acquisition(of_file(s.slices[0].path)) if s.slices else None
+            entries = VolumeScorer(model, unseen).run(iter_series(s, window))
             for k, e in enumerate(entries):
                 e["index"], e["file"] = k, str(e["key"].path)
             try:

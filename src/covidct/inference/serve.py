@@ -58,6 +58,11 @@ class Prediction(BaseModel):
     )
     ood_score: float | None = Field(None, description="out-of-distribution score (higher: less like training)")
     ood_threshold: float | None = Field(None, description="ood_score above this: flagged")
+    ood_reason: str | None = Field(
+        None,
+        description="why the image is flagged: unlike the training images, or (DICOM) a scanner acquisition "
+        "the training images did not hold; empty when it is not flagged",
+    )
     disclaimer: str
 
 
@@ -109,6 +114,21 @@ def sniff(data: bytes) -> str:
     if len(data) >= 132 and data[128:132] == b"DICM":
         return "dicom"
     return ""
+
+
+def upload_acquisition(data: bytes) -> Any:
+    """How an upload was acquired (covidct.ood.acquisition): a DICOM file's header; an image file has no record.
+    A header that cannot be read gives the kind alone (decode_upload says what is wrong with the file)."""
+    from covidct.ood.acquisition import DICOM, IMAGE_FILE, Acquisition, from_dicom_header
+
+    if sniff(data) != "dicom":
+        return Acquisition(IMAGE_FILE)
+    import pydicom
+
+    try:
+        return from_dicom_header(pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True))
+    except Exception:  # pydicom raises many kinds; decode_upload answers 422 for the same bytes
+        return Acquisition(DICOM)
 
 
 def decode_upload(data: bytes, name: str, window: tuple[float, float] = LUNG_WINDOW) -> Image.Image:
@@ -211,7 +231,7 @@ class Predictor:
         with self.slots:
             if sniff(data) == "zip":
                 return self.predict_series(data, name, cam)
-            return self.predict(decode_upload(data, name), cam)
+            return self.predict(decode_upload(data, name), cam, upload_acquisition(data))
 
     def predict_series(self, data: bytes, name: str, cam: bool = False) -> dict[str, Any]:
         """A ZIP of a DICOM series or study: scored as `covidct predict` scores a folder. Each series' top slices
@@ -252,13 +272,17 @@ class Predictor:
         for top in tops:
             top.pop("file", None)
 
-    def predict(self, image: Image.Image, cam: bool) -> dict[str, Any]:
-        """Score (and explain) one decoded image; callers hold a slot."""
+    def predict(self, image: Image.Image, cam: bool, acquisition: Any = None) -> dict[str, Any]:
+        """Score (and explain) one decoded image; callers hold a slot. `acquisition`: the upload's
+        (covidct.ood.acquisition), checked against what the model was trained on."""
         from covidct.inference.explain import explain, overlay
+        from covidct.inference.predict import ood_reason
 
         scores, ood = self.model.scores_with_ood([image])
         score = float(scores[0])
         flags = self.model.ood_flags(ood)
+        unseen = None if acquisition is None else self.model.unseen_acquisition(acquisition)
+        inside = None if flags is None else not bool(flags[0]) and unseen is None
         heat = None
         if cam:
             with self.cam_lock:
@@ -272,7 +296,8 @@ class Predictor:
             "positive_class": names[1],
             "model": self.model.model_id,
             "cam": png_data_url(heat) if heat is not None else None,
-            "in_distribution": None if flags is None else not bool(flags[0]),
+            "in_distribution": inside,
+            "ood_reason": None if inside is None else ood_reason(inside, unseen),
             "ood_score": None if ood is None else round(float(ood[0]), 4),
             "ood_threshold": None if self.model.ood is None else float(self.model.ood.threshold),
             "disclaimer": DISCLAIMER,

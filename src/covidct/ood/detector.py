@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from covidct.errors import ModelError
+from covidct.ood.acquisition import Acquisition, AcquisitionRecord
 
 FORMAT = "covidct-ood/1"
 WEIGHTS = "ood.safetensors"
@@ -47,6 +48,7 @@ class OODDetector:
     percentile: float
     k: int = DEFAULT_K
     info: dict[str, Any] = field(default_factory=dict)  # what it was fitted on, its rate on validation
+    acquisitions: AcquisitionRecord | None = None  # what the training images held (acquisition.py); None: older
 
     def standardise(self, features: np.ndarray) -> np.ndarray:
         features = np.asarray(features, dtype=np.float64)
@@ -69,14 +71,21 @@ class OODDetector:
         """True where an image is out of distribution (its score above the threshold)."""
         return np.asarray(scores) > self.threshold
 
+    def unseen_acquisition(self, acq: Acquisition) -> str | None:
+        """Why an input's acquisition is outside what the training images held (acquisition.py), or None; None
+        too for a detector fitted before the record existed."""
+        return None if self.acquisitions is None else self.acquisitions.unseen(acq)
+
     def describe(self) -> dict[str, Any]:
+        record = {} if self.acquisitions is None else {"acquisitions": self.acquisitions.to_json()}
         return {"format": FORMAT, "method": self.method, "k": self.k, "architecture": self.architecture,
                 "feature_dim": self.feature_dim, "threshold": self.threshold, "percentile": self.percentile,
-                **self.info}  # fmt: skip
+                **self.info, **record}  # fmt: skip
 
     def card(self) -> dict[str, Any]:
-        """What a model card says of its detector."""
-        return {k: v for k, v in self.describe().items() if k != "format"}
+        """What a model card says of its detector (and, in words, which acquisitions it has seen)."""
+        seen = {} if self.acquisitions is None else {"acquisitions_seen": self.acquisitions.summary()}
+        return {**{k: v for k, v in self.describe().items() if k != "format"}, **seen}
 
     def save(self, folder: str | Path) -> Path:
         """ood.safetensors (the arrays) and ood.json (the rest) in `folder`; written atomically."""
@@ -122,6 +131,8 @@ class OODDetector:
         ):
             what = f"method {detector.method!r}, {detector.center.shape} centre for {detector.feature_dim} features"
             raise ModelError(f"out-of-distribution detector in {folder} is damaged ({what}); refit it")
+        if card.get("acquisitions") is not None:
+            detector.acquisitions = AcquisitionRecord.from_json(card["acquisitions"], str(card_path))
         return detector
 
 
@@ -137,7 +148,7 @@ def one_blas_thread() -> Any:
     return _blas_controller().limit(limits=1, user_api="blas")
 
 
-_CARD_KEYS = {"format", "method", "k", "architecture", "feature_dim", "threshold", "percentile"}
+_CARD_KEYS = {"format", "method", "k", "architecture", "feature_dim", "threshold", "percentile", "acquisitions"}
 
 
 def _unit(z: np.ndarray) -> np.ndarray:

@@ -83,7 +83,21 @@ def validation_summary(run: RunDir, data: Any) -> dict[str, Any]:
     statement = (f"Validated on sources it never trained on: {', '.join(external)}." if external else
                  "Validated only on held-out splits of its own training sources: no external validation yet "
                  "(covidct evaluate RUN --on SOURCE|FOLDER|CSV adds one).")  # fmt: skip
-    return {"trained_on": trained, "rows": rows, "statement": statement, "not_validated": WHOLE_SLICE_NOTE}
+    return {"trained_on": trained, "rows": rows, "statement": statement, "not_validated": WHOLE_SLICE_NOTE,
+            "acquisitions": acquisitions_seen(run)}  # fmt: skip
+
+
+def acquisitions_seen(run: RunDir) -> str:
+    """What the run's detector says of the acquisitions its training images held (covidct.ood.acquisition)."""
+    from covidct.ood.detector import OODDetector
+
+    try:
+        detector = OODDetector.load(run.ood_dir)
+    except ModelError as e:
+        return f"unknown: {e}"
+    if detector is None or detector.acquisitions is None:
+        return "not recorded (no detector, or one fitted before the record: covidct ood fit RUN adds it)"
+    return detector.acquisitions.summary()
 
 
 def build_report(run_dir: str | Path, split: str = "test", data_dir: str | Path | None = None) -> Path:

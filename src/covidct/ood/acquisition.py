@@ -1,0 +1,188 @@
+"""The acquisition check: where an input carries a record of how it was acquired (a DICOM header: manufacturer,
+reconstruction kernel, pixel spacing, slice thickness; a NIfTI header: voxel spacing), is that acquisition among
+those the training images held? A model trained on image files (PNG/JPEG figures, as COVID-CT's and SARS-CoV-2 CT's
+are) has seen no scanner's acquisition at all, so every DICOM or NIfTI input is outside what it learned: measured
+outside this project, such models score real scanners' CT near chance while their image detector (detector.py) finds
+those slices ordinary (benchmarks/OOD.md). A model adapted on a site's own DICOM slices records the site's scanners
+and kernels, and the site's next studies pass.
+
+The record is a few strings and numbers, kept in ood.json beside the detector (no pickle). Image files carry no
+acquisition record and are never flagged here: the image detector alone decides for them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from covidct.errors import ModelError
+
+IMAGE_FILE, DICOM, NIFTI = "image file", "DICOM", "NIfTI"
+KINDS = (IMAGE_FILE, DICOM, NIFTI)
+# How far outside the training range a spacing may lie and still count as seen: pixel spacing follows the field of
+# view (a larger patient, a few % more), slice thickness comes in steps (0.625, 1, 1.25, 2.5, 5 mm) where one step
+# changes the image's noise and sharpness.
+SPACING_TOLERANCE = 1.15
+THICKNESS_TOLERANCE = 1.25
+
+
+@dataclass(frozen=True)
+class Acquisition:
+    """How one input was acquired, as far as its file says."""
+
+    kind: str  # IMAGE_FILE, DICOM or NIFTI
+    manufacturer: str = ""
+    kernel: str = ""
+    pixel_spacing: float | None = None  # mm, in-plane
+    slice_thickness: float | None = None  # mm
+
+    @property
+    def scanner(self) -> tuple[str, str]:
+        return (self.manufacturer, self.kernel)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
+        value = " ".join(str(v) for v in value)
+    return " ".join(str(value or "").split()).upper()
+
+
+def _number(value: Any) -> float | None:
+    try:
+        if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
+            value = value[0]
+        number = float(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return number if number > 0 else None
+
+
+def from_dicom_header(ds: Any) -> Acquisition:
+    """The acquisition of one DICOM slice (a pydicom Dataset; missing tags stay empty)."""
+    return Acquisition(
+        DICOM,
+        _text(getattr(ds, "Manufacturer", "")),
+        _text(getattr(ds, "ConvolutionKernel", "")),
+        _number(getattr(ds, "PixelSpacing", None)),
+        _number(getattr(ds, "SliceThickness", None)),
+    )
+
+
+def of_file(path: str | Path) -> Acquisition:
+    """The acquisition of an input file: headers only, no pixels; an image file without any I/O. An unreadable
+    header gives the kind alone (what is wrong with the file is for the reader of its pixels to say)."""
+    from covidct.data.images import is_dicom_slice
+    from covidct.data.medical import is_nifti
+
+    path = Path(path)
+    if is_nifti(path):
+        try:
+            import nibabel as nib
+
+            zooms = nib.load(str(path)).header.get_zooms()
+            return Acquisition(NIFTI, pixel_spacing=_number(zooms[0]),
+                               slice_thickness=_number(zooms[2]) if len(zooms) > 2 else None)  # fmt: skip
+        except Exception:  # nibabel raises many kinds; the volume's reader names the problem
+            return Acquisition(NIFTI)
+    if is_dicom_slice(path):
+        try:
+            import pydicom
+
+            return from_dicom_header(pydicom.dcmread(path, stop_before_pixels=True))
+        except Exception:  # pydicom raises many kinds; the slice's reader names the problem
+            return Acquisition(DICOM)
+    return Acquisition(IMAGE_FILE)
+
+
+def _range(values: list[float]) -> tuple[float, float] | None:
+    return (min(values), max(values)) if values else None
+
+
+def _within(value: float | None, seen: tuple[float, float] | None, tolerance: float) -> bool:
+    return value is None or seen is None or seen[0] / tolerance <= value <= seen[1] * tolerance
+
+
+@dataclass
+class AcquisitionRecord:
+    """What the training images held: how many of each kind, and for DICOM and NIfTI the scanners (manufacturer,
+    kernel) and the range of pixel spacing and slice thickness."""
+
+    kinds: dict[str, int]
+    scanners: list[tuple[str, str]]
+    pixel_spacing: tuple[float, float] | None = None
+    slice_thickness: tuple[float, float] | None = None
+
+    @classmethod
+    def of(cls, acquisitions: Iterable[Acquisition]) -> AcquisitionRecord:
+        items = list(acquisitions)
+        scanned = [a for a in items if a.kind != IMAGE_FILE]
+        return cls(
+            kinds={k: n for k in KINDS if (n := sum(a.kind == k for a in items))},
+            scanners=sorted({a.scanner for a in scanned if a.kind == DICOM}),
+            pixel_spacing=_range([a.pixel_spacing for a in scanned if a.pixel_spacing is not None]),
+            slice_thickness=_range([a.slice_thickness for a in scanned if a.slice_thickness is not None]),
+        )
+
+    @classmethod
+    def of_paths(cls, paths: Iterable[str | Path]) -> AcquisitionRecord:
+        return cls.of(of_file(p) for p in paths)
+
+    def unseen(self, acq: Acquisition) -> str | None:
+        """Why `acq` is outside what the training images held, or None. Image files: always None."""
+        if acq.kind == IMAGE_FILE:
+            return None
+        if not any(self.kinds.get(k) for k in (DICOM, NIFTI)):
+            return (f"a scanner acquisition ({acq.kind}); this model was trained on image files only "
+                    f"({self.kinds.get(IMAGE_FILE, 0)}), with no scanner's CT among them")  # fmt: skip
+        if acq.kind == DICOM and self.scanners and acq.scanner not in self.scanners:
+            seen = "; ".join(f"{m or '?'} / {k or '?'}" for m, k in self.scanners[:5])
+            return f"scanner {acq.manufacturer or '?'} / kernel {acq.kernel or '?'} not seen in training (seen: {seen})"
+        if not _within(acq.pixel_spacing, self.pixel_spacing, SPACING_TOLERANCE):
+            lo, hi = self.pixel_spacing or (0, 0)
+            return f"pixel spacing {acq.pixel_spacing:g} mm outside the {lo:g}-{hi:g} mm seen in training"
+        if not _within(acq.slice_thickness, self.slice_thickness, THICKNESS_TOLERANCE):
+            lo, hi = self.slice_thickness or (0, 0)
+            return f"slice thickness {acq.slice_thickness:g} mm outside the {lo:g}-{hi:g} mm seen in training"
+        return None
+
+    def summary(self) -> str:
+        """One line for a model card: what was seen."""
+        kinds = ", ".join(f"{n} {k}{'s' if k == IMAGE_FILE else ' slices'}" for k, n in self.kinds.items())
+        if not self.scanners and self.pixel_spacing is None:
+            return f"trained on {kinds}: no scanner acquisition seen; every DICOM or NIfTI input is flagged"
+        scanners = "; ".join(f"{m or '?'} / {k or '?'}" for m, k in self.scanners)
+        return f"trained on {kinds}; scanners / kernels seen: {scanners or 'none recorded'}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kinds": dict(self.kinds), "scanners": [list(s) for s in self.scanners],
+                "pixel_spacing": list(self.pixel_spacing) if self.pixel_spacing else None,
+                "slice_thickness": list(self.slice_thickness) if self.slice_thickness else None}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> AcquisitionRecord:
+        """The record saved in `where` (ood.json); a malformed one is refused naming the field."""
+        if not isinstance(data, dict):
+            raise _malformed(where, "(the whole record)")
+        kinds, scanners = data.get("kinds"), data.get("scanners")
+        if not isinstance(kinds, dict) or any(k not in KINDS or not isinstance(n, int) for k, n in kinds.items()):
+            raise _malformed(where, "kinds")
+        if not isinstance(scanners, list) or not all(_is_pair(s, str) for s in scanners):
+            raise _malformed(where, "scanners")
+        ranges = {}
+        for name in ("pixel_spacing", "slice_thickness"):
+            value = data.get(name)
+            if value is not None and not _is_pair(value, int | float, positive=True):
+                raise _malformed(where, name)
+            ranges[name] = (float(value[0]), float(value[1])) if value else None
+        return cls(dict(kinds), [(s[0], s[1]) for s in scanners], **ranges)
+
+
+def _is_pair(value: Any, kind: Any, positive: bool = False) -> bool:
+    return (isinstance(value, list) and len(value) == 2 and all(isinstance(v, kind) for v in value)
+            and (not positive or all(v > 0 for v in value)))  # fmt: skip
+
+
+def _malformed(where: str, field: str) -> ModelError:
+    return ModelError(f"{where}: acquisitions.{field} is malformed; refit the detector: covidct ood fit RUN")

@@ -1,0 +1,98 @@
+"""The acquisition check: a DICOM or NIfTI input's scanner, kernel and spacing against what the training images held,
+read from headers the tests write themselves."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from covidct.errors import ModelError
+from covidct.ood.acquisition import DICOM, IMAGE_FILE, NIFTI, Acquisition, AcquisitionRecord, of_file
+from covidct.ood.detector import OODDetector, fit_detector
+from tests.medical_files import write_dicom, write_nifti
+
+HU = np.full((16, 16), -800.0, np.float32)
+
+
+def scanner_slice(path, manufacturer="SIEMENS", kernel="B70f", spacing=0.7, thickness=1.0):
+    """A CT slice whose header names its scanner, kernel, pixel spacing and slice thickness."""
+    import pydicom
+
+    write_dicom(path, HU)
+    ds = pydicom.dcmread(path)
+    ds.Manufacturer, ds.ConvolutionKernel = manufacturer, kernel
+    ds.PixelSpacing, ds.SliceThickness = [spacing, spacing], thickness
+    ds.save_as(path)
+    return path
+
+
+def test_headers_are_read_without_pixels_and_image_files_without_io(tmp_path):
+    assert of_file(scanner_slice(tmp_path / "a.dcm", " siemens ", "B70f", 0.68, 1.5)) == Acquisition(
+        DICOM, "SIEMENS", "B70F", 0.68, 1.5
+    )
+    assert of_file(tmp_path / "missing.png") == Acquisition(IMAGE_FILE)  # judged by its suffix: no I/O
+    volume = write_nifti(tmp_path / "v.nii.gz", np.zeros((8, 8, 4), np.float32))
+    assert of_file(volume).kind == NIFTI
+    assert of_file(write_dicom(tmp_path / "bare.dcm", HU)) == Acquisition(DICOM)  # no tags: empty, not an error
+
+
+def test_a_model_trained_on_image_files_flags_every_scanner_acquisition(tmp_path):
+    record = AcquisitionRecord.of_paths([tmp_path / f"{i}.png" for i in range(5)])
+    assert record.kinds == {IMAGE_FILE: 5} and record.scanners == []
+    why = record.unseen(of_file(scanner_slice(tmp_path / "a.dcm")))
+    assert why is not None and "image files only (5)" in why
+    assert record.unseen(Acquisition(NIFTI)) is not None
+    assert record.unseen(Acquisition(IMAGE_FILE)) is None  # images: the image detector alone decides
+    assert "every DICOM or NIfTI input is flagged" in record.summary()
+
+
+def test_a_model_trained_on_a_scanner_passes_it_and_flags_another(tmp_path):
+    seen = [scanner_slice(tmp_path / f"s{i}.dcm", spacing=s, thickness=1.0) for i, s in enumerate((0.6, 0.8))]
+    record = AcquisitionRecord.of_paths(seen)
+    assert record.scanners == [("SIEMENS", "B70F")] and record.pixel_spacing == (0.6, 0.8)
+    assert record.unseen(of_file(scanner_slice(tmp_path / "same.dcm", spacing=0.7))) is None
+    assert record.unseen(Acquisition(DICOM, "SIEMENS", "B70F", 0.8 * 1.1, 1.0)) is None  # within the tolerance
+    other_kernel = record.unseen(of_file(scanner_slice(tmp_path / "k.dcm", kernel="B30f")))
+    assert other_kernel is not None and "kernel B30F not seen" in other_kernel
+    other_vendor = record.unseen(Acquisition(DICOM, "GE MEDICAL SYSTEMS", "B70F", 0.7, 1.0))
+    assert other_vendor is not None and "GE MEDICAL SYSTEMS" in other_vendor
+    wide = record.unseen(Acquisition(DICOM, "SIEMENS", "B70F", 1.4, 1.0))
+    assert wide is not None and "pixel spacing 1.4 mm outside the 0.6-0.8 mm" in wide
+    thick = record.unseen(Acquisition(DICOM, "SIEMENS", "B70F", 0.7, 5.0))
+    assert thick is not None and "slice thickness 5 mm" in thick
+
+
+def _detector(record=None):
+    rng = np.random.default_rng(0)
+    detector = fit_detector(rng.normal(size=(40, 6)), rng.normal(size=(20, 6)), "resnet10t", "mahalanobis")
+    detector.acquisitions = record
+    return detector
+
+
+def test_the_record_travels_in_ood_json_and_an_older_detector_has_none(tmp_path):
+    record = AcquisitionRecord({IMAGE_FILE: 3, DICOM: 2}, [("SIEMENS", "B70F")], (0.6, 0.8), (1.0, 1.0))
+    _detector(record).save(tmp_path / "new")
+    loaded = OODDetector.load(tmp_path / "new")
+    assert loaded is not None and loaded.acquisitions == record
+    assert loaded.unseen_acquisition(Acquisition(DICOM, "GE", "STANDARD", 0.7, 1.0)) is not None
+    assert "SIEMENS / B70F" in loaded.card()["acquisitions_seen"]
+    _detector(None).save(tmp_path / "old")
+    older = OODDetector.load(tmp_path / "old")
+    assert older is not None and older.acquisitions is None
+    assert older.unseen_acquisition(Acquisition(DICOM)) is None  # no record: no acquisition check, no crash
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("kinds", {"DICOM": "two"}), ("kinds", {"film": 1}), ("scanners", [["SIEMENS"]]), ("pixel_spacing", [0.7]),
+     ("slice_thickness", [-1, 2]), ("(the whole record)", "all of it")],
+)  # fmt: skip
+def test_a_malformed_record_is_refused_naming_the_field(tmp_path, field, value):
+    record = AcquisitionRecord({IMAGE_FILE: 3}, [])
+    _detector(record).save(tmp_path)
+    card = json.loads((tmp_path / "ood.json").read_text())
+    card["acquisitions"] = value if field == "(the whole record)" else {**card["acquisitions"], field: value}
+    (tmp_path / "ood.json").write_text(json.dumps(card))
+    with pytest.raises(ModelError, match=re.escape(f"acquisitions.{field} is malformed")):
+        OODDetector.load(tmp_path)
