@@ -20,6 +20,7 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from covidct.data import load_rgb
+from covidct.data.framing import framing_of
 from covidct.data.sources import external_set
 from covidct.inference.load import load_trained
 from covidct.models import create_model
@@ -48,6 +49,14 @@ def whole_slice(im: Image.Image) -> Image.Image:
     return canvas
 
 
+def padded_square(im: Image.Image) -> Image.Image:
+    """The image pasted into a black square of its longer side: a scanner's square frame, nothing else changed."""
+    side = max(im.size)
+    canvas = Image.new("RGB", (side, side))
+    canvas.paste(im.convert("RGB"), ((side - im.size[0]) // 2, (side - im.size[1]) // 2))
+    return canvas
+
+
 def soft_tissue(im: Image.Image) -> Image.Image:
     """A soft-tissue-like window: the grey levels stretched around the middle (lungs go black, tissue spreads)."""
     a = np.asarray(im.convert("L")).astype(np.float32)
@@ -62,7 +71,8 @@ BENIGN = {
     "rotated 5 deg": lambda im: im.rotate(5),
     "mild noise (sd 5)": noise,
 }
-FRAMING = {"whole-slice view (pasted into black)": whole_slice, "soft-tissue window": soft_tissue}
+FRAMING = {"whole-slice view (pasted into black)": whole_slice, "padded to a square (black)": padded_square,
+           "soft-tissue window": soft_tissue}  # fmt: skip
 
 
 @torch.no_grad()
@@ -111,7 +121,15 @@ def main() -> None:
         m = lg.max(1)
         return -(m + np.log(np.exp(lg - m[:, None]).sum(1)))
 
+    framing = {k: framing_of(v) for k, v in imgs.items()}  # of the images as given (covidct.data.framing)
     methods = {"maximum softmax probability": msp, "energy": energy}
+    det = fit_detector(framing["train"], framing["val"], "framing", "mahalanobis")
+    methods["framing statistics alone (aspect, empty rows and columns)"] = lambda k, det=det: det.score(framing[k])
+    shipped = fit_detector(out["train"][1], out["val"][1], model.architecture, "mahalanobis",
+                           framing=(framing["train"], framing["val"]))  # fmt: skip
+    methods["shipped: mahalanobis on stage statistics + pooled, with framing"] = lambda k: shipped.score(
+        out[k][1], framing[k]
+    )
     for method in ("mahalanobis", "knn"):
         for feats, pick in (("pooled features", lambda f: f[:, width:]), ("stage statistics + pooled", lambda f: f)):
             det = fit_detector(pick(out["train"][1]), pick(out["val"][1]), model.architecture, method)

@@ -14,7 +14,7 @@ from covidct.cli import main
 from covidct.data import ImageDataset, load_rgb
 from covidct.errors import ModelError
 from covidct.inference.load import load_trained
-from covidct.ood.fit import dataset_features
+from covidct.ood.fit import dataset_features, dataset_framing
 from covidct.runs import RunDir
 
 
@@ -34,8 +34,12 @@ def test_training_fits_a_detector_with_its_threshold_on_validation(trained_run):
     model = load_trained(trained_run)
     assert model.ood is not None and card["architecture"] == model.architecture == "timm:resnet10t"
     val = ImageDataset(run.data().splits["val"], model.transform)
-    scores = model.ood.score(dataset_features(model.scoring()[0], val))  # the network that scores and fits
+    features = dataset_features(model.scoring()[0], val)  # the network that scores and fits
+    scores = model.ood.score(features, dataset_framing(val))
     assert card["threshold"] == pytest.approx(np.percentile(scores, card["percentile"]), rel=1e-6)
+    assert card["framing"]["statistics"] == ["log_aspect", "dark_rows", "dark_columns"]
+    with pytest.raises(ModelError, match="framing statistics"):  # the framing half cannot be skipped by mistake
+        model.ood.score(features)
     assert card["n_train"] == len(run.data().splits["train"]) and card["threshold_on"] == "val"
 
 

@@ -107,3 +107,55 @@ def test_scoring_runs_numpys_blas_on_one_thread_and_gives_back_the_others(monkey
     before = blas_threads()
     assert len(detector.score(gaussian(10, seed=2))) == 10
     assert seen and all(n == 1 for n in seen[-1]) and blas_threads() == before
+
+
+def framing_stats(n: int, seed: int = 0, margin: float = 0.0) -> np.ndarray:
+    """Framing statistics of figures cropped to the body (aspect about 1.4, a few margin rows), or with `margin`
+    of their rows empty and a square frame: a whole scanner slice."""
+    rng = np.random.default_rng(seed)
+    aspect = np.log(rng.normal(1.4, 0.12, n)) * (margin == 0)
+    rows = np.clip(rng.normal(0.03, 0.02, n), 0, 1) + margin
+    return np.c_[aspect, rows, np.clip(rng.normal(0.02, 0.02, n), 0, 1)]
+
+
+def test_the_framing_half_flags_a_square_frame_and_combines_on_one_footing(tmp_path):
+    train, val = gaussian(300), gaussian(200, seed=1)
+    detector = fit_detector(train, val, "arch", "mahalanobis", framing=(framing_stats(300), framing_stats(200, 1)))
+    both = detector.score(val, framing_stats(200, 1))
+    assert detector.threshold == pytest.approx(np.percentile(both, 95))  # the combined score's percentile
+    features_alone = fit_detector(train, val, "arch", "mahalanobis").score(val)
+    framing_alone = detector.framing.score(framing_stats(200, 1))
+    np.testing.assert_allclose(both, np.maximum(features_alone / detector.refs[0], framing_alone / detector.refs[1]))
+    same = gaussian(200, seed=2)
+    assert detector.flags(detector.score(same, framing_stats(200, 2))).mean() <= 0.12
+    assert detector.flags(detector.score(same, framing_stats(200, 2, margin=0.3))).mean() >= 0.95
+    detector.save(tmp_path)
+    loaded = OODDetector.load(tmp_path)
+    assert loaded is not None and loaded.refs == pytest.approx(detector.refs)
+    np.testing.assert_allclose(loaded.score(same, framing_stats(200, 2)), detector.score(same, framing_stats(200, 2)),
+                               rtol=1e-5)  # fmt: skip
+    with pytest.raises(ModelError, match="framing statistics"):
+        loaded.score(same)
+
+
+def test_a_source_framed_all_alike_does_not_flag_rounding():
+    """Every training and validation image framed the same (one scanner's crops): float32 storage and a shrunk
+    copy's pixel of rounding must not flag; a real margin must."""
+    alike = np.tile([np.log(1.35), 0.0, 0.0], (100, 1))
+    detector = fit_detector(gaussian(100), gaussian(50, seed=1), "arch", "mahalanobis", framing=(alike, alike[:50]))
+    rounding = alike[:50] + np.array([0.004, 0.0, 0.0])
+    exact = detector.flags(detector.score(gaussian(50, seed=1), alike[:50]))  # about 5%, by the features alone
+    np.testing.assert_array_equal(detector.flags(detector.score(gaussian(50, seed=1), rounding.astype(np.float32))),
+                                  exact)  # fmt: skip
+    framed = alike[:50] + np.array([-np.log(1.35), 0.2, 0.0])
+    assert detector.flags(detector.score(gaussian(50, seed=1), framed)).all()
+
+
+def test_a_damaged_framing_half_is_refused(tmp_path):
+    detector = fit_detector(gaussian(50), gaussian(20, seed=1), "arch", "mahalanobis",
+                            framing=(framing_stats(50), framing_stats(20, 1)))  # fmt: skip
+    detector.save(tmp_path)
+    card = json.loads((tmp_path / "ood.json").read_text())
+    (tmp_path / "ood.json").write_text(json.dumps({**card, "framing": {**card["framing"], "statistics": ["size"]}}))
+    with pytest.raises(ModelError, match="framing half"):
+        OODDetector.load(tmp_path)

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from covidct.data.framing import FRAMING_STATISTICS, RESOLUTION
 from covidct.errors import ModelError
 from covidct.ood.acquisition import Acquisition, AcquisitionRecord
 
@@ -31,6 +32,9 @@ CARD = "ood.json"
 DEFAULT_PERCENTILE = 95.0  # of the validation images' scores: about 5% of in-distribution images flag
 DEFAULT_K = 1
 METHODS = ("knn", "mahalanobis")
+# The framing half's score is divided by its validation percentile, but by no less than this: two resolution units
+# (data/framing.py), so that a source whose validation images are all framed alike does not flag rounding.
+MIN_FRAMING_REF = 2.0
 
 
 @dataclass
@@ -49,6 +53,11 @@ class OODDetector:
     k: int = DEFAULT_K
     info: dict[str, Any] = field(default_factory=dict)  # what it was fitted on, its rate on validation
     acquisitions: AcquisitionRecord | None = None  # what the training images held (acquisition.py); None: older
+    # The framing half (covidct.data.framing: shape and empty margins of the image as given), a Mahalanobis detector
+    # of its own; the score is then the larger of the two halves' scores, each divided by its own validation
+    # percentile (refs), so that neither half's units dominate. None: features only (detectors before 2026-12-02).
+    framing: OODDetector | None = None
+    refs: tuple[float, float] = (1.0, 1.0)
 
     def standardise(self, features: np.ndarray) -> np.ndarray:
         features = np.asarray(features, dtype=np.float64)
@@ -60,12 +69,19 @@ class OODDetector:
             )
         return (features - self.center) / self.scale
 
-    def score(self, features: np.ndarray) -> np.ndarray:
-        """Higher = less like the training images. NumPy's BLAS on one thread: a batch's product takes about a
-        millisecond, and OpenBLAS's worker threads then spin for a while, taking the cores from the network's next
-        forward pass (measured: +21% on a prediction with them, +5% without: benchmarks/OOD.md)."""
+    def score(self, features: np.ndarray, framing: np.ndarray | None = None) -> np.ndarray:
+        """Higher = less like the training images. `framing`: the images' framing statistics (N x 3), needed when
+        the detector has a framing half. NumPy's BLAS on one thread: a batch's product takes about a millisecond,
+        and OpenBLAS's worker threads then spin for a while, taking the cores from the network's next forward pass
+        (measured: +21% on a prediction with them, +5% without: benchmarks/OOD.md)."""
         with one_blas_thread():
-            return ood_scores(self.method, self.standardise(features), self.bank, self.location, self.k)
+            scores = ood_scores(self.method, self.standardise(features), self.bank, self.location, self.k)
+        if self.framing is None:
+            return scores
+        if framing is None:
+            raise ModelError("this out-of-distribution detector also checks the images' framing: pass their "
+                             "framing statistics (covidct.data.framing.framing_of)")  # fmt: skip
+        return np.maximum(scores / self.refs[0], self.framing.score(framing) / self.refs[1])
 
     def flags(self, scores: np.ndarray) -> np.ndarray:
         """True where an image is out of distribution (its score above the threshold)."""
@@ -78,6 +94,9 @@ class OODDetector:
 
     def describe(self) -> dict[str, Any]:
         record = {} if self.acquisitions is None else {"acquisitions": self.acquisitions.to_json()}
+        if self.framing is not None:
+            record["framing"] = {"statistics": list(FRAMING_STATISTICS), "refs": list(self.refs),
+                                 "threshold": self.framing.threshold, "method": self.framing.method}  # fmt: skip
         return {"format": FORMAT, "method": self.method, "k": self.k, "architecture": self.architecture,
                 "feature_dim": self.feature_dim, "threshold": self.threshold, "percentile": self.percentile,
                 **self.info, **record}  # fmt: skip
@@ -95,8 +114,9 @@ class OODDetector:
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        arrays = {"center": self.center, "scale": self.scale, "bank": self.bank, "location": self.location}
-        arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in arrays.items()}
+        arrays = _arrays(self)
+        if self.framing is not None:
+            arrays.update({f"framing.{k}": v for k, v in _arrays(self.framing).items()})
         atomic_write(folder / WEIGHTS, lambda p: save_file(arrays, str(p)))
         write_json(folder / CARD, self.describe())
         return folder / CARD
@@ -133,7 +153,34 @@ class OODDetector:
             raise ModelError(f"out-of-distribution detector in {folder} is damaged ({what}); refit it")
         if card.get("acquisitions") is not None:
             detector.acquisitions = AcquisitionRecord.from_json(card["acquisitions"], str(card_path))
+        if card.get("framing") is not None:
+            detector.framing, detector.refs = _framing_half(card["framing"], arrays, str(card_path))
         return detector
+
+
+def _arrays(detector: OODDetector) -> dict[str, np.ndarray]:
+    arrays = {"center": detector.center, "scale": detector.scale, "bank": detector.bank, "location": detector.location}
+    return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in arrays.items()}
+
+
+def _framing_half(card: Any, arrays: dict[str, np.ndarray], where: str) -> tuple[OODDetector, tuple[float, float]]:
+    """The framing half saved in ood.json's "framing" and the "framing." arrays; a damaged one refused."""
+    n = len(FRAMING_STATISTICS)
+    try:
+        half = {k: arrays[f"framing.{k}"].astype(np.float64) for k in ("center", "scale", "bank", "location")}
+        refs = (float(card["refs"][0]), float(card["refs"][1]))
+        ok = (list(card["statistics"]) == list(FRAMING_STATISTICS) and half["center"].shape == (n,)
+              and half["bank"].shape[0] == n and half["location"].shape == (half["bank"].shape[1] + 1,)
+              and min(refs) > 0)  # fmt: skip
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        raise ModelError(f"{where}: the framing half of the detector is damaged ({type(e).__name__}: {e}); "
+                         "refit it with covidct ood fit RUN") from None  # fmt: skip
+    if not ok:
+        raise ModelError(f"{where}: the framing half of the detector does not match {FRAMING_STATISTICS}; refit it "
+                         "with covidct ood fit RUN")  # fmt: skip
+    detector = OODDetector("mahalanobis", "framing", n, half["center"], half["scale"], half["bank"],
+                           half["location"], float(card["threshold"]), 95.0)  # fmt: skip
+    return detector, refs
 
 
 @functools.cache
@@ -148,7 +195,8 @@ def one_blas_thread() -> Any:
     return _blas_controller().limit(limits=1, user_api="blas")
 
 
-_CARD_KEYS = {"format", "method", "k", "architecture", "feature_dim", "threshold", "percentile", "acquisitions"}
+_CARD_KEYS = {"format", "method", "k", "architecture", "feature_dim", "threshold", "percentile", "acquisitions",
+              "framing"}  # fmt: skip
 
 
 def _unit(z: np.ndarray) -> np.ndarray:
@@ -173,9 +221,10 @@ def ood_scores(method: str, z: np.ndarray, bank: np.ndarray, location: np.ndarra
     return np.sqrt(rest / floor + (proj * proj / variances).sum(1))
 
 
-def shrunk_axes(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def shrunk_axes(z: np.ndarray, min_variance: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """(axes p x r, [shrunk variance along each axis..., floor]) of the Ledoit-Wolf covariance of centred `z`:
-    (1 - a) S + a mu I with S the sample covariance, a scikit-learn's shrinkage and mu = trace(S) / p."""
+    (1 - a) S + a mu I with S the sample covariance, a scikit-learn's shrinkage and mu = trace(S) / p; no variance
+    (and no floor) below `min_variance`."""
     from sklearn.covariance import ledoit_wolf_shrinkage
 
     n, p = z.shape
@@ -184,8 +233,8 @@ def shrunk_axes(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     keep = sing > sing.max() * 1e-9 if len(sing) else sing > 0
     sample_var = sing[keep] ** 2 / n
     mu = float((z * z).sum() / (n * p))
-    floor = max(shrinkage * mu, 1e-12)
-    return vt[keep].T, np.append((1 - shrinkage) * sample_var + floor, floor)
+    floor = max(shrinkage * mu, 1e-12, min_variance)
+    return vt[keep].T, np.append(np.maximum((1 - shrinkage) * sample_var + floor, min_variance), floor)
 
 
 def fit_detector(
@@ -196,9 +245,15 @@ def fit_detector(
     percentile: float = DEFAULT_PERCENTILE,
     k: int = DEFAULT_K,
     info: dict[str, Any] | None = None,
+    framing: tuple[np.ndarray, np.ndarray] | None = None,
+    min_scale: np.ndarray | tuple[float, ...] | None = None,
 ) -> OODDetector:
     """Fit on the training images' features; the threshold is the `percentile` of the validation images' scores
-    (never the training images': their own neighbour is themselves)."""
+    (never the training images': their own neighbour is themselves). `framing`: the (train, val) images' framing
+    statistics, for a framing half (Mahalanobis) whose score is combined with the features' (OODDetector.score).
+    `min_scale`: the smallest spread each feature is standardised by (the framing statistics' RESOLUTION); with it,
+    no direction's variance is below 1 after standardising either: a difference under the resolution is noise
+    (a source whose images are all framed alike would otherwise flag float rounding)."""
     if method not in METHODS:
         raise ModelError(f"out-of-distribution method must be one of {METHODS}, got {method!r}")
     train, val = np.asarray(train, dtype=np.float64), np.asarray(val, dtype=np.float64)
@@ -211,13 +266,20 @@ def fit_detector(
         raise ModelError(f"the detector's percentile must be in [50, 100), got {percentile}")
     center = train.mean(0)
     scale = np.maximum(train.std(0), 1e-6 * max(1.0, float(np.abs(train).max())))
+    if min_scale is not None:
+        scale = np.maximum(scale, np.asarray(min_scale, dtype=np.float64))
     z = (train - center) / scale
     if method == "knn":
         bank, location = _unit(z), np.zeros(z.shape[1])
     else:
-        bank, location = shrunk_axes(z)
+        bank, location = shrunk_axes(z, 0.0 if min_scale is None else 1.0)
     detector = OODDetector(method, architecture, train.shape[1], center, scale, bank, location, 0.0, percentile, k)
     val_scores = detector.score(val)
+    if framing is not None:
+        half = fit_detector(framing[0], framing[1], "framing", "mahalanobis", percentile, min_scale=RESOLUTION)
+        detector.framing = half
+        detector.refs = (max(float(np.percentile(val_scores, percentile)), 1e-9), max(half.threshold, MIN_FRAMING_REF))
+        val_scores = detector.score(val, framing[1])
     detector.threshold = float(np.percentile(val_scores, percentile))
     detector.info = {**(info or {}), "n_train": len(train), "n_val": len(val),
                      "val_flagged": float(np.mean(detector.flags(val_scores)))}  # fmt: skip

@@ -43,6 +43,14 @@ def dataset_features(net: nn.Module, dataset: Dataset, batch_size: int = 32) -> 
     return dataset_outputs(net, dataset, batch_size)[1]
 
 
+def dataset_framing(dataset: Any) -> np.ndarray:
+    """Framing statistics (covidct.data.framing) of every image of an ImageDataset as decoded, before its
+    transform: what the training loop already decoded is not decoded again."""
+    from covidct.data.framing import framing_of
+
+    return framing_of(dataset.image(i) for i in range(len(dataset)))
+
+
 def fit_for_network(
     net: nn.Module,
     architecture: str,
@@ -53,9 +61,9 @@ def fit_for_network(
     info: dict[str, Any] | None = None,
 ) -> OODDetector:
     start = time.perf_counter()
-    detector = fit_detector(
-        dataset_features(net, train), dataset_features(net, val), architecture, method, percentile, info=info
-    )
+    framing = (dataset_framing(train), dataset_framing(val))
+    detector = fit_detector(dataset_features(net, train), dataset_features(net, val), architecture, method,
+                            percentile, info=info, framing=framing)  # fmt: skip
     detector.info["fit_seconds"] = round(time.perf_counter() - start, 1)
     log.info(
         "out-of-distribution detector (%s) fitted on %d images in %.0f s; %.1f%% of validation images flagged",
