@@ -15,7 +15,7 @@ import torch
 from covidct.data import ImageDataset, load_rgb
 from covidct.inference.load import load_trained
 from covidct.ood.detector import fit_detector
-from covidct.ood.fit import dataset_features
+from covidct.ood.fit import dataset_features, dataset_framing
 from covidct.runs import RunDir
 
 
@@ -50,10 +50,13 @@ def main() -> None:
     ds.preload()  # decoded once, as training has them at its end
     t = time.perf_counter()
     feats = dataset_features(model.scoring()[0], ds)  # the network the detector's fit uses (inference/ood.py)
+    framing = dataset_framing(ds)  # the framing half's statistics (covidct.data.framing)
     mid = time.perf_counter()
-    fit_detector(feats[: len(feats) * 4 // 5], feats[len(feats) * 4 // 5 :], model.architecture)
+    cut = len(feats) * 4 // 5
+    fit_detector(feats[:cut], feats[cut:], model.architecture, "mahalanobis", framing=(framing[:cut], framing[cut:]))
     end = time.perf_counter()
-    print(f"fit on {len(pool)} decoded images: {end - t:.1f} s ({mid - t:.1f} s features, {end - mid:.1f} s fit)")
+    print(f"fit on {len(pool)} decoded images: {end - t:.1f} s ({mid - t:.1f} s features and framing, "
+          f"{end - mid:.1f} s fit)")  # fmt: skip
     print(f"torch threads {torch.get_num_threads()}, feature width {feats.shape[1]}, {np.isfinite(feats).all()=}")
 
 
