@@ -325,6 +325,7 @@ class ImageDataset(Dataset):
         self.store = cache if hasattr(cache, "get") else None  # a DecodedCache
         self.cache = bool(cache)
         self._images: dict[int, np.ndarray] = {}
+        self.framing = False  # items also carry the image's framing statistics (data/framing.py), from one decode
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -332,7 +333,13 @@ class ImageDataset(Dataset):
     def with_transform(self, transform: Callable | None) -> ImageDataset:
         """The same images (and what was decoded of them) under another transform."""
         other = ImageDataset(self.samples, transform, cache=self.store if self.store is not None else self.cache)
-        other._images = self._images
+        other._images, other.framing = self._images, self.framing
+        return other
+
+    def with_framing(self) -> ImageDataset:
+        """The same images, each item also carrying "framing": its framing statistics before the transform."""
+        other = self.with_transform(self.transform)
+        other.framing = True
         return other
 
     def preload(self, progress: bool = False) -> None:
@@ -366,4 +373,9 @@ class ImageDataset(Dataset):
             image = torch.from_numpy(np.asarray(img).copy())
         else:
             image = self.transform(img) if seed is None else seeded_call(self.transform, img, seed)
-        return {"image": image, "label": self.samples[i].label, "path": str(self.samples[i].path), "index": i}
+        item = {"image": image, "label": self.samples[i].label, "path": str(self.samples[i].path), "index": i}
+        if self.framing:
+            from covidct.data.framing import framing_statistics
+
+            item["framing"] = framing_statistics(img)
+        return item

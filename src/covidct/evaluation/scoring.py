@@ -19,7 +19,6 @@ from covidct.data.sources import external_set
 from covidct.data.transforms import view_transform
 from covidct.errors import DataError
 from covidct.inference.load import LoadedModel, load_checkpoint, with_detector
-from covidct.ood.fit import dataset_framing
 from covidct.runs import RunDir, find_checkpoint
 
 
@@ -54,13 +53,15 @@ def predict_scores_and_ood(
     """predict_scores and, when the model has a detector (and check), each image's out-of-distribution score from
     the same forward pass (of the image as it is, not its mirror)."""
     check = check and module.ood is not None
-    framing = dataset_framing(dataset) if check else None  # of the images as decoded: a second, cheap pass
+    if check and module.ood.framing is not None:
+        dataset = dataset.with_framing()  # each item also carries its framing, taken from the same decode
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     paths: list[str] = []
     labels, scores, ood = [], [], []
     for batch in loader:
         x = batch["image"]
-        p, batch_ood = module.score_batch(x, check, None if framing is None else framing[np.asarray(batch["index"])])
+        framing = batch["framing"].numpy() if "framing" in batch else None
+        p, batch_ood = module.score_batch(x, check, framing)
         ood.append(batch_ood)
         if tta:
             p = (p + module.logits(x.flip(-1)).float().softmax(1)[:, 1]) / 2
