@@ -132,7 +132,7 @@ class LoadedModel:
         out, ood = [], []
         for start in range(0, len(images), batch_size):
             batch = images[start : start + batch_size]
-            framing = framing_of(batch) if check else None
+            framing = framing_of(batch) if check and self.ood.framing is not None else None
             batch_scores, batch_ood = self.score_batch(self.tensor(batch), check, framing)
             out.append(batch_scores.numpy())
             ood.append(batch_ood)
