@@ -121,8 +121,11 @@ def _nifti_slices(path: Path, window: tuple[float, float]) -> Iterator[tuple[np.
 IMAGE_UNLIKE = "the image is unlike the training images"
 
 
-def ood_reason(in_distribution: bool, acquisition: str | None) -> str:
-    return "" if in_distribution else acquisition or IMAGE_UNLIKE
+def ood_verdict(flagged: bool, unseen: str | None) -> tuple[bool, str]:
+    """(in_distribution, ood_reason) of an input the detector `flagged` (or not) whose acquisition is `unseen`
+    for the reason given (None: seen, or not recorded)."""
+    inside = not flagged and unseen is None
+    return inside, "" if inside else unseen or IMAGE_UNLIKE
 
 
 class VolumeScorer:
@@ -158,8 +161,7 @@ class VolumeScorer:
                 entry["score"] = float(s)
                 if ood is not None and flags is not None:
                     entry["ood_score"] = float(ood[k])
-                    entry["in_distribution"] = not bool(flags[k]) and self.unseen is None
-                    entry["ood_reason"] = ood_reason(entry["in_distribution"], self.unseen)
+                    entry["in_distribution"], entry["ood_reason"] = ood_verdict(bool(flags[k]), self.unseen)
             batch.clear()
 
 
@@ -278,9 +280,8 @@ def _ood_fields(model: LoadedModel, ood: np.ndarray | None, unseen: str | None) 
     flags = model.ood_flags(ood)
     if ood is None or flags is None:
         return {"ood_score": "", "in_distribution": "", "ood_fraction": "", "ood_reason": ""}
-    inside = not bool(flags[0]) and unseen is None
-    return {"ood_score": round(float(ood[0]), 4), "in_distribution": inside, "ood_fraction": "",
-            "ood_reason": ood_reason(inside, unseen)}  # fmt: skip
+    inside, reason = ood_verdict(bool(flags[0]), unseen)
+    return {"ood_score": round(float(ood[0]), 4), "in_distribution": inside, "ood_fraction": "", "ood_reason": reason}
 
 
 def _slice_rows(rows: list, path: str, series: str, entries: list, label: Callable, t: float) -> None:

@@ -276,13 +276,13 @@ class Predictor:
         """Score (and explain) one decoded image; callers hold a slot. `acquisition`: the upload's
         (covidct.ood.acquisition), checked against what the model was trained on."""
         from covidct.inference.explain import explain, overlay
-        from covidct.inference.predict import ood_reason
+        from covidct.inference.predict import ood_verdict
 
         scores, ood = self.model.scores_with_ood([image])
         score = float(scores[0])
         flags = self.model.ood_flags(ood)
         unseen = None if acquisition is None else self.model.unseen_acquisition(acquisition)
-        inside = None if flags is None else not bool(flags[0]) and unseen is None
+        inside, reason = (None, None) if flags is None else ood_verdict(bool(flags[0]), unseen)
         heat = None
         if cam:
             with self.cam_lock:
@@ -297,7 +297,7 @@ class Predictor:
             "model": self.model.model_id,
             "cam": png_data_url(heat) if heat is not None else None,
             "in_distribution": inside,
-            "ood_reason": None if inside is None else ood_reason(inside, unseen),
+            "ood_reason": reason,
             "ood_score": None if ood is None else round(float(ood[0]), 4),
             "ood_threshold": None if self.model.ood is None else float(self.model.ood.threshold),
             "disclaimer": DISCLAIMER,

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from covidct.data import ImageDataset
 from covidct.ood.detector import DEFAULT_PERCENTILE, OODDetector, fit_detector
 from covidct.ood.features import logits_and_features
 
@@ -20,22 +21,30 @@ DEFAULT_METHOD = "mahalanobis"  # chosen on held-out sources and framing changes
 
 
 @torch.no_grad()
-def dataset_outputs(net: nn.Module, dataset: Dataset, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """(logits N x 2, detector features N x D) of every item of `dataset` (images already transformed), one pass."""
+def _one_pass(net: nn.Module, dataset: Dataset, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(logits N x 2, detector features N x D, framing N x 3 when the items carry it) of every item, one pass."""
     was_training = net.training
     net.eval()
     device = next(net.parameters()).device
-    logits, feats = [], []
+    logits, feats, framing = [], [], []
     try:
         for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0):
             lg, f = logits_and_features(net, batch["image"].to(device))
             logits.append(lg.float().cpu().numpy())
             feats.append(f.cpu().numpy())
+            if "framing" in batch:
+                framing.append(batch["framing"].numpy())
     finally:
         net.train(was_training)
     if not feats:
-        return np.zeros((0, 2)), np.zeros((0, 0))
-    return np.concatenate(logits), np.concatenate(feats)
+        return np.zeros((0, 2)), np.zeros((0, 0)), None
+    return np.concatenate(logits), np.concatenate(feats), np.concatenate(framing) if framing else None
+
+
+def dataset_outputs(net: nn.Module, dataset: Dataset, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """(logits N x 2, detector features N x D) of every item of `dataset` (images already transformed), one pass."""
+    logits, feats, _ = _one_pass(net, dataset, batch_size)
+    return logits, feats
 
 
 def dataset_features(net: nn.Module, dataset: Dataset, batch_size: int = 32) -> np.ndarray:
@@ -54,16 +63,19 @@ def dataset_framing(dataset: Any) -> np.ndarray:
 def fit_for_network(
     net: nn.Module,
     architecture: str,
-    train: Dataset,
-    val: Dataset,
+    train: ImageDataset,
+    val: ImageDataset,
     method: str = DEFAULT_METHOD,
     percentile: float = DEFAULT_PERCENTILE,
     info: dict[str, Any] | None = None,
 ) -> OODDetector:
     start = time.perf_counter()
-    framing = (dataset_framing(train), dataset_framing(val))
-    detector = fit_detector(dataset_features(net, train), dataset_features(net, val), architecture, method,
-                            percentile, info=info, framing=framing)  # fmt: skip
+    # features and framing from one decode of each image (ImageDataset.with_framing)
+    (_, train_feats, train_framing), (_, val_feats, val_framing) = (
+        _one_pass(net, ds.with_framing(), 32) for ds in (train, val)
+    )
+    detector = fit_detector(train_feats, val_feats, architecture, method, percentile, info=info,
+                            framing=(train_framing, val_framing))  # fmt: skip
     detector.info["fit_seconds"] = round(time.perf_counter() - start, 1)
     log.info(
         "out-of-distribution detector (%s) fitted on %d images in %.0f s; %.1f%% of validation images flagged",
