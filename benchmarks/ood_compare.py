@@ -4,6 +4,9 @@ source, of benign changes of its test images and of framing changes. Never used 
 method was chosen on the held-out source and the framing changes; the test split figures are reported as they came.
 
 Usage: python benchmarks/ood_compare.py RUN OTHER_SOURCE_SPEC [--max-other N] [--out FILE.json]
+
+The library rows (ViM, class-conditional Mahalanobis, relative Mahalanobis, kNN with k=50) are pytorch-ood's
+detectors on the same pooled features and logits (pip install -e '.[bench]'); without the package they are skipped.
 """
 
 from __future__ import annotations
@@ -75,6 +78,46 @@ FRAMING = {"whole-slice view (pasted into black)": whole_slice, "padded to a squ
            "soft-tissue window": soft_tissue}  # fmt: skip
 
 
+def input_statistics(im: Image.Image) -> np.ndarray:
+    """What the input looks like before any network: grey histogram (16 bins), brightness and spread, clipped
+    shares, noise (the grey level's residual after a 3 x 3 mean, at 224 x 224), texture (mean gradient) and the
+    framing statistics. The audit's probe features, as the issue lists them; a one-class Gaussian is fitted on them."""
+    g = np.asarray(im.convert("L"), dtype=np.float32)
+    s = np.asarray(im.convert("L").resize((224, 224), Image.BILINEAR), dtype=np.float32)
+    hist = np.bincount((g.astype(np.uint8) // 16).ravel(), minlength=16) / g.size
+    pad = np.pad(s, 1, mode="edge")
+    box = sum(pad[i : i + 224, j : j + 224] for i in range(3) for j in range(3)) / 9
+    grad = np.abs(np.diff(s, axis=1)).mean() + np.abs(np.diff(s, axis=0)).mean()
+    return np.r_[hist, g.mean(), g.std(), (g < 8).mean(), (g > 247).mean(), np.log1p(np.abs(s - box).mean()),
+                 np.log1p(grad), framing_of([im])[0]]  # fmt: skip
+
+
+def library_detectors(net: torch.nn.Module, out: dict, ytrain: np.ndarray, width: int | None) -> dict:
+    """pytorch-ood's detectors fitted on the training images' pooled features (and the head's weights for ViM)."""
+    try:
+        from pytorch_ood import detector as pood
+    except ImportError:
+        print("pytorch-ood is not installed: its rows are skipped (pip install -e '.[bench]')")
+        return {}
+    pooled = {k: torch.from_numpy(v[1][:, width:]).float() for k, v in out.items()}
+    head = net.get_classifier()
+    z, y = pooled["train"], torch.from_numpy(ytrain).long()
+    dim = min(z.shape[1] // 2, z.shape[0] // 2)  # ViM's principal subspace: half the width, at most half the images
+    found = {
+        f"pytorch-ood ViM (d={dim}) on pooled features + head": pood.ViM(None, dim, head.weight.detach(),
+                                                                          head.bias.detach()),
+        "pytorch-ood Mahalanobis (class-conditional, shared covariance) on pooled": pood.Mahalanobis(None),
+        "pytorch-ood relative Mahalanobis on pooled": pood.RMD(None),
+        "pytorch-ood kNN (k=50, normalised) on pooled": pood.KNN(None, k=50),
+    }  # fmt: skip
+    methods = {}
+    for name, det in found.items():
+        det.fit_features(z, y)
+        scores = {k: det.predict_features(v).double().numpy() for k, v in pooled.items()}
+        methods[name] = lambda k, scores=scores: scores[k]
+    return methods
+
+
 @torch.no_grad()
 def outputs(net: torch.nn.Module, model, images: list[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
     logits, feats = [], []
@@ -123,6 +166,12 @@ def main() -> None:
 
     framing = {k: framing_of(v) for k, v in imgs.items()}  # of the images as given (covidct.data.framing)
     methods = {"maximum softmax probability": msp, "energy": energy}
+    stats = {k: np.stack([input_statistics(im) for im in v]) for k, v in imgs.items()}
+    det = fit_detector(stats["train"], stats["val"], "input", "mahalanobis")
+    name = "image statistics (histogram, brightness, noise, texture, framing)"
+    methods[name] = lambda k, det=det: det.score(stats[k])
+    ytrain = np.array([s.label for s in data.splits["train"]])
+    methods.update(library_detectors(net, out, ytrain, width))
     det = fit_detector(framing["train"], framing["val"], "framing", "mahalanobis")
     methods["framing statistics alone (aspect, empty rows and columns)"] = lambda k, det=det: det.score(framing[k])
     shipped = fit_detector(out["train"][1], out["val"][1], model.architecture, "mahalanobis",
