@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from covidct.cli import main
-from covidct.reporting.html import MAX_GALLERY, build_report
+from covidct.reporting.html import MAX_GALLERY, build_report, misclassified_gallery
 from tests.conftest import CHROMIUM_FLAGS
 
 SECTIONS = [
@@ -39,8 +39,11 @@ def test_report_is_self_contained(report):
         assert f'<section id="{section}">' in html, section
     sources = re.findall(r'<img[^>]*src="([^"]+)"', html)
     rows = csv.DictReader((report.parent / "eval-test" / "predictions.csv").read_text().splitlines())
-    wrong = sum(r["label"] != r["prediction"] for r in rows)
-    assert len(sources) == 7 + min(wrong, MAX_GALLERY)  # seven figures, and the gallery of misclassified images
+    wrong = [r for r in rows if r["label"] != r["prediction"]]
+    assert len(sources) == 7 + min(len(wrong), MAX_GALLERY)  # seven figures, and the gallery of misclassified images
+    metrics = json.loads((report.parent / "eval-test" / "metrics.json").read_text())
+    gallery = misclassified_gallery(wrong, metrics["class_names"], metrics["threshold"])
+    assert html.count('<b class="ood">out of distribution</b>') == sum(m["flagged"] for m in gallery)
     assert all(src.startswith("data:image/png;base64,") for src in sources)
     assert not re.search(r'(src|href)="(https?:)?//', html)  # nothing fetched from a network
     assert "Research use only" in html and "not for diagnosis" in html.lower()
@@ -51,6 +54,18 @@ def test_report_is_self_contained(report):
     ood = json.loads((report.parent / "eval-test" / "metrics.json").read_text())["ood"]
     assert "flagged out of distribution" in html and f"<td>{ood['fraction_flagged']:.0%}</td>" in html
     assert "no scanner acquisition seen; every DICOM or NIfTI input is flagged" in html  # trained on PNG files
+
+
+def test_gallery_carries_each_image_flag(tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "a.png"
+    Image.new("L", (40, 30), 90).save(path)
+    rows = [{"path": str(path), "score": str(s), "label": "0", "in_distribution": flag}
+            for s, flag in ((0.9, "0"), (0.8, "1"), (0.7, ""))]  # fmt: skip
+    gallery = misclassified_gallery(rows, ["NonCOVID", "COVID"], 0.5)
+    assert [m["flagged"] for m in gallery] == [True, False, False]  # "0": flagged; "1": not; "": no detector
+    assert [m["score"] for m in gallery] == [0.9, 0.8, 0.7]  # furthest from the threshold first
 
 
 def test_report_renders_in_chromium(report, chromium):

@@ -167,7 +167,9 @@ def report_figures(eval_dir: Path, data: Any) -> dict[str, str]:
 
 
 def misclassified_gallery(wrong: list[dict[str, str]], class_names: list[str], threshold: float) -> list[dict]:
-    """The misclassified images furthest from the threshold first (at most MAX_GALLERY), as thumbnails."""
+    """The misclassified images furthest from the threshold first (at most MAX_GALLERY), as thumbnails, each with
+    its out-of-distribution flag (predictions.csv's in_distribution: "0" flagged, "1" not, absent: no detector)."""
     worst = sorted(wrong, key=lambda r: abs(float(r["score"]) - threshold), reverse=True)[:MAX_GALLERY]
     return [{"src": thumbnail_uri(r["path"]), "name": Path(r["path"]).name, "score": float(r["score"]),
-             "truth": class_names[int(r["label"])]} for r in worst]  # fmt: skip
+             "truth": class_names[int(r["label"])], "flagged": r.get("in_distribution") == "0"}
+            for r in worst]  # fmt: skip
