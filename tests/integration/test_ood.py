@@ -181,8 +181,13 @@ def labelled_dicoms(root, kernel: str = "B70f") -> str:
 def test_training_records_what_it_was_trained_on(trained_run):
     card = json.loads((RunDir(trained_run).ood_dir / "ood.json").read_text())
     n = len(RunDir(trained_run).data().splits["train"])
-    assert card["acquisitions"] == {"kinds": {"image file": n}, "scanners": [], "pixel_spacing": None,
-                                    "slice_thickness": None}  # fmt: skip
+    assert card["acquisitions"] == {
+        "kinds": {"image file": n},
+        "scanners": [],
+        "pixel_spacing": None,
+        "slice_thickness": None,
+        "aspect": [1.2, 1.2],
+    }  # fmt: skip (48 x 40 figures)
     assert "no scanner acquisition seen" in load_trained(trained_run).card["ood"]["acquisitions_seen"]
 
 
@@ -216,6 +221,34 @@ def test_scanner_slices_are_flagged_everywhere_for_a_model_trained_on_image_file
     body = client.post("/api/v1/predict", files={"file": ("a.dcm", (cd / "DIR1" / "SUB0" / "IM0000").read_bytes(),
                                                           "application/dicom")}).json()  # fmt: skip
     assert body["in_distribution"] is False and "scanner acquisition" in body["ood_reason"]
+
+
+def test_a_square_image_is_flagged_by_its_shape_everywhere(trained_run, tmp_path, capsys):
+    """Trained on 48 x 40 figures: square images (a scanner's frame) are outside what it learned, by their header
+    alone, in predict (CSV and the warning), evaluate --on and the API; the training shape is not flagged for it."""
+    from tests.conftest import make_sars_layout
+
+    square, same = tmp_path / "square.png", tmp_path / "same.png"
+    val = load_rgb(RunDir(trained_run).data().splits["val"][0].path)
+    val.resize((40, 40)).save(square)
+    val.save(same)
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(trained_run), str(square), str(same), "--out", str(out)]) == 0
+    assert "aspect 1.00 (width / height), outside the 1.20-1.20" in capsys.readouterr().out
+    rows = {r["path"]: r for r in csv.DictReader(out.open())}
+    assert rows[str(square)]["in_distribution"] == "False" and "aspect 1.00" in rows[str(square)]["ood_reason"]
+    assert "aspect" not in rows[str(same)]["ood_reason"]
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    site = make_sars_layout(tmp_path / "site", 4, 4, size=(40, 40))
+    assert main(["evaluate", str(run), "--on", f"site={site}", "--bootstrap", "0"]) == 0
+    assert json.loads((run / "eval-site" / "metrics.json").read_text())["ood"]["fraction_flagged"] == 1.0
+
+    client = TestClient(__import__("covidct.inference.serve", fromlist=["create_app"]).create_app(
+        load_trained(trained_run)))  # fmt: skip
+    body = client.post("/api/v1/predict", files={"file": ("s.png", square.read_bytes(), "image/png")}).json()
+    assert body["in_distribution"] is False and "aspect 1.00" in body["ood_reason"]
 
 
 def test_a_site_whose_slices_were_in_training_passes_the_acquisition_check(trained_run, tmp_path):

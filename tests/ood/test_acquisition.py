@@ -6,8 +6,10 @@ import re
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from covidct.errors import ModelError
+from covidct.inference.serve import upload_acquisition
 from covidct.ood.acquisition import DICOM, IMAGE_FILE, NIFTI, Acquisition, AcquisitionRecord, of_file
 from covidct.ood.detector import OODDetector, fit_detector
 from tests.medical_files import write_dicom, write_nifti
@@ -27,14 +29,17 @@ def scanner_slice(path, manufacturer="SIEMENS", kernel="B70f", spacing=0.7, thic
     return path
 
 
-def test_headers_are_read_without_pixels_and_image_files_without_io(tmp_path):
+def test_headers_are_read_without_pixels(tmp_path):
     assert of_file(scanner_slice(tmp_path / "a.dcm", " siemens ", "B70f", 0.68, 1.5)) == Acquisition(
-        DICOM, "SIEMENS", "B70F", 0.68, 1.5
+        DICOM, "SIEMENS", "B70F", 0.68, 1.5, 1.0
     )
-    assert of_file(tmp_path / "missing.png") == Acquisition(IMAGE_FILE)  # judged by its suffix: no I/O
+    assert of_file(tmp_path / "missing.png") == Acquisition(IMAGE_FILE)  # unreadable: the kind alone, no error
+    Image.new("L", (60, 40)).save(tmp_path / "wide.png")
+    assert of_file(tmp_path / "wide.png") == Acquisition(IMAGE_FILE, aspect=1.5)  # width / height from the header
     volume = write_nifti(tmp_path / "v.nii.gz", np.zeros((8, 8, 4), np.float32))
     assert of_file(volume).kind == NIFTI
-    assert of_file(write_dicom(tmp_path / "bare.dcm", HU)) == Acquisition(DICOM)  # no tags: empty, not an error
+    bare = of_file(write_dicom(tmp_path / "bare.dcm", HU[:, :8]))
+    assert bare == Acquisition(DICOM, aspect=0.5)  # no tags: empty, not an error
 
 
 def test_a_model_trained_on_image_files_flags_every_scanner_acquisition(tmp_path):
@@ -43,7 +48,7 @@ def test_a_model_trained_on_image_files_flags_every_scanner_acquisition(tmp_path
     why = record.unseen(of_file(scanner_slice(tmp_path / "a.dcm")))
     assert why is not None and "image files only (5)" in why
     assert record.unseen(Acquisition(NIFTI)) is not None
-    assert record.unseen(Acquisition(IMAGE_FILE)) is None  # images: the image detector alone decides
+    assert record.unseen(Acquisition(IMAGE_FILE)) is None  # no shape recorded: the image detector alone decides
     assert "every DICOM or NIfTI input is flagged" in record.summary()
 
 
@@ -61,6 +66,32 @@ def test_a_model_trained_on_a_scanner_passes_it_and_flags_another(tmp_path):
     assert wide is not None and "pixel spacing 1.4 mm outside the 0.6-0.8 mm" in wide
     thick = record.unseen(Acquisition(DICOM, "SIEMENS", "B70F", 0.7, 5.0))
     assert thick is not None and "slice thickness 5 mm" in thick
+
+
+def test_an_image_shaped_unlike_the_training_images_is_flagged(tmp_path):
+    """Training figures wider than tall (4:3 to 3:2, as COVID-CT's are); a square scanner slice is flagged by its
+    header alone, a figure within the tolerance is not, and the range ignores a few odd training images."""
+    paths = []
+    for i, width in enumerate([40 + i % 21 for i in range(200)] + [30]):  # aspects 1.33-2.0, and one square
+        paths.append(tmp_path / f"{i}.png")
+        Image.new("L", (width, 30)).save(paths[-1])
+    record = AcquisitionRecord.of_paths(paths)
+    assert record.aspect is not None and record.aspect[0] == pytest.approx(40 / 30) and record.aspect[1] == 2.0
+    square = record.unseen(Acquisition(IMAGE_FILE, aspect=1.0))
+    assert square is not None and "aspect 1.00 (width / height), outside the 1.33-2.00" in square
+    assert record.unseen(Acquisition(IMAGE_FILE, aspect=1.30)) is None  # within 5% of the range
+    assert record.unseen(Acquisition(IMAGE_FILE, aspect=2.2)) is not None
+    assert record.unseen(Acquisition(IMAGE_FILE)) is None  # a shape that could not be read: no verdict
+    assert "image aspects 1.33-2.00" in record.summary()
+    assert upload_acquisition((tmp_path / "0.png").read_bytes()) == Acquisition(IMAGE_FILE, aspect=40 / 30)
+    _detector(record).save(tmp_path / "det")
+    loaded = OODDetector.load(tmp_path / "det")
+    assert loaded is not None and loaded.acquisitions == record
+    card = json.loads((tmp_path / "det" / "ood.json").read_text())
+    del card["acquisitions"]["aspect"]  # a record written before the aspect was kept
+    (tmp_path / "det" / "ood.json").write_text(json.dumps(card))
+    older = OODDetector.load(tmp_path / "det")
+    assert older is not None and older.unseen_acquisition(Acquisition(IMAGE_FILE, aspect=1.0)) is None
 
 
 def _detector(record=None):
@@ -86,7 +117,7 @@ def test_the_record_travels_in_ood_json_and_an_older_detector_has_none(tmp_path)
 @pytest.mark.parametrize(
     ("field", "value"),
     [("kinds", {"DICOM": "two"}), ("kinds", {"film": 1}), ("scanners", [["SIEMENS"]]), ("pixel_spacing", [0.7]),
-     ("slice_thickness", [-1, 2]), ("(the whole record)", "all of it")],
+     ("slice_thickness", [-1, 2]), ("aspect", [0, 1.5]), ("aspect", "wide"), ("(the whole record)", "all of it")],
 )  # fmt: skip
 def test_a_malformed_record_is_refused_naming_the_field(tmp_path, field, value):
     record = AcquisitionRecord({IMAGE_FILE: 3}, [])

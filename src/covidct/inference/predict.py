@@ -266,7 +266,8 @@ def ood_check(model: LoadedModel) -> str:
         return "unavailable"
     if model.ood.acquisitions is None:
         return OOD_RULE + "; the acquisition check is unavailable (a detector fitted before it: covidct ood fit RUN)"
-    return OOD_RULE + "; DICOM and NIfTI inputs also by their acquisition: " + model.ood.acquisitions.summary()
+    shape = " and image files also by their shape" if model.ood.acquisitions.aspect else ""
+    return f"{OOD_RULE}; DICOM and NIfTI inputs also by their acquisition{shape}: {model.ood.acquisitions.summary()}"
 
 
 def ood_summary_of(summary: dict[str, Any]) -> dict[str, Any]:

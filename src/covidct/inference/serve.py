@@ -117,12 +117,12 @@ def sniff(data: bytes) -> str:
 
 
 def upload_acquisition(data: bytes) -> Any:
-    """How an upload was acquired (covidct.ood.acquisition): a DICOM file's header; an image file has no record.
-    A header that cannot be read gives the kind alone (decode_upload says what is wrong with the file)."""
-    from covidct.ood.acquisition import DICOM, IMAGE_FILE, Acquisition, from_dicom_header
+    """How an upload was acquired (covidct.ood.acquisition): a DICOM file's header; an image file's shape. A header
+    that cannot be read gives the kind alone (decode_upload says what is wrong with the file)."""
+    from covidct.ood.acquisition import DICOM, Acquisition, from_dicom_header, image_acquisition
 
     if sniff(data) != "dicom":
-        return Acquisition(IMAGE_FILE)
+        return image_acquisition(io.BytesIO(data))
     import pydicom
 
     try:

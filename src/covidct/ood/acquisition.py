@@ -7,7 +7,11 @@ those slices ordinary (benchmarks/OOD.md). A model adapted on a site's own DICOM
 and kernels, and the site's next studies pass.
 
 The record is a few strings and numbers, kept in ood.json beside the detector (no pickle). Image files carry no
-acquisition record and are never flagged here: the image detector alone decides for them.
+acquisition record; what their header does say is their shape: an image whose aspect (width / height) lies outside
+the central 98% of the training images' is flagged. Why: a scanner's slice is square (512 x 512), while COVID-CT's
+figures are cut wider than tall (1 square image in 425). The detector's framing half sees that too, but its score
+for a square image sits near its threshold (1.06-1.4 times it, by the margin rows: benchmarks/OOD.md), which moves
+with every retraining; the shape as stored, read from the header, does not.
 """
 
 from __future__ import annotations
@@ -26,6 +30,11 @@ KINDS = (IMAGE_FILE, DICOM, NIFTI)
 # changes the image's noise and sharpness.
 SPACING_TOLERANCE = 1.15
 THICKNESS_TOLERANCE = 1.25
+# The aspects seen: the training images' 1st to 99th percentile (a few odd figures do not widen it), then 5% either
+# side (resizing rounds the aspect by under 1%; on the default model's validation split, 5% flags no image that the
+# detector does not flag already: benchmarks/OOD.md).
+ASPECT_PERCENTILES = (1.0, 99.0)
+ASPECT_TOLERANCE = 1.05
 
 
 @dataclass(frozen=True)
@@ -37,6 +46,7 @@ class Acquisition:
     kernel: str = ""
     pixel_spacing: float | None = None  # mm, in-plane
     slice_thickness: float | None = None  # mm
+    aspect: float | None = None  # width / height of the image or slice as stored (None: not read)
 
     @property
     def scanner(self) -> tuple[str, str]:
@@ -67,11 +77,28 @@ def from_dicom_header(ds: Any) -> Acquisition:
         _text(getattr(ds, "ConvolutionKernel", "")),
         _number(getattr(ds, "PixelSpacing", None)),
         _number(getattr(ds, "SliceThickness", None)),
+        _aspect(_number(getattr(ds, "Columns", None)), _number(getattr(ds, "Rows", None))),
     )
 
 
+def _aspect(width: float | None, height: float | None) -> float | None:
+    return width / height if width and height else None
+
+
+def image_acquisition(source: Any) -> Acquisition:
+    """An image file's record (a path or a binary file object): its shape from the header, no pixels decoded;
+    the kind alone when the header cannot be read (the image's reader names the problem)."""
+    from PIL import Image
+
+    try:
+        with Image.open(source) as img:
+            return Acquisition(IMAGE_FILE, aspect=_aspect(*img.size))
+    except Exception:  # PIL raises many kinds for a damaged or unknown file
+        return Acquisition(IMAGE_FILE)
+
+
 def of_file(path: str | Path) -> Acquisition:
-    """The acquisition of an input file: headers only, no pixels; an image file without any I/O. An unreadable
+    """The acquisition of an input file: headers only, no pixels (for an image file, its shape). An unreadable
     header gives the kind alone (what is wrong with the file is for the reader of its pixels to say)."""
     from covidct.data.images import is_dicom_slice
     from covidct.data.medical import is_nifti
@@ -93,7 +120,7 @@ def of_file(path: str | Path) -> Acquisition:
             return from_dicom_header(pydicom.dcmread(path, stop_before_pixels=True))
         except Exception:  # pydicom raises many kinds; the slice's reader names the problem
             return Acquisition(DICOM)
-    return Acquisition(IMAGE_FILE)
+    return image_acquisition(path)
 
 
 def _range(values: list[float]) -> tuple[float, float] | None:
@@ -104,15 +131,22 @@ def _within(value: float | None, seen: tuple[float, float] | None, tolerance: fl
     return value is None or seen is None or seen[0] / tolerance <= value <= seen[1] * tolerance
 
 
+def _central(values: list[float]) -> tuple[float, float] | None:
+    import numpy as np
+
+    return tuple(float(v) for v in np.percentile(values, ASPECT_PERCENTILES)) if values else None  # type: ignore
+
+
 @dataclass
 class AcquisitionRecord:
-    """What the training images held: how many of each kind, and for DICOM and NIfTI the scanners (manufacturer,
-    kernel) and the range of pixel spacing and slice thickness."""
+    """What the training images held: how many of each kind, for DICOM and NIfTI the scanners (manufacturer,
+    kernel) and the range of pixel spacing and slice thickness, and the central range of their aspects."""
 
     kinds: dict[str, int]
     scanners: list[tuple[str, str]]
     pixel_spacing: tuple[float, float] | None = None
     slice_thickness: tuple[float, float] | None = None
+    aspect: tuple[float, float] | None = None  # None: recorded before 2026-12-02 (no aspect check)
 
     @classmethod
     def of(cls, acquisitions: Iterable[Acquisition]) -> AcquisitionRecord:
@@ -123,6 +157,7 @@ class AcquisitionRecord:
             scanners=sorted({a.scanner for a in scanned if a.kind == DICOM}),
             pixel_spacing=_range([a.pixel_spacing for a in scanned if a.pixel_spacing is not None]),
             slice_thickness=_range([a.slice_thickness for a in scanned if a.slice_thickness is not None]),
+            aspect=_central([a.aspect for a in items if a.aspect is not None]),
         )
 
     @classmethod
@@ -130,9 +165,9 @@ class AcquisitionRecord:
         return cls.of(of_file(p) for p in paths)
 
     def unseen(self, acq: Acquisition) -> str | None:
-        """Why `acq` is outside what the training images held, or None. Image files: always None."""
+        """Why `acq` is outside what the training images held, or None."""
         if acq.kind == IMAGE_FILE:
-            return None
+            return self._odd_aspect(acq)
         if not any(self.kinds.get(k) for k in (DICOM, NIFTI)):
             return (f"a scanner acquisition ({acq.kind}); this model was trained on image files only "
                     f"({self.kinds.get(IMAGE_FILE, 0)}), with no scanner's CT among them")  # fmt: skip
@@ -145,20 +180,32 @@ class AcquisitionRecord:
         if not _within(acq.slice_thickness, self.slice_thickness, THICKNESS_TOLERANCE):
             lo, hi = self.slice_thickness or (0, 0)
             return f"slice thickness {acq.slice_thickness:g} mm outside the {lo:g}-{hi:g} mm seen in training"
-        return None
+        return self._odd_aspect(acq)
+
+    def _odd_aspect(self, acq: Acquisition) -> str | None:
+        if _within(acq.aspect, self.aspect, ASPECT_TOLERANCE):
+            return None
+        lo, hi = self.aspect or (0, 0)
+        return (f"an image of aspect {acq.aspect:.2f} (width / height), outside the {lo:.2f}-{hi:.2f} of 98% of the "
+                "training images")  # fmt: skip
 
     def summary(self) -> str:
         """One line for a model card: what was seen."""
         kinds = ", ".join(f"{n} {k}{'s' if k == IMAGE_FILE else ' slices'}" for k, n in self.kinds.items())
         if not self.scanners and self.pixel_spacing is None:
-            return f"trained on {kinds}: no scanner acquisition seen; every DICOM or NIfTI input is flagged"
+            flagged = "no scanner acquisition seen; every DICOM or NIfTI input is flagged"
+            return f"trained on {kinds}: {flagged}" + self._aspects()
         scanners = "; ".join(f"{m or '?'} / {k or '?'}" for m, k in self.scanners)
-        return f"trained on {kinds}; scanners / kernels seen: {scanners or 'none recorded'}"
+        return f"trained on {kinds}; scanners / kernels seen: {scanners or 'none recorded'}" + self._aspects()
+
+    def _aspects(self) -> str:
+        return "" if self.aspect is None else f"; image aspects {self.aspect[0]:.2f}-{self.aspect[1]:.2f} (98%)"
 
     def to_json(self) -> dict[str, Any]:
         return {"kinds": dict(self.kinds), "scanners": [list(s) for s in self.scanners],
                 "pixel_spacing": list(self.pixel_spacing) if self.pixel_spacing else None,
-                "slice_thickness": list(self.slice_thickness) if self.slice_thickness else None}  # fmt: skip
+                "slice_thickness": list(self.slice_thickness) if self.slice_thickness else None,
+                "aspect": list(self.aspect) if self.aspect else None}  # fmt: skip
 
     @classmethod
     def from_json(cls, data: Any, where: str) -> AcquisitionRecord:
@@ -171,7 +218,7 @@ class AcquisitionRecord:
         if not isinstance(scanners, list) or not all(_is_pair(s, str) for s in scanners):
             raise _malformed(where, "scanners")
         ranges = {}
-        for name in ("pixel_spacing", "slice_thickness"):
+        for name in ("pixel_spacing", "slice_thickness", "aspect"):
             value = data.get(name)
             if value is not None and not _is_pair(value, int | float, positive=True):
                 raise _malformed(where, name)
