@@ -31,15 +31,14 @@ def scanner_slice(path, manufacturer="SIEMENS", kernel="B70f", spacing=0.7, thic
 
 def test_headers_are_read_without_pixels(tmp_path):
     assert of_file(scanner_slice(tmp_path / "a.dcm", " siemens ", "B70f", 0.68, 1.5)) == Acquisition(
-        DICOM, "SIEMENS", "B70F", 0.68, 1.5, 1.0
+        DICOM, "SIEMENS", "B70F", 0.68, 1.5
     )
     assert of_file(tmp_path / "missing.png") == Acquisition(IMAGE_FILE)  # unreadable: the kind alone, no error
     Image.new("L", (60, 40)).save(tmp_path / "wide.png")
     assert of_file(tmp_path / "wide.png") == Acquisition(IMAGE_FILE, aspect=1.5)  # width / height from the header
     volume = write_nifti(tmp_path / "v.nii.gz", np.zeros((8, 8, 4), np.float32))
     assert of_file(volume).kind == NIFTI
-    bare = of_file(write_dicom(tmp_path / "bare.dcm", HU[:, :8]))
-    assert bare == Acquisition(DICOM, aspect=0.5)  # no tags: empty, not an error
+    assert of_file(write_dicom(tmp_path / "bare.dcm", HU)) == Acquisition(DICOM)  # no tags: empty, not an error
 
 
 def test_a_model_trained_on_image_files_flags_every_scanner_acquisition(tmp_path):
@@ -82,6 +81,9 @@ def test_an_image_shaped_unlike_the_training_images_is_flagged(tmp_path):
     assert record.unseen(Acquisition(IMAGE_FILE, aspect=1.30)) is None  # within 5% of the range
     assert record.unseen(Acquisition(IMAGE_FILE, aspect=2.2)) is not None
     assert record.unseen(Acquisition(IMAGE_FILE)) is None  # a shape that could not be read: no verdict
+    site = Acquisition(DICOM, "SIEMENS", "B70F", 0.7, 1.0)  # a site's few slices: judged by their headers alone
+    mixed = AcquisitionRecord.of([Acquisition(IMAGE_FILE, aspect=1.5)] * 300 + [site])
+    assert mixed.aspect == (1.5, 1.5) and mixed.unseen(site) is None
     assert "image aspects 1.33-2.00" in record.summary()
     assert upload_acquisition((tmp_path / "0.png").read_bytes()) == Acquisition(IMAGE_FILE, aspect=40 / 30)
     _detector(record).save(tmp_path / "det")

@@ -46,7 +46,7 @@ class Acquisition:
     kernel: str = ""
     pixel_spacing: float | None = None  # mm, in-plane
     slice_thickness: float | None = None  # mm
-    aspect: float | None = None  # width / height of the image or slice as stored (None: not read)
+    aspect: float | None = None  # an image file's width / height as stored (None: not read, or a scanner slice)
 
     @property
     def scanner(self) -> tuple[str, str]:
@@ -77,12 +77,7 @@ def from_dicom_header(ds: Any) -> Acquisition:
         _text(getattr(ds, "ConvolutionKernel", "")),
         _number(getattr(ds, "PixelSpacing", None)),
         _number(getattr(ds, "SliceThickness", None)),
-        _aspect(_number(getattr(ds, "Columns", None)), _number(getattr(ds, "Rows", None))),
     )
-
-
-def _aspect(width: float | None, height: float | None) -> float | None:
-    return width / height if width and height else None
 
 
 def image_acquisition(source: Any) -> Acquisition:
@@ -92,7 +87,8 @@ def image_acquisition(source: Any) -> Acquisition:
 
     try:
         with Image.open(source) as img:
-            return Acquisition(IMAGE_FILE, aspect=_aspect(*img.size))
+            width, height = img.size
+            return Acquisition(IMAGE_FILE, aspect=width / height if width and height else None)
     except Exception:  # PIL raises many kinds for a damaged or unknown file
         return Acquisition(IMAGE_FILE)
 
@@ -140,7 +136,8 @@ def _central(values: list[float]) -> tuple[float, float] | None:
 @dataclass
 class AcquisitionRecord:
     """What the training images held: how many of each kind, for DICOM and NIfTI the scanners (manufacturer,
-    kernel) and the range of pixel spacing and slice thickness, and the central range of their aspects."""
+    kernel) and the range of pixel spacing and slice thickness, and the central range of the image files' aspects
+    (scanner slices are judged by their headers: a site's few DICOM slices must not be trimmed as outliers)."""
 
     kinds: dict[str, int]
     scanners: list[tuple[str, str]]
@@ -157,7 +154,7 @@ class AcquisitionRecord:
             scanners=sorted({a.scanner for a in scanned if a.kind == DICOM}),
             pixel_spacing=_range([a.pixel_spacing for a in scanned if a.pixel_spacing is not None]),
             slice_thickness=_range([a.slice_thickness for a in scanned if a.slice_thickness is not None]),
-            aspect=_central([a.aspect for a in items if a.aspect is not None]),
+            aspect=_central([a.aspect for a in items if a.kind == IMAGE_FILE and a.aspect is not None]),
         )
 
     @classmethod
@@ -180,7 +177,7 @@ class AcquisitionRecord:
         if not _within(acq.slice_thickness, self.slice_thickness, THICKNESS_TOLERANCE):
             lo, hi = self.slice_thickness or (0, 0)
             return f"slice thickness {acq.slice_thickness:g} mm outside the {lo:g}-{hi:g} mm seen in training"
-        return self._odd_aspect(acq)
+        return None
 
     def _odd_aspect(self, acq: Acquisition) -> str | None:
         if _within(acq.aspect, self.aspect, ASPECT_TOLERANCE):
