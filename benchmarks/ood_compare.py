@@ -24,6 +24,7 @@ from sklearn.metrics import roc_auc_score
 
 from covidct.data import load_rgb
 from covidct.data.framing import framing_of
+from covidct.data.pixels import pixels_of
 from covidct.data.sources import external_set
 from covidct.inference.load import load_trained
 from covidct.models import create_model
@@ -175,10 +176,19 @@ def main() -> None:
     methods.update(library_detectors(net, out, ytrain, width))
     det = fit_detector(framing["train"], framing["val"], "framing", "mahalanobis")
     methods["framing statistics alone (aspect, empty rows and columns)"] = lambda k, det=det: det.score(framing[k])
+    two = fit_detector(out["train"][1], out["val"][1], model.architecture, "mahalanobis",
+                       framing=(framing["train"], framing["val"]))  # fmt: skip
+    methods["mahalanobis on stage statistics + pooled, with framing (shipped before 2026-12-02 morning)"] = (
+        lambda k: two.score(out[k][1], framing[k])
+    )
+    pixels = {k: pixels_of(v) for k, v in imgs.items()}  # of the central region (covidct.data.pixels)
+    det = fit_detector(pixels["train"], pixels["val"], "pixels", "mahalanobis")
+    methods["pixel statistics of the central region alone"] = lambda k, det=det: det.score(pixels[k])
     shipped = fit_detector(out["train"][1], out["val"][1], model.architecture, "mahalanobis",
-                           framing=(framing["train"], framing["val"]))  # fmt: skip
-    methods["shipped: mahalanobis on stage statistics + pooled, with framing"] = lambda k: shipped.score(
-        out[k][1], framing[k]
+                           framing=(framing["train"], framing["val"]),
+                           pixels=(pixels["train"], pixels["val"]))  # fmt: skip
+    methods["shipped: stage statistics + pooled, with framing and pixels"] = lambda k: shipped.score(
+        out[k][1], framing[k], pixels[k]
     )
     # the shape check (ood/acquisition.py), as predict runs it beside the detector: an image whose aspect lies
     # outside the training images' central range is flagged whatever its score (scored here as +1e6)
@@ -186,7 +196,7 @@ def main() -> None:
     odd = {k: np.array([record.unseen(Acquisition(IMAGE_FILE, aspect=im.size[0] / im.size[1])) is not None
                         for im in v]) for k, v in imgs.items()}  # fmt: skip
     name = "shipped with the shape check (as predict runs it)"
-    methods[name] = lambda k: shipped.score(out[k][1], framing[k]) + 1e6 * odd[k]
+    methods[name] = lambda k: shipped.score(out[k][1], framing[k], pixels[k]) + 1e6 * odd[k]
     fixed = {name: shipped.threshold}  # the detector's own threshold; the shape check adds its flags
     for method in ("mahalanobis", "knn"):
         for feats, pick in (("pooled features", lambda f: f[:, width:]), ("stage statistics + pooled", lambda f: f)):

@@ -9,13 +9,11 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
 import torch
 
 from covidct.data import ImageDataset, load_rgb
 from covidct.inference.load import load_trained
-from covidct.ood.detector import fit_detector
-from covidct.ood.fit import dataset_features, dataset_framing
+from covidct.ood.fit import fit_for_network
 from covidct.runs import RunDir
 
 
@@ -46,18 +44,17 @@ def main() -> None:
     )
     pool = [s for sp in ("train", "val", "test") for s in data.splits[sp]]
     pool = (pool * (args.fit_images // len(pool) + 1))[: args.fit_images]
-    ds = ImageDataset(pool, model.transform, cache=True)
-    ds.preload()  # decoded once, as training has them at its end
+    cut = len(pool) * 4 // 5
+    train, val = (ImageDataset(part, model.transform, cache=True) for part in (pool[:cut], pool[cut:]))
+    for ds in (train, val):
+        ds.preload()  # decoded once, as training has them at its end
     t = time.perf_counter()
-    feats = dataset_features(model.scoring()[0], ds)  # the network the detector's fit uses (inference/ood.py)
-    framing = dataset_framing(ds)  # the framing half's statistics (covidct.data.framing)
-    mid = time.perf_counter()
-    cut = len(feats) * 4 // 5
-    fit_detector(feats[:cut], feats[cut:], model.architecture, "mahalanobis", framing=(framing[:cut], framing[cut:]))
+    # as training's end runs it: features, framing and pixel statistics in one pass, then the fit (ood/fit.py)
+    detector = fit_for_network(model.scoring()[0], model.architecture, train, val)
     end = time.perf_counter()
-    print(f"fit on {len(pool)} decoded images: {end - t:.1f} s ({mid - t:.1f} s features and framing, "
-          f"{end - mid:.1f} s fit)")  # fmt: skip
-    print(f"torch threads {torch.get_num_threads()}, feature width {feats.shape[1]}, {np.isfinite(feats).all()=}")
+    print(f"fit on {len(pool)} decoded images: {end - t:.1f} s (features, framing and pixel statistics and the fit; "
+          f"{len(train)} train, {len(val)} validation)")  # fmt: skip
+    print(f"torch threads {torch.get_num_threads()}, feature width {detector.feature_dim}")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from PIL import Image
 
 from covidct.cli import main
 from covidct.data import ImageDataset, load_rgb
+from covidct.data.pixels import pixels_of
 from covidct.errors import ModelError
 from covidct.inference.load import load_trained
 from covidct.ood.fit import dataset_features, dataset_framing
@@ -35,9 +36,11 @@ def test_training_fits_a_detector_with_its_threshold_on_validation(trained_run):
     assert model.ood is not None and card["architecture"] == model.architecture == "timm:resnet10t"
     val = ImageDataset(run.data().splits["val"], model.transform)
     features = dataset_features(model.scoring()[0], val)  # the network that scores and fits
-    scores = model.ood.score(features, dataset_framing(val))
+    images = [val.image(i) for i in range(len(val))]
+    scores = model.ood.score(features, dataset_framing(val), pixels_of(images))
     assert card["threshold"] == pytest.approx(np.percentile(scores, card["percentile"]), rel=1e-6)
     assert card["framing"]["statistics"] == ["log_aspect", "dark_rows", "dark_columns"]
+    assert card["pixels"]["statistics"][-2:] == ["noise", "texture"]
     with pytest.raises(ModelError, match="framing statistics"):  # the framing half cannot be skipped by mistake
         model.ood.score(features)
     assert card["n_train"] == len(run.data().splits["train"]) and card["threshold_on"] == "val"

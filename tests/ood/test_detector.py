@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from sklearn.covariance import LedoitWolf
 
+from covidct.data.pixels import PIXEL_STATISTICS
 from covidct.errors import ModelError
 from covidct.ood.detector import METHODS, OODDetector, fit_detector
 
@@ -159,3 +160,42 @@ def test_a_damaged_framing_half_is_refused(tmp_path):
     (tmp_path / "ood.json").write_text(json.dumps({**card, "framing": {**card["framing"], "statistics": ["size"]}}))
     with pytest.raises(ModelError, match="framing half"):
         OODDetector.load(tmp_path)
+
+
+def pixel_stats(n: int, seed: int = 0, shift: float = 0.0) -> np.ndarray:
+    """Pixel statistics (22 of them, covidct.data.pixels) of one source's images; `shift` moves them as another
+    reconstruction or window would."""
+    return np.random.default_rng(seed).normal(0.0, 1.0, (n, len(PIXEL_STATISTICS))) + shift
+
+
+def test_the_pixel_half_flags_another_source_and_combines_on_the_two_halves_footing(tmp_path):
+    train, val = gaussian(300), gaussian(200, seed=1)
+    framing = (framing_stats(300), framing_stats(200, 1))
+    detector = fit_detector(
+        train, val, "arch", "mahalanobis", framing=framing, pixels=(pixel_stats(300), pixel_stats(200, 1))
+    )
+    two = fit_detector(train, val, "arch", "mahalanobis", framing=framing)  # the same, without the pixel half
+    both = detector.score(val, framing[1], pixel_stats(200, 1))
+    assert detector.threshold == pytest.approx(np.percentile(both, 95))  # the combined score's percentile
+    pixels_alone = detector.pixels.score(pixel_stats(200, 1))
+    two_ref = np.percentile(two.score(val, framing[1]), 95)
+    np.testing.assert_allclose(both, np.maximum(two.score(val, framing[1]), pixels_alone / detector.pixels.threshold
+                                                * two_ref))  # fmt: skip
+    same = gaussian(200, seed=2)
+    assert detector.flags(detector.score(same, framing_stats(200, 2), pixel_stats(200, 2))).mean() <= 0.12
+    assert detector.flags(detector.score(same, framing_stats(200, 2), pixel_stats(200, 2, shift=2.0))).mean() >= 0.95
+    detector.save(tmp_path)
+    loaded = OODDetector.load(tmp_path)
+    assert loaded is not None and loaded.pixel_ref == pytest.approx(detector.pixel_ref)
+    np.testing.assert_allclose(loaded.score(same, framing_stats(200, 2), pixel_stats(200, 2)),
+                               detector.score(same, framing_stats(200, 2), pixel_stats(200, 2)), rtol=1e-5)  # fmt: skip
+    with pytest.raises(ModelError, match="pixel statistics"):  # the pixel half cannot be skipped by mistake
+        loaded.score(same, framing_stats(200, 2))
+    card = json.loads((tmp_path / "ood.json").read_text())
+    (tmp_path / "ood.json").write_text(json.dumps({**card, "pixels": {**card["pixels"], "ref": "none"}}))
+    with pytest.raises(ModelError, match="pixels half of the detector is damaged"):
+        OODDetector.load(tmp_path)
+    (tmp_path / "ood.json").write_text(json.dumps({k: v for k, v in card.items() if k != "pixels"}))
+    older = OODDetector.load(tmp_path)  # a detector saved before the pixel half: two halves, as it was fitted
+    assert older is not None and older.pixels is None
+    assert len(older.score(same, framing_stats(200, 2))) == 200

@@ -326,6 +326,7 @@ class ImageDataset(Dataset):
         self.cache = bool(cache)
         self._images: dict[int, np.ndarray] = {}
         self.framing = False  # items also carry the image's framing statistics (data/framing.py), from one decode
+        self.pixels = False  # and its pixel statistics (data/pixels.py)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -333,13 +334,14 @@ class ImageDataset(Dataset):
     def with_transform(self, transform: Callable | None) -> ImageDataset:
         """The same images (and what was decoded of them) under another transform."""
         other = ImageDataset(self.samples, transform, cache=self.store if self.store is not None else self.cache)
-        other._images, other.framing = self._images, self.framing
+        other._images, other.framing, other.pixels = self._images, self.framing, self.pixels
         return other
 
-    def with_framing(self) -> ImageDataset:
-        """The same images, each item also carrying "framing": its framing statistics before the transform."""
+    def with_framing(self, pixels: bool = False) -> ImageDataset:
+        """The same images, each item also carrying "framing": its framing statistics before the transform (and
+        with `pixels`, "pixels": its pixel statistics), from the same decode."""
         other = self.with_transform(self.transform)
-        other.framing = True
+        other.framing, other.pixels = True, pixels
         return other
 
     def preload(self, progress: bool = False) -> None:
@@ -378,4 +380,8 @@ class ImageDataset(Dataset):
             from covidct.data.framing import framing_statistics
 
             item["framing"] = framing_statistics(img)
+        if self.pixels:
+            from covidct.data.pixels import pixel_statistics
+
+            item["pixels"] = pixel_statistics(img)
         return item

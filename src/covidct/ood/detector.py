@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from covidct.data.framing import FRAMING_STATISTICS, RESOLUTION
+from covidct.data.pixels import PIXEL_STATISTICS
 from covidct.errors import ModelError
 from covidct.ood.acquisition import Acquisition, AcquisitionRecord
 
@@ -61,6 +62,10 @@ class OODDetector:
     # percentile (refs), so that neither half's units dominate. None: features only (detectors before 2026-12-02).
     framing: OODDetector | None = None
     refs: tuple[float, float] = (1.0, 1.0)
+    # The pixel half (covidct.data.pixels: the central region's histogram, noise and texture), combined the same way
+    # with its own validation percentile (pixel_ref). None: no pixel half (detectors before 2026-12-02 morning).
+    pixels: OODDetector | None = None
+    pixel_ref: float = 1.0
 
     def standardise(self, features: np.ndarray) -> np.ndarray:
         features = np.asarray(features, dtype=np.float64)
@@ -72,11 +77,14 @@ class OODDetector:
             )
         return (features - self.center) / self.scale
 
-    def score(self, features: np.ndarray, framing: np.ndarray | None = None) -> np.ndarray:
-        """Higher = less like the training images. `framing`: the images' framing statistics (N x 3), needed when
-        the detector has a framing half. NumPy's BLAS on one thread: a batch's product takes about a millisecond,
-        and OpenBLAS's worker threads then spin for a while, taking the cores from the network's next forward pass
-        (measured: +21% on a prediction with them, +5% without: benchmarks/OOD.md)."""
+    def score(
+        self, features: np.ndarray, framing: np.ndarray | None = None, pixels: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Higher = less like the training images. `framing` and `pixels`: the images' framing and pixel statistics
+        (covidct.data.framing_of, covidct.data.pixels.pixels_of), needed when the detector has those halves.
+        NumPy's BLAS on one thread: a batch's product takes about a millisecond, and OpenBLAS's worker threads
+        then spin for a while, taking the cores from the network's next forward pass (measured: +21% on a
+        prediction with them, +5% without: benchmarks/OOD.md)."""
         with one_blas_thread():
             scores = ood_scores(self.method, self.standardise(features), self.bank, self.location, self.k)
         if self.framing is None:
@@ -84,7 +92,13 @@ class OODDetector:
         if framing is None:
             raise ModelError("this out-of-distribution detector also checks the images' framing: pass their "
                              "framing statistics (covidct.data.framing.framing_of)")  # fmt: skip
-        return np.maximum(scores / self.refs[0], self.framing.score(framing) / self.refs[1])
+        scores = np.maximum(scores / self.refs[0], self.framing.score(framing) / self.refs[1])
+        if self.pixels is None:
+            return scores
+        if pixels is None:
+            raise ModelError("this out-of-distribution detector also checks the images' pixel statistics: pass "
+                             "them (covidct.data.pixels.pixels_of)")  # fmt: skip
+        return np.maximum(scores, self.pixels.score(pixels) / self.pixel_ref)
 
     def flags(self, scores: np.ndarray) -> np.ndarray:
         """True where an image is out of distribution (its score above the threshold)."""
@@ -100,6 +114,9 @@ class OODDetector:
         if self.framing is not None:
             record["framing"] = {"statistics": list(FRAMING_STATISTICS), "refs": list(self.refs),
                                  "threshold": self.framing.threshold, "method": self.framing.method}  # fmt: skip
+        if self.pixels is not None:
+            record["pixels"] = {"statistics": list(PIXEL_STATISTICS), "ref": self.pixel_ref,
+                                "threshold": self.pixels.threshold, "method": self.pixels.method}  # fmt: skip
         return {"format": FORMAT, "method": self.method, "k": self.k, "architecture": self.architecture,
                 "feature_dim": self.feature_dim, "threshold": self.threshold, "percentile": self.percentile,
                 **self.info, **record}  # fmt: skip
@@ -118,8 +135,9 @@ class OODDetector:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         arrays = _arrays(self)
-        if self.framing is not None:
-            arrays.update({f"framing.{k}": v for k, v in _arrays(self.framing).items()})
+        for name, half in (("framing", self.framing), ("pixels", self.pixels)):
+            if half is not None:
+                arrays.update({f"{name}.{k}": v for k, v in _arrays(half).items()})
         atomic_write(folder / WEIGHTS, lambda p: save_file(arrays, str(p)))
         write_json(folder / CARD, self.describe())
         return folder / CARD
@@ -158,6 +176,8 @@ class OODDetector:
             detector.acquisitions = AcquisitionRecord.from_json(card["acquisitions"], str(card_path))
         if card.get("framing") is not None:
             detector.framing, detector.refs = _framing_half(card["framing"], arrays, str(card_path))
+        if card.get("pixels") is not None and detector.framing is not None:
+            detector.pixels, detector.pixel_ref = _pixels_half(card["pixels"], arrays, str(card_path))
         return detector
 
 
@@ -168,22 +188,42 @@ def _arrays(detector: OODDetector) -> dict[str, np.ndarray]:
 
 def _framing_half(card: Any, arrays: dict[str, np.ndarray], where: str) -> tuple[OODDetector, tuple[float, float]]:
     """The framing half saved in ood.json's "framing" and the "framing." arrays; a damaged one refused."""
-    n = len(FRAMING_STATISTICS)
     try:
-        half = {k: arrays[f"framing.{k}"].astype(np.float64) for k in ("center", "scale", "bank", "location")}
         refs = (float(card["refs"][0]), float(card["refs"][1]))
-        ok = (list(card["statistics"]) == list(FRAMING_STATISTICS) and half["center"].shape == (n,)
-              and half["bank"].shape[0] == n and half["location"].shape == (half["bank"].shape[1] + 1,)
-              and min(refs) > 0)  # fmt: skip
     except (KeyError, TypeError, ValueError, IndexError) as e:
-        raise ModelError(f"{where}: the framing half of the detector is damaged ({type(e).__name__}: {e}); "
-                         "refit it with covidct ood fit RUN") from None  # fmt: skip
+        raise _damaged(where, "framing", e) from None
+    return _half("framing", FRAMING_STATISTICS, card, arrays, where, min(refs) > 0), refs
+
+
+def _pixels_half(card: Any, arrays: dict[str, np.ndarray], where: str) -> tuple[OODDetector, float]:
+    """The pixel half saved in ood.json's "pixels" and the "pixels." arrays; a damaged one refused."""
+    try:
+        ref = float(card["ref"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise _damaged(where, "pixels", e) from None
+    return _half("pixels", PIXEL_STATISTICS, card, arrays, where, ref > 0), ref
+
+
+def _half(name: str, statistics: tuple[str, ...], card: Any, arrays: dict[str, np.ndarray], where: str,
+          refs_ok: bool) -> OODDetector:  # fmt: skip
+    n = len(statistics)
+    try:
+        half = {k: arrays[f"{name}.{k}"].astype(np.float64) for k in ("center", "scale", "bank", "location")}
+        ok = (refs_ok and list(card["statistics"]) == list(statistics) and half["center"].shape == (n,)
+              and half["bank"].shape[0] == n and half["location"].shape == (half["bank"].shape[1] + 1,))  # fmt: skip
+        threshold = float(card["threshold"])
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        raise _damaged(where, name, e) from None
     if not ok:
-        raise ModelError(f"{where}: the framing half of the detector does not match {FRAMING_STATISTICS}; refit it "
+        raise ModelError(f"{where}: the {name} half of the detector does not match {statistics[:3]}...; refit it "
                          "with covidct ood fit RUN")  # fmt: skip
-    detector = OODDetector("mahalanobis", "framing", n, half["center"], half["scale"], half["bank"],
-                           half["location"], float(card["threshold"]), 95.0)  # fmt: skip
-    return detector, refs
+    return OODDetector("mahalanobis", name, n, half["center"], half["scale"], half["bank"], half["location"],
+                       threshold, 95.0)  # fmt: skip
+
+
+def _damaged(where: str, name: str, e: Exception) -> ModelError:
+    return ModelError(f"{where}: the {name} half of the detector is damaged ({type(e).__name__}: {e}); refit it with "
+                      "covidct ood fit RUN")  # fmt: skip
 
 
 @functools.cache
@@ -199,7 +239,7 @@ def one_blas_thread() -> Any:
 
 
 _CARD_KEYS = {"format", "method", "k", "architecture", "feature_dim", "threshold", "percentile", "acquisitions",
-              "framing"}  # fmt: skip
+              "framing", "pixels"}  # fmt: skip
 
 
 def _unit(z: np.ndarray) -> np.ndarray:
@@ -250,10 +290,12 @@ def fit_detector(
     info: dict[str, Any] | None = None,
     framing: tuple[np.ndarray, np.ndarray] | None = None,
     min_scale: np.ndarray | tuple[float, ...] | None = None,
+    pixels: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> OODDetector:
     """Fit on the training images' features; the threshold is the `percentile` of the validation images' scores
     (never the training images': their own neighbour is themselves). `framing`: the (train, val) images' framing
     statistics, for a framing half (Mahalanobis) whose score is combined with the features' (OODDetector.score).
+    `pixels`: the (train, val) images' pixel statistics, for a third half (Mahalanobis), with a framing half only.
     `min_scale`: the smallest spread each feature is standardised by (the framing statistics' RESOLUTION); with it,
     no direction's variance is below 1 after standardising either: a difference under the resolution is noise
     (a source whose images are all framed alike would otherwise flag float rounding)."""
@@ -283,6 +325,11 @@ def fit_detector(
         detector.framing = half
         detector.refs = (max(float(np.percentile(val_scores, percentile)), 1e-9), max(half.threshold, MIN_FRAMING_REF))
         val_scores = detector.score(val, framing[1])
+        if pixels is not None:  # its percentile put on the two halves' own (as measured: benchmarks/OOD.md)
+            detector.pixels = fit_detector(pixels[0], pixels[1], "pixels", "mahalanobis", percentile)
+            two = max(float(np.percentile(val_scores, percentile)), 1e-9)
+            detector.pixel_ref = max(detector.pixels.threshold, 1e-9) / two
+            val_scores = detector.score(val, framing[1], pixels[1])
     detector.threshold = float(np.percentile(val_scores, percentile))
     detector.info = {**(info or {}), "n_train": len(train), "n_val": len(val),
                      "val_flagged": float(np.mean(detector.flags(val_scores)))}  # fmt: skip

@@ -21,24 +21,26 @@ DEFAULT_METHOD = "mahalanobis"  # chosen on held-out sources and framing changes
 
 
 @torch.no_grad()
-def _one_pass(net: nn.Module, dataset: Dataset, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """(logits N x 2, detector features N x D, framing N x 3 when the items carry it) of every item, one pass."""
+def _one_pass(net: nn.Module, dataset: Dataset, batch_size: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """(logits N x 2, detector features N x D, {"framing": N x 3, "pixels": N x 22} for what the items carry) of
+    every item, one pass."""
     was_training = net.training
     net.eval()
     device = next(net.parameters()).device
-    logits, feats, framing = [], [], []
+    logits, feats, extras = [], [], {}  # type: ignore[var-annotated]
     try:
         for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0):
             lg, f = logits_and_features(net, batch["image"].to(device))
             logits.append(lg.float().cpu().numpy())
             feats.append(f.cpu().numpy())
-            if "framing" in batch:
-                framing.append(batch["framing"].numpy())
+            for key in ("framing", "pixels"):
+                if key in batch:
+                    extras.setdefault(key, []).append(batch[key].numpy())
     finally:
         net.train(was_training)
     if not feats:
-        return np.zeros((0, 2)), np.zeros((0, 0)), None
-    return np.concatenate(logits), np.concatenate(feats), np.concatenate(framing) if framing else None
+        return np.zeros((0, 2)), np.zeros((0, 0)), {}
+    return np.concatenate(logits), np.concatenate(feats), {k: np.concatenate(v) for k, v in extras.items()}
 
 
 def dataset_outputs(net: nn.Module, dataset: Dataset, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
@@ -70,12 +72,10 @@ def fit_for_network(
     info: dict[str, Any] | None = None,
 ) -> OODDetector:
     start = time.perf_counter()
-    # features and framing from one decode of each image (ImageDataset.with_framing)
-    (_, train_feats, train_framing), (_, val_feats, val_framing) = (
-        _one_pass(net, ds.with_framing(), 32) for ds in (train, val)
-    )
+    # features, framing and pixel statistics from one decode of each image (ImageDataset.with_framing)
+    (_, train_feats, tr), (_, val_feats, va) = (_one_pass(net, ds.with_framing(pixels=True), 32) for ds in (train, val))
     detector = fit_detector(train_feats, val_feats, architecture, method, percentile, info=info,
-                            framing=(train_framing, val_framing))  # fmt: skip
+                            framing=(tr["framing"], va["framing"]), pixels=(tr["pixels"], va["pixels"]))  # fmt: skip
     detector.info["fit_seconds"] = round(time.perf_counter() - start, 1)
     log.info(
         "out-of-distribution detector (%s) fitted on %d images in %.0f s; %.1f%% of validation images flagged",
