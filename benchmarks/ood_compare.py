@@ -178,8 +178,8 @@ def main() -> None:
     methods["framing statistics alone (aspect, empty rows and columns)"] = lambda k, det=det: det.score(framing[k])
     two = fit_detector(out["train"][1], out["val"][1], model.architecture, "mahalanobis",
                        framing=(framing["train"], framing["val"]))  # fmt: skip
-    methods["mahalanobis on stage statistics + pooled, with framing (shipped before 2026-12-02 morning)"] = (
-        lambda k: two.score(out[k][1], framing[k])
+    methods["mahalanobis on stage statistics + pooled, with framing (shipped before 2026-12-02 morning)"] = lambda k: (
+        two.score(out[k][1], framing[k])
     )
     pixels = {k: pixels_of(v) for k, v in imgs.items()}  # of the central region (covidct.data.pixels)
     det = fit_detector(pixels["train"], pixels["val"], "pixels", "mahalanobis")
