@@ -184,25 +184,20 @@ def main() -> None:
     pixels = {k: pixels_of(v) for k, v in imgs.items()}  # of the central region (covidct.data.pixels)
     det = fit_detector(pixels["train"], pixels["val"], "pixels", "mahalanobis")
     methods["pixel statistics of the central region alone"] = lambda k, det=det: det.score(pixels[k])
+    shipped = fit_detector(out["train"][1], out["val"][1], model.architecture, "mahalanobis",
+                           framing=(framing["train"], framing["val"]),
+                           pixels=(pixels["train"], pixels["val"]))  # fmt: skip
+    methods["shipped: stage statistics + pooled, with framing and pixels"] = lambda k: shipped.score(
+        out[k][1], framing[k], pixels[k]
+    )
     # the shape check (ood/acquisition.py), as predict runs it beside the detector: an image whose aspect lies
-    # outside the training images' central range is flagged whatever its score (scored here as +1e6); the detector's
-    # threshold counts the validation images it flags (detector.union_threshold)
+    # outside the training images' central range is flagged whatever its score (scored here as +1e6)
     record = AcquisitionRecord.of(Acquisition(IMAGE_FILE, aspect=im.size[0] / im.size[1]) for im in imgs["train"])
     odd = {k: np.array([record.unseen(Acquisition(IMAGE_FILE, aspect=im.size[0] / im.size[1])) is not None
                         for im in v]) for k, v in imgs.items()}  # fmt: skip
-    shipped = fit_detector(out["train"][1], out["val"][1], model.architecture, "mahalanobis",
-                           framing=(framing["train"], framing["val"]), pixels=(pixels["train"], pixels["val"]),
-                           also_flagged=odd["val"])  # fmt: skip
-    alone = "shipped: stage statistics + pooled, with framing and pixels (its score alone)"
-    methods[alone] = lambda k: shipped.score(out[k][1], framing[k], pixels[k])
     name = "shipped with the shape check (as predict runs it)"
     methods[name] = lambda k: shipped.score(out[k][1], framing[k], pixels[k]) + 1e6 * odd[k]
-    fixed = {alone: shipped.threshold, name: shipped.threshold}
-    two_u = fit_detector(out["train"][1], out["val"][1], model.architecture, "mahalanobis",
-                         framing=(framing["train"], framing["val"]), also_flagged=odd["val"])  # fmt: skip
-    name = "features with framing (no pixel half), with the shape check"
-    methods[name] = lambda k: two_u.score(out[k][1], framing[k]) + 1e6 * odd[k]
-    fixed[name] = two_u.threshold
+    fixed = {name: shipped.threshold}  # the detector's own threshold; the shape check adds its flags
     for method in ("mahalanobis", "knn"):
         for feats, pick in (("pooled features", lambda f: f[:, width:]), ("stage statistics + pooled", lambda f: f)):
             det = fit_detector(pick(out["train"][1]), pick(out["val"][1]), model.architecture, method)

@@ -9,7 +9,7 @@ from sklearn.covariance import LedoitWolf
 
 from covidct.data.pixels import PIXEL_STATISTICS
 from covidct.errors import ModelError
-from covidct.ood.detector import METHODS, OODDetector, fit_detector, union_threshold
+from covidct.ood.detector import METHODS, OODDetector, fit_detector
 
 
 def gaussian(n: int, dim: int = 40, shift: float = 0.0, seed: int = 0) -> np.ndarray:
@@ -199,22 +199,3 @@ def test_the_pixel_half_flags_another_source_and_combines_on_the_two_halves_foot
     older = OODDetector.load(tmp_path)  # a detector saved before the pixel half: two halves, as it was fitted
     assert older is not None and older.pixels is None
     assert len(older.score(same, framing_stats(200, 2))) == 200
-
-
-def test_the_threshold_counts_what_the_other_checks_flag_in_the_validation_share():
-    """About 5% of validation flagged in all, whether by score or by the acquisition and shape checks."""
-    scores = np.random.default_rng(0).normal(size=400)
-    none = np.zeros(400, dtype=bool)
-    assert union_threshold(scores, 95.0, none) == pytest.approx(np.percentile(scores, 95))
-    also = none.copy()
-    also[np.argsort(scores)[:8]] = True  # 2% flagged by their shape, whatever their (low) scores
-    t = union_threshold(scores, 95.0, also)
-    assert ((scores > t) | also).mean() == pytest.approx(0.05, abs=0.003)
-    assert t > np.percentile(scores, 95)  # the score's share shrinks by what the other checks took
-    many = none.copy()
-    many[:40] = True  # 10%: more than the share already
-    assert not (scores[~many] > union_threshold(scores, 95.0, many)).any()
-    rng = np.random.default_rng(1)
-    shape = np.arange(60) < 2  # two validation images flagged by their shape
-    det = fit_detector(rng.normal(size=(100, 4)), rng.normal(size=(60, 4)), "arch", "mahalanobis", also_flagged=shape)
-    assert det.info["val_flagged"] == pytest.approx(0.05, abs=0.02)

@@ -6,9 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from covidct.ood.acquisition import AcquisitionRecord, of_file
+from covidct.ood.acquisition import AcquisitionRecord
 from covidct.ood.detector import DEFAULT_PERCENTILE, OODDetector
 from covidct.ood.fit import DEFAULT_METHOD, fit_for_network
 
@@ -41,12 +39,9 @@ def fit_and_save(
     model = load_checkpoint(run.checkpoint("best"), run)
     info = {"fitted_on": sorted({s.source or "train" for s in train.samples}), "split": "train",
             "threshold_on": "val"}  # fmt: skip
-    record = AcquisitionRecord.of_paths(s.path for s in train.samples)
-    # the validation images the acquisition and shape checks flag count towards the validation share flagged
-    unseen = np.array([record.unseen(of_file(s.path)) is not None for s in val.samples], dtype=bool)
     detector = fit_for_network(model.scoring()[0], model.architecture, train.with_transform(model.transform),
-                               val.with_transform(model.transform), method, percentile, info, unseen)  # fmt: skip
-    detector.acquisitions = record
+                               val.with_transform(model.transform), method, percentile, info)  # fmt: skip
+    detector.acquisitions = AcquisitionRecord.of_paths(s.path for s in train.samples)
     save_for_run(run, detector)
     return detector
 

@@ -291,13 +291,11 @@ def fit_detector(
     framing: tuple[np.ndarray, np.ndarray] | None = None,
     min_scale: np.ndarray | tuple[float, ...] | None = None,
     pixels: tuple[np.ndarray, np.ndarray] | None = None,
-    also_flagged: np.ndarray | None = None,
 ) -> OODDetector:
     """Fit on the training images' features; the threshold is the `percentile` of the validation images' scores
     (never the training images': their own neighbour is themselves). `framing`: the (train, val) images' framing
     statistics, for a framing half (Mahalanobis) whose score is combined with the features' (OODDetector.score).
     `pixels`: the (train, val) images' pixel statistics, for a third half (Mahalanobis), with a framing half only.
-    `also_flagged`: validation images that another check flags whatever their score (union_threshold).
     `min_scale`: the smallest spread each feature is standardised by (the framing statistics' RESOLUTION); with it,
     no direction's variance is below 1 after standardising either: a difference under the resolution is noise
     (a source whose images are all framed alike would otherwise flag float rounding)."""
@@ -323,38 +321,16 @@ def fit_detector(
     detector = OODDetector(method, architecture, train.shape[1], center, scale, bank, location, 0.0, percentile, k)
     val_scores = detector.score(val)
     if framing is not None:
-        val_scores = _add_input_halves(detector, val, val_scores, framing, pixels, percentile)
-    also = np.zeros(len(val), dtype=bool) if also_flagged is None else np.asarray(also_flagged, dtype=bool)
-    detector.threshold = union_threshold(val_scores, percentile, also)
+        half = fit_detector(framing[0], framing[1], "framing", "mahalanobis", percentile, min_scale=RESOLUTION)
+        detector.framing = half
+        detector.refs = (max(float(np.percentile(val_scores, percentile)), 1e-9), max(half.threshold, MIN_FRAMING_REF))
+        val_scores = detector.score(val, framing[1])
+        if pixels is not None:  # its percentile put on the two halves' own (as measured: benchmarks/OOD.md)
+            detector.pixels = fit_detector(pixels[0], pixels[1], "pixels", "mahalanobis", percentile)
+            two = max(float(np.percentile(val_scores, percentile)), 1e-9)
+            detector.pixel_ref = max(detector.pixels.threshold, 1e-9) / two
+            val_scores = detector.score(val, framing[1], pixels[1])
+    detector.threshold = float(np.percentile(val_scores, percentile))
     detector.info = {**(info or {}), "n_train": len(train), "n_val": len(val),
-                     "val_flagged": float(np.mean(detector.flags(val_scores) | also))}  # fmt: skip
+                     "val_flagged": float(np.mean(detector.flags(val_scores)))}  # fmt: skip
     return detector
-
-
-def _add_input_halves(detector: OODDetector, val: np.ndarray, val_scores: np.ndarray, framing: tuple, pixels: Any,
-                      percentile: float) -> np.ndarray:  # fmt: skip
-    """Fit the framing half (and the pixel half) beside the features' detector; the combined validation scores."""
-    half = fit_detector(framing[0], framing[1], "framing", "mahalanobis", percentile, min_scale=RESOLUTION)
-    detector.framing = half
-    detector.refs = (max(float(np.percentile(val_scores, percentile)), 1e-9), max(half.threshold, MIN_FRAMING_REF))
-    val_scores = detector.score(val, framing[1])
-    if pixels is not None:  # its percentile put on the two halves' own (as measured: benchmarks/OOD.md)
-        detector.pixels = fit_detector(pixels[0], pixels[1], "pixels", "mahalanobis", percentile)
-        two = max(float(np.percentile(val_scores, percentile)), 1e-9)
-        detector.pixel_ref = max(detector.pixels.threshold, 1e-9) / two
-        val_scores = detector.score(val, framing[1], pixels[1])
-    return val_scores
-
-
-def union_threshold(scores: np.ndarray, percentile: float, also: np.ndarray) -> float:
-    """The score threshold at which (100 - percentile)% of the validation images are flagged in all: by their score,
-    or by a check that flags them whatever their score (`also`: the acquisition and shape checks, acquisition.py).
-    With none of those, the `percentile` of the scores. When those checks alone flag the share or more, nothing
-    more is flagged by score on validation."""
-    rest = np.asarray(scores)[~also]
-    budget = (1 - percentile / 100) * len(scores) - int(also.sum())
-    if not also.any():
-        return float(np.percentile(scores, percentile))
-    if len(rest) == 0 or budget <= 0:
-        return float(np.max(scores))
-    return float(np.percentile(rest, 100 * (1 - budget / len(rest))))

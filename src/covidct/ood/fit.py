@@ -70,16 +70,12 @@ def fit_for_network(
     method: str = DEFAULT_METHOD,
     percentile: float = DEFAULT_PERCENTILE,
     info: dict[str, Any] | None = None,
-    val_flagged: np.ndarray | None = None,
 ) -> OODDetector:
-    """The detector of `net` fitted on `train`, its threshold on `val` (`val_flagged`: validation images another
-    check flags whatever their score, counted in the validation share: detector.union_threshold)."""
     start = time.perf_counter()
     # features, framing and pixel statistics from one decode of each image (ImageDataset.with_framing)
     (_, train_feats, tr), (_, val_feats, va) = (_one_pass(net, ds.with_framing(pixels=True), 32) for ds in (train, val))
     detector = fit_detector(train_feats, val_feats, architecture, method, percentile, info=info,
-                            framing=(tr["framing"], va["framing"]), pixels=(tr["pixels"], va["pixels"]),
-                            also_flagged=val_flagged)  # fmt: skip
+                            framing=(tr["framing"], va["framing"]), pixels=(tr["pixels"], va["pixels"]))  # fmt: skip
     detector.info["fit_seconds"] = round(time.perf_counter() - start, 1)
     log.info(
         "out-of-distribution detector (%s) fitted on %d images in %.0f s; %.1f%% of validation images flagged",
