@@ -67,6 +67,9 @@ def test_two_source_training_external_evaluation_and_card(two_sources, tmp_path,
     stopping = next(k for k in last["callbacks"] if k.startswith("EarlyStopping"))
     assert "'monitor': 'val_auc_mean'" in stopping  # early stopping watched the explicit monitor
     assert "optimizer_states" not in ckpt and "optimizer_states" in last  # best: weights only; last: for resume
+    card = json.loads((run / "ood" / "ood.json").read_text())
+    assert card["fitted_on"] == ["covid-ct", "sars-cov-2-ct"] and "framing" in card
+    assert "pixels" not in card  # two sources: no pixel half (one Gaussian would put the smaller source in its tail)
 
     assert main(["evaluate", str(run), "--split", "test", "--bootstrap", "0"]) == 0
     m = json.loads((run / "eval-test" / "metrics.json").read_text())

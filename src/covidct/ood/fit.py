@@ -70,12 +70,15 @@ def fit_for_network(
     method: str = DEFAULT_METHOD,
     percentile: float = DEFAULT_PERCENTILE,
     info: dict[str, Any] | None = None,
+    pixels: bool = True,
 ) -> OODDetector:
+    """The detector of `net`, fitted on `train` with its threshold on `val`; `pixels`: with the pixel half."""
     start = time.perf_counter()
     # features, framing and pixel statistics from one decode of each image (ImageDataset.with_framing)
-    (_, train_feats, tr), (_, val_feats, va) = (_one_pass(net, ds.with_framing(pixels=True), 32) for ds in (train, val))
+    (_, train_feats, tr), (_, val_feats, va) = (_one_pass(net, ds.with_framing(pixels), 32) for ds in (train, val))
     detector = fit_detector(train_feats, val_feats, architecture, method, percentile, info=info,
-                            framing=(tr["framing"], va["framing"]), pixels=(tr["pixels"], va["pixels"]))  # fmt: skip
+                            framing=(tr["framing"], va["framing"]),
+                            pixels=(tr["pixels"], va["pixels"]) if pixels else None)  # fmt: skip
     detector.info["fit_seconds"] = round(time.perf_counter() - start, 1)
     log.info(
         "out-of-distribution detector (%s) fitted on %d images in %.0f s; %.1f%% of validation images flagged",
