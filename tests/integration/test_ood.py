@@ -12,10 +12,11 @@ from PIL import Image
 
 from covidct.cli import main
 from covidct.data import ImageDataset, load_rgb
+from covidct.data.framing import framing_of
 from covidct.data.pixels import pixels_of
 from covidct.errors import ModelError
 from covidct.inference.load import load_trained
-from covidct.ood.fit import dataset_features, dataset_framing
+from covidct.ood.fit import dataset_features
 from covidct.runs import RunDir
 
 
@@ -37,7 +38,7 @@ def test_training_fits_a_detector_with_its_threshold_on_validation(trained_run):
     val = ImageDataset(run.data().splits["val"], model.transform)
     features = dataset_features(model.scoring()[0], val)  # the network that scores and fits
     images = [val.image(i) for i in range(len(val))]
-    scores = model.ood.score(features, dataset_framing(val), pixels_of(images))
+    scores = model.ood.score(features, framing_of(images), pixels_of(images))
     assert card["threshold"] == pytest.approx(np.percentile(scores, card["percentile"]), rel=1e-6)
     assert card["framing"]["statistics"] == ["log_aspect", "dark_rows", "dark_columns"]
     assert card["pixels"]["statistics"][-2:] == ["noise", "texture"]

@@ -54,14 +54,6 @@ def dataset_features(net: nn.Module, dataset: Dataset, batch_size: int = 32) -> 
     return dataset_outputs(net, dataset, batch_size)[1]
 
 
-def dataset_framing(dataset: Any) -> np.ndarray:
-    """Framing statistics (covidct.data.framing) of every image of an ImageDataset as decoded, before its
-    transform: what the training loop already decoded is not decoded again."""
-    from covidct.data.framing import framing_of
-
-    return framing_of(dataset.image(i) for i in range(len(dataset)))
-
-
 def fit_for_network(
     net: nn.Module,
     architecture: str,
