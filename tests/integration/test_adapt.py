@@ -61,10 +61,26 @@ def test_the_adapted_model_is_an_ordinary_run_that_names_its_site(trained_run, t
     assert model.card["adaptation"]["strategy"].startswith("lp-ft")
     assert model.card["threshold"] == pytest.approx(json.loads((run / "threshold.json").read_text())["threshold"])
     assert model.ood is not None and model.ood.info["n_train"] == 16 + 30  # its training images and the site's
+    site_detector = model.ood.others[0]  # the site's own detector, thresholded on its patients held out in turn
+    assert site_detector.info["source"] == "site" and site_detector.info["n_train"] == 30
+    assert site_detector.info["threshold_on"] == "out of fold (5 folds by group)"
+    before = json.loads((run / "ood" / "ood.json").read_text())
+    assert main(["ood", "fit", str(run)]) == 0  # a refit keeps the site (found where the adaptation record says)
+    assert "site: 30 images, threshold on out of fold" in capsys.readouterr().out
+    after = json.loads((run / "ood" / "ood.json").read_text())
+    assert after["per_source"] == before["per_source"] and after["sources"][0]["threshold"] == pytest.approx(
+        before["sources"][0]["threshold"]
+    )
     image = next((tmp_path / "site").glob("*.png"))
     assert main(["predict", str(run), str(image), "--out", str(tmp_path / "p.csv")]) == 0
     assert main(["evaluate", str(run), "--split", "test", "--bootstrap", "0"]) == 0
     assert main(["export", str(run)]) == 0 and load_trained(run / "export").card["adaptation"]["images"] == 30
+    summary = json.loads((run / "summary.json").read_text())  # adapted before the record said where the site is
+    del summary["adaptation"]["site_spec"]
+    (run / "summary.json").write_text(json.dumps(summary))
+    capsys.readouterr()
+    assert main(["ood", "fit", str(run)]) != 0 and "pass --site NAME=PATH" in capsys.readouterr().err
+    assert json.loads((run / "ood" / "ood.json").read_text()) == after  # refused: nothing touched
 
 
 def test_bad_sites_are_refused_with_nothing_written(trained_run, tmp_path, capsys):

@@ -69,7 +69,10 @@ def test_two_source_training_external_evaluation_and_card(two_sources, tmp_path,
     assert "optimizer_states" not in ckpt and "optimizer_states" in last  # best: weights only; last: for resume
     card = json.loads((run / "ood" / "ood.json").read_text())
     assert card["fitted_on"] == ["covid-ct", "sars-cov-2-ct"] and "framing" in card
-    assert "pixels" not in card  # two sources: no pixel half (one Gaussian would put the smaller source in its tail)
+    # one detector per source (one Gaussian over both would put the smaller source in its tail), each with all halves
+    assert "pixels" in card and [o["source"] for o in card["sources"]] == ["sars-cov-2-ct"]
+    assert [p["source"] for p in card["per_source"]] == ["covid-ct", "sars-cov-2-ct"]
+    assert [p["n_train"] for p in card["per_source"]] == [16, 16] and card["sources"][0]["threshold_on"] == "val"
 
     assert main(["evaluate", str(run), "--split", "test", "--bootstrap", "0"]) == 0
     m = json.loads((run / "eval-test" / "metrics.json").read_text())

@@ -84,6 +84,11 @@ def test_an_image_shaped_unlike_the_training_images_is_flagged(tmp_path):
     site = Acquisition(DICOM, "SIEMENS", "B70F", 0.7, 1.0)  # a site's few slices: judged by their headers alone
     mixed = AcquisitionRecord.of([Acquisition(IMAGE_FILE, aspect=1.5)] * 300 + [site])
     assert mixed.aspect == (1.5, 1.5) and mixed.unseen(site) is None
+    square_site = [Acquisition(IMAGE_FILE, aspect=1.5)] * 300 + [Acquisition(IMAGE_FILE, aspect=1.0)] * 2
+    pooled = AcquisitionRecord.of(square_site)  # a site's two square images: the big source's outliers...
+    assert pooled.aspect == (1.5, 1.5) and pooled.unseen(Acquisition(IMAGE_FILE, aspect=1.0)) is not None
+    by_source = AcquisitionRecord.of(square_site, ["a"] * 300 + ["site"] * 2)  # ...unless each source has its range
+    assert by_source.aspect == (1.0, 1.5) and by_source.unseen(Acquisition(IMAGE_FILE, aspect=1.0)) is None
     assert "image aspects 1.33-2.00" in record.summary()
     assert upload_acquisition((tmp_path / "0.png").read_bytes()) == Acquisition(IMAGE_FILE, aspect=40 / 30)
     _detector(record).save(tmp_path / "det")

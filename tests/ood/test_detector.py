@@ -9,7 +9,7 @@ from sklearn.covariance import LedoitWolf
 
 from covidct.data.pixels import PIXEL_STATISTICS
 from covidct.errors import ModelError
-from covidct.ood.detector import METHODS, OODDetector, fit_detector
+from covidct.ood.detector import METHODS, OODDetector, fit_detector, fit_out_of_fold
 
 
 def gaussian(n: int, dim: int = 40, shift: float = 0.0, seed: int = 0) -> np.ndarray:
@@ -199,3 +199,26 @@ def test_the_pixel_half_flags_another_source_and_combines_on_the_two_halves_foot
     older = OODDetector.load(tmp_path)  # a detector saved before the pixel half: two halves, as it was fitted
     assert older is not None and older.pixels is None
     assert len(older.score(same, framing_stats(200, 2))) == 200
+
+
+def patients(n_groups: int, per: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Images of `n_groups` patients, `per` each: a patient's images lie close together around its own offset."""
+    offsets = np.random.default_rng(seed).normal(0.0, 1.0, (n_groups, 40))
+    images = [0.3 * gaussian(per, seed=seed * 1000 + g) + offsets[g] for g in range(n_groups)]
+    return np.concatenate(images), np.repeat(np.arange(n_groups), per)
+
+
+def test_out_of_fold_threshold_is_what_a_new_patient_scores():
+    """A source without validation images (an adapted model's site): its threshold comes from images scored by the
+    detector fitted without their patient, so a new patient's images flag at about the percentile's rate. Held out
+    image by image, a patient's other images stay in the fit and the threshold is too low."""
+    train, groups = patients(24, 8, seed=1)
+    detector = fit_out_of_fold(train, groups, "arch", "mahalanobis", framing=framing_stats(192), pixels=None)
+    assert detector.info["threshold_on"] == "out of fold (5 folds by group)" and detector.info["n_val"] == 192
+    by_image = fit_out_of_fold(train, np.arange(len(train)), "arch", "mahalanobis", framing=framing_stats(192))
+    new, _ = patients(24, 8, seed=2)
+    assert by_image.refs[0] < 0.7 * detector.refs[0]  # the features half's percentile, from the held-out scores
+    assert detector.flags(detector.score(new, framing_stats(192, 3))).mean() <= 0.12
+    assert by_image.flags(by_image.score(new, framing_stats(192, 3))).mean() >= 0.3
+    with pytest.raises(ModelError, match="a group per image"):
+        fit_out_of_fold(train, groups[:10], "arch", "mahalanobis")

@@ -8,12 +8,18 @@ from pathlib import Path
 
 def cmd_ood_fit(args: argparse.Namespace) -> int:
     from covidct.inference.ood import fit_for_run
+    from covidct.training.adapt import adapted_site
 
-    detector = fit_for_run(args.run_dir, args.method, args.percentile, args.data_dir)
+    site = adapted_site(args.run_dir, args.site)  # an adapted run's detector keeps its site's own
+    extra = {} if site is None else {"extra_train": site.samples, "extra_groups": site.groups}
+    detector = fit_for_run(args.run_dir, args.method, args.percentile, args.data_dir, **extra)
     d = detector.describe()
     print(f"out-of-distribution detector ({d['method']}) fitted on {d['n_train']} training images; threshold "
           f"{d['threshold']:.4g} = percentile {d['percentile']:g} of {d['n_val']} validation images "
           f"({d['val_flagged']:.1%} of them flagged); {d['fit_seconds']} s")  # fmt: skip
+    for part in d.get("per_source", []):  # one detector per training source
+        print(f"  {part['source']}: {part['n_train']} images, threshold on {part['threshold_on']} "
+              f"({part['val_flagged']:.1%} of {part['n_val']} flagged)")  # fmt: skip
     from covidct.runs import RunDir
 
     run = RunDir(Path(args.run_dir))
@@ -34,4 +40,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--percentile", type=float, default=DEFAULT_PERCENTILE,
                    help="threshold: this percentile of the validation scores (default 95: ~5%% flagged)")  # fmt: skip
     f.add_argument("--data-dir", help="the run's data folder, if it moved")
+    f.add_argument("--site", metavar="NAME=PATH",
+                   help="an adapted run's site images (default: where its record says they are)")  # fmt: skip
     f.set_defaults(func=cmd_ood_fit)

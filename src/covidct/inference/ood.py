@@ -17,34 +17,42 @@ def fit_for_run(
     percentile: float = DEFAULT_PERCENTILE,
     data_dir: str | Path | None = None,
     extra_train: list | None = None,
+    extra_groups: Any = None,
 ) -> OODDetector:
     """`covidct ood fit RUN`: the run's best model and data; saved into the run (and into its export, when it has
-    one, so predict and serve use it). extra_train: more samples that count as seen (an adapted model's site)."""
+    one, so predict and serve use it). extra_train: more samples that count as seen (an adapted model's site), with
+    a patient per sample (extra_groups) for its out-of-fold threshold."""
     from covidct.data import ImageDataset
     from covidct.runs import RunDir
 
     run = RunDir.at(run_dir)
     data = run.data(data_dir)
-    train = ImageDataset(list(data.splits["train"]) + list(extra_train or []))
-    return fit_and_save(run, train, ImageDataset(data.splits["val"]), method, percentile)
+    base, extra = list(data.splits["train"]), list(extra_train or [])
+    extra_groups = [s.group or i for i, s in enumerate(extra)] if extra_groups is None else list(extra_groups)
+    groups = [s.group or f"image {i}" for i, s in enumerate(base)] + [f"site {g}" for g in extra_groups]
+    return fit_and_save(run, ImageDataset(base + extra), ImageDataset(data.splits["val"]), method, percentile, groups)
 
 
 def fit_and_save(
-    run: Any, train: Any, val: Any, method: str = DEFAULT_METHOD, percentile: float = DEFAULT_PERCENTILE
+    run: Any,
+    train: Any,
+    val: Any,
+    method: str = DEFAULT_METHOD,
+    percentile: float = DEFAULT_PERCENTILE,
+    groups: Any = None,
 ) -> OODDetector:
-    """The detector of the run's best checkpoint on `train` (threshold on `val`), ImageDatasets whose images (and
-    what was decoded of them) are used under the model's own evaluation transform; saved with the run."""
+    """The detector of the run's best checkpoint on `train` (threshold on `val`; one per training source:
+    covidct.ood.fit.fit_by_source), ImageDatasets whose images (and what was decoded of them) are used under the
+    model's own evaluation transform; saved with the run."""
     from covidct.inference.load import load_checkpoint
 
     model = load_checkpoint(run.checkpoint("best"), run)
     info = {"fitted_on": sorted({s.source or "train" for s in train.samples}), "split": "train",
             "threshold_on": "val"}  # fmt: skip
-    # The pixel half for one training source only: one Gaussian over two sources' pixel statistics puts the smaller
-    # source in its tail (measured on a model trained on both: 23% of its own COVID-CT images flagged; OOD.md).
     detector = fit_for_network(model.scoring()[0], model.architecture, train.with_transform(model.transform),
-                               val.with_transform(model.transform), method, percentile, info,
-                               pixels=len(info["fitted_on"]) == 1)  # fmt: skip
-    detector.acquisitions = AcquisitionRecord.of_paths(s.path for s in train.samples)
+                               val.with_transform(model.transform), method, percentile, info, groups)  # fmt: skip
+    sources = [s.source or "train" for s in train.samples]  # each source's central aspect range (a site's own)
+    detector.acquisitions = AcquisitionRecord.of_paths((s.path for s in train.samples), sources)
     save_for_run(run, detector)
     return detector
 

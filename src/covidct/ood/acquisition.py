@@ -146,20 +146,28 @@ class AcquisitionRecord:
     aspect: tuple[float, float] | None = None  # None: recorded before 2026-12-02 (no aspect check)
 
     @classmethod
-    def of(cls, acquisitions: Iterable[Acquisition]) -> AcquisitionRecord:
+    def of(cls, acquisitions: Iterable[Acquisition], sources: Iterable[str] | None = None) -> AcquisitionRecord:
+        """`sources`: a training source per acquisition; the aspect range is then the union of each source's central
+        range, so that a site's few images are not trimmed as the larger source's outliers."""
         items = list(acquisitions)
+        names = [""] * len(items) if sources is None else list(sources)
         scanned = [a for a in items if a.kind != IMAGE_FILE]
+        aspects: dict[str, list[float]] = {}
+        for a, name in zip(items, names):
+            if a.kind == IMAGE_FILE and a.aspect is not None:
+                aspects.setdefault(name, []).append(a.aspect)
+        ranges = [_central(v) for v in aspects.values()]
         return cls(
             kinds={k: n for k in KINDS if (n := sum(a.kind == k for a in items))},
             scanners=sorted({a.scanner for a in scanned if a.kind == DICOM}),
             pixel_spacing=_range([a.pixel_spacing for a in scanned if a.pixel_spacing is not None]),
             slice_thickness=_range([a.slice_thickness for a in scanned if a.slice_thickness is not None]),
-            aspect=_central([a.aspect for a in items if a.kind == IMAGE_FILE and a.aspect is not None]),
+            aspect=(min(r[0] for r in ranges), max(r[1] for r in ranges)) if ranges else None,  # type: ignore[index]
         )
 
     @classmethod
-    def of_paths(cls, paths: Iterable[str | Path]) -> AcquisitionRecord:
-        return cls.of(of_file(p) for p in paths)
+    def of_paths(cls, paths: Iterable[str | Path], sources: Iterable[str] | None = None) -> AcquisitionRecord:
+        return cls.of((of_file(p) for p in paths), sources)
 
     def unseen(self, acq: Acquisition) -> str | None:
         """Why `acq` is outside what the training images held, or None."""

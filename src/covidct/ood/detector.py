@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,12 @@ class OODDetector:
     # with its own validation percentile (pixel_ref). None: no pixel half (detectors before 2026-12-02 morning).
     pixels: OODDetector | None = None
     pixel_ref: float = 1.0
+    # The model's other training sources (a multi-source model's, an adapted model's site), each a detector of its
+    # own with the same halves, fitted on that source's images alone and thresholded on its own held-out images: an
+    # image is in distribution when it is like any one source. One Gaussian over two sources put the smaller in its
+    # tail (a model trained on both: 23% of its own COVID-CT images flagged; an adapted model: 69% of its site's new
+    # images; benchmarks/OOD.md). Empty: one source (every detector before 2026-12-02 noon).
+    others: list[OODDetector] = field(default_factory=list)
 
     def standardise(self, features: np.ndarray) -> np.ndarray:
         features = np.asarray(features, dtype=np.float64)
@@ -77,28 +83,47 @@ class OODDetector:
             )
         return (features - self.center) / self.scale
 
-    def score(
+    def half_scores(
         self, features: np.ndarray, framing: np.ndarray | None = None, pixels: np.ndarray | None = None
-    ) -> np.ndarray:
-        """Higher = less like the training images. `framing` and `pixels`: the images' framing and pixel statistics
-        (covidct.data.framing_of, covidct.data.pixels.pixels_of), needed when the detector has those halves.
+    ) -> dict[str, np.ndarray]:
+        """Each half's own score ("features", and "framing" and "pixels" when the detector has those halves).
         NumPy's BLAS on one thread: a batch's product takes about a millisecond, and OpenBLAS's worker threads
         then spin for a while, taking the cores from the network's next forward pass (measured: +21% on a
         prediction with them, +5% without: benchmarks/OOD.md)."""
         with one_blas_thread():
-            scores = ood_scores(self.method, self.standardise(features), self.bank, self.location, self.k)
-        if self.framing is None:
-            return scores
-        if framing is None:
-            raise ModelError("this out-of-distribution detector also checks the images' framing: pass their "
-                             "framing statistics (covidct.data.framing.framing_of)")  # fmt: skip
-        scores = np.maximum(scores / self.refs[0], self.framing.score(framing) / self.refs[1])
-        if self.pixels is None:
-            return scores
-        if pixels is None:
-            raise ModelError("this out-of-distribution detector also checks the images' pixel statistics: pass "
-                             "them (covidct.data.pixels.pixels_of)")  # fmt: skip
-        return np.maximum(scores, self.pixels.score(pixels) / self.pixel_ref)
+            raw = {"features": ood_scores(self.method, self.standardise(features), self.bank, self.location, self.k)}
+        if self.framing is not None:
+            if framing is None:
+                raise ModelError("this out-of-distribution detector also checks the images' framing: pass their "
+                                 "framing statistics (covidct.data.framing.framing_of)")  # fmt: skip
+            raw["framing"] = self.framing.score(framing)
+        if self.pixels is not None:
+            if pixels is None:
+                raise ModelError("this out-of-distribution detector also checks the images' pixel statistics: pass "
+                                 "them (covidct.data.pixels.pixels_of)")  # fmt: skip
+            raw["pixels"] = self.pixels.score(pixels)
+        return raw
+
+    def combine(self, raw: dict[str, np.ndarray]) -> np.ndarray:
+        """One score from the halves' (half_scores): the larger, each divided by its validation reference."""
+        scores = raw["features"]
+        if self.framing is not None:
+            scores = np.maximum(scores / self.refs[0], raw["framing"] / self.refs[1])
+        if self.pixels is not None:
+            scores = np.maximum(scores, raw["pixels"] / self.pixel_ref)
+        return scores
+
+    def score(
+        self, features: np.ndarray, framing: np.ndarray | None = None, pixels: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Higher = less like the training images. `framing` and `pixels`: the images' framing and pixel statistics
+        (covidct.data.framing_of, covidct.data.pixels.pixels_of), needed when the detector has those halves. With
+        other sources, the smallest of the sources' scores, each in units of this detector's threshold."""
+        scores = self.combine(self.half_scores(features, framing, pixels))
+        for other in self.others:
+            own = other.combine(other.half_scores(features, framing, pixels))
+            scores = np.minimum(scores, own * (self.threshold / max(other.threshold, 1e-12)))
+        return scores
 
     def flags(self, scores: np.ndarray) -> np.ndarray:
         """True where an image is out of distribution (its score above the threshold)."""
@@ -117,6 +142,8 @@ class OODDetector:
         if self.pixels is not None:
             record["pixels"] = {"statistics": list(PIXEL_STATISTICS), "ref": self.pixel_ref,
                                 "threshold": self.pixels.threshold, "method": self.pixels.method}  # fmt: skip
+        if self.others:
+            record["sources"] = [{k: v for k, v in o.describe().items() if k != "format"} for o in self.others]
         return {"format": FORMAT, "method": self.method, "k": self.k, "architecture": self.architecture,
                 "feature_dim": self.feature_dim, "threshold": self.threshold, "percentile": self.percentile,
                 **self.info, **record}  # fmt: skip
@@ -134,10 +161,7 @@ class OODDetector:
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        arrays = _arrays(self)
-        for name, half in (("framing", self.framing), ("pixels", self.pixels)):
-            if half is not None:
-                arrays.update({f"{name}.{k}": v for k, v in _arrays(half).items()})
+        arrays = _all_arrays(self)
         atomic_write(folder / WEIGHTS, lambda p: save_file(arrays, str(p)))
         write_json(folder / CARD, self.describe())
         return folder / CARD
@@ -149,36 +173,72 @@ class OODDetector:
         card_path, weights = folder / CARD, folder / WEIGHTS
         if not card_path.is_file():
             return None
+        where = str(card_path)
         try:
             card = json.loads(card_path.read_text())
             from safetensors.numpy import load_file
 
             arrays = load_file(str(weights))
-            detector = cls(
-                method=str(card["method"]), architecture=str(card["architecture"]),
-                feature_dim=int(card["feature_dim"]), center=arrays["center"].astype(np.float64),
-                scale=arrays["scale"].astype(np.float64), bank=arrays["bank"].astype(np.float64),
-                location=arrays["location"].astype(np.float64), threshold=float(card["threshold"]),
-                percentile=float(card["percentile"]), k=int(card.get("k", DEFAULT_K)),
-                info={k: v for k, v in card.items() if k not in _CARD_KEYS},
-            )  # fmt: skip
-        except Exception as e:  # OSError, JSON, missing keys, safetensors' own SafetensorError: all "unreadable"
+        except Exception as e:  # OSError, JSON, safetensors' own SafetensorError: all "unreadable"
             raise ModelError(f"out-of-distribution detector in {folder} cannot be read ({type(e).__name__}: {e}); "
                              "refit it with covidct ood fit RUN") from None  # fmt: skip
-        if (
-            detector.method not in METHODS
-            or detector.center.shape != (detector.feature_dim,)
-            or (detector.method == "mahalanobis" and detector.location.shape != (detector.bank.shape[1] + 1,))
-        ):
-            what = f"method {detector.method!r}, {detector.center.shape} centre for {detector.feature_dim} features"
-            raise ModelError(f"out-of-distribution detector in {folder} is damaged ({what}); refit it")
+        detector = _from_card(card, arrays, "", where)
         if card.get("acquisitions") is not None:
-            detector.acquisitions = AcquisitionRecord.from_json(card["acquisitions"], str(card_path))
-        if card.get("framing") is not None:
-            detector.framing, detector.refs = _framing_half(card["framing"], arrays, str(card_path))
-        if card.get("pixels") is not None and detector.framing is not None:
-            detector.pixels, detector.pixel_ref = _pixels_half(card["pixels"], arrays, str(card_path))
+            detector.acquisitions = AcquisitionRecord.from_json(card["acquisitions"], where)
+        others = card.get("sources") or []
+        if not isinstance(others, list) or not all(isinstance(c, dict) for c in others):
+            raise ModelError(f'{where}: "sources" must be a list of the other sources\' detectors; refit it')
+        detector.others = [_from_card(c, arrays, f"sources.{i}.", where) for i, c in enumerate(others)]
+        for i, other in enumerate(detector.others):
+            if (other.architecture, other.feature_dim, other.framing is None, other.pixels is None) != (
+                detector.architecture,
+                detector.feature_dim,
+                detector.framing is None,
+                detector.pixels is None,
+            ):
+                name = other.info.get("source", "?")
+                raise ModelError(f"{where}: the detector of source {i + 2} ({name}) does not match the first "
+                                 "source's (architecture, features or halves); refit it")  # fmt: skip
         return detector
+
+
+def _from_card(card: Any, arrays: dict[str, np.ndarray], prefix: str, where: str) -> OODDetector:
+    """One source's detector from its ood.json record and the arrays named `prefix`...; a damaged one refused."""
+    try:
+        detector = OODDetector(
+            method=str(card["method"]), architecture=str(card["architecture"]),
+            feature_dim=int(card["feature_dim"]), center=arrays[prefix + "center"].astype(np.float64),
+            scale=arrays[prefix + "scale"].astype(np.float64), bank=arrays[prefix + "bank"].astype(np.float64),
+            location=arrays[prefix + "location"].astype(np.float64), threshold=float(card["threshold"]),
+            percentile=float(card["percentile"]), k=int(card.get("k", DEFAULT_K)),
+            info={k: v for k, v in card.items() if k not in _CARD_KEYS},
+        )  # fmt: skip
+    except Exception as e:  # missing keys or arrays, wrong types: all "unreadable"
+        raise ModelError(f"out-of-distribution detector {where} cannot be read ({type(e).__name__}: {e}); "
+                         "refit it with covidct ood fit RUN") from None  # fmt: skip
+    if (
+        detector.method not in METHODS
+        or detector.center.shape != (detector.feature_dim,)
+        or (detector.method == "mahalanobis" and detector.location.shape != (detector.bank.shape[1] + 1,))
+    ):
+        what = f"method {detector.method!r}, {detector.center.shape} centre for {detector.feature_dim} features"
+        raise ModelError(f"out-of-distribution detector {where} is damaged ({what}); refit it")
+    if card.get("framing") is not None:
+        detector.framing, detector.refs = _framing_half(card["framing"], arrays, where, prefix)
+    if card.get("pixels") is not None and detector.framing is not None:
+        detector.pixels, detector.pixel_ref = _pixels_half(card["pixels"], arrays, where, prefix)
+    return detector
+
+
+def _all_arrays(detector: OODDetector, prefix: str = "") -> dict[str, np.ndarray]:
+    """Every array of the detector, its halves ("framing.", "pixels.") and its other sources ("sources.I.")."""
+    arrays = {prefix + k: v for k, v in _arrays(detector).items()}
+    for name, half in (("framing", detector.framing), ("pixels", detector.pixels)):
+        if half is not None:
+            arrays.update({f"{prefix}{name}.{k}": v for k, v in _arrays(half).items()})
+    for i, other in enumerate(detector.others):
+        arrays.update(_all_arrays(other, f"{prefix}sources.{i}."))
+    return arrays
 
 
 def _arrays(detector: OODDetector) -> dict[str, np.ndarray]:
@@ -186,29 +246,31 @@ def _arrays(detector: OODDetector) -> dict[str, np.ndarray]:
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in arrays.items()}
 
 
-def _framing_half(card: Any, arrays: dict[str, np.ndarray], where: str) -> tuple[OODDetector, tuple[float, float]]:
+def _framing_half(
+    card: Any, arrays: dict[str, np.ndarray], where: str, prefix: str = ""
+) -> tuple[OODDetector, tuple[float, float]]:
     """The framing half saved in ood.json's "framing" and the "framing." arrays; a damaged one refused."""
     try:
         refs = (float(card["refs"][0]), float(card["refs"][1]))
     except (KeyError, TypeError, ValueError, IndexError) as e:
         raise _damaged(where, "framing", e) from None
-    return _half("framing", FRAMING_STATISTICS, card, arrays, where, min(refs) > 0), refs
+    return _half(prefix, "framing", FRAMING_STATISTICS, card, arrays, where, min(refs) > 0), refs
 
 
-def _pixels_half(card: Any, arrays: dict[str, np.ndarray], where: str) -> tuple[OODDetector, float]:
+def _pixels_half(card: Any, arrays: dict[str, np.ndarray], where: str, prefix: str = "") -> tuple[OODDetector, float]:
     """The pixel half saved in ood.json's "pixels" and the "pixels." arrays; a damaged one refused."""
     try:
         ref = float(card["ref"])
     except (KeyError, TypeError, ValueError) as e:
         raise _damaged(where, "pixels", e) from None
-    return _half("pixels", PIXEL_STATISTICS, card, arrays, where, ref > 0), ref
+    return _half(prefix, "pixels", PIXEL_STATISTICS, card, arrays, where, ref > 0), ref
 
 
-def _half(name: str, statistics: tuple[str, ...], card: Any, arrays: dict[str, np.ndarray], where: str,
+def _half(prefix: str, name: str, statistics: tuple[str, ...], card: Any, arrays: dict[str, np.ndarray], where: str,
           refs_ok: bool) -> OODDetector:  # fmt: skip
     n = len(statistics)
     try:
-        half = {k: arrays[f"{name}.{k}"].astype(np.float64) for k in ("center", "scale", "bank", "location")}
+        half = {k: arrays[f"{prefix}{name}.{k}"].astype(np.float64) for k in ("center", "scale", "bank", "location")}
         ok = (refs_ok and list(card["statistics"]) == list(statistics) and half["center"].shape == (n,)
               and half["bank"].shape[0] == n and half["location"].shape == (half["bank"].shape[1] + 1,))  # fmt: skip
         threshold = float(card["threshold"])
@@ -239,7 +301,7 @@ def one_blas_thread() -> Any:
 
 
 _CARD_KEYS = {"format", "method", "k", "architecture", "feature_dim", "threshold", "percentile", "acquisitions",
-              "framing", "pixels"}  # fmt: skip
+              "framing", "pixels", "sources"}  # fmt: skip
 
 
 def _unit(z: np.ndarray) -> np.ndarray:
@@ -299,16 +361,83 @@ def fit_detector(
     `min_scale`: the smallest spread each feature is standardised by (the framing statistics' RESOLUTION); with it,
     no direction's variance is below 1 after standardising either: a difference under the resolution is noise
     (a source whose images are all framed alike would otherwise flag float rounding)."""
+    val = _checked(val, "validation", 1)
+    detector = _fitted(train, architecture, method, percentile, k, min_scale,
+                       None if framing is None else framing[0], None if pixels is None else pixels[0])  # fmt: skip
+    raw = detector.half_scores(
+        val, *(None if h is None else _checked(h[1], "validation", 1) for h in (framing, pixels))
+    )
+    return calibrate(detector, raw, info)
+
+
+def fit_out_of_fold(
+    train: np.ndarray,
+    groups: np.ndarray,
+    architecture: str,
+    method: str = "mahalanobis",
+    percentile: float = DEFAULT_PERCENTILE,
+    info: dict[str, Any] | None = None,
+    framing: np.ndarray | None = None,
+    pixels: np.ndarray | None = None,
+    folds: int = 5,
+) -> OODDetector:
+    """For images with no validation set of their own (an adapted model's site): the detector fitted on all of
+    them, its threshold (and the halves' references) the `percentile` of out-of-fold scores: each group's (patient's)
+    images scored by the detector fitted without that group (scikit-learn's GroupKFold), so that the threshold is
+    what a new patient of that source scores, not what an image the detector has seen scores."""
+    from sklearn.model_selection import GroupKFold
+
+    groups = np.asarray(groups)
+    if len(groups) != len(train):
+        raise ModelError(f"out-of-fold fitting needs a group per image: {len(groups)} groups for {len(train)} images")
+    if len(np.unique(groups)) < 2:  # one patient: its images are all there is to hold out
+        groups = np.arange(len(train))
+    halves = {"features": np.asarray(train), "framing": framing, "pixels": pixels}
+    if len(train) < 4:
+        raise ModelError(f"an out-of-distribution detector fitted out of fold needs >= 4 images, got {len(train)}")
+    raw: dict[str, np.ndarray] = {}
+    splitter = GroupKFold(n_splits=min(folds, len(np.unique(groups))))
+    for fit, held in splitter.split(train, groups=groups):
+        fold = _fitted(*_take(halves, fit, ("features",)), architecture, method, percentile, DEFAULT_K, None,
+                       *_take(halves, fit, ("framing", "pixels")))  # fmt: skip
+        for name, scores in fold.half_scores(*_take(halves, held, ("features", "framing", "pixels"))).items():
+            raw.setdefault(name, np.zeros(len(train)))[held] = scores
+    detector = _fitted(train, architecture, method, percentile, DEFAULT_K, None, framing, pixels)
+    return calibrate(
+        detector, raw, {**(info or {}), "threshold_on": f"out of fold ({splitter.n_splits} folds by group)"}
+    )
+
+
+def _take(halves: dict[str, np.ndarray | None], rows: np.ndarray, names: tuple[str, ...]) -> list[np.ndarray | None]:
+    return [None if halves[n] is None else np.asarray(halves[n])[rows] for n in names]
+
+
+def _checked(values: np.ndarray, what: str, least: int) -> np.ndarray:
+    values = np.asarray(values, dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise ModelError("the detector's features hold NaN or infinite values (a diverged model?); not fitted")
+    if len(values) < least:
+        raise ModelError(f"an out-of-distribution detector needs >= 2 training and >= 1 validation images, got "
+                         f"{len(values)} {what} images")  # fmt: skip
+    return values
+
+
+def _fitted(
+    train: np.ndarray,
+    architecture: str,
+    method: str,
+    percentile: float,
+    k: int,
+    min_scale: np.ndarray | tuple[float, ...] | None,
+    framing: np.ndarray | None = None,
+    pixels: np.ndarray | None = None,
+) -> OODDetector:
+    """The detector fitted on the training images (and its halves on theirs), thresholds not yet set (calibrate)."""
     if method not in METHODS:
         raise ModelError(f"out-of-distribution method must be one of {METHODS}, got {method!r}")
-    train, val = np.asarray(train, dtype=np.float64), np.asarray(val, dtype=np.float64)
-    if not (np.isfinite(train).all() and np.isfinite(val).all()):
-        raise ModelError("the detector's features hold NaN or infinite values (a diverged model?); not fitted")
-    if len(train) < 2 or len(val) < 1:
-        raise ModelError(f"an out-of-distribution detector needs >= 2 training and >= 1 validation images, got "
-                         f"{len(train)} and {len(val)}")  # fmt: skip
     if not 50 <= percentile < 100:
         raise ModelError(f"the detector's percentile must be in [50, 100), got {percentile}")
+    train = _checked(train, "training", 2)
     center = train.mean(0)
     scale = np.maximum(train.std(0), 1e-6 * max(1.0, float(np.abs(train).max())))
     if min_scale is not None:
@@ -319,18 +448,31 @@ def fit_detector(
     else:
         bank, location = shrunk_axes(z, 0.0 if min_scale is None else 1.0)
     detector = OODDetector(method, architecture, train.shape[1], center, scale, bank, location, 0.0, percentile, k)
-    val_scores = detector.score(val)
+    detector.info = {"n_train": len(train)}
     if framing is not None:
-        half = fit_detector(framing[0], framing[1], "framing", "mahalanobis", percentile, min_scale=RESOLUTION)
-        detector.framing = half
-        detector.refs = (max(float(np.percentile(val_scores, percentile)), 1e-9), max(half.threshold, MIN_FRAMING_REF))
-        val_scores = detector.score(val, framing[1])
-        if pixels is not None:  # its percentile put on the two halves' own (as measured: benchmarks/OOD.md)
-            detector.pixels = fit_detector(pixels[0], pixels[1], "pixels", "mahalanobis", percentile)
-            two = max(float(np.percentile(val_scores, percentile)), 1e-9)
+        detector.framing = _fitted(framing, "framing", "mahalanobis", percentile, DEFAULT_K, RESOLUTION)
+        if pixels is not None:
+            detector.pixels = _fitted(pixels, "pixels", "mahalanobis", percentile, DEFAULT_K, None)
+    return detector
+
+
+def calibrate(detector: OODDetector, raw: dict[str, np.ndarray], info: dict[str, Any] | None = None) -> OODDetector:
+    """Set the detector's threshold from held-out images' half scores (OODDetector.half_scores): each half's
+    reference is its own percentile, the framing's no less than MIN_FRAMING_REF, the pixel half's put on the two
+    halves' footing (as measured: benchmarks/OOD.md); the threshold is the percentile of the combined scores."""
+
+    def at(scores: np.ndarray) -> float:
+        return float(np.percentile(scores, detector.percentile))
+
+    if detector.framing is not None:
+        detector.framing.threshold = at(raw["framing"])
+        detector.refs = (max(at(raw["features"]), 1e-9), max(detector.framing.threshold, MIN_FRAMING_REF))
+        if detector.pixels is not None:
+            detector.pixels.threshold = at(raw["pixels"])
+            two = max(at(OODDetector.combine(replace(detector, pixels=None), raw)), 1e-9)
             detector.pixel_ref = max(detector.pixels.threshold, 1e-9) / two
-            val_scores = detector.score(val, framing[1], pixels[1])
-    detector.threshold = float(np.percentile(val_scores, percentile))
-    detector.info = {**(info or {}), "n_train": len(train), "n_val": len(val),
-                     "val_flagged": float(np.mean(detector.flags(val_scores)))}  # fmt: skip
+    scores = detector.combine(raw)
+    detector.threshold = at(scores)
+    detector.info = {**(info or {}), "n_train": detector.info.get("n_train", 0), "n_val": len(scores),
+                     "val_flagged": float(np.mean(detector.flags(scores)))}  # fmt: skip
     return detector

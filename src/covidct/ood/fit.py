@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -13,7 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from covidct.data import ImageDataset
-from covidct.ood.detector import DEFAULT_PERCENTILE, OODDetector, fit_detector
+from covidct.ood.detector import DEFAULT_PERCENTILE, OODDetector, fit_detector, fit_out_of_fold
 from covidct.ood.features import logits_and_features
 
 log = logging.getLogger("covidct")
@@ -62,18 +63,61 @@ def fit_for_network(
     method: str = DEFAULT_METHOD,
     percentile: float = DEFAULT_PERCENTILE,
     info: dict[str, Any] | None = None,
-    pixels: bool = True,
+    groups: Sequence[Any] | None = None,
 ) -> OODDetector:
-    """The detector of `net`, fitted on `train` with its threshold on `val`; `pixels`: with the pixel half."""
+    """The detector of `net`, fitted on `train` with its threshold on `val`, one per training source (fit_by_source;
+    `groups`: a patient per training image, for a source without validation images; default the samples' groups)."""
     start = time.perf_counter()
     # features, framing and pixel statistics from one decode of each image (ImageDataset.with_framing)
-    (_, train_feats, tr), (_, val_feats, va) = (_one_pass(net, ds.with_framing(pixels), 32) for ds in (train, val))
-    detector = fit_detector(train_feats, val_feats, architecture, method, percentile, info=info,
-                            framing=(tr["framing"], va["framing"]),
-                            pixels=(tr["pixels"], va["pixels"]) if pixels else None)  # fmt: skip
+    (_, train_feats, tr), (_, val_feats, va) = (_one_pass(net, ds.with_framing(True), 32) for ds in (train, val))
+    groups = [s.group or f"image {i}" for i, s in enumerate(train.samples)] if groups is None else groups
+    detector = fit_by_source({"features": train_feats, **tr}, {"features": val_feats, **va}, _sources(train),
+                             _sources(val), groups, architecture, method, percentile, info)  # fmt: skip
     detector.info["fit_seconds"] = round(time.perf_counter() - start, 1)
     log.info(
         "out-of-distribution detector (%s) fitted on %d images in %.0f s; %.1f%% of validation images flagged",
         method, detector.info["n_train"], detector.info["fit_seconds"], 100 * detector.info["val_flagged"],
     )  # fmt: skip
+    return detector
+
+
+def _sources(dataset: ImageDataset) -> list[str]:
+    return [s.source or "train" for s in dataset.samples]
+
+
+def fit_by_source(
+    train: dict[str, np.ndarray],
+    val: dict[str, np.ndarray],
+    train_sources: Sequence[str],
+    val_sources: Sequence[str],
+    groups: Sequence[Any],
+    architecture: str,
+    method: str = DEFAULT_METHOD,
+    percentile: float = DEFAULT_PERCENTILE,
+    info: dict[str, Any] | None = None,
+) -> OODDetector:
+    """One detector per training source, in the order the sources first appear in `train_sources`; the first's
+    threshold is the one scores are given in (OODDetector.others). Each is fitted on its source's training images
+    ({"features", "framing", "pixels"} arrays) and thresholded on its source's validation images, or out of fold by
+    group when there are none (an adapted model's site: every image of it is training)."""
+    train_sources, val_sources, groups = np.asarray(train_sources), np.asarray(val_sources), np.asarray(groups)
+    members = []
+    for name in dict.fromkeys(train_sources.tolist()):
+        t, v = train_sources == name, val_sources == name
+        if v.any():
+            member = fit_detector(train["features"][t], val["features"][v], architecture, method, percentile,
+                                  info={"source": name, "threshold_on": "val"},
+                                  framing=(train["framing"][t], val["framing"][v]),
+                                  pixels=(train["pixels"][t], val["pixels"][v]))  # fmt: skip
+        else:
+            member = fit_out_of_fold(train["features"][t], groups[t], architecture, method, percentile,
+                                     {"source": name}, train["framing"][t], train["pixels"][t])  # fmt: skip
+        members.append(member)
+    detector, detector.others = members[0], members[1:]
+    flagged = detector.flags(detector.score(val["features"], val["framing"], val["pixels"]))
+    keys = ("source", "n_train", "n_val", "threshold_on", "val_flagged")
+    per_source = [{k: m.info[k] for k in keys} for m in members]
+    detector.info = {**(info or {}), "n_train": len(train_sources), "n_val": len(val_sources),
+                     "val_flagged": float(np.mean(flagged)) if len(flagged) else 0.0,
+                     **({"per_source": per_source} if len(members) > 1 else {})}  # fmt: skip
     return detector

@@ -61,6 +61,7 @@ class Site:
     samples: list[Sample]
     labels: np.ndarray
     groups: np.ndarray
+    group_duplicates: bool = True  # near-duplicate images' groups joined (site_groups)
 
     def group_counts(self) -> dict[int, int]:
         """Groups per class."""
@@ -105,7 +106,21 @@ def load_site(run_dir: Path, spec: str, allow_overlap: bool = False, group_dupli
     if mixed:
         log.info("%d group(s) of %s hold both classes: split by class", len(mixed), spec)
         samples = [dataclasses.replace(s, group=f"{s.group}|{s.label}") if s.group in mixed else s for s in samples]
-    return Site(name, spec, samples, labels, site_groups(samples, group_duplicates))
+    return Site(name, spec, samples, labels, site_groups(samples, group_duplicates), group_duplicates)
+
+
+def adapted_site(run_dir: Path, spec: str | None = None) -> Site | None:
+    """The site an adapted run was adapted on (its summary's record, or `spec`), so that refitting its detector
+    (`covidct ood fit`) keeps the site's own; None for a run that was not adapted and no `spec`."""
+    adaptation = RunDir.at(run_dir).summary().get("adaptation") or {}
+    spec = spec or adaptation.get("site_spec")
+    if spec is None and adaptation:
+        raise ConfigError(f"{run_dir} was adapted on {adaptation.get('site')}, but its record does not say where "
+                          "those images are (adapted before 2026-12-02): pass --site NAME=PATH, so that its "
+                          "detector keeps the site")  # fmt: skip
+    if spec is None:
+        return None
+    return load_site(run_dir, spec, allow_overlap=True, group_duplicates=adaptation.get("group_duplicates", True))
 
 
 def draw_groups(labels: np.ndarray, groups: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -369,7 +384,8 @@ def adapt_run(run_dir: Path, site: Site, out_parent: Path, strategy: str = DEFAU
     ckpt = {"state_dict": state, "hyper_parameters": hp, "epoch": int(saved.get("epoch", 0))}
     atomic_write(run.checkpoint_path("best"), lambda p: torch.save(ckpt, p))
     groups = len(np.unique(site.groups))
-    adaptation = {"from_run": str(source.path), "site": site.name, "groups": groups, "images": len(site.samples),
+    adaptation = {"from_run": str(source.path), "site": site.name, "site_spec": site.spec,
+                  "group_duplicates": site.group_duplicates, "groups": groups, "images": len(site.samples),
                   "strategy": f"{strategy}: {STRATEGY_TEXT[strategy]}",
                   "validated_at_site": validation,
                   "text": f"adapted on {site.name} ({groups} groups, {len(site.samples)} images) from {source.name}; "
@@ -379,5 +395,5 @@ def adapt_run(run_dir: Path, site: Site, out_parent: Path, strategy: str = DEFAU
               "checkpoint": run.checkpoint_path("best").name, "previous_threshold": None,
               "set_metrics": validation, "how": validation["method"]}  # fmt: skip
     write_json(run.threshold_path, record)
-    fit_for_run(run.path, extra_train=site.samples)
+    fit_for_run(run.path, extra_train=site.samples, extra_groups=site.groups)
     return run.path
