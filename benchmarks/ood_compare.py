@@ -31,6 +31,7 @@ from covidct.models import create_model
 from covidct.ood.acquisition import IMAGE_FILE, Acquisition, AcquisitionRecord
 from covidct.ood.detector import fit_detector
 from covidct.ood.features import logits_and_features
+from covidct.ood.fit import fit_by_source
 from covidct.runs import RunDir
 
 
@@ -184,21 +185,26 @@ def main() -> None:
     pixels = {k: pixels_of(v) for k, v in imgs.items()}  # of the central region (covidct.data.pixels)
     det = fit_detector(pixels["train"], pixels["val"], "pixels", "mahalanobis")
     methods["pixel statistics of the central region alone"] = lambda k, det=det: det.score(pixels[k])
-    one_source = len({s.source or "train" for s in data.splits["train"]}) == 1  # the pixel half: one source only
-    shipped = fit_detector(out["train"][1], out["val"][1], model.architecture, "mahalanobis",
-                           framing=(framing["train"], framing["val"]),
-                           pixels=(pixels["train"], pixels["val"]) if one_source else None)  # fmt: skip
-    methods["shipped: stage statistics + pooled, with framing (and pixels for one source)"] = lambda k: shipped.score(
-        out[k][1], framing[k], pixels[k]
+
+    def inputs(split: str) -> dict[str, np.ndarray]:
+        return {"features": out[split][1], "framing": framing[split], "pixels": pixels[split]}
+
+    sources = {sp: [s.source or "train" for s in data.splits[sp]] for sp in ("train", "val")}
+    groups = [s.group or f"image {i}" for i, s in enumerate(data.splits["train"])]
+    shipped = fit_by_source(
+        inputs("train"), inputs("val"), sources["train"], sources["val"], groups, model.architecture
     )
+    shipped_name = "shipped: stage statistics + pooled, framing and pixels, one per training source"
+    methods[shipped_name] = lambda k: shipped.score(out[k][1], framing[k], pixels[k])
     # the shape check (ood/acquisition.py), as predict runs it beside the detector: an image whose aspect lies
     # outside the training images' central range is flagged whatever its score (scored here as +1e6)
-    record = AcquisitionRecord.of(Acquisition(IMAGE_FILE, aspect=im.size[0] / im.size[1]) for im in imgs["train"])
+    record = AcquisitionRecord.of((Acquisition(IMAGE_FILE, aspect=im.size[0] / im.size[1]) for im in imgs["train"]),
+                                  sources["train"])  # fmt: skip
     odd = {k: np.array([record.unseen(Acquisition(IMAGE_FILE, aspect=im.size[0] / im.size[1])) is not None
                         for im in v]) for k, v in imgs.items()}  # fmt: skip
     name = "shipped with the shape check (as predict runs it)"
     methods[name] = lambda k: shipped.score(out[k][1], framing[k], pixels[k]) + 1e6 * odd[k]
-    fixed = {name: shipped.threshold}  # the detector's own threshold; the shape check adds its flags
+    fixed = {n: shipped.threshold for n in (shipped_name, name)}  # its own threshold; the shape check adds flags
     for method in ("mahalanobis", "knn"):
         for feats, pick in (("pooled features", lambda f: f[:, width:]), ("stage statistics + pooled", lambda f: f)):
             det = fit_detector(pick(out["train"][1]), pick(out["val"][1]), model.architecture, method)
