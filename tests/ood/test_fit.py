@@ -50,7 +50,13 @@ def test_a_small_source_keeps_its_own_detector(site_validation, tmp_path):
         primary, primary.half_scores(new_site["features"], new_site["framing"], new_site["pixels"])
     )
     theirs = other.combine(other.half_scores(new_site["features"], new_site["framing"], new_site["pixels"]))
-    np.testing.assert_allclose(score(detector, new_site), np.minimum(own, theirs * primary.threshold / other.threshold))
+    unit = primary.own_threshold  # the first source's own threshold; the whole's is set on every held-out image
+    np.testing.assert_allclose(score(detector, new_site), np.minimum(own, theirs * unit / other.threshold))
+    shares = [p["flagged"] for p in detector.info["per_source"]]  # of each source's held-out images: <= 5%, one at it
+    assert max(shares) == pytest.approx(0.05, abs=0.006) and min(shares) <= 0.05
+    if site_validation:  # the held-out images are both sources' validation images
+        flagged = detector.flags(score(detector, val))
+        assert [flagged[:150].mean(), flagged[150:].mean()] == pytest.approx(shares)
     detector.save(tmp_path)
     loaded = OODDetector.load(tmp_path)
     assert loaded is not None and len(loaded.others) == 1 and loaded.others[0].pixels is not None
@@ -73,6 +79,9 @@ def test_a_damaged_source_is_refused(tmp_path):
     (tmp_path / "ood.json").write_text(json.dumps({**card, "sources": [{**card["sources"][0], "architecture": "x"}]}))
     with pytest.raises(ModelError, match="source 2 \\(b\\) does not match"):
         OODDetector.load(tmp_path)
+    (tmp_path / "ood.json").write_text(json.dumps({k: v for k, v in card.items() if k != "own_threshold"}))
+    with pytest.raises(ModelError, match="own threshold"):
+        OODDetector.load(tmp_path)
     (tmp_path / "ood.json").write_text(json.dumps({k: v for k, v in card.items() if k != "sources"}))
     alone = OODDetector.load(tmp_path)  # the first source's detector alone, as saved before sources were kept
-    assert alone is not None and alone.others == [] and alone.threshold == detector.threshold
+    assert alone is not None and alone.others == [] and alone.threshold == pytest.approx(detector.threshold)

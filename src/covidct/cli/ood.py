@@ -14,12 +14,13 @@ def cmd_ood_fit(args: argparse.Namespace) -> int:
     extra = {} if site is None else {"extra_train": site.samples, "extra_groups": site.groups}
     detector = fit_for_run(args.run_dir, args.method, args.percentile, args.data_dir, **extra)
     d = detector.describe()
+    held = "every source's held-out images" if d.get("per_source") else f"{d['n_val']} validation images"
     print(f"out-of-distribution detector ({d['method']}) fitted on {d['n_train']} training images; threshold "
-          f"{d['threshold']:.4g} = percentile {d['percentile']:g} of {d['n_val']} validation images "
-          f"({d['val_flagged']:.1%} of them flagged); {d['fit_seconds']} s")  # fmt: skip
+          f"{d['threshold']:.4g} = percentile {d['percentile']:g} of {held} ({d['val_flagged']:.1%} of the "
+          f"validation images flagged); {d['fit_seconds']} s")  # fmt: skip
     for part in d.get("per_source", []):  # one detector per training source
         print(f"  {part['source']}: {part['n_train']} images, threshold on {part['threshold_on']} "
-              f"({part['val_flagged']:.1%} of {part['n_val']} flagged)")  # fmt: skip
+              f"({part['flagged']:.1%} of its {part['n_val']} held-out images flagged)")  # fmt: skip
     from covidct.runs import RunDir
 
     run = RunDir(Path(args.run_dir))

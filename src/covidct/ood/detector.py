@@ -72,6 +72,11 @@ class OODDetector:
     # tail (a model trained on both: 23% of its own COVID-CT images flagged; an adapted model: 69% of its site's new
     # images; benchmarks/OOD.md). Empty: one source (every detector before 2026-12-02 noon).
     others: list[OODDetector] = field(default_factory=list)
+    # With other sources: this source's own threshold, the unit every source's score is put in; `threshold` is then
+    # the percentile of all sources' held-out images' combined scores (covidct.ood.fit.fit_by_source).
+    own_threshold: float | None = None
+    # The held-out images' half scores the threshold was set on (calibrate); for fitting only, never saved.
+    held_out: dict[str, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     def standardise(self, features: np.ndarray) -> np.ndarray:
         features = np.asarray(features, dtype=np.float64)
@@ -120,9 +125,10 @@ class OODDetector:
         (covidct.data.framing_of, covidct.data.pixels.pixels_of), needed when the detector has those halves. With
         other sources, the smallest of the sources' scores, each in units of this detector's threshold."""
         scores = self.combine(self.half_scores(features, framing, pixels))
+        unit = self.threshold if self.own_threshold is None else self.own_threshold
         for other in self.others:
             own = other.combine(other.half_scores(features, framing, pixels))
-            scores = np.minimum(scores, own * (self.threshold / max(other.threshold, 1e-12)))
+            scores = np.minimum(scores, own * (unit / max(other.threshold, 1e-12)))
         return scores
 
     def flags(self, scores: np.ndarray) -> np.ndarray:
@@ -144,6 +150,7 @@ class OODDetector:
                                 "threshold": self.pixels.threshold, "method": self.pixels.method}  # fmt: skip
         if self.others:
             record["sources"] = [{k: v for k, v in o.describe().items() if k != "format"} for o in self.others]
+            record["own_threshold"] = self.own_threshold
         return {"format": FORMAT, "method": self.method, "k": self.k, "architecture": self.architecture,
                 "feature_dim": self.feature_dim, "threshold": self.threshold, "percentile": self.percentile,
                 **self.info, **record}  # fmt: skip
@@ -189,6 +196,11 @@ class OODDetector:
         if not isinstance(others, list) or not all(isinstance(c, dict) for c in others):
             raise ModelError(f'{where}: "sources" must be a list of the other sources\' detectors; refit it')
         detector.others = [_from_card(c, arrays, f"sources.{i}.", where) for i, c in enumerate(others)]
+        if others:
+            try:
+                detector.own_threshold = float(card["own_threshold"])
+            except (KeyError, TypeError, ValueError) as e:
+                raise _damaged(where, "first source's own threshold", e) from None
         for i, other in enumerate(detector.others):
             if (other.architecture, other.feature_dim, other.framing is None, other.pixels is None) != (
                 detector.architecture,
@@ -301,7 +313,7 @@ def one_blas_thread() -> Any:
 
 
 _CARD_KEYS = {"format", "method", "k", "architecture", "feature_dim", "threshold", "percentile", "acquisitions",
-              "framing", "pixels", "sources"}  # fmt: skip
+              "framing", "pixels", "sources", "own_threshold"}  # fmt: skip
 
 
 def _unit(z: np.ndarray) -> np.ndarray:
@@ -473,6 +485,7 @@ def calibrate(detector: OODDetector, raw: dict[str, np.ndarray], info: dict[str,
             detector.pixel_ref = max(detector.pixels.threshold, 1e-9) / two
     scores = detector.combine(raw)
     detector.threshold = at(scores)
+    detector.held_out = raw
     detector.info = {**(info or {}), "n_train": detector.info.get("n_train", 0), "n_val": len(scores),
                      "val_flagged": float(np.mean(detector.flags(scores)))}  # fmt: skip
     return detector
