@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from covidct.errors import DataError
-from covidct.training.adapt import draw_groups, head_adapter, learning_curve, summarise_curve
+from covidct.training.adapt import absolute_spec, draw_groups, head_adapter, learning_curve, summarise_curve
 from covidct.training.head import fit_head, head_scores
 
 
@@ -61,3 +61,10 @@ def test_the_folded_head_gives_scikit_learns_probabilities():
     w, b = fit_head(x, labels, c=0.1)
     pipe = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000)).fit(x, labels)
     np.testing.assert_allclose(head_scores(w, b, x), pipe.predict_proba(x)[:, 1], atol=1e-4)
+
+
+def test_the_site_is_recorded_so_that_it_is_found_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert absolute_spec("site=data/site.csv") == f"site={tmp_path / 'data' / 'site.csv'}"
+    assert absolute_spec("data/site.csv") == f"site={tmp_path / 'data' / 'site.csv'}"  # a CSV's name is its stem
+    assert absolute_spec("sars-cov-2-ct") == "sars-cov-2-ct"  # a known source: found by its name

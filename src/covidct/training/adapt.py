@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from covidct.data import ImageDataset, Sample
-from covidct.data.sources import external_set
+from covidct.data.sources import external_set, parse_source
 from covidct.errors import ConfigError, DataError, ModelError
 from covidct.evaluation.metrics import binary_metrics, roc_auc, youden_threshold
 from covidct.evaluation.scoring import training_overlap
@@ -121,6 +121,12 @@ def adapted_site(run_dir: Path, spec: str | None = None) -> Site | None:
     if spec is None:
         return None
     return load_site(run_dir, spec, allow_overlap=True, group_duplicates=adaptation.get("group_duplicates", True))
+
+
+def absolute_spec(spec: str) -> str:
+    """A source spec whose path (if it has one) is absolute, so that the record finds it from any folder later."""
+    name, path = parse_source(spec)
+    return spec if path is None else f"{name}={path.resolve()}"
 
 
 def draw_groups(labels: np.ndarray, groups: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -384,7 +390,7 @@ def adapt_run(run_dir: Path, site: Site, out_parent: Path, strategy: str = DEFAU
     ckpt = {"state_dict": state, "hyper_parameters": hp, "epoch": int(saved.get("epoch", 0))}
     atomic_write(run.checkpoint_path("best"), lambda p: torch.save(ckpt, p))
     groups = len(np.unique(site.groups))
-    adaptation = {"from_run": str(source.path), "site": site.name, "site_spec": site.spec,
+    adaptation = {"from_run": str(source.path), "site": site.name, "site_spec": absolute_spec(site.spec),
                   "group_duplicates": site.group_duplicates, "groups": groups, "images": len(site.samples),
                   "strategy": f"{strategy}: {STRATEGY_TEXT[strategy]}",
                   "validated_at_site": validation,
