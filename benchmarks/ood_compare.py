@@ -31,7 +31,7 @@ from covidct.models import create_model
 from covidct.ood.acquisition import IMAGE_FILE, Acquisition, AcquisitionRecord
 from covidct.ood.detector import fit_detector
 from covidct.ood.features import logits_and_features
-from covidct.ood.fit import fit_by_source
+from covidct.ood.fit import fit_by_source, sample_groups, sample_sources
 from covidct.runs import RunDir
 
 
@@ -189,8 +189,8 @@ def main() -> None:
     def inputs(split: str) -> dict[str, np.ndarray]:
         return {"features": out[split][1], "framing": framing[split], "pixels": pixels[split]}
 
-    sources = {sp: [s.source or "train" for s in data.splits[sp]] for sp in ("train", "val")}
-    groups = [s.group or f"image {i}" for i, s in enumerate(data.splits["train"])]
+    sources = {sp: sample_sources(data.splits[sp]) for sp in ("train", "val")}
+    groups = sample_groups(data.splits["train"])
     shipped = fit_by_source(
         inputs("train"), inputs("val"), sources["train"], sources["val"], groups, model.architecture
     )

@@ -8,7 +8,7 @@ from typing import Any
 
 from covidct.ood.acquisition import AcquisitionRecord
 from covidct.ood.detector import DEFAULT_PERCENTILE, OODDetector
-from covidct.ood.fit import DEFAULT_METHOD, fit_for_network
+from covidct.ood.fit import DEFAULT_METHOD, fit_for_network, sample_groups, sample_sources
 
 
 def fit_for_run(
@@ -28,8 +28,8 @@ def fit_for_run(
     run = RunDir.at(run_dir)
     data = run.data(data_dir)
     base, extra = list(data.splits["train"]), list(extra_train or [])
-    extra_groups = [s.group or i for i, s in enumerate(extra)] if extra_groups is None else list(extra_groups)
-    groups = [s.group or f"image {i}" for i, s in enumerate(base)] + [f"site {g}" for g in extra_groups]
+    extra_groups = sample_groups(extra) if extra_groups is None else list(extra_groups)
+    groups = sample_groups(base) + [f"site {g}" for g in extra_groups]
     return fit_and_save(run, ImageDataset(base + extra), ImageDataset(data.splits["val"]), method, percentile, groups)
 
 
@@ -47,12 +47,11 @@ def fit_and_save(
     from covidct.inference.load import load_checkpoint
 
     model = load_checkpoint(run.checkpoint("best"), run)
-    info = {"fitted_on": sorted({s.source or "train" for s in train.samples}), "split": "train",
-            "threshold_on": "val"}  # fmt: skip
+    sources = sample_sources(train.samples)
+    info = {"fitted_on": sorted(set(sources)), "split": "train", "threshold_on": "val"}
     detector = fit_for_network(model.scoring()[0], model.architecture, train.with_transform(model.transform),
                                val.with_transform(model.transform), method, percentile, info, groups)  # fmt: skip
-    sources = [s.source or "train" for s in train.samples]  # each source's central aspect range (a site's own)
-    detector.acquisitions = AcquisitionRecord.of_paths((s.path for s in train.samples), sources)
+    detector.acquisitions = AcquisitionRecord.of_paths((s.path for s in train.samples), sources)  # per source
     save_for_run(run, detector)
     return detector
 

@@ -73,7 +73,7 @@ class OODDetector:
     # images; benchmarks/OOD.md). Empty: one source (every detector before 2026-12-02 noon).
     others: list[OODDetector] = field(default_factory=list)
     # With other sources: this source's own threshold, the unit every source's score is put in; `threshold` is then
-    # the percentile of all sources' held-out images' combined scores (covidct.ood.fit.fit_by_source).
+    # the lowest at which no source's held-out images flag more than (100 - percentile)% (covidct.ood.fit).
     own_threshold: float | None = None
     # The held-out images' half scores the threshold was set on (calibrate); for fitting only, never saved.
     held_out: dict[str, np.ndarray] | None = field(default=None, repr=False, compare=False)

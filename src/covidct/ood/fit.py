@@ -70,9 +70,10 @@ def fit_for_network(
     start = time.perf_counter()
     # features, framing and pixel statistics from one decode of each image (ImageDataset.with_framing)
     (_, train_feats, tr), (_, val_feats, va) = (_one_pass(net, ds.with_framing(True), 32) for ds in (train, val))
-    groups = [s.group or f"image {i}" for i, s in enumerate(train.samples)] if groups is None else groups
-    detector = fit_by_source({"features": train_feats, **tr}, {"features": val_feats, **va}, _sources(train),
-                             _sources(val), groups, architecture, method, percentile, info)  # fmt: skip
+    groups = sample_groups(train.samples) if groups is None else groups
+    detector = fit_by_source({"features": train_feats, **tr}, {"features": val_feats, **va},
+                             sample_sources(train.samples), sample_sources(val.samples), groups, architecture, method,
+                             percentile, info)  # fmt: skip
     detector.info["fit_seconds"] = round(time.perf_counter() - start, 1)
     log.info(
         "out-of-distribution detector (%s) fitted on %d images in %.0f s; %.1f%% of validation images flagged",
@@ -81,8 +82,14 @@ def fit_for_network(
     return detector
 
 
-def _sources(dataset: ImageDataset) -> list[str]:
-    return [s.source or "train" for s in dataset.samples]
+def sample_sources(samples: Sequence[Any]) -> list[str]:
+    """The training source of each sample, as the detector names it ("train" for a run of one unnamed source)."""
+    return [s.source or "train" for s in samples]
+
+
+def sample_groups(samples: Sequence[Any]) -> list[str]:
+    """The patient (group) of each sample, for out-of-fold thresholds; a sample without one is its own."""
+    return [s.group or f"image {i}" for i, s in enumerate(samples)]
 
 
 def fit_by_source(
