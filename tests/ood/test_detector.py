@@ -175,6 +175,8 @@ def test_the_pixel_half_flags_another_source_and_combines_on_the_two_halves_foot
         train, val, "arch", "mahalanobis", framing=framing, pixels=(pixel_stats(300), pixel_stats(200, 1))
     )
     two = fit_detector(train, val, "arch", "mahalanobis", framing=framing)  # the same, without the pixel half
+    assert detector.image_halves == ("framing", "pixels") and two.image_halves == ("framing",)
+    assert fit_detector(train, val, "arch", "mahalanobis").image_halves == ()  # what every caller computes for it
     both = detector.score(val, framing[1], pixel_stats(200, 1))
     assert detector.threshold == pytest.approx(np.percentile(both, 95))  # the combined score's percentile
     pixels_alone = detector.pixels.score(pixel_stats(200, 1))

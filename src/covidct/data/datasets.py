@@ -325,8 +325,7 @@ class ImageDataset(Dataset):
         self.store = cache if hasattr(cache, "get") else None  # a DecodedCache
         self.cache = bool(cache)
         self._images: dict[int, np.ndarray] = {}
-        self.framing = False  # items also carry the image's framing statistics (data/framing.py), from one decode
-        self.pixels = False  # and its pixel statistics (data/pixels.py)
+        self.statistics: tuple[str, ...] = ()  # items also carry these image statistics (data/image_statistics.py)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -334,14 +333,14 @@ class ImageDataset(Dataset):
     def with_transform(self, transform: Callable | None) -> ImageDataset:
         """The same images (and what was decoded of them) under another transform."""
         other = ImageDataset(self.samples, transform, cache=self.store if self.store is not None else self.cache)
-        other._images, other.framing, other.pixels = self._images, self.framing, self.pixels
+        other._images, other.statistics = self._images, self.statistics
         return other
 
-    def with_framing(self, pixels: bool = False) -> ImageDataset:
-        """The same images, each item also carrying "framing": its framing statistics before the transform (and
-        with `pixels`, "pixels": its pixel statistics), from the same decode."""
+    def with_statistics(self, names: Sequence[str]) -> ImageDataset:
+        """The same images, each item also carrying each named statistic of the image before the transform
+        (data/image_statistics.py: "framing", "pixels"), from the same decode."""
         other = self.with_transform(self.transform)
-        other.framing, other.pixels = True, pixels
+        other.statistics = tuple(names)
         return other
 
     def preload(self, progress: bool = False) -> None:
@@ -376,12 +375,8 @@ class ImageDataset(Dataset):
         else:
             image = self.transform(img) if seed is None else seeded_call(self.transform, img, seed)
         item = {"image": image, "label": self.samples[i].label, "path": str(self.samples[i].path), "index": i}
-        if self.framing:
-            from covidct.data.framing import framing_statistics
+        if self.statistics:
+            from covidct.data.image_statistics import IMAGE_STATISTICS
 
-            item["framing"] = framing_statistics(img)
-        if self.pixels:
-            from covidct.data.pixels import pixel_statistics
-
-            item["pixels"] = pixel_statistics(img)
+            item.update({name: IMAGE_STATISTICS[name][0](img) for name in self.statistics})
         return item

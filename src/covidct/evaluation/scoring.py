@@ -53,15 +53,15 @@ def predict_scores_and_ood(
     """predict_scores and, when the model has a detector (and check), each image's out-of-distribution score from
     the same forward pass (of the image as it is, not its mirror)."""
     check = check and module.ood is not None
-    if check and module.ood.framing is not None:  # each item also carries its framing (and pixel statistics)
-        dataset = dataset.with_framing(pixels=module.ood.pixels is not None)  # taken from the same decode
+    halves = module.ood.image_halves if check else ()
+    if halves:  # each item also carries the statistics the detector checks, taken from the same decode
+        dataset = dataset.with_statistics(halves)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     paths: list[str] = []
     labels, scores, ood = [], [], []
     for batch in loader:
         x = batch["image"]
-        framing = batch["framing"].numpy() if "framing" in batch else None
-        p, batch_ood = module.score_batch(x, check, framing, batch["pixels"].numpy() if "pixels" in batch else None)
+        p, batch_ood = module.score_batch(x, check, {name: batch[name].numpy() for name in halves})
         ood.append(batch_ood)
         if tta:
             p = (p + module.logits(x.flip(-1)).float().softmax(1)[:, 1]) / 2

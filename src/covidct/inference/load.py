@@ -17,8 +17,7 @@ from PIL import Image
 
 from covidct import DISCLAIMER, __version__
 from covidct.data import eval_transform
-from covidct.data.framing import framing_of
-from covidct.data.pixels import pixels_of
+from covidct.data.image_statistics import statistics_of
 from covidct.data.preprocessing import Preprocessing
 from covidct.errors import ModelError
 from covidct.models import create_model
@@ -133,9 +132,8 @@ class LoadedModel:
         out, ood = [], []
         for start in range(0, len(images), batch_size):
             batch = images[start : start + batch_size]
-            framing = framing_of(batch) if check and self.ood.framing is not None else None
-            pixels = pixels_of(batch) if check and self.ood.pixels is not None else None
-            batch_scores, batch_ood = self.score_batch(self.tensor(batch), check, framing, pixels)
+            statistics = statistics_of(self.ood.image_halves, batch) if check else {}
+            batch_scores, batch_ood = self.score_batch(self.tensor(batch), check, statistics)
             out.append(batch_scores.numpy())
             ood.append(batch_ood)
         scores = np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
@@ -143,15 +141,15 @@ class LoadedModel:
 
     @torch.no_grad()
     def score_batch(
-        self, x: torch.Tensor, check: bool = True, framing: np.ndarray | None = None, pixels: np.ndarray | None = None
+        self, x: torch.Tensor, check: bool = True, statistics: dict[str, np.ndarray] | None = None
     ) -> tuple[torch.Tensor, Any]:
         """(probability of the positive class, out-of-distribution scores or None) of a preprocessed batch: the
-        detector's features come from the same forward pass when the model has one and check is asked; `framing`:
-        the batch's images' framing statistics as decoded (covidct.data.framing), for its framing half; `pixels`: their
-        pixel statistics (covidct.data.pixels), for its pixel half."""
+        detector's features come from the same forward pass when the model has one and check is asked;
+        `statistics`: the batch's images' statistics as decoded, by name, for the detector's other halves
+        (`self.ood.image_halves`; data/image_statistics.py)."""
         if check and self.ood is not None:
             logits, features = self.logits_and_features(x)
-            return logits.float().softmax(1)[:, 1], self.ood.score(features.numpy(), framing, pixels)
+            return logits.float().softmax(1)[:, 1], self.ood.score(features.numpy(), **(statistics or {}))
         return self.logits(x).float().softmax(1)[:, 1], None
 
     def ood_flags(self, ood_scores: np.ndarray | None) -> np.ndarray | None:

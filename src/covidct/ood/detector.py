@@ -100,14 +100,20 @@ class OODDetector:
         if self.framing is not None:
             if framing is None:
                 raise ModelError("this out-of-distribution detector also checks the images' framing: pass their "
-                                 "framing statistics (covidct.data.framing.framing_of)")  # fmt: skip
+                                 "framing statistics (covidct.data.image_statistics.statistics_of)")  # fmt: skip
             raw["framing"] = self.framing.score(framing)
         if self.pixels is not None:
             if pixels is None:
                 raise ModelError("this out-of-distribution detector also checks the images' pixel statistics: pass "
-                                 "them (covidct.data.pixels.pixels_of)")  # fmt: skip
+                                 "them (covidct.data.image_statistics.statistics_of)")  # fmt: skip
             raw["pixels"] = self.pixels.score(pixels)
         return raw
+
+    @property
+    def image_halves(self) -> tuple[str, ...]:
+        """The image statistics this detector checks beside the features, by name (data/image_statistics.py): what
+        every caller computes for it, decided here only. A detector fitted before a half existed lacks it."""
+        return tuple(name for name in ("framing", "pixels") if getattr(self, name) is not None)
 
     def combine(self, raw: dict[str, np.ndarray]) -> np.ndarray:
         """One score from the halves' (half_scores): the larger, each divided by its validation reference."""
@@ -122,7 +128,7 @@ class OODDetector:
         self, features: np.ndarray, framing: np.ndarray | None = None, pixels: np.ndarray | None = None
     ) -> np.ndarray:
         """Higher = less like the training images. `framing` and `pixels`: the images' framing and pixel statistics
-        (covidct.data.framing_of, covidct.data.pixels.pixels_of), needed when the detector has those halves. With
+        (covidct.data.image_statistics.statistics_of), needed for the detector's image_halves. With
         other sources, the smallest of the sources' scores, each in units of this detector's threshold."""
         scores = self.combine(self.half_scores(features, framing, pixels))
         unit = self.threshold if self.own_threshold is None else self.own_threshold

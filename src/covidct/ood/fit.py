@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from covidct.data import ImageDataset
+from covidct.data.image_statistics import IMAGE_STATISTICS
 from covidct.ood.detector import DEFAULT_PERCENTILE, OODDetector, fit_detector, fit_out_of_fold
 from covidct.ood.features import logits_and_features
 
@@ -34,7 +35,7 @@ def _one_pass(net: nn.Module, dataset: Dataset, batch_size: int) -> tuple[np.nda
             lg, f = logits_and_features(net, batch["image"].to(device))
             logits.append(lg.float().cpu().numpy())
             feats.append(f.cpu().numpy())
-            for key in ("framing", "pixels"):
+            for key in IMAGE_STATISTICS:
                 if key in batch:
                     extras.setdefault(key, []).append(batch[key].numpy())
     finally:
@@ -68,8 +69,10 @@ def fit_for_network(
     """The detector of `net`, fitted on `train` with its threshold on `val`, one per training source (fit_by_source;
     `groups`: a patient per training image, for a source without validation images; default the samples' groups)."""
     start = time.perf_counter()
-    # features, framing and pixel statistics from one decode of each image (ImageDataset.with_framing)
-    (_, train_feats, tr), (_, val_feats, va) = (_one_pass(net, ds.with_framing(True), 32) for ds in (train, val))
+    # features, framing and pixel statistics from one decode of each image (ImageDataset.with_statistics)
+    (_, train_feats, tr), (_, val_feats, va) = (
+        _one_pass(net, ds.with_statistics(list(IMAGE_STATISTICS)), 32) for ds in (train, val)
+    )
     groups = sample_groups(train.samples) if groups is None else groups
     detector = fit_by_source({"features": train_feats, **tr}, {"features": val_feats, **va},
                              sample_sources(train.samples), sample_sources(val.samples), groups, architecture, method,
