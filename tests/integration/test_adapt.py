@@ -111,3 +111,7 @@ def test_bad_sites_are_refused_with_nothing_written(trained_run, tmp_path, capsy
     assert main(["adapt", str(trained_run), "--source", f"seen={seen}", "--out", str(tmp_path / "x")]) == 2
     assert "--allow-overlap" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, "seen"])  # no x/ written
+    detector = (trained_run / "ood" / "ood.json").read_bytes()
+    assert main(["ood", "fit", str(trained_run), "--site", f"s={site}"]) == 2  # its model never learned the site
+    assert "was not adapted" in capsys.readouterr().err
+    assert (trained_run / "ood" / "ood.json").read_bytes() == detector

@@ -42,5 +42,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="threshold: this percentile of the validation scores (default 95: ~5%% flagged)")  # fmt: skip
     f.add_argument("--data-dir", help="the run's data folder, if it moved")
     f.add_argument("--site", metavar="NAME=PATH",
-                   help="an adapted run's site images (default: where its record says they are)")  # fmt: skip
+                   help="an adapted run's site images (default: where its record says they are); refused for a "
+                        "run that was not adapted")  # fmt: skip
     f.set_defaults(func=cmd_ood_fit)

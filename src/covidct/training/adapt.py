@@ -113,6 +113,12 @@ def adapted_site(run_dir: Path, spec: str | None = None) -> Site | None:
     """The site an adapted run was adapted on (its summary's record, or `spec`), so that refitting its detector
     (`covidct ood fit`) keeps the site's own; None for a run that was not adapted and no `spec`."""
     adaptation = RunDir.at(run_dir).summary().get("adaptation") or {}
+    if spec is not None and not adaptation:  # the detector says what the model learned; it never learned this site
+        raise ConfigError(
+            f"--site is for an adapted run, and {run_dir} was not adapted: its model never learned "
+            f"{spec.split('=')[0]}'s images, so its detector must not pass them as seen. Adapt it "
+            "first (covidct adapt RUN --source NAME=PATH): that fits its detector with the site"
+        )
     spec = spec or adaptation.get("site_spec")
     if spec is None and adaptation:
         raise ConfigError(f"{run_dir} was adapted on {adaptation.get('site')}, but its record does not say where "
