@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from covidct.data.framing import FRAMING_STATISTICS, RESOLUTION
+from covidct.data.image_statistics import IMAGE_STATISTICS
 from covidct.data.pixels import PIXEL_STATISTICS
 from covidct.errors import ModelError
 from covidct.ood.acquisition import Acquisition, AcquisitionRecord
@@ -113,7 +114,7 @@ class OODDetector:
     def image_halves(self) -> tuple[str, ...]:
         """The image statistics this detector checks beside the features, by name (data/image_statistics.py): what
         every caller computes for it, decided here only. A detector fitted before a half existed lacks it."""
-        return tuple(name for name in ("framing", "pixels") if getattr(self, name) is not None)
+        return tuple(name for name in IMAGE_STATISTICS if getattr(self, name) is not None)  # a half per statistic
 
     def combine(self, raw: dict[str, np.ndarray]) -> np.ndarray:
         """One score from the halves' (half_scores): the larger, each divided by its validation reference."""
