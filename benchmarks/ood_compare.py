@@ -81,6 +81,28 @@ FRAMING = {"whole-slice view (pasted into black)": whole_slice, "padded to a squ
            "soft-tissue window": soft_tissue}  # fmt: skip
 
 
+def arguments() -> argparse.Namespace:
+    """The command line of this comparison and of ood_input_candidates.py: RUN OTHER [--max-other N] [--out FILE]."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("run")
+    ap.add_argument("other")
+    ap.add_argument("--max-other", type=int, default=600)
+    ap.add_argument("--out")
+    return ap.parse_args()
+
+
+def image_sets(data, other_spec: str, max_other: int, splits: tuple[str, ...], changed: str) -> dict:
+    """The run's images of `splits`, `max_other` of the other source (drawn at seed 0: the same draw in every
+    comparison), and the benign and framing changes of the `changed` split's images, by name."""
+    imgs = {sp: [load_rgb(s.path) for s in data.splits[sp]] for sp in splits}
+    _, other = external_set(other_spec)
+    pick = sorted(np.random.default_rng(0).permutation(len(other))[:max_other])
+    imgs["other"] = [load_rgb(other[i].path) for i in pick]
+    for name, change in {**BENIGN, **FRAMING}.items():
+        imgs[name] = [change(im) for im in imgs[changed]]
+    return imgs
+
+
 def input_statistics(im: Image.Image) -> np.ndarray:
     """What the input looks like before any network: grey histogram (16 bins), brightness and spread, clipped
     shares, noise (the grey level's residual after a 3 x 3 mean, at 224 x 224), texture (mean gradient) and the
@@ -132,24 +154,13 @@ def outputs(net: torch.nn.Module, model, images: list[Image.Image]) -> tuple[np.
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("run")
-    ap.add_argument("other")
-    ap.add_argument("--max-other", type=int, default=600)
-    ap.add_argument("--out")
-    args = ap.parse_args()
+    args = arguments()
     torch.set_num_threads(2)
     run = RunDir.at(args.run)
     model = load_trained(run.path)
     net = model.module.eval()
     data = run.data()
-    imgs = {sp: [load_rgb(s.path) for s in data.splits[sp]] for sp in ("train", "val", "test")}
-    _, other = external_set(args.other)
-    rng = np.random.default_rng(0)
-    other = [other[i] for i in sorted(rng.permutation(len(other))[: args.max_other])]
-    imgs["other"] = [load_rgb(s.path) for s in other]
-    for name, f in {**BENIGN, **FRAMING}.items():
-        imgs[name] = [f(im) for im in imgs["test"]]
+    imgs = image_sets(data, args.other, args.max_other, ("train", "val", "test"), changed="test")
     t0 = time.perf_counter()
     out = {k: outputs(net, model, v) for k, v in imgs.items()}
     seconds = time.perf_counter() - t0

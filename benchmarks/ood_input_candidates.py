@@ -13,18 +13,15 @@ a fourth half is worth shipping; what is adopted moves into covidct.data, as the
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
-from ood_compare import BENIGN, FRAMING
+from ood_compare import BENIGN, FRAMING, arguments, image_sets
 from PIL import Image
 from scipy import ndimage
 from sklearn.covariance import LedoitWolf
 from sklearn.neighbors import NearestNeighbors
 
-from covidct.data import load_rgb
-from covidct.data.sources import external_set
 from covidct.runs import RunDir
 
 SPREAD_FLOOR = 0.02  # a statistic that barely varies in training is not allowed to dominate the distance
@@ -117,19 +114,10 @@ def row(name: str, kind: str, stats: dict[str, np.ndarray]) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("run")
-    ap.add_argument("other")
-    ap.add_argument("--max-other", type=int, default=600)
-    ap.add_argument("--out")
-    args = ap.parse_args()
+    args = arguments()
     data = RunDir.at(args.run).data()
-    imgs = {sp: [load_rgb(s.path) for s in data.splits[sp]] for sp in ("train", "val")}
-    _, other = external_set(args.other)
-    pick = sorted(np.random.default_rng(0).permutation(len(other))[: args.max_other])  # as ood_compare draws them
-    imgs["other"] = [load_rgb(other[i].path) for i in pick]
-    for name, change in {**BENIGN, **FRAMING}.items():  # of the validation images: the test split is not read
-        imgs[name] = [change(im) for im in imgs["val"]]
+    # the changes are of the validation images: the test split is not read
+    imgs = image_sets(data, args.other, args.max_other, ("train", "val"), changed="val")
     stats = {c: {k: np.stack([f(im) for im in v]) for k, v in imgs.items()} for c, f in CANDIDATES.items()}
     rows = []
     for combo in COMBINATIONS:

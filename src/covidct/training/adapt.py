@@ -116,7 +116,7 @@ def adapted_site(run_dir: Path, spec: str | None = None) -> Site | None:
     if spec is not None and not adaptation:  # the detector says what the model learned; it never learned this site
         raise ConfigError(
             f"--site is for an adapted run, and {run_dir} was not adapted: its model never learned "
-            f"{spec.split('=')[0]}'s images, so its detector must not pass them as seen. Adapt it "
+            f"{parse_source(spec)[0]}'s images, so its detector must not pass them as seen. Adapt it "
             "first (covidct adapt RUN --source NAME=PATH): that fits its detector with the site"
         )
     spec = spec or adaptation.get("site_spec")
