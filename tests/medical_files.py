@@ -99,3 +99,37 @@ def write_nifti(path: Path, volume: np.ndarray) -> Path:
 
     nib.save(nib.Nifti1Image(volume.astype(np.float32), np.eye(4)), str(path))
     return path
+
+
+def deflated_dicom_bomb(path: Path, pixel_bytes: int, rows: int = 64, cols: int = 64) -> Path:
+    """A DICOM file in the Deflated Explicit VR Little Endian transfer syntax whose pixel data is `pixel_bytes` zero
+    bytes: a few hundred kB on disk that inflate to `pixel_bytes` (512 MB from 0.5 MB). Made streaming, a MB at a
+    time, so that the test never holds what the bomb expands to."""
+    import io
+    import struct
+    import zlib
+
+    import pydicom
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    small = write_dicom(path.with_suffix(".small"), np.zeros((rows, cols), np.float32))
+    ds = pydicom.dcmread(small)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.save_as(path.with_suffix(".deflated"), enforce_file_format=True)
+    raw = path.with_suffix(".deflated").read_bytes()
+    fp = io.BytesIO(raw)
+    pydicom.filereader.read_preamble(fp, False)
+    pydicom.filereader.read_dataset(fp, False, True, stop_when=lambda tag, vr, length: tag >> 16 != 2)
+    start = fp.tell()
+    dataset = zlib.decompress(raw[start:], -zlib.MAX_WBITS)
+    pixel_tag = dataset.rindex(b"\xe0\x7f\x10\x00OW")
+    header = dataset[:pixel_tag] + b"\xe0\x7f\x10\x00OW\x00\x00" + struct.pack("<I", pixel_bytes)
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    parts, chunk = [deflate.compress(header)], bytes(1024 * 1024)
+    for start_at in range(0, pixel_bytes, len(chunk)):
+        parts.append(deflate.compress(chunk[: min(len(chunk), pixel_bytes - start_at)]))
+    parts.append(deflate.flush())
+    path.write_bytes(raw[:start] + b"".join(parts))
+    for leftover in (path.with_suffix(".small"), path.with_suffix(".deflated")):
+        leftover.unlink()
+    return path

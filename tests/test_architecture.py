@@ -12,7 +12,15 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "covidct"
 LAYERS = [
-    {"covidct", "covidct.errors", "covidct.fileio", "covidct.config", "covidct.tables", "covidct.plotting"},
+    {
+        "covidct",
+        "covidct.errors",
+        "covidct.fileio",
+        "covidct.config",
+        "covidct.tables",
+        "covidct.plotting",
+        "covidct.operating_point",
+    },
     {"covidct.data"},
     {"covidct.models"},
     {"covidct.runs"},

@@ -16,6 +16,7 @@ from typing import Any
 from covidct.config import TrainConfig
 from covidct.errors import ModelError
 from covidct.fileio import read_csv, write_json, write_text
+from covidct.operating_point import checked_threshold
 
 
 @dataclass(frozen=True)
@@ -131,8 +132,9 @@ class RunDir:
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             msg = f"{self.threshold_path} is not valid JSON ({e}); choose again: covidct threshold"
             raise ModelError(msg) from None
-        if not isinstance(record, dict) or not isinstance(record.get("threshold"), (int, float)):
-            raise ModelError(f"{self.threshold_path} has no numeric 'threshold'; choose again: covidct threshold")
+        if not isinstance(record, dict) or "threshold" not in record:
+            raise ModelError(f"{self.threshold_path} has no 'threshold'; choose again: covidct threshold")
+        record["threshold"] = checked_threshold(record["threshold"], f"{self.threshold_path}: 'threshold'")
         return record
 
     def eval_dirs(self) -> list[Path]:

@@ -239,7 +239,7 @@ def test_a_labelled_folder_of_hospital_dicom_slices_is_a_source(tmp_path):
     (root / "COVID" / "broken.dcm").write_bytes(b"\0" * 132)
     with pytest.raises(DataError, match=r"broken\.dcm"):
         load_rgb(root / "COVID" / "broken.dcm")
-    with pytest.raises(DataError, match=r"broken\.dcm is not a readable DICOM slice"):
+    with pytest.raises(DataError, match=r"broken\.dcm is not a readable DICOM"):
         image_header(root / "COVID" / "broken.dcm")
 
 

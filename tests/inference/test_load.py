@@ -64,3 +64,21 @@ def test_inputs_follow_the_network_to_its_device_and_scores_come_back_on_the_cpu
     on_cpu = _Recorder("cpu")
     LoadedModel(card={}, module=on_cpu).logits(torch.ones(1, 1, 4, 4))
     assert on_cpu.seen[-1].type == "cpu"
+
+
+def test_a_cut_empty_or_random_checkpoint_says_what_the_file_is(tmp_path):
+    good = tmp_path / "good.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(500)}}, good)
+    whole = good.read_bytes()
+    files = {"cut.ckpt": whole[: len(whole) // 2], "empty.ckpt": b"", "random.ckpt": bytes(range(256)) * 20}
+    expected = {
+        "cut.ckpt": "is truncated or damaged",
+        "empty.ckpt": "is empty (0 bytes)",
+        "random.ckpt": "is not a PyTorch checkpoint",
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ModelError) as e:
+            load_trained(tmp_path / name)
+        assert f"{name} {expected[name]}" in str(e.value) and "EOFError" not in str(e.value)
+        assert "pickled" not in str(e.value)

@@ -15,8 +15,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from covidct import DISCLAIMER
+from covidct.config import INPUT_LIMITS, InputLimits
 from covidct.inference.load import load_trained as load_model
-from covidct.inference.serve import MAX_PIXELS, create_app
+from covidct.inference.serve import create_app
 from tests.conftest import CHROMIUM_FLAGS, synthetic_ct
 from tests.medical_files import write_dicom
 
@@ -98,7 +99,7 @@ def test_bad_inputs_get_json_errors_and_the_server_keeps_serving(model, client, 
     cases = {
         "notes.txt": (b"just some text, not an image", 415, "unsupported file type"),
         "cut.png": (ct_png[: len(ct_png) // 2], 422, "cannot be decoded"),
-        "bomb.png": (png_header_claiming(8_000, 7_500), 422, f"over the limit of {MAX_PIXELS:,}"),
+        "bomb.png": (png_header_claiming(8_000, 7_500), 422, f"over the limit of {INPUT_LIMITS.pixels:,}"),
         "e.dcm": (empty_dicom, 422, "no pixel data"),
         "zero.png": (b"", 422, "empty"),
     }
@@ -108,7 +109,7 @@ def test_bad_inputs_get_json_errors_and_the_server_keeps_serving(model, client, 
         assert message in r.json()["detail"] and (name in r.json()["detail"] or name == "zero.png")
     r = client.post("/api/v1/predict", data={"nothing": "here"})
     assert r.status_code == 422  # no file field
-    small = TestClient(create_app(model, max_upload_mb=0.001))
+    small = TestClient(create_app(model, limits=InputLimits(upload_mb=0.001)))
     r = small.post("/api/v1/predict", files={"file": ("big.png", ct_png + b"\0" * 2000)})
     assert r.status_code == 413 and "limit" in r.json()["detail"]
     assert client.get("/health").status_code == 200

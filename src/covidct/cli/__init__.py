@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from covidct import DISCLAIMER, __version__
 from covidct.cli import data, evaluate, inference, misc, ood, train
@@ -25,8 +26,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def show_warning(message: Warning | str, category: type[Warning], *_: object, **__: object) -> None:
+    """A warning as one line a user reads ("covidct: warning: ..."), not Python's file:line and source echo."""
+    print(f"covidct: warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.showwarning = show_warning
+        return run_command(args)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """The command, with a user's errors as one line and an exit status (2: bad input; 130: interrupted)."""
     try:
         return args.func(args)
     except TrainingInterrupted as e:

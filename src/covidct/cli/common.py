@@ -94,3 +94,38 @@ def settings_from_args(args: argparse.Namespace, cls: Any, **values: Any) -> Any
         if value is not None and f.metadata.get("cli", True):
             values[f.name] = value
     return cls.from_dict(values)
+
+
+# The input limits (covidct.config.InputLimits) that each command applies: serve's uploads, and what every reader checks
+READER_LIMITS = ("pixels", "min_side", "dicom_mb", "series_slices")
+UPLOAD_LIMITS = ("upload_mb", "archive_mb", "archive_members", "member_mb", "expanded_mb", "member_ratio")
+
+
+def limit_args(p: argparse.ArgumentParser, names: tuple[str, ...]) -> None:
+    """One flag per input limit named (--max-NAME), in a group of their own, with the default from InputLimits."""
+    from covidct.config import INPUT_LIMITS, InputLimits
+
+    group = p.add_argument_group("input limits", "refused with a message naming the limit (README: input limits)")
+    fields = {f.name: f for f in dataclasses.fields(InputLimits)}
+    for name in names:
+        kind = int if isinstance(getattr(INPUT_LIMITS, name), int) else float
+        group.add_argument(
+            f"--max-{name.replace('_', '-')}" if name != "min_side" else "--min-side",
+            dest=f"limit_{name}",
+            type=kind,
+            default=None,
+            metavar="N",
+            help=f"{fields[name].metadata['help']} (default {getattr(INPUT_LIMITS, name):g})",
+        )
+
+
+def limits_from_args(args: argparse.Namespace) -> Any:
+    """InputLimits from the --max-* flags given, the rest at their defaults; a value <= 0 refused by name."""
+    from covidct.config import InputLimits
+
+    given = {
+        f.name: getattr(args, f"limit_{f.name}")
+        for f in dataclasses.fields(InputLimits)
+        if getattr(args, f"limit_{f.name}", None) is not None
+    }
+    return InputLimits.from_dict(given)

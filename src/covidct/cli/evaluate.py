@@ -57,8 +57,28 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from covidct.config import EvalConfig
 
     runs = args.run_dir if len(args.run_dir) > 1 else args.run_dir[0]
+    if args.data_dir and not args.on:
+        print(seeded_split_note(args.run_dir[0], args.data_dir, args.split) or "", end="")
     evaluate_and_print(runs, settings_from_args(args, EvalConfig, per_group=args.per_group))
     return 0
+
+
+def seeded_split_note(run_dir: Path, data_dir: str, split: str) -> str | None:
+    """A line saying that --data-dir's folder has no splits of its own, so that --split scores only the share of it
+    that a seeded draw put there (a user who meant every image wants --on); None when its splits are its own.
+    Reading the data here also refuses, before any scoring, a folder whose classes cannot be told apart."""
+    from covidct.runs import RunDir
+
+    if not Path(run_dir).is_dir():  # a .ckpt given directly: its run folder is found when it is scored
+        return None
+    data = RunDir.at(run_dir).data(data_dir)
+    if not data.seeded or split not in data.splits:
+        return None
+    n, total = len(data.splits[split]), sum(len(s) for s in data.splits.values())
+    return (
+        f"note: {data_dir} has no split folders: its images were split at random, and --split {split} scores "
+        f"{n} of its {total} images; to score every image: covidct evaluate RUN --on {data_dir}\n"
+    )
 
 
 def cmd_threshold(args: argparse.Namespace) -> int:

@@ -8,7 +8,15 @@ import sys
 from pathlib import Path
 
 from covidct import DISCLAIMER
-from covidct.cli.common import AGGREGATION_NAMES, DEFAULT_AGGREGATION, window
+from covidct.cli.common import (
+    AGGREGATION_NAMES,
+    DEFAULT_AGGREGATION,
+    READER_LIMITS,
+    UPLOAD_LIMITS,
+    limit_args,
+    limits_from_args,
+    window,
+)
 from covidct.data.medical import LUNG_WINDOW
 
 
@@ -26,11 +34,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from covidct.inference.predict import AGGREGATIONS, expand_inputs, predict_inputs
 
     print(DISCLAIMER, file=sys.stderr)
+    limits = limits_from_args(args)
     model = load_trained(args.model)
     paths = expand_inputs(args.inputs)
     report: dict = {}
-    rows = predict_inputs(model, paths, args.threshold, args.window, Path(args.cam) if args.cam else None,
-                          args.aggregate, report)  # fmt: skip
+    with limits.applied():
+        rows = predict_inputs(
+            model, paths, args.threshold, args.window, Path(args.cam) if args.cam else None, args.aggregate, report
+        )
     write_csv(args.out, rows)
     json_path = Path(args.out).with_suffix(".json")
     write_json(json_path, {**report, "model": model.model_id, "disclaimer": DISCLAIMER})
@@ -77,7 +88,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(
             f"warning: serving on {args.host} without an API key; anyone who can reach it can use it", file=sys.stderr
         )
-    serve(args.model, args.host, args.port, args.api_key)
+    serve(args.model, args.host, args.port, args.api_key, limits_from_args(args))
     return 0
 
 
@@ -100,11 +111,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--aggregate", default=DEFAULT_AGGREGATION, choices=AGGREGATION_NAMES,
                    help="volume score from the slices in lung (default top10_mean: mean of the top 10%%)")  # fmt: skip
+    limit_args(p, READER_LIMITS)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("serve", help="web app and REST API for one model (research use only)")
     p.add_argument("model", help="export folder (model.safetensors [+ model.onnx] + model.json) or run folder")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000; 0: any free port)")
     p.add_argument("--api-key", help="require this key in header X-API-Key on /api/ (default: $COVIDCT_API_KEY)")
+    limit_args(p, UPLOAD_LIMITS + READER_LIMITS)
     p.set_defaults(func=cmd_serve)

@@ -50,6 +50,7 @@ class SplitData:
     class_names: tuple[str, ...]
     source: str
     notes: tuple[str, ...] = ()  # what a user must know about how the splits were made
+    seeded: bool = False  # the splits (or some of them) were drawn at random by seed, not given by the data
 
     def sources(self) -> list[str]:
         return sorted({s.source for samples in self.splits.values() for s in samples})
@@ -182,7 +183,7 @@ def folder_splits(root: Path, seed: int) -> SplitData:
     grouped = any(s.group for s in samples)
     splits = group_split(samples, seed) if grouped else stratified_split(samples, seed)
     how = "seeded split, each subfolder in one split" if grouped else "seeded split"
-    return SplitData(splits, class_names, f"folders {root}/<class> ({how})")
+    return SplitData(splits, class_names, f"folders {root}/<class> ({how})", seeded=True)
 
 
 def subfolder_group(class_folder: Path, path: Path) -> str:
@@ -235,7 +236,7 @@ def csv_splits(csv_path: Path, seed: int) -> SplitData:
         grouped = any(s.group for s in unsplit)
         for split, samples in (group_split(unsplit, seed) if grouped else stratified_split(unsplit, seed)).items():
             splits[split] += samples
-    return SplitData(splits, class_names, f"csv {csv_path}")
+    return SplitData(splits, class_names, f"csv {csv_path}", seeded=bool(unsplit))
 
 
 def load_splits(data_dir: str | Path, data_csv: str | Path | None = None, seed: int = 42) -> SplitData:

@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from covidct.data.medical import LUNG_WINDOW, apply_window, dicom_hu, is_dicom
+from covidct.config import active_limits
+from covidct.data.medical import LUNG_WINDOW, apply_window, dicom_hu, is_dicom, open_dicom
 from covidct.errors import DataError
 
 MAX_SLICE_PIXELS = 50_000_000  # Rows x Columns x NumberOfFrames above this is refused before decoding
@@ -84,8 +85,6 @@ def _files(folder: Path) -> tuple[list[Path], list[str]]:
 
 def scan_folder(folder: str | Path) -> StudyScan:
     """Group a folder's DICOM files into studies and series; see the module's docstring for what is skipped."""
-    import pydicom
-
     folder = Path(folder)
     files, skipped = _files(folder)
     if not files:
@@ -93,9 +92,9 @@ def scan_folder(folder: str | Path) -> StudyScan:
     series: dict[tuple[str, str], Series] = {}
     for path in files:
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-        except Exception as e:
-            skipped.append(f"{path}: not a readable DICOM file ({type(e).__name__}: {e})")
+            ds = open_dicom(path, header_only=True)
+        except DataError as e:
+            skipped.append(str(e))  # it names the file
             continue
         why = not_a_ct_slice(ds)
         if why:
@@ -169,6 +168,10 @@ def keep_series(s: Series, skipped: list[str]) -> bool:
     if s.orientation is not None and abs(float(np.cross(s.orientation[:3], s.orientation[3:])[2])) < 0.8:
         skipped.append(f"series {s.label}: not axial (orientation {s.orientation})")
         return False
+    most = active_limits().series_slices
+    if len(s.slices) > most:
+        skipped.append(f"series {s.label}: {len(s.slices)} slices is over the limit of {most} (series_slices)")
+        return False
     _note_gaps(s)
     return True
 
@@ -188,12 +191,7 @@ def _note_gaps(s: Series) -> None:
 
 def slice_hu(path: Path) -> tuple[np.ndarray, Any]:
     """One slice's HU and its dataset; a transfer syntax no installed plugin decodes names the syntax."""
-    import pydicom
-
-    try:
-        ds = pydicom.dcmread(path)
-    except Exception as e:
-        raise DataError(f"file {path} is not a readable DICOM file ({type(e).__name__}: {e})") from None
+    ds = open_dicom(path)
     try:
         return dicom_hu(ds, str(path)), ds
     except DataError as e:

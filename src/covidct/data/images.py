@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from covidct.config import active_limits
 from covidct.errors import DataError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
@@ -51,6 +52,11 @@ def _readable(path: Path) -> Iterator[None]:
         yield
     except FileNotFoundError:
         raise DataError(f"image file {path} does not exist") from None
+    except Image.DecompressionBombError as e:  # Pillow's own bound, far above covidct's: say which limit it is
+        raise DataError(
+            f"image file {path}: {pixel_text(e)} is over the limit of {active_limits().pixels:,} pixels "
+            "(pixels); refused before decoding"
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise DataError(f"image file {path} cannot be read ({type(e).__name__}: {e})") from None
 
@@ -60,12 +66,12 @@ def image_header(path: str | Path) -> tuple[str, str, tuple[int, int]]:
     ("HU", "DICOM", its size). A missing or unreadable file raises DataError."""
     path = Path(path)
     if is_dicom_slice(path):  # no I/O for an image suffix
-        import pydicom
+        from covidct.data.medical import open_dicom
 
+        ds = open_dicom(path, header_only=True)
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
             return "HU", "DICOM", (int(ds.Columns), int(ds.Rows))
-        except Exception as e:  # pydicom raises many kinds; all mean "not a DICOM slice we can use"
+        except Exception as e:  # a header without rows or columns: no DICOM slice we can use
             raise DataError(f"file {path} is not a readable DICOM slice ({type(e).__name__}: {e})") from None
     with _readable(path), Image.open(path) as img:
         return img.mode, img.format or "?", img.size
@@ -80,5 +86,32 @@ def load_rgb(path: str | Path) -> Image.Image:
 
         return read_dicom(path)  # RGB already
     with _readable(path), Image.open(path) as img:
+        check_pixels(img.size, f"image file {path}")
         img.load()  # decode now, so a truncated file fails here and not in a worker later
         return to_rgb(img)
+
+
+def pixel_text(error: Exception) -> str:
+    """The size Pillow's DecompressionBombError names ("Image size (400000000 pixels) exceeds ..."), or a phrase."""
+    import re
+
+    found = re.search(r"\((\d+) pixels\)", str(error))
+    return f"{int(found.group(1)):,} pixels" if found else "the image"
+
+
+def check_pixels(size: tuple[int, int], what: str) -> None:
+    """Refuse, from the header and before decoding, an image over the active pixel limit (InputLimits.pixels)."""
+    limit = active_limits().pixels
+    if size[0] * size[1] > limit:
+        raise DataError(f"{what}: {size[0]}x{size[1]} pixels is over the limit of {limit:,} (pixels)")
+
+
+def check_scoring_size(size: tuple[int, int], what: str) -> None:
+    """Refuse an image to be scored whose shorter side is under InputLimits.min_side: upsampled to the network's
+    input, a few pixels hold nothing a score could mean (a 1 x 1 black PNG scored COVID at 0.98)."""
+    limit = active_limits().min_side
+    if min(size) < limit:
+        raise DataError(
+            f"{what}: {size[0]}x{size[1]} pixels is under the minimum of {limit} pixels a side "
+            "(min_side); send the whole slice"
+        )

@@ -8,14 +8,20 @@ lung window -600 / 1500 shows -1350 HU (air, black) to +150 HU (soft tissue, whi
 
 from __future__ import annotations
 
+import io
+import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from covidct.config import active_limits
 from covidct.errors import DataError
 
 LUNG_WINDOW = (-600.0, 1500.0)  # (centre, width) in HU
+DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian: pydicom inflates it whole, unbounded
+INFLATE_CHUNK = 1024 * 1024
 DICOM_SUFFIXES = {".dcm", ".dicom"}
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -49,12 +55,83 @@ def grey_image(grey: np.ndarray) -> Image.Image:
     return Image.fromarray(grey, mode="L").convert("RGB")
 
 
-def dicom_hu(ds: object, source: str) -> np.ndarray:
-    """Hounsfield units of one DICOM dataset's pixels (2-D): stored value x slope + intercept."""
-    if "PixelData" not in ds:  # type: ignore[operator]
-        raise DataError(f"DICOM file {source} has no pixel data (PixelData element missing)")
+def open_dicom(source: str | Path | bytes, name: str | None = None, header_only: bool = False) -> Any:
+    """The one way covidct opens a DICOM file (a path, or an upload's bytes), within the active input limits
+    (covidct.config.InputLimits): a file larger than a decoded data set may be, or a deflated data set that inflates
+    past it, is refused before pydicom reads it (pydicom inflates a deflated data set whole, in memory: 0.5 MB became
+    512 MB). Anything unreadable is a DataError naming the file."""
+    import pydicom
+
+    name = name or str(source)
+    limit = active_limits().megabytes("dicom_mb")
     try:
-        pixels = ds.pixel_array.astype(np.float32)  # type: ignore[attr-defined]
+        data = source if isinstance(source, bytes) else _bounded_read(Path(source), limit, name)
+        fp = io.BytesIO(data)
+        pydicom.filereader.read_preamble(fp, False)
+        meta = pydicom.filereader.read_dataset(fp, False, True, stop_when=lambda tag, vr, length: tag >> 16 != 2)
+        if str(meta.get("TransferSyntaxUID", "")) == DEFLATED and not _inflates_within(data[fp.tell() :], limit):
+            raise DataError(
+                f"DICOM file {name}: its deflated data set inflates past the limit of {limit:,} bytes "
+                "(dicom_mb); refused before decoding"
+            )
+        return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=header_only)
+    except DataError:
+        raise
+    except FileNotFoundError:
+        raise DataError(f"DICOM file {name} does not exist") from None
+    except Exception as e:  # pydicom raises many kinds; all mean "not a DICOM file we can read"
+        raise DataError(f"file {name} is not a readable DICOM file ({type(e).__name__}: {e})") from None
+
+
+def _bounded_read(path: Path, limit: int, name: str) -> bytes:
+    size = path.stat().st_size
+    if size > limit:
+        raise DataError(f"DICOM file {name}: {size:,} bytes is over the limit of {limit:,} (dicom_mb)")
+    return path.read_bytes()
+
+
+def _inflates_within(stream: bytes, limit: int) -> bool:
+    """Whether a raw deflate stream inflates to at most `limit` bytes, found by inflating it a chunk at a time and
+    keeping nothing (zlib's max_length: never more than one chunk in memory)."""
+    inflater, total, pending = zlib.decompressobj(-zlib.MAX_WBITS), 0, stream
+    while True:
+        try:
+            out = inflater.decompress(pending, INFLATE_CHUNK)
+        except zlib.error:
+            return True  # not a valid stream: pydicom's own error names it, at no cost
+        total += len(out)
+        if total > limit:
+            return False
+        pending = inflater.unconsumed_tail
+        if not pending and len(out) < INFLATE_CHUNK:
+            return True
+
+
+def check_pixel_budget(ds: Any, source: str) -> None:
+    """Refuse, from the header and before any pixel is decoded, a data set that is not one 2-D slice or whose
+    decoded pixels would pass the active input limits (covidct.config.InputLimits: pixels, dicom_mb)."""
+    limits = active_limits()
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raise DataError(f"DICOM file {source}: expected one 2-D slice, got {frames} frames (a multi-frame file)")
+    if rows * cols > limits.pixels:
+        raise DataError(f"DICOM file {source}: {cols}x{rows} pixels is over the limit of {limits.pixels:,} (pixels)")
+    decoded = rows * cols * int(ds.get("SamplesPerPixel", 1) or 1) * max(8, int(ds.get("BitsAllocated", 16) or 16)) // 8
+    if decoded > limits.megabytes("dicom_mb"):
+        raise DataError(
+            f"DICOM file {source}: {decoded:,} bytes of pixels is over the limit of "
+            f"{limits.megabytes('dicom_mb'):,} (dicom_mb)"
+        )
+
+
+def dicom_hu(ds: Any, source: str) -> np.ndarray:
+    """Hounsfield units of one DICOM dataset's pixels (2-D): stored value x slope + intercept."""
+    if "PixelData" not in ds:
+        raise DataError(f"DICOM file {source} has no pixel data (PixelData element missing)")
+    check_pixel_budget(ds, source)
+    try:
+        pixels = ds.pixel_array.astype(np.float32)
     except Exception as e:
         raise DataError(f"DICOM file {source}: pixel data cannot be decoded ({type(e).__name__}: {e})") from None
     if pixels.ndim != 2:
@@ -73,43 +150,25 @@ def dicom_grey(ds: object, source: str, window: tuple[float, float]) -> Image.Im
     return grey_image(grey)
 
 
-def _dcmread(path: Path) -> object:
-    import pydicom
-
-    try:
-        return pydicom.dcmread(path)
-    except FileNotFoundError:
-        raise DataError(f"DICOM file {path} does not exist") from None
-    except Exception as e:
-        raise DataError(f"file {path} is not a readable DICOM file ({type(e).__name__}: {e})") from None
-
-
 def read_dicom(path: str | Path, window: tuple[float, float] = LUNG_WINDOW) -> Image.Image:
     """One DICOM slice, windowed to an RGB image."""
     path = Path(path)
-    return dicom_grey(_dcmread(path), str(path), window)
+    return dicom_grey(open_dicom(path), str(path), window)
 
 
 def read_dicom_hu(path: str | Path) -> np.ndarray:
     """One DICOM slice in Hounsfield units."""
     path = Path(path)
-    return dicom_hu(_dcmread(path), str(path))
+    return dicom_hu(open_dicom(path), str(path))
 
 
 def read_dicom_series(folder: str | Path, window: tuple[float, float] = LUNG_WINDOW) -> list[Image.Image]:
     """The slices of a DICOM series folder, ordered along the patient axis (ImagePositionPatient z, else
     InstanceNumber, else file name)."""
-    import pydicom
-
     files = sorted(p for p in Path(folder).iterdir() if p.is_file() and is_dicom(p))
     if not files:
         raise DataError(f"folder {folder} holds no DICOM files")
-    datasets = []
-    for p in files:
-        try:
-            datasets.append((p, pydicom.dcmread(p)))
-        except Exception as e:
-            raise DataError(f"file {p} is not a readable DICOM file ({type(e).__name__}: {e})") from None
+    datasets = [(p, open_dicom(p)) for p in files]
 
     def position(item: tuple[Path, object]) -> tuple[float, str]:
         p, ds = item

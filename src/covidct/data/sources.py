@@ -282,7 +282,7 @@ def map_classes(data: SplitData, where: str, single_class_ok: bool = False) -> S
     if len(names) == 1 and not single_class_ok:
         raise DataError(f"{where} holds one class only ({names[0]}): it can be evaluated (--on) but not trained on")
     splits = {sp: [dataclasses.replace(s, label=mapping[s.label]) for s in ss] for sp, ss in data.splits.items()}
-    return SplitData(splits, CLASS_NAMES, data.source, data.notes)
+    return SplitData(splits, CLASS_NAMES, data.source, data.notes, data.seeded)
 
 
 def load_sources(specs: list[str], seed: int = 42) -> SplitData:
@@ -299,18 +299,32 @@ def load_sources(specs: list[str], seed: int = 42) -> SplitData:
                 raise DataError(f"source {spec} has no {c} images in its training split: it cannot be trained on")
     splits = {sp: [s for p in parts for s in p.splits[sp]] for sp in SPLITS}
     notes = tuple(n for p in parts for n in p.notes)
-    return SplitData(splits, CLASS_NAMES, " + ".join(p.source for p in parts), notes)
+    seeded = any(p.seeded for p in parts)
+    return SplitData(splits, CLASS_NAMES, " + ".join(p.source for p in parts), notes, seeded)
 
 
 def run_data(config: Any, data_dir: str | Path | None = None) -> SplitData:
     """The splits a run was trained on, from its config: its sources, or (single-source runs) its data folder
-    or CSV; `data_dir` overrides the folder of a single-source run."""
+    or CSV; `data_dir` overrides the folder of a single-source run. A folder or CSV whose class names do not say
+    which class is COVID, or that holds one class only, is refused: label 0 would otherwise be called non-COVID
+    whatever it holds (a folder of COVID/ alone scored as all non-COVID; COVID/ + Other/ with the classes inverted)."""
     if getattr(config, "sources", None) and not data_dir:
         return load_sources(list(config.sources), config.seed)
-    data = load_splits(data_dir or config.data_dir, config.data_csv, config.seed)
-    if is_official_layout(Path(data_dir or config.data_dir)) and not config.data_csv:
+    folder = Path(data_dir or config.data_dir)
+    data = load_splits(folder, config.data_csv, config.seed)
+    if is_official_layout(folder) and not config.data_csv:
         tagged = {sp: [dataclasses.replace(s, source="covid-ct") for s in ss] for sp, ss in data.splits.items()}
         return dataclasses.replace(data, splits=tagged)
+    where = f"data {config.data_csv or folder}"
+    if len(data.class_names) == 1:
+        raise DataError(
+            f"{where} holds one class only ({data.class_names[0]}): a data folder needs a COVID and a non-COVID "
+            f"class. To score every image of a one-class folder, use --on {config.data_csv or folder} "
+            "(covidct evaluate RUN --on DIR)"
+        )
+    # map_classes refuses names it cannot map; for two classes that it can map, class_order already put the negative
+    # class first, so the labels stand as they are and the data keeps its own class names
+    map_classes(data, where)
     return data
 
 

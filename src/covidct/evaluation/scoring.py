@@ -22,11 +22,12 @@ from covidct.inference.load import LoadedModel, load_checkpoint, with_detector
 from covidct.runs import RunDir, find_checkpoint
 
 
-def load_classifier(checkpoint: str | Path) -> LoadedModel:
-    """The model of a checkpoint (read safely: weights_only), ready to score."""
+def load_classifier(checkpoint: str | Path, operating_point: bool = True) -> LoadedModel:
+    """The model of a checkpoint (read safely: weights_only), ready to score; operating_point=False: without reading
+    its threshold (load_checkpoint)."""
     ckpt = Path(checkpoint)
     run = RunDir.of_checkpoint(ckpt)
-    return load_checkpoint(ckpt, run)
+    return load_checkpoint(ckpt, run, operating_point)
 
 
 @torch.no_grad()

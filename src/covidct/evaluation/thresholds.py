@@ -16,6 +16,7 @@ from covidct.evaluation.metrics import binary_metrics, threshold_for_sensitivity
 from covidct.evaluation.scoring import eval_dataset, external_samples, load_classifier, predict_scores
 from covidct.fileio import atomic_write, write_json
 from covidct.inference.load import read_checkpoint
+from covidct.operating_point import checked_threshold
 from covidct.runs import RunDir, find_checkpoint
 
 
@@ -51,7 +52,7 @@ def store_threshold(
         "chosen_on": where,
         "set": on,
         "checkpoint": ckpt_path.name,
-        "previous_threshold": float(previous),
+        "previous_threshold": previous,
         "val_metrics" if on is None else "set_metrics": chosen,
     }
     write_json(run.threshold_path, record)
@@ -69,7 +70,7 @@ def threshold_by_rule(run: RunDir, ckpt_path: Path, choose: str, min_sensitivity
                       data_dir: str | Path | None, on: str | None) -> tuple[float, str, dict[str, Any]]:  # fmt: skip
     """(threshold, where it was chosen, the metrics there) by Youden's J or a minimum sensitivity, on the validation
     split or on the labelled set `on`."""
-    module = load_classifier(ckpt_path)
+    module = load_classifier(ckpt_path, operating_point=False)  # a damaged record is what this replaces
     if on is None:
         where, samples = "val", run.data(data_dir).splits["val"]
     else:
@@ -95,7 +96,7 @@ def given_threshold(choose: str) -> float:
     return value
 
 
-def write_checkpoint_threshold(ckpt_path: Path, value: float) -> float:
+def write_checkpoint_threshold(ckpt_path: Path, value: float) -> float | None:
     """Store the threshold in the checkpoint's hyperparameters (for a checkpoint used outside its run folder);
     returns the one it replaces. Read with weights_only: a checkpoint carrying pickled code is refused, never run."""
     ckpt = read_checkpoint(ckpt_path)
@@ -104,4 +105,7 @@ def write_checkpoint_threshold(ckpt_path: Path, value: float) -> float:
     previous = ckpt["hyper_parameters"].get("threshold", 0.5)  # kept in the record: `--choose PREVIOUS` restores it
     ckpt["hyper_parameters"]["threshold"] = float(value)
     atomic_write(ckpt_path, lambda p: torch.save(ckpt, p))
-    return float(previous)
+    try:
+        return checked_threshold(previous, "previous")
+    except ModelError:  # a damaged value being mended: there is no previous one to restore
+        return None

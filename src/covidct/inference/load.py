@@ -21,6 +21,7 @@ from covidct.data.image_statistics import statistics_of
 from covidct.data.preprocessing import Preprocessing
 from covidct.errors import ModelError
 from covidct.models import create_model
+from covidct.operating_point import checked_threshold
 from covidct.runs import RunDir, find_checkpoint
 
 CARD_NAME = "model.json"
@@ -45,7 +46,7 @@ class LoadedModel:
 
     @property
     def threshold(self) -> float:
-        return float(self.card.get("threshold", 0.5))
+        return checked_threshold(self.card.get("threshold"), f"{self.source}: the model card's 'threshold'")
 
     @property
     def architecture(self) -> str:
@@ -165,7 +166,7 @@ def model_card(
     architecture: str,
     preprocessing: dict[str, Any],
     class_names: list[str],
-    threshold: float,
+    threshold: float | None,
     run: RunDir | None = None,
 ) -> dict[str, Any]:
     """Everything needed to use the weights, and what is known about how good they are and where they were
@@ -177,7 +178,7 @@ def model_card(
         "preprocessing": dict(preprocessing),
         "class_names": list(class_names),
         "positive_class": list(class_names)[1],
-        "threshold": float(threshold),
+        "threshold": None if threshold is None else float(threshold),
         "input": {"name": "image", "shape": ["batch", 3, size, size], "dtype": "float32",
                   "note": "RGB in [0, 1], then (x - mean) / std"},
         "output": {"name": "logits", "shape": ["batch", 2], "score": "softmax(logits)[:, 1] = probability of class 1"},
@@ -187,11 +188,7 @@ def model_card(
     }  # fmt: skip
     if run is None:
         return card
-    card["source_run"] = run.name
-    chosen = run.threshold_record()
-    if chosen is not None and abs(chosen["threshold"] - float(threshold)) < 1e-9:
-        # where the operating point comes from: a site's set by its name (--on; not its local path), val, or by hand
-        card["threshold_chosen_on"] = chosen.get("chosen_on") or "given"
+    card["source_run"] = run.name  # where the operating point was chosen: with_run_threshold, from threshold.json
     s = run.summary()
     if s:
         card["training_data"] = {"source": s.get("data_source"), "counts": s.get("counts")}
@@ -218,14 +215,30 @@ def model_card(
 
 
 def unsafe_message(path: Path, error: Exception) -> str:
-    """Why a checkpoint was refused, in one line: torch's own message is several paragraphs."""
+    """Why a checkpoint was refused, in one line that says what the file is: torch's own message is several
+    paragraphs, and the same for a cut file as for random bytes."""
+    import zipfile
+
     if isinstance(error, FileNotFoundError):
         return f"checkpoint {path} does not exist"
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        return f"checkpoint {path} is empty (0 bytes): it was cut while being written; train again or restore it"
+    if head != b"PK\x03\x04":
+        return (
+            f"checkpoint {path} is not a PyTorch checkpoint (a checkpoint is a ZIP archive; this file is not); "
+            "give a run folder or its checkpoints/best.ckpt"
+        )
+    if not zipfile.is_zipfile(path):
+        return f"checkpoint {path} is truncated or damaged (its archive has no end); train again or restore it"
     first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     if "Weights only load failed" in first or "Unsupported global" in str(error):
-        return (f"checkpoint {path} cannot be read safely: it holds pickled objects besides tensors and plain values, "
-                "which covidct never runs (was it written by covidct?)")  # fmt: skip
-    return f"checkpoint {path} cannot be read safely ({type(error).__name__}: {first[:200]})"
+        return (
+            f"checkpoint {path} cannot be read safely: it holds pickled objects besides tensors and plain "
+            "values, which covidct never runs (was it written by covidct?)"
+        )
+    return f"checkpoint {path} cannot be read ({type(error).__name__}: {first[:200]})"
 
 
 def read_checkpoint(ckpt: Path) -> dict[str, Any]:
@@ -235,8 +248,11 @@ def read_checkpoint(ckpt: Path) -> dict[str, Any]:
         raise ModelError(unsafe_message(ckpt, e)) from None
 
 
-def load_checkpoint(ckpt: str | Path, run: RunDir | None = None) -> LoadedModel:
-    """The network of a training checkpoint (the module's state under model.*), with its card."""
+def load_checkpoint(ckpt: str | Path, run: RunDir | None = None, operating_point: bool = True) -> LoadedModel:
+    """The network of a training checkpoint (the module's state under model.*), with its card and its operating
+    point (threshold.json's when the run has one, else the checkpoint's), each validated. operating_point=False:
+    neither is read (the card's threshold is then None: reading it fails), for `covidct threshold`, which chooses
+    one anew and must be able to mend a damaged record."""
     ckpt = Path(ckpt)
     saved = read_checkpoint(ckpt)
     hp = saved.get("hyper_parameters") or {}
@@ -248,12 +264,16 @@ def load_checkpoint(ckpt: str | Path, run: RunDir | None = None) -> LoadedModel:
         model.load_state_dict(state)
     except Exception as e:
         raise ModelError(f"checkpoint {ckpt} does not fit {hp['model_name']}: {type(e).__name__}: {e}") from None
-    card = model_card(
-        hp["model_name"], dict(hp["preprocessing"]), list(hp["class_names"]), hp.get("threshold", 0.5), run
-    )
+    where = f"checkpoint {ckpt}: hyper_parameters 'threshold'"
+    threshold = checked_threshold(hp.get("threshold", 0.5), where) if operating_point else None
+    card = model_card(hp["model_name"], dict(hp["preprocessing"]), list(hp["class_names"]), threshold, run)
     card["checkpoint"] = {"file": ckpt.name, "epoch": int(saved.get("epoch", -1)) + 1}
     loaded = LoadedModel(card, module=inference_ready(model), source=str(run.path if run else ckpt))
-    return with_probe(loaded, run.probe_dir) if run is not None else loaded
+    if run is None:
+        return loaded
+    if operating_point:  # threshold.json is the run's one record: with an export or without, the same threshold
+        loaded = with_run_threshold(loaded, run, ckpt.name)
+    return with_probe(loaded, run.probe_dir)
 
 
 def load_safetensors_model(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -264,13 +284,27 @@ def load_safetensors_model(path: str | Path) -> tuple[torch.nn.Module, dict[str,
     card_path = path.with_name(CARD_NAME)
     if not card_path.is_file():
         raise ModelError(f"{path} has no {CARD_NAME} beside it (the card says which architecture to build)")
-    card = json.loads(card_path.read_text())
+    card = read_card(card_path)
     model, _ = create_model(card["architecture"], pretrained=False)
     try:
         model.load_state_dict(load_file(str(path)))
     except Exception as e:
         raise ModelError(f"{path} does not fit {card['architecture']}: {type(e).__name__}: {e}") from None
     return inference_ready(model), card
+
+
+def read_card(card_path: Path) -> dict[str, Any]:
+    """An export's model.json, its threshold validated: a card that cannot be read or holds no usable operating
+    point is refused by name, never scored at a default."""
+    try:
+        card = json.loads(card_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        msg = f"{card_path} cannot be read ({type(e).__name__}: {e}); export it again: covidct export RUN"
+        raise ModelError(msg) from None
+    if not isinstance(card, dict) or not isinstance(card.get("architecture"), str):
+        raise ModelError(f"{card_path} is not a covidct model card (no 'architecture'); export it again")
+    card["threshold"] = checked_threshold(card.get("threshold"), f"{card_path}: 'threshold'")
+    return card
 
 
 def inference_ready(model: torch.nn.Module) -> torch.nn.Module:
@@ -280,13 +314,15 @@ def inference_ready(model: torch.nn.Module) -> torch.nn.Module:
     return model.eval().float().to(memory_format=torch.channels_last)
 
 
-def with_run_threshold(model: LoadedModel, run: RunDir) -> LoadedModel:
-    """threshold.json is the run's one threshold record: an export made before `covidct threshold` still scores
-    at the operating point the run now has (the export's card is rewritten too, but an export copied elsewhere
-    before that keeps its own)."""
+def with_run_threshold(model: LoadedModel, run: RunDir, checkpoint: str | None = None) -> LoadedModel:
+    """threshold.json is the run's one threshold record, read (and validated) whether or not the run has an export:
+    an export made before `covidct threshold` still scores at the operating point the run now has (the export's
+    card is rewritten too, but an export copied elsewhere before that keeps its own). A record chosen for another
+    checkpoint (best vs last) does not apply."""
     record = run.threshold_record()
-    if record is not None and "threshold" in record:
-        model.card["threshold"] = float(record["threshold"])
+    checkpoint = checkpoint or run.checkpoint_path("best").name  # an export is made from the best checkpoint
+    if record is not None and record.get("checkpoint", checkpoint) == checkpoint:
+        model.card["threshold"] = record["threshold"]
         model.card["threshold_chosen_on"] = record.get("chosen_on") or "given"
     return model
 
@@ -357,6 +393,6 @@ def load_trained(path: str | Path, threads: int | None = None, checkpoint: str =
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or max(1, torch.get_num_threads())
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        model = LoadedModel(json.loads(card_path.read_text()), session=session, source=str(path))
+        model = LoadedModel(read_card(card_path), session=session, source=str(path))
         return with_detector(model, path.parent) if len(session.get_outputs()) > 1 else model
     raise ModelError(f"model file {path} must be .safetensors, .onnx or .ckpt (with {CARD_NAME} beside the first two)")

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from covidct.data import load_rgb
-from covidct.data.images import IMAGE_SUFFIXES
+from covidct.data.images import IMAGE_SUFFIXES, check_scoring_size
 from covidct.data.lungmask import has_lung, lung_fraction, lung_mask
 from covidct.data.medical import LUNG_WINDOW, apply_window, grey_image, is_dicom, is_nifti, read_dicom
 from covidct.errors import DataError
@@ -90,9 +90,9 @@ def read_input(path: Path, window: tuple[float, float] = LUNG_WINDOW) -> tuple[l
     """(images, is_volume) of a 2-D input (image or DICOM slice) or a NIfTI volume."""
     if is_nifti(path):
         return [grey_image(g) for _, g in _nifti_slices(path, window)], True
-    if is_dicom(path):
-        return [read_dicom(path, window)], False
-    return [load_rgb(path)], False
+    image = read_dicom(path, window) if is_dicom(path) else load_rgb(path)
+    check_scoring_size(image.size, f"{'DICOM' if is_dicom(path) else 'image'} file {path}")
+    return [image], False
 
 
 def _nifti_slices(path: Path, window: tuple[float, float]) -> Iterator[tuple[np.ndarray, np.ndarray]]:

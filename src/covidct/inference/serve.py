@@ -4,9 +4,12 @@ Routes: GET /health; GET /api/v1/model (the model card); POST /api/v1/predict (m
 JPEG or DICOM file; `?cam=true` adds a Grad-CAM overlay as a PNG data URL); GET / (the web page); /docs (OpenAPI).
 Every /api/ route checks the API key when one is set (header X-API-Key). The model is loaded once; inference runs
 in worker threads, at most one per core at a time, each with one intra-op thread, so parallel requests use the
-cores without oversubscribing them. Limits: uploads over MAX_UPLOAD_MB -> 413; images over MAX_PIXELS -> 422
-(checked from the header, before decoding: no decompression bombs); other bad input -> 4xx with a JSON
-{"detail": ...} that says what is wrong. The server keeps serving after any of them.
+cores without oversubscribing them. Limits (covidct.config.InputLimits, one declared policy, each a flag of
+`covidct serve`): a body over the archive limit is refused on its Content-Length or as it streams in, before it is
+stored (413); an image over its upload limit, a ZIP over its member count or expanded size (413), an image over the
+pixel limit or under the minimum side, a DICOM that would decode or inflate past its limit (422): each checked before
+decoding, each answer naming the limit and the value. Other bad input -> 4xx with a JSON {"detail": ...} that says
+what is wrong. The server keeps serving after any of them.
 """
 
 import asyncio
@@ -15,6 +18,7 @@ import io
 import os
 import secrets
 import threading
+import zlib
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -26,14 +30,13 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from covidct import DISCLAIMER, __version__
-from covidct.data.images import to_rgb
+from covidct.config import INPUT_LIMITS, InputLimits
+from covidct.data.images import check_pixels, check_scoring_size, pixel_text, to_rgb
 from covidct.data.medical import LUNG_WINDOW
 from covidct.errors import DataError
 from covidct.inference.load import LoadedModel
 
-MAX_UPLOAD_MB = 20  # one image
-MAX_SERIES_MB = 512  # a ZIP of a series or study
-MAX_PIXELS = 50_000_000  # 50 megapixels: far above any CT slice, far below what exhausts memory
+MULTIPART_OVERHEAD = 64 * 1024  # a request's body besides the file: boundaries and part headers
 API_KEY_ENV = "COVIDCT_API_KEY"
 PAGE = Path(__file__).parent.parent / "templates" / "app.html"
 
@@ -51,6 +54,9 @@ class Prediction(BaseModel):
     positive_class: str
     model: str
     cam: str | None = Field(None, description="Grad-CAM overlay as a PNG data URL (with ?cam=true)")
+    preview: str | None = Field(
+        None, description="a DICOM upload as it was read (lung window), as a PNG data URL; null for PNG and JPEG"
+    )
     in_distribution: bool | None = Field(
         None,
         description="false: the image does not look like the images the "
@@ -119,95 +125,123 @@ def sniff(data: bytes) -> str:
 def upload_acquisition(data: bytes) -> Any:
     """How an upload was acquired (covidct.ood.acquisition): a DICOM file's header; an image file's shape. A header
     that cannot be read gives the kind alone (decode_upload says what is wrong with the file)."""
+    from covidct.data.medical import open_dicom
     from covidct.ood.acquisition import DICOM, Acquisition, from_dicom_header, image_acquisition
 
     if sniff(data) != "dicom":
         return image_acquisition(io.BytesIO(data))
-    import pydicom
-
     try:
-        return from_dicom_header(pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True))
-    except Exception:  # pydicom raises many kinds; decode_upload answers 422 for the same bytes
+        return from_dicom_header(open_dicom(data, "upload", header_only=True))
+    except DataError:  # decode_upload answers 422 for the same bytes
         return Acquisition(DICOM)
 
 
 def decode_upload(data: bytes, name: str, window: tuple[float, float] = LUNG_WINDOW) -> Image.Image:
-    """An uploaded file as an RGB image, or InputError with the status to answer."""
+    """An uploaded file as an RGB image, within the active input limits, or InputError with the status to answer."""
     kind = sniff(data)
     if not kind:
         raise InputError(
             415, f"{name}: unsupported file type; send a PNG, JPEG or DICOM (.dcm) file, or a ZIP of a series"
         )
-    if kind == "dicom":
-        import pydicom
+    try:
+        image = _decode_dicom(data, name, window) if kind == "dicom" else _decode_image(data, name)
+        check_scoring_size(image.size, name)
+    except DataError as e:
+        raise InputError(422, str(e)) from None
+    return image
 
-        from covidct.data.medical import dicom_grey
 
-        try:
-            ds = pydicom.dcmread(io.BytesIO(data))
-        except Exception as e:
-            raise InputError(422, f"{name}: not a readable DICOM file ({type(e).__name__}: {e})") from None
-        rows, cols = int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0)
-        if rows * cols > MAX_PIXELS:
-            raise InputError(422, f"{name}: {cols}x{rows} pixels is over the limit of {MAX_PIXELS:,}")
-        try:
-            return dicom_grey(ds, name, window)
-        except DataError as e:
-            raise InputError(422, str(e)) from None
+def _decode_dicom(data: bytes, name: str, window: tuple[float, float]) -> Image.Image:
+    from covidct.data.medical import dicom_grey, open_dicom
+
+    return dicom_grey(open_dicom(data, name), name, window)
+
+
+def _decode_image(data: bytes, name: str) -> Image.Image:
     try:
         with Image.open(io.BytesIO(data)) as img:
-            w, h = img.size
-            if w * h > MAX_PIXELS:
-                raise InputError(422, f"{name}: {w}x{h} pixels is over the limit of {MAX_PIXELS:,}")
+            check_pixels(img.size, name)
             img.load()
             return to_rgb(img)
-    except InputError:
-        raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise InputError(
-            422, f"{name}: the image cannot be decoded, it may be truncated ({type(e).__name__})"
-        ) from None
+    except Image.DecompressionBombError as e:  # Pillow's own bound, above covidct's: it names the pixel limit
+        limit = f"{INPUT_LIMITS.pixels:,}"
+        raise DataError(f"{name}: {pixel_text(e)} is over the limit of {limit} pixels (pixels)") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{name}: the image cannot be decoded, it may be truncated ({type(e).__name__})") from None
 
 
 TOP_SLICES_SHOWN = 5  # pictures per series in the answer to a ZIP (each about 30-60 kB as a data URL)
-MAX_ZIP_FILES = 2000  # a CT study is a few hundred slices per series
-MAX_ZIP_BYTES = 2 * 1024**3  # uncompressed, all members together
-MAX_ZIP_RATIO = 200  # uncompressed / compressed of a member: above it, a zip bomb (CT compresses about 2-4x)
 
 
-def unpack_series_zip(data: bytes, name: str, target: Path) -> Path:
-    """Extract a ZIP of DICOM files after checking its members: count, total size, compression ratio, and paths
-    that would climb out of the target. InputError (413/422) names what is wrong; nothing is extracted then."""
+def unpack_series_zip(data: bytes, name: str, target: Path, limits: InputLimits) -> Path:
+    """Extract a ZIP of DICOM files after checking its members against `limits`: count, each member's and the total
+    expanded size, compression ratio, and paths that would climb out of the target. InputError (413/422) names what
+    is wrong, before anything is extracted; sizes are counted again while extracting (a member may lie about its
+    size), and a refusal midway leaves the caller's temporary folder to be removed with the request."""
     import zipfile
-    from pathlib import PurePosixPath
 
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
         members = [m for m in zf.infolist() if not m.is_dir()]
     except zipfile.BadZipFile as e:
         raise InputError(422, f"{name}: not a readable ZIP file ({e})") from None
-    if len(members) > MAX_ZIP_FILES:
-        raise InputError(413, f"{name}: {len(members)} files is over the limit of {MAX_ZIP_FILES}")
+    _check_members(members, name, limits)
+    budget = limits.megabytes("expanded_mb")
+    for i, m in enumerate(members):
+        try:
+            budget = _extract(zf, m, target / f"{i:05d}.dcm", budget, name, limits)
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, ValueError) as e:
+            raise InputError(
+                422, f"{name}: member {m.filename!r} cannot be expanded ({type(e).__name__}: {e})"
+            ) from None
+    return target
+
+
+def _extract(zf: Any, member: Any, out: Path, budget: int, name: str, limits: InputLimits) -> int:
+    """Copy one member out a MB at a time, its size counted against what it declares and what is left of the
+    total; returns what is left."""
+    with zf.open(member) as src, open(out, "wb") as dst:
+        copied = 0
+        while chunk := src.read(1024**2):
+            copied += len(chunk)
+            budget -= len(chunk)
+            if copied > member.file_size:
+                raise InputError(413, f"{name}: member {member.filename!r} is larger than it declares")
+            if budget < 0:
+                raise InputError(413, f"{name}: expands past the limit of {limits.expanded_mb:g} MB (expanded_mb)")
+            dst.write(chunk)
+    return budget
+
+
+def _check_members(members: list[Any], name: str, limits: InputLimits) -> None:
+    """The ZIP's directory checked against the limits, before a byte is expanded."""
+    from pathlib import PurePosixPath
+
+    if len(members) > limits.archive_members:
+        raise InputError(
+            413, f"{name}: {len(members)} files is over the limit of {limits.archive_members} (archive_members)"
+        )
     total = sum(m.file_size for m in members)
-    if total > MAX_ZIP_BYTES:
-        raise InputError(413, f"{name}: {total:,} bytes uncompressed is over the limit of {MAX_ZIP_BYTES:,}")
+    if total > limits.megabytes("expanded_mb"):
+        raise InputError(
+            413, f"{name}: {total:,} bytes expanded is over the limit of {limits.expanded_mb:g} MB (expanded_mb)"
+        )
     for m in members:
         parts = PurePosixPath(m.filename.replace("\\", "/")).parts
         if PurePosixPath(m.filename).is_absolute() or ".." in parts or (parts and ":" in parts[0]):
             raise InputError(422, f"{name}: member {m.filename!r} has a path that climbs out of the archive")
-        if m.file_size > MAX_ZIP_RATIO * max(1, m.compress_size) and m.file_size > 1024**2:
-            raise InputError(413, f"{name}: member {m.filename!r} expands {m.file_size // max(1, m.compress_size)}x "
-                             f"(over {MAX_ZIP_RATIO}x): refused as a zip bomb")  # fmt: skip
-    for i, m in enumerate(members):
-        out = target / f"{i:05d}.dcm"
-        with zf.open(m) as src, open(out, "wb") as dst:
-            copied = 0
-            while chunk := src.read(1024**2):  # the declared size is checked again while reading
-                copied += len(chunk)
-                if copied > m.file_size:
-                    raise InputError(413, f"{name}: member {m.filename!r} is larger than it declares")
-                dst.write(chunk)
-    return target
+        if m.file_size > limits.megabytes("member_mb"):
+            raise InputError(
+                413,
+                f"{name}: member {m.filename!r} expands to {m.file_size:,} bytes, over the limit "
+                f"of {limits.member_mb:g} MB (member_mb)",
+            )
+        if m.file_size > limits.member_ratio * max(1, m.compress_size):
+            raise InputError(
+                413,
+                f"{name}: member {m.filename!r} expands {m.file_size // max(1, m.compress_size)}x, "
+                f"over the limit of {limits.member_ratio:g}x (member_ratio): refused as a zip bomb",
+            )
 
 
 def png_data_url(img: Image.Image) -> str:
@@ -219,19 +253,26 @@ def png_data_url(img: Image.Image) -> str:
 class Predictor:
     """The model, and a bound on how many inferences run at once (one per core, one thread each)."""
 
-    def __init__(self, model: LoadedModel, workers: int | None = None) -> None:
+    def __init__(self, model: LoadedModel, limits: InputLimits = INPUT_LIMITS, workers: int | None = None) -> None:
         self.model = model
+        self.limits = limits
         self.workers = workers or max(1, os.cpu_count() or 1)
         self.slots = threading.BoundedSemaphore(self.workers)
         # Grad-CAM hooks the shared model's layers: one explanation at a time (scores stay parallel).
         self.cam_lock = threading.Lock()
 
     def handle(self, data: bytes, name: str, cam: bool) -> dict[str, Any]:
-        """Decode an upload and predict (InputError for bad input)."""
-        with self.slots:
-            if sniff(data) == "zip":
+        """Decode an upload and predict (InputError for bad input), within the server's input limits."""
+        with self.slots, self.limits.applied():
+            kind = sniff(data)
+            if kind == "zip":
                 return self.predict_series(data, name, cam)
-            return self.predict(decode_upload(data, name), cam, upload_acquisition(data))
+            image = decode_upload(data, name)
+            answer = self.predict(image, cam, upload_acquisition(data))
+            # a browser cannot show a DICOM file: the page shows the slice as it was read (lung window) instead,
+            # whatever the file's name; the heat map goes over it once
+            answer["preview"] = png_data_url(image) if kind == "dicom" else None
+            return answer
 
     def predict_series(self, data: bytes, name: str, cam: bool = False) -> dict[str, Any]:
         """A ZIP of a DICOM series or study: scored as `covidct predict` scores a folder. Each series' top slices
@@ -241,7 +282,7 @@ class Predictor:
         from covidct.inference.predict import predict_inputs
 
         with tempfile.TemporaryDirectory(prefix="covidct-upload-") as tmp:
-            folder = unpack_series_zip(data, name, Path(tmp))
+            folder = unpack_series_zip(data, name, Path(tmp), self.limits)
             report: dict[str, Any] = {}
             try:
                 predict_inputs(self.model, [folder], report=report)
@@ -304,7 +345,7 @@ class Predictor:
         }
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(app: FastAPI, limits: InputLimits) -> None:
     """Every error answer is {"detail": "one string"} (ErrorDetail)."""
 
     @app.exception_handler(InputError)
@@ -321,11 +362,31 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+        detail = str(exc.detail)
+        if exc.status_code == 413 and detail == "Content Too Large":  # FastAPI's max_body_size, as the body streamed
+            detail = body_limit_text(limits, request.headers.get("content-length"))
+        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
 
 
-def upload_schema(series_limit: int, max_upload_mb: float) -> dict[str, Any]:
+def docs_page(app: FastAPI) -> str:
+    """A plain page of the routes, linking the OpenAPI document (/openapi.json) for any OpenAPI viewer."""
+    import html
+
+    rows = "".join(
+        f"<li><code>{method.upper()} {html.escape(path)}</code>: {html.escape(op.get('summary', ''))}</li>"
+        for path, ops in app.openapi()["paths"].items()
+        for method, op in ops.items()
+    )
+    return (
+        f"<!doctype html><meta charset=utf-8><title>covidct API</title><h1>covidct API</h1>"
+        f"<p>The OpenAPI document: <a href=/openapi.json>/openapi.json</a> (open it in any OpenAPI viewer). "
+        f"Routes:</p><ul>{rows}</ul><p>{html.escape(DISCLAIMER)}</p>"
+    )
+
+
+def upload_schema(limits: InputLimits) -> dict[str, Any]:
     """The predict route's request body in the OpenAPI document (FastAPI cannot say the byte limits itself)."""
+    series_limit, max_upload_mb = limits.megabytes("archive_mb"), limits.upload_mb
     return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
         "type": "object", "required": ["file"], "properties": {"file": {
             "type": "string", "format": "binary", "contentMediaType": "application/octet-stream",
@@ -334,39 +395,67 @@ def upload_schema(series_limit: int, max_upload_mb: float) -> dict[str, Any]:
                            f"{max_upload_mb:g} MB"}}}}}}}  # fmt: skip
 
 
-async def read_upload(request: Request, file: UploadFile, limit: int, series_limit: int, max_upload_mb: float) -> bytes:
+async def read_upload(request: Request, file: UploadFile, limits: InputLimits) -> bytes:
     """The uploaded bytes, or InputError: a parameter or form field the API does not know (refused, not dropped:
-    '?cams=true' would silently return no heat map), an upload over the limits, an empty file."""
+    '?cams=true' would silently return no heat map), a second file, an upload over the limits, an empty file.
+    The body as a whole is bounded before this runs (the route's max_body_size); an image's own, smaller limit is
+    checked on its first bytes and its size, before it is read."""
     unknown = sorted(set(request.query_params) - {"cam"})
     if unknown:
         raise InputError(422, f"unknown query parameter(s) {unknown}; this route takes: cam")
-    extra = sorted(set((await request.form()).keys()) - {"file"})
+    form = await request.form()
+    extra = sorted(set(form.keys()) - {"file"})
     if extra:
         raise InputError(422, f"unknown form field(s) {extra}; this route takes: file")
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > series_limit + 64 * 1024:
-        raise InputError(413, f"upload of {int(declared):,} bytes is over the limit of {MAX_SERIES_MB} MB")
-    data = await file.read(series_limit + 1)
-    if len(data) > series_limit or (len(data) > limit and sniff(data) != "zip"):
-        what = f"{MAX_SERIES_MB} MB for a ZIP" if len(data) > series_limit else f"{max_upload_mb:g} MB for an image"
-        raise InputError(413, f"{file.filename}: over the upload limit of {what}")
+    if len(form.getlist("file")) > 1:
+        raise InputError(
+            422,
+            f"{len(form.getlist('file'))} files in one request; send one image, DICOM or ZIP per "
+            "request (a ZIP holds a series or study)",
+        )
+    name = file.filename or "upload"
+    head = await file.read(8)
+    await file.seek(0)
+    is_zip = sniff(head) == "zip"
+    limit = limits.megabytes("archive_mb" if is_zip else "upload_mb")
+    if file.size is not None and file.size > limit:
+        raise InputError(413, f"{name}: {file.size:,} bytes is over the upload limit of {over(limits, is_zip)}")
+    data = await file.read(limit + 1)
+    if len(data) > limit:
+        raise InputError(413, f"{name}: over the upload limit of {over(limits, is_zip)}")
     if not data:
-        raise InputError(422, f"{file.filename}: the file is empty")
+        raise InputError(422, f"{name}: the file is empty")
     return data
 
 
-def create_app(model: LoadedModel, api_key: str | None = None, max_upload_mb: float = MAX_UPLOAD_MB) -> FastAPI:
-    """The FastAPI app around `model`."""
+def over(limits: InputLimits, is_zip: bool) -> str:
+    return (
+        f"{limits.archive_mb:g} MB for a ZIP (archive_mb)"
+        if is_zip
+        else f"{limits.upload_mb:g} MB for an image (upload_mb)"
+    )
 
-    predictor = Predictor(model)
-    limit = int(max_upload_mb * 1024 * 1024)
-    series_limit = max(limit, MAX_SERIES_MB * 1024 * 1024)
+
+def create_app(model: LoadedModel, api_key: str | None = None, limits: InputLimits = INPUT_LIMITS) -> FastAPI:
+    """The FastAPI app around `model`, refusing inputs over `limits`."""
+    from starlette.formparsers import MultiPartParser
+
+    predictor = Predictor(model, limits)
+    body_limit = max(limits.megabytes("upload_mb"), limits.megabytes("archive_mb")) + MULTIPART_OVERHEAD
+    # An upload within the body limit is held in memory, not spooled to a temporary file (Starlette's default above
+    # 1 MB): a request then writes to disk only a ZIP's expanded members (expanded_mb). Starlette has no per-app
+    # setting for it; serve runs one app per process.
+    MultiPartParser.spool_max_size = body_limit
     app = FastAPI(
         title="covidct",
         description=f"COVID-19 classification of chest CT images. {DISCLAIMER}",
         version=str(model.card.get("covidct_version") or __version__),  # FastAPI needs one for OpenAPI
+        docs_url=None,  # FastAPI's Swagger page loads its scripts from a CDN: blank offline; /docs says where to look
+        redoc_url=None,
     )
-    install_error_handlers(app)
+    install_error_handlers(app, limits)
+    refuse_declared_bodies_over(app, body_limit, limits)
+    add_pages(app)
 
     def check_key(x_api_key: Annotated[str | None, Header()] = None) -> None:
         if api_key and not (x_api_key and secrets.compare_digest(x_api_key, api_key)):
@@ -379,8 +468,13 @@ def create_app(model: LoadedModel, api_key: str | None = None, max_upload_mb: fl
     @app.get("/api/v1/model", dependencies=[Depends(check_key)], responses=_errors(401))
     def model_card() -> dict[str, Any]:
         runtime = "onnxruntime" if model.session is not None else "pytorch"
-        serving = {"max_upload_mb": max_upload_mb, "max_pixels": MAX_PIXELS, "workers": predictor.workers,
-                   "runtime": runtime}  # fmt: skip
+        serving = {
+            "max_upload_mb": limits.upload_mb,
+            "max_pixels": limits.pixels,
+            "limits": limits.to_dict(),
+            "workers": predictor.workers,
+            "runtime": runtime,
+        }
         return {**model.card, "serving": serving}
 
     @app.post(
@@ -388,23 +482,61 @@ def create_app(model: LoadedModel, api_key: str | None = None, max_upload_mb: fl
         dependencies=[Depends(check_key)],
         response_model=Prediction | SeriesPrediction,
         responses=_errors(401, 413, 415, 422),
-        openapi_extra=upload_schema(series_limit, max_upload_mb),
+        openapi_extra=upload_schema(limits),
+        max_body_size=body_limit,
+        form_limits={"max_files": 2},  # two are refused by name (read_upload); more stop the parser at once
     )
     async def predict(request: Request, file: Annotated[UploadFile, File()], cam: bool = False) -> dict[str, Any]:
-        data = await read_upload(request, file, limit, series_limit, max_upload_mb)
+        data = await read_upload(request, file, limits)
         if cam and model.module is None:
             raise InputError(422, "this server loaded an ONNX model only; Grad-CAM needs the safetensors export")
         # Decoding and inference run in a worker thread: the event loop keeps accepting requests meanwhile.
         return await asyncio.to_thread(predictor.handle, data, file.filename or "upload", cam)
 
+    return app
+
+
+def body_limit_text(limits: InputLimits, declared: str | None) -> str:
+    size = f" of {int(declared):,} bytes" if declared and declared.isdigit() else ""
+    return (
+        f"upload{size} is over the limit of {limits.archive_mb:g} MB for a ZIP (archive_mb) and "
+        f"{limits.upload_mb:g} MB for an image (upload_mb)"
+    )
+
+
+def refuse_declared_bodies_over(app: FastAPI, body_limit: int, limits: InputLimits) -> None:
+    """A body whose Content-Length is over the limit is answered 413 before a byte of it is read. FastAPI's
+    max_body_size (on the predict route) counts the bytes of a body that does not declare its length, or lies; it
+    also refuses a declared one, but with a plain-text answer that names no limit, hence this check first."""
+
+    @app.middleware("http")
+    async def declared_length(request: Request, call_next: Any) -> Any:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > body_limit:
+            return JSONResponse({"detail": body_limit_text(limits, declared)}, status_code=413)
+        return await call_next(request)
+
+
+def add_pages(app: FastAPI) -> None:
+    """The web page (/) and the API's description (/docs), both with nothing loaded from elsewhere."""
+
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    def docs() -> str:
+        """Where the API is described, offline: the OpenAPI document and its routes (no scripts from a CDN)."""
+        return docs_page(app)
+
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
         return PAGE.read_text(encoding="utf-8").replace("{{DISCLAIMER}}", DISCLAIMER)
 
-    return app
 
-
-def serve(model_path: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None) -> None:
+def serve(
+    model_path: str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: str | None = None,
+    limits: InputLimits = INPUT_LIMITS,
+) -> None:
     """Load the model once and serve it with uvicorn (one process; parallelism inside, see Predictor)."""
     import torch
     import uvicorn
@@ -413,5 +545,5 @@ def serve(model_path: str, host: str = "127.0.0.1", port: int = 8000, api_key: s
 
     model = load_model(model_path, threads=1)
     torch.set_num_threads(1)  # parallel requests (one per core, see Predictor), not parallel ops inside one
-    app = create_app(model, api_key or os.environ.get(API_KEY_ENV) or None)
+    app = create_app(model, api_key or os.environ.get(API_KEY_ENV) or None, limits)
     uvicorn.run(app, host=host, port=port, log_level="info")

@@ -111,9 +111,9 @@ def of_file(path: str | Path) -> Acquisition:
             return Acquisition(NIFTI)
     if is_dicom_slice(path):
         try:
-            import pydicom
+            from covidct.data.medical import open_dicom
 
-            return from_dicom_header(pydicom.dcmread(path, stop_before_pixels=True))
+            return from_dicom_header(open_dicom(path, header_only=True))
         except Exception:  # pydicom raises many kinds; the slice's reader names the problem
             return Acquisition(DICOM)
     return image_acquisition(path)

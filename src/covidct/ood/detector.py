@@ -218,6 +218,7 @@ class OODDetector:
                 name = other.info.get("source", "?")
                 raise ModelError(f"{where}: the detector of source {i + 2} ({name}) does not match the first "
                                  "source's (architecture, features or halves); refit it")  # fmt: skip
+        _check_finite(detector, where)
         return detector
 
 
@@ -247,6 +248,30 @@ def _from_card(card: Any, arrays: dict[str, np.ndarray], prefix: str, where: str
     if card.get("pixels") is not None and detector.framing is not None:
         detector.pixels, detector.pixel_ref = _pixels_half(card["pixels"], arrays, where, prefix)
     return detector
+
+
+def _check_finite(detector: OODDetector, where: str) -> None:
+    """Refuse a detector holding a NaN or infinite threshold, reference or array: every comparison with NaN is
+    false, so such a detector would flag nothing and the check would be off without a word."""
+    values = {
+        "threshold": detector.threshold,
+        "percentile": detector.percentile,
+        "refs": detector.refs,
+        "pixel_ref": detector.pixel_ref,
+        "own_threshold": detector.own_threshold or 0.0,
+    }
+    for name, half in (("framing", detector.framing), ("pixels", detector.pixels)):
+        if half is not None:
+            values[f"{name}.threshold"] = half.threshold
+    for i, other in enumerate(detector.others):
+        values[f"sources.{i}.threshold"] = other.threshold
+    values.update({f"array {k}": v for k, v in _all_arrays(detector).items()})
+    for name, value in values.items():
+        if not np.all(np.isfinite(np.asarray(value, dtype=np.float64))):
+            raise ModelError(
+                f"{where}: {name} is not a finite number (NaN or infinite), so the out-of-distribution "
+                "check would flag nothing; refit the detector: covidct ood fit RUN"
+            )
 
 
 def _all_arrays(detector: OODDetector, prefix: str = "") -> dict[str, np.ndarray]:
