@@ -12,19 +12,21 @@ from covidct.cli import main
 from covidct.reporting.html import MAX_GALLERY, build_report, misclassified_gallery
 from tests.conftest import CHROMIUM_FLAGS
 
+# in the order a reader asks: how good, where validated and flagged, the errors, then how it was made
 SECTIONS = [
-    "run",
-    "data",
-    "samples",
-    "training",
     "metrics",
+    "curves",
     "external",
     "confusion",
-    "curves",
-    "calibration",
     "errors",
+    "calibration",
+    "training",
+    "data",
+    "samples",
     "model-card",
+    "run",
 ]
+PDF_PAGES = 12  # A4, Chromium's print; make demo's report measured 0 pages (benchmarks/RESULTS.md)
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +94,57 @@ def test_report_renders_in_chromium(report, chromium):
     assert all(u.startswith(("file:", "data:")) for u in requests), requests
 
 
+def test_report_answers_first_and_fits_the_screen_in_chromium(report, chromium):
+    """At 1280 x 800 the headline figures are on the first screen; at 1280 and at a phone's 390 px nothing runs past
+    the page's width; no two captions overlap; printed to PDF it stays short."""
+    from playwright.sync_api import sync_playwright
+
+    overlap_js = """() => { const r = [...document.querySelectorAll('figcaption')].map(e => e.getBoundingClientRect())
+        .filter(b => b.width > 0); let n = 0; for (let i = 0; i < r.length; i++) for (let j = i + 1; j < r.length; j++)
+        { const a = r[i], b = r[j]; if (a.left < b.right - 1 && b.left < a.right - 1 && a.top < b.bottom - 1 &&
+        b.top < a.bottom - 1) n++; } return n; }"""
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.goto(report.as_uri(), wait_until="load")
+        headline = page.eval_on_selector("table.headline", "e => e.getBoundingClientRect().bottom")
+        answer = page.text_content("p.answer")
+        widths = {1280: page.evaluate("[document.documentElement.scrollWidth, document.documentElement.clientWidth]")}
+        overlaps = {1280: page.evaluate(overlap_js)}
+        page.set_viewport_size({"width": 390, "height": 844})
+        widths[390] = page.evaluate("[document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+        overlaps[390] = page.evaluate(overlap_js)
+        pdf = page.pdf(format="A4")
+        browser.close()
+    assert headline <= 800, f"the headline table ends at {headline} px, below the first screen"
+    assert "accuracy" in answer and "trained on" in answer and "flagged" in answer
+    assert all(scroll == client for scroll, client in widths.values()), widths
+    assert overlaps == {1280: 0, 390: 0}
+    pages = len(re.findall(rb"/Type\s*/Page[^s]", pdf))
+    assert 1 <= pages <= PDF_PAGES, pages
+
+
+def test_report_puts_the_study_beside_the_run_and_says_why_rows_repeat(report):
+    html = report.read_text()
+    first = html.index('<section id="metrics">')
+    assert first < html.index('<section id="external">') < html.index('<section id="data">')  # the answer first
+    head = html[first : html.index("</section>", first)]
+    assert "study: VGG-19-bn (published)" in head and "0.813" in head and "0.883" in head  # the official split
+    assert 'class="answer"' in html[:first]
+
+
 def test_report_cli(own_run, capsys):
     assert main(["report", str(own_run)]) == 0
     assert "report.html" in capsys.readouterr().out
+
+
+def test_the_report_says_which_operating_points_repeat_the_models_own():
+    from covidct.reporting.html import same_as_default
+
+    points = [
+        {"name": "default", "threshold": 0.41},
+        {"name": "youden", "threshold": 0.41},
+        {"name": "sensitivity>=0.95", "threshold": 0.2},
+    ]
+    assert same_as_default({"operating_points": points}) == ["youden"]
+    assert same_as_default({"operating_points": points[::2]}) == []

@@ -15,14 +15,21 @@ COMMAND_MODULES = (data, train, evaluate, inference, ood, misc)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from covidct.cli.guide import add_examples, overview
+
     parser = argparse.ArgumentParser(
         prog="covidct",
-        description=f"Chest CT COVID-19 classifiers: train, evaluate, compare. {DISCLAIMER}",
+        usage="covidct [-h] [--version] COMMAND ...   (covidct COMMAND --help: its options and an example)",
+        description=f"Chest CT COVID-19 classifiers: train, evaluate, compare.\n{DISCLAIMER}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"covidct {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     for module in COMMAND_MODULES:
         module.register(sub)
+    parser.epilog = overview(parser, sub.choices)
+    sub.help = argparse.SUPPRESS  # listed by group in the epilog instead of in registration order
+    add_examples(sub.choices)
     return parser
 
 
@@ -32,7 +39,11 @@ def show_warning(message: Warning | str, category: type[Warning], *_: object, **
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:  # bare `covidct`: what it can do and where to start, not a usage error
+        parser.print_help()
+        return 0
     with warnings.catch_warnings():
         warnings.showwarning = show_warning
         return run_command(args)

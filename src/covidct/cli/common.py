@@ -48,6 +48,20 @@ def require(module: str, extra: str, feature: str) -> None:
         raise ConfigError(f"{feature} needs the optional package {module}: pip install 'covidct[{extra}]'")
 
 
+# The argument groups of a settings class's flags (`covidct train --help`), by field name; the rest: "other settings"
+SETTING_GROUPS = {
+    "data": ("data_dir", "data_csv", "sources", "source_balance", "samples_per_epoch", "grayscale", "input_size",
+             "augment", "crop", "intensity", "cache_images", "cache_dir", "num_workers", "split", "on", "tta"),
+    "model": ("model", "pretrained", "weights", "init", "freeze_blocks", "linear_probe", "imagenet_probe",
+              "domain_adversarial", "ema_decay", "checkpoint"),
+    "schedule": ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "backbone_lr_scale", "label_smoothing",
+                 "patience", "mixup", "monitor", "seed"),
+    "evaluation": ("operating_point", "ood", "threshold", "calibrate", "n_bootstrap", "min_sensitivity"),
+    "hardware": ("precision", "channels_last", "fp32_slow_layers", "accelerator", "devices", "num_nodes"),
+    "output": ("out", "out_dir", "tensorboard", "checkpoint_every"),
+}  # fmt: skip
+
+
 def config_args(p: argparse.ArgumentParser, cls: Any = None, config_file: bool = True) -> None:
     """One flag per field of a settings class (TrainConfig unless given; help, choices and flag name from its
     metadata; booleans as --x/--no-x; lists repeated). Every default is None here, so that only flags given on the
@@ -58,6 +72,7 @@ def config_args(p: argparse.ArgumentParser, cls: Any = None, config_file: bool =
     if config_file:
         p.add_argument("--config", help="a YAML config (e.g. a saved run's config.yaml); flags override it")
     defaults = cls()
+    groups: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         meta = f.metadata
         if not meta.get("cli", True):
@@ -66,15 +81,17 @@ def config_args(p: argparse.ArgumentParser, cls: Any = None, config_file: bool =
         default = getattr(defaults, f.name)
         help_text = meta.get("help", "")
         kind = _kind(f.type)
+        title = next((t for t, names in SETTING_GROUPS.items() if f.name in names), "other settings")
+        group = groups.get(title) or groups.setdefault(title, p.add_argument_group(title))
         if kind is bool:
-            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
                            help=f"{help_text} (default: {'on' if default else 'off'})")  # fmt: skip
         elif kind is list:
-            p.add_argument(flag, dest=f.name, action="append", default=None, metavar=f.name[:-1].upper(),
+            group.add_argument(flag, dest=f.name, action="append", default=None, metavar=f.name[:-1].upper(),
                            help=help_text)  # fmt: skip
         else:
-            shown = "" if default in (None, "") else f" (default {default})"
-            p.add_argument(flag, dest=f.name, type=kind, default=None, choices=meta.get("choices"),
+            shown = "" if default in (None, "") or "default" in help_text else f" (default {default})"
+            group.add_argument(flag, dest=f.name, type=kind, default=None, choices=meta.get("choices"),
                            help=help_text + shown)  # fmt: skip
 
 

@@ -115,7 +115,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     data_args(p)
     p.add_argument("--n", type=int, default=5, help="images per class (default 5)")
     p.add_argument("--out", default="samples.png", help="PNG file to write (default samples.png)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random pick (default %(default)s)")
     p.add_argument("--split", default=None, help="draw from one split only (train, val or test)")
     p.set_defaults(func=cmd_samples)
 

@@ -135,24 +135,34 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("threshold", help="choose the decision threshold on val and store it in the checkpoint")
-    p.add_argument("run_dir", type=Path)
+    p.add_argument("run_dir", type=Path, help="a run folder (runs/<timestamp>-<model>)")
     p.add_argument("--choose", required=True, help="youden, sensitivity (at least --min-sensitivity) or a number")
-    p.add_argument("--min-sensitivity", type=float, default=EvalConfig().min_sensitivity)
-    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    p.add_argument(
+        "--min-sensitivity",
+        type=float,
+        default=EvalConfig().min_sensitivity,
+        help="with --choose sensitivity: the least sensitivity on val (default %(default)s)",
+    )
+    p.add_argument(
+        "--checkpoint",
+        default="best",
+        choices=["best", "last"],
+        help="which checkpoint gets the threshold (default %(default)s)",
+    )
     p.add_argument("--data-dir", help="override the data folder recorded in the run's config")
     p.add_argument("--on", metavar="SET", help="choose it on this labelled set instead of val (a site's own "
                    "validation data: source name, NAME=FOLDER or a CSV, as for evaluate --on)")  # fmt: skip
     p.set_defaults(func=cmd_threshold)
 
     p = sub.add_parser("report", help="one self-contained HTML report of a run (report.html)")
-    p.add_argument("run_dir", type=Path)
-    p.add_argument("--split", default="test")
+    p.add_argument("run_dir", type=Path, help="a run folder (runs/<timestamp>-<model>)")
+    p.add_argument("--split", default="test", help="the split whose figures it shows (default %(default)s)")
     p.add_argument("--data-dir", help="override the data folder recorded in the run's config")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("compare", help="evaluated runs side by side (screen, CSV and Markdown)")
     p.add_argument("run_dirs", nargs="+", help="run folders or MLflow run ids")
     p.add_argument("--mlflow", nargs="?", const="", metavar="URI", help="tracking URI for run ids (default sqlite)")
-    p.add_argument("--split", default="test")
+    p.add_argument("--split", default="test", help="the split compared (default %(default)s)")
     p.add_argument("--out", default="comparison", help="file stem for .csv and .md (default comparison)")
     p.set_defaults(func=cmd_compare)

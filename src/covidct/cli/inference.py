@@ -94,8 +94,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export the best model as safetensors + JSON card, or as verified ONNX")
-    p.add_argument("run_dir", type=Path)
-    p.add_argument("--format", default="safetensors", choices=["safetensors", "onnx"])
+    p.add_argument("run_dir", type=Path, help="a run folder (runs/<timestamp>-<model>)")
+    p.add_argument(
+        "--format",
+        default="safetensors",
+        choices=["safetensors", "onnx"],
+        help="safetensors + model.json, or also model.onnx checked against PyTorch (default %(default)s)",
+    )
     p.add_argument("--out", help="output folder (default RUN_DIR/export)")
     p.add_argument("--data-dir", help="data for the ONNX check (default: the run's)")
     p.set_defaults(func=cmd_export)

@@ -64,7 +64,7 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("study", help="a run's test figures beside the seed study's published table")
-    p.add_argument("run_dir", type=Path)
+    p.add_argument("run_dir", type=Path, help="a run folder evaluated on the test split")
     p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("bench", help="training, data and inference speed here, beside the naive baseline")

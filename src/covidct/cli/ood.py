@@ -36,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ood", help="the out-of-distribution detector of a model (does an input look like training?)")
     ood_sub = p.add_subparsers(dest="ood_command", metavar="ACTION", required=True)
     f = ood_sub.add_parser("fit", help="fit (or refit) a run's detector: training images, threshold on validation")
-    f.add_argument("run_dir", type=Path)
+    f.add_argument("run_dir", type=Path, help="a run folder (runs/<timestamp>-<model>)")
     f.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS, help=f"default {DEFAULT_METHOD}")
     f.add_argument("--percentile", type=float, default=DEFAULT_PERCENTILE,
                    help="threshold: this percentile of the validation scores (default 95: ~5%% flagged)")  # fmt: skip

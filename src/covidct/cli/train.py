@@ -159,7 +159,7 @@ def register_adapt(sub: argparse._SubParsersAction) -> None:
     from covidct.training.adapt import DEFAULT_DRAWS, DEFAULT_STRATEGY, IMAGENET_STRATEGIES, STRATEGIES, STRATEGY_TEXT
 
     p = sub.add_parser("adapt", help="a site's labelled patients: learning curve, and the model adapted to the site")
-    p.add_argument("run_dir", type=Path)
+    p.add_argument("run_dir", type=Path, help="the run folder of the model to adapt")
     p.add_argument("--source", required=True, metavar="SITE", help="the site's labelled images: NAME=DIR, a folder "
                    "or a CSV with a group column (groups = patients)")  # fmt: skip
     p.add_argument("--curve", type=int, nargs="+", metavar="K", help="measure the learning curve instead: K groups "
@@ -173,7 +173,7 @@ def register_adapt(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--imagenet-strategies", nargs="*", choices=STRATEGIES, default=list(IMAGENET_STRATEGIES),
                    metavar="S", help="the same k groups from ImageNet weights alone, by these strategies (default "
                    "%(default)s; none: no ImageNet baseline)")  # fmt: skip
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the draws of groups (default %(default)s)")
     p.add_argument("--out", help="curve: its folder (default RUN/curve-SITE); model: the parent folder (default RUN's)")
     p.add_argument("--allow-overlap", action="store_true", help="accept site images the run trained on")
     p.add_argument("--no-group-duplicates", action="store_true", help="do not join near-duplicate images' groups")

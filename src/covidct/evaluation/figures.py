@@ -43,14 +43,18 @@ def roc_figure(
     scores: Sequence[float],
     auc: float,
     band: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    point: tuple[float, float] | None = None,
 ) -> Figure:
-    """The ROC curve, with a shaded confidence band (fpr grid, tpr low, tpr high) when given."""
+    """The ROC curve, with a shaded confidence band (fpr grid, tpr low, tpr high) and the model's operating point
+    (1 - specificity, sensitivity at its threshold) when given."""
     fig, ax = plt.subplots(figsize=(4.2, 4))
     if len(set(labels)) == 2:
         fpr, tpr, _ = roc_points(labels, scores)
         if band is not None:
             ax.fill_between(band[0], band[1], band[2], alpha=0.25, label="95% band (bootstrap)")
         ax.plot(fpr, tpr, lw=2, label=f"AUC = {auc:.3f}")
+        if point is not None:
+            ax.plot(*point, "o", color="black", ms=7, label="operating point (the model's threshold)")
     else:
         ax.text(0.5, 0.5, "ROC undefined: one class only", ha="center")
     ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="chance")

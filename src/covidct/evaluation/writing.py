@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,9 @@ def write_evaluation(
     tp, tn, fp, fn = (result[k] for k in ("tp", "tn", "fp", "fn"))
     save_figure(confusion_matrix_figure(tp, tn, fp, fn, s.class_names), out / "confusion_matrix.png")
     band = roc_band(labels, scores, n_resamples=min(n_bootstrap, 1000), seed=seed) if n_bootstrap > 0 else None
-    save_figure(roc_figure(labels.tolist(), scores.tolist(), result["auc"], band), out / "roc_curve.png")
+    sens, spec = result.get("sensitivity"), result.get("specificity")  # NaN (or None) on a set of one class
+    point = (1 - spec, sens) if all(v is not None and math.isfinite(v) for v in (sens, spec)) else None
+    save_figure(roc_figure(labels.tolist(), scores.tolist(), result["auc"], band, point), out / "roc_curve.png")
     save_figure(precision_recall_figure(labels.tolist(), scores.tolist()), out / "pr_curve.png")
     calibration = result["calibration"]
     curves = {"model": reliability_curve(labels, scores)}

@@ -23,6 +23,7 @@ from covidct.evaluation.drivers import driver_warnings, drivers_text
 from covidct.evaluation.evaluate import evaluate_run
 from covidct.fileio import write_text
 from covidct.plotting import figure_png
+from covidct.reporting.study import STUDY_FIGURES, WHY_BACKBONE
 from covidct.runs import RunDir
 from covidct.tables import interval_text, number_text
 
@@ -117,6 +118,8 @@ def build_report(run_dir: str | Path, split: str = "test", data_dir: str | Path 
     with open(eval_dir / "predictions.csv", newline="") as f:
         wrong = [r for r in csv.DictReader(f) if r["label"] != r["prediction"]]
     gallery = misclassified_gallery(wrong, metrics["class_names"], metrics["threshold"])
+    validation = validation_summary(run, data)
+    study = STUDY_FIGURES if split == "test" and data.source.startswith("COVID-CT official split") else ()
     env = Environment(loader=PackageLoader("covidct", "templates"), autoescape=select_autoescape(["html", "j2"]))
     html = env.get_template("report.html.j2").render(
         run_name=run.name,
@@ -130,7 +133,11 @@ def build_report(run_dir: str | Path, split: str = "test", data_dir: str | Path 
         env=summary.get("environment", {}),
         class_names=metrics["class_names"],
         audit=audit_section(audit),
-        validation=validation_summary(run, data),
+        validation=validation,
+        answer=answer_first(metrics, data, validation, study),
+        study=study,
+        why_backbone=WHY_BACKBONE,
+        same_as_default=same_as_default(metrics),
         metrics=metrics,
         figures=report_figures(eval_dir, data),
         misclassified=gallery,
@@ -142,6 +149,47 @@ def build_report(run_dir: str | Path, split: str = "test", data_dir: str | Path 
         ci=interval_text,
     )
     return write_text(run.report_path, html)
+
+
+def answer_first(metrics: dict[str, Any], data: Any, validation: dict[str, Any], study: Any) -> str:
+    """The report's first sentence, in plain words: what was trained on what, how good it is, where it was flagged."""
+    figures = ", ".join(
+        f"{k} {number_text(metrics[k])} {interval_text(metrics.get('ci95', {}).get(k, {}).get(kind))}".strip()
+        for k, kind in (("accuracy", "wilson"), ("sensitivity", "wilson"), ("specificity", "wilson"), ("auc", "delong"))
+    )
+    n_train = sum(data.counts()["train"].values())
+    text = (
+        f"{metrics['model']} trained on {', '.join(validation['trained_on'])} ({n_train} training images) scores "
+        f"{figures.replace('auc', 'ROC-AUC')} on the {metrics['n']} images of the {metrics.get('split', 'test')} split"
+    )
+    if study:
+        best = study[0]
+        name = best["model"].removeprefix("study: ")
+        text += f" (the study's {name}: accuracy {best['accuracy']:.3f}, ROC-AUC {best['auc']:.3f})"
+    ood = metrics.get("ood")
+    text += "." if not ood else f"; the out-of-distribution check flagged {ood['fraction_flagged']:.0%} of them."
+    external = [r for r in validation["rows"] if r["kind"].startswith("external")]
+    if external:
+        text += (
+            " Never trained on: "
+            + "; ".join(f"{r['name']} ROC-AUC {number_text(r['auc'])}, {r['ood']} flagged" for r in external)
+            + "."
+        )
+    else:
+        text += " Not yet validated on any source it was not trained on."
+    return text
+
+
+def same_as_default(metrics: dict[str, Any]) -> list[str]:
+    """The operating points whose threshold is the model's own (the default recipe chooses it by Youden's J on
+    validation, so its "youden" row repeats "default"): the report says why two rows are the same."""
+    points = metrics.get("operating_points") or []
+    default = next((p["threshold"] for p in points if p["name"] == "default"), None)
+    return [
+        p["name"]
+        for p in points
+        if p["name"] != "default" and default is not None and abs(p["threshold"] - default) < 1e-12
+    ]
 
 
 def audit_section(audit: Any) -> dict[str, Any]:
