@@ -26,7 +26,7 @@ SECTIONS = [
     "model-card",
     "run",
 ]
-PDF_PAGES = 12  # A4, Chromium's print; make demo's report measured 0 pages (benchmarks/RESULTS.md)
+PDF_PAGES = 12  # A4, Chromium's print: make demo's report printed 10 pages (benchmarks/RESULTS.md)
 
 
 @pytest.fixture(scope="module")
