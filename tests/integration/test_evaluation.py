@@ -111,7 +111,7 @@ def test_corrupt_checkpoint_is_named(trained_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
     (run / "checkpoints" / "best.ckpt").write_bytes(b"junk")
-    with pytest.raises(ModelError, match=r"best\.ckpt cannot be read"):
+    with pytest.raises(ModelError, match=r"best\.ckpt is not a PyTorch checkpoint"):
         evaluate_run(run, "test")
 
 

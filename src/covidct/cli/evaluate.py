@@ -30,6 +30,10 @@ def evaluate_and_print(run_dir: Path | list[Path], config: Any) -> None:
         print(f"on {on}: {drivers_text(result['score_drivers'])}")
         for w in driver_warnings(result["score_drivers"]):
             print(f"warning: on {on}, {w}")
+    if result.get("shift"):
+        from covidct.cli.inference import shift_message
+
+        print(f"on {on}: {shift_message(result['shift'])}")
     if result.get("external") and result["external"]["images_seen_in_training"]:
         print(f"warning: {result['external']['images_seen_in_training']} images of {on} were seen in training")
     first = Path(run_dir if not isinstance(run_dir, list) else run_dir[0])

@@ -53,6 +53,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for note in report.get("skipped", []):
         print(f"skipped: {note}")
     print(ood_message(rows, report.get("ood_check", "unavailable"), args.model))
+    print(shift_message(report["shift"]))
     if any(r["slice"] in ("volume", "study") for r in rows):
         print(f"volume score: {AGGREGATIONS[args.aggregate][1]}, over the slices in lung")
     print(f"wrote {args.out} and {json_path}" + (f"; Grad-CAM overlays in {args.cam}" if args.cam else ""))
@@ -78,6 +79,15 @@ def ood_message(rows: list[dict], rule: str, model: str) -> str:
         f"WARNING: {len(flagged)} of {len(slices)} images/slices (and {len(volumes)} volumes/studies) do not look "
         "like the images this model was trained on: their scores mean little there (volumes: " + rule + ")" + why
     )
+
+
+def shift_message(record: dict) -> str:
+    """One line on the batch shift test of everything this run scored (covidct.ood.shift)."""
+    from covidct.ood.shift import shift_text
+
+    if not record.get("tested"):
+        return f"shift test not run: {record['why']}"
+    return shift_text(record, "this batch")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

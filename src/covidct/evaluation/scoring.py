@@ -136,6 +136,7 @@ class Scored:
     lung_fractions: list[float | None] | None = None  # per slice, from HU (DICOM only), for per-group scoring
     ood_scores: np.ndarray | None = None  # out-of-distribution score per image (single runs with a detector)
     ood_flags: np.ndarray | None = None  # True: unlike the training images
+    shift: dict[str, Any] | None = None  # an external set tested as one batch against the model's reference
 
 
 def score_runs(
@@ -172,6 +173,7 @@ def score_runs(
         epochs=[int(m["module"].card["checkpoint"]["epoch"]) for m in members], checkpoint=first["ckpt"].name,
         tta=tta, external={"set": on, "images_seen_in_training": overlap} if on is not None else None,
         view_stats=view_stats, ood_scores=first["ood"], ood_flags=checked_flags(module, paths, first["ood"]),
+        shift=first["shift"],
     )  # fmt: skip
 
 
@@ -201,10 +203,12 @@ def score_member(run: Path, split: str, checkpoint: str, data_dir: str | Path | 
     if torch.cuda.is_available():  # thousands of images of an external set: seconds instead of minutes
         module.to("cuda")
     samples = external if external is not None else data.splits[split]
-    paths, labels, scores, ood = predict_scores_and_ood(module, eval_dataset(module, samples), tta=tta)
+    with module.collecting() as outputs:  # an external set as one batch: the shift test's input (covidct.ood.shift)
+        paths, labels, scores, ood = predict_scores_and_ood(module, eval_dataset(module, samples), tta=tta)
+    shift = module.batch_shift(outputs) if external is not None and single else None
     val = predict_scores(module, eval_dataset(module, data.splits["val"]), tta=tta) if split != "val" else None
     return {"run": run, "ckpt": ckpt, "module": module, "scored": (paths, labels, scores), "val": val,
-            "samples": samples, "ood": ood}  # fmt: skip
+            "samples": samples, "ood": ood, "shift": shift}  # fmt: skip
 
 
 def shared_validation(members: list[dict[str, Any]]) -> tuple[Any, Any, Any]:

@@ -56,6 +56,7 @@ def summarise_scores(
         "tta": "mean over the image and its left-right mirror" if s.tta else None,
         "split": s.split,
         "external": s.external,
+        "shift": s.shift,
         "checkpoint": s.checkpoint,
         "epoch": s.epochs[0] if single else s.epochs,
         "class_names": s.class_names,

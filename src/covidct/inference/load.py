@@ -5,7 +5,10 @@ code runs, and no training code is needed."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,6 +28,7 @@ from covidct.operating_point import checked_threshold
 from covidct.runs import RunDir, find_checkpoint
 
 CARD_NAME = "model.json"
+_COLLECTING = threading.local()  # LoadedModel.collecting: where this thread's scored batches leave their features
 
 
 @dataclass
@@ -150,8 +154,42 @@ class LoadedModel:
         (`self.ood.image_halves`; data/image_statistics.py)."""
         if check and self.ood is not None:
             logits, features = self.logits_and_features(x)
+            sink = getattr(_COLLECTING, "sink", None)
+            if sink is not None:
+                sink.append((features.numpy(), dict(statistics or {})))
             return logits.float().softmax(1)[:, 1], self.ood.score(features.numpy(), **(statistics or {}))
         return self.logits(x).float().softmax(1)[:, 1], None
+
+    @contextlib.contextmanager
+    def collecting(self) -> Iterator[list[tuple[np.ndarray, dict[str, np.ndarray]]]]:
+        """Within the block, every batch this thread scores with the detector leaves its features and image
+        statistics in the list yielded: a batch shift test's input (batch_shift), from the same forward pass."""
+        previous, sink = getattr(_COLLECTING, "sink", None), []
+        _COLLECTING.sink = sink
+        try:
+            yield sink
+        finally:
+            _COLLECTING.sink = previous
+
+    def batch_shift(self, outputs: list[tuple[np.ndarray, dict[str, np.ndarray]]]) -> dict[str, Any]:
+        """The batch shift test (covidct.ood.shift) of what `collecting` gathered, against the model's reference:
+        the record every command writes ("tested": false, and why, when it could not run)."""
+        from covidct.data.image_statistics import IMAGE_STATISTICS
+        from covidct.ood.shift import MIN_BATCH, shift_test, statistics_matrix
+
+        n = sum(len(f) for f, _ in outputs)
+        reference = None if self.ood is None else self.ood.reference
+        if reference is None:
+            why = ("this model's detector has no shift reference (fitted before the test existed, or on fewer than 20 "
+                   "validation images): covidct ood fit RUN")
+            return {"tested": False, "n": n, "why": why if self.ood is not None else "this model has no detector"}
+        if n < MIN_BATCH:
+            return {"tested": False, "n": n, "why": f"a batch of {n} images: the test needs at least {MIN_BATCH}"}
+        if not all(set(IMAGE_STATISTICS) <= set(s) for _, s in outputs):
+            return {"tested": False, "n": n, "why": "the image statistics were not computed for every batch"}
+        features = np.concatenate([f for f, _ in outputs])
+        statistics = np.concatenate([statistics_matrix(s) for _, s in outputs])
+        return {"tested": True, **shift_test(reference, features, statistics)}
 
     def ood_flags(self, ood_scores: np.ndarray | None) -> np.ndarray | None:
         return None if ood_scores is None or self.ood is None else self.ood.flags(ood_scores)

@@ -230,33 +230,35 @@ def predict_inputs(
     report.update(aggregation=AGGREGATIONS[aggregation][1], study_rule=STUDY_RULE, threshold=t, studies=[],
                   volumes=[], images=[], skipped=[],
                   ood_check=ood_check(model))  # fmt: skip
-    for path in paths:
-        if path.is_dir():
-            _predict_folder(model, path, window, aggregation, t, label, rows, report, cam_dir)
-        elif is_nifti(path):
-            unseen = model.unseen_acquisition(of_file(path))
-            slices = enumerate(_nifti_slices(path, window))
-            entries = VolumeScorer(model, unseen).run((k, hu, g, "") for k, (hu, g) in slices)
-            for k, e in enumerate(entries):
-                e["index"] = k
-            summary = summarise_volume(entries, aggregation)
-            _slice_rows(rows, str(path), "", entries, label, t)
-            rows.append(_summary_row(str(path), "", "volume", summary["score"], label, t, summary))
-            report["volumes"].append({"path": str(path), **summary, "label": label(summary["score"])})
-            if cam_dir is not None:
-                _save_top_cams(model, path, [g for _, g in _nifti_slices(path, window)], summary, cam_dir)
-        else:
-            images, _ = read_input(path, window)
-            scores, ood = model.scores_with_ood(images)
-            s = float(scores[0])
-            flag = _ood_fields(model, ood, model.unseen_acquisition(of_file(path)))
-            rows.append({"path": str(path), "series": "", "slice": "", "score": round(s, 6), "label": label(s),
-                         "threshold": t, "lung_fraction": "", "counted": "", **flag})  # fmt: skip
-            report["images"].append({"path": str(path), "score": s, "label": label(s), **flag})
-            if cam_dir is not None:
-                from covidct.inference.explain import save_cams
+    with model.collecting() as outputs:  # every scored image's features: the batch shift test's input
+        for path in paths:
+            if path.is_dir():
+                _predict_folder(model, path, window, aggregation, t, label, rows, report, cam_dir)
+            elif is_nifti(path):
+                unseen = model.unseen_acquisition(of_file(path))
+                slices = enumerate(_nifti_slices(path, window))
+                entries = VolumeScorer(model, unseen).run((k, hu, g, "") for k, (hu, g) in slices)
+                for k, e in enumerate(entries):
+                    e["index"] = k
+                summary = summarise_volume(entries, aggregation)
+                _slice_rows(rows, str(path), "", entries, label, t)
+                rows.append(_summary_row(str(path), "", "volume", summary["score"], label, t, summary))
+                report["volumes"].append({"path": str(path), **summary, "label": label(summary["score"])})
+                if cam_dir is not None:
+                    _save_top_cams(model, path, [g for _, g in _nifti_slices(path, window)], summary, cam_dir)
+            else:
+                images, _ = read_input(path, window)
+                scores, ood = model.scores_with_ood(images)
+                s = float(scores[0])
+                flag = _ood_fields(model, ood, model.unseen_acquisition(of_file(path)))
+                rows.append({"path": str(path), "series": "", "slice": "", "score": round(s, 6), "label": label(s),
+                             "threshold": t, "lung_fraction": "", "counted": "", **flag})  # fmt: skip
+                report["images"].append({"path": str(path), "score": s, "label": label(s), **flag})
+                if cam_dir is not None:
+                    from covidct.inference.explain import save_cams
 
-                save_cams(model, images, path, cam_dir, False)
+                    save_cams(model, images, path, cam_dir, False)
+    report["shift"] = model.batch_shift(outputs)
     return rows
 
 

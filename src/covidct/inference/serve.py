@@ -85,6 +85,9 @@ class SeriesPrediction(BaseModel):
         description="the rule by which a series or study is out of distribution "
         "(each has ood_fraction and in_distribution), or 'unavailable'",
     )
+    shift: dict[str, Any] | None = Field(
+        None, description="the batch shift test of the archive's slices against the model's validation images"
+    )
     model: str
     disclaimer: str
 
@@ -292,7 +295,7 @@ class Predictor:
                 study.pop("folder", None)
                 for series in study["series"]:
                     self._top_slice_pictures(series.get("top_slices", []), cam)
-        keep = ("studies", "skipped", "aggregation", "study_rule", "threshold", "ood_check")
+        keep = ("studies", "skipped", "aggregation", "study_rule", "threshold", "ood_check", "shift")
         out = {k: report[k] for k in keep}
         out["skipped"] = [x.replace(str(folder), "the archive") for x in out["skipped"]]
         return {**out, "model": self.model.model_id, "disclaimer": DISCLAIMER}

@@ -30,6 +30,7 @@ from covidct.data.image_statistics import IMAGE_STATISTICS
 from covidct.data.pixels import PIXEL_STATISTICS
 from covidct.errors import ModelError
 from covidct.ood.acquisition import Acquisition, AcquisitionRecord
+from covidct.ood.shift import ShiftReference
 
 FORMAT = "covidct-ood/1"
 WEIGHTS = "ood.safetensors"
@@ -76,6 +77,9 @@ class OODDetector:
     # With other sources: this source's own threshold, the unit every source's score is put in; `threshold` is then
     # the lowest at which no source's held-out images flag more than (100 - percentile)% (covidct.ood.fit).
     own_threshold: float | None = None
+    # The batch shift test's reference (covidct.ood.shift): the validation images' features and image statistics.
+    # None: a detector fitted before the test existed, or a model without 20 validation images.
+    reference: ShiftReference | None = None
     # The held-out images' half scores the threshold was set on (calibrate); for fitting only, never saved.
     held_out: dict[str, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
@@ -158,6 +162,8 @@ class OODDetector:
         if self.others:
             record["sources"] = [{k: v for k, v in o.describe().items() if k != "format"} for o in self.others]
             record["own_threshold"] = self.own_threshold
+        if self.reference is not None:
+            record["shift"] = self.reference.info
         return {"format": FORMAT, "method": self.method, "k": self.k, "architecture": self.architecture,
                 "feature_dim": self.feature_dim, "threshold": self.threshold, "percentile": self.percentile,
                 **self.info, **record}  # fmt: skip
@@ -175,7 +181,7 @@ class OODDetector:
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        arrays = _all_arrays(self)
+        arrays = {**_all_arrays(self), **({} if self.reference is None else self.reference.arrays())}
         atomic_write(folder / WEIGHTS, lambda p: save_file(arrays, str(p)))
         write_json(folder / CARD, self.describe())
         return folder / CARD
@@ -219,6 +225,8 @@ class OODDetector:
                 raise ModelError(f"{where}: the detector of source {i + 2} ({name}) does not match the first "
                                  "source's (architecture, features or halves); refit it")  # fmt: skip
         _check_finite(detector, where)
+        if card.get("shift") is not None:
+            detector.reference = ShiftReference.from_arrays(arrays, card["shift"], where)
         return detector
 
 
@@ -345,7 +353,7 @@ def one_blas_thread() -> Any:
 
 
 _CARD_KEYS = {"format", "method", "k", "architecture", "feature_dim", "threshold", "percentile", "acquisitions",
-              "framing", "pixels", "sources", "own_threshold"}  # fmt: skip
+              "framing", "pixels", "sources", "own_threshold", "shift"}  # fmt: skip
 
 
 def _unit(z: np.ndarray) -> np.ndarray:

@@ -17,6 +17,7 @@ from covidct.data import ImageDataset
 from covidct.data.image_statistics import IMAGE_STATISTICS
 from covidct.ood.detector import DEFAULT_PERCENTILE, OODDetector, fit_detector, fit_out_of_fold
 from covidct.ood.features import logits_and_features
+from covidct.ood.shift import MIN_REFERENCE, ShiftReference, statistics_matrix
 
 log = logging.getLogger("covidct")
 DEFAULT_METHOD = "mahalanobis"  # chosen on held-out sources and framing changes: benchmarks/OOD.md
@@ -77,6 +78,9 @@ def fit_for_network(
     detector = fit_by_source({"features": train_feats, **tr}, {"features": val_feats, **va},
                              sample_sources(train.samples), sample_sources(val.samples), groups, architecture, method,
                              percentile, info)  # fmt: skip
+    if len(val_feats) >= MIN_REFERENCE:  # the batch shift test's reference: the validation images, never training's
+        info = {"images": "validation split"}
+        detector.reference = ShiftReference.fit(val_feats, statistics_matrix(va), train_feats, info)
     detector.info["fit_seconds"] = round(time.perf_counter() - start, 1)
     log.info(
         "out-of-distribution detector (%s) fitted on %d images in %.0f s; %.1f%% of validation images flagged",

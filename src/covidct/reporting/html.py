@@ -54,7 +54,16 @@ def _row(name: str, kind: str, m: dict[str, Any], auc_ci: Any) -> dict[str, Any]
     keys = ("n", "accuracy", "sensitivity", "specificity", "auc")
     ood = m.get("ood")  # the out-of-distribution check's share; per-group rows have none of their own
     flagged = "-" if "ood" not in m else f"{ood['fraction_flagged']:.0%}" if ood else "no detector"
-    return {"name": name, "kind": kind, **{k: m.get(k) for k in keys}, "auc_ci": auc_ci, "ood": flagged}
+    return {"name": name, "kind": kind, **{k: m.get(k) for k in keys}, "auc_ci": auc_ci, "ood": flagged,
+            "shift": shift_cell(m.get("shift"))}  # fmt: skip
+
+
+def shift_cell(record: dict[str, Any] | None) -> str:
+    """The batch shift test of a set (covidct.ood.shift), in a few words; "-" where it was not run."""
+    if not record or not record.get("tested"):
+        return "-"
+    verdict = "differs from validation" if record["shifted"] else "not told apart"
+    return f"{verdict} (p = {record['p_value']:.2g}, n = {record['n']})"
 
 
 def validation_summary(run: RunDir, data: Any) -> dict[str, Any]:

@@ -1,0 +1,107 @@
+"""Calibration and power of the batch shift test (covidct.ood.shift), on a trained run: its validation images are the
+reference, as training stores it. Prints a Markdown table for benchmarks/SHIFT.md.
+
+- false alarms: the validation images split at random into a reference and a batch of 50 (disjoint), 200 draws;
+- negative control: batches of 50 of the validation images against the whole validation reference, 20 draws;
+- the run's own test split, by batch size, against the validation reference (a shift where the model may hold);
+- power on another source, by batch size (10, 20, 50, 100, 200), 200 draws each.
+The test split and the other source are only scored, never used to fit or tune anything. Usage:
+    .venv/bin/python benchmarks/shift_calibration.py RUN --other sars-cov-2-ct=../shared/datasets/sars-cov-2-ct
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import kstest
+
+from covidct.data import ImageDataset
+from covidct.data.image_statistics import IMAGE_STATISTICS
+from covidct.data.sources import external_set
+from covidct.inference.load import load_checkpoint
+from covidct.ood.fit import _one_pass
+from covidct.ood.shift import ShiftReference, shift_test
+from covidct.runs import RunDir
+
+SIZES = (10, 20, 50, 100, 200)
+
+
+def outputs(run: RunDir, samples: list, cache: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(detector features, image statistics) of every sample, cached by file."""
+    if cache.is_file():
+        saved = np.load(cache)
+        return saved["features"], saved["statistics"]
+    model = load_checkpoint(run.checkpoint("best"), run)
+    dataset = ImageDataset(samples, model.transform).with_statistics(list(IMAGE_STATISTICS))
+    _, features, extras = _one_pass(model.scoring()[0], dataset, 64)
+    statistics = np.hstack([extras[k].reshape(len(features), -1) for k in IMAGE_STATISTICS])
+    np.savez(cache, features=features, statistics=statistics)
+    return features, statistics
+
+
+def rate(reference: ShiftReference, feats: np.ndarray, stats: np.ndarray, size: int, draws: int, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    records = []
+    for d in range(draws):
+        pick = rng.choice(len(feats), size, replace=False)
+        records.append(shift_test(reference, feats[pick], stats[pick], seed=d))
+    flagged = np.mean([r["shifted"] for r in records])
+    per_test = {k: float(np.mean([r["tests"][k]["p_value"] < 0.05 / 3 for r in records])) for k in records[0]["tests"]}
+    return {"flagged": float(flagged), "per_test": per_test, "p": [r["p_value"] for r in records]}
+
+
+def false_alarms(feats: np.ndarray, stats: np.ndarray, basis: np.ndarray, draws: int = 200, batch: int = 50) -> dict:
+    """Disjoint random parts of the same held-out images: the reference and a batch."""
+    rng = np.random.default_rng(0)
+    records = []
+    for d in range(draws):
+        order = rng.permutation(len(feats))
+        ref, bat = order[batch:], order[:batch]
+        reference = ShiftReference.fit(feats[ref], stats[ref], basis)
+        records.append(shift_test(reference, feats[bat], stats[bat], seed=d))
+    p = np.array([r["p_value"] for r in records])
+    raw = {k: np.array([r["tests"][k]["p_value"] for r in records]) for k in records[0]["tests"]}
+    return {"flagged": float(np.mean(p < 0.05)), "raw_rates": {k: float(np.mean(v < 0.05)) for k, v in raw.items()},
+            "ks_uniform": {k: float(kstest(v, "uniform").pvalue) for k, v in raw.items()}}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run")
+    parser.add_argument("--other", help="NAME=DIR of a source the model never trained on")
+    parser.add_argument("--cache", default="/tmp/shift-cache")
+    args = parser.parse_args()
+    run = RunDir.at(args.run)
+    cache = Path(args.cache) / run.name
+    cache.mkdir(parents=True, exist_ok=True)
+    data = run.data()
+    val_f, val_s = outputs(run, data.splits["val"], cache / "val.npz")
+    test_f, test_s = outputs(run, data.splits["test"], cache / "test.npz")
+    train_f, _ = outputs(run, data.splits["train"], cache / "train.npz")  # the axes, as training fits them
+    reference = ShiftReference.fit(val_f, val_s, train_f)
+    start = time.perf_counter()
+    shift_test(reference, test_f[:200], test_s[:200])
+    print(f"cost of one test of 200 images against {len(val_f)}: {time.perf_counter() - start:.2f} s")
+    fa = false_alarms(val_f, val_s, train_f)
+    print(f"| false alarms (disjoint halves of val, batches of 50, 200 draws) | {fa['flagged']:.3f} | raw per test "
+          f"at 0.05: {fa['raw_rates']} | KS vs uniform p: {fa['ks_uniform']} |")  # fmt: skip
+    neg = rate(reference, val_f, val_s, 50, 20, 1)
+    print(f"| negative control (val batches of 50 inside the reference, 20 draws) | {neg['flagged']:.2f} |")
+    for size in (20, 50, 100):
+        r = rate(reference, test_f, test_s, size, 200, 2)
+        print(f"| own test split, batches of {size} (200 draws) | {r['flagged']:.3f} | per test {r['per_test']} |")
+    if args.other:
+        name, samples = external_set(args.other)
+        rng = np.random.default_rng(0)
+        chosen = [samples[i] for i in sorted(rng.choice(len(samples), min(1000, len(samples)), replace=False))]
+        other_f, other_s = outputs(run, chosen, cache / f"{name}.npz")
+        for size in SIZES:
+            r = rate(reference, other_f, other_s, size, 200, 3)
+            print(f"| {name}, batches of {size} (200 draws) | {r['flagged']:.3f} | per test {r['per_test']} |")
+
+
+if __name__ == "__main__":
+    main()

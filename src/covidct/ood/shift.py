@@ -1,0 +1,212 @@
+"""Is a batch of images, as a whole, unlike the images a model was validated on? A two-sample test of the batch
+against a reference stored with the model: its validation images' detector features (on their principal axes) and
+image statistics (framing and pixels, data/image_statistics.py). One image at a time, COVID-CT's figures span the
+SARS-CoV-2 crops (OOD.md); as a set, the two sources differ at once (Rabanser et al., "Failing Loudly", 2019).
+
+Three tests, each with its own p-value, combined by Bonferroni (the smallest times three): a kernel maximum mean
+discrepancy (Gaussian kernel, median-distance bandwidth) with a permutation p-value on the features, the same on the
+image statistics, and a classifier two-sample test (a logistic regression told to separate batch from reference,
+its cross-validated AUC, and the Mann-Whitney p-value of its held-out scores). The reference is held-out images,
+never training images: the network has fit those, and batches of its own held-out images differ from them every time.
+
+Why not alibi-detect, frouros or torchdrift, which do this: none installs beside this project's numpy and scipy, or
+is maintained (alibi-detect's licence is no longer open; frouros pins numpy < 2.2; torchdrift stopped in 2021). The
+tests are a few lines on numpy, scipy and scikit-learn.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from covidct.errors import ModelError
+
+DEFAULT_ALPHA = 0.05
+DEFAULT_PERMUTATIONS = 500
+MIN_BATCH = 10  # below it a batch says little, and predict does not test it
+MIN_REFERENCE = 2 * MIN_BATCH
+AXES = 32  # principal axes of the reference's features kept
+TESTS = ("features_mmd", "statistics_mmd", "classifier")
+
+
+@dataclass
+class ShiftReference:
+    """The held-out images a batch is compared with: features on their own principal axes, standardised statistics."""
+
+    mean: np.ndarray  # D: the reference features' mean
+    axes: np.ndarray  # D x k: their principal axes, all divided by the first one's spread
+    stat_center: np.ndarray  # S
+    stat_scale: np.ndarray  # S
+    features: np.ndarray  # n x k: the reference on those axes
+    statistics: np.ndarray  # n x S: its standardised image statistics
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def fit(
+        cls, features: np.ndarray, statistics: np.ndarray, basis: np.ndarray, info: dict[str, Any] | None = None
+    ) -> ShiftReference:
+        """From held-out images' detector features (n x D) and image statistics (n x S), the features reduced to the
+        principal axes of `basis` (the training images' features). Axes fitted on the reference itself would hold
+        its own spread and not a batch's: measured, a features test on them flagged 15% of batches of the same
+        held-out images at alpha 0.05 (SHIFT.md)."""
+        features, statistics = np.asarray(features, np.float64), np.asarray(statistics, np.float64)
+        if len(features) < MIN_REFERENCE or len(features) != len(statistics):
+            raise ModelError(f"a shift reference needs at least {MIN_REFERENCE} held-out images, got {len(features)}")
+        basis = np.asarray(basis, np.float64)
+        mean = basis.mean(0)
+        _, singular, vt = np.linalg.svd(basis - mean, full_matrices=False)
+        k = int(min(AXES, len(basis) - 1, int((singular > 1e-9 * singular[0]).sum())))
+        axes = vt[:k].T / (singular[0] / np.sqrt(len(basis) - 1))  # one scale for all: the first axis's spread
+        center, spread = statistics.mean(0), np.maximum(statistics.std(0), 1e-6)
+        projected = ((features - mean) @ axes, (statistics - center) / spread)
+        record = {"n": len(features), "axes": k, "axes_from": f"{len(basis)} training images", **(info or {})}
+        return cls(mean, axes, center, spread, *projected, record)
+
+    def project(self, features: np.ndarray, statistics: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        features, statistics = np.asarray(features, np.float64), np.asarray(statistics, np.float64)
+        if features.ndim != 2 or features.shape[1] != len(self.mean) or statistics.shape[1:] != self.stat_center.shape:
+            raise ModelError(
+                f"the shift reference expects {len(self.mean)} features and {len(self.stat_center)} "
+                "statistics per image; refit it: covidct ood fit RUN"
+            )
+        return (features - self.mean) @ self.axes, (statistics - self.stat_center) / self.stat_scale
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        names = ("mean", "axes", "stat_center", "stat_scale", "features", "statistics")
+        return {f"shift.{k}": np.ascontiguousarray(getattr(self, k), dtype=np.float32) for k in names}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], info: Any, where: str) -> ShiftReference:
+        """The reference saved beside a detector (OODDetector.save); a damaged one refused by name."""
+        names = ("mean", "axes", "stat_center", "stat_scale", "features", "statistics")
+        missing = [k for k in names if f"shift.{k}" not in arrays]
+        if missing:
+            raise ModelError(f"{where}: the shift reference lacks {missing}; refit it: covidct ood fit RUN")
+        parts = {k: arrays[f"shift.{k}"].astype(np.float64) for k in names}
+        if not _consistent(parts) or not isinstance(info, dict):
+            raise ModelError(
+                f"{where}: the shift reference is damaged (shapes, or values that are not finite); refit it: "
+                "covidct ood fit RUN"
+            )
+        return cls(**parts, info=dict(info))
+
+
+def statistics_matrix(statistics: dict[str, np.ndarray]) -> np.ndarray:
+    """The image statistics of N images (data/image_statistics.py, by name) as one N x S matrix, in the registry's
+    order; what the reference and every batch are compared on."""
+    from covidct.data.image_statistics import IMAGE_STATISTICS
+
+    n = len(next(iter(statistics.values())))
+    return np.hstack([np.asarray(statistics[k], np.float64).reshape(n, -1) for k in IMAGE_STATISTICS])
+
+
+def _consistent(parts: dict[str, np.ndarray]) -> bool:
+    """The reference's arrays fit together, hold enough images and are finite."""
+    features, statistics = parts["features"], parts["statistics"]
+    if features.ndim != 2 or statistics.ndim != 2 or len(features) != len(statistics) or len(features) < MIN_REFERENCE:
+        return False
+    shapes_fit = parts["axes"].shape == (len(parts["mean"]), features.shape[1]) and statistics.shape[1] == len(
+        parts["stat_center"]
+    ) == len(parts["stat_scale"])
+    return shapes_fit and all(np.isfinite(a).all() for a in parts.values())
+
+
+def _median_bandwidth(pooled: np.ndarray) -> float:
+    distances = np.sqrt(np.maximum(_squared_distances(pooled, pooled), 0))
+    upper = distances[np.triu_indices(len(pooled), 1)]
+    return float(np.median(upper[upper > 0])) if np.any(upper > 0) else 1.0
+
+
+def _squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T
+
+
+def mmd_test(x: np.ndarray, y: np.ndarray, permutations: int = DEFAULT_PERMUTATIONS, seed: int = 0) -> dict[str, float]:
+    """Unbiased squared MMD of samples x (reference) and y (batch) under a Gaussian kernel of median-distance
+    bandwidth, and its permutation p-value ((1 + permuted statistics >= observed) / (1 + permutations))."""
+    pooled = np.concatenate([x, y])
+    m, n = len(x), len(y)
+    gamma = 1.0 / (2 * _median_bandwidth(pooled) ** 2)
+    kernel = np.exp(-gamma * np.maximum(_squared_distances(pooled, pooled), 0))
+    np.fill_diagonal(kernel, 0.0)  # the unbiased estimate leaves out each point's kernel with itself
+    rng = np.random.default_rng(seed)
+    labels = np.zeros((permutations + 1, m + n), dtype=bool)
+    labels[0, m:] = True  # row 0: the observed split; the others: random relabellings
+    for row in labels[1:]:
+        row[rng.choice(m + n, n, replace=False)] = True
+    in_y = labels.astype(np.float64)
+    in_x = 1.0 - in_y
+    kyy = np.einsum("pi,ij,pj->p", in_y, kernel, in_y) / (n * (n - 1))
+    kxx = np.einsum("pi,ij,pj->p", in_x, kernel, in_x) / (m * (m - 1))
+    kxy = np.einsum("pi,ij,pj->p", in_x, kernel, in_y) / (m * n)
+    stats = kxx + kyy - 2 * kxy
+    p = (1 + np.sum(stats[1:] >= stats[0])) / (1 + permutations)
+    return {"statistic": float(stats[0]), "p_value": float(p)}
+
+
+def classifier_test(x: np.ndarray, y: np.ndarray, seed: int = 0) -> dict[str, float]:
+    """A logistic regression told to separate y (batch) from x (reference): its cross-validated AUC and the
+    one-sided Mann-Whitney p-value of its held-out scores of y above x's."""
+    from scipy.stats import mannwhitneyu
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    data = np.concatenate([x, y])
+    target = np.r_[np.zeros(len(x)), np.ones(len(y))]
+    folds = StratifiedKFold(n_splits=min(5, len(y), len(x)), shuffle=True, random_state=seed)
+    held_out = cross_val_predict(
+        LogisticRegression(C=0.1, max_iter=2000), data, target, cv=folds, method="decision_function"
+    )
+    p = mannwhitneyu(held_out[target == 1], held_out[target == 0], alternative="greater").pvalue
+    return {"auc": float(roc_auc_score(target, held_out)), "p_value": float(p)}
+
+
+def shift_test(
+    reference: ShiftReference,
+    features: np.ndarray,
+    statistics: np.ndarray,
+    alpha: float = DEFAULT_ALPHA,
+    permutations: int = DEFAULT_PERMUTATIONS,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The record every command writes: {"n", "p_value", "shifted", "alpha", "tests": {...}, "reference_n"}."""
+    feats, stats = reference.project(features, statistics)
+    if len(feats) < MIN_BATCH:
+        raise ModelError(f"a shift test needs a batch of at least {MIN_BATCH} images, got {len(feats)}")
+    tests = {
+        "features_mmd": mmd_test(reference.features, feats, permutations, seed),
+        "statistics_mmd": mmd_test(reference.statistics, stats, permutations, seed + 1),
+        "classifier": classifier_test(
+            np.hstack([reference.features, reference.statistics]), np.hstack([feats, stats]), seed
+        ),
+    }
+    p = min(1.0, len(tests) * min(t["p_value"] for t in tests.values()))  # Bonferroni over the three
+    return {
+        "n": len(feats),
+        "p_value": p,
+        "shifted": bool(p < alpha),
+        "alpha": alpha,
+        "correction": f"Bonferroni over {len(tests)} tests",
+        "reference_n": len(reference.features),
+        "tests": tests,
+    }
+
+
+def shift_text(record: dict[str, Any], what: str = "this batch") -> str:
+    """The answer a user reads."""
+    if record["shifted"]:
+        auc = record["tests"]["classifier"]["auc"]
+        return (
+            f"SHIFT: {what} of {record['n']} images differs from the images this model was validated on "
+            f"(p = {record['p_value']:.2g}; a classifier tells them apart at AUC {auc:.2f}): its per-image scores "
+            "are not validated here; evaluate on labelled cases (covidct evaluate RUN --on SET) or adapt "
+            "(covidct adapt RUN --source SITE)"
+        )
+    return (
+        f"shift test: {what} of {record['n']} images is not told apart from the images this model was validated "
+        f"on (p = {record['p_value']:.2f}, alpha {record['alpha']}); a small batch can hide a shift "
+        "(benchmarks/SHIFT.md: the power by batch size)"
+    )

@@ -1,0 +1,77 @@
+"""The batch shift test where a batch exists: `covidct predict` on a folder and `covidct evaluate --on` write the
+same record, and say it in one line; a model whose detector has no reference says why it was not run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from covidct.cli import main
+from covidct.data.image_statistics import IMAGE_STATISTICS
+from covidct.inference.load import load_trained
+from covidct.ood.detector import OODDetector
+from covidct.ood.shift import ShiftReference, statistics_matrix
+from tests.conftest import synthetic_ct
+
+
+def with_reference(run: Path, data: Path) -> Path:
+    """The tiny run's detector given a reference of its 24 train and validation images (it has 8 validation
+    images: too few for one of its own)."""
+    model = load_trained(run)
+    images = sorted((data / "Images-processed").rglob("*.*"))
+    if not images:
+        raise AssertionError("the session's tiny dataset is not beside its run")
+    pictures = [Image.open(p).convert("RGB") for p in images[:24]]
+    with model.collecting() as outputs:
+        model.scores_with_ood(pictures)
+    features = np.concatenate([f for f, _ in outputs])
+    statistics = np.concatenate([statistics_matrix(s) for _, s in outputs])
+    detector = OODDetector.load(run / "ood")
+    detector.reference = ShiftReference.fit(features, statistics, features, {"images": "test"})
+    detector.save(run / "ood")
+    assert set(IMAGE_STATISTICS) <= set(outputs[0][1])
+    return run
+
+
+def folder_of(path: Path, n: int, noise: bool) -> Path:
+    path.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        array = rng.integers(0, 255, (64, 64), dtype=np.uint8) if noise else synthetic_ct(rng, i % 2 == 0)
+        Image.fromarray(array).save(path / f"{i}.png")
+    return path
+
+
+def test_predict_and_evaluate_write_one_shift_record(trained_run, tmp_path, capsys):
+    data = trained_run.parent.parent / "covid-ct"  # conftest's session: the tiny data set beside its runs folder
+    run = with_reference(Path(shutil.copytree(trained_run, tmp_path / "run")), data)
+    noise = folder_of(tmp_path / "noise", 20, noise=True)
+    assert main(["predict", str(run), str(noise), "--out", str(tmp_path / "p.csv")]) == 0
+    out = capsys.readouterr().out
+    record = json.loads((tmp_path / "p.json").read_text())["shift"]
+    assert record["tested"] and record["n"] == 20 and set(record["tests"]) == {"features_mmd", "statistics_mmd",
+                                                                                "classifier"}  # fmt: skip
+    assert record["shifted"] and "SHIFT: this batch of 20 images differs" in out and "covidct adapt" in out
+
+    few = folder_of(tmp_path / "few", 5, noise=False)
+    assert main(["predict", str(run), str(few), "--out", str(tmp_path / "q.csv")]) == 0
+    assert "shift test not run: a batch of 5 images" in capsys.readouterr().out
+
+    site = tmp_path / "site"
+    for name, is_noise in (("COVID", True), ("NonCOVID", True)):
+        shutil.copytree(folder_of(tmp_path / f"src-{name}", 10, is_noise), site / name)
+    assert main(["evaluate", str(run), "--on", f"site={site}", "--bootstrap", "0"]) == 0
+    assert "on site=" in capsys.readouterr().out
+    metrics = json.loads((run / "eval-site" / "metrics.json").read_text())
+    assert metrics["shift"]["tested"] and metrics["shift"]["n"] == 20 and metrics["shift"]["shifted"]
+
+
+def test_without_a_reference_predict_says_why(trained_run, tmp_path, capsys):
+    images = folder_of(tmp_path / "imgs", 12, noise=False)
+    assert main(["predict", str(trained_run), str(images), "--out", str(tmp_path / "p.csv")]) == 0
+    assert "shift test not run: this model's detector has no shift reference" in capsys.readouterr().out
+    assert json.loads((tmp_path / "p.json").read_text())["shift"]["tested"] is False

@@ -1,0 +1,104 @@
+"""The batch shift test (covidct.ood.shift): calibrated under no shift, its power growing with the batch size, and its
+reference stored with the detector without pickle, a damaged one refused by name."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy.stats import kstest
+
+from covidct.errors import ModelError
+from covidct.ood.detector import OODDetector, fit_detector
+from covidct.ood.shift import ShiftReference, mmd_test, shift_test
+
+D, S = 40, 6
+
+
+def draw(rng: np.random.Generator, n: int, shift: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Features and image statistics of n images; `shift` moves both, in units of their spread."""
+    mixing = np.random.default_rng(99).normal(size=(8, D))  # features on a low-dimensional subspace, as a network's
+    features = rng.normal(size=(n, 8)) @ mixing + 0.3 * rng.normal(size=(n, D)) + shift
+    statistics = rng.normal(size=(n, S)) + shift
+    return features, statistics
+
+
+BASIS = draw(np.random.default_rng(7), 200)[0]  # the training images' features: the axes, never the reference's
+
+
+def test_p_values_are_uniform_under_no_shift():
+    rng = np.random.default_rng(0)
+    p_mmd = [mmd_test(rng.normal(size=(60, 5)), rng.normal(size=(30, 5)), 200, seed)["p_value"] for seed in range(150)]
+    assert kstest(p_mmd, "uniform").pvalue > 0.01
+    assert 0.0 <= np.mean(np.array(p_mmd) < 0.05) <= 0.10
+
+
+def test_false_alarms_at_alpha_under_no_shift():
+    rng = np.random.default_rng(1)
+    flagged = []
+    for d in range(60):
+        f, s = draw(rng, 110)
+        reference = ShiftReference.fit(f[:60], s[:60], BASIS)
+        flagged.append(shift_test(reference, f[60:], s[60:], permutations=200, seed=d)["shifted"])
+    assert np.mean(flagged) <= 0.12  # alpha 0.05 after Bonferroni; 60 draws: a binomial's spread
+
+
+def test_power_grows_with_the_batch_size():
+    rng = np.random.default_rng(2)
+    f, s = draw(rng, 120)
+    reference = ShiftReference.fit(f, s, BASIS)
+    power = {}
+    for n in (10, 50):
+        hits = []
+        for d in range(20):
+            bf, bs = draw(rng, n, shift=0.5)
+            hits.append(shift_test(reference, bf, bs, permutations=200, seed=d)["shifted"])
+        power[n] = np.mean(hits)
+    assert power[10] < power[50] and power[50] >= 0.9
+
+
+def test_the_record_names_its_tests_and_correction():
+    rng = np.random.default_rng(3)
+    f, s = draw(rng, 80)
+    record = shift_test(ShiftReference.fit(f[:60], s[:60], BASIS), f[60:], s[60:], permutations=100)
+    assert set(record["tests"]) == {"features_mmd", "statistics_mmd", "classifier"}
+    assert record["n"] == 20 and record["reference_n"] == 60 and record["alpha"] == 0.05
+    assert record["p_value"] == min(1.0, 3 * min(t["p_value"] for t in record["tests"].values()))
+    with pytest.raises(ModelError, match="at least 10 images"):
+        shift_test(ShiftReference.fit(f[:60], s[:60], BASIS), f[:5], s[:5])
+
+
+@pytest.fixture
+def detector_with_reference(tmp_path):
+    rng = np.random.default_rng(4)
+    train, val = rng.normal(size=(50, D)), rng.normal(size=(30, D))
+    detector = fit_detector(train, val, "timm:resnet10t", "mahalanobis", 95.0)
+    f, s = draw(rng, 30)
+    detector.reference = ShiftReference.fit(f, s, BASIS, {"images": "validation split"})
+    detector.save(tmp_path)
+    return tmp_path, detector
+
+
+def test_the_reference_travels_with_the_detector_without_pickle(detector_with_reference):
+    folder, detector = detector_with_reference
+    loaded = OODDetector.load(folder)
+    for name in ("mean", "axes", "features", "statistics"):
+        np.testing.assert_allclose(getattr(loaded.reference, name), getattr(detector.reference, name), atol=1e-5)
+    assert json.loads((folder / "ood.json").read_text())["shift"]["images"] == "validation split"
+    assert b"pickle" not in (folder / "ood.safetensors").read_bytes()[:2000]
+
+
+def test_a_damaged_reference_is_refused_by_name(detector_with_reference):
+    from safetensors.numpy import load_file, save_file
+
+    folder, _ = detector_with_reference
+    arrays = load_file(str(folder / "ood.safetensors"))
+    arrays["shift.features"] = np.full_like(arrays["shift.features"], np.nan)
+    save_file(arrays, str(folder / "ood.safetensors"))
+    with pytest.raises(ModelError, match=r"ood\.json: the shift reference is damaged.*covidct ood fit"):
+        OODDetector.load(folder)
+    del arrays["shift.features"]
+    save_file(arrays, str(folder / "ood.safetensors"))
+    with pytest.raises(ModelError, match=r"shift reference lacks \['features'\]"):
+        OODDetector.load(folder)
