@@ -102,3 +102,10 @@ def test_a_damaged_reference_is_refused_by_name(detector_with_reference):
     save_file(arrays, str(folder / "ood.safetensors"))
     with pytest.raises(ModelError, match=r"shift reference lacks \['features'\]"):
         OODDetector.load(folder)
+
+
+def test_a_large_batch_is_tested_on_a_bounded_draw():
+    rng = np.random.default_rng(5)
+    f, s = draw(rng, 660)
+    record = shift_test(ShiftReference.fit(f[:60], s[:60], BASIS), f[60:], s[60:], permutations=50)
+    assert record["n"] == 600 and record["n_tested"] == 500

@@ -180,8 +180,10 @@ class LoadedModel:
         n = sum(len(f) for f, _ in outputs)
         reference = None if self.ood is None else self.ood.reference
         if reference is None:
-            why = ("this model's detector has no shift reference (fitted before the test existed, or on fewer than 20 "
-                   "validation images): covidct ood fit RUN")
+            why = (
+                "this model's detector has no shift reference (fitted before the test existed, or on fewer than 20 "
+                "validation images): covidct ood fit RUN"
+            )
             return {"tested": False, "n": n, "why": why if self.ood is not None else "this model has no detector"}
         if n < MIN_BATCH:
             return {"tested": False, "n": n, "why": f"a batch of {n} images: the test needs at least {MIN_BATCH}"}
