@@ -75,3 +75,24 @@ def test_without_a_reference_predict_says_why(trained_run, tmp_path, capsys):
     assert main(["predict", str(trained_run), str(images), "--out", str(tmp_path / "p.csv")]) == 0
     assert "shift test not run: this model's detector has no shift reference" in capsys.readouterr().out
     assert json.loads((tmp_path / "p.json").read_text())["shift"]["tested"] is False
+
+
+def test_serve_tests_its_recent_traffic_as_a_batch(trained_run, tmp_path):
+    import io
+
+    from fastapi.testclient import TestClient
+
+    from covidct.inference.serve import create_app
+
+    data = trained_run.parent.parent / "covid-ct"
+    run = with_reference(Path(shutil.copytree(trained_run, tmp_path / "run")), data)
+    client = TestClient(create_app(load_trained(run), shift_window=12))
+    assert client.get("/api/v1/shift").json()["tested"] is False  # nothing scored yet
+    rng = np.random.default_rng(1)
+    for i in range(15):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (64, 64), dtype=np.uint8)).save(buf, format="PNG")
+        assert client.post("/api/v1/predict", files={"file": (f"{i}.png", buf.getvalue())}).status_code == 200
+    record = client.get("/api/v1/shift").json()
+    assert record["tested"] and record["n"] == 12 and record["window"] == 12  # the last 12 only
+    assert record["shifted"] and record["p_value"] < 0.05

@@ -1,7 +1,8 @@
 """`covidct serve`: a FastAPI app (REST API + a web page) around one loaded model, run by uvicorn.
 
 Routes: GET /health; GET /api/v1/model (the model card); POST /api/v1/predict (multipart field `file`: a PNG,
-JPEG or DICOM file; `?cam=true` adds a Grad-CAM overlay as a PNG data URL); GET / (the web page); /docs (OpenAPI).
+JPEG or DICOM file; `?cam=true` adds a Grad-CAM overlay as a PNG data URL); GET /api/v1/shift (the batch shift test
+of the last images scored, covidct.ood.shift); GET / (the web page); /docs (the routes, and /openapi.json).
 Every /api/ route checks the API key when one is set (header X-API-Key). The model is loaded once; inference runs
 in worker threads, at most one per core at a time, each with one intra-op thread, so parallel requests use the
 cores without oversubscribing them. Limits (covidct.config.InputLimits, one declared policy, each a flag of
@@ -253,12 +254,38 @@ def png_data_url(img: Image.Image) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+class ShiftWindow:
+    """The features and image statistics of the last `size` images scored (a rolling window of the traffic), and the
+    batch shift test of them on request (covidct.ood.shift): a site's images as a whole against the model's
+    validation images. Thread-safe; the test runs on a copy, outside the lock."""
+
+    def __init__(self, size: int = 200) -> None:
+        from collections import deque
+
+        self.size, self.lock = size, threading.Lock()
+        self.items: Any = deque(maxlen=size)
+
+    def add(self, outputs: list[tuple[Any, dict[str, Any]]]) -> None:
+        with self.lock:
+            for features, statistics in outputs:
+                for i in range(len(features)):
+                    self.items.append((features[i : i + 1], {k: v[i : i + 1] for k, v in statistics.items()}))
+
+    def test(self, model: LoadedModel) -> dict[str, Any]:
+        with self.lock:
+            outputs = list(self.items)
+        return {**model.batch_shift(outputs), "window": self.size}
+
+
 class Predictor:
     """The model, and a bound on how many inferences run at once (one per core, one thread each)."""
 
-    def __init__(self, model: LoadedModel, limits: InputLimits = INPUT_LIMITS, workers: int | None = None) -> None:
+    def __init__(
+        self, model: LoadedModel, limits: InputLimits = INPUT_LIMITS, workers: int | None = None, window: int = 200
+    ) -> None:
         self.model = model
         self.limits = limits
+        self.window = ShiftWindow(window)
         self.workers = workers or max(1, os.cpu_count() or 1)
         self.slots = threading.BoundedSemaphore(self.workers)
         # Grad-CAM hooks the shared model's layers: one explanation at a time (scores stay parallel).
@@ -322,7 +349,9 @@ class Predictor:
         from covidct.inference.explain import explain, overlay
         from covidct.inference.predict import ood_verdict
 
-        scores, ood = self.model.scores_with_ood([image])
+        with self.model.collecting() as outputs:
+            scores, ood = self.model.scores_with_ood([image])
+        self.window.add(outputs)
         score = float(scores[0])
         flags = self.model.ood_flags(ood)
         unseen = None if acquisition is None else self.model.unseen_acquisition(acquisition)
@@ -439,11 +468,14 @@ def over(limits: InputLimits, is_zip: bool) -> str:
     )
 
 
-def create_app(model: LoadedModel, api_key: str | None = None, limits: InputLimits = INPUT_LIMITS) -> FastAPI:
-    """The FastAPI app around `model`, refusing inputs over `limits`."""
+def create_app(
+    model: LoadedModel, api_key: str | None = None, limits: InputLimits = INPUT_LIMITS, shift_window: int = 200
+) -> FastAPI:
+    """The FastAPI app around `model`, refusing inputs over `limits`; the batch shift test over the last
+    `shift_window` images scored."""
     from starlette.formparsers import MultiPartParser
 
-    predictor = Predictor(model, limits)
+    predictor = Predictor(model, limits, window=shift_window)
     body_limit = max(limits.megabytes("upload_mb"), limits.megabytes("archive_mb")) + MULTIPART_OVERHEAD
     # An upload within the body limit is held in memory, not spooled to a temporary file (Starlette's default above
     # 1 MB): a request then writes to disk only a ZIP's expanded members (expanded_mb). Starlette has no per-app
@@ -464,21 +496,7 @@ def create_app(model: LoadedModel, api_key: str | None = None, limits: InputLimi
         if api_key and not (x_api_key and secrets.compare_digest(x_api_key, api_key)):
             raise HTTPException(401, "missing or wrong API key (header X-API-Key)")
 
-    @app.get("/health", response_model=Health)
-    def health() -> dict[str, Any]:
-        return {"status": "ok", "model": model.model_id}
-
-    @app.get("/api/v1/model", dependencies=[Depends(check_key)], responses=_errors(401))
-    def model_card() -> dict[str, Any]:
-        runtime = "onnxruntime" if model.session is not None else "pytorch"
-        serving = {
-            "max_upload_mb": limits.upload_mb,
-            "max_pixels": limits.pixels,
-            "limits": limits.to_dict(),
-            "workers": predictor.workers,
-            "runtime": runtime,
-        }
-        return {**model.card, "serving": serving}
+    add_reading_routes(app, predictor, [Depends(check_key)])
 
     @app.post(
         "/api/v1/predict",
@@ -497,6 +515,34 @@ def create_app(model: LoadedModel, api_key: str | None = None, limits: InputLimi
         return await asyncio.to_thread(predictor.handle, data, file.filename or "upload", cam)
 
     return app
+
+
+def add_reading_routes(app: FastAPI, predictor: Predictor, auth: list[Any]) -> None:
+    """The routes that read the server's state: liveness, the model card with the limits, the recent traffic's
+    shift test (all but liveness behind the API key, `auth`)."""
+    model, limits = predictor.model, predictor.limits
+
+    @app.get("/health", response_model=Health)
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "model": model.model_id}
+
+    @app.get("/api/v1/model", dependencies=auth, responses=_errors(401))
+    def model_card() -> dict[str, Any]:
+        runtime = "onnxruntime" if model.session is not None else "pytorch"
+        serving = {
+            "max_upload_mb": limits.upload_mb,
+            "max_pixels": limits.pixels,
+            "limits": limits.to_dict(),
+            "workers": predictor.workers,
+            "runtime": runtime,
+            "shift_window": predictor.window.size,
+        }
+        return {**model.card, "serving": serving}
+
+    @app.get("/api/v1/shift", dependencies=auth, responses=_errors(401))
+    async def shift() -> dict[str, Any]:
+        """The batch shift test of the last images scored (the window) against the model's validation images."""
+        return await asyncio.to_thread(predictor.window.test, model)
 
 
 def body_limit_text(limits: InputLimits, declared: str | None) -> str:
@@ -539,6 +585,7 @@ def serve(
     port: int = 8000,
     api_key: str | None = None,
     limits: InputLimits = INPUT_LIMITS,
+    shift_window: int = 200,
 ) -> None:
     """Load the model once and serve it with uvicorn (one process; parallelism inside, see Predictor)."""
     import torch
@@ -548,5 +595,5 @@ def serve(
 
     model = load_model(model_path, threads=1)
     torch.set_num_threads(1)  # parallel requests (one per core, see Predictor), not parallel ops inside one
-    app = create_app(model, api_key or os.environ.get(API_KEY_ENV) or None, limits)
+    app = create_app(model, api_key or os.environ.get(API_KEY_ENV) or None, limits, shift_window)
     uvicorn.run(app, host=host, port=port, log_level="info")
