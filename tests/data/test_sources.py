@@ -265,3 +265,24 @@ def test_a_patients_subfolder_never_straddles_splits(tmp_path):
     assert len(where) == 16 and all(g.split("/")[0] in ("COVID", "NonCOVID") for g in where)
     assert sum(len(v) for v in data.splits.values()) == 2 * (8 * 3 + 1)
     assert "each subfolder in one split" in data.source
+
+
+@pytest.mark.parametrize(
+    "classes,message",
+    [(("COVID",), r"holds one class only \(COVID\).*--on"), (("COVID", "Other"), "cannot be mapped")],
+)
+def test_a_folder_whose_labels_cannot_be_told_is_refused_for_training_and_evaluation(tmp_path, classes, message):
+    from covidct.data import load_splits
+    from covidct.data.sources import checked_labels
+
+    for name in classes:
+        (tmp_path / name).mkdir()
+        for i in range(4):
+            Image.new("L", (40, 40), 10 * i).save(tmp_path / name / f"{i}.png")
+    with pytest.raises(DataError, match=message):
+        checked_labels(load_splits(tmp_path), str(tmp_path))
+    (tmp_path / "NonCOVID").mkdir()
+    for i in range(4):
+        Image.new("L", (40, 40), 10 * i).save(tmp_path / "NonCOVID" / f"{i}.png")
+    if classes == ("COVID",):
+        assert checked_labels(load_splits(tmp_path), str(tmp_path)).class_names == ("NonCOVID", "COVID")

@@ -315,16 +315,21 @@ def run_data(config: Any, data_dir: str | Path | None = None) -> SplitData:
     if is_official_layout(folder) and not config.data_csv:
         tagged = {sp: [dataclasses.replace(s, source="covid-ct") for s in ss] for sp, ss in data.splits.items()}
         return dataclasses.replace(data, splits=tagged)
-    where = f"data {config.data_csv or folder}"
+    return checked_labels(data, str(config.data_csv or folder))
+
+
+def checked_labels(data: SplitData, where: str) -> SplitData:
+    """`data` (a user's folder or CSV) when its labels can be trusted: two classes, one of them named non-COVID and
+    the other COVID. One class, or names that say neither, are refused by name: label 0 would otherwise be read as
+    non-COVID whatever it holds."""
     if len(data.class_names) == 1:
         raise DataError(
-            f"{where} holds one class only ({data.class_names[0]}): a data folder needs a COVID and a non-COVID "
-            f"class. To score every image of a one-class folder, use --on {config.data_csv or folder} "
-            "(covidct evaluate RUN --on DIR)"
+            f"data {where} holds one class only ({data.class_names[0]}): a data folder needs a COVID and a non-COVID "
+            f"class. To score every image of a one-class folder, use --on {where} (covidct evaluate RUN --on DIR)"
         )
     # map_classes refuses names it cannot map; for two classes that it can map, class_order already put the negative
     # class first, so the labels stand as they are and the data keeps its own class names
-    map_classes(data, where)
+    map_classes(data, f"data {where}")
     return data
 
 

@@ -21,6 +21,8 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from covidct.config import TrainConfig
 from covidct.data import Sample, SplitData, load_splits
+from covidct.data.datasets import is_official_layout
+from covidct.data.sources import checked_labels
 from covidct.errors import ConfigError
 from covidct.evaluation.compare import read_predictions
 from covidct.evaluation.evaluate import evaluate_run
@@ -97,6 +99,8 @@ def summarise_folds(folds: list[dict[str, Any]], oof_labels: np.ndarray, oof_sco
 def run_cv(config: TrainConfig, folds: int = 5, progress: bool = True, group_duplicates: bool = True) -> Path:
     """Train one run per fold under OUT/cv-<stamp>-<model>/fold-<k>/; write cv.json and oof_predictions.csv."""
     data: SplitData = load_splits(config.data_dir, config.data_csv, config.seed)
+    if not is_official_layout(Path(config.data_dir)) or config.data_csv:
+        data = checked_labels(data, str(config.data_csv or config.data_dir))
     pool = data.splits["train"] + data.splits["val"]
     labels = np.array([s.label for s in pool])
     groups = with_sample_groups(near_duplicate_groups(pool) if group_duplicates else np.arange(len(pool)), pool)
