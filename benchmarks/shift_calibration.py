@@ -4,7 +4,9 @@ reference, as training stores it. Prints a Markdown table for benchmarks/SHIFT.m
 - false alarms: the validation images split at random into a reference and a batch of 50 (disjoint), 200 draws;
 - negative control: batches of 50 of the validation images against the whole validation reference, 20 draws;
 - the run's own test split, by batch size, against the validation reference (a shift where the model may hold);
-- power on another source, by batch size (10, 20, 50, 100, 200), 200 draws each.
+- power on another source, by batch size (10, 20, 50, 100, 200), 200 draws each;
+- benign changes of the validation images (JPEG at quality 50, resized to 75%, grey noise of sd 5, rotated 5
+  degrees), batches of 50 against the unchanged validation reference, 200 draws each (--benign).
 The test split and the other source are only scored, never used to fit or tune anything. Usage:
     .venv/bin/python benchmarks/shift_calibration.py RUN --other sars-cov-2-ct=../shared/datasets/sars-cov-2-ct
 """
@@ -12,13 +14,17 @@ The test split and the other source are only scored, never used to fit or tune a
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import io
+import re
 import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from scipy.stats import kstest
 
-from covidct.data import ImageDataset
+from covidct.data import ImageDataset, load_rgb
 from covidct.data.image_statistics import IMAGE_STATISTICS
 from covidct.data.sources import external_set
 from covidct.inference.load import load_checkpoint
@@ -68,11 +74,44 @@ def false_alarms(feats: np.ndarray, stats: np.ndarray, basis: np.ndarray, draws:
             "ks_uniform": {k: float(kstest(v, "uniform").pvalue) for k, v in raw.items()}}  # fmt: skip
 
 
+BENIGN = {
+    "JPEG quality 50": lambda img: _jpeg(img, 50),
+    "resized to 75%": lambda img: img.resize((max(1, img.width * 3 // 4), max(1, img.height * 3 // 4))),
+    "grey noise, sd 5": lambda img: _noisy(img, 5.0),
+    "rotated 5 degrees": lambda img: img.rotate(5, resample=Image.Resampling.BILINEAR),
+}
+
+
+def _jpeg(img: Image.Image, quality: int) -> Image.Image:
+    buf = io.BytesIO()
+    img.convert("RGB").save(buf, format="JPEG", quality=quality)
+    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+
+def _noisy(img: Image.Image, sd: float) -> Image.Image:
+    array = np.asarray(img.convert("RGB"), dtype=np.float32)
+    noise = np.random.default_rng(0).normal(0, sd, array.shape[:2])[..., None]
+    return Image.fromarray(np.clip(array + noise, 0, 255).round().astype(np.uint8))
+
+
+def changed_copies(samples: list, change, folder: Path) -> list:
+    """The samples' images changed and written as PNG (their statistics are then those of the changed image)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i, s in enumerate(samples):
+        path = folder / f"{i:04d}.png"
+        if not path.is_file():
+            change(load_rgb(s.path)).save(path)
+        out.append(dataclasses.replace(s, path=path))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run")
     parser.add_argument("--other", help="NAME=DIR of a source the model never trained on")
     parser.add_argument("--cache", default="/tmp/shift-cache")
+    parser.add_argument("--benign", action="store_true", help="also the benign changes of the validation images")
     args = parser.parse_args()
     run = RunDir.at(args.run)
     cache = Path(args.cache) / run.name
@@ -93,6 +132,14 @@ def main() -> None:
     for size in (20, 50, 100):
         r = rate(reference, test_f, test_s, size, 200, 2)
         print(f"| own test split, batches of {size} (200 draws) | {r['flagged']:.3f} | per test {r['per_test']} |")
+    if args.benign:
+        for what, change in BENIGN.items():
+            slug = re.sub(r"[^a-z0-9]+", "-", what.lower())
+            samples = changed_copies(data.splits["val"], change, cache / f"benign-{slug}")
+            f, s = outputs(run, samples, cache / f"benign-{slug}.npz")
+            r = rate(reference, f, s, 50, 200, 4)
+            print(f"| validation images, {what}, batches of 50 (200 draws) | {r['flagged']:.3f} | per test "
+                  f"{r['per_test']} |")  # fmt: skip
     if args.other:
         name, samples = external_set(args.other)
         rng = np.random.default_rng(0)

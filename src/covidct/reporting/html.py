@@ -181,7 +181,11 @@ def answer_first(metrics: dict[str, Any], data: Any, validation: dict[str, Any],
     if external:
         text += (
             " Never trained on: "
-            + "; ".join(f"{r['name']} ROC-AUC {number_text(r['auc'])}, {r['ood']} flagged" for r in external)
+            + "; ".join(
+                f"{r['name']} ROC-AUC {number_text(r['auc'])}, {r['ood']} flagged"
+                + ("" if r["shift"] == "-" else f", as a batch {r['shift']}")
+                for r in external
+            )
             + "."
         )
     else:
