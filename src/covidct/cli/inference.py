@@ -140,8 +140,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000; 0: any free port)")
     p.add_argument("--api-key", help="require this key in header X-API-Key on /api/ (default: $COVIDCT_API_KEY)")
-    p.add_argument("--shift-window", type=int, default=200, metavar="N",
-                   help="the batch shift test (GET /api/v1/shift, the page's banner) covers the last N images scored "
-                   "(default %(default)s)")  # fmt: skip
+    p.add_argument(
+        "--shift-window",
+        type=int,
+        default=200,
+        metavar="N",
+        help="the batch shift test (GET /api/v1/shift, the page's banner) covers the last N images scored "
+        "(default %(default)s)",
+    )
     limit_args(p, UPLOAD_LIMITS + READER_LIMITS)
     p.set_defaults(func=cmd_serve)

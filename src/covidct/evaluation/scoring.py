@@ -207,8 +207,16 @@ def score_member(run: Path, split: str, checkpoint: str, data_dir: str | Path | 
         paths, labels, scores, ood = predict_scores_and_ood(module, eval_dataset(module, samples), tta=tta)
     shift = module.batch_shift(outputs) if external is not None and single else None
     val = predict_scores(module, eval_dataset(module, data.splits["val"]), tta=tta) if split != "val" else None
-    return {"run": run, "ckpt": ckpt, "module": module, "scored": (paths, labels, scores), "val": val,
-            "samples": samples, "ood": ood, "shift": shift}  # fmt: skip
+    return {
+        "run": run,
+        "ckpt": ckpt,
+        "module": module,
+        "scored": (paths, labels, scores),
+        "val": val,
+        "samples": samples,
+        "ood": ood,
+        "shift": shift,
+    }
 
 
 def shared_validation(members: list[dict[str, Any]]) -> tuple[Any, Any, Any]:

@@ -247,17 +247,7 @@ def predict_inputs(
                 if cam_dir is not None:
                     _save_top_cams(model, path, [g for _, g in _nifti_slices(path, window)], summary, cam_dir)
             else:
-                images, _ = read_input(path, window)
-                scores, ood = model.scores_with_ood(images)
-                s = float(scores[0])
-                flag = _ood_fields(model, ood, model.unseen_acquisition(of_file(path)))
-                rows.append({"path": str(path), "series": "", "slice": "", "score": round(s, 6), "label": label(s),
-                             "threshold": t, "lung_fraction": "", "counted": "", **flag})  # fmt: skip
-                report["images"].append({"path": str(path), "score": s, "label": label(s), **flag})
-                if cam_dir is not None:
-                    from covidct.inference.explain import save_cams
-
-                    save_cams(model, images, path, cam_dir, False)
+                _predict_image(model, path, window, t, label, rows, report, cam_dir)
     report["shift"] = model.batch_shift(outputs)
     return rows
 
@@ -304,6 +294,32 @@ def _summary_row(path: str, series: str, kind: str, score: float, label: Callabl
             "threshold": t, "lung_fraction": "", "counted": summary.get("slices_counted", ""),
             "ood_score": "", "in_distribution": summary.get("in_distribution", ""),
             "ood_fraction": summary.get("ood_fraction", ""), "ood_reason": summary.get("ood_reason", "")}  # fmt: skip
+
+
+def _predict_image(model, path, window, t, label, rows, report, cam_dir) -> None:
+    """One image file or DICOM slice: its row, its entry in the report, its heat map under --cam."""
+    images, _ = read_input(path, window)
+    scores, ood = model.scores_with_ood(images)
+    s = float(scores[0])
+    flag = _ood_fields(model, ood, model.unseen_acquisition(of_file(path)))
+    rows.append(
+        {
+            "path": str(path),
+            "series": "",
+            "slice": "",
+            "score": round(s, 6),
+            "label": label(s),
+            "threshold": t,
+            "lung_fraction": "",
+            "counted": "",
+            **flag,
+        }
+    )
+    report["images"].append({"path": str(path), "score": s, "label": label(s), **flag})
+    if cam_dir is not None:
+        from covidct.inference.explain import save_cams
+
+        save_cams(model, images, path, cam_dir, False)
 
 
 def _predict_folder(model, folder, window, aggregation, t, label, rows, report, cam_dir) -> None:

@@ -54,8 +54,14 @@ def _row(name: str, kind: str, m: dict[str, Any], auc_ci: Any) -> dict[str, Any]
     keys = ("n", "accuracy", "sensitivity", "specificity", "auc")
     ood = m.get("ood")  # the out-of-distribution check's share; per-group rows have none of their own
     flagged = "-" if "ood" not in m else f"{ood['fraction_flagged']:.0%}" if ood else "no detector"
-    return {"name": name, "kind": kind, **{k: m.get(k) for k in keys}, "auc_ci": auc_ci, "ood": flagged,
-            "shift": shift_cell(m.get("shift"))}  # fmt: skip
+    return {
+        "name": name,
+        "kind": kind,
+        **{k: m.get(k) for k in keys},
+        "auc_ci": auc_ci,
+        "ood": flagged,
+        "shift": shift_cell(m.get("shift")),
+    }
 
 
 def shift_cell(record: dict[str, Any] | None) -> str:
