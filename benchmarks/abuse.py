@@ -19,14 +19,11 @@ import os
 import re
 import select
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import zipfile
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,41 +86,19 @@ class DiskWatch:
 # ---- the inputs ---------------------------------------------------------------------------------------------------
 
 
-def png(width: int, height: int) -> bytes:
-    buf = io.BytesIO()
-    Image.new("L", (width, height)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def png_header_claiming(width: int, height: int) -> bytes:
-    """A valid PNG header claiming width x height pixels, and no pixels: a decompression bomb's signature."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
-
-
-def zip_of(count: int, member: bytes) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
-        for i in range(count):
-            zf.writestr(f"IM{i:05d}", member)
-    return buf.getvalue()
-
-
 def series_zip(tmp: Path) -> bytes:
     """A real little series: three 64 x 64 CT slices (a ZIP the server must accept, and clean up after)."""
     from tests.medical_files import write_dicom
+    from tests.upload_files import zip_of
 
-    buf = io.BytesIO()
     rng = np.random.default_rng(0)
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for k in range(3):
-            hu = rng.normal(-700, 200, (64, 64)).astype(np.float32)
-            zf.writestr(f"s/IM{k}", write_dicom(tmp / f"{k}.dcm", hu, z=float(k), instance=k + 1).read_bytes())
-    return buf.getvalue()
+    hus = [rng.normal(-700, 200, (64, 64)).astype(np.float32) for _ in range(3)]
+    return zip_of(
+        {
+            f"s/IM{k}": write_dicom(tmp / f"{k}.dcm", hu, z=float(k), instance=k + 1).read_bytes()
+            for k, hu in enumerate(hus)
+        }
+    )
 
 
 def deflate_bomb(tmp: Path) -> bytes:
@@ -213,11 +188,20 @@ def streamed_huge(url: str) -> tuple[int, str]:
     return raw_post(url, head, chunk, 600 * 1024 * 1024)
 
 
+def png(width: int, height: int) -> bytes:
+    from tests.upload_files import blank_png
+
+    return blank_png(width, height)
+
+
 def cases(tmp: Path) -> list[tuple[str, Callable[[str], tuple[int, str]]]]:
     """(what, send(url) -> (status, detail)) of every bad input, then a good series ZIP and a good PNG."""
     one_mib = bytes(1024 * 1024)
-    bomb, many, few, series = deflate_bomb(tmp), zip_of(1999, one_mib), zip_of(150, one_mib), series_zip(tmp)
-    huge = png_header_claiming(20000, 20000)
+    from tests.upload_files import png_header_claiming, zip_of
+
+    many = zip_of({f"IM{i:05d}": one_mib for i in range(1999)})
+    few = zip_of({f"IM{i:05d}": one_mib for i in range(150)})
+    bomb, series, huge = deflate_bomb(tmp), series_zip(tmp), png_header_claiming(20000, 20000)
     rng = np.random.default_rng(1)
     slice_png = io.BytesIO()
     Image.fromarray(rng.integers(0, 255, (256, 256), dtype=np.uint8)).save(slice_png, format="PNG")

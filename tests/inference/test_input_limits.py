@@ -3,14 +3,11 @@ written: deflated DICOM, ZIP members and totals, pixels, the minimum side; and t
 
 from __future__ import annotations
 
-import io
 import json
 import math
-import zipfile
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from covidct.config import INPUT_LIMITS, InputLimits, active_limits
 from covidct.data.medical import open_dicom, read_dicom
@@ -19,20 +16,7 @@ from covidct.inference.serve import InputError, decode_upload, unpack_series_zip
 from covidct.operating_point import checked_threshold
 from covidct.runs import RunDir
 from tests.medical_files import deflated_dicom_bomb, write_dicom
-
-
-def png(width: int, height: int) -> bytes:
-    buf = io.BytesIO()
-    Image.new("L", (width, height)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def zip_of(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    return buf.getvalue()
+from tests.upload_files import blank_png, zip_of
 
 
 def test_limits_are_settings_checked_on_construction_and_applied_per_block():
@@ -88,11 +72,11 @@ def test_zip_members_of_exactly_one_mib_are_bounded_by_the_total_and_nothing_is_
 
 def test_images_under_the_minimum_side_or_over_the_pixel_limit_are_refused_by_name():
     with pytest.raises(InputError, match=r"dot\.png: 1x1 pixels is under the minimum of 32 pixels a side") as e:
-        decode_upload(png(1, 1), "dot.png")
+        decode_upload(blank_png(1, 1), "dot.png")
     assert e.value.status == 422
-    assert decode_upload(png(32, 40), "ok.png").size == (32, 40)
+    assert decode_upload(blank_png(32, 40), "ok.png").size == (32, 40)
     with InputLimits(pixels=1000).applied(), pytest.raises(InputError, match=r"40x40 pixels is over the limit"):
-        decode_upload(png(40, 40), "big.png")
+        decode_upload(blank_png(40, 40), "big.png")
 
 
 @pytest.mark.parametrize("bad", [-1, 5, math.nan, math.inf, "abc", None, True, "0.5"])

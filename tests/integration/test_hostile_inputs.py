@@ -7,8 +7,6 @@ import csv
 import io
 import json
 import shutil
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -23,20 +21,7 @@ from covidct.inference.load import load_trained
 from covidct.inference.serve import create_app
 from tests.conftest import synthetic_ct
 from tests.medical_files import write_dicom
-
-
-def png_bytes(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def png_header_claiming(width: int, height: int) -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+from tests.upload_files import png_bytes, png_header_claiming
 
 
 def class_folders(root: Path, names: tuple[str, ...], per_class: int = 10) -> Path:

@@ -2,11 +2,9 @@
 
 import base64
 import io
-import struct
 import subprocess
 import sys
 import time
-import zlib
 
 import httpx
 import numpy as np
@@ -20,22 +18,7 @@ from covidct.inference.load import load_trained as load_model
 from covidct.inference.serve import create_app
 from tests.conftest import CHROMIUM_FLAGS, synthetic_ct
 from tests.medical_files import write_dicom
-
-
-def png_bytes(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def png_header_claiming(width: int, height: int) -> bytes:
-    """A PNG whose (valid) header claims width x height pixels: a decompression bomb's signature."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+from tests.upload_files import png_bytes, png_header_claiming, zip_of
 
 
 @pytest.fixture(scope="module")
@@ -197,7 +180,7 @@ def test_page_in_chromium_shows_a_zipped_study_with_its_top_slices(live_server, 
 
     cd = make_study(tmp_path / "cd")
     archive = tmp_path / "study.zip"
-    archive.write_bytes(_zip({str(p.relative_to(cd)): p.read_bytes() for p in sorted(cd.rglob("*")) if p.is_file()}))
+    archive.write_bytes(zip_of({str(p.relative_to(cd)): p.read_bytes() for p in sorted(cd.rglob("*")) if p.is_file()}))
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
         page = browser.new_page()
@@ -251,22 +234,12 @@ def test_explanations_run_one_at_a_time(client, ct_png, monkeypatch):
     assert state["most"] == 1
 
 
-def _zip(files: dict[str, bytes]) -> bytes:
-    import zipfile
-
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, data in files.items():
-            zf.writestr(name, data)
-    return buf.getvalue()
-
-
 def test_a_zip_of_a_study_gets_the_study_result(client, tmp_path):
     from tests.data.test_dicom_study import make_study
 
     cd = make_study(tmp_path / "cd")
     files = {str(p.relative_to(cd)): p.read_bytes() for p in sorted(cd.rglob("*")) if p.is_file()}
-    r = client.post("/api/v1/predict", files={"file": ("study.zip", _zip(files))})
+    r = client.post("/api/v1/predict", files={"file": ("study.zip", zip_of(files))})
     assert r.status_code == 200, r.text
     body = r.json()
     (study,) = body["studies"]
@@ -278,7 +251,7 @@ def test_a_zip_of_a_study_gets_the_study_result(client, tmp_path):
     assert plain and all("file" not in top for top in plain)
     shown = [top for top in plain if "image" in top]
     assert 0 < len(shown) <= 5 * len(study["series"])
-    with_cam = client.post("/api/v1/predict?cam=true", files={"file": ("study.zip", _zip(files))}).json()
+    with_cam = client.post("/api/v1/predict?cam=true", files={"file": ("study.zip", zip_of(files))}).json()
     heat = [top for s in with_cam["studies"][0]["series"] for top in s["top_slices"] if "image" in top]
     assert [t["slice"] for t in heat] == [t["slice"] for t in shown]
     for a, b in zip(shown, heat):
@@ -292,14 +265,14 @@ def test_a_zip_of_a_study_gets_the_study_result(client, tmp_path):
 def test_zip_limits_and_climbing_paths(client):
     import zipfile
 
-    r = client.post("/api/v1/predict", files={"file": ("evil.zip", _zip({"../../etc/x.dcm": b"x"}))})
+    r = client.post("/api/v1/predict", files={"file": ("evil.zip", zip_of({"../../etc/x.dcm": b"x"}))})
     assert r.status_code == 422 and "climbs out" in r.json()["detail"]
     bomb = io.BytesIO()
     with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("a.dcm", b"\0" * (64 * 1024**2))  # 64 MB of zeros: about 64 KB compressed
     r = client.post("/api/v1/predict", files={"file": ("bomb.zip", bomb.getvalue())})
     assert r.status_code == 413 and "zip bomb" in r.json()["detail"]
-    r = client.post("/api/v1/predict", files={"file": ("notes.zip", _zip({"a.txt": b"hello"}))})
+    r = client.post("/api/v1/predict", files={"file": ("notes.zip", zip_of({"a.txt": b"hello"}))})
     assert r.status_code == 422 and "notes.zip" in r.json()["detail"] and "DICOM" in r.json()["detail"]
 
 

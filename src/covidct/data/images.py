@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -46,19 +47,20 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 @contextmanager
-def _readable(path: Path) -> Iterator[None]:
-    """Pillow's errors on opening or decoding `path` as one DataError naming the file."""
+def _readable(what: str) -> Iterator[None]:
+    """Pillow's errors on opening or decoding an image as one DataError naming it (`what`: "image file PATH", or an
+    upload's name)."""
     try:
         yield
     except FileNotFoundError:
-        raise DataError(f"image file {path} does not exist") from None
+        raise DataError(f"{what} does not exist") from None
     except Image.DecompressionBombError as e:  # Pillow's own bound, far above covidct's: say which limit it is
         raise DataError(
-            f"image file {path}: {pixel_text(e)} is over the limit of {active_limits().pixels:,} pixels "
-            "(pixels); refused before decoding"
+            f"{what}: {pixel_text(e)} is over the limit of {active_limits().pixels:,} pixels (pixels); refused "
+            "before decoding"
         ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"image file {path} cannot be read ({type(e).__name__}: {e})") from None
+        raise DataError(f"{what} cannot be read: it cannot be decoded as an image ({type(e).__name__}: {e})") from None
 
 
 def image_header(path: str | Path) -> tuple[str, str, tuple[int, int]]:
@@ -73,7 +75,7 @@ def image_header(path: str | Path) -> tuple[str, str, tuple[int, int]]:
             return "HU", "DICOM", (int(ds.Columns), int(ds.Rows))
         except Exception as e:  # a header without rows or columns: no DICOM slice we can use
             raise DataError(f"file {path} is not a readable DICOM slice ({type(e).__name__}: {e})") from None
-    with _readable(path), Image.open(path) as img:
+    with _readable(f"image file {path}"), Image.open(path) as img:
         return img.mode, img.format or "?", img.size
 
 
@@ -85,8 +87,14 @@ def load_rgb(path: str | Path) -> Image.Image:
         from covidct.data.medical import read_dicom
 
         return read_dicom(path)  # RGB already
-    with _readable(path), Image.open(path) as img:
-        check_pixels(img.size, f"image file {path}")
+    return decode_rgb(path, f"image file {path}")
+
+
+def decode_rgb(source: str | Path | BinaryIO, what: str) -> Image.Image:
+    """An image file or an upload's bytes decoded fully into RGB, within the active pixel limit (checked from the
+    header first); anything wrong with it raises DataError naming `what`."""
+    with _readable(what), Image.open(source) as img:
+        check_pixels(img.size, what)
         img.load()  # decode now, so a truncated file fails here and not in a worker later
         return to_rgb(img)
 

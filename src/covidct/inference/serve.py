@@ -26,13 +26,13 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, File, Header, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from covidct import DISCLAIMER, __version__
 from covidct.config import INPUT_LIMITS, InputLimits
-from covidct.data.images import check_pixels, check_scoring_size, pixel_text, to_rgb
+from covidct.data.images import check_scoring_size, decode_rgb
 from covidct.data.medical import LUNG_WINDOW
 from covidct.errors import DataError
 from covidct.inference.load import LoadedModel
@@ -162,16 +162,7 @@ def _decode_dicom(data: bytes, name: str, window: tuple[float, float]) -> Image.
 
 
 def _decode_image(data: bytes, name: str) -> Image.Image:
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            check_pixels(img.size, name)
-            img.load()
-            return to_rgb(img)
-    except Image.DecompressionBombError as e:  # Pillow's own bound, above covidct's: it names the pixel limit
-        limit = f"{INPUT_LIMITS.pixels:,}"
-        raise DataError(f"{name}: {pixel_text(e)} is over the limit of {limit} pixels (pixels)") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"{name}: the image cannot be decoded, it may be truncated ({type(e).__name__})") from None
+    return decode_rgb(io.BytesIO(data), name)
 
 
 TOP_SLICES_SHOWN = 5  # pictures per series in the answer to a ZIP (each about 30-60 kB as a data URL)
