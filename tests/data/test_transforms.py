@@ -32,3 +32,35 @@ def test_eval_pipeline_applies_the_stored_intensity_choice():
     clahe = eval_transform(Preprocessing(**pre, intensity="clahe"))(img)
     assert any(isinstance(t, CLAHE) for t in eval_transform(Preprocessing(**pre, intensity="clahe")).transforms)
     assert clahe.shape == plain.shape and clahe.std() > 2 * plain.std()
+
+
+def three_channel_eval(pre: Preprocessing):
+    """The evaluation pipeline as it was written first: grey to three equal channels, then resize all three."""
+    import torchvision.transforms as T
+
+    from covidct.data.transforms import _front
+
+    size = (pre.input_size, pre.input_size)
+    return T.Compose([*_front(pre), T.Resize(size), T.ToTensor(), T.Normalize(pre.mean, pre.std)])
+
+
+def test_grey_pipeline_resizes_one_channel_to_the_same_numbers_as_three():
+    import pytest
+    import torch
+
+    rng = np.random.default_rng(3)
+    images = [
+        Image.fromarray(rng.integers(0, 256, (97, 61, 3), dtype=np.uint8)),  # colour: grey first
+        Image.fromarray(rng.integers(0, 256, (300, 410), dtype=np.uint8)),  # grey, shrunk
+        low_contrast_image().resize((20, 33)),  # enlarged
+    ]
+    for crop in ("none", "body"):
+        for intensity in ("none", "equalize", "clahe"):
+            pre = Preprocessing((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 32, 36, True, crop, intensity)
+            for img in images:
+                fast, slow = eval_transform(pre)(img), three_channel_eval(pre)(img)
+                assert fast.shape == slow.shape == (3, 32, 32)
+                assert torch.equal(fast, slow), (crop, intensity, img.size)
+    with pytest.raises(AssertionError):  # the check can fail: a colour model's pipeline keeps its colours
+        pre = Preprocessing(input_size=32, resize=36, grayscale=False)
+        assert torch.equal(eval_transform(pre)(images[0])[0], eval_transform(pre)(images[0])[2])

@@ -6,7 +6,9 @@ classifier decides on). One pass gives the logits and these features, so the che
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -40,12 +42,22 @@ def channel_mean_std(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     std((2, 3)) on channels-last maps (4.8 ms instead of 31 ms per batch of 32 for efficientnet_lite0's stages on
     this project's CPU), the same to 3e-6. The spread is taken about the mean, not as E[x^2] - mean^2, which cancels
     badly on saturated channels."""
+    rows, ones, mean = _rows_and_mean(a)
+    spread = ((ones @ (rows - mean).square()) / rows.shape[1]).sqrt()
+    return mean.squeeze(1), spread.squeeze(1)
+
+
+def channel_mean(a: torch.Tensor) -> torch.Tensor:
+    """N x C: channel_mean_std's mean alone (the same numbers), for readers that need no spread (the ImageNet
+    probe)."""
+    return _rows_and_mean(a)[2].squeeze(1)
+
+
+def _rows_and_mean(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     a = a.float()
     rows = a.permute(0, 2, 3, 1).flatten(1, 2)  # N x HW x C (a view of a channels-last map)
     ones = torch.ones((1, rows.shape[1]), dtype=rows.dtype, device=rows.device)  # sums, then / HW: exact on flat maps
-    mean = (ones @ rows) / rows.shape[1]
-    spread = ((ones @ (rows - mean).square()) / rows.shape[1]).sqrt()
-    return mean.squeeze(1), spread.squeeze(1)
+    return rows, ones, (ones @ rows) / rows.shape[1]
 
 
 def _keep_stats(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
@@ -76,6 +88,19 @@ def install(model: nn.Module) -> None:
             stage.register_forward_hook(_keep_stats)
         head.register_forward_pre_hook(_keep_pooled)
         object.__setattr__(model, _INSTALLED, True)
+
+
+@contextlib.contextmanager
+def untapped() -> Iterator[None]:
+    """Within the block, this thread's forward passes record nothing into an open FeatureTaps: for a second network
+    run inside another's taps (the ImageNet probe beside the fine-tuned network, in one ONNX graph), whose stages
+    may carry the hooks too."""
+    outer = getattr(_local, "collector", None)
+    _local.collector = None
+    try:
+        yield
+    finally:
+        _local.collector = outer
 
 
 class FeatureTaps:
