@@ -330,3 +330,15 @@ def _applied(limits: InputLimits) -> Iterator[InputLimits]:
         yield limits
     finally:
         _ACTIVE_LIMITS.reset(token)
+
+
+# covidct adapt: how a model is adapted to a site (here, not in training/adapt.py: the command line is built from
+# them, and importing the adaptation code would cost every command two seconds)
+DEFAULT_DRAWS = 5
+STRATEGY_TEXT = {
+    "head": "logistic regression on the source model's frozen features",
+    "lp-ft": "the same regression (a linear probe), then the last two stages and head fine-tuned (LP-FT)",
+}
+STRATEGIES = tuple(STRATEGY_TEXT)
+DEFAULT_STRATEGY = "lp-ft"  # above the head alone at every k COVID-CT -> SARS-CoV-2, level the other way: ADAPTATION.md
+IMAGENET_STRATEGIES = ("head",)  # the ImageNet baseline's default: LP-FT from ImageNet too doubles a curve's time

@@ -156,7 +156,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 
 
 def register_adapt(sub: argparse._SubParsersAction) -> None:
-    from covidct.training.adapt import DEFAULT_DRAWS, DEFAULT_STRATEGY, IMAGENET_STRATEGIES, STRATEGIES, STRATEGY_TEXT
+    from covidct.config import DEFAULT_DRAWS, DEFAULT_STRATEGY, IMAGENET_STRATEGIES, STRATEGIES, STRATEGY_TEXT
 
     p = sub.add_parser("adapt", help="a site's labelled patients: learning curve, and the model adapted to the site")
     p.add_argument("run_dir", type=Path, help="the run folder of the model to adapt")

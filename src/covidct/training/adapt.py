@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from covidct.config import DEFAULT_DRAWS, DEFAULT_STRATEGY, IMAGENET_STRATEGIES, STRATEGIES, STRATEGY_TEXT
 from covidct.data import ImageDataset, Sample
 from covidct.data.sources import external_set, parse_source
 from covidct.errors import ConfigError, DataError, ModelError
@@ -42,14 +43,6 @@ from covidct.training.tail import scores as tail_scores
 log = logging.getLogger("covidct")
 
 DEFAULT_KS = (1, 2, 5, 10, 20)
-DEFAULT_DRAWS = 5
-STRATEGY_TEXT = {
-    "head": "logistic regression on the source model's frozen features",
-    "lp-ft": "the same regression (a linear probe), then the last two stages and head fine-tuned (LP-FT)",
-}
-STRATEGIES = tuple(STRATEGY_TEXT)
-DEFAULT_STRATEGY = "lp-ft"  # above the head alone at every k COVID-CT -> SARS-CoV-2, level the other way: ADAPTATION.md
-IMAGENET_STRATEGIES = ("head",)  # the ImageNet baseline's default: LP-FT from ImageNet too doubles a curve's time
 
 
 @dataclass
