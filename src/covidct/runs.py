@@ -166,6 +166,12 @@ class RunDir:
         return run_data(self.config(), data_dir)
 
     @property
+    def scorer_graph_path(self) -> Path:
+        """checkpoints/best.onnx: the best checkpoint's scorer as ONNX, stamped with the weights it was made from
+        (covidct.inference.export.write_run_graph)."""
+        return self.checkpoints_dir / "best.onnx"
+
+    @property
     def export_dir(self) -> Path:
         return self.path / "export"
 

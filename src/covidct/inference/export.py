@@ -16,7 +16,14 @@ from torch import nn
 from covidct.data import load_rgb
 from covidct.errors import ModelError
 from covidct.fileio import atomic_write, write_json
-from covidct.inference.load import CARD_NAME, LoadedModel, load_checkpoint, load_safetensors_model
+from covidct.inference.load import (
+    CARD_NAME,
+    WEIGHTS_KEY,
+    LoadedModel,
+    load_checkpoint,
+    load_safetensors_model,
+    weights_fingerprint,
+)
 from covidct.runs import RunDir
 
 __all__ = ["CARD_NAME", "export_run", "load_safetensors_model", "write_onnx"]
@@ -73,31 +80,62 @@ def write_card(out_dir: Path, card: dict[str, Any]) -> Path:
 
 
 def export_onnx(module: LoadedModel, out_dir: Path, images: torch.Tensor) -> tuple[Path, float]:
-    """model.onnx with a dynamic batch; verified on `images` (preprocessed, N x 3 x H x W): the largest absolute
-    difference of the softmax scores against PyTorch must stay under ONNX_TOLERANCE. Returns (path, difference)."""
-    import onnxruntime as ort
-
-    model = _plain_model(module)
-    size = module.preprocessing.input_size
-    tmp = out_dir / ".model.onnx.tmp"
+    """model.onnx with a dynamic batch, checked against PyTorch (write_checked_onnx), and its record in the card.
+    Returns (path, largest score difference)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        write_onnx(model, size, tmp)
-        session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-        got = session.run(None, {"image": images.numpy().astype(np.float32)})[0]  # [1]: the detector's features
-        with torch.no_grad():
-            want = model(images).float().numpy()
-        diff = float(np.abs(_softmax(got)[:, 1] - _softmax(want)[:, 1]).max())
-        if not diff < ONNX_TOLERANCE:
-            raise ModelError(f"ONNX export differs from PyTorch by {diff:.2e} (> {ONNX_TOLERANCE}); not written")
-        path = out_dir / "model.onnx"
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    path = out_dir / "model.onnx"
+    diff = write_checked_onnx(module, path, images)
     card = dict(module.card)
     card["onnx"] = {"file": path.name, "verified_on_images": int(images.shape[0]), "max_score_difference": diff}
     write_card(out_dir, card)
     return path, diff
+
+
+def write_checked_onnx(module: LoadedModel, path: Path, images: torch.Tensor) -> float:
+    """The scorer (network, ImageNet probe, the detector's features) as one ONNX graph at `path`, written only when
+    it agrees with PyTorch on `images` (preprocessed, N x 3 x H x W): scores within ONNX_TOLERANCE, detector
+    features as wide and within ONNX_TOLERANCE of their scale. Stamped with the fingerprint of the weights it was
+    made from (load.WEIGHTS_KEY), which the loader checks. Returns the largest score difference."""
+    import onnx
+    import onnxruntime as ort
+
+    fingerprint = weights_fingerprint(module)
+    model = _plain_model(module)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write_onnx(model, module.preprocessing.input_size, tmp)
+        session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        got, got_features = session.run(None, {"image": images.numpy().astype(np.float32)})
+        with torch.no_grad():
+            want, want_features = (t.float().numpy() for t in WithFeatures(model)(images))
+        diff = float(np.abs(_softmax(got)[:, 1] - _softmax(want)[:, 1]).max())
+        if not diff < ONNX_TOLERANCE:
+            raise ModelError(f"ONNX export differs from PyTorch by {diff:.2e} (> {ONNX_TOLERANCE}); not written")
+        if got_features.shape != want_features.shape:  # what the detector reads: the same width, the same values
+            widths = f"{got_features.shape[1]} wide, PyTorch's {want_features.shape[1]}"
+            raise ModelError(f"ONNX export's detector features are {widths}; not written")
+        feature_diff = float(np.abs(got_features - want_features).max() / max(1.0, np.abs(want_features).max()))
+        if not feature_diff < ONNX_TOLERANCE:
+            relative = f"{feature_diff:.2e} (relative, > {ONNX_TOLERANCE})"
+            raise ModelError(f"ONNX export's detector features differ from PyTorch's by {relative}; not written")
+        graph = onnx.load(str(tmp))
+        onnx.helper.set_model_props(graph, {WEIGHTS_KEY: fingerprint})
+        onnx.save(graph, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return diff
+
+
+def write_run_graph(run: RunDir) -> Path:
+    """checkpoints/best.onnx: the best checkpoint's scorer as an ONNX graph (write_checked_onnx, on the first
+    validation images), which load_trained runs with ONNX Runtime when it scores the run folder (2x faster than
+    PyTorch here: benchmarks/SPEED.md). Derived from the checkpoint and the probe, never a second home of the
+    threshold or the detector: those are read from the run as before."""
+    module = load_checkpoint(run.checkpoint("best"), run)
+    path = run.scorer_graph_path
+    write_checked_onnx(module, path, verification_images(run, module, None))
+    return path
 
 
 class WithFeatures(nn.Module):
@@ -140,24 +178,30 @@ def verification_images(run: RunDir, module: LoadedModel, data_dir: str | Path |
     return module.tensor([load_rgb(s.path) for s in samples])
 
 
+EXPORT_FORMATS = ("both", "safetensors", "onnx")
+
+
 def export_run(
-    run_dir: str | Path, fmt: str = "safetensors", out_dir: str | Path | None = None, data_dir: str | Path | None = None
+    run_dir: str | Path, fmt: str = "both", out_dir: str | Path | None = None, data_dir: str | Path | None = None
 ) -> list[Path]:
-    """Export a run's best checkpoint as safetensors + card, or as ONNX (+ card); by default into RUN_DIR/export."""
+    """Export a run's best checkpoint as safetensors + card, as ONNX (+ card), or both (what training leaves in
+    RUN_DIR/export: PyTorch for Grad-CAM and adaptation, ONNX Runtime for scoring, 2x faster here: SPEED.md); by
+    default into RUN_DIR/export."""
     run = RunDir.at(run_dir)
-    if fmt not in ("safetensors", "onnx"):
-        raise ModelError(f"--format must be onnx or safetensors, got {fmt!r}")
+    if fmt not in EXPORT_FORMATS:
+        raise ModelError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
     module = load_checkpoint(run.checkpoint("best"), run)
     module.card.pop("checkpoint", None)
     out = Path(out_dir) if out_dir else run.export_dir
     detector = export_detector(run, data_dir)
     if detector is not None:
         module.card["ood"] = detector.card()
-    if fmt == "safetensors":
-        written = list(export_safetensors(module, out))
-    else:
+    written: list[Path] = []
+    if fmt in ("both", "safetensors"):
+        written += export_safetensors(module, out)
+    if fmt in ("both", "onnx"):
         path, _ = export_onnx(module, out, verification_images(run, module, data_dir))
-        written = [path, out / CARD_NAME]
+        written += [path] if fmt == "both" else [path, out / CARD_NAME]
     if detector is not None:
         written.append(detector.save(out))
     return written

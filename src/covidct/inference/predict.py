@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 
 from covidct.data import load_rgb
@@ -29,7 +30,8 @@ from covidct.errors import DataError
 from covidct.inference.load import LoadedModel
 from covidct.ood.acquisition import of_file
 
-BATCH = 32
+BATCH = 16  # images per forward pass: 16 to 32 score fastest on 2 cores, in both backends (SPEED.md)
+PREPARING_THREADS = 1  # decoding and preprocessing, beside the scoring threads
 TOP_K = 5  # slices listed (and shown with --cam) per series
 
 
@@ -231,25 +233,31 @@ def predict_inputs(
                   volumes=[], images=[], skipped=[],
                   ood_check=ood_check(model))  # fmt: skip
     with model.collecting() as outputs:  # every scored image's features: the batch shift test's input
-        for path in paths:
-            if path.is_dir():
+        for path in _image_runs(paths):
+            if isinstance(path, list):
+                _predict_images(model, path, window, t, label, rows, report, cam_dir)
+            elif path.is_dir():
                 _predict_folder(model, path, window, aggregation, t, label, rows, report, cam_dir)
-            elif is_nifti(path):
-                unseen = model.unseen_acquisition(of_file(path))
-                slices = enumerate(_nifti_slices(path, window))
-                entries = VolumeScorer(model, unseen).run((k, hu, g, "") for k, (hu, g) in slices)
-                for k, e in enumerate(entries):
-                    e["index"] = k
-                summary = summarise_volume(entries, aggregation)
-                _slice_rows(rows, str(path), "", entries, label, t)
-                rows.append(_summary_row(str(path), "", "volume", summary["score"], label, t, summary))
-                report["volumes"].append({"path": str(path), **summary, "label": label(summary["score"])})
-                if cam_dir is not None:
-                    _save_top_cams(model, path, [g for _, g in _nifti_slices(path, window)], summary, cam_dir)
             else:
-                _predict_image(model, path, window, t, label, rows, report, cam_dir)
+                _predict_volume(model, path, window, aggregation, label, rows, report, cam_dir)
     report["shift"] = model.batch_shift(outputs)
     return rows
+
+
+def _predict_volume(model, path, window, aggregation, label, rows, report, cam_dir) -> None:
+    """A NIfTI volume: a row per slice, its summary row, its entry in the report, its top slices' heat maps."""
+    t = report["threshold"]
+    unseen = model.unseen_acquisition(of_file(path))
+    slices = enumerate(_nifti_slices(path, window))
+    entries = VolumeScorer(model, unseen).run((k, hu, g, "") for k, (hu, g) in slices)
+    for k, e in enumerate(entries):
+        e["index"] = k
+    summary = summarise_volume(entries, aggregation)
+    _slice_rows(rows, str(path), "", entries, label, t)
+    rows.append(_summary_row(str(path), "", "volume", summary["score"], label, t, summary))
+    report["volumes"].append({"path": str(path), **summary, "label": label(summary["score"])})
+    if cam_dir is not None:
+        _save_top_cams(model, path, [g for _, g in _nifti_slices(path, window)], summary, cam_dir)
 
 
 def ood_check(model: LoadedModel) -> str:
@@ -296,30 +304,76 @@ def _summary_row(path: str, series: str, kind: str, score: float, label: Callabl
             "ood_fraction": summary.get("ood_fraction", ""), "ood_reason": summary.get("ood_reason", "")}  # fmt: skip
 
 
-def _predict_image(model, path, window, t, label, rows, report, cam_dir) -> None:
-    """One image file or DICOM slice: its row, its entry in the report, its heat map under --cam."""
-    images, _ = read_input(path, window)
-    scores, ood = model.scores_with_ood(images)
-    s = float(scores[0])
-    flag = _ood_fields(model, ood, model.unseen_acquisition(of_file(path)))
-    rows.append(
-        {
-            "path": str(path),
-            "series": "",
-            "slice": "",
-            "score": round(s, 6),
-            "label": label(s),
-            "threshold": t,
-            "lung_fraction": "",
-            "counted": "",
-            **flag,
-        }
-    )
-    report["images"].append({"path": str(path), "score": s, "label": label(s), **flag})
-    if cam_dir is not None:
-        from covidct.inference.explain import save_cams
+def _image_runs(paths: list[Path]) -> Iterator[Path | list[Path]]:
+    """The inputs in order, each run of consecutive image files (PNG, JPEG, a DICOM slice) as one list: they are
+    scored in batches; folders and NIfTI volumes one by one."""
+    run: list[Path] = []
+    for path in paths:
+        if path.is_dir() or is_nifti(path):
+            if run:
+                yield run
+            run = []
+            yield path
+        else:
+            run.append(path)
+    if run:
+        yield run
 
-        save_cams(model, images, path, cam_dir, False)
+
+def prepared_images(
+    model: LoadedModel, paths: list[Path], window: tuple[float, float]
+) -> Iterator[tuple[list[Path], list[Image.Image], tuple]]:
+    """(paths, images, score_batch's arguments) per batch of BATCH image files, read and preprocessed by a pool of
+    worker threads a batch ahead of the one being scored: PIL, torchvision and numpy release the GIL while they work,
+    so decoding overlaps the network (SPEED.md)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def prepare(path: Path) -> tuple[Image.Image, tuple]:
+        images, _ = read_input(path, window)
+        return images[0], model.prepared(images)
+
+    def batch(chunk: list[Path]) -> list:
+        return [pool.submit(prepare, path) for path in chunk]
+
+    chunks = [paths[i : i + BATCH] for i in range(0, len(paths), BATCH)]
+    with ThreadPoolExecutor(PREPARING_THREADS) as pool:
+        pending = batch(chunks[0]) if chunks else []
+        for k, chunk in enumerate(chunks):
+            done = [f.result() for f in pending]
+            pending = batch(chunks[k + 1]) if k + 1 < len(chunks) else []
+            x = [p for _, p in done]
+            statistics = {name: np.concatenate([p[2][name] for p in x]) for name in x[0][2]}
+            # numpy's copy, not torch.cat: torch's would start its thread pool against the network's (8x slower)
+            batch_x = torch.from_numpy(np.concatenate([p[0].numpy() for p in x]))
+            yield chunk, [img for img, _ in done], (batch_x, x[0][1], statistics)
+
+
+def _predict_images(model, paths, window, t, label, rows, report, cam_dir) -> None:
+    """Image files and DICOM slices, in batches: a row each, an entry each in the report, heat maps under --cam."""
+    for chunk, images, prepared in prepared_images(model, paths, window):
+        scores, ood = model.score_batch(*prepared)
+        for k, path in enumerate(chunk):
+            s = float(scores[k])
+            unseen = model.unseen_acquisition(of_file(path))
+            flag = _ood_fields(model, None if ood is None else ood[k : k + 1], unseen)
+            rows.append(
+                {
+                    "path": str(path),
+                    "series": "",
+                    "slice": "",
+                    "score": round(s, 6),
+                    "label": label(s),
+                    "threshold": t,
+                    "lung_fraction": "",
+                    "counted": "",
+                    **flag,
+                }
+            )
+            report["images"].append({"path": str(path), "score": s, "label": label(s), **flag})
+            if cam_dir is not None:
+                from covidct.inference.explain import save_cams
+
+                save_cams(model, images[k : k + 1], path, cam_dir, False)
 
 
 def _predict_folder(model, folder, window, aggregation, t, label, rows, report, cam_dir) -> None:
