@@ -1,9 +1,10 @@
-"""Load test of `covidct serve`: N requests at concurrency C to 127.0.0.1, reporting throughput, latency
-percentiles, errors and the server's resident memory before and after.
+"""Load test of `covidct serve`: N requests at each concurrency C to 127.0.0.1 (loopback only, bounded), reporting
+throughput, latency percentiles (p50/p95/p99), errors and the server's resident memory before and after.
 
 Starts the server itself (so it can read its memory from /proc), sends real COVID-CT images when the dataset is
-present (synthetic ones otherwise), and prints a Markdown table. Usage:
-    .venv/bin/python benchmarks/load_test.py MODEL_DIR [--requests 1000] [--concurrency 16] [--cam]
+present (synthetic ones otherwise), and prints a Markdown table, one row per concurrency. Usage:
+    .venv/bin/python benchmarks/load_test.py MODEL_DIR [--requests 400] [--concurrency 1 8 32] [--cam]
+        [--serve-args "--batch-wait-ms 0"]
 """
 
 from __future__ import annotations
@@ -80,16 +81,18 @@ async def run(url: str, images: list[tuple[str, bytes]], n: int, concurrency: in
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model")
-    p.add_argument("--requests", type=int, default=1000)
-    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--requests", type=int, default=400, help="requests per concurrency (at most 5000)")
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--cam", action="store_true", help="ask for Grad-CAM overlays too")
+    p.add_argument("--serve-args", default="", help="more arguments of covidct serve, quoted")
     args = p.parse_args()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "covidct", "serve", args.model, "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    command = [sys.executable, "-m", "covidct", "serve", args.model, "--port", str(port), *args.serve_args.split()]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
+    results = []
     try:
         for _ in range(300):
             try:
@@ -99,20 +102,22 @@ def main() -> None:
                 time.sleep(0.2)
         images, source = payloads(64)
         asyncio.run(run(url, images, 32, 4, args.cam))  # warm-up, not counted
-        before = rss_mb(server.pid)
-        r = asyncio.run(run(url, images, args.requests, args.concurrency, args.cam))
-        after = rss_mb(server.pid)
+        for concurrency in args.concurrency:
+            before = rss_mb(server.pid)
+            r = asyncio.run(run(url, images, min(args.requests, 5000), concurrency, args.cam))
+            results.append((r, before, rss_mb(server.pid)))
         runtime = httpx.get(url + "/api/v1/model").json()["serving"]["runtime"]
     finally:
         server.terminate()
         server.wait(timeout=30)
-    print(f"{r['requests']} requests at concurrency {r['concurrency']}, {source}, runtime {runtime}, "
-          f"Grad-CAM {'on' if args.cam else 'off'}\n")  # fmt: skip
-    print("| requests/s | p50 ms | p95 ms | p99 ms | errors | server RSS before / after (MB) |")
-    print("|---|---|---|---|---|---|")
-    errors = sum(r["errors"].values())
-    print(f"| {r['throughput']:.1f} | {r['p50']:.0f} | {r['p95']:.0f} | {r['p99']:.0f} | {errors} {r['errors'] or ''} "
-          f"| {before:.0f} / {after:.0f} |")  # fmt: skip
+    print(f"{args.requests} requests per row, {source}, runtime {runtime}, Grad-CAM {'on' if args.cam else 'off'}, "
+          f"serve {args.serve_args or '(defaults)'}\n")  # fmt: skip
+    print("| concurrency | images/s | p50 ms | p95 ms | p99 ms | errors | server RSS before / after (MB) |")
+    print("|---|---|---|---|---|---|---|")
+    for r, before, after in results:
+        errors = sum(r["errors"].values())
+        print(f"| {r['concurrency']} | {r['throughput']:.1f} | {r['p50']:.0f} | {r['p95']:.0f} | {r['p99']:.0f} "
+              f"| {errors} {r['errors'] or ''} | {before:.0f} / {after:.0f} |")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -104,18 +104,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"--shift-window must be at least 10 images (the shift test's smallest batch), got {args.shift_window}"
         )
-    serve(args.model, args.host, args.port, args.api_key, limits_from_args(args), args.shift_window)
+    if not 0 <= args.batch_wait_ms <= 1000:
+        from covidct.errors import ConfigError
+
+        raise ConfigError(f"--batch-wait-ms must be between 0 and 1000 milliseconds, got {args.batch_wait_ms}")
+    serve(args.model, args.host, args.port, args.api_key, limits_from_args(args), args.shift_window, args.batch_wait_ms)
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="export the best model as safetensors + JSON card, or as verified ONNX")
+    p = sub.add_parser("export", help="export the best model as safetensors + JSON card and verified ONNX")
     p.add_argument("run_dir", type=Path, help="a run folder (runs/<timestamp>-<model>)")
     p.add_argument(
         "--format",
-        default="safetensors",
-        choices=["safetensors", "onnx"],
-        help="safetensors + model.json, or also model.onnx checked against PyTorch (default %(default)s)",
+        default="both",
+        choices=["both", "safetensors", "onnx"],
+        help="both: model.safetensors (PyTorch: Grad-CAM, adaptation) and model.onnx checked against PyTorch "
+        "(ONNX Runtime scores, 2x faster); or one of them; with model.json (default %(default)s)",
     )
     p.add_argument("--out", help="output folder (default RUN_DIR/export)")
     p.add_argument("--data-dir", help="data for the ONNX check (default: the run's)")
@@ -147,6 +152,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="the batch shift test (GET /api/v1/shift, the page's banner) covers the last N images scored "
         "(default %(default)s)",
+    )
+    p.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="gather concurrent requests' images for up to MS milliseconds and score them as one batch on every "
+        "core (0: each request alone, one per core; SPEED.md compares them) (default %(default)s)",
     )
     limit_args(p, UPLOAD_LIMITS + READER_LIMITS)
     p.set_defaults(func=cmd_serve)

@@ -35,6 +35,7 @@ from covidct.config import INPUT_LIMITS, InputLimits
 from covidct.data.images import check_scoring_size, decode_rgb
 from covidct.data.medical import LUNG_WINDOW
 from covidct.errors import DataError
+from covidct.inference.batching import Batcher
 from covidct.inference.load import LoadedModel
 
 MULTIPART_OVERHEAD = 64 * 1024  # a request's body besides the file: boundaries and part headers
@@ -272,12 +273,18 @@ class Predictor:
     """The model, and a bound on how many inferences run at once (one per core, one thread each)."""
 
     def __init__(
-        self, model: LoadedModel, limits: InputLimits = INPUT_LIMITS, workers: int | None = None, window: int = 200
+        self,
+        model: LoadedModel,
+        limits: InputLimits = INPUT_LIMITS,
+        workers: int | None = None,
+        window: int = 200,
+        batcher: Batcher | None = None,
     ) -> None:
         self.model = model
         self.limits = limits
         self.window = ShiftWindow(window)
-        self.workers = workers or max(1, os.cpu_count() or 1)
+        self.batcher = batcher  # None: each request scored alone in its worker
+        self.workers = workers or max(1, os.cpu_count() or 1) * (2 if batcher else 1)  # decoding beside the batch
         self.slots = threading.BoundedSemaphore(self.workers)
         # Grad-CAM hooks the shared model's layers: one explanation at a time (scores stay parallel).
         self.cam_lock = threading.Lock()
@@ -340,8 +347,11 @@ class Predictor:
         from covidct.inference.explain import explain, overlay
         from covidct.inference.predict import ood_verdict
 
-        with self.model.collecting() as outputs:
-            scores, ood = self.model.scores_with_ood([image])
+        if self.batcher is not None:
+            scores, ood, outputs = self.batcher.score(image)
+        else:
+            with self.model.collecting() as outputs:
+                scores, ood = self.model.scores_with_ood([image])
         self.window.add(outputs)
         score = float(scores[0])
         flags = self.model.ood_flags(ood)
@@ -460,13 +470,19 @@ def over(limits: InputLimits, is_zip: bool) -> str:
 
 
 def create_app(
-    model: LoadedModel, api_key: str | None = None, limits: InputLimits = INPUT_LIMITS, shift_window: int = 200
+    model: LoadedModel,
+    api_key: str | None = None,
+    limits: InputLimits = INPUT_LIMITS,
+    shift_window: int = 200,
+    batch_wait_ms: float = 0.0,
 ) -> FastAPI:
     """The FastAPI app around `model`, refusing inputs over `limits`; the batch shift test over the last
-    `shift_window` images scored."""
+    `shift_window` images scored; concurrent images gathered for up to `batch_wait_ms` and scored as one batch
+    (0: each request scored alone, one per core)."""
     from starlette.formparsers import MultiPartParser
 
-    predictor = Predictor(model, limits, window=shift_window)
+    batcher = Batcher(model, batch_wait_ms) if batch_wait_ms > 0 else None
+    predictor = Predictor(model, limits, window=shift_window, batcher=batcher)
     body_limit = max(limits.megabytes("upload_mb"), limits.megabytes("archive_mb")) + MULTIPART_OVERHEAD
     # An upload within the body limit is held in memory, not spooled to a temporary file (Starlette's default above
     # 1 MB): a request then writes to disk only a ZIP's expanded members (expanded_mb). Starlette has no per-app
@@ -527,6 +543,7 @@ def add_reading_routes(app: FastAPI, predictor: Predictor, auth: list[Any]) -> N
             "workers": predictor.workers,
             "runtime": runtime,
             "shift_window": predictor.window.size,
+            "batching": None if predictor.batcher is None else predictor.batcher.card(),
         }
         return {**model.card, "serving": serving}
 
@@ -577,6 +594,7 @@ def serve(
     api_key: str | None = None,
     limits: InputLimits = INPUT_LIMITS,
     shift_window: int = 200,
+    batch_wait_ms: float = 0.0,
 ) -> None:
     """Load the model once and serve it with uvicorn (one process; parallelism inside, see Predictor)."""
     import torch
@@ -584,7 +602,9 @@ def serve(
 
     from covidct.inference.load import load_trained as load_model
 
-    model = load_model(model_path, threads=1)
-    torch.set_num_threads(1)  # parallel requests (one per core, see Predictor), not parallel ops inside one
-    app = create_app(model, api_key or os.environ.get(API_KEY_ENV) or None, limits, shift_window)
+    # Requests scored alone run one per core with one thread each; batches run one at a time on every core.
+    threads = max(1, os.cpu_count() or 1) if batch_wait_ms > 0 else 1
+    model = load_model(model_path, threads=threads)
+    torch.set_num_threads(threads)
+    app = create_app(model, api_key or os.environ.get(API_KEY_ENV) or None, limits, shift_window, batch_wait_ms)
     uvicorn.run(app, host=host, port=port, log_level="info")
