@@ -1,28 +1,31 @@
-"""The scoring ceiling of this CPU for a covidct model: what one image costs (the floating-point work of both
-networks, the fine-tuned one and the ImageNet probe's, counted by torch's FLOP counter) against what these cores
-attain on exactly those operations, each convolution of the scorer timed alone in ONNX Runtime (the backend covidct
-scores with) in fp32, batch 16, on every core. The sum of the convolutions' times is the least time an image can
-take in fp32 here; its inverse is the ceiling in images per second. Beside it: a large fp32 matrix product (the
-best case of these cores), and the whole scorer as covidct runs it (the ONNX graph of the export) and as PyTorch
-runs it, measured in the same process.
+"""The scoring ceiling of this CPU for a covidct model, in fp32 on every core: what one image costs (the
+floating-point work of both networks, the fine-tuned one and the ImageNet probe's, counted by torch's FLOP counter)
+against what these cores attain.
 
-Usage: .venv/bin/python benchmarks/ceiling.py RUN_DIR   (a run with an export: covidct export RUN)
-Prints a Markdown table (benchmarks/SPEED.md).
+- Roofline bound: all of that work at the rate of a large fp32 matrix product (the cores' best case). A true upper
+  bound, and a loose one: depthwise convolutions cannot run at a matrix product's rate.
+- Convolution ceiling: the scorer's graph (checkpoints/best.onnx) run by ONNX Runtime with its own profiler; the
+  time of its convolutions alone, as ONNX Runtime runs them inside the graph (its fastest layout), per image. Every
+  image needs these convolutions: with everything else free (decoding, the detector's statistics, the blend,
+  layout changes, Python), no faster than this.
+- Beside them, measured in the same process: the whole scorer as covidct runs it and as PyTorch runs it.
+
+Usage: .venv/bin/python benchmarks/ceiling.py RUN_DIR   (a run trained with its graph, or: covidct export RUN and
+give RUN/export/model.onnx as --graph). Prints Markdown (benchmarks/SPEED.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import torch
-from onnx import TensorProto, helper, numpy_helper
-from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from covidct.inference.load import load_checkpoint, with_detector
@@ -33,12 +36,11 @@ BATCH = 16
 THREADS = os.cpu_count() or 1
 
 
-def session(model: onnx.ModelProto | str) -> ort.InferenceSession:
+def session(model: str) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = THREADS
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    data = model if isinstance(model, str) else model.SerializeToString()
-    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 def timed(run, repeats: int = 5) -> float:
@@ -52,49 +54,25 @@ def timed(run, repeats: int = 5) -> float:
     return float(np.median(times))
 
 
-def convolutions(net: nn.Module, x: torch.Tensor) -> list[tuple[nn.Conv2d, tuple[int, ...]]]:
-    """Every convolution a forward pass of `net` runs, with its input's shape."""
-    seen: list[tuple[nn.Conv2d, tuple[int, ...]]] = []
-    hooks = [
-        m.register_forward_hook(lambda m, i, o: seen.append((m, tuple(i[0].shape))))
-        for m in net.modules()
-        if isinstance(m, nn.Conv2d)
-    ]
-    with torch.no_grad():
-        net(x)
-    for h in hooks:
-        h.remove()
-    return seen
-
-
-def conv_graph(conv: nn.Conv2d, shape: tuple[int, ...]) -> onnx.ModelProto:
-    """One Conv node (with bias, as batch norm folded leaves it) of conv's size on a batch of BATCH."""
-    weight = numpy_helper.from_array(conv.weight.detach().float().numpy(), "w")
-    bias = numpy_helper.from_array(np.zeros(conv.out_channels, np.float32), "b")
-    node = helper.make_node(
-        "Conv",
-        ["x", "w", "b"],
-        ["y"],
-        strides=list(conv.stride),
-        pads=[*conv.padding, *conv.padding],
-        group=conv.groups,
-        dilations=list(conv.dilation),
-    )
-    graph = helper.make_graph(
-        [node],
-        "conv",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [BATCH, *shape[1:]])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        [weight, bias],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-
-
-def conv_seconds(conv: nn.Conv2d, shape: tuple[int, ...]) -> float:
-    """Seconds per image of this convolution alone in ONNX Runtime."""
-    s = session(conv_graph(conv, shape))
-    x = np.random.default_rng(0).standard_normal((BATCH, *shape[1:])).astype(np.float32)
-    return timed(lambda: s.run(None, {"x": x})) / BATCH
+def convolution_seconds(graph: Path, x: np.ndarray, repeats: int = 5) -> tuple[float, float]:
+    """(seconds per image of the graph's Conv kernels, seconds per image of all its kernels), by ONNX Runtime's
+    profiler over `repeats` runs after a warm-up."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = THREADS
+    options.enable_profiling = True
+    options.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "ort")
+    s = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+    for _ in range(repeats + 1):
+        s.run(None, {"image": x})
+    events = json.loads(Path(s.end_profiling()).read_text())
+    runs = sorted((e for e in events if e.get("name") == "model_run"), key=lambda e: e["ts"])
+    warmed = runs[0]["ts"] + runs[0]["dur"]  # the first run (allocations, first touches) is not counted
+    kernels = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    counted = [e for e in kernels if e["ts"] >= warmed]
+    conv = sum(e["dur"] for e in counted if e["args"]["op_name"] in ("Conv", "FusedConv", "NchwcConv"))
+    total = sum(e["dur"] for e in counted)
+    images = repeats * len(x)
+    return conv / 1e6 / images, total / 1e6 / images
 
 
 def gemm_gflops(n: int = 2048) -> float:
@@ -105,6 +83,7 @@ def gemm_gflops(n: int = 2048) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", type=Path)
+    p.add_argument("--graph", type=Path, help="an ONNX graph of the scorer (default RUN/checkpoints/best.onnx)")
     args = p.parse_args()
     torch.set_num_threads(THREADS)
     run = RunDir(args.run)
@@ -113,30 +92,31 @@ def main() -> None:
     size = model.preprocessing.input_size
     x1 = torch.randn(1, 3, size, size)
     parts = {"fine-tuned network": net} | ({} if probe is None else {"ImageNet probe": probe})
-    rows, total_flops, total_seconds = [], 0.0, 0.0
+    flops = {}
     for name, part in parts.items():
         with FlopCounterMode(display=False) as counter, torch.no_grad():
             part(x1) if part is not net else logits_and_features(net, x1)
-        flops = counter.get_total_flops()
-        seconds = sum(conv_seconds(conv, shape) for conv, shape in convolutions(part, x1))
-        rows.append((name, flops, seconds))
-        total_flops, total_seconds = total_flops + flops, total_seconds + seconds
+        flops[name] = counter.get_total_flops()
+    total_flops = sum(flops.values())
     peak = gemm_gflops()
     x = torch.randn(BATCH, 3, size, size)
-    onnx_path = run.export_dir / "model.onnx"
-    whole = session(str(onnx_path)) if onnx_path.is_file() else None
-    onnx_rate = BATCH / timed(lambda: whole.run(None, {"image": x.numpy()})) if whole else float("nan")
-    torch_rate = BATCH / timed(lambda: model.score_batch(x))
-    print(f"{THREADS} threads, batch {BATCH}, fp32; {os.uname().machine}\n")
-    print("| part | GFLOP per image | its convolutions alone, ms per image | their GFLOP/s |")
-    print("|---|---|---|---|")
-    for name, flops, seconds in rows:
-        print(f"| {name} | {flops / 1e9:.3f} | {seconds * 1e3:.2f} | {flops / seconds / 1e9:.0f} |")
-    print(f"| both | {total_flops / 1e9:.3f} | {total_seconds * 1e3:.2f} | {total_flops / total_seconds / 1e9:.0f} |\n")
+    graph = args.graph or run.scorer_graph_path
+    conv, kernels = convolution_seconds(graph, x.numpy())
+    whole = session(str(graph))
+    onnx_rate = BATCH / timed(lambda: whole.run(None, {"image": x.numpy()}))
+    torch_rate = BATCH / timed(lambda: model.logits_and_features(x))
+    print(f"{THREADS} threads, batch {BATCH}, fp32, {graph.name}\n")
+    print("| part | GFLOP per image |")
+    print("|---|---|")
+    for name, f in flops.items():
+        print(f"| {name} | {f / 1e9:.3f} |")
+    print(f"| both | {total_flops / 1e9:.3f} |\n")
     print(f"- fp32 matrix product 2048 x 2048 (the cores' best case): {peak:.0f} GFLOP/s")
     print(f"- roofline bound (all the work at that rate): {peak * 1e9 / total_flops:.0f} images/s")
-    print(f"- **ceiling** (every convolution at its own measured rate, nothing else): {1 / total_seconds:.0f} images/s")
-    print(f"- the scorer as covidct runs it (ONNX Runtime, the export's graph): {onnx_rate:.0f} images/s")
+    print(f"- convolutions inside the graph (ONNX Runtime's profiler): {conv * 1e3:.2f} ms per image, "
+          f"{total_flops / conv / 1e9:.0f} GFLOP/s; all kernels {kernels * 1e3:.2f} ms")  # fmt: skip
+    print(f"- **convolution ceiling** (the convolutions alone, everything else free): {1 / conv:.0f} images/s")
+    print(f"- the scorer as covidct runs it (ONNX Runtime, whole graph): {onnx_rate:.0f} images/s")
     print(f"- the same in PyTorch (batch norm folded, channels-last): {torch_rate:.0f} images/s")
 
 
