@@ -35,7 +35,7 @@ from covidct.config import INPUT_LIMITS, InputLimits
 from covidct.data.images import check_scoring_size, decode_rgb
 from covidct.data.medical import LUNG_WINDOW
 from covidct.errors import DataError
-from covidct.inference.batching import Batcher
+from covidct.inference.batching import Batcher, FairSlots
 from covidct.inference.load import LoadedModel
 
 MULTIPART_OVERHEAD = 64 * 1024  # a request's body besides the file: boundaries and part headers
@@ -285,7 +285,7 @@ class Predictor:
         self.window = ShiftWindow(window)
         self.batcher = batcher  # None: each request scored alone in its worker
         self.workers = workers or max(1, os.cpu_count() or 1) * (2 if batcher else 1)  # decoding beside the batch
-        self.slots = threading.BoundedSemaphore(self.workers)
+        self.slots = FairSlots(self.workers)
         # Grad-CAM hooks the shared model's layers: one explanation at a time (scores stay parallel).
         self.cam_lock = threading.Lock()
 
