@@ -36,7 +36,7 @@ EXAMPLES = {
     "predict": "covidct predict runs/RUN/export scans/ patient7/ --out predictions.csv --cam cams/",
     "serve": "covidct serve runs/RUN/export --port 8000",
     "adapt": "covidct adapt runs/RUN --source hospital=site.csv",
-    "export": "covidct export runs/RUN --format onnx",
+    "export": "covidct export runs/RUN",
     "ood": "covidct ood fit runs/RUN",
     "ood fit": "covidct ood fit runs/RUN",
     "data": "covidct data download --dest data/covid-ct",
