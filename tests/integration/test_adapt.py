@@ -11,6 +11,7 @@ from PIL import Image
 
 from covidct.cli import main
 from covidct.inference.load import load_trained
+from covidct.runs import RunDir
 from tests.conftest import synthetic_ct
 
 
@@ -54,9 +55,16 @@ def test_the_adapted_model_is_an_ordinary_run_that_names_its_site(trained_run, t
     parent = tmp_path / "adapted"
     assert main(["adapt", str(trained_run), "--source", f"site={site}", "--out", str(parent),
                  "--no-group-duplicates"]) == 0  # fmt: skip
-    assert "validated at the site by leave-groups-out: AUC" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "validated at the site by leave-groups-out: AUC" in out
     run = next(parent.iterdir())
     model = load_trained(run)
+    # before adapting, the site tested as a batch against the source model's reference (the tiny run has none: the
+    # record says why), and the adapted run scores with its own checked graph
+    before_adapting = model.card["adaptation"]["site_shift_before"]
+    assert before_adapting["n"] == 30
+    assert before_adapting["tested"] or "not tested as a batch" in out
+    assert model.session is not None and RunDir(run).scorer_graph_path.is_file()
     assert model.card["adaptation"]["site"] == "site" and model.card["adaptation"]["groups"] == 10
     assert model.card["adaptation"]["strategy"].startswith("lp-ft")
     assert model.card["threshold"] == pytest.approx(json.loads((run / "threshold.json").read_text())["threshold"])

@@ -96,3 +96,24 @@ def test_serve_tests_its_recent_traffic_as_a_batch(trained_run, tmp_path):
     record = client.get("/api/v1/shift").json()
     assert record["tested"] and record["n"] == 12 and record["window"] == 12  # the last 12 only
     assert record["shifted"] and record["p_value"] < 0.05
+
+
+def test_predict_tests_each_study_and_the_whole_run(trained_run, tmp_path):
+    """A folder of two DICOM studies: each study's record holds its own slices, the run's holds them all."""
+    from covidct.inference.predict import predict_inputs
+    from tests.medical_files import chest_hu, write_dicom
+
+    data = trained_run.parent.parent / "covid-ct"
+    run = with_reference(Path(shutil.copytree(trained_run, tmp_path / "run")), data)
+    folder = tmp_path / "pacs"
+    for study, slices in (("1.2.3.1", 12), ("1.2.3.2", 6)):
+        for k in range(slices):
+            path = folder / study / f"{k}.dcm"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_dicom(path, chest_hu(64, seed=k), z=float(k), study=study, series=f"{study}.1", instance=k + 1)
+    report: dict = {}
+    predict_inputs(load_trained(run), [folder], report=report)
+    records = {s["study_uid"]: s["shift"] for s in report["studies"]}
+    assert records["1.2.3.1"]["tested"] and records["1.2.3.1"]["n"] == 12
+    assert records["1.2.3.2"]["tested"] is False and records["1.2.3.2"]["n"] == 6  # under the smallest batch
+    assert report["shift"]["tested"] and report["shift"]["n"] == 18

@@ -109,3 +109,24 @@ def test_a_large_batch_is_tested_on_a_bounded_draw():
     f, s = draw(rng, 660)
     record = shift_test(ShiftReference.fit(f[:60], s[:60], BASIS), f[60:], s[60:], permutations=50)
     assert record["n"] == 600 and record["n_tested"] == 500
+
+
+def test_a_batch_not_flagged_is_told_what_it_can_still_hide():
+    from covidct.ood.shift import MEASURED_POWER, measured_power, shift_text
+
+    assert measured_power(60) == {shift: by_size.get(50) for shift, by_size in MEASURED_POWER.items()}
+    small = measured_power(10)
+    assert list(small.values()) == [0.99, None]  # nothing measured below 20 for the subtle shift
+    quiet = {"shifted": False, "n": 60, "p_value": 0.4, "alpha": 0.05}
+    text = shift_text(quiet)
+    assert "batches of 60" in text and f"{0.735:.0%}" in text and "SHIFT.md" in text
+    assert "under 30%" in shift_text({**quiet, "n": 12})
+    loud = {**quiet, "shifted": True, "p_value": 1e-9, "tests": {"classifier": {"auc": 0.99}}}
+    assert "reveal" not in shift_text(loud) and "SHIFT:" in shift_text(loud)
+
+
+def test_the_record_carries_the_measured_power_at_its_size():
+    rng = np.random.default_rng(0)
+    reference = ShiftReference.fit(rng.normal(size=(60, 8)), rng.normal(size=(60, 4)), rng.normal(size=(60, 8)), {})
+    record = shift_test(reference, rng.normal(size=(25, 8)), rng.normal(size=(25, 4)), permutations=50)
+    assert record["power"]["at_n"]["another source (SARS-CoV-2 CT slices)"] == 1.0

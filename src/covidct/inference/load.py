@@ -171,13 +171,16 @@ class LoadedModel:
     @contextlib.contextmanager
     def collecting(self) -> Iterator[list[tuple[np.ndarray, dict[str, np.ndarray]]]]:
         """Within the block, every batch this thread scores with the detector leaves its features and image
-        statistics in the list yielded: a batch shift test's input (batch_shift), from the same forward pass."""
+        statistics in the list yielded: a batch shift test's input (batch_shift), from the same forward pass. Blocks
+        nest: an inner block's batches reach the outer block's list too."""
         previous, sink = getattr(_COLLECTING, "sink", None), []
         _COLLECTING.sink = sink
         try:
             yield sink
         finally:
             _COLLECTING.sink = previous
+            if previous is not None:  # a block inside another (a study inside a predict run): the outer gets it too
+                previous.extend(sink)
 
     def batch_shift(self, outputs: list[tuple[np.ndarray, dict[str, np.ndarray]]]) -> dict[str, Any]:
         """The batch shift test (covidct.ood.shift) of what `collecting` gathered, against the model's reference:

@@ -377,29 +377,15 @@ def _predict_images(model, paths, window, t, label, rows, report, cam_dir) -> No
 
 
 def _predict_folder(model, folder, window, aggregation, t, label, rows, report, cam_dir) -> None:
-    from covidct.data.dicom_study import iter_series, scan_folder
+    from covidct.data.dicom_study import scan_folder
 
     scan = scan_folder(folder)
     report["skipped"] += scan.skipped
     for study_uid, series_list in scan.studies().items():
-        results = []
-        for s in series_list:
-            unseen = model.unseen_acquisition(of_file(s.slices[0].path)) if s.slices else None
-            entries = VolumeScorer(model, unseen).run(iter_series(s, window))
-            for k, e in enumerate(entries):
-                e["index"], e["file"] = k, str(e["key"].path)
-            try:
-                summary = summarise_volume(entries, aggregation)
-            except DataError as e:
-                report["skipped"].append(f"series {s.label} of {folder}: {e}")
-                continue
-            _slice_rows(rows, str(folder), s.label, entries, label, t)
-            rows.append(_summary_row(str(folder), s.label, "volume", summary["score"], label, t, summary))
-            for top in summary["top_slices"]:
-                top["file"] = entries[top["slice"]]["file"]
-            results.append((s, summary))
-            if cam_dir is not None:
-                _save_top_cams(model, folder, None, summary, cam_dir, series=s, window=window)
+        with model.collecting() as study_outputs:  # the study's own shift test (the run's gets them too)
+            results = _predict_series_of(
+                model, folder, series_list, window, aggregation, t, label, rows, report, cam_dir
+            )
         if not results:
             continue
         lung_recon = [r for r in results if r[0].looks_like_lung_reconstruction()]
@@ -411,9 +397,35 @@ def _predict_folder(model, folder, window, aggregation, t, label, rows, report, 
             "label": label(score), "from_series": chosen[0].label, **ood_summary_of(chosen[1]),
             "series": [{"series_uid": s.series_uid, "description": s.description, "kernel": s.kernel,
                         "label": label(m["score"]), "notes": s.notes, **m} for s, m in results],
+            "shift": model.batch_shift(study_outputs),
         })  # fmt: skip
     if not report["studies"]:
         raise DataError(f"{folder}: nothing could be scored ({'; '.join(report['skipped'][:3])})")
+
+
+def _predict_series_of(model, folder, series_list, window, aggregation, t, label, rows, report, cam_dir) -> list:
+    """A study's series, each scored as a volume: its rows, and (series, summary) of those that could be scored."""
+    from covidct.data.dicom_study import iter_series
+
+    results = []
+    for s in series_list:
+        unseen = model.unseen_acquisition(of_file(s.slices[0].path)) if s.slices else None
+        entries = VolumeScorer(model, unseen).run(iter_series(s, window))
+        for k, e in enumerate(entries):
+            e["index"], e["file"] = k, str(e["key"].path)
+        try:
+            summary = summarise_volume(entries, aggregation)
+        except DataError as e:
+            report["skipped"].append(f"series {s.label} of {folder}: {e}")
+            continue
+        _slice_rows(rows, str(folder), s.label, entries, label, t)
+        rows.append(_summary_row(str(folder), s.label, "volume", summary["score"], label, t, summary))
+        for top in summary["top_slices"]:
+            top["file"] = entries[top["slice"]]["file"]
+        results.append((s, summary))
+        if cam_dir is not None:
+            _save_top_cams(model, folder, None, summary, cam_dir, series=s, window=window)
+    return results
 
 
 def dicom_top_slices(tops: list[dict[str, Any]], window: tuple[float, float] = LUNG_WINDOW) -> list[Image.Image]:

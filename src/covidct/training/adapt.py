@@ -35,6 +35,7 @@ from covidct.models import create_model, head_module
 from covidct.ood.fit import dataset_outputs
 from covidct.runs import RunDir
 from covidct.training.cv import cv_folds, near_duplicate_groups, with_sample_groups
+from covidct.training.fit import write_graph
 from covidct.training.head import fit_head, head_scores, set_linear_head
 from covidct.training.tail import cached_inputs, fine_tune_tail
 from covidct.training.tail import outputs as tail_outputs
@@ -377,6 +378,9 @@ def adapt_run(run_dir: Path, site: Site, out_parent: Path, strategy: str = DEFAU
 
     source = RunDir.at(run_dir)
     model = load_checkpoint(source.checkpoint("best"), source)
+    before = site_shift(
+        model, source, site
+    )  # before adapting: how far the site is from what the model was validated on
     validation = adapted_network(model, site, strategy)
     saved = read_checkpoint(source.checkpoint("best"))
     hp = dict(saved["hyper_parameters"], threshold=float(validation["threshold"]))
@@ -392,13 +396,35 @@ def adapt_run(run_dir: Path, site: Site, out_parent: Path, strategy: str = DEFAU
     adaptation = {"from_run": str(source.path), "site": site.name, "site_spec": absolute_spec(site.spec),
                   "group_duplicates": site.group_duplicates, "groups": groups, "images": len(site.samples),
                   "strategy": f"{strategy}: {STRATEGY_TEXT[strategy]}",
-                  "validated_at_site": validation,
+                  "validated_at_site": validation, "site_shift_before": before,
                   "text": f"adapted on {site.name} ({groups} groups, {len(site.samples)} images) from {source.name}; "
-                          f"validated at the site by leave-groups-out: AUC {validation['auc']:.3f}"}  # fmt: skip
+                          f"validated at the site by leave-groups-out: AUC {validation['auc']:.3f}; "
+                          f"{site_shift_text(before, site)}"}  # fmt: skip
     run.write_summary({**source.summary(), "adaptation": adaptation})
     record = {"threshold": validation["threshold"], "rule": "youden", "chosen_on": site.name, "set": site.spec,
               "checkpoint": run.checkpoint_path("best").name, "previous_threshold": None,
               "set_metrics": validation, "how": validation["method"]}  # fmt: skip
     write_json(run.threshold_path, record)
     fit_for_run(run.path, extra_train=site.samples, extra_groups=site.groups)
+    write_graph(run)
     return run.path
+
+
+def site_shift(model: Any, source: RunDir, site: Site) -> dict[str, Any]:
+    """The batch shift test (covidct.ood.shift) of the site's images against the source model's reference: how far
+    the site is from the images the model was validated on, before it is adapted."""
+    from covidct.evaluation.scoring import eval_dataset, predict_scores_and_ood
+    from covidct.inference.load import with_detector
+
+    checked = with_detector(model, source.ood_dir)
+    with checked.collecting() as outputs:  # read as `covidct evaluate --on` reads a set (DICOM slices too)
+        predict_scores_and_ood(checked, eval_dataset(checked, site.samples), tta=False)
+    return checked.batch_shift(outputs)
+
+
+def site_shift_text(record: dict[str, Any], site: Site) -> str:
+    if not record.get("tested"):
+        return f"the site's images were not tested as a batch ({record['why']})"
+    differs = "differ" if record["shifted"] else "do not differ detectably"
+    p = f"p = {record['p_value']:.2g}"
+    return f"before adapting, {site.name}'s images {differs} from the model's validation images ({p})"
