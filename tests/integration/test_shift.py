@@ -117,3 +117,29 @@ def test_predict_tests_each_study_and_the_whole_run(trained_run, tmp_path):
     assert records["1.2.3.1"]["tested"] and records["1.2.3.1"]["n"] == 12
     assert records["1.2.3.2"]["tested"] is False and records["1.2.3.2"]["n"] == 6  # under the smallest batch
     assert report["shift"]["tested"] and report["shift"]["n"] == 18
+
+
+def test_each_api_key_has_its_own_window(trained_run, tmp_path):
+    """Two sites on one server: one sends noise, the other nothing yet; each reads its own traffic's test."""
+    import io
+
+    from fastapi.testclient import TestClient
+
+    from covidct.inference.serve import create_app
+
+    data = trained_run.parent.parent / "covid-ct"
+    run = with_reference(Path(shutil.copytree(trained_run, tmp_path / "run")), data)
+    client = TestClient(create_app(load_trained(run), api_key=["site-a", "site-b"], shift_window=12))
+    rng = np.random.default_rng(2)
+    for i in range(12):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (64, 64), dtype=np.uint8)).save(buf, format="PNG")
+        answer = client.post(
+            "/api/v1/predict", files={"file": (f"{i}.png", buf.getvalue())}, headers={"X-API-Key": "site-a"}
+        )
+        assert answer.status_code == 200
+    a = client.get("/api/v1/shift", headers={"X-API-Key": "site-a"}).json()
+    b = client.get("/api/v1/shift", headers={"X-API-Key": "site-b"}).json()
+    assert a["client"] == "key 1" and a["tested"] and a["n"] == 12 and a["shifted"]
+    assert b["client"] == "key 2" and not b["tested"] and b["n"] == 0
+    assert client.get("/api/v1/shift", headers={"X-API-Key": "site-c"}).status_code == 401

@@ -144,7 +144,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="export folder (model.safetensors [+ model.onnx] + model.json) or run folder")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000; 0: any free port)")
-    p.add_argument("--api-key", help="require this key in header X-API-Key on /api/ (default: $COVIDCT_API_KEY)")
+    p.add_argument(
+        "--api-key",
+        action="append",
+        metavar="KEY",
+        help="require this key in header X-API-Key on /api/; several: one per client (site), each with its own shift "
+        "window (default: $COVIDCT_API_KEY, keys separated by commas)",
+    )
     p.add_argument(
         "--shift-window",
         type=int,

@@ -3,9 +3,10 @@
 Routes: GET /health; GET /api/v1/model (the model card); POST /api/v1/predict (multipart field `file`: a PNG,
 JPEG or DICOM file; `?cam=true` adds a Grad-CAM overlay as a PNG data URL); GET /api/v1/shift (the batch shift test
 of the last images scored, covidct.ood.shift); GET / (the web page); /docs (the routes, and /openapi.json).
-Every /api/ route checks the API key when one is set (header X-API-Key). The model is loaded once; inference runs
-in worker threads, at most one per core at a time, each with one intra-op thread, so parallel requests use the
-cores without oversubscribing them. Limits (covidct.config.InputLimits, one declared policy, each a flag of
+Every /api/ route checks the API key when keys are set (header X-API-Key; one key per client, each with its own
+shift window). The model is loaded once; inference runs in worker threads, at most one per core at a time, each with
+one intra-op thread, so parallel requests use the cores without oversubscribing them, served in the order they came
+(FairSlots), or gathered into batches (--batch-wait-ms, inference/batching.py). Limits (covidct.config.InputLimits, one declared policy, each a flag of
 `covidct serve`): a body over the archive limit is refused on its Content-Length or as it streams in, before it is
 stored (413); an image over its upload limit, a ZIP over its member count or expanded size (413), an image over the
 pixel limit or under the minimum side, a DICOM that would decode or inflate past its limit (422): each checked before
@@ -282,21 +283,30 @@ class Predictor:
     ) -> None:
         self.model = model
         self.limits = limits
-        self.window = ShiftWindow(window)
+        self.window_size = window
+        self.windows: dict[str, ShiftWindow] = {}  # one per client (its API key's place in the list; "" without keys)
+        self.windows_lock = threading.Lock()
         self.batcher = batcher  # None: each request scored alone in its worker
         self.workers = workers or max(1, os.cpu_count() or 1) * (2 if batcher else 1)  # decoding beside the batch
         self.slots = FairSlots(self.workers)
         # Grad-CAM hooks the shared model's layers: one explanation at a time (scores stay parallel).
         self.cam_lock = threading.Lock()
 
-    def handle(self, data: bytes, name: str, cam: bool) -> dict[str, Any]:
-        """Decode an upload and predict (InputError for bad input), within the server's input limits."""
+    def window(self, client: str = "") -> ShiftWindow:
+        """The shift window of one client's traffic: each API key's images are tested as their own batch (a site's
+        shift is not diluted by another site's images)."""
+        with self.windows_lock:
+            return self.windows.setdefault(client, ShiftWindow(self.window_size))
+
+    def handle(self, data: bytes, name: str, cam: bool, client: str = "") -> dict[str, Any]:
+        """Decode an upload and predict (InputError for bad input), within the server's input limits; the image
+        joins `client`'s shift window."""
         with self.slots, self.limits.applied():
             kind = sniff(data)
             if kind == "zip":
                 return self.predict_series(data, name, cam)
             image = decode_upload(data, name)
-            answer = self.predict(image, cam, upload_acquisition(data))
+            answer = self.predict(image, cam, upload_acquisition(data), client)
             # a browser cannot show a DICOM file: the page shows the slice as it was read (lung window) instead,
             # whatever the file's name; the heat map goes over it once
             answer["preview"] = png_data_url(image) if kind == "dicom" else None
@@ -341,7 +351,7 @@ class Predictor:
         for top in tops:
             top.pop("file", None)
 
-    def predict(self, image: Image.Image, cam: bool, acquisition: Any = None) -> dict[str, Any]:
+    def predict(self, image: Image.Image, cam: bool, acquisition: Any = None, client: str = "") -> dict[str, Any]:
         """Score (and explain) one decoded image; callers hold a slot. `acquisition`: the upload's
         (covidct.ood.acquisition), checked against what the model was trained on."""
         from covidct.inference.explain import explain, overlay
@@ -352,7 +362,7 @@ class Predictor:
         else:
             with self.model.collecting() as outputs:
                 scores, ood = self.model.scores_with_ood([image])
-        self.window.add(outputs)
+        self.window(client).add(outputs)
         score = float(scores[0])
         flags = self.model.ood_flags(ood)
         unseen = None if acquisition is None else self.model.unseen_acquisition(acquisition)
@@ -471,7 +481,7 @@ def over(limits: InputLimits, is_zip: bool) -> str:
 
 def create_app(
     model: LoadedModel,
-    api_key: str | None = None,
+    api_key: str | list[str] | None = None,
     limits: InputLimits = INPUT_LIMITS,
     shift_window: int = 200,
     batch_wait_ms: float = 0.0,
@@ -499,35 +509,47 @@ def create_app(
     refuse_declared_bodies_over(app, body_limit, limits)
     add_pages(app)
 
-    def check_key(x_api_key: Annotated[str | None, Header()] = None) -> None:
-        if api_key and not (x_api_key and secrets.compare_digest(x_api_key, api_key)):
-            raise HTTPException(401, "missing or wrong API key (header X-API-Key)")
+    keys = [api_key] if isinstance(api_key, str) else list(api_key or [])
 
-    add_reading_routes(app, predictor, [Depends(check_key)])
+    def check_key(x_api_key: Annotated[str | None, Header()] = None) -> str:
+        """The caller's client name ("key 1", "key 2", ...; "" when the server has no keys), or 401."""
+        if not keys:
+            return ""
+        for k, key in enumerate(keys, start=1):
+            if x_api_key and secrets.compare_digest(x_api_key, key):
+                return f"key {k}"
+        raise HTTPException(401, "missing or wrong API key (header X-API-Key)")
+
+    add_reading_routes(app, predictor, check_key)
 
     @app.post(
         "/api/v1/predict",
-        dependencies=[Depends(check_key)],
         response_model=Prediction | SeriesPrediction,
         responses=_errors(401, 413, 415, 422),
         openapi_extra=upload_schema(limits),
         max_body_size=body_limit,
         form_limits={"max_files": 2},  # two are refused by name (read_upload); more stop the parser at once
     )
-    async def predict(request: Request, file: Annotated[UploadFile, File()], cam: bool = False) -> dict[str, Any]:
+    async def predict(
+        request: Request,
+        file: Annotated[UploadFile, File()],
+        client: Annotated[str, Depends(check_key)],
+        cam: bool = False,
+    ) -> dict[str, Any]:
         data = await read_upload(request, file, limits)
         if cam and model.module is None:
             raise InputError(422, "this server loaded an ONNX model only; Grad-CAM needs the safetensors export")
         # Decoding and inference run in a worker thread: the event loop keeps accepting requests meanwhile.
-        return await asyncio.to_thread(predictor.handle, data, file.filename or "upload", cam)
+        return await asyncio.to_thread(predictor.handle, data, file.filename or "upload", cam, client)
 
     return app
 
 
-def add_reading_routes(app: FastAPI, predictor: Predictor, auth: list[Any]) -> None:
-    """The routes that read the server's state: liveness, the model card with the limits, the recent traffic's
-    shift test (all but liveness behind the API key, `auth`)."""
+def add_reading_routes(app: FastAPI, predictor: Predictor, check_key: Any) -> None:
+    """The routes that read the server's state: liveness, the model card with the limits, the caller's recent
+    traffic's shift test (all but liveness behind the API key: `check_key` names the caller)."""
     model, limits = predictor.model, predictor.limits
+    auth = [Depends(check_key)]
 
     @app.get("/health", response_model=Health)
     def health() -> dict[str, Any]:
@@ -542,15 +564,17 @@ def add_reading_routes(app: FastAPI, predictor: Predictor, auth: list[Any]) -> N
             "limits": limits.to_dict(),
             "workers": predictor.workers,
             "runtime": runtime,
-            "shift_window": predictor.window.size,
+            "shift_window": predictor.window_size,
             "batching": None if predictor.batcher is None else predictor.batcher.card(),
         }
         return {**model.card, "serving": serving}
 
-    @app.get("/api/v1/shift", dependencies=auth, responses=_errors(401))
-    async def shift() -> dict[str, Any]:
-        """The batch shift test of the last images scored (the window) against the model's validation images."""
-        return await asyncio.to_thread(predictor.window.test, model)
+    @app.get("/api/v1/shift", responses=_errors(401))
+    async def shift(client: Annotated[str, Depends(check_key)]) -> dict[str, Any]:
+        """The batch shift test of the last images this caller sent (its API key's window; every caller's when the
+        server has no keys) against the model's validation images."""
+        record = await asyncio.to_thread(predictor.window(client).test, model)
+        return {**record, "client": client or None}
 
 
 def body_limit_text(limits: InputLimits, declared: str | None) -> str:
@@ -591,7 +615,7 @@ def serve(
     model_path: str,
     host: str = "127.0.0.1",
     port: int = 8000,
-    api_key: str | None = None,
+    api_key: list[str] | None = None,
     limits: InputLimits = INPUT_LIMITS,
     shift_window: int = 200,
     batch_wait_ms: float = 0.0,
@@ -606,5 +630,6 @@ def serve(
     threads = max(1, os.cpu_count() or 1) if batch_wait_ms > 0 else 1
     model = load_model(model_path, threads=threads)
     torch.set_num_threads(threads)
-    app = create_app(model, api_key or os.environ.get(API_KEY_ENV) or None, limits, shift_window, batch_wait_ms)
+    keys = api_key or [k.strip() for k in os.environ.get(API_KEY_ENV, "").split(",") if k.strip()]
+    app = create_app(model, keys, limits, shift_window, batch_wait_ms)
     uvicorn.run(app, host=host, port=port, log_level="info")
