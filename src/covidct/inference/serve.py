@@ -6,8 +6,8 @@ of the last images scored, covidct.ood.shift); GET / (the web page); /docs (the 
 Every /api/ route checks the API key when keys are set (header X-API-Key; one key per client, each with its own
 shift window). The model is loaded once; inference runs in worker threads, at most one per core at a time, each with
 one intra-op thread, so parallel requests use the cores without oversubscribing them, served in the order they came
-(FairSlots), or gathered into batches (--batch-wait-ms, inference/batching.py). Limits (covidct.config.InputLimits, one declared policy, each a flag of
-`covidct serve`): a body over the archive limit is refused on its Content-Length or as it streams in, before it is
+(FairSlots), or gathered into batches (--batch-wait-ms, inference/batching.py). Limits (covidct.config.InputLimits,
+one declared policy, each a flag of `covidct serve`): a body over the archive limit is refused on its Content-Length or as it streams in, before it is
 stored (413); an image over its upload limit, a ZIP over its member count or expanded size (413), an image over the
 pixel limit or under the minimum side, a DICOM that would decode or inflate past its limit (422): each checked before
 decoding, each answer naming the limit and the value. Other bad input -> 4xx with a JSON {"detail": ...} that says
