@@ -1,17 +1,17 @@
 """`covidct serve`: a FastAPI app (REST API + a web page) around one loaded model, run by uvicorn.
 
-Routes: GET /health; GET /api/v1/model (the model card); POST /api/v1/predict (multipart field `file`: a PNG,
-JPEG or DICOM file; `?cam=true` adds a Grad-CAM overlay as a PNG data URL); GET /api/v1/shift (the batch shift test
-of the last images scored, covidct.ood.shift); GET / (the web page); /docs (the routes, and /openapi.json).
-Every /api/ route checks the API key when keys are set (header X-API-Key; one key per client, each with its own
-shift window). The model is loaded once; inference runs in worker threads, at most one per core at a time, each with
-one intra-op thread, so parallel requests use the cores without oversubscribing them, served in the order they came
-(FairSlots), or gathered into batches (--batch-wait-ms, inference/batching.py). Limits (covidct.config.InputLimits,
-one declared policy, each a flag of `covidct serve`): a body over the archive limit is refused on its Content-Length or as it streams in, before it is
-stored (413); an image over its upload limit, a ZIP over its member count or expanded size (413), an image over the
+Routes: GET /health; GET /api/v1/model (the model card); POST /api/v1/predict (multipart field `file`: a PNG, JPEG or
+DICOM file; `?cam=true` adds a Grad-CAM overlay as a PNG data URL); GET /api/v1/shift (the batch shift test of the last
+images scored, covidct.ood.shift); GET / (the web page); /docs (the routes, and /openapi.json). Every /api/ route checks
+the API key when keys are set (header X-API-Key; one key per client, each with its own shift window). The model is
+loaded once; inference runs in worker threads, at most one per core at a time, each with one intra-op thread, so
+parallel requests use the cores without oversubscribing them, served in the order they came (FairSlots), or gathered
+into batches (--batch-wait-ms, inference/batching.py). Limits (covidct.config.InputLimits, one declared policy, each a
+flag of `covidct serve`): a body over the archive limit is refused on its Content-Length or as it streams in, before it
+is stored (413); an image over its upload limit, a ZIP over its member count or expanded size (413), an image over the
 pixel limit or under the minimum side, a DICOM that would decode or inflate past its limit (422): each checked before
-decoding, each answer naming the limit and the value. Other bad input -> 4xx with a JSON {"detail": ...} that says
-what is wrong. The server keeps serving after any of them.
+decoding, each answer naming the limit and the value. Other bad input -> 4xx with a JSON {"detail": ...} that says what
+is wrong. The server keeps serving after any of them.
 """
 
 import asyncio
