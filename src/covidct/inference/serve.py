@@ -509,17 +509,7 @@ def create_app(
     refuse_declared_bodies_over(app, body_limit, limits)
     add_pages(app)
 
-    keys = [api_key] if isinstance(api_key, str) else list(api_key or [])
-
-    def check_key(x_api_key: Annotated[str | None, Header()] = None) -> str:
-        """The caller's client name ("key 1", "key 2", ...; "" when the server has no keys), or 401."""
-        if not keys:
-            return ""
-        for k, key in enumerate(keys, start=1):
-            if x_api_key and secrets.compare_digest(x_api_key, key):
-                return f"key {k}"
-        raise HTTPException(401, "missing or wrong API key (header X-API-Key)")
-
+    check_key = key_checker(api_key)
     add_reading_routes(app, predictor, check_key)
 
     @app.post(
@@ -543,6 +533,22 @@ def create_app(
         return await asyncio.to_thread(predictor.handle, data, file.filename or "upload", cam, client)
 
     return app
+
+
+def key_checker(api_key: str | list[str] | None) -> Any:
+    """The dependency of every /api/ route: the caller's client name ("key 1", "key 2", ... by the key's place in
+    the list; "" when the server has no keys), or 401."""
+    keys = [api_key] if isinstance(api_key, str) else list(api_key or [])
+
+    def check_key(x_api_key: Annotated[str | None, Header()] = None) -> str:
+        if not keys:
+            return ""
+        for k, key in enumerate(keys, start=1):
+            if x_api_key and secrets.compare_digest(x_api_key, key):
+                return f"key {k}"
+        raise HTTPException(401, "missing or wrong API key (header X-API-Key)")
+
+    return check_key
 
 
 def add_reading_routes(app: FastAPI, predictor: Predictor, check_key: Any) -> None:
