@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -195,3 +196,24 @@ def test_predict_a_study_folder_as_a_cd_gives_it(exported_model, tmp_path, capsy
     assert "lung" in report["study_rule"]
     counted = [float(r["score"]) for r in lung_rows if r["counted"] == "1"]
     assert study["score"] == pytest.approx(aggregate_volume(np.array(counted)), abs=1e-5)
+
+
+def test_an_unreadable_image_is_skipped_by_name_and_the_rest_scored(exported_model, tmp_path, capsys):
+    """One policy for every input: an image that cannot be read is listed with its reason, as an unreadable DICOM
+    slice is, and the command fails only when nothing could be scored."""
+    folder = tmp_path / "slices"
+    folder.mkdir()
+    rng = np.random.default_rng(4)
+    for k in range(3):
+        Image.fromarray(synthetic_ct(rng, k % 2 == 0, (64, 48))).save(folder / f"ok{k}.png")
+    (folder / "cut.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)  # a PNG cut after its signature
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(exported_model), str(folder), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "skipped:" in printed and "cut.png" in printed
+    with open(out) as f:
+        assert sorted(Path(r["path"]).name for r in csv.DictReader(f)) == ["ok0.png", "ok1.png", "ok2.png"]
+    assert any("cut.png" in s for s in json.loads(out.with_suffix(".json").read_text())["skipped"])
+    assert main(["predict", str(exported_model), str(folder / "cut.png"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "nothing could be scored" in err and "cut.png" in err

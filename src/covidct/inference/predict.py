@@ -241,6 +241,8 @@ def predict_inputs(
             else:
                 _predict_volume(model, path, window, aggregation, label, rows, report, cam_dir)
     report["shift"] = model.batch_shift(outputs)
+    if not any(isinstance(r["score"], float) for r in rows):
+        raise DataError("nothing could be scored: " + "; ".join(report["skipped"][:3]))
     return rows
 
 
@@ -322,14 +324,19 @@ def _image_runs(paths: list[Path]) -> Iterator[Path | list[Path]]:
 
 def prepared_images(
     model: LoadedModel, paths: list[Path], window: tuple[float, float]
-) -> Iterator[tuple[list[Path], list[Image.Image], tuple]]:
-    """(paths, images, score_batch's arguments) per batch of BATCH image files, read and preprocessed by a pool of
-    worker threads a batch ahead of the one being scored: PIL, torchvision and numpy release the GIL while they work,
-    so decoding overlaps the network (SPEED.md)."""
+) -> Iterator[tuple[list[Path], list[Image.Image], tuple | None, list[str]]]:
+    """(paths, images, score_batch's arguments, why the others were skipped) per batch of BATCH image files, read and
+    preprocessed by a pool of worker threads a batch ahead of the one being scored: PIL, torchvision and numpy
+    release the GIL while they work, so decoding overlaps the network (SPEED.md). A file that cannot be read is
+    skipped with its reason (a DataError names the file): the rest of the folder is scored, as a DICOM folder's
+    unreadable slices are; the arguments are None when none of the batch could be read."""
     from concurrent.futures import ThreadPoolExecutor
 
-    def prepare(path: Path) -> tuple[Image.Image, tuple]:
-        images, _ = read_input(path, window)
+    def prepare(path: Path) -> tuple[Image.Image, tuple] | str:
+        try:
+            images, _ = read_input(path, window)
+        except DataError as e:
+            return str(e)
         return images[0], model.prepared(images)
 
     def batch(chunk: list[Path]) -> list:
@@ -341,16 +348,27 @@ def prepared_images(
         for k, chunk in enumerate(chunks):
             done = [f.result() for f in pending]
             pending = batch(chunks[k + 1]) if k + 1 < len(chunks) else []
-            x = [p for _, p in done]
-            statistics = {name: np.concatenate([p[2][name] for p in x]) for name in x[0][2]}
-            # numpy's copy, not torch.cat: torch's would start its thread pool against the network's (8x slower)
-            batch_x = torch.from_numpy(np.concatenate([p[0].numpy() for p in x]))
-            yield chunk, [img for img, _ in done], (batch_x, x[0][1], statistics)
+            read = [(path, d) for path, d in zip(chunk, done) if not isinstance(d, str)]
+            skipped = [d for d in done if isinstance(d, str)]
+            yield [path for path, _ in read], [d[0] for _, d in read], stacked([d[1] for _, d in read]), skipped
+
+
+def stacked(prepared: list[tuple]) -> tuple | None:
+    """score_batch's arguments of several images' LoadedModel.prepared, as one batch (None for none)."""
+    if not prepared:
+        return None
+    statistics = {name: np.concatenate([p[2][name] for p in prepared]) for name in prepared[0][2]}
+    # numpy's copy, not torch.cat: torch's would start its thread pool against the network's (8x slower)
+    batch_x = torch.from_numpy(np.concatenate([p[0].numpy() for p in prepared]))
+    return batch_x, prepared[0][1], statistics
 
 
 def _predict_images(model, paths, window, t, label, rows, report, cam_dir) -> None:
     """Image files and DICOM slices, in batches: a row each, an entry each in the report, heat maps under --cam."""
-    for chunk, images, prepared in prepared_images(model, paths, window):
+    for chunk, images, prepared, skipped in prepared_images(model, paths, window):
+        report["skipped"] += skipped
+        if prepared is None:
+            continue
         scores, ood = model.score_batch(*prepared)
         for k, path in enumerate(chunk):
             s = float(scores[k])
