@@ -28,19 +28,12 @@ import onnxruntime as ort
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from covidct.inference.load import load_checkpoint, with_detector
+from covidct.inference.load import load_checkpoint, onnx_session, with_detector
 from covidct.ood.features import logits_and_features
 from covidct.runs import RunDir
 
 BATCH = 16
 THREADS = os.cpu_count() or 1
-
-
-def session(model: str) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = THREADS
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 def timed(run, repeats: int = 5) -> float:
@@ -102,7 +95,7 @@ def main() -> None:
     x = torch.randn(BATCH, 3, size, size)
     graph = args.graph or run.scorer_graph_path
     conv, kernels = convolution_seconds(graph, x.numpy())
-    whole = session(str(graph))
+    whole = onnx_session(graph, THREADS)  # as covidct runs it
     onnx_rate = BATCH / timed(lambda: whole.run(None, {"image": x.numpy()}))
     torch_rate = BATCH / timed(lambda: model.logits_and_features(x))
     print(f"{THREADS} threads, batch {BATCH}, fp32, {graph.name}\n")

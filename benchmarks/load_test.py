@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -78,6 +80,30 @@ async def run(url: str, images: list[tuple[str, bytes]], n: int, concurrency: in
             "p99": float(np.percentile(ms, 99))}  # fmt: skip
 
 
+@contextlib.contextmanager
+def served(
+    model: str, serve_args: str = "", env: dict[str, str] | None = None
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`covidct serve MODEL` on a free loopback port, once /health answers: (its URL, its process); stopped after."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [sys.executable, "-m", "covidct", "serve", model, "--port", str(port), *serve_args.split()]
+    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        yield url, server
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model")
@@ -86,20 +112,8 @@ def main() -> None:
     p.add_argument("--cam", action="store_true", help="ask for Grad-CAM overlays too")
     p.add_argument("--serve-args", default="", help="more arguments of covidct serve, quoted")
     args = p.parse_args()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    command = [sys.executable, "-m", "covidct", "serve", args.model, "--port", str(port), *args.serve_args.split()]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
     results = []
-    try:
-        for _ in range(300):
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+    with served(args.model, args.serve_args) as (url, server):
         images, source = payloads(64)
         asyncio.run(run(url, images, 32, 4, args.cam))  # warm-up, not counted
         for concurrency in args.concurrency:
@@ -107,9 +121,6 @@ def main() -> None:
             r = asyncio.run(run(url, images, min(args.requests, 5000), concurrency, args.cam))
             results.append((r, before, rss_mb(server.pid)))
         runtime = httpx.get(url + "/api/v1/model").json()["serving"]["runtime"]
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     print(f"{args.requests} requests per row, {source}, runtime {runtime}, Grad-CAM {'on' if args.cam else 'off'}, "
           f"serve {args.serve_args or '(defaults)'}\n")  # fmt: skip
     print("| concurrency | images/s | p50 ms | p95 ms | p99 ms | errors | server RSS before / after (MB) |")

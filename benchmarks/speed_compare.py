@@ -64,29 +64,14 @@ def load_test(src: Path, run: Path, requests: int, serve_args: str) -> str:
 
 def served_scores(src: Path, run: Path, images: list[Path], serve_args: str) -> dict[str, float]:
     """Each image posted once to a server of this code: its score."""
-    import socket
+    from load_test import served  # beside this file
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    command = [sys.executable, "-m", "covidct", "serve", str(run), "--port", str(port), *serve_args.split()]
-    server = subprocess.Popen(command, env=environment(src), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        out = {}
+    out = {}
+    with served(str(run), serve_args, environment(src)) as (url, _):
         for path in images:
             r = httpx.post(url + "/api/v1/predict", files={"file": (path.name, path.read_bytes())}, timeout=60)
             out[path.name] = float(r.json()["score"])
-        return out
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    return out
 
 
 def evaluate_scores(src: Path, run: Path, tmp: Path) -> np.ndarray:

@@ -352,8 +352,21 @@ def one_blas_thread() -> Any:
     return _blas_controller().limit(limits=1, user_api="blas")
 
 
-_CARD_KEYS = {"format", "method", "k", "architecture", "feature_dim", "threshold", "percentile", "acquisitions",
-              "framing", "pixels", "sources", "own_threshold", "shift"}  # fmt: skip
+_CARD_KEYS = {
+    "format",
+    "method",
+    "k",
+    "architecture",
+    "feature_dim",
+    "threshold",
+    "percentile",
+    "acquisitions",
+    "framing",
+    "pixels",
+    "sources",
+    "own_threshold",
+    "shift",
+}
 
 
 def _unit(z: np.ndarray) -> np.ndarray:

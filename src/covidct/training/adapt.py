@@ -392,14 +392,7 @@ def adapt_run(run_dir: Path, site: Site, out_parent: Path, strategy: str = DEFAU
     state = {f"model.{k}": v.contiguous() for k, v in model.module.state_dict().items()}
     ckpt = {"state_dict": state, "hyper_parameters": hp, "epoch": int(saved.get("epoch", 0))}
     atomic_write(run.checkpoint_path("best"), lambda p: torch.save(ckpt, p))
-    groups = len(np.unique(site.groups))
-    adaptation = {"from_run": str(source.path), "site": site.name, "site_spec": absolute_spec(site.spec),
-                  "group_duplicates": site.group_duplicates, "groups": groups, "images": len(site.samples),
-                  "strategy": f"{strategy}: {STRATEGY_TEXT[strategy]}",
-                  "validated_at_site": validation, "site_shift_before": before,
-                  "text": f"adapted on {site.name} ({groups} groups, {len(site.samples)} images) from {source.name}; "
-                          f"validated at the site by leave-groups-out: AUC {validation['auc']:.3f}; "
-                          f"{site_shift_text(before, site)}"}  # fmt: skip
+    adaptation = adaptation_record(source, site, strategy, validation, before)
     run.write_summary({**source.summary(), "adaptation": adaptation})
     record = {"threshold": validation["threshold"], "rule": "youden", "chosen_on": site.name, "set": site.spec,
               "checkpoint": run.checkpoint_path("best").name, "previous_threshold": None,
@@ -408,6 +401,30 @@ def adapt_run(run_dir: Path, site: Site, out_parent: Path, strategy: str = DEFAU
     fit_for_run(run.path, extra_train=site.samples, extra_groups=site.groups)
     write_graph(run)
     return run.path
+
+
+def adaptation_record(
+    source: RunDir, site: Site, strategy: str, validation: dict[str, Any], before: dict[str, Any]
+) -> dict[str, Any]:
+    """What the adapted run's summary and card say of its adaptation: where from, on what, how, how it validated at
+    the site, how far the site was before, and all of it in one sentence."""
+    groups = len(np.unique(site.groups))
+    text = (
+        f"adapted on {site.name} ({groups} groups, {len(site.samples)} images) from {source.name}; "
+        f"validated at the site by leave-groups-out: AUC {validation['auc']:.3f}; {site_shift_text(before, site)}"
+    )
+    return {
+        "from_run": str(source.path),
+        "site": site.name,
+        "site_spec": absolute_spec(site.spec),
+        "group_duplicates": site.group_duplicates,
+        "groups": groups,
+        "images": len(site.samples),
+        "strategy": f"{strategy}: {STRATEGY_TEXT[strategy]}",
+        "validated_at_site": validation,
+        "site_shift_before": before,
+        "text": text,
+    }
 
 
 def site_shift(model: Any, source: RunDir, site: Site) -> dict[str, Any]:
