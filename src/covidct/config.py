@@ -9,7 +9,7 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -50,7 +50,10 @@ def setting(default: Any = None, help: str = "", choices: tuple | None = None, f
 
 class Settings:
     """What every settings dataclass shares: plain dict and YAML in and out, unknown fields and bad YAML refused
-    with one clear message."""
+    with one clear message. `retired`: fields that older versions wrote, by name: (the value that means "off", why it
+    went); a saved config holding one at that value still reads, any other value is refused by name."""
+
+    retired: ClassVar[dict[str, tuple[Any, str]]] = {}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -60,6 +63,11 @@ class Settings:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Any:
+        data = dict(data)
+        for name, (off, why) in cls.retired.items():
+            if name in data and data.pop(name) != off:
+                raise ConfigError(f"config field {name} was removed ({why}); this version cannot repeat a run that "
+                                  f"set it: delete the field, or use the covidct release the run was made with")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -104,7 +112,6 @@ TRAIN_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "ema_decay": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "samples_per_epoch": (lambda v: v is None or v >= 1, ">= 1"),
     "mixup": (lambda v: 0 <= v <= 10, "between 0 and 10"),
-    "domain_adversarial": (lambda v: 0 <= v <= 10, "between 0 and 10"),
     "freeze_blocks": (lambda v: v >= 0, ">= 0"),
     "imagenet_probe": (lambda v: 0 <= v < 1, "in [0, 1)"),
 }
@@ -114,6 +121,10 @@ TRAIN_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
 class TrainConfig(Settings):
     """Everything that defines a training run, declared once: defaults are the shipped recipe, and the command
     line (cli/train.py) is built from these fields. A new setting is one field here."""
+
+    retired: ClassVar[dict[str, tuple[Any, str]]] = {
+        "domain_adversarial": (0.0, "the domain-adversarial head: benchmarks/GENERALIZATION.md measured no gain"),
+    }
 
     # ---- data
     model: str = setting(DEFAULT_MODEL, "backbone; see: covidct models")
@@ -148,8 +159,6 @@ class TrainConfig(Settings):
     patience: int = setting(12, "early-stopping patience in epochs")
     mixup: float = setting(0.0, "> 0: mixup within each batch, weights ~ Beta(alpha, alpha) with this alpha (0.2-0.4 "
                            "is usual); with balanced sources many pairs cross sources")  # fmt: skip
-    domain_adversarial: float = setting(0.0, "> 0: weight of a head that predicts the source through gradient "
-                                        "reversal (Ganin et al. 2016); needs two or more training sources")  # fmt: skip
     ema_decay: float = setting(0.0, "> 0: validate and checkpoint an exponential moving average of the weights")
     operating_point: str = setting("youden", "decision threshold stored at the end of training: youden (Youden's J "
                                    "on the validation split) or 0.5", ("youden", "0.5"))  # fmt: skip
@@ -196,9 +205,6 @@ class TrainConfig(Settings):
             if not ok(value):
                 raise ConfigError(f"{name} must be {allowed}, got {value!r}")
         check_choices(self)
-        if self.mixup > 0 and self.domain_adversarial > 0:
-            # a mixed image has no one source for the domain head to predict
-            raise ConfigError("mixup and domain_adversarial cannot be combined: a mixed image has no single source")
         self.sources = [str(s) for s in (self.sources or [])]
 
     @property

@@ -1,4 +1,4 @@
-"""The generalisation levers of the training step: mixup and the domain-adversarial head."""
+"""The generalisation levers of the training step: mixup; the retired domain-adversarial head."""
 
 import pytest
 import torch
@@ -12,11 +12,11 @@ from covidct.training.module import Classifier, training_card
 PRE = {"resize": 40, "input_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3}
 
 
-def classifier(n_domains: int = 0, **settings) -> Classifier:
+def classifier(**settings) -> Classifier:
     torch.manual_seed(0)
     model, pre = create_model("timm:resnet10t", pretrained=False)
     config = TrainConfig(model="timm:resnet10t", channels_last=False, **settings)
-    return Classifier(config, training_card(config, pre, ["non-COVID", "COVID"]), model=model, n_domains=n_domains)
+    return Classifier(config, training_card(config, pre, ["non-COVID", "COVID"]), model=model)
 
 
 def batch(n: int = 6) -> dict:
@@ -41,31 +41,19 @@ def test_mixup_trains_on_mixed_images_against_mixed_soft_labels():
     assert classifier().mixup is None
 
 
-def test_domain_head_adds_the_weighted_source_loss_and_is_left_out_of_the_network():
-    plain = classifier(domain_adversarial=2.0, n_domains=1)
-    assert plain.domain_head is None  # one source: nothing to be adversarial about
-    module = classifier(domain_adversarial=2.0, n_domains=2)
-    module.eval()
-    module.train_domains = torch.tensor([0, 0, 1, 1, 0, 1])
-    b = batch()
-    with pytest.warns(UserWarning, match="self.log"):
-        loss = module.training_step(b, 0)
-    logits = module(b["image"])
-    classification = F.cross_entropy(logits, b["label"], label_smoothing=module.config.label_smoothing)
-    assert loss.item() > classification.item()
-    # strength only scales the gradient; the loss is the domain head's cross-entropy on the same features
-    domain = F.cross_entropy(module.domain_head(module._features, 1.0), module.train_domains)
-    assert loss.item() == pytest.approx(classification.item() + 2.0 * domain.item(), rel=1e-5)
-    assert any(k.startswith("domain_head.") for k in module.state_dict())
-    assert not any("domain" in k for k in module.model.state_dict())  # the exported network has no domain head
+def test_a_saved_config_with_the_retired_domain_head_reads_when_it_was_off_and_is_refused_when_on(tmp_path):
+    off = TrainConfig.from_dict({"epochs": 3, "domain_adversarial": 0.0})  # every older run's config.yaml
+    assert off.epochs == 3 and not hasattr(off, "domain_adversarial")
+    with pytest.raises(ConfigError, match=r"domain_adversarial was removed .*GENERALIZATION\.md.*delete the field"):
+        TrainConfig.from_dict({"domain_adversarial": 1.0})
+    with pytest.raises(ConfigError, match="unknown config field"):
+        TrainConfig.from_dict({"domain_adversarial_typo": 0.0})
 
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"mixup": 0.2, "domain_adversarial": 1.0}, "cannot be combined"),
         ({"mixup": -1}, "mixup must be"),
-        ({"domain_adversarial": 11}, "domain_adversarial must be"),
     ],
 )
 def test_bad_lever_settings_are_refused(kwargs, match):

@@ -53,7 +53,7 @@ SETTING_GROUPS = {
     "data": ("data_dir", "data_csv", "sources", "source_balance", "samples_per_epoch", "grayscale", "input_size",
              "augment", "crop", "intensity", "cache_images", "cache_dir", "num_workers", "split", "on", "tta"),
     "model": ("model", "pretrained", "weights", "init", "freeze_blocks", "linear_probe", "imagenet_probe",
-              "domain_adversarial", "ema_decay", "checkpoint"),
+              "ema_decay", "checkpoint"),
     "schedule": ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "backbone_lr_scale", "label_smoothing",
                  "patience", "mixup", "monitor", "seed"),
     "evaluation": ("operating_point", "ood", "threshold", "calibrate", "n_bootstrap", "min_sensitivity"),

@@ -51,8 +51,8 @@ class EpochHistory(Callback):
         row = {"epoch": trainer.current_epoch + 1}
         for key in ("train_loss", "train_acc", "val_loss", "val_acc", "val_auc"):
             row[key] = round(metrics.get(key, float("nan")), 6)
-        # with several sources: val_auc_mean and each source's val_auc/<source>; domain-adversarial: its loss
-        for key in sorted(k for k in metrics if k.startswith(("val_auc_", "val_auc/", "train_domain_"))):
+        # with several sources: val_auc_mean and each source's val_auc/<source>
+        for key in sorted(k for k in metrics if k.startswith(("val_auc_", "val_auc/"))):
             row[key] = round(metrics[key], 6)
         row["lr"] = self._lr
         row["seconds"] = round(time.perf_counter() - self._start, 2)

@@ -67,13 +67,10 @@ def cell(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, 
     return out
 
 
-def caveats(config: TrainConfig, n_sources: int) -> list[str]:
+def caveats(config: TrainConfig) -> list[str]:
     """What this matrix cannot show for this recipe, written beside it."""
     out = [f"One training per row (seed {config.seed}): held-out cells move with the seed (by up to 0.14 AUC in "
            "benchmarks/GENERALIZATION.md), so compare recipes over several seeds (--seeds 42 7 1)."]  # fmt: skip
-    if n_sources == 2 and config.domain_adversarial > 0:
-        out.append("With two sources the held-out rows train on one source, where a domain-adversarial head is off: "
-                   "--domain-adversarial changes only the row trained on both.")  # fmt: skip
     return out
 
 
@@ -152,7 +149,7 @@ def write_matrix(out: Path, config: TrainConfig, sources: list[str], names: list
     note = (f"\nMean held-out-source AUC: {np.mean(held):.3f} over {len(held)} cells. AUC with DeLong 95% interval; "
             "accuracy, sensitivity, specificity at the Youden threshold chosen on the training sources' validation "
             "split.\n")  # fmt: skip
-    limits = caveats(config, len(names))
+    limits = caveats(config)
     note += "".join(f"\n{c}\n" for c in limits)
     if drivers:  # evaluation/drivers.py: rank correlation of the held-out scores with simple image statistics
         note += (

@@ -114,7 +114,7 @@ def _fit(
     if config.linear_probe and not resume:
         linear_probe(model, train_ds.samples, pre)
     prepare_network(model, config, precision)
-    module = Classifier.for_run(config, model, pre, data.class_names, train_ds, val_ds)
+    module = Classifier.for_run(config, model, pre, data.class_names, val_ds)
     history = EpochHistory(run.metrics_path, write=global_rank() == 0, echo=not progress)
     ckpt_path = None
     if resume:

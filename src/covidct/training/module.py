@@ -3,7 +3,6 @@ metrics it logs, its optimiser and schedule. Lightning runs the loop (training/e
 
 from __future__ import annotations
 
-import logging
 import math
 import random
 from typing import Any
@@ -17,12 +16,8 @@ from torchvision.transforms.v2 import MixUp
 
 from covidct.config import TrainConfig
 from covidct.data import ImageDataset
-from covidct.errors import ConfigError
 from covidct.evaluation.metrics import binary_metrics, roc_auc
-from covidct.models import Preprocessing, create_model, head_module, head_parameters
-from covidct.models.adversarial import DomainHead, reversal_strength
-
-log = logging.getLogger("covidct")
+from covidct.models import Preprocessing, create_model, head_parameters
 
 
 def training_card(config: TrainConfig, pre: Preprocessing, class_names: list[str] | tuple[str, ...]) -> dict[str, Any]:
@@ -37,26 +32,16 @@ class Classifier(L.LightningModule):
     Both are saved in every checkpoint's hyperparameters: the card's keys at the top (what load_trained reads; a
     checkpoint is all prediction needs), the settings under "config"."""
 
-    def __init__(self, config: TrainConfig, card: dict[str, Any], model: nn.Module | None = None,
-                 n_domains: int = 0) -> None:  # fmt: skip
+    def __init__(self, config: TrainConfig, card: dict[str, Any], model: nn.Module | None = None) -> None:
         super().__init__()
         self.config = config
-        self.save_hyperparameters({**card, "config": config.to_dict(), "n_domains": n_domains})
+        self.save_hyperparameters({**card, "config": config.to_dict()})
         if model is None:  # rebuilt from a checkpoint: architecture only, the weights follow
             model, _ = create_model(card["model_name"], pretrained=False)
         self.model = model.to(memory_format=torch.channels_last) if config.channels_last else model
         # torchvision's batch MixUp: Beta(alpha, alpha) weights, each image mixed with another of the batch, labels
         # mixed the same (as soft targets). With balanced sources many pairs cross sources.
         self.mixup = MixUp(alpha=config.mixup, num_classes=2) if config.mixup > 0 else None
-        self.domain_head: DomainHead | None = None
-        self.train_domains: torch.Tensor | None = None  # the source (0..n_domains-1) of each training image, by index
-        if config.domain_adversarial > 0 and n_domains > 1:
-            head = head_module(self.model)
-            if not isinstance(head, nn.Linear):
-                raise ConfigError(f"domain_adversarial: {config.model} has no linear head whose input could be read")
-            self.domain_head = DomainHead(head.in_features, n_domains)
-            self._features: torch.Tensor | None = None
-            head.register_forward_pre_hook(self._keep_features)
         self._val_scores: list[torch.Tensor] = []
         self._val_labels: list[torch.Tensor] = []
         self._val_index: list[torch.Tensor] = []
@@ -79,23 +64,13 @@ class Classifier(L.LightningModule):
         model: nn.Module,
         pre: Preprocessing,
         class_names: list[str] | tuple[str, ...],
-        train_ds: ImageDataset,
         val_ds: ImageDataset,
     ) -> Classifier:
-        """The module of a training run, with the sources of the training and validation images (by dataset
-        index) for the per-source validation AUC and the domain-adversarial head."""
-        domains = sorted({s.source for s in train_ds.samples})
-        module = cls(config, training_card(config, pre, class_names), model=model, n_domains=len(domains))
+        """The module of a training run, with the source of each validation image (by dataset index) for the
+        per-source validation AUC."""
+        module = cls(config, training_card(config, pre, class_names), model=model)
         module.val_sources = np.array([s.source for s in val_ds.samples])
-        if module.domain_head is not None:
-            module.train_domains = torch.as_tensor([domains.index(s.source) for s in train_ds.samples])
-            log.info("domain-adversarial head over %d sources (weight %g)", len(domains), config.domain_adversarial)
-        elif config.domain_adversarial > 0:
-            log.info("domain-adversarial head off: one training source")
         return module
-
-    def _keep_features(self, head: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-        self._features = inputs[0]
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         images, labels = batch["image"], batch["label"]
@@ -107,17 +82,6 @@ class Classifier(L.LightningModule):
         acc = (logits.argmax(1) == labels).float().mean()  # against the unmixed labels: a rough guide only
         n = len(labels)
         self.log("train_acc", acc, on_step=False, on_epoch=True, batch_size=n)
-        if self.domain_head is not None and self.train_domains is not None:
-            domains = self.train_domains.to(labels.device)[batch["index"]]
-            batches = max(1, int(self.trainer.num_training_batches)) if self._trainer is not None else 1
-            strength = reversal_strength((self.current_epoch + batch_idx / batches) / self.config.epochs)
-            domain_logits = self.domain_head(self._features, strength)
-            domain_loss = F.cross_entropy(domain_logits, domains)
-            # Near chance (ln 2 with two sources) means the backbone's features no longer give the source away.
-            self.log("train_domain_loss", domain_loss, on_step=False, on_epoch=True, batch_size=n)
-            self.log("train_domain_acc", (domain_logits.argmax(1) == domains).float().mean(), on_step=False,
-                     on_epoch=True, batch_size=n)  # fmt: skip
-            loss = loss + self.config.domain_adversarial * domain_loss
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
         return loss
 
