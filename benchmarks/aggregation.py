@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 def simulate(neg: np.ndarray, pos: np.ndarray, n: int, m: int, volumes: int, rng: np.random.Generator) -> dict:
     from sklearn.metrics import roc_auc_score
 
-    from covidct.inference.predict import AGGREGATIONS
+    from covidct.verdict import AGGREGATIONS
 
     out = {}
     for name, (fn, _) in AGGREGATIONS.items():

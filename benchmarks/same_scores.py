@@ -52,8 +52,17 @@ def largest_differences(new: dict, old: dict) -> dict[str, dict[str, float | int
         before = old[path]
         common = sorted(set(rows) & set(before))
         score = max(abs(float(rows[k]["score"]) - float(before[k]["score"])) for k in common)
-        labels = sum(rows[k].get("prediction") != before[k].get("prediction") for k in common)
-        report[path] = {"images": len(common), "largest_score_difference": score, "labels_changed": labels}
+        labels = sum(
+            (rows[k].get("prediction"), rows[k].get("label")) != (before[k].get("prediction"), before[k].get("label"))
+            for k in common
+        )
+        flags = sum(rows[k].get("in_distribution") != before[k].get("in_distribution") for k in common)
+        report[path] = {
+            "images": len(common),
+            "largest_score_difference": score,
+            "labels_changed": labels,
+            "flags_changed": flags,
+        }
     return report
 
 

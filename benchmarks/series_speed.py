@@ -34,17 +34,15 @@ def write_series(folder: Path, n: int) -> None:
 def export(model: str, out: Path) -> None:
     import torch
 
-    from covidct.data.preprocessing import Preprocessing  # noqa: F401
-    from covidct.fileio import write_json
     from covidct.inference.export import write_onnx
-    from covidct.inference.load import model_card
+    from covidct.model_card import ModelCard
     from covidct.models import create_model
 
     net, pre = create_model(model, pretrained=False)
     pre = pre.__class__(**{**pre.to_dict(), "grayscale": True, "crop": "lung"})
     out.mkdir(parents=True, exist_ok=True)
     write_onnx(net.eval().to(memory_format=torch.contiguous_format), pre.input_size, out / "model.onnx")
-    write_json(out / "model.json", model_card(model, pre.to_dict(), ["NonCOVID", "COVID"], 0.5))
+    ModelCard(model, pre, ["NonCOVID", "COVID"], 0.5).write(out)
 
 
 def main() -> None:

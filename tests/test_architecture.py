@@ -1,6 +1,6 @@
 """The layering of the package: a stage may import its own and lower stages, never a higher one (also not inside
-a function). The order is data -> models -> runs -> ood -> inference -> evaluation -> training -> reporting -> cli, over
-a core of settings, errors and file helpers that every stage may use."""
+a function). The order is data -> verdict -> models -> runs -> ood -> inference -> evaluation -> training ->
+reporting -> cli, over a core of settings, errors and file helpers that every stage may use."""
 
 from __future__ import annotations
 
@@ -22,8 +22,9 @@ LAYERS = [
         "covidct.operating_point",
     },
     {"covidct.data"},
+    {"covidct.verdict"},
     {"covidct.models"},
-    {"covidct.runs"},
+    {"covidct.runs", "covidct.model_card"},
     {"covidct.ood"},
     {"covidct.inference"},
     {"covidct.evaluation"},

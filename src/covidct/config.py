@@ -66,8 +66,10 @@ class Settings:
         data = dict(data)
         for name, (off, why) in cls.retired.items():
             if name in data and data.pop(name) != off:
-                raise ConfigError(f"config field {name} was removed ({why}); this version cannot repeat a run that "
-                                  f"set it: delete the field, or use the covidct release the run was made with")
+                raise ConfigError(
+                    f"config field {name} was removed ({why}); this version cannot repeat a run that "
+                    f"set it: delete the field, or use the covidct release the run was made with"
+                )
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

@@ -16,7 +16,7 @@ from typing import Any
 from covidct.config import TrainConfig
 from covidct.errors import ModelError
 from covidct.fileio import read_csv, write_json, write_text
-from covidct.operating_point import checked_threshold
+from covidct.operating_point import OperatingPoint
 
 
 @dataclass(frozen=True)
@@ -123,8 +123,8 @@ class RunDir:
     def threshold_path(self) -> Path:
         return self.path / "threshold.json"
 
-    def threshold_record(self) -> dict[str, Any] | None:
-        """How the stored decision threshold was chosen (`covidct threshold`), if it was."""
+    def threshold_record(self) -> OperatingPoint | None:
+        """The run's operating point (threshold.json, `covidct threshold`), validated, if one was chosen."""
         if not self.threshold_path.is_file():
             return None
         try:
@@ -132,10 +132,11 @@ class RunDir:
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             msg = f"{self.threshold_path} is not valid JSON ({e}); choose again: covidct threshold"
             raise ModelError(msg) from None
-        if not isinstance(record, dict) or "threshold" not in record:
-            raise ModelError(f"{self.threshold_path} has no 'threshold'; choose again: covidct threshold")
-        record["threshold"] = checked_threshold(record["threshold"], f"{self.threshold_path}: 'threshold'")
-        return record
+        return OperatingPoint.from_dict(record, str(self.threshold_path))
+
+    def write_threshold_record(self, point: OperatingPoint) -> Path:
+        """threshold.json's one writer (covidct threshold, training's operating point, covidct adapt)."""
+        return write_json(self.threshold_path, point.to_dict())
 
     def eval_dirs(self) -> list[Path]:
         """Every eval-<name> folder of the run, sorted."""

@@ -13,7 +13,7 @@ from covidct.config import INPUT_LIMITS, InputLimits, active_limits
 from covidct.data.medical import open_dicom, read_dicom
 from covidct.errors import ConfigError, DataError, ModelError
 from covidct.inference.serve import InputError, decode_upload, unpack_series_zip
-from covidct.operating_point import checked_threshold
+from covidct.operating_point import OperatingPoint, checked_threshold
 from covidct.runs import RunDir
 from tests.medical_files import deflated_dicom_bomb, write_dicom
 from tests.upload_files import blank_png, zip_of
@@ -99,4 +99,25 @@ def test_a_tampered_threshold_record_is_refused_naming_the_file(tmp_path, text):
 
 def test_a_good_threshold_record_reads(tmp_path):
     (tmp_path / "threshold.json").write_text(json.dumps({"threshold": 0.25, "rule": "given"}))
-    assert RunDir(tmp_path).threshold_record()["threshold"] == 0.25
+    point = RunDir(tmp_path).threshold_record()
+    assert (point.threshold, point.where, point.checkpoint) == (0.25, "given", None)
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        ({"threshold_typo": 0.3}, r"unknown field\(s\) \['threshold_typo'\]"),
+        ({"rule": "median"}, "'rule' must be one of"),
+    ],
+)
+def test_a_threshold_record_with_an_unknown_field_or_rule_is_refused(tmp_path, extra, match):
+    (tmp_path / "threshold.json").write_text(json.dumps({"threshold": 0.25, **extra}))
+    with pytest.raises(ModelError, match=match):
+        RunDir(tmp_path).threshold_record()
+
+
+def test_the_threshold_record_reads_back_what_its_one_writer_wrote(tmp_path):
+    point = OperatingPoint(0.31, "youden", "val", "best.ckpt", metrics={"auc": 0.9}, previous_threshold=0.5)
+    RunDir(tmp_path).write_threshold_record(point)
+    assert json.loads((tmp_path / "threshold.json").read_text())["val_metrics"] == {"auc": 0.9}
+    assert RunDir(tmp_path).threshold_record() == point

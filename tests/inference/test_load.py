@@ -52,17 +52,21 @@ class _Recorder(torch.nn.Module):
 
 
 def test_inputs_follow_the_network_to_its_device_and_scores_come_back_on_the_cpu():
+    from covidct.data.preprocessing import Preprocessing
     from covidct.inference.load import LoadedModel
+    from covidct.model_card import ModelCard
+
+    card = ModelCard("recorder", Preprocessing.for_input(4), ["NonCOVID", "COVID"], 0.5)
 
     module = _Recorder("cpu")
-    model = LoadedModel(card={}, module=module)
+    model = LoadedModel(card=card, module=module)
     assert model.to("meta") is model  # "meta": a device that exists without a GPU
     assert module.w.device.type == "meta"
     out = model.logits(torch.ones(3, 1, 4, 4))
     assert module.seen[-1].type == "meta"  # the batch was moved to the network, not the other way round
     assert out.device.type == "cpu" and out.shape == (3, 2)
     on_cpu = _Recorder("cpu")
-    LoadedModel(card={}, module=on_cpu).logits(torch.ones(1, 1, 4, 4))
+    LoadedModel(card=card, module=on_cpu).logits(torch.ones(1, 1, 4, 4))
     assert on_cpu.seen[-1].type == "cpu"
 
 

@@ -61,13 +61,13 @@ def test_the_adapted_model_is_an_ordinary_run_that_names_its_site(trained_run, t
     model = load_trained(run)
     # before adapting, the site tested as a batch against the source model's reference (the tiny run has none: the
     # record says why), and the adapted run scores with its own checked graph
-    before_adapting = model.card["adaptation"]["site_shift_before"]
+    before_adapting = model.card.adaptation["site_shift_before"]
     assert before_adapting["n"] == 30
     assert before_adapting["tested"] or "not tested as a batch" in out
     assert model.session is not None and RunDir(run).scorer_graph_path.is_file()
-    assert model.card["adaptation"]["site"] == "site" and model.card["adaptation"]["groups"] == 10
-    assert model.card["adaptation"]["strategy"].startswith("lp-ft")
-    assert model.card["threshold"] == pytest.approx(json.loads((run / "threshold.json").read_text())["threshold"])
+    assert model.card.adaptation["site"] == "site" and model.card.adaptation["groups"] == 10
+    assert model.card.adaptation["strategy"].startswith("lp-ft")
+    assert model.card.threshold == pytest.approx(json.loads((run / "threshold.json").read_text())["threshold"])
     assert model.ood is not None and model.ood.info["n_train"] == 16 + 30  # its training images and the site's
     site_detector = model.ood.others[0]  # the site's own detector, thresholded on its patients held out in turn
     assert site_detector.info["source"] == "site" and site_detector.info["n_train"] == 30
@@ -82,7 +82,7 @@ def test_the_adapted_model_is_an_ordinary_run_that_names_its_site(trained_run, t
     image = next((tmp_path / "site").glob("*.png"))
     assert main(["predict", str(run), str(image), "--out", str(tmp_path / "p.csv")]) == 0
     assert main(["evaluate", str(run), "--split", "test", "--bootstrap", "0"]) == 0
-    assert main(["export", str(run)]) == 0 and load_trained(run / "export").card["adaptation"]["images"] == 30
+    assert main(["export", str(run)]) == 0 and load_trained(run / "export").card.adaptation["images"] == 30
     summary = json.loads((run / "summary.json").read_text())  # adapted before the record said where the site is
     del summary["adaptation"]["site_spec"]
     (run / "summary.json").write_text(json.dumps(summary))

@@ -15,9 +15,9 @@ def test_safetensors_roundtrip_and_card(trained_run, tmp_path):
     weights, card_path, detector = export_run(trained_run, "safetensors", tmp_path / "e")
     assert detector.name == "ood.json" and (tmp_path / "e" / "ood.safetensors").is_file()  # the detector travels
     model, card = load_safetensors_model(weights)
-    assert card == json.loads(card_path.read_text())
-    assert card["architecture"] == "timm:resnet10t" and card["class_names"] == ["NonCOVID", "COVID"]
-    assert card["threshold"] == 0.5 and set(card["preprocessing"]) >= {"mean", "std", "input_size", "grayscale"}
+    assert card.to_dict() == json.loads(card_path.read_text())
+    assert card.architecture == "timm:resnet10t" and card.class_names == ["NonCOVID", "COVID"]
+    assert card.threshold == 0.5 and set(card.to_dict()["preprocessing"]) >= {"mean", "std", "input_size", "grayscale"}
     module = load_classifier(find_checkpoint(trained_run))
     x = torch.randn(3, 3, 64, 64)
     with torch.no_grad():

@@ -56,7 +56,7 @@ def test_scores_blend_the_network_and_the_starting_networks_features(probe_run):
     run_dir, weights = probe_run
     run = RunDir(run_dir)
     model = load_trained(run_dir)
-    assert model.probe is not None and model.card["imagenet_probe"]["share"] == 0.25
+    assert model.probe is not None and model.card.imagenet_probe["share"] == 0.25
     images = [load_rgb(s.path) for s in run.data().splits["val"]]
     x = model.tensor(images)
     with torch.no_grad():
@@ -69,7 +69,7 @@ def test_scores_blend_the_network_and_the_starting_networks_features(probe_run):
     np.testing.assert_allclose(with_check, want, rtol=1e-4, atol=1e-5)
     # the operating point is Youden's J on the blended validation scores: the probe is fitted before it
     labels = np.array([s.label for s in run.data().splits["val"]])
-    assert run.threshold_record()["threshold"] == pytest.approx(youden_threshold(labels, want), abs=1e-4)
+    assert run.threshold_record().threshold == pytest.approx(youden_threshold(labels, want), abs=1e-4)
 
 
 def test_exports_score_as_the_run(probe_run, tmp_path):
@@ -81,7 +81,7 @@ def test_exports_score_as_the_run(probe_run, tmp_path):
     np.testing.assert_allclose(load_trained(tmp_path / "e" / "model.safetensors").scores(images), want, atol=1e-6)
     export_run(run_dir, "onnx", tmp_path / "o")
     onnx_only = load_trained(tmp_path / "o" / "model.onnx")  # no probe files beside it: the graph has the blend
-    assert onnx_only.session is not None and onnx_only.card["imagenet_probe"]["share"] == 0.25
+    assert onnx_only.session is not None and onnx_only.card.imagenet_probe["share"] == 0.25
     np.testing.assert_allclose(onnx_only.scores(images), want, atol=1e-4)
 
 

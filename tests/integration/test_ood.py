@@ -192,7 +192,7 @@ def test_training_records_what_it_was_trained_on(trained_run):
         "slice_thickness": None,
         "aspect": [1.2, 1.2],
     }  # fmt: skip (48 x 40 figures)
-    assert "no scanner acquisition seen" in load_trained(trained_run).card["ood"]["acquisitions_seen"]
+    assert "no scanner acquisition seen" in load_trained(trained_run).card.ood["acquisitions_seen"]
 
 
 def test_scanner_slices_are_flagged_everywhere_for_a_model_trained_on_image_files(trained_run, tmp_path, capsys):
@@ -260,14 +260,15 @@ def test_a_site_whose_slices_were_in_training_passes_the_acquisition_check(train
     site's scanner and kernel pass; another kernel of the same scanner is flagged, slice by slice."""
     from covidct.data.sources import external_set
     from covidct.inference.ood import fit_for_run
-    from covidct.inference.predict import IMAGE_UNLIKE, predict_inputs
+    from covidct.inference.predict import predict_inputs
+    from covidct.verdict import IMAGE_UNLIKE
 
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
     _, site = external_set(f"site={labelled_dicoms(tmp_path / 'site')}")
     fit_for_run(run, extra_train=site)
     model = load_trained(run)
-    assert model.card["ood"]["acquisitions"]["scanners"] == [["SIEMENS", "B70F"]]
+    assert model.card.ood["acquisitions"]["scanners"] == [["SIEMENS", "B70F"]]
     same = predict_inputs(model, [s.path for s in site])
     assert all(r["ood_reason"] in ("", IMAGE_UNLIKE) for r in same)
     other = [s.path for s in external_set(f"o={labelled_dicoms(tmp_path / 'other', kernel='B30f')}")[1]]

@@ -14,7 +14,8 @@ from covidct.data.medical import apply_window, read_dicom, read_dicom_series, re
 from covidct.errors import DataError, ModelError
 from covidct.inference.explain import explain
 from covidct.inference.load import load_trained as load_model
-from covidct.inference.predict import aggregate_volume, expand_inputs, predict_inputs
+from covidct.inference.predict import expand_inputs, predict_inputs
+from covidct.verdict import aggregate_volume
 from tests.conftest import synthetic_ct
 from tests.medical_files import write_dicom, write_nifti
 
@@ -78,11 +79,6 @@ def test_nifti_slices(tmp_path):
 def test_volume_aggregation_is_the_mean_of_the_top_tenth():
     scores = np.linspace(0, 1, 25)  # top ceil(2.5) = 3 slices: 1.0, 0.9583, 0.9167
     assert aggregate_volume(scores) == pytest.approx(np.mean(scores[-3:]))
-    from covidct.cli import common
-    from covidct.inference import predict as predict_module
-
-    assert set(common.AGGREGATION_NAMES) == set(predict_module.AGGREGATIONS)  # the parser's names
-    assert common.DEFAULT_AGGREGATION == predict_module.DEFAULT_AGGREGATION
     assert aggregate_volume(np.array([0.2, 0.7])) == pytest.approx(0.7)
     with pytest.raises(DataError):
         aggregate_volume(np.array([]))
@@ -132,7 +128,7 @@ def test_run_folder_loads_without_pickle_and_agrees_with_export(trained_run, exp
     a, b = load_model(trained_run), load_model(exported_model)
     images = [Image.open(inputs / "a.png").convert("RGB"), Image.open(inputs / "b.jpg").convert("RGB")]
     np.testing.assert_allclose(a.scores(images), b.scores(images), atol=1e-5)
-    assert a.card["class_names"] == b.card["class_names"] and a.threshold == b.threshold
+    assert a.card.class_names == b.card.class_names and a.threshold == b.threshold
 
 
 def test_gradcam_has_the_image_size_and_is_not_constant(exported_model, inputs):

@@ -8,11 +8,6 @@ import os
 import sys
 from typing import Any
 
-# the slice-score aggregations of inference/predict.py (AGGREGATIONS), named here so that building the parser does
-# not import torch; tests/integration/test_prediction.py checks that the two agree
-AGGREGATION_NAMES = ("top10_mean", "top25_mean", "mean", "median", "max")
-DEFAULT_AGGREGATION = "top10_mean"
-
 
 def progress() -> bool:
     """Progress bars only on a terminal (a log file gets one line per epoch instead); COVIDCT_NO_PROGRESS=1: none."""

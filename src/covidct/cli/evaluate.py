@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from covidct.cli.common import AGGREGATION_NAMES, DEFAULT_AGGREGATION, config_args, settings_from_args
+from covidct.cli.common import config_args, settings_from_args
+from covidct.verdict import AGGREGATIONS, DEFAULT_AGGREGATION
 
 
 def evaluate_and_print(run_dir: Path | list[Path], config: Any) -> None:
@@ -132,7 +133,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     config_args(p, EvalConfig, config_file=False)
     p.add_argument(
-        "--per-group", nargs="?", const=DEFAULT_AGGREGATION, choices=AGGREGATION_NAMES, metavar="AGGREGATION",
+        "--per-group", nargs="?", const=DEFAULT_AGGREGATION, choices=tuple(AGGREGATIONS), metavar="AGGREGATION",
         help="also score each group (a patient's subfolder, a CSV's group column) as one: its slices' scores "
         f"aggregated as covidct predict aggregates a volume (default {DEFAULT_AGGREGATION}); COVID if any slice is",
     )  # fmt: skip

@@ -9,8 +9,6 @@ from pathlib import Path
 
 from covidct import DISCLAIMER
 from covidct.cli.common import (
-    AGGREGATION_NAMES,
-    DEFAULT_AGGREGATION,
     READER_LIMITS,
     UPLOAD_LIMITS,
     limit_args,
@@ -18,6 +16,7 @@ from covidct.cli.common import (
     window,
 )
 from covidct.data.medical import LUNG_WINDOW
+from covidct.verdict import AGGREGATIONS, DEFAULT_AGGREGATION, IMAGE_UNLIKE
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -31,7 +30,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from covidct.fileio import write_csv, write_json
     from covidct.inference.load import load_trained
-    from covidct.inference.predict import AGGREGATIONS, expand_inputs, predict_inputs
+    from covidct.inference.predict import expand_inputs, predict_inputs
 
     print(DISCLAIMER, file=sys.stderr)
     limits = limits_from_args(args)
@@ -71,8 +70,6 @@ def ood_message(rows: list[dict], rule: str, model: str) -> str:
     volumes = [r for r in rows if r["slice"] in ("volume", "study") and r["in_distribution"] is False]
     if not flagged and not volumes:
         return f"out-of-distribution check: none of {len(slices)} images/slices flagged"
-    from covidct.inference.predict import IMAGE_UNLIKE
-
     acquisitions = sorted({r["ood_reason"] for r in flagged if r.get("ood_reason") not in ("", IMAGE_UNLIKE, None)})
     why = "".join(f"; not seen in training: {a}" for a in acquisitions[:3])
     return (
@@ -135,7 +132,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--window", type=window, default=LUNG_WINDOW, help="CT window CENTRE/WIDTH in HU (default -600/1500)"
     )
-    p.add_argument("--aggregate", default=DEFAULT_AGGREGATION, choices=AGGREGATION_NAMES,
+    p.add_argument("--aggregate", default=DEFAULT_AGGREGATION, choices=tuple(AGGREGATIONS),
                    help="volume score from the slices in lung (default top10_mean: mean of the top 10%%)")  # fmt: skip
     limit_args(p, READER_LIMITS)
     p.set_defaults(func=cmd_predict)

@@ -34,7 +34,7 @@ def evaluate(run_dir: str | Path | list[str | Path], config: EvalConfig) -> dict
     bytes the run trained or validated on.
 
     per_group: also score each group of the set (a patient's folder, a CSV's group column) as one, its slices'
-    scores aggregated this way (inference/predict.py's AGGREGATIONS); metrics.json's per_group and
+    scores aggregated this way (covidct.verdict's AGGREGATIONS); metrics.json's per_group and
     group_predictions.csv."""
     c = config
     runs = [Path(r) for r in run_dir] if isinstance(run_dir, list) else [Path(run_dir)]

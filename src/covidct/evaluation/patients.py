@@ -4,7 +4,7 @@ source's own grouping) scored as one, the way `covidct predict` scores a volume.
 Why: hospital data come as patients, and a patient's label is what a clinician decides on. Slice-level metrics
 over a folder of patients count a patient with 80 slices 80 times, and every slice of a COVID patient takes the
 patient's label, normal-looking ones included. Here a group's score is the aggregation of its slices' scores
-(inference/predict.py's AGGREGATIONS; default top10_mean: a few clearly abnormal slices make a patient positive)
+(covidct.verdict's AGGREGATIONS; default top10_mean: a few clearly abnormal slices make a patient positive)
 over the slices that count by predict's rule (DICOM slices whose HU lung mask shows lung; all slices of a group
 without HU or without any such slice), and its label is COVID when any of its slices is labelled COVID. Pure
 functions: no model, no files (the lung fractions are read by the caller).
@@ -20,7 +20,7 @@ from covidct.data import Sample
 from covidct.errors import DataError
 from covidct.evaluation.metrics import binary_metrics
 from covidct.evaluation.statistics import delong_interval
-from covidct.inference.predict import AGGREGATIONS, summarise_volume
+from covidct.verdict import AGGREGATIONS, checked_aggregation, summarise_volume
 
 
 def group_scores(
@@ -33,8 +33,7 @@ def group_scores(
     """One row per group, in name order: group, source, label (any slice COVID), slices, slices counted, how they
     were chosen, score (aggregated as covidct predict aggregates a volume). A sample without a group is a group of
     its own (named by its path). lung_fractions: each slice's (None: no HU), for predict's rule of slices in lung."""
-    if how not in AGGREGATIONS:
-        raise DataError(f"aggregation must be one of {sorted(AGGREGATIONS)}, got {how!r}")
+    checked_aggregation(how)
     members: dict[tuple[str, str], list[int]] = {}
     for i, s in enumerate(samples):
         members.setdefault((s.source, s.group or str(s.path)), []).append(i)

@@ -20,6 +20,7 @@ from covidct.data.transforms import view_transform
 from covidct.errors import DataError
 from covidct.inference.load import LoadedModel, load_checkpoint, with_detector
 from covidct.runs import RunDir, find_checkpoint
+from covidct.verdict import flags_with_acquisition
 
 
 def load_classifier(checkpoint: str | Path, operating_point: bool = True) -> LoadedModel:
@@ -170,7 +171,7 @@ def score_runs(
         val_paths=val_paths, val_labels=val_labels, val_scores=val_scores,
         threshold=float(module.threshold if threshold is None else threshold), class_names=module.class_names,
         architectures=[m["module"].architecture for m in members],
-        epochs=[int(m["module"].card["checkpoint"]["epoch"]) for m in members], checkpoint=first["ckpt"].name,
+        epochs=[int(m["module"].card.checkpoint["epoch"]) for m in members], checkpoint=first["ckpt"].name,
         tta=tta, external={"set": on, "images_seen_in_training": overlap} if on is not None else None,
         view_stats=view_stats, ood_scores=first["ood"], ood_flags=checked_flags(module, paths, first["ood"]),
         shift=first["shift"],
@@ -185,7 +186,7 @@ def checked_flags(module: LoadedModel, paths: list[str], ood: np.ndarray | None)
     flags = module.ood_flags(ood)
     if flags is None:
         return None
-    return flags | np.array([module.unseen_acquisition(of_file(p)) is not None for p in paths], dtype=bool)
+    return flags_with_acquisition(flags, [module.unseen_acquisition(of_file(p)) for p in paths])
 
 
 def score_member(run: Path, split: str, checkpoint: str, data_dir: str | Path | None, tta: bool,

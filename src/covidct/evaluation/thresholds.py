@@ -4,6 +4,7 @@ written into the checkpoint and the export's card."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,10 @@ from covidct.config import EVAL_DEFAULTS
 from covidct.errors import ConfigError, DataError, ModelError
 from covidct.evaluation.metrics import binary_metrics, threshold_for_sensitivity, youden_threshold
 from covidct.evaluation.scoring import eval_dataset, external_samples, load_classifier, predict_scores
-from covidct.fileio import atomic_write, write_json
+from covidct.fileio import atomic_write
 from covidct.inference.load import read_checkpoint
-from covidct.operating_point import checked_threshold
+from covidct.model_card import CARD_NAME, ModelCard
+from covidct.operating_point import OperatingPoint, checked_threshold
 from covidct.runs import RunDir, find_checkpoint
 
 
@@ -44,24 +46,36 @@ def store_threshold(
         value, where, chosen = threshold_by_rule(run, ckpt_path, choose, min_sensitivity, data_dir, on)
     else:
         value, where, chosen = given_threshold(choose), None, None
-    previous = write_checkpoint_threshold(ckpt_path, value)
-    record = {
-        "threshold": float(value),
-        "rule": choose if choose in ("youden", "sensitivity") else "given",
-        "min_sensitivity": min_sensitivity if choose == "sensitivity" else None,
-        "chosen_on": where,
-        "set": on,
-        "checkpoint": ckpt_path.name,
-        "previous_threshold": previous,
-        "val_metrics" if on is None else "set_metrics": chosen,
-    }
-    write_json(run.threshold_path, record)
-    card_path = run.export_dir / "model.json"
+    rule = choose if choose in ("youden", "sensitivity") else "given"
+    point = OperatingPoint(
+        threshold=float(value),
+        rule=rule,
+        chosen_on=where,
+        checkpoint=ckpt_path.name,
+        set=on,
+        min_sensitivity=min_sensitivity if choose == "sensitivity" else None,
+        metrics=chosen,
+    )
+    return record_operating_point(run, point)
+
+
+def record_operating_point(run: RunDir, point: OperatingPoint) -> dict[str, Any]:
+    """The one writer of a run's operating point (covidct threshold, the end of training, covidct adapt): the record
+    (threshold.json, with the threshold it replaces), the checkpoint's hyperparameters (for a checkpoint used
+    outside its run folder) and the export's model card when the run has an export. Returns the record."""
+    previous = write_checkpoint_threshold(run.checkpoints_dir / point.checkpoint, point.threshold)
+    point = replace(point, previous_threshold=previous)
+    run.write_threshold_record(point)
+    record = point.to_dict()
+    card_path = run.export_dir / CARD_NAME
     if card_path.is_file():  # the export carries the same operating point: predict and serve load it
-        card = json.loads(card_path.read_text())
-        card["threshold"] = float(value)
-        card["threshold_chosen_on"] = where or "given"
-        write_json(card_path, card)
+        try:  # read as JSON, not as a card: a damaged threshold in it is what this mends
+            card = json.loads(card_path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            msg = f"{card_path} cannot be read ({type(e).__name__}); export again: covidct export RUN"
+            raise ModelError(msg) from None
+        card.update(threshold=point.threshold, threshold_chosen_on=point.where)
+        ModelCard.from_dict(card, str(card_path)).write(card_path.parent)
         record["export_updated"] = str(card_path)
     return record
 

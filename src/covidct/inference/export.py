@@ -4,8 +4,10 @@ PyTorch on real images when it is written."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,15 +17,15 @@ from torch import nn
 
 from covidct.data import load_rgb
 from covidct.errors import ModelError
-from covidct.fileio import atomic_write, write_json
+from covidct.fileio import atomic_write
 from covidct.inference.load import (
-    CARD_NAME,
     WEIGHTS_KEY,
     LoadedModel,
     load_checkpoint,
     load_safetensors_model,
     weights_fingerprint,
 )
+from covidct.model_card import CARD_NAME, ModelCard
 from covidct.runs import RunDir
 
 __all__ = ["CARD_NAME", "export_run", "load_safetensors_model", "write_onnx"]
@@ -62,21 +64,20 @@ def export_safetensors(module: LoadedModel, out_dir: Path) -> tuple[Path, Path]:
 
     model = _contiguous(module.module)
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    card = module.card
     weights = atomic_write(out_dir / "model.safetensors", lambda p: save_file(state, str(p), {"format": "pt"}))
     if module.probe is not None:  # beside the weights: load_trained attaches it as it attaches the detector
         module.probe.save(out_dir)
-    return weights, write_card(out_dir, card)
+    return weights, write_card(out_dir, module.card)
 
 
-def write_card(out_dir: Path, card: dict[str, Any]) -> Path:
+def write_card(out_dir: Path, card: ModelCard) -> Path:
     """Write model.json, keeping the ONNX verification record of an earlier export into the same folder."""
     path = out_dir / CARD_NAME
-    if path.is_file() and "onnx" not in card:
-        old = json.loads(path.read_text())
-        if "onnx" in old:
-            card = {**card, "onnx": old["onnx"]}
-    return write_json(path, card)
+    if path.is_file() and card.onnx is None:
+        # an unreadable card being replaced has no record to keep
+        with contextlib.suppress(OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            card = replace(card, onnx=json.loads(path.read_text()).get("onnx"))
+    return card.write(out_dir)
 
 
 def export_onnx(module: LoadedModel, out_dir: Path, images: torch.Tensor) -> tuple[Path, float]:
@@ -85,9 +86,8 @@ def export_onnx(module: LoadedModel, out_dir: Path, images: torch.Tensor) -> tup
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "model.onnx"
     diff = write_checked_onnx(module, path, images)
-    card = dict(module.card)
-    card["onnx"] = {"file": path.name, "verified_on_images": int(images.shape[0]), "max_score_difference": diff}
-    write_card(out_dir, card)
+    record = {"file": path.name, "verified_on_images": int(images.shape[0]), "max_score_difference": diff}
+    write_card(out_dir, replace(module.card, onnx=record))
     return path, diff
 
 
@@ -191,11 +191,11 @@ def export_run(
     if fmt not in EXPORT_FORMATS:
         raise ModelError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
     module = load_checkpoint(run.checkpoint("best"), run)
-    module.card.pop("checkpoint", None)
+    module.card.checkpoint = None
     out = Path(out_dir) if out_dir else run.export_dir
     detector = export_detector(run, data_dir)
     if detector is not None:
-        module.card["ood"] = detector.card()
+        module.card.ood = detector.card()
     written: list[Path] = []
     if fmt in ("both", "safetensors"):
         written += export_safetensors(module, out)

@@ -1,17 +1,15 @@
 """The one loader of a trained model: `load_trained(path)` returns a LoadedModel (the network or an ONNX Runtime
-session, its preprocessing transform and its card) from an export folder, a model file or a run folder, and
-`model_card` is the one place a card is built. Checkpoints are read with torch.load(weights_only=True): no pickled
+session, its preprocessing transform and its card: covidct.model_card.ModelCard) from an export folder, a model
+file or a run folder. Checkpoints are read with torch.load(weights_only=True): no pickled
 code runs, and no training code is needed."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +17,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-from covidct import DISCLAIMER, __version__
 from covidct.data import eval_transform
 from covidct.data.image_statistics import statistics_of
 from covidct.data.preprocessing import Preprocessing
 from covidct.errors import ModelError
+from covidct.model_card import CARD_NAME, ModelCard, run_records
 from covidct.models import create_model
 from covidct.operating_point import checked_threshold
 from covidct.runs import RunDir, find_checkpoint
+from covidct.verdict import ImageVerdict, judge_image
 
-CARD_NAME = "model.json"
 WEIGHTS_KEY = "covidct_weights_sha256"  # an ONNX graph's metadata: the fingerprint of the weights it was made from
 log = logging.getLogger("covidct")
 _COLLECTING = threading.local()  # LoadedModel.collecting: where this thread's scored batches leave their features
@@ -38,7 +36,7 @@ _COLLECTING = threading.local()  # LoadedModel.collecting: where this thread's s
 class LoadedModel:
     """A model ready to score: PyTorch module or ONNX Runtime session, with its card."""
 
-    card: dict[str, Any]
+    card: ModelCard
     module: torch.nn.Module | None = None
     session: Any = None
     source: str = ""
@@ -49,23 +47,23 @@ class LoadedModel:
 
     @property
     def preprocessing(self) -> Preprocessing:
-        return Preprocessing.from_dict(self.card["preprocessing"])
+        return self.card.preprocessing
 
     @property
     def threshold(self) -> float:
-        return checked_threshold(self.card.get("threshold"), f"{self.source}: the model card's 'threshold'")
+        return checked_threshold(self.card.threshold, f"{self.source}: the model card's 'threshold'")
 
     @property
     def architecture(self) -> str:
-        return str(self.card["architecture"])
+        return self.card.architecture
 
     @property
     def class_names(self) -> list[str]:
-        return list(self.card["class_names"])
+        return list(self.card.class_names)
 
     @property
     def model_id(self) -> str:
-        return f"{self.card['architecture']}:{self.card.get('source_run', Path(self.source).name)}"
+        return f"{self.card.architecture}:{self.card.source_run or Path(self.source).name}"
 
     @property
     def transform(self) -> Any:
@@ -94,10 +92,9 @@ class LoadedModel:
         if self._scoring is None:
             from covidct.inference.fold import fold_batch_norm
 
-            size = (self.card.get("preprocessing") or {}).get("input_size")
-            fold = (lambda net: fold_batch_norm(net, int(size))) if size else (lambda net: net)
-            probe = None if self.probe is None else self.probe.on_network(fold(self.probe.net))
-            self._scoring = (fold(self.module), probe)
+            size = self.card.preprocessing.input_size
+            probe = None if self.probe is None else self.probe.on_network(fold_batch_norm(self.probe.net, size))
+            self._scoring = (fold_batch_norm(self.module, size), probe)
         return self._scoring
 
     @torch.no_grad()
@@ -207,62 +204,20 @@ class LoadedModel:
     def ood_flags(self, ood_scores: np.ndarray | None) -> np.ndarray | None:
         return None if ood_scores is None or self.ood is None else self.ood.flags(ood_scores)
 
+    def verdict(
+        self, score: float, ood_score: float | None, unseen: str | None, threshold: float | None = None
+    ) -> ImageVerdict:
+        """The verdict (covidct.verdict) on one image scored by this model: its label at `threshold` (default: the
+        model's operating point), and with a detector its flag and reason (`unseen`: unseen_acquisition's)."""
+        flags = self.ood_flags(None if ood_score is None else np.array([ood_score]))
+        ood = None if flags is None else (float(ood_score), bool(flags[0]))
+        t = self.threshold if threshold is None else threshold
+        return judge_image(score, t, self.class_names, ood, unseen)
+
     def unseen_acquisition(self, acquisition: Any) -> str | None:
         """Why an input's acquisition (covidct.ood.acquisition.Acquisition) is outside what the model was trained
         on, or None (also when the model has no detector, or one fitted before the acquisition record)."""
         return None if self.ood is None else self.ood.unseen_acquisition(acquisition)
-
-
-def model_card(
-    architecture: str,
-    preprocessing: dict[str, Any],
-    class_names: list[str],
-    threshold: float | None,
-    run: RunDir | None = None,
-) -> dict[str, Any]:
-    """Everything needed to use the weights, and what is known about how good they are and where they were
-    (and were not) validated."""
-    size = preprocessing["input_size"]
-    card: dict[str, Any] = {
-        "format": "covidct-model/1",
-        "architecture": architecture,
-        "preprocessing": dict(preprocessing),
-        "class_names": list(class_names),
-        "positive_class": list(class_names)[1],
-        "threshold": None if threshold is None else float(threshold),
-        "input": {"name": "image", "shape": ["batch", 3, size, size], "dtype": "float32",
-                  "note": "RGB in [0, 1], then (x - mean) / std"},
-        "output": {"name": "logits", "shape": ["batch", 2], "score": "softmax(logits)[:, 1] = probability of class 1"},
-        "covidct_version": __version__,
-        "exported": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "intended_use": DISCLAIMER,
-    }  # fmt: skip
-    if run is None:
-        return card
-    card["source_run"] = run.name  # where the operating point was chosen: with_run_threshold, from threshold.json
-    s = run.summary()
-    if s:
-        card["training_data"] = {"source": s.get("data_source"), "counts": s.get("counts")}
-        if s.get("sources"):
-            card["training_data"]["sources"] = s["sources"]
-        card["training"] = {k: s.get(k) for k in ("best_epoch", "epochs_run", "monitor", "best_score")}
-        if s.get("adaptation"):  # covidct adapt: where the head was refitted and how it was validated there
-            card["adaptation"] = s["adaptation"]
-    m = run.evaluation("test")
-    if m is not None:
-        card["metrics"] = {
-            "split": "test",
-            "n": m["n"],
-            **{k: m[k] for k in ("accuracy", "sensitivity", "specificity", "auc")},
-        }
-        card["metrics"]["ci95"] = {
-            k: m.get("ci95", {}).get(k) for k in ("accuracy", "sensitivity", "specificity", "auc")
-        }
-    validated = {name: {"n": e["n"], "auc": e.get("auc"), "accuracy": e.get("accuracy")}
-                 for name, e in run.evaluations().items()}  # fmt: skip
-    if validated:
-        card["validated_on"] = validated
-    return card
 
 
 def unsafe_message(path: Path, error: Exception) -> str:
@@ -317,8 +272,14 @@ def load_checkpoint(ckpt: str | Path, run: RunDir | None = None, operating_point
         raise ModelError(f"checkpoint {ckpt} does not fit {hp['model_name']}: {type(e).__name__}: {e}") from None
     where = f"checkpoint {ckpt}: hyper_parameters 'threshold'"
     threshold = checked_threshold(hp.get("threshold", 0.5), where) if operating_point else None
-    card = model_card(hp["model_name"], dict(hp["preprocessing"]), list(hp["class_names"]), threshold, run)
-    card["checkpoint"] = {"file": ckpt.name, "epoch": int(saved.get("epoch", -1)) + 1}
+    card = ModelCard(
+        hp["model_name"],
+        Preprocessing.from_dict(hp["preprocessing"]),
+        list(hp["class_names"]),
+        threshold,
+        checkpoint={"file": ckpt.name, "epoch": int(saved.get("epoch", -1)) + 1},
+        **(run_records(run) if run is not None else {}),
+    )
     loaded = LoadedModel(card, module=inference_ready(model), source=str(run.path if run else ckpt))
     if run is None:
         return loaded
@@ -327,7 +288,7 @@ def load_checkpoint(ckpt: str | Path, run: RunDir | None = None, operating_point
     return with_probe(loaded, run.probe_dir)
 
 
-def load_safetensors_model(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+def load_safetensors_model(path: str | Path) -> tuple[torch.nn.Module, ModelCard]:
     """Rebuild a model from model.safetensors and the model.json beside it."""
     from safetensors.torch import load_file
 
@@ -335,27 +296,13 @@ def load_safetensors_model(path: str | Path) -> tuple[torch.nn.Module, dict[str,
     card_path = path.with_name(CARD_NAME)
     if not card_path.is_file():
         raise ModelError(f"{path} has no {CARD_NAME} beside it (the card says which architecture to build)")
-    card = read_card(card_path)
-    model, _ = create_model(card["architecture"], pretrained=False)
+    card = ModelCard.read(card_path)
+    model, _ = create_model(card.architecture, pretrained=False)
     try:
         model.load_state_dict(load_file(str(path)))
     except Exception as e:
-        raise ModelError(f"{path} does not fit {card['architecture']}: {type(e).__name__}: {e}") from None
+        raise ModelError(f"{path} does not fit {card.architecture}: {type(e).__name__}: {e}") from None
     return inference_ready(model), card
-
-
-def read_card(card_path: Path) -> dict[str, Any]:
-    """An export's model.json, its threshold validated: a card that cannot be read or holds no usable operating
-    point is refused by name, never scored at a default."""
-    try:
-        card = json.loads(card_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        msg = f"{card_path} cannot be read ({type(e).__name__}: {e}); export it again: covidct export RUN"
-        raise ModelError(msg) from None
-    if not isinstance(card, dict) or not isinstance(card.get("architecture"), str):
-        raise ModelError(f"{card_path} is not a covidct model card (no 'architecture'); export it again")
-    card["threshold"] = checked_threshold(card.get("threshold"), f"{card_path}: 'threshold'")
-    return card
 
 
 def inference_ready(model: torch.nn.Module) -> torch.nn.Module:
@@ -416,9 +363,8 @@ def with_run_threshold(model: LoadedModel, run: RunDir, checkpoint: str | None =
     checkpoint (best vs last) does not apply."""
     record = run.threshold_record()
     checkpoint = checkpoint or run.checkpoint_path("best").name  # an export is made from the best checkpoint
-    if record is not None and record.get("checkpoint", checkpoint) == checkpoint:
-        model.card["threshold"] = record["threshold"]
-        model.card["threshold_chosen_on"] = record.get("chosen_on") or "given"
+    if record is not None and record.checkpoint in (None, checkpoint):
+        model.card.threshold, model.card.threshold_chosen_on = record.threshold, record.where
     return model
 
 
@@ -429,7 +375,7 @@ def with_probe(model: LoadedModel, folder: Path) -> LoadedModel:
     probe = load_probe(folder, model.architecture)
     if probe is not None:
         probe.net = inference_ready(probe.net)
-        model.card["imagenet_probe"] = probe.card()
+        model.card.imagenet_probe = probe.card()
     model.probe = probe
     return model
 
@@ -444,7 +390,7 @@ def with_detector(model: LoadedModel, folder: Path) -> LoadedModel:
         if detector.architecture != model.architecture:
             raise ModelError(f"the out-of-distribution detector in {folder} was fitted for {detector.architecture}, "
                              f"not {model.architecture}; refit it: covidct ood fit RUN")  # fmt: skip
-        model.card["ood"] = detector.card()
+        model.card.ood = detector.card()
     model.ood = detector
     return model
 
@@ -485,6 +431,6 @@ def load_trained(path: str | Path, threads: int | None = None, checkpoint: str =
         if not card_path.is_file():
             raise ModelError(f"{path} has no {CARD_NAME} beside it (it holds the preprocessing and threshold)")
         session = onnx_session(path, threads)
-        model = LoadedModel(read_card(card_path), session=session, source=str(path))
+        model = LoadedModel(ModelCard.read(card_path), session=session, source=str(path))
         return with_detector(model, path.parent) if len(session.get_outputs()) > 1 else model
     raise ModelError(f"model file {path} must be .safetensors, .onnx or .ckpt (with {CARD_NAME} beside the first two)")

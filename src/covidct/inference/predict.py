@@ -13,7 +13,6 @@ names a lung/sharp reconstruction), else its series with the most lung slices: S
 from __future__ import annotations
 
 import glob
-import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,44 +23,27 @@ from PIL import Image
 
 from covidct.data import load_rgb
 from covidct.data.images import IMAGE_SUFFIXES, check_scoring_size
-from covidct.data.lungmask import has_lung, lung_fraction, lung_mask
+from covidct.data.lungmask import lung_fraction, lung_mask
 from covidct.data.medical import LUNG_WINDOW, apply_window, grey_image, is_dicom, is_nifti, read_dicom
 from covidct.errors import DataError
 from covidct.inference.load import LoadedModel
 from covidct.ood.acquisition import of_file
+from covidct.verdict import (
+    AGGREGATIONS,
+    DEFAULT_AGGREGATION,
+    OOD_RULE,
+    STUDY_RULE,
+    ImageVerdict,
+    checked_aggregation,
+    label_of,
+    ood_reason,
+    study_ood,
+    study_series,
+    summarise_volume,
+)
 
 BATCH = 16  # images per forward pass: 16 to 32 score fastest on 2 cores, in both backends (SPEED.md)
 PREPARING_THREADS = 1  # decoding and preprocessing, beside the scoring threads
-TOP_K = 5  # slices listed (and shown with --cam) per series
-
-
-def _top_fraction_mean(scores: np.ndarray, fraction: float = 0.1) -> float:
-    k = max(1, math.ceil(fraction * len(scores)))
-    return float(np.sort(scores)[-k:].mean())
-
-
-AGGREGATIONS: dict[str, tuple[Callable[[np.ndarray], float], str]] = {
-    "top10_mean": (_top_fraction_mean, "mean of the top-k slice scores, k = max(1, ceil(0.1 x slices))"),
-    "top25_mean": (lambda s: _top_fraction_mean(s, 0.25), "mean of the top-k slice scores, k = ceil(0.25 x slices)"),
-    "mean": (lambda s: float(np.mean(s)), "mean of all slice scores"),
-    "median": (lambda s: float(np.median(s)), "median slice score"),
-    "max": (lambda s: float(np.max(s)), "highest slice score"),
-}
-DEFAULT_AGGREGATION = "top10_mean"
-VOLUME_AGGREGATION = AGGREGATIONS[DEFAULT_AGGREGATION][1]
-STUDY_RULE = (
-    "a study's result is that of its lung reconstruction (series description or kernel naming lung/sharp); "
-    "without one, that of its series with the most slices in lung"
-)
-
-
-def aggregate_volume(slice_scores: np.ndarray, how: str = DEFAULT_AGGREGATION) -> float:
-    """The volume score of its (counted) slices' scores."""
-    if len(slice_scores) == 0:
-        raise DataError("a volume with no slices cannot be scored")
-    if how not in AGGREGATIONS:
-        raise DataError(f"aggregation must be one of {sorted(AGGREGATIONS)}, got {how!r}")
-    return AGGREGATIONS[how][0](np.asarray(slice_scores, dtype=float))
 
 
 def expand_inputs(inputs: list[str]) -> list[Path]:
@@ -118,18 +100,6 @@ def _nifti_slices(path: Path, window: tuple[float, float]) -> Iterator[tuple[np.
         yield hu, apply_window(hu, *window)
 
 
-# Why an image or slice is flagged: its pixels (the detector), or its acquisition (ood/acquisition.py: a scanner,
-# kernel or spacing the training images did not hold), which then flags every slice of the series.
-IMAGE_UNLIKE = "the image is unlike the training images"
-
-
-def ood_verdict(flagged: bool, unseen: str | None) -> tuple[bool, str]:
-    """(in_distribution, ood_reason) of an input the detector `flagged` (or not) whose acquisition is `unseen`
-    for the reason given (None: seen, or not recorded)."""
-    inside = not flagged and unseen is None
-    return inside, "" if inside else unseen or IMAGE_UNLIKE
-
-
 class VolumeScorer:
     """Scores a stream of (key, HU or None, grey) slices in batches; keeps only numbers per slice. `unseen`: why
     the series' acquisition is outside what the model was trained on (None: it is not, or cannot be told)."""
@@ -163,49 +133,8 @@ class VolumeScorer:
                 entry["score"] = float(s)
                 if ood is not None and flags is not None:
                     entry["ood_score"] = float(ood[k])
-                    entry["in_distribution"], entry["ood_reason"] = ood_verdict(bool(flags[k]), self.unseen)
+                    entry["in_distribution"], entry["ood_reason"] = ood_reason(bool(flags[k]), self.unseen)
             batch.clear()
-
-
-# A series, volume or study is out of distribution when at least this share of its counted slices is: five times
-# the share of validation images flagged by construction (5%), so a few odd slices of a familiar scan do not flag it.
-OOD_STUDY_SHARE = 0.25
-OOD_RULE = f"out of distribution when >= {OOD_STUDY_SHARE:.0%} of its counted slices are flagged"
-
-
-def ood_summary(entries: list[dict[str, Any]]) -> dict[str, Any]:
-    """The share of `entries` (counted slices) the detector flagged and the volume's flag by OOD_RULE; {} when
-    the model has no detector."""
-    checked = [e for e in entries if "in_distribution" in e]
-    if not checked:
-        return {}
-    share = float(np.mean([not e["in_distribution"] for e in checked]))
-    reasons = [e["ood_reason"] for e in checked if e.get("ood_reason")]
-    reason = max(set(reasons), key=reasons.count) if share >= OOD_STUDY_SHARE else ""
-    return {"ood_fraction": round(share, 4), "in_distribution": share < OOD_STUDY_SHARE, "ood_reason": reason}
-
-
-def summarise_volume(entries: list[dict[str, Any]], how: str) -> dict[str, Any]:
-    """Which slices count (those in lung; all when none shows lung or there are no HU), the volume score, top-k."""
-    scored = [e for e in entries if "score" in e]
-    if not scored:
-        raise DataError("no slice of this volume could be read: " + "; ".join(e["problem"] for e in entries[:3]))
-    with_hu = [e for e in scored if "lung_fraction" in e]
-    in_lung = [e for e in with_hu if has_lung(e["lung_fraction"])]
-    if in_lung:
-        counted, rule = in_lung, "slices in lung (lung mask from HU)"
-    elif with_hu:
-        counted, rule = scored, "all slices (no slice showed lung in the HU mask)"
-    else:
-        counted, rule = scored, "all slices (no HU: no lung mask)"
-    for e in scored:
-        e["counted"] = any(e is c for c in counted)
-    score = aggregate_volume(np.array([e["score"] for e in counted]), how)
-    top = sorted(counted, key=lambda e: -e["score"])[:TOP_K]
-    unreadable = [e["problem"] for e in entries if e.get("problem")]
-    return {"score": score, "slices": len(entries), "slices_scored": len(scored), "slices_in_lung": len(in_lung),
-            "slices_counted": len(counted), "counted": rule, "unreadable": unreadable, **ood_summary(counted),
-            "top_slices": [{"slice": e["index"], "score": round(e["score"], 6)} for e in top]}  # fmt: skip
 
 
 def predict_inputs(
@@ -219,13 +148,12 @@ def predict_inputs(
 ) -> list[dict[str, Any]]:
     """One row per image or slice, one summary row per volume or series (slice = 'volume') and per DICOM study
     (slice = 'study'). `report`, when given, is filled with the patient-level results (the JSON)."""
-    if aggregation not in AGGREGATIONS:
-        raise DataError(f"aggregation must be one of {sorted(AGGREGATIONS)}, got {aggregation!r}")
+    checked_aggregation(aggregation)
     t = model.threshold if threshold is None else float(threshold)
-    names = model.card["class_names"]
+    names = model.class_names
 
     def label(s: float) -> str:
-        return names[1] if s >= t else names[0]
+        return label_of(s, t, names)
 
     rows: list[dict[str, Any]] = []
     report = report if report is not None else {}
@@ -272,19 +200,12 @@ def ood_check(model: LoadedModel) -> str:
     return f"{OOD_RULE}; DICOM and NIfTI inputs also by their acquisition{shape}: {model.ood.acquisitions.summary()}"
 
 
-def ood_summary_of(summary: dict[str, Any]) -> dict[str, Any]:
-    """A study's check is that of the series its result comes from (STUDY_RULE)."""
-    return {k: summary[k] for k in ("ood_fraction", "in_distribution", "ood_reason") if k in summary}
-
-
-def _ood_fields(model: LoadedModel, ood: np.ndarray | None, unseen: str | None) -> dict[str, Any]:
-    """The CSV/JSON columns of one image's check: its ood score, whether it looks like the training images (and
-    was acquired as they were, where its file says), and why not."""
-    flags = model.ood_flags(ood)
-    if ood is None or flags is None:
+def ood_columns(v: ImageVerdict) -> dict[str, Any]:
+    """The CSV/JSON columns of one image's out-of-distribution verdict (blank without a detector)."""
+    if v.ood_score is None:
         return {"ood_score": "", "in_distribution": "", "ood_fraction": "", "ood_reason": ""}
-    inside, reason = ood_verdict(bool(flags[0]), unseen)
-    return {"ood_score": round(float(ood[0]), 4), "in_distribution": inside, "ood_fraction": "", "ood_reason": reason}
+    return {"ood_score": round(v.ood_score, 4), "in_distribution": v.in_distribution, "ood_fraction": "",
+            "ood_reason": v.ood_reason}  # fmt: skip
 
 
 def _slice_rows(rows: list, path: str, series: str, entries: list, label: Callable, t: float) -> None:
@@ -373,7 +294,7 @@ def _predict_images(model, paths, window, t, label, rows, report, cam_dir) -> No
         for k, path in enumerate(chunk):
             s = float(scores[k])
             unseen = model.unseen_acquisition(of_file(path))
-            flag = _ood_fields(model, None if ood is None else ood[k : k + 1], unseen)
+            flag = ood_columns(model.verdict(s, None if ood is None else float(ood[k]), unseen, t))
             rows.append(
                 {
                     "path": str(path),
@@ -406,13 +327,12 @@ def _predict_folder(model, folder, window, aggregation, t, label, rows, report, 
             )
         if not results:
             continue
-        lung_recon = [r for r in results if r[0].looks_like_lung_reconstruction()]
-        chosen = max(lung_recon or results, key=lambda r: (r[1]["slices_in_lung"], r[1]["slices"]))
+        chosen = study_series(results, lambda series: series.looks_like_lung_reconstruction())
         score = chosen[1]["score"]
         rows.append(_summary_row(str(folder), chosen[0].label, "study", score, label, t, chosen[1]))
         report["studies"].append({
             "folder": str(folder), "study_uid": study_uid, "patient": chosen[0].patient, "score": score,
-            "label": label(score), "from_series": chosen[0].label, **ood_summary_of(chosen[1]),
+            "label": label(score), "from_series": chosen[0].label, **study_ood(chosen[1]),
             "series": [{"series_uid": s.series_uid, "description": s.description, "kernel": s.kernel,
                         "label": label(m["score"]), "notes": s.notes, **m} for s, m in results],
             "shift": model.batch_shift(study_outputs),

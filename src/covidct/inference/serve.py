@@ -355,7 +355,6 @@ class Predictor:
         """Score (and explain) one decoded image; callers hold a slot. `acquisition`: the upload's
         (covidct.ood.acquisition), checked against what the model was trained on."""
         from covidct.inference.explain import explain, overlay
-        from covidct.inference.predict import ood_verdict
 
         if self.batcher is not None:
             scores, ood, outputs = self.batcher.score(image)
@@ -363,26 +362,22 @@ class Predictor:
             with self.model.collecting() as outputs:
                 scores, ood = self.model.scores_with_ood([image])
         self.window(client).add(outputs)
-        score = float(scores[0])
-        flags = self.model.ood_flags(ood)
         unseen = None if acquisition is None else self.model.unseen_acquisition(acquisition)
-        inside, reason = (None, None) if flags is None else ood_verdict(bool(flags[0]), unseen)
+        v = self.model.verdict(float(scores[0]), None if ood is None else float(ood[0]), unseen)
         heat = None
         if cam:
             with self.cam_lock:
                 heat = overlay(image, explain(self.model, [image])[0])
-        t = self.model.threshold
-        names = self.model.card["class_names"]
         return {
-            "score": round(score, 6),
-            "label": names[1] if score >= t else names[0],
-            "threshold": t,
-            "positive_class": names[1],
+            "score": round(v.score, 6),
+            "label": v.label,
+            "threshold": v.threshold,
+            "positive_class": self.model.class_names[1],
             "model": self.model.model_id,
             "cam": png_data_url(heat) if heat is not None else None,
-            "in_distribution": inside,
-            "ood_reason": reason,
-            "ood_score": None if ood is None else round(float(ood[0]), 4),
+            "in_distribution": v.in_distribution,
+            "ood_reason": v.ood_reason,
+            "ood_score": None if v.ood_score is None else round(v.ood_score, 4),
             "ood_threshold": None if self.model.ood is None else float(self.model.ood.threshold),
             "disclaimer": DISCLAIMER,
         }
@@ -501,7 +496,7 @@ def create_app(
     app = FastAPI(
         title="covidct",
         description=f"COVID-19 classification of chest CT images. {DISCLAIMER}",
-        version=str(model.card.get("covidct_version") or __version__),  # FastAPI needs one for OpenAPI
+        version=model.card.covidct_version or __version__,  # FastAPI needs one for OpenAPI
         docs_url=None,  # FastAPI's Swagger page loads its scripts from a CDN: blank offline; /docs says where to look
         redoc_url=None,
     )
@@ -573,7 +568,7 @@ def add_reading_routes(app: FastAPI, predictor: Predictor, check_key: Any) -> No
             "shift_window": predictor.window_size,
             "batching": None if predictor.batcher is None else predictor.batcher.card(),
         }
-        return {**model.card, "serving": serving}
+        return {**model.card.to_dict(), "serving": serving}
 
     @app.get("/api/v1/shift", responses=_errors(401))
     async def shift(client: Annotated[str, Depends(check_key)]) -> dict[str, Any]:

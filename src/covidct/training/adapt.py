@@ -28,11 +28,13 @@ from covidct.data.sources import external_set, parse_source
 from covidct.errors import ConfigError, DataError, ModelError
 from covidct.evaluation.metrics import binary_metrics, roc_auc, youden_threshold
 from covidct.evaluation.scoring import training_overlap
+from covidct.evaluation.thresholds import record_operating_point
 from covidct.fileio import atomic_write, write_csv, write_json, write_text
 from covidct.inference.load import load_checkpoint, load_trained, read_checkpoint
 from covidct.inference.ood import fit_for_run
 from covidct.models import create_model, head_module
 from covidct.ood.fit import dataset_outputs
+from covidct.operating_point import OperatingPoint
 from covidct.runs import RunDir
 from covidct.training.cv import cv_folds, near_duplicate_groups, with_sample_groups
 from covidct.training.fit import write_graph
@@ -383,7 +385,7 @@ def adapt_run(run_dir: Path, site: Site, out_parent: Path, strategy: str = DEFAU
     )  # before adapting: how far the site is from what the model was validated on
     validation = adapted_network(model, site, strategy)
     saved = read_checkpoint(source.checkpoint("best"))
-    hp = dict(saved["hyper_parameters"], threshold=float(validation["threshold"]))
+    hp = dict(saved["hyper_parameters"])
     run = RunDir(out_parent / f"{source.name}-adapted-{site.name}")
     if run.path.exists():
         raise ConfigError(f"{run.path} exists already; remove it or choose another --out")
@@ -394,10 +396,16 @@ def adapt_run(run_dir: Path, site: Site, out_parent: Path, strategy: str = DEFAU
     atomic_write(run.checkpoint_path("best"), lambda p: torch.save(ckpt, p))
     adaptation = adaptation_record(source, site, strategy, validation, before)
     run.write_summary({**source.summary(), "adaptation": adaptation})
-    record = {"threshold": validation["threshold"], "rule": "youden", "chosen_on": site.name, "set": site.spec,
-              "checkpoint": run.checkpoint_path("best").name, "previous_threshold": None,
-              "set_metrics": validation, "how": validation["method"]}  # fmt: skip
-    write_json(run.threshold_path, record)
+    point = OperatingPoint(
+        threshold=float(validation["threshold"]),
+        rule="youden",
+        chosen_on=site.name,
+        checkpoint=run.checkpoint_path("best").name,
+        set=site.spec,
+        metrics=validation,
+        how=validation["method"],
+    )
+    record_operating_point(run, point)
     fit_for_run(run.path, extra_train=site.samples, extra_groups=site.groups)
     write_graph(run)
     return run.path

@@ -1,0 +1,64 @@
+"""The typed model card (covidct.model_card): one record, validated on read and on write, naming the file and the
+field it refuses."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from covidct.data.preprocessing import Preprocessing
+from covidct.errors import ModelError
+from covidct.model_card import ModelCard
+
+PRE = Preprocessing.for_input(32)
+
+
+def card(**changes) -> ModelCard:
+    fields = {"architecture": "timm:resnet10t", "preprocessing": PRE, "class_names": ["NonCOVID", "COVID"]}
+    return ModelCard(**{**fields, "threshold": 0.3, **changes})
+
+
+def test_a_card_written_reads_back_the_same(tmp_path):
+    written = card(threshold_chosen_on="val", ood={"method": "mahalanobis"}, source_run="run-1")
+    written.write(tmp_path)
+    data = json.loads((tmp_path / "model.json").read_text())
+    assert data["positive_class"] == "COVID" and data["input"]["shape"] == ["batch", 3, 32, 32]
+    assert "adaptation" not in data  # a record the model does not have is left out, not written as null
+    assert ModelCard.read(tmp_path / "model.json") == written
+
+
+def _tampered(tmp_path, **changes) -> str:
+    card().write(tmp_path)
+    data = json.loads((tmp_path / "model.json").read_text())
+    for key, value in changes.items():
+        if value is KeyError:
+            data.pop(key)
+        else:
+            data[key] = value
+    (tmp_path / "model.json").write_text(json.dumps(data))
+    with pytest.raises(ModelError) as e:
+        ModelCard.read(tmp_path / "model.json")
+    assert "model.json" in str(e.value)
+    return str(e.value)
+
+
+@pytest.mark.parametrize("bad", [-1, 5, math.nan, "abc", None])
+def test_a_card_with_a_bad_threshold_is_refused_naming_the_field(tmp_path, bad):
+    assert "'threshold'" in _tampered(tmp_path, threshold=bad)
+
+
+def test_a_card_with_a_missing_or_unknown_field_or_bad_classes_is_refused(tmp_path):
+    assert "no 'threshold'" in _tampered(tmp_path, threshold=KeyError)
+    assert "unknown field(s) ['treshold']" in _tampered(tmp_path, treshold=0.3)
+    assert "'class_names' must be two names" in _tampered(tmp_path, class_names=["COVID"])
+    assert "is not class_names[1]" in _tampered(tmp_path, positive_class="NonCOVID")
+    assert "'format' must be covidct-model/1" in _tampered(tmp_path, format="covidct-model/0")
+    assert "'preprocessing' cannot be read" in _tampered(tmp_path, preprocessing={"size": 3})
+
+
+def test_a_card_without_an_operating_point_is_never_written(tmp_path):
+    with pytest.raises(ModelError, match="'threshold'"):
+        card(threshold=None).write(tmp_path)
+    assert not (tmp_path / "model.json").exists()
