@@ -217,7 +217,7 @@ def cases(tmp: Path) -> list[tuple[str, Callable[[str], tuple[int, str]]]]:
         ("PNG header of 20,000 x 20,000 pixels", lambda u: post(u, [("file", ("huge.png", huge))])),
         ("good: a ZIP of a 3-slice series", lambda u: post(u, [("file", ("series.zip", series))])),
         ("good: a 256 x 256 PNG", lambda u: post(u, [("file", ("slice.png", slice_png.getvalue()))])),
-    ]  # fmt: skip
+    ]
 
 
 # ---- running ------------------------------------------------------------------------------------------------------

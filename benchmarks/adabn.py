@@ -54,8 +54,13 @@ def main(run: str, on: str) -> None:
     s1 = score(adapt(m.module, x, perm), x)
     print("AdaBN all AUC", round(roc_auc_score(labels, s1), 3), f"{time.time() - t0:.0f}s", flush=True)
     s_b = score(adapt(m.module, x, half_a), x[half_b])
-    print("AdaBN A->B AUC", round(roc_auc_score(labels[half_b], s_b), 3),
-          "plain B", round(roc_auc_score(labels[half_b], s0[half_b]), 3), flush=True)  # fmt: skip
+    print(
+        "AdaBN A->B AUC",
+        round(roc_auc_score(labels[half_b], s_b), 3),
+        "plain B",
+        round(roc_auc_score(labels[half_b], s0[half_b]), 3),
+        flush=True,
+    )
     for n in (32, 128):
         sc = np.zeros(len(x))
         for i in range(0, len(x), n):
@@ -63,8 +68,14 @@ def main(run: str, on: str) -> None:
             sc[idx] = score(adapt(m.module, x, idx), x[idx])
         print(f"AdaBN per {n} random AUC", round(roc_auc_score(labels, sc), 3), flush=True)
     t = m.threshold
-    print("threshold", t, "acc plain", ((s0 >= t) == labels).mean().round(3),
-          "acc adabn", ((s1 >= t) == labels).mean().round(3))  # fmt: skip
+    print(
+        "threshold",
+        t,
+        "acc plain",
+        ((s0 >= t) == labels).mean().round(3),
+        "acc adabn",
+        ((s1 >= t) == labels).mean().round(3),
+    )
     print(f"{time.time() - t0:.0f}s")
 
 

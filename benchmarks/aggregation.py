@@ -59,8 +59,18 @@ def main() -> None:
     neg, pos = scores[labels == 0], scores[labels == 1]
     rng = np.random.default_rng(0)
     table = {m: simulate(neg, pos, args.slices, m, args.volumes, rng) for m in (1, 2, 4, 8, 20, 40)}
-    print(json.dumps({"run": str(run.path), "source": args.source, "slices_per_volume": args.slices,
-                      "volumes_per_class": args.volumes, "positive_slices": table}, indent=1))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "run": str(run.path),
+                "source": args.source,
+                "slices_per_volume": args.slices,
+                "volumes_per_class": args.volumes,
+                "positive_slices": table,
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -106,8 +106,10 @@ def main() -> None:
     print(f"| both | {total_flops / 1e9:.3f} |\n")
     print(f"- fp32 matrix product 2048 x 2048 (the cores' best case): {peak:.0f} GFLOP/s")
     print(f"- roofline bound (all the work at that rate): {peak * 1e9 / total_flops:.0f} images/s")
-    print(f"- convolutions inside the graph (ONNX Runtime's profiler): {conv * 1e3:.2f} ms per image, "
-          f"{total_flops / conv / 1e9:.0f} GFLOP/s; all kernels {kernels * 1e3:.2f} ms")  # fmt: skip
+    print(
+        f"- convolutions inside the graph (ONNX Runtime's profiler): {conv * 1e3:.2f} ms per image, "
+        f"{total_flops / conv / 1e9:.0f} GFLOP/s; all kernels {kernels * 1e3:.2f} ms"
+    )
     print(f"- **convolution ceiling** (the convolutions alone, everything else free): {1 / conv:.0f} images/s")
     print(f"- the scorer as covidct runs it (ONNX Runtime, whole graph): {onnx_rate:.0f} images/s")
     print(f"- the same in PyTorch (batch norm folded, channels-last): {torch_rate:.0f} images/s")

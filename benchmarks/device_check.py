@@ -74,8 +74,20 @@ def main() -> int:
         run_dir = newest(folder)
         if run_dir and (run_dir / "summary.json").is_file():
             s = json.loads((run_dir / "summary.json").read_text())
-            entry.update({k: s.get(k) for k in ("epochs_run", "seconds_per_epoch", "wall_time_s", "precision",
-                                                "best_epoch", "final_loss", "images")})  # fmt: skip
+            entry.update(
+                {
+                    k: s.get(k)
+                    for k in (
+                        "epochs_run",
+                        "seconds_per_epoch",
+                        "wall_time_s",
+                        "precision",
+                        "best_epoch",
+                        "final_loss",
+                        "images",
+                    )
+                }
+            )
             n_train = sum((s.get("counts") or {}).get("train", {}).values()) if s.get("counts") else None
             if n_train and s.get("wall_time_s"):
                 entry["train_images_per_s"] = round(n_train * s["epochs_run"] / s["wall_time_s"], 1)
@@ -92,29 +104,85 @@ def main() -> int:
     no_stop = ["--patience", "1000"]
     # (a) speed: the study's VGG-19-bn and the default backbone, 60 epochs each, no early stopping
     vgg = ["--model", "vgg19_bn", "--batch-size", "32", "--checkpoint-every", "20"] if not dry else tiny
-    step("a_vgg19_bn_60_epochs", [*py, "train", *common, *vgg, "--no-pretrained", "--epochs", e60, *no_stop,
-                                  "--augment", "study", "--no-grayscale", "--label-smoothing", "0"], 100,
-         out / "runs" / "a-vgg19_bn")  # fmt: skip
-    step("a_default_60_epochs", [*py, "train", *common, *tiny, "--epochs", e60, *no_stop], 60,
-         out / "runs" / "a-default")  # fmt: skip
+    step(
+        "a_vgg19_bn_60_epochs",
+        [
+            *py,
+            "train",
+            *common,
+            *vgg,
+            "--no-pretrained",
+            "--epochs",
+            e60,
+            *no_stop,
+            "--augment",
+            "study",
+            "--no-grayscale",
+            "--label-smoothing",
+            "0",
+        ],
+        100,
+        out / "runs" / "a-vgg19_bn",
+    )
+    step(
+        "a_default_60_epochs", [*py, "train", *common, *tiny, "--epochs", e60, *no_stop], 60, out / "runs" / "a-default"
+    )
     # (b) the default recipe, 3 seeds, test figures
     epochs = ["--epochs", "2"] if dry else []
     for seed in (1, 2, 3):
-        step(f"b_default_seed{seed}", [*py, "train", *common, *tiny, *epochs, "--seed", str(seed), "--evaluate",
-                                       "test"], 45, out / "runs" / f"b-seed{seed}")  # fmt: skip
+        step(
+            f"b_default_seed{seed}",
+            [*py, "train", *common, *tiny, *epochs, "--seed", str(seed), "--evaluate", "test"],
+            45,
+            out / "runs" / f"b-seed{seed}",
+        )
     # (c) self-supervised pretraining (train + val images, never test), then the default recipe from it
-    pre = step("c_pretrain_simclr", [*py, "pretrain", "--data-dir", args.data, *acc, *workers, *tiny,
-                                     "--include-val", "--epochs", "2" if dry else "100", "--batch-size",
-                                     "8" if dry else "128", "--input-size", "32" if dry else "224"], 90,
-               out / "runs" / "c-pretrain")  # fmt: skip
+    pre = step(
+        "c_pretrain_simclr",
+        [
+            *py,
+            "pretrain",
+            "--data-dir",
+            args.data,
+            *acc,
+            *workers,
+            *tiny,
+            "--include-val",
+            "--epochs",
+            "2" if dry else "100",
+            "--batch-size",
+            "8" if dry else "128",
+            "--input-size",
+            "32" if dry else "224",
+        ],
+        90,
+        out / "runs" / "c-pretrain",
+    )
     if pre.get("run"):
-        step("c_fine_tuned_from_pretrain", [*py, "train", *common, *tiny, *epochs, "--init", pre["run"],
-                                            "--evaluate", "test"], 40, out / "runs" / "c-finetune")  # fmt: skip
+        step(
+            "c_fine_tuned_from_pretrain",
+            [*py, "train", *common, *tiny, *epochs, "--init", pre["run"], "--evaluate", "test"],
+            40,
+            out / "runs" / "c-finetune",
+        )
     # (d) one-GPU DDP through the CLI under torchrun (WORLD_SIZE=1: Lightning's DDP strategy with one process)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "1", "--master-port", "29531",
-                "-m", "covidct"]  # fmt: skip
-    step("d_ddp_one_gpu", [*torchrun, "train", *common, *tiny, "--epochs", "2", "--run-dir",
-                           str(out / "runs" / "d-ddp" / "run")], 40, out / "runs" / "d-ddp")  # fmt: skip
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "1",
+        "--master-port",
+        "29531",
+        "-m",
+        "covidct",
+    ]
+    step(
+        "d_ddp_one_gpu",
+        [*torchrun, "train", *common, *tiny, "--epochs", "2", "--run-dir", str(out / "runs" / "d-ddp" / "run")],
+        40,
+        out / "runs" / "d-ddp",
+    )
     results["budget_s"], results["used_s"] = args.budget, round(args.budget - left(), 1)
     (out / "results.json").write_text(json.dumps(results, indent=1))
     lines = [
@@ -124,8 +192,15 @@ def main() -> int:
     for name, e in results["steps"].items():
         t = e.get("test", {})
         acc_auc = [f"{t['accuracy']:.3f}", f"{t['auc']:.3f}"] if t else ["", ""]
-        cells = [name, e["status"], e.get("wall_s", ""), e.get("epochs_run", ""), e.get("seconds_per_epoch", ""),
-                 e.get("train_images_per_s", ""), *acc_auc]  # fmt: skip
+        cells = [
+            name,
+            e["status"],
+            e.get("wall_s", ""),
+            e.get("epochs_run", ""),
+            e.get("seconds_per_epoch", ""),
+            e.get("train_images_per_s", ""),
+            *acc_auc,
+        ]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

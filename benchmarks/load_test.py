@@ -75,9 +75,16 @@ async def run(url: str, images: list[tuple[str, bytes]], n: int, concurrency: in
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
         wall = time.perf_counter() - start
     ms = np.array(latencies) * 1000
-    return {"requests": n, "concurrency": concurrency, "wall_s": wall, "throughput": n / wall, "errors": errors,
-            "p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95)),
-            "p99": float(np.percentile(ms, 99))}  # fmt: skip
+    return {
+        "requests": n,
+        "concurrency": concurrency,
+        "wall_s": wall,
+        "throughput": n / wall,
+        "errors": errors,
+        "p50": float(np.percentile(ms, 50)),
+        "p95": float(np.percentile(ms, 95)),
+        "p99": float(np.percentile(ms, 99)),
+    }
 
 
 @contextlib.contextmanager
@@ -121,14 +128,18 @@ def main() -> None:
             r = asyncio.run(run(url, images, min(args.requests, 5000), concurrency, args.cam))
             results.append((r, before, rss_mb(server.pid)))
         runtime = httpx.get(url + "/api/v1/model").json()["serving"]["runtime"]
-    print(f"{args.requests} requests per row, {source}, runtime {runtime}, Grad-CAM {'on' if args.cam else 'off'}, "
-          f"serve {args.serve_args or '(defaults)'}\n")  # fmt: skip
+    print(
+        f"{args.requests} requests per row, {source}, runtime {runtime}, Grad-CAM {'on' if args.cam else 'off'}, "
+        f"serve {args.serve_args or '(defaults)'}\n"
+    )
     print("| concurrency | images/s | p50 ms | p95 ms | p99 ms | errors | server RSS before / after (MB) |")
     print("|---|---|---|---|---|---|---|")
     for r, before, after in results:
         errors = sum(r["errors"].values())
-        print(f"| {r['concurrency']} | {r['throughput']:.1f} | {r['p50']:.0f} | {r['p95']:.0f} | {r['p99']:.0f} "
-              f"| {errors} {r['errors'] or ''} | {before:.0f} / {after:.0f} |")  # fmt: skip
+        print(
+            f"| {r['concurrency']} | {r['throughput']:.1f} | {r['p50']:.0f} | {r['p95']:.0f} | {r['p99']:.0f} "
+            f"| {errors} {r['errors'] or ''} | {before:.0f} / {after:.0f} |"
+        )
 
 
 if __name__ == "__main__":

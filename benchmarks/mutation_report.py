@@ -24,27 +24,40 @@ MUTMUT = [str(Path(sys.executable).parent / "mutmut")]
 # changes a float32 result is not equivalent and is not waived (its mutants are killed by the float32 tests).
 # Regenerate the candidates after a code change with: python benchmarks/mutation_report.py --review
 EQUIVALENT: dict[str, tuple[str, str]] = {
-    "x_score_bins__mutmut_2": ("ae87de44af79",
+    "x_score_bins__mutmut_2": (
+        "ae87de44af79",
         "lower clip of the bin index: scores are probabilities, never below 0 (the callers cast them to "
-        "float64 first, so float32 input bins the same)"),
-    "x_fit_temperature__mutmut_39": ("7d93273d0c74",
-        "minimize_scalar picks 'bounded' when bounds are given (no dtype involved)"),
+        "float64 first, so float32 input bins the same)",
+    ),
+    "x_fit_temperature__mutmut_39": (
+        "7d93273d0c74",
+        "minimize_scalar picks 'bounded' when bounds are given (no dtype involved)",
+    ),
     "x_fit_temperature__mutmut_42": ("52eb96d121e5", "the same as method=None"),
     "x_fit_temperature__mutmut_48": ("3020bd319972", "scipy lower-cases the method name"),
-    "x_confusion_counts__mutmut_2": ("01cf336ccdc4",
+    "x_confusion_counts__mutmut_2": (
+        "01cf336ccdc4",
         "labels are 0/1 integers: float 0.0/1.0 compare equal to 0/1 (float32 scores never reach this line, "
-        "only labels and predictions)"),
-    "x_confusion_counts__mutmut_5": ("18c4efe87b5d",
-        "predictions are 0/1 integers from predict(): float 0.0/1.0 compare equal to 0/1"),
-    "x_youden_threshold__mutmut_12": ("47f984820a2b",
-        "drop_intermediate only drops collinear points; the first (highest) maximum of J is always a corner"),
+        "only labels and predictions)",
+    ),
+    "x_confusion_counts__mutmut_5": (
+        "18c4efe87b5d",
+        "predictions are 0/1 integers from predict(): float 0.0/1.0 compare equal to 0/1",
+    ),
+    "x_youden_threshold__mutmut_12": (
+        "47f984820a2b",
+        "drop_intermediate only drops collinear points; the first (highest) maximum of J is always a corner",
+    ),
     "x_youden_threshold__mutmut_13": ("00b610fa138b", "the same as the default above"),
-    "x__metrics_from_split_scores__mutmut_2": ("365564df453b",
-        "astype(None) is astype(float64): integer counts become the same floats"),
+    "x__metrics_from_split_scores__mutmut_2": (
+        "365564df453b",
+        "astype(None) is astype(float64): integer counts become the same floats",
+    ),
     "x__metrics_from_split_scores__mutmut_8": ("98d3fb32aec1", "the same as above for the true negatives"),
-    "x__metrics_from_split_scores__mutmut_14": ("112c6cc73de3",
-        "no ratio has a non-zero numerator over a zero denominator (tp + fn = 0 means tp = 0), so 'divide' "
-        "never fires"),
+    "x__metrics_from_split_scores__mutmut_14": (
+        "112c6cc73de3",
+        "no ratio has a non-zero numerator over a zero denominator (tp + fn = 0 means tp = 0), so 'divide' never fires",
+    ),
     "x__metrics_from_split_scores__mutmut_16": ("65b364a2105e", "the same as divide=None"),
     "x_bootstrap_intervals__mutmut_27": ("d11013c28ff8", "silences more warnings, changes no number"),
     "x__bootstrap__mutmut_6": ("54bebcd27fbe", "scipy infers vectorized=True from the statistic's axis argument"),
@@ -55,7 +68,7 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     "x__midranks__mutmut_4": ("8f3566310d12", "method='average' is scipy's default"),
     "x_roc_band__mutmut_30": ("cef795357be0", "a float64 array filled with None holds NaN"),
     "x_roc_band__mutmut_34": ("8e20a4038e5e", "a float64 array filled with None holds NaN"),
-}  # fmt: skip
+}
 
 
 def line_hash(line: str) -> str:
@@ -97,9 +110,11 @@ def main() -> int:
     total, killed = stats["total"], stats["killed"] + stats["timeout"]
     live = total - len(equivalent)
     score = killed / live if live else 1.0
-    print(f"mutants {total}, killed {killed}, survived {stats['survived']} (equivalent {len(equivalent)}, "
-          f"not equivalent {len(gaps)}), no tests {stats['no_tests']}: "
-          f"{score:.1%} of the non-equivalent killed\n")  # fmt: skip
+    print(
+        f"mutants {total}, killed {killed}, survived {stats['survived']} (equivalent {len(equivalent)}, "
+        f"not equivalent {len(gaps)}), no tests {stats['no_tests']}: "
+        f"{score:.1%} of the non-equivalent killed\n"
+    )
     print("| survivor | mutated line | equivalent because |\n|---|---|---|")
     for name, line, reason in equivalent + gaps:
         why = reason or "**not equivalent: a test gap**"

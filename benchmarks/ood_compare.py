@@ -77,8 +77,11 @@ BENIGN = {
     "rotated 5 deg": lambda im: im.rotate(5),
     "mild noise (sd 5)": noise,
 }
-FRAMING = {"whole-slice view (pasted into black)": whole_slice, "padded to a square (black)": padded_square,
-           "soft-tissue window": soft_tissue}  # fmt: skip
+FRAMING = {
+    "whole-slice view (pasted into black)": whole_slice,
+    "padded to a square (black)": padded_square,
+    "soft-tissue window": soft_tissue,
+}
 
 
 def arguments() -> argparse.Namespace:
@@ -113,8 +116,16 @@ def input_statistics(im: Image.Image) -> np.ndarray:
     pad = np.pad(s, 1, mode="edge")
     box = sum(pad[i : i + 224, j : j + 224] for i in range(3) for j in range(3)) / 9
     grad = np.abs(np.diff(s, axis=1)).mean() + np.abs(np.diff(s, axis=0)).mean()
-    return np.r_[hist, g.mean(), g.std(), (g < 8).mean(), (g > 247).mean(), np.log1p(np.abs(s - box).mean()),
-                 np.log1p(grad), framing_of([im])[0]]  # fmt: skip
+    return np.r_[
+        hist,
+        g.mean(),
+        g.std(),
+        (g < 8).mean(),
+        (g > 247).mean(),
+        np.log1p(np.abs(s - box).mean()),
+        np.log1p(grad),
+        framing_of([im])[0],
+    ]
 
 
 def library_detectors(net: torch.nn.Module, out: dict, ytrain: np.ndarray, width: int | None) -> dict:
@@ -129,12 +140,13 @@ def library_detectors(net: torch.nn.Module, out: dict, ytrain: np.ndarray, width
     z, y = pooled["train"], torch.from_numpy(ytrain).long()
     dim = min(z.shape[1] // 2, z.shape[0] // 2)  # ViM's principal subspace: half the width, at most half the images
     found = {
-        f"pytorch-ood ViM (d={dim}) on pooled features + head": pood.ViM(None, dim, head.weight.detach(),
-                                                                          head.bias.detach()),
+        f"pytorch-ood ViM (d={dim}) on pooled features + head": pood.ViM(
+            None, dim, head.weight.detach(), head.bias.detach()
+        ),
         "pytorch-ood Mahalanobis (class-conditional, shared covariance) on pooled": pood.Mahalanobis(None),
         "pytorch-ood relative Mahalanobis on pooled": pood.RMD(None),
         "pytorch-ood kNN (k=50, normalised) on pooled": pood.KNN(None, k=50),
-    }  # fmt: skip
+    }
     methods = {}
     for name, det in found.items():
         det.fit_features(z, y)
@@ -188,8 +200,9 @@ def main() -> None:
     methods.update(library_detectors(net, out, ytrain, width))
     det = fit_detector(framing["train"], framing["val"], "framing", "mahalanobis")
     methods["framing statistics alone (aspect, empty rows and columns)"] = lambda k, det=det: det.score(framing[k])
-    two = fit_detector(out["train"][1], out["val"][1], model.architecture, "mahalanobis",
-                       framing=(framing["train"], framing["val"]))  # fmt: skip
+    two = fit_detector(
+        out["train"][1], out["val"][1], model.architecture, "mahalanobis", framing=(framing["train"], framing["val"])
+    )
     methods["mahalanobis on stage statistics + pooled, with framing (shipped before 2026-12-02 morning)"] = lambda k: (
         two.score(out[k][1], framing[k])
     )
@@ -209,10 +222,13 @@ def main() -> None:
     methods[shipped_name] = lambda k: shipped.score(out[k][1], framing[k], pixels[k])
     # the shape check (ood/acquisition.py), as predict runs it beside the detector: an image whose aspect lies
     # outside the training images' central range is flagged whatever its score (scored here as +1e6)
-    record = AcquisitionRecord.of((Acquisition(IMAGE_FILE, aspect=im.size[0] / im.size[1]) for im in imgs["train"]),
-                                  sources["train"])  # fmt: skip
-    odd = {k: np.array([record.unseen(Acquisition(IMAGE_FILE, aspect=im.size[0] / im.size[1])) is not None
-                        for im in v]) for k, v in imgs.items()}  # fmt: skip
+    record = AcquisitionRecord.of(
+        (Acquisition(IMAGE_FILE, aspect=im.size[0] / im.size[1]) for im in imgs["train"]), sources["train"]
+    )
+    odd = {
+        k: np.array([record.unseen(Acquisition(IMAGE_FILE, aspect=im.size[0] / im.size[1])) is not None for im in v])
+        for k, v in imgs.items()
+    }
     name = "shipped with the shape check (as predict runs it)"
     methods[name] = lambda k: shipped.score(out[k][1], framing[k], pixels[k]) + 1e6 * odd[k]
     fixed = {n: shipped.threshold for n in (shipped_name, name)}  # its own threshold; the shape check adds flags
@@ -231,13 +247,21 @@ def main() -> None:
         y = np.r_[np.zeros(len(own)), np.ones(len(oth))]
         s = np.r_[own, oth]
         fpr95 = float(np.mean(own > np.percentile(oth, 5)))  # own test flagged when 95% of the other source is
-        results[name] = {"validation flagged": float(np.mean(score("val") > thr)),
-                         "own test flagged": float(np.mean(own > thr)),
-                         "other source flagged": float(np.mean(oth > thr)),
-                         "AUROC (other vs own test)": float(roc_auc_score(y, s)), "FPR at 95% TPR": fpr95,
-                         **{k: float(np.mean(score(k) > thr)) for k in {**BENIGN, **FRAMING}}}  # fmt: skip
-    record = {"run": str(run.path), "other": args.other, "n": {k: len(v) for k, v in imgs.items()},
-              "feature_seconds_all_sets": round(seconds, 1), "results": results}  # fmt: skip
+        results[name] = {
+            "validation flagged": float(np.mean(score("val") > thr)),
+            "own test flagged": float(np.mean(own > thr)),
+            "other source flagged": float(np.mean(oth > thr)),
+            "AUROC (other vs own test)": float(roc_auc_score(y, s)),
+            "FPR at 95% TPR": fpr95,
+            **{k: float(np.mean(score(k) > thr)) for k in {**BENIGN, **FRAMING}},
+        }
+    record = {
+        "run": str(run.path),
+        "other": args.other,
+        "n": {k: len(v) for k, v in imgs.items()},
+        "feature_seconds_all_sets": round(seconds, 1),
+        "results": results,
+    }
     text = json.dumps(record, indent=1)
     print(text)
     if args.out:

@@ -86,10 +86,25 @@ def lung_shares(im: Image.Image, dark: float = 60) -> np.ndarray:
     return t[:3] if t[0] + t[1] > 0 else np.zeros(3)
 
 
-CANDIDATES = {"border": border, "thumbnail": thumbnail, "size": size, "colour": colour, "spectrum": spectrum,
-              "topology": topology}  # fmt: skip
-COMBINATIONS = [["border"], ["thumbnail"], ["size"], ["colour"], ["spectrum"], ["topology"], ["border", "spectrum"],
-                ["border", "topology"], ["border", "topology", "spectrum", "size"]]  # fmt: skip
+CANDIDATES = {
+    "border": border,
+    "thumbnail": thumbnail,
+    "size": size,
+    "colour": colour,
+    "spectrum": spectrum,
+    "topology": topology,
+}
+COMBINATIONS = [
+    ["border"],
+    ["thumbnail"],
+    ["size"],
+    ["colour"],
+    ["spectrum"],
+    ["topology"],
+    ["border", "spectrum"],
+    ["border", "topology"],
+    ["border", "topology", "spectrum", "size"],
+]
 DARK_SWEEP = (40, 50, 60, 70, 80)  # the lung_shares jump, at each constant
 
 
@@ -109,8 +124,14 @@ def flagged(train: np.ndarray, val: np.ndarray, others: dict[str, np.ndarray], k
 def row(name: str, kind: str, stats: dict[str, np.ndarray]) -> dict:
     res = flagged(stats["train"], stats["val"], {k: v for k, v in stats.items() if k != "train"}, kind)
     benign = {k: res[k] for k in BENIGN}
-    return {"candidate": name, "kind": kind, "other source": res["other"], "worst benign": max(benign.values()),
-            "worst benign change": max(benign, key=benign.get), **{k: res[k] for k in FRAMING}}  # fmt: skip
+    return {
+        "candidate": name,
+        "kind": kind,
+        "other source": res["other"],
+        "worst benign": max(benign.values()),
+        "worst benign change": max(benign, key=benign.get),
+        **{k: res[k] for k in FRAMING},
+    }
 
 
 def main() -> None:
@@ -124,11 +145,13 @@ def main() -> None:
         joined = {k: np.hstack([stats[c][k] for c in combo]) for k in imgs}
         rows += [row(" + ".join(combo), kind, joined) for kind in ("gauss", "knn")]
     for dark in DARK_SWEEP:
-        joined = {k: np.hstack([stats["border"][k], np.stack([lung_shares(im, dark) for im in v])])
-                  for k, v in imgs.items()}  # fmt: skip
+        joined = {
+            k: np.hstack([stats["border"][k], np.stack([lung_shares(im, dark) for im in v])]) for k, v in imgs.items()
+        }
         rows.append(row(f"border + lung shares (zero without a pixel below {dark})", "gauss", joined))
-    text = json.dumps({"run": args.run, "other": args.other, "n": {k: len(v) for k, v in imgs.items()},
-                       "rows": rows}, indent=1)  # fmt: skip
+    text = json.dumps(
+        {"run": args.run, "other": args.other, "n": {k: len(v) for k, v in imgs.items()}, "rows": rows}, indent=1
+    )
     print(text)
     if args.out:
         with open(args.out, "w") as f:

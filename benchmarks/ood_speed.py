@@ -52,8 +52,10 @@ def main() -> None:
     # as training's end runs it: features, framing and pixel statistics in one pass, then the fit (ood/fit.py)
     detector = fit_for_network(model.scoring()[0], model.architecture, train, val)
     end = time.perf_counter()
-    print(f"fit on {len(pool)} decoded images: {end - t:.1f} s (features, framing and pixel statistics and the fit; "
-          f"{len(train)} train, {len(val)} validation)")  # fmt: skip
+    print(
+        f"fit on {len(pool)} decoded images: {end - t:.1f} s (features, framing and pixel statistics and the fit; "
+        f"{len(train)} train, {len(val)} validation)"
+    )
     print(f"torch threads {torch.get_num_threads()}, feature width {detector.feature_dim}")
 
 

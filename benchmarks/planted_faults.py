@@ -38,34 +38,94 @@ def _unused_bootstrap("""
 # (name, file, old text, new text, occurrence): each replaces one occurrence of old text
 FAULTS = [
     ("bootstrap not stratified by class", "statistics.py", "def _bootstrap(", NON_STRATIFIED, 1),
-    ("PPV and NPV swapped in the bootstrap", "statistics.py", "[acc, sens, spec, ppv, npv, f1, auc]",
-     "[acc, sens, spec, npv, ppv, f1, auc]", 1),
+    (
+        "PPV and NPV swapped in the bootstrap",
+        "statistics.py",
+        "[acc, sens, spec, ppv, npv, f1, auc]",
+        "[acc, sens, spec, npv, ppv, f1, auc]",
+        1,
+    ),
     ("DeLong interval with z = 1.645", "statistics.py", "z = stats.norm.ppf(0.5 + confidence / 2)", "z = 1.645", 1),
-    ("paired DeLong p-value one-sided", "statistics.py", "p = 2 * stats.norm.sf(abs(diff) / se)",
-     "p = stats.norm.sf(abs(diff) / se)", 1),
-    ("paired DeLong interval at 90%", "statistics.py", "z = stats.norm.ppf(0.5 + confidence / 2)",
-     "z = stats.norm.ppf(0.95)", 2),
-    ("Youden takes the lowest of tied thresholds", "metrics.py", "return float(thresholds[int(np.argmax(j))])",
-     "return float(thresholds[len(j) - 1 - int(np.argmax(j[::-1]))])", 1),
-    ("ECE not weighted by bin share", "calibration.py", "ece += inside.mean() * abs(",
-     "ece += (1 / len(np.unique(bins))) * abs(", 1),
+    (
+        "paired DeLong p-value one-sided",
+        "statistics.py",
+        "p = 2 * stats.norm.sf(abs(diff) / se)",
+        "p = stats.norm.sf(abs(diff) / se)",
+        1,
+    ),
+    (
+        "paired DeLong interval at 90%",
+        "statistics.py",
+        "z = stats.norm.ppf(0.5 + confidence / 2)",
+        "z = stats.norm.ppf(0.95)",
+        2,
+    ),
+    (
+        "Youden takes the lowest of tied thresholds",
+        "metrics.py",
+        "return float(thresholds[int(np.argmax(j))])",
+        "return float(thresholds[len(j) - 1 - int(np.argmax(j[::-1]))])",
+        1,
+    ),
+    (
+        "ECE not weighted by bin share",
+        "calibration.py",
+        "ece += inside.mean() * abs(",
+        "ece += (1 / len(np.unique(bins))) * abs(",
+        1,
+    ),
     ("Clopper-Pearson instead of Wilson", "statistics.py", 'method="wilson"', 'method="exact"', 1),
     # issue 28: three faults no test caught, and more of the numeric core
-    ("bootstrap intervals at 0.5 whatever the threshold", "summary.py",
-     "bootstrap_intervals(labels, scores, threshold,", "bootstrap_intervals(labels, scores, 0.5,", 1),
-    ("Youden without its guard on non-finite thresholds", "metrics.py",
-     "j = np.where(finite, tpr - fpr, -np.inf)", "j = tpr - fpr", 1),
-    ("ECE bins closed on the right", "calibration.py", "return np.clip((s * n_bins).astype(int), 0, n_bins - 1)",
-     "return np.clip(np.ceil(s * n_bins).astype(int) - 1, 0, n_bins - 1)", 1),
-    ("reliability diagram binned apart from the ECE", "calibration.py", "bins = score_bins(s, n_bins)",
-     "bins = np.clip(np.ceil(s * n_bins).astype(int) - 1, 0, n_bins - 1)", 2),
-    ("scores not cast to float64", "metrics.py", "s = np.asarray(scores, dtype=float).ravel()",
-     "s = np.asarray(scores).ravel()", 1),
-    ("predict compares in the scores' own precision", "metrics.py",
-     "return (np.asarray(scores, dtype=float) >= threshold)", "return (np.asarray(scores) >= threshold)", 1),
-    ("threshold for sensitivity takes the lowest that qualifies", "metrics.py", "return float(thresholds[ok[0]])",
-     "return float(thresholds[ok[-1]])", 1),
-]  # fmt: skip
+    (
+        "bootstrap intervals at 0.5 whatever the threshold",
+        "summary.py",
+        "bootstrap_intervals(labels, scores, threshold,",
+        "bootstrap_intervals(labels, scores, 0.5,",
+        1,
+    ),
+    (
+        "Youden without its guard on non-finite thresholds",
+        "metrics.py",
+        "j = np.where(finite, tpr - fpr, -np.inf)",
+        "j = tpr - fpr",
+        1,
+    ),
+    (
+        "ECE bins closed on the right",
+        "calibration.py",
+        "return np.clip((s * n_bins).astype(int), 0, n_bins - 1)",
+        "return np.clip(np.ceil(s * n_bins).astype(int) - 1, 0, n_bins - 1)",
+        1,
+    ),
+    (
+        "reliability diagram binned apart from the ECE",
+        "calibration.py",
+        "bins = score_bins(s, n_bins)",
+        "bins = np.clip(np.ceil(s * n_bins).astype(int) - 1, 0, n_bins - 1)",
+        2,
+    ),
+    (
+        "scores not cast to float64",
+        "metrics.py",
+        "s = np.asarray(scores, dtype=float).ravel()",
+        "s = np.asarray(scores).ravel()",
+        1,
+    ),
+    (
+        "predict compares in the scores' own precision",
+        "metrics.py",
+        "return (np.asarray(scores, dtype=float) >= threshold)",
+        "return (np.asarray(scores) >= threshold)",
+        1,
+    ),
+    (
+        "threshold for sensitivity takes the lowest that qualifies",
+        "metrics.py",
+        "return float(thresholds[ok[0]])",
+        "return float(thresholds[ok[-1]])",
+        1,
+    ),
+]
 
 
 def plant(src: Path, file: str, old: str, new: str, occurrence: int) -> None:
@@ -84,8 +144,18 @@ def main() -> int:
             shutil.copytree(ROOT / "src", Path(tmp) / "src")
             plant(Path(tmp), file, old, new, occurrence)
             env = {**os.environ, "PYTHONPATH": str(Path(tmp) / "src")}
-            cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow", "-rf",
-                   "tests/evaluation"]  # fmt: skip
+            cmd = [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "-m",
+                "not slow",
+                "-rf",
+                "tests/evaluation",
+            ]
             out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
             caught = sorted(set(re.findall(r"^FAILED (\S+?)(?: - |$)", out.stdout, re.M)))
             where = "import covidct.evaluation.statistics as m; print(m.__file__)"

@@ -28,8 +28,10 @@ def main(pairs_csv: str, root: str) -> None:
         if r["source_a"] == r["source_b"] == "sars-cov-2-ct"
     ]
     same = [abs(number(r["a"]) - number(r["b"])) for r in rows if r["class_a"] == r["class_b"]]
-    print(f"{len(rows)} pairs inside sars-cov-2-ct; same-class pairs within 5 numbers: "
-          f"{np.mean(np.array(same) <= 5):.0%}, within 20: {np.mean(np.array(same) <= 20):.0%}")  # fmt: skip
+    print(
+        f"{len(rows)} pairs inside sars-cov-2-ct; same-class pairs within 5 numbers: "
+        f"{np.mean(np.array(same) <= 5):.0%}, within 20: {np.mean(np.array(same) <= 20):.0%}"
+    )
     files = [(p, 1, "COVID") for p in sorted((Path(root) / "COVID").iterdir())]
     files += [(p, 0, "NonCOVID") for p in sorted((Path(root) / "nonCOVID").iterdir())]
     print("| block | train / val / test | pairs across splits |\n|---|---|---|")

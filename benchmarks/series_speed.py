@@ -27,8 +27,14 @@ def write_series(folder: Path, n: int) -> None:
     folder.mkdir(parents=True)
     for k in range(n):
         lungs = 0.1 * n <= k < 0.9 * n  # neck and abdomen at the ends
-        write_dicom(folder / f"IM{k:05d}", chest_hu(512, lungs=lungs, covid=k % 7 == 0, seed=k), z=-1.5 * k,
-                    instance=k + 1, description="LUNG 1.5 B70f", compress="jpeg-lossless")  # fmt: skip
+        write_dicom(
+            folder / f"IM{k:05d}",
+            chest_hu(512, lungs=lungs, covid=k % 7 == 0, seed=k),
+            z=-1.5 * k,
+            instance=k + 1,
+            description="LUNG 1.5 B70f",
+            compress="jpeg-lossless",
+        )
 
 
 def export(model: str, out: Path) -> None:
@@ -67,8 +73,14 @@ def main() -> None:
             peak = int(proc.stderr.split("PEAK_KB")[-1].split()[0]) // 1024
             report = json.loads((tmp / f"p{n}.json").read_text())
             series = report["studies"][0]["series"][0]
-            results.append({"slices": n, "seconds": round(wall, 2), "peak_rss_mb": peak,
-                            "slices_in_lung": series["slices_in_lung"]})  # fmt: skip
+            results.append(
+                {
+                    "slices": n,
+                    "seconds": round(wall, 2),
+                    "peak_rss_mb": peak,
+                    "slices_in_lung": series["slices_in_lung"],
+                }
+            )
             print(results[-1], flush=True)
     print(json.dumps({"model": args.model, "runtime": "onnxruntime", "results": results}, indent=1))
 

@@ -70,8 +70,11 @@ def false_alarms(feats: np.ndarray, stats: np.ndarray, basis: np.ndarray, draws:
         records.append(shift_test(reference, feats[bat], stats[bat], seed=d))
     p = np.array([r["p_value"] for r in records])
     raw = {k: np.array([r["tests"][k]["p_value"] for r in records]) for k in records[0]["tests"]}
-    return {"flagged": float(np.mean(p < 0.05)), "raw_rates": {k: float(np.mean(v < 0.05)) for k, v in raw.items()},
-            "ks_uniform": {k: float(kstest(v, "uniform").pvalue) for k, v in raw.items()}}  # fmt: skip
+    return {
+        "flagged": float(np.mean(p < 0.05)),
+        "raw_rates": {k: float(np.mean(v < 0.05)) for k, v in raw.items()},
+        "ks_uniform": {k: float(kstest(v, "uniform").pvalue) for k, v in raw.items()},
+    }
 
 
 BENIGN = {
@@ -125,8 +128,10 @@ def main() -> None:
     shift_test(reference, test_f[:200], test_s[:200])
     print(f"cost of one test of 200 images against {len(val_f)}: {time.perf_counter() - start:.2f} s")
     fa = false_alarms(val_f, val_s, train_f)
-    print(f"| false alarms (disjoint halves of val, batches of 50, 200 draws) | {fa['flagged']:.3f} | raw per test "
-          f"at 0.05: {fa['raw_rates']} | KS vs uniform p: {fa['ks_uniform']} |")  # fmt: skip
+    print(
+        f"| false alarms (disjoint halves of val, batches of 50, 200 draws) | {fa['flagged']:.3f} | raw per test "
+        f"at 0.05: {fa['raw_rates']} | KS vs uniform p: {fa['ks_uniform']} |"
+    )
     neg = rate(reference, val_f, val_s, 50, 20, 1)
     print(f"| negative control (val batches of 50 inside the reference, 20 draws) | {neg['flagged']:.2f} |")
     for size in (20, 50, 100):
@@ -138,8 +143,10 @@ def main() -> None:
             samples = changed_copies(data.splits["val"], change, cache / f"benign-{slug}")
             f, s = outputs(run, samples, cache / f"benign-{slug}.npz")
             r = rate(reference, f, s, 50, 200, 4)
-            print(f"| validation images, {what}, batches of 50 (200 draws) | {r['flagged']:.3f} | per test "
-                  f"{r['per_test']} |")  # fmt: skip
+            print(
+                f"| validation images, {what}, batches of 50 (200 draws) | {r['flagged']:.3f} | per test "
+                f"{r['per_test']} |"
+            )
     if args.other:
         name, samples = external_set(args.other)
         rng = np.random.default_rng(0)

@@ -17,9 +17,14 @@ os.environ.setdefault("COVIDCT_ALLOW_PARTIAL_SOURCES", "1")  # tiny stand-ins of
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 CHROMIUM_FLAGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync",
-]  # fmt: skip
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 REAL_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets" / "covid-ct"
 REAL_DATA = Path(os.environ.get("COVIDCT_REAL_DATA", REAL_DATA)).resolve()

@@ -90,8 +90,11 @@ def imports(path: Path) -> list[tuple[int, str]]:
                 found.append((node.lineno, target))
                 # from covidct.x import y, ... where y is a submodule: an import of covidct.x.y too
                 folder = PACKAGE.joinpath(*target.split(".")[1:])
-                found += [(node.lineno, f"{target}.{a.name}") for a in node.names
-                          if (folder / a.name).is_dir() or (folder / f"{a.name}.py").is_file()]  # fmt: skip
+                found += [
+                    (node.lineno, f"{target}.{a.name}")
+                    for a in node.names
+                    if (folder / a.name).is_dir() or (folder / f"{a.name}.py").is_file()
+                ]
         elif isinstance(node, ast.Import):
             found += [(node.lineno, a.name) for a in node.names if a.name.startswith("covidct")]
         elif isinstance(node, ast.Call):
@@ -135,8 +138,10 @@ def import_cycles(package: Path = PACKAGE) -> list[list[str]]:
     """Cycles of the module graph (every import counted, inside functions too), as strongly connected components:
     a cycle inside one package is as hard to follow as one between stages."""
     modules = {module_name(p): p for p in package.rglob("*.py")}
-    graph = {m: {t if t in modules else t.rpartition(".")[0] for _, t in imports(p)} & set(modules) - {m}
-             for m, p in modules.items()}  # fmt: skip
+    graph = {
+        m: {t if t in modules else t.rpartition(".")[0] for _, t in imports(p)} & set(modules) - {m}
+        for m, p in modules.items()
+    }
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []
@@ -192,13 +197,16 @@ def _planted(tmp_path: Path, files: dict[str, str]) -> Path:
 
 
 def test_the_check_sees_relative_and_dynamic_upward_imports(tmp_path, monkeypatch):
-    pkg = _planted(tmp_path, {
-        "data/rel.py": "def f():\n    from ..training.fit import train\n",
-        "data/dyn.py": "import importlib\nm = importlib.import_module('covidct.training.fit')\n",
-        "data/fstr.py": "import importlib\nm = importlib.import_module(f'covidct.training.{x}')\n",
-        "data/opaque.py": "import importlib\nname = 'x'\nm = importlib.import_module(name)\n",
-        "data/fine.py": "from . import rel\nfrom .rel import f\n",
-    })  # fmt: skip
+    pkg = _planted(
+        tmp_path,
+        {
+            "data/rel.py": "def f():\n    from ..training.fit import train\n",
+            "data/dyn.py": "import importlib\nm = importlib.import_module('covidct.training.fit')\n",
+            "data/fstr.py": "import importlib\nm = importlib.import_module(f'covidct.training.{x}')\n",
+            "data/opaque.py": "import importlib\nname = 'x'\nm = importlib.import_module(name)\n",
+            "data/fine.py": "from . import rel\nfrom .rel import f\n",
+        },
+    )
     monkeypatch.setattr(sys.modules[__name__], "PACKAGE", pkg)
     found = violations(pkg)
     assert found == [
@@ -214,10 +222,13 @@ def test_no_module_imports_another_modules_private_names():
 
 
 def test_the_check_sees_a_private_import_and_a_cycle(tmp_path, monkeypatch):
-    pkg = _planted(tmp_path, {
-        "data/a.py": "from covidct.data.b import _helper\n",
-        "data/b.py": "def g():\n    from covidct.data import a\n\ndef _helper():\n    pass\n",
-    })  # fmt: skip
+    pkg = _planted(
+        tmp_path,
+        {
+            "data/a.py": "from covidct.data.b import _helper\n",
+            "data/b.py": "def g():\n    from covidct.data import a\n\ndef _helper():\n    pass\n",
+        },
+    )
     monkeypatch.setattr(sys.modules[__name__], "PACKAGE", pkg)
     assert private_imports(pkg) == ["covidct.data.a imports covidct.data.b._helper"]
     assert import_cycles(pkg) == [["covidct.data.a", "covidct.data.b"]]

@@ -18,12 +18,20 @@ ALLOWED = {
     # `covidct data audit` (a sub-command) writes to audit/ of the current folder, not of a run
     ("cli/data.py", "audit"),
     # dictionary keys and sub-commands named "ood"/"export", not paths
-    ("inference/export.py", "ood"), ("inference/load.py", "ood"), ("reporting/html.py", "ood"),
-    ("evaluation/scoring.py", "ood"), ("evaluation/summary.py", "ood"), ("evaluation/writing.py", "ood"),
-    ("cli/misc.py", "ood"), ("cli/inference.py", "export"), ("cli/ood.py", "ood"),
+    ("inference/export.py", "ood"),
+    ("inference/load.py", "ood"),
+    ("reporting/html.py", "ood"),
+    ("evaluation/scoring.py", "ood"),
+    ("evaluation/summary.py", "ood"),
+    ("evaluation/writing.py", "ood"),
+    ("cli/misc.py", "ood"),
+    ("cli/inference.py", "export"),
+    ("cli/ood.py", "ood"),
     # a setting's name (cli/common.py's argument groups) and command names (cli/guide.py's overview)
-    ("cli/common.py", "ood"), ("cli/guide.py", "ood"), ("cli/guide.py", "export"),
-}  # fmt: skip
+    ("cli/common.py", "ood"),
+    ("cli/guide.py", "ood"),
+    ("cli/guide.py", "export"),
+}
 
 
 def layout_literals(root: Path = SRC) -> list[str]:

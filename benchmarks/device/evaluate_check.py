@@ -21,8 +21,20 @@ from covidct.cli import main
 root = Path(sys.argv[1])
 data = make_covidct_layout(root / "covid-ct", TINY_COUNTS)
 other = make_sars_layout(root / "other", 20, 20, seed=3)
-args = ["--model", "timm:resnet10t", "--no-pretrained", "--data-dir", str(data), "--epochs", "2", "--batch-size",
-        "8", "--no-tensorboard", "--out", str(root / "runs")]  # fmt: skip
+args = [
+    "--model",
+    "timm:resnet10t",
+    "--no-pretrained",
+    "--data-dir",
+    str(data),
+    "--epochs",
+    "2",
+    "--batch-size",
+    "8",
+    "--no-tensorboard",
+    "--out",
+    str(root / "runs"),
+]
 assert main(["train", *args]) == 0
 run = next((root / "runs").iterdir())
 

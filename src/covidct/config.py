@@ -38,8 +38,14 @@ def check_choices(config: Any) -> None:
             raise ConfigError(f"{f.name} must be one of {allowed}, got {getattr(config, f.name)!r}")
 
 
-def setting(default: Any = None, help: str = "", choices: tuple | None = None, flag: str | None = None,
-            factory: Any = None, cli: bool = True) -> Any:  # fmt: skip
+def setting(
+    default: Any = None,
+    help: str = "",
+    choices: tuple | None = None,
+    flag: str | None = None,
+    factory: Any = None,
+    cli: bool = True,
+) -> Any:
     """A field of TrainConfig with what the command line needs: its help text, allowed values and flag name
     (default: --field-name; booleans get --x/--no-x). cli=False: a setting of the file only."""
     meta = {"help": help, "choices": choices, "flag": flag, "cli": cli}
@@ -130,26 +136,35 @@ class TrainConfig(Settings):
 
     # ---- data
     model: str = setting(DEFAULT_MODEL, "backbone; see: covidct models")
-    data_dir: str = setting(DEFAULT_DATA_DIR, "dataset folder of a single-source run (default: $COVIDCT_DATA_DIR, "
-                            "else data/covid-ct)")  # fmt: skip
+    data_dir: str = setting(
+        DEFAULT_DATA_DIR, "dataset folder of a single-source run (default: $COVIDCT_DATA_DIR, else data/covid-ct)"
+    )
     data_csv: str | None = setting(None, "a CSV of path,label[,split][,group][,source] instead of a folder")
     sources: list[str] = setting(
         help="train on this source (repeat for several): a name from `covidct data sources` (looked up under "
         "$COVIDCT_DATA_ROOT, default data/), NAME=PATH, or a folder/CSV; overrides --data-dir",
-        flag="source", factory=list,
-    )  # fmt: skip
+        flag="source",
+        factory=list,
+    )
     source_balance: bool = setting(True, "with several sources, each weighs the same per epoch (weighted sampler)")
     samples_per_epoch: int | None = setting(None, "images drawn per training epoch (default: the split's size)")
     # ---- model and weights
     pretrained: bool = setting(True, "start from ImageNet weights (--no-pretrained: random, only when asked)")
     weights: str | None = setting(None, "local ImageNet weight file (.pth or .safetensors) for the backbone")
-    init: str | None = setting(None, "start the backbone from a `covidct pretrain` run folder (self-supervised on CT) "
-                               "instead of ImageNet")  # fmt: skip
+    init: str | None = setting(
+        None, "start the backbone from a `covidct pretrain` run folder (self-supervised on CT) instead of ImageNet"
+    )
     freeze_blocks: int = setting(0, "keep the stem and the first N blocks of the backbone frozen")
-    linear_probe: bool = setting(False, "LP-FT: fit the new head by logistic regression on the frozen ImageNet "
-                                 "features of the training images before fine-tuning the whole network")  # fmt: skip
-    imagenet_probe: float = setting(0.25, "share of the log-odds given to a logistic regression on the frozen "
-                                    "starting network's features, fitted at the end of training (0: none)")  # fmt: skip
+    linear_probe: bool = setting(
+        False,
+        "LP-FT: fit the new head by logistic regression on the frozen ImageNet "
+        "features of the training images before fine-tuning the whole network",
+    )
+    imagenet_probe: float = setting(
+        0.25,
+        "share of the log-odds given to a logistic regression on the frozen "
+        "starting network's features, fitted at the end of training (0: none)",
+    )
     # ---- optimisation
     epochs: int = setting(12, "maximum epochs")
     batch_size: int = setting(32, "images per step (per process)")
@@ -159,36 +174,57 @@ class TrainConfig(Settings):
     backbone_lr_scale: float = setting(1.0, "the pretrained backbone's lr = lr x this; the new head's = lr")
     label_smoothing: float = setting(0.1, "label smoothing of the cross-entropy")
     patience: int = setting(12, "early-stopping patience in epochs")
-    mixup: float = setting(0.0, "> 0: mixup within each batch, weights ~ Beta(alpha, alpha) with this alpha (0.2-0.4 "
-                           "is usual); with balanced sources many pairs cross sources")  # fmt: skip
+    mixup: float = setting(
+        0.0,
+        "> 0: mixup within each batch, weights ~ Beta(alpha, alpha) with this alpha (0.2-0.4 "
+        "is usual); with balanced sources many pairs cross sources",
+    )
     ema_decay: float = setting(0.0, "> 0: validate and checkpoint an exponential moving average of the weights")
-    operating_point: str = setting("youden", "decision threshold stored at the end of training: youden (Youden's J "
-                                   "on the validation split) or 0.5", ("youden", "0.5"))  # fmt: skip
-    ood: bool = setting(True, "fit the out-of-distribution detector on the training images at the end (threshold "
-                        "on validation); see covidct ood")  # fmt: skip
+    operating_point: str = setting(
+        "youden",
+        "decision threshold stored at the end of training: youden (Youden's J on the validation split) or 0.5",
+        ("youden", "0.5"),
+    )
+    ood: bool = setting(
+        True,
+        "fit the out-of-distribution detector on the training images at the end (threshold "
+        "on validation); see covidct ood",
+    )
     onnx: bool = setting(
         True,
         "write the best model's scorer as an ONNX graph checked against PyTorch at the end (checkpoints/best.onnx): "
         "predict and serve run it with ONNX Runtime, 1.7-2x faster",
     )
-    monitor: str = setting("val_auc", "best-checkpoint and early-stopping criterion (val_auc_mean: mean of the "
-                           "validation sources' AUCs)", tuple(MONITORS))  # fmt: skip
+    monitor: str = setting(
+        "val_auc",
+        "best-checkpoint and early-stopping criterion (val_auc_mean: mean of the validation sources' AUCs)",
+        tuple(MONITORS),
+    )
     seed: int = setting(42, "seed of everything (weights of the head, splits, augmentation, sampling)")
     # ---- the image pipeline (the default recipe was chosen on validation, see benchmarks/)
     grayscale: bool = setting(True, "every image to grey first (removes colour mode as a shortcut)")
     input_size: int | None = setting(None, "side of the model's input in pixels (default: the backbone's)")
-    augment: str = setting("ct", "study: crop+flip; ct: + affine, brightness/contrast; robust: ct + blur, noise, "
-                           "contrast, JPEG re-encoding", ("study", "ct", "robust"))  # fmt: skip
-    crop: str = setting("none", "crop every image to the body or the lung fields first (lung-mask: and black "
-                         "out what lies outside the lungs)", CROPS)  # fmt: skip
-    intensity: str = setting("none", "histogram equalisation of every image: global (equalize) or adaptive, "
-                             "contrast-limited (clahe)", ("none", "equalize", "clahe"))  # fmt: skip
+    augment: str = setting(
+        "ct",
+        "study: crop+flip; ct: + affine, brightness/contrast; robust: ct + blur, noise, contrast, JPEG re-encoding",
+        ("study", "ct", "robust"),
+    )
+    crop: str = setting(
+        "none",
+        "crop every image to the body or the lung fields first (lung-mask: and black out what lies outside the lungs)",
+        CROPS,
+    )
+    intensity: str = setting(
+        "none",
+        "histogram equalisation of every image: global (equalize) or adaptive, contrast-limited (clahe)",
+        ("none", "equalize", "clahe"),
+    )
     # ---- speed and machines
-    precision: str = setting("auto", "auto: bf16-mixed on CPUs with AMX/AVX512-BF16 and on GPUs, else 32",
-                             PRECISIONS)  # fmt: skip
+    precision: str = setting("auto", "auto: bf16-mixed on CPUs with AMX/AVX512-BF16 and on GPUs, else 32", PRECISIONS)
     channels_last: bool = setting(True, "channels-last memory layout")
-    fp32_slow_layers: bool = setting(True, "under bf16 on CPU, keep the depthwise convs whose bf16 backward is "
-                                     "slow in fp32")  # fmt: skip
+    fp32_slow_layers: bool = setting(
+        True, "under bf16 on CPU, keep the depthwise convs whose bf16 backward is slow in fp32"
+    )
     num_workers: int = setting(-1, "data loader workers (-1: min(2, cores))")
     cache_images: bool = setting(True, "decode every image once, keep it in memory", flag="cache")
     cache_dir: str | None = setting(None, "keep decoded images here across runs (keyed by file content)")
@@ -196,8 +232,11 @@ class TrainConfig(Settings):
     devices: int = setting(1, "devices (GPUs, or CPU processes) per node; > 1: DDP")
     num_nodes: int = setting(1, "machines taking part; see README 'Several machines'")
     tensorboard: bool = setting(True, "TensorBoard logs in RUN_DIR/tensorboard")
-    checkpoint_every: int = setting(1, "write checkpoints/last.ckpt (for --resume) every N epochs; large models on "
-                                    "fast GPUs spend more time writing it than training")  # fmt: skip
+    checkpoint_every: int = setting(
+        1,
+        "write checkpoints/last.ckpt (for --resume) every N epochs; large models on "
+        "fast GPUs spend more time writing it than training",
+    )
     out: str = setting("runs", "parent folder of run folders")
     extra: dict[str, Any] = setting(factory=dict, cli=False)
 
@@ -224,13 +263,17 @@ class PretrainConfig(Settings):
     splits of the sources, never a test split."""
 
     model: str = setting(DEFAULT_MODEL, "backbone; see: covidct models")
-    sources: list[str] = setting(help="pretrain on this source's images (repeat for several); see covidct data "
-                                 "sources", flag="source", factory=list)  # fmt: skip
+    sources: list[str] = setting(
+        help="pretrain on this source's images (repeat for several); see covidct data sources",
+        flag="source",
+        factory=list,
+    )
     data_dir: str = setting(DEFAULT_DATA_DIR, "dataset folder when no --source is given")
     data_csv: str | None = setting(None, "a CSV of path,label[,split] instead of a folder")
     include_val: bool = setting(False, "also use the validation splits' images (never the test splits')")
-    method: str = setting("simclr", "simclr (NT-Xent), moco (v2, momentum encoder + memory bank) or byol",
-                          PRETRAIN_METHODS)  # fmt: skip
+    method: str = setting(
+        "simclr", "simclr (NT-Xent), moco (v2, momentum encoder + memory bank) or byol", PRETRAIN_METHODS
+    )
     pretrained: bool = setting(True, "start from ImageNet weights (then CT, as Self-Trans did)")
     epochs: int = setting(20, "epochs")
     batch_size: int = setting(64, "images per step (each gives two views)")
@@ -240,8 +283,11 @@ class PretrainConfig(Settings):
     temperature: float = setting(0.2, "NT-Xent temperature (simclr, moco)")
     memory_bank: int = setting(4096, "moco: negatives kept in the memory bank")
     grayscale: bool = setting(True, "every image to grey first")
-    crop: str = setting("none", "crop every image to the body or the lung fields first (lung-mask: and black "
-                         "out what lies outside the lungs)", CROPS)  # fmt: skip
+    crop: str = setting(
+        "none",
+        "crop every image to the body or the lung fields first (lung-mask: and black out what lies outside the lungs)",
+        CROPS,
+    )
     seed: int = setting(42, "seed of everything")
     precision: str = setting("auto", "auto: bf16-mixed where it pays, else 32", PRECISIONS)
     accelerator: str = setting("auto", "auto, cpu or gpu")
@@ -263,8 +309,11 @@ class EvalConfig(Settings):
     built from them as train's are from TrainConfig; evaluation.evaluate.evaluate_run takes them."""
 
     split: str = setting("test", "train, val or test")
-    on: str | None = setting(None, "an external labelled set instead of a split: a source name, NAME=PATH, a folder "
-                             "or a CSV (all its images; one class allowed); written to eval-<name>/")  # fmt: skip
+    on: str | None = setting(
+        None,
+        "an external labelled set instead of a split: a source name, NAME=PATH, a folder "
+        "or a CSV (all its images; one class allowed); written to eval-<name>/",
+    )
     # its flag takes an optional value (--per-group [AGGREGATION]): built by hand in cli/evaluate.py
     per_group: str | None = setting(None, "score each group (patient) as one, its slices aggregated so", cli=False)
     tta: bool = setting(False, "average each image's score with its left-right mirror's")

@@ -88,8 +88,14 @@ class RunDir:
 
     def artifacts(self) -> list[Path]:
         """The run's own files worth keeping beside it in a tracker (MLflow), those that exist."""
-        files = [self.config_path, self.metrics_path, self.summary_path, self.log_path, self.val_last_epoch_path,
-                 self.report_path]  # fmt: skip
+        files = [
+            self.config_path,
+            self.metrics_path,
+            self.summary_path,
+            self.log_path,
+            self.val_last_epoch_path,
+            self.report_path,
+        ]
         return [f for f in files if f.is_file()]
 
     def write_summary(self, summary: dict[str, Any]) -> None:

@@ -62,8 +62,16 @@ def test_training_fills_and_reuses_the_disk_store(tiny_dataset, tmp_path):
     from covidct.training.fit import train
 
     store = tmp_path / "store"
-    config = dict(model="timm:resnet10t", data_dir=str(tiny_dataset), pretrained=False, epochs=1, batch_size=8,
-                  num_workers=0, out=str(tmp_path / "runs"), cache_dir=str(store))  # fmt: skip
+    config = dict(
+        model="timm:resnet10t",
+        data_dir=str(tiny_dataset),
+        pretrained=False,
+        epochs=1,
+        batch_size=8,
+        num_workers=0,
+        out=str(tmp_path / "runs"),
+        cache_dir=str(store),
+    )
     train(TrainConfig(**config), progress=False)
     entries = sorted(p.name for p in store.glob("*.npy"))
     assert len(entries) == 16 + 8  # train images (shrunk) and val images (full size), one file each

@@ -131,8 +131,9 @@ def test_lung_mask_keeps_the_lungs_and_a_lesion_at_the_pleura_and_blacks_out_the
 
 def test_lung_mask_falls_back_to_the_lung_crop_without_a_pair_of_lungs():
     img, _ = whole_slice(lungs=False)
-    assert np.array_equal(np.asarray(CropToBody("lung-mask")(Image.fromarray(img))),
-                          np.asarray(CropToBody("lung")(Image.fromarray(img))))  # fmt: skip
+    assert np.array_equal(
+        np.asarray(CropToBody("lung-mask")(Image.fromarray(img))), np.asarray(CropToBody("lung")(Image.fromarray(img)))
+    )
     rgb = Image.fromarray(whole_slice()[0]).convert("RGB")
     masked = CropToBody("lung-mask")(rgb)  # a colour image keeps its mode; every band is blacked out
     assert masked.mode == "RGB" and np.asarray(masked)[masked.size[1] // 2, masked.size[0] // 2].tolist() == [0, 0, 0]

@@ -74,18 +74,34 @@ def make_study(root: Path, compress: str | None = None) -> Path:
     """One patient's study as a CD gives it: a lung and a soft-tissue reconstruction of 6 slices each (2 of them
     below the lungs), a localizer, a structured report and an MR image, in nested folders with uninformative names."""
     study = "1.2.826.0.1.3680043.8.498.7"
-    for series, desc in (("1.2.826.0.1.3680043.8.498.7.1", "LUNG 1.0 B70f"), ("1.2.826.0.1.3680043.8.498.7.2",
-                                                                               "SOFT TISSUE 3.0 B30f")):  # fmt: skip
+    for series, desc in (
+        ("1.2.826.0.1.3680043.8.498.7.1", "LUNG 1.0 B70f"),
+        ("1.2.826.0.1.3680043.8.498.7.2", "SOFT TISSUE 3.0 B30f"),
+    ):
         for k in range(6):
             folder = root / f"DIR{series[-1]}" / f"SUB{k % 2}"
             folder.mkdir(parents=True, exist_ok=True)
             hu = chest_hu(96, lungs=k < 4, covid=k in (1, 2), seed=k)
-            write_dicom(folder / f"IM{(7 * k) % 6:04d}", hu, z=-2.0 * k, study=study, series=series,
-                        description=desc, instance=k + 1, compress=compress)  # fmt: skip
-    write_dicom(root / "DIR1" / "SCOUT", chest_hu(96), study=study, series="1.2.826.0.1.3680043.8.498.7.9",
-                image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"))  # fmt: skip
-    write_dicom(root / "SR0001", chest_hu(32), study=study, series="1.2.826.0.1.3680043.8.498.7.8", modality="SR",
-                pixels=False)  # fmt: skip
+            write_dicom(
+                folder / f"IM{(7 * k) % 6:04d}",
+                hu,
+                z=-2.0 * k,
+                study=study,
+                series=series,
+                description=desc,
+                instance=k + 1,
+                compress=compress,
+            )
+    write_dicom(
+        root / "DIR1" / "SCOUT",
+        chest_hu(96),
+        study=study,
+        series="1.2.826.0.1.3680043.8.498.7.9",
+        image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"),
+    )
+    write_dicom(
+        root / "SR0001", chest_hu(32), study=study, series="1.2.826.0.1.3680043.8.498.7.8", modality="SR", pixels=False
+    )
     write_dicom(root / "MR0001", chest_hu(32), study=study, series="1.2.826.0.1.3680043.8.498.7.7", modality="MR")
     return root
 

@@ -31,9 +31,13 @@ def test_known_shape_and_margins():
 
 @pytest.mark.parametrize(
     "change",
-    [lambda im: im.resize((240, 192)), lambda im: im.resize((375, 300)),
-     lambda im: im.transpose(Image.Transpose.FLIP_LEFT_RIGHT), jpeg],
-)  # fmt: skip
+    [
+        lambda im: im.resize((240, 192)),
+        lambda im: im.resize((375, 300)),
+        lambda im: im.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+        jpeg,
+    ],
+)
 def test_benign_changes_stay_within_the_resolution(change):
     """Re-sized, mirrored, re-encoded. (A rotation tilts the body's edge into the margin rows: measured on real images,
     where the margins' spread across a source absorbs it, in benchmarks/OOD.md.)"""

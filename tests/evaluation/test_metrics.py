@@ -113,10 +113,22 @@ def test_summarise_is_pure_numbers_without_a_model():
     y = np.array([1, 1, 1, 0, 0, 0, 1, 0])
     s = np.array([0.9, 0.8, 0.4, 0.3, 0.6, 0.1, 0.7, 0.2])
     samples = [Sample(Path(f"{i}.png"), int(v), "a" if i < 4 else "b") for i, v in enumerate(y)]
-    scored = Scored(runs=[Path("run")], split="test", paths=[str(x.path) for x in samples], labels=y, scores=s,
-                    samples=samples, val_paths=None, val_labels=y, val_scores=s, threshold=0.5,
-                    class_names=["NonCOVID", "COVID"], architectures=["m"], epochs=[3],
-                    checkpoint="best.ckpt")  # fmt: skip
+    scored = Scored(
+        runs=[Path("run")],
+        split="test",
+        paths=[str(x.path) for x in samples],
+        labels=y,
+        scores=s,
+        samples=samples,
+        val_paths=None,
+        val_labels=y,
+        val_scores=s,
+        threshold=0.5,
+        class_names=["NonCOVID", "COVID"],
+        architectures=["m"],
+        epochs=[3],
+        checkpoint="best.ckpt",
+    )
     r = summarise_scores(scored, n_bootstrap=0)
     assert (r["tp"], r["tn"], r["fp"], r["fn"]) == (3, 3, 1, 1) and r["epoch"] == 3 and r["model"] == "m"
     assert [p["name"] for p in r["operating_points"]] == ["default", "youden", "sensitivity>=0.95"]

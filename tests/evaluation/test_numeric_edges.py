@@ -185,9 +185,13 @@ def test_bootstrap_honours_resamples_and_confidence():
     ref = stats.bootstrap(
         (pos, neg),
         lambda p, n: roc_auc_score(np.r_[np.ones(p.size), np.zeros(n.size)], np.r_[p, n]),
-        n_resamples=400, confidence_level=0.95, method="percentile", vectorized=False, batch=100,
+        n_resamples=400,
+        confidence_level=0.95,
+        method="percentile",
+        vectorized=False,
+        batch=100,
         rng=np.random.default_rng(3),
-    ).confidence_interval  # fmt: skip
+    ).confidence_interval
     assert wide["auc"].low == pytest.approx(ref.low, abs=1e-12)
     assert wide["auc"].high == pytest.approx(ref.high, abs=1e-12)
 

@@ -37,24 +37,57 @@ def site_csv(root, n_groups=5, per_group=3, seed=0, straddle=False):
 def test_the_curve_is_written_with_both_baselines_where_they_exist(trained_run, tmp_path, capsys):
     site = site_csv(tmp_path / "site")
     out = tmp_path / "curve"
-    assert main(["adapt", str(trained_run), "--source", f"site={site}", "--curve", "1", "2", "--draws", "2",
-                 "--out", str(out), "--no-group-duplicates"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "adapt",
+                str(trained_run),
+                "--source",
+                f"site={site}",
+                "--curve",
+                "1",
+                "2",
+                "--draws",
+                "2",
+                "--out",
+                str(out),
+                "--no-group-duplicates",
+            ]
+        )
+        == 0
+    )
     rows = list(csv.DictReader((out / "curve.csv").open()))
     assert {(r["strategy"], r["k"]) for r in rows} >= {("zero-shot", "1"), ("head", "1"), ("head", "2"), ("lp-ft", "2")}
     draws = list(csv.DictReader((out / "curve_draws.csv").open()))
     assert len([d for d in draws if d["strategy"] == "head"]) == 4 and (out / "curve.png").stat().st_size > 1000
     assert "| head | 2 |" in (out / "curve.md").read_text()
     again = tmp_path / "again"
-    main(["adapt", str(trained_run), "--source", f"site={site}", "--curve", "1", "2", "--draws", "2", "--out",
-          str(again), "--no-group-duplicates"])  # fmt: skip
+    main(
+        [
+            "adapt",
+            str(trained_run),
+            "--source",
+            f"site={site}",
+            "--curve",
+            "1",
+            "2",
+            "--draws",
+            "2",
+            "--out",
+            str(again),
+            "--no-group-duplicates",
+        ]
+    )
     assert (again / "curve_draws.csv").read_text() == (out / "curve_draws.csv").read_text()  # the seed repeats it
 
 
 def test_the_adapted_model_is_an_ordinary_run_that_names_its_site(trained_run, tmp_path, capsys):
     site = site_csv(tmp_path / "site")
     parent = tmp_path / "adapted"
-    assert main(["adapt", str(trained_run), "--source", f"site={site}", "--out", str(parent),
-                 "--no-group-duplicates"]) == 0  # fmt: skip
+    assert (
+        main(["adapt", str(trained_run), "--source", f"site={site}", "--out", str(parent), "--no-group-duplicates"])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "validated at the site by leave-groups-out: AUC" in out
     run = next(parent.iterdir())
@@ -107,12 +140,28 @@ def test_bad_sites_are_refused_with_nothing_written(trained_run, tmp_path, capsy
     }
     before = sorted(p.name for p in tmp_path.iterdir())
     for spec, message in cases.items():
-        assert main(["adapt", str(trained_run), "--source", spec, "--out", str(tmp_path / "x"),
-                     "--no-group-duplicates"]) == 2  # fmt: skip
+        assert (
+            main(["adapt", str(trained_run), "--source", spec, "--out", str(tmp_path / "x"), "--no-group-duplicates"])
+            == 2
+        )
         err = capsys.readouterr().err
         assert "covidct: error:" in err and message in err, err
-    assert main(["adapt", str(trained_run), "--source", f"s={site}", "--curve", "9", "--out", str(tmp_path / "x"),
-                 "--no-group-duplicates"]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "adapt",
+                str(trained_run),
+                "--source",
+                f"s={site}",
+                "--curve",
+                "9",
+                "--out",
+                str(tmp_path / "x"),
+                "--no-group-duplicates",
+            ]
+        )
+        == 2
+    )
     assert "k = 9 groups per class asked, but class 0 has 5 group(s)" in capsys.readouterr().err
     seen = tmp_path / "seen"
     shutil.copytree(trained_run.parent.parent / "covid-ct" / "Images-processed", seen)

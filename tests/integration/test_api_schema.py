@@ -49,10 +49,25 @@ def test_api_conforms_to_its_schema(exported_model, api_key, tmp_path):
     config = tmp_path / "schemathesis.toml"
     config.write_text('[checks.positive_data_acceptance]\nexpected-statuses = ["2xx", "401", "415", "422"]\n')
     with LiveServer(app) as base:
-        cmd = [str(st), "--no-color", "--config-file", str(config), "run", f"{base}/openapi.json",
-               "--checks", "all", "--exclude-checks", "positive_data_acceptance", "--seed", "1", "--max-examples",
-               "100", "--generation-deterministic",
-               "--workers", "1"]  # fmt: skip
+        cmd = [
+            str(st),
+            "--no-color",
+            "--config-file",
+            str(config),
+            "run",
+            f"{base}/openapi.json",
+            "--checks",
+            "all",
+            "--exclude-checks",
+            "positive_data_acceptance",
+            "--seed",
+            "1",
+            "--max-examples",
+            "100",
+            "--generation-deterministic",
+            "--workers",
+            "1",
+        ]
         if api_key:
             cmd += ["-H", f"X-API-Key: {api_key}"]
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)

@@ -34,8 +34,17 @@ def test_bench_quick_writes_table_and_json(tmp_path, capsys):
     assert main(["bench", "--quick", "--models", "timm:resnet10t", "--out", str(tmp_path)]) == 0
     results = json.loads((tmp_path / "bench.json").read_text())
     m = results["models"]["timm:resnet10t"]
-    for key in ("train_naive_ips", "train_opt_ips", "eager_fp32_batch_ips", "ort_batch_ips", "ort_p95_ms",
-                "forward_ms", "backward_ms", "optimizer_ms", "loading_ms"):  # fmt: skip
+    for key in (
+        "train_naive_ips",
+        "train_opt_ips",
+        "eager_fp32_batch_ips",
+        "ort_batch_ips",
+        "ort_p95_ms",
+        "forward_ms",
+        "backward_ms",
+        "optimizer_ms",
+        "loading_ms",
+    ):
         assert m[key] > 0, key
     assert results["pipeline_ips"]["decoded_once"] > 0 and results["peak_rss_mb"] > 0
     table = (tmp_path / "bench.md").read_text()

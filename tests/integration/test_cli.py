@@ -99,9 +99,24 @@ def test_env_data_dir(tiny_dataset, monkeypatch, capsys):
 @pytest.mark.slow
 def test_train_evaluate_compare_end_to_end(tiny_dataset, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    args = ["train", "--data-dir", str(tiny_dataset), "--model", "timm:resnet10t", "--no-pretrained",
-            "--epochs", "1", "--batch-size", "8", "--num-workers", "0",
-            "--out", "runs", "--evaluate", "test"]  # fmt: skip
+    args = [
+        "train",
+        "--data-dir",
+        str(tiny_dataset),
+        "--model",
+        "timm:resnet10t",
+        "--no-pretrained",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--num-workers",
+        "0",
+        "--out",
+        "runs",
+        "--evaluate",
+        "test",
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "test performance" in out and "accuracy" in out and "sensitivity" in out
@@ -142,10 +157,34 @@ def test_log_to_a_file_is_one_line_per_epoch(tiny_dataset, tmp_path):
 
     env = {k: v for k, v in os.environ.items() if k != "COVIDCT_NO_PROGRESS"}
     with open(tmp_path / "log", "w") as log:
-        subprocess.run([sys.executable, "-m", "covidct", "train", "--data-dir", str(tiny_dataset), "--model",
-                        "timm:resnet10t", "--no-pretrained", "--epochs", "2", "--batch-size", "8", "--num-workers",
-                        "0", "--out", str(tmp_path / "runs"), "--evaluate", "test"],
-                       stdout=log, stderr=subprocess.STDOUT, env=env, check=True, timeout=600)  # fmt: skip
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "covidct",
+                "train",
+                "--data-dir",
+                str(tiny_dataset),
+                "--model",
+                "timm:resnet10t",
+                "--no-pretrained",
+                "--epochs",
+                "2",
+                "--batch-size",
+                "8",
+                "--num-workers",
+                "0",
+                "--out",
+                str(tmp_path / "runs"),
+                "--evaluate",
+                "test",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            check=True,
+            timeout=600,
+        )
     text = (tmp_path / "log").read_text()
     assert "\r" not in text
     assert [line.split(":")[0] for line in text.splitlines() if line.startswith("epoch ")] == ["epoch 1/2", "epoch 2/2"]
@@ -157,8 +196,21 @@ def test_mlflow_missing_is_said_before_training(tiny_dataset, tmp_path, monkeypa
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a))
-    code = main(["train", "--data-dir", str(tiny_dataset), "--model", "timm:resnet10t", "--no-pretrained",
-                 "--epochs", "1", "--out", str(tmp_path / "runs"), "--mlflow"])  # fmt: skip
+    code = main(
+        [
+            "train",
+            "--data-dir",
+            str(tiny_dataset),
+            "--model",
+            "timm:resnet10t",
+            "--no-pretrained",
+            "--epochs",
+            "1",
+            "--out",
+            str(tmp_path / "runs"),
+            "--mlflow",
+        ]
+    )
     assert code == 2
     assert capsys.readouterr().err.strip().endswith("pip install 'covidct[mlflow]'")
     assert not (tmp_path / "runs").exists()  # nothing trained, nothing written

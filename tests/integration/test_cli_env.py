@@ -21,17 +21,44 @@ def test_bare_source_names_are_found_under_the_data_root(tmp_path, monkeypatch, 
     make_sars_layout(root / "sars-cov-2-ct", 6, 6)
     monkeypatch.setenv("COVIDCT_DATA_ROOT", str(root))
     monkeypatch.setenv("COVIDCT_ALLOW_PARTIAL_SOURCES", "1")  # tiny stand-ins of the two sources
-    assert main(["train", "--source", "covid-ct", "--model", "timm:resnet10t", "--no-pretrained", "--epochs", "1",
-                 "--batch-size", "8", "--num-workers", "0", "--precision", "32", "--no-tensorboard",
-                 "--run-dir", str(tmp_path / "run"), "--evaluate-on", "sars-cov-2-ct"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--source",
+                "covid-ct",
+                "--model",
+                "timm:resnet10t",
+                "--no-pretrained",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "8",
+                "--num-workers",
+                "0",
+                "--precision",
+                "32",
+                "--no-tensorboard",
+                "--run-dir",
+                str(tmp_path / "run"),
+                "--evaluate-on",
+                "sars-cov-2-ct",
+            ]
+        )
+        == 0
+    )
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert str(root / "covid-ct") in summary["data_source"]
     assert json.loads((tmp_path / "run" / "eval-sars-cov-2-ct" / "metrics.json").read_text())["n"] == 12
 
 
 def serve(model, *extra, env=None):
-    proc = subprocess.Popen([sys.executable, "-m", "covidct", "serve", str(model), "--port", "0", *extra],
-                            stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "covidct", "serve", str(model), "--port", "0", *extra],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     port, deadline = None, time.time() + 60
     while port is None and time.time() < deadline:
         line = proc.stderr.readline()

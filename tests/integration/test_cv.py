@@ -58,8 +58,15 @@ def test_fold_rows_keep_test_untouched(tmp_path):
 @pytest.mark.slow
 def test_run_cv_trains_every_fold_and_pools_out_of_fold_scores(tmp_path):
     data_dir = make_covidct_layout(tmp_path / "covid-ct", TINY_COUNTS)
-    config = TrainConfig(model="timm:resnet10t", data_dir=str(data_dir), pretrained=False, epochs=1, batch_size=8,
-                         num_workers=0, out=str(tmp_path / "runs"))  # fmt: skip
+    config = TrainConfig(
+        model="timm:resnet10t",
+        data_dir=str(data_dir),
+        pretrained=False,
+        epochs=1,
+        batch_size=8,
+        num_workers=0,
+        out=str(tmp_path / "runs"),
+    )
     cv_dir = run_cv(config, folds=2, progress=False)
     summary = json.loads((cv_dir / "cv.json").read_text())
     data = load_splits(data_dir)
@@ -88,8 +95,16 @@ def test_fold_ensemble_chooses_no_threshold_on_validation_it_trained_on(tmp_path
     from covidct.evaluation.evaluate import evaluate_run
 
     data_dir = make_covidct_layout(tmp_path / "covid-ct", TINY_COUNTS)
-    config = TrainConfig(model="timm:resnet10t", data_dir=str(data_dir), pretrained=False, epochs=1, batch_size=8,
-                         num_workers=0, out=str(tmp_path / "runs"), tensorboard=False)  # fmt: skip
+    config = TrainConfig(
+        model="timm:resnet10t",
+        data_dir=str(data_dir),
+        pretrained=False,
+        epochs=1,
+        batch_size=8,
+        num_workers=0,
+        out=str(tmp_path / "runs"),
+        tensorboard=False,
+    )
     cv_dir = run_cv(config, folds=2, progress=False)
     runs = [cv_dir / f"fold-{k}" / "run" for k in (1, 2)]
     result = evaluate_run(runs, "test", out_dir=tmp_path / "ens", n_bootstrap=0)

@@ -20,9 +20,19 @@ def test_make_demo_runs_its_commands_on_tiny_data(tmp_path):
     data = make_covidct_layout(tmp_path / "covid-ct", TINY_COUNTS)
     sars = make_sars_layout(tmp_path / "sars", 6, 6)
     run = tmp_path / "runs" / "demo"
-    args = ["make", "-C", str(ROOT), "--no-print-directory", "demo", f"DATA_DIR={data}", f"SARS_DIR={sars}",
-            f"RUNS={tmp_path / 'runs'}", f"DEMO_RUN={run}", "MODEL=timm:resnet10t",
-            "DEMO_ARGS=--epochs 1 --no-pretrained --batch-size 8 --num-workers 0 --precision 32"]  # fmt: skip
+    args = [
+        "make",
+        "-C",
+        str(ROOT),
+        "--no-print-directory",
+        "demo",
+        f"DATA_DIR={data}",
+        f"SARS_DIR={sars}",
+        f"RUNS={tmp_path / 'runs'}",
+        f"DEMO_RUN={run}",
+        "MODEL=timm:resnet10t",
+        "DEMO_ARGS=--epochs 1 --no-pretrained --batch-size 8 --num-workers 0 --precision 32",
+    ]
     env = {**os.environ, "COVIDCT_ALLOW_PARTIAL_SOURCES": "1", "COVIDCT_NO_PROGRESS": "1"}
     out = subprocess.run(args, capture_output=True, text=True, env=env, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]

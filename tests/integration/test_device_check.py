@@ -13,13 +13,26 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_dry_run_runs_every_step(tmp_path):
-    out = subprocess.run(["bash", str(ROOT / "benchmarks" / "device_check.sh"), "--dry-run", "--out", str(tmp_path)],
-                         capture_output=True, text=True, timeout=900, env={**os.environ, "CI": ""})  # fmt: skip
+    out = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "device_check.sh"), "--dry-run", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "CI": ""},
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
     steps = results["steps"]
-    want = ["a_vgg19_bn_60_epochs", "a_default_60_epochs", "b_default_seed1", "b_default_seed2", "b_default_seed3",
-            "c_pretrain_simclr", "c_fine_tuned_from_pretrain", "d_ddp_one_gpu"]  # fmt: skip
+    want = [
+        "a_vgg19_bn_60_epochs",
+        "a_default_60_epochs",
+        "b_default_seed1",
+        "b_default_seed2",
+        "b_default_seed3",
+        "c_pretrain_simclr",
+        "c_fine_tuned_from_pretrain",
+        "d_ddp_one_gpu",
+    ]
     assert list(steps) == want
     assert all(s["status"] == "ok" for s in steps.values()), steps
     assert all("test" in steps[f"b_default_seed{k}"] for k in (1, 2, 3))
@@ -29,6 +42,10 @@ def test_dry_run_runs_every_step(tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present here")
 def test_refuses_without_a_gpu(tmp_path):
-    out = subprocess.run(["bash", str(ROOT / "benchmarks" / "device_check.sh"), "--out", str(tmp_path)],
-                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    out = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "device_check.sh"), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2 and "no NVIDIA GPU visible" in out.stderr

@@ -25,11 +25,30 @@ def test_two_processes_score_every_validation_image_once(tmp_path):
     data = make_covidct_layout(tmp_path / "d", COUNTS)
     run = tmp_path / "run"
     env = {**os.environ, "COVIDCT_NO_PROGRESS": "1", "MASTER_ADDR": "127.0.0.1", "OMP_NUM_THREADS": "1"}
-    args = ["--model", "timm:resnet10t", "--no-pretrained", "--data-dir", str(data), "--epochs", "2",
-            "--batch-size", "4", "--num-workers", "0", "--precision", "32", "--accelerator", "cpu",
-            "--devices", "2", "--run-dir", str(run)]  # fmt: skip
-    done = subprocess.run([sys.executable, "-m", "covidct", "train", *args], env=env, capture_output=True, text=True,
-                          timeout=600)  # fmt: skip
+    args = [
+        "--model",
+        "timm:resnet10t",
+        "--no-pretrained",
+        "--data-dir",
+        str(data),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+        "--num-workers",
+        "0",
+        "--precision",
+        "32",
+        "--accelerator",
+        "cpu",
+        "--devices",
+        "2",
+        "--run-dir",
+        str(run),
+    ]
+    done = subprocess.run(
+        [sys.executable, "-m", "covidct", "train", *args], env=env, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["processes"] == 2

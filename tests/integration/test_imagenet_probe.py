@@ -31,9 +31,18 @@ def probe_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     torch.manual_seed(3)
     weights = root / "start.safetensors"
     save_file({k: v.contiguous() for k, v in timm.create_model("resnet10t").state_dict().items()}, str(weights))
-    config = TrainConfig(model="timm:resnet10t", data_dir=str(data), pretrained=False, weights=str(weights),
-                         epochs=1, batch_size=8, num_workers=0, out=str(root / "runs"), precision="32",
-                         input_size=64)  # fmt: skip
+    config = TrainConfig(
+        model="timm:resnet10t",
+        data_dir=str(data),
+        pretrained=False,
+        weights=str(weights),
+        epochs=1,
+        batch_size=8,
+        num_workers=0,
+        out=str(root / "runs"),
+        precision="32",
+        input_size=64,
+    )
     return train(config, progress=False), weights
 
 

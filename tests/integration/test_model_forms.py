@@ -56,8 +56,9 @@ def test_predict_every_form(forms, ct_file, form, tmp_path, capsys):
 @pytest.mark.parametrize("form", ["run folder", "export folder", "onnx file"])
 def test_serve_every_form_through_the_cli(forms, form):
     """`covidct serve FORM --port 0`: the OS picks a free port, uvicorn says which; /health and the card answer."""
-    proc = subprocess.Popen([sys.executable, "-m", "covidct", "serve", str(forms[form]), "--port", "0"],
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "covidct", "serve", str(forms[form]), "--port", "0"], stderr=subprocess.PIPE, text=True
+    )
     try:
         port, deadline, seen = None, time.time() + 120, []
         while port is None and time.time() < deadline:

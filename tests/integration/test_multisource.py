@@ -14,8 +14,18 @@ from covidct.config import TrainConfig
 from covidct.training.loaders import make_sampler, source_weights
 from tests.conftest import TINY_COUNTS, make_covidct_layout, make_sars_layout
 
-TINY = ["--model", "timm:resnet10t", "--no-pretrained", "--batch-size", "8", "--num-workers", "0", "--lr", "1e-3",
-        "--no-tensorboard"]  # fmt: skip
+TINY = [
+    "--model",
+    "timm:resnet10t",
+    "--no-pretrained",
+    "--batch-size",
+    "8",
+    "--num-workers",
+    "0",
+    "--lr",
+    "1e-3",
+    "--no-tensorboard",
+]
 
 
 @pytest.fixture
@@ -51,9 +61,24 @@ def test_sampler_draws_sources_equally_and_is_seeded(two_sources):
 
 def test_two_source_training_external_evaluation_and_card(two_sources, tmp_path, capsys):
     a, b = two_sources
-    args = ["train", *TINY, "--epochs", "2", "--source", f"covid-ct={a}", "--source", f"sars-cov-2-ct={b}",
-            "--monitor", "val_auc_mean", "--crop", "lung", "--augment", "robust",
-            "--out", str(tmp_path / "runs")]  # fmt: skip
+    args = [
+        "train",
+        *TINY,
+        "--epochs",
+        "2",
+        "--source",
+        f"covid-ct={a}",
+        "--source",
+        f"sars-cov-2-ct={b}",
+        "--monitor",
+        "val_auc_mean",
+        "--crop",
+        "lung",
+        "--augment",
+        "robust",
+        "--out",
+        str(tmp_path / "runs"),
+    ]
     assert main(args) == 0
     run = next((tmp_path / "runs").iterdir())
     summary = json.loads((run / "summary.json").read_text())
@@ -139,8 +164,18 @@ def test_bad_sources_are_one_clear_error(tmp_path, capsys):
 def test_crosssource_matrix(two_sources, tmp_path):
     a, b = two_sources
     out = tmp_path / "xs"
-    args = ["crosssource", *TINY, "--epochs", "1", "--source", f"covid-ct={a}", "--source", f"sars-cov-2-ct={b}",
-            "--out-dir", str(out)]  # fmt: skip
+    args = [
+        "crosssource",
+        *TINY,
+        "--epochs",
+        "1",
+        "--source",
+        f"covid-ct={a}",
+        "--source",
+        f"sars-cov-2-ct={b}",
+        "--out-dir",
+        str(out),
+    ]
     assert main(args) == 0
     matrix = json.loads((out / "matrix.json").read_text())
     trained = [t["trained_on"] for t in matrix["trainings"]]
@@ -172,8 +207,21 @@ def test_crosssource_matrix(two_sources, tmp_path):
 def test_crosssource_over_seeds_keeps_each_matrix_and_their_spread(two_sources, tmp_path, capsys):
     a, b = two_sources
     out = tmp_path / "xs"
-    args = ["crosssource", *TINY, "--epochs", "1", "--source", f"covid-ct={a}", "--source", f"sars-cov-2-ct={b}",
-            "--seeds", "3", "4", "--out-dir", str(out)]  # fmt: skip
+    args = [
+        "crosssource",
+        *TINY,
+        "--epochs",
+        "1",
+        "--source",
+        f"covid-ct={a}",
+        "--source",
+        f"sars-cov-2-ct={b}",
+        "--seeds",
+        "3",
+        "4",
+        "--out-dir",
+        str(out),
+    ]
     assert main(args) == 0
     per_seed = [json.loads((out / f"seed-{s}" / "matrix.json").read_text()) for s in (3, 4)]
     assert [m["config"]["seed"] for m in per_seed] == [3, 4]

@@ -142,8 +142,9 @@ def test_evaluate_on_a_set_splits_the_metrics_by_the_flag(trained_run, tmp_path)
 def test_the_api_answers_the_flag(trained_run):
     import io
 
-    client = TestClient(__import__("covidct.inference.serve", fromlist=["create_app"]).create_app(
-        load_trained(trained_run)))  # fmt: skip
+    client = TestClient(
+        __import__("covidct.inference.serve", fromlist=["create_app"]).create_app(load_trained(trained_run))
+    )
     buf = io.BytesIO()
     noise_images(1)[0].save(buf, format="PNG")
     body = client.post("/api/v1/predict", files={"file": ("n.png", buf.getvalue(), "image/png")}).json()
@@ -156,8 +157,10 @@ def test_the_check_is_the_same_when_threads_share_the_model(trained_run):
     from concurrent.futures import ThreadPoolExecutor
 
     model = load_trained(trained_run)
-    batches = [noise_images(3, seed=k) + [load_rgb(s.path) for s in RunDir(trained_run).data().splits["val"][:3]]
-               for k in range(6)]  # fmt: skip
+    batches = [
+        noise_images(3, seed=k) + [load_rgb(s.path) for s in RunDir(trained_run).data().splits["val"][:3]]
+        for k in range(6)
+    ]
     alone = [model.scores_with_ood(b)[1] for b in batches]
     with ThreadPoolExecutor(4) as pool:
         together = list(pool.map(lambda b: model.scores_with_ood(b)[1], batches * 3))
@@ -220,10 +223,13 @@ def test_scanner_slices_are_flagged_everywhere_for_a_model_trained_on_image_file
     assert main(["evaluate", str(run), "--on", f"pacs={labelled_dicoms(tmp_path / 'pacs')}", "--bootstrap", "0"]) == 0
     assert json.loads((run / "eval-pacs" / "metrics.json").read_text())["ood"]["fraction_flagged"] == 1.0
 
-    client = TestClient(__import__("covidct.inference.serve", fromlist=["create_app"]).create_app(
-        load_trained(trained_run)))  # fmt: skip
-    body = client.post("/api/v1/predict", files={"file": ("a.dcm", (cd / "DIR1" / "SUB0" / "IM0000").read_bytes(),
-                                                          "application/dicom")}).json()  # fmt: skip
+    client = TestClient(
+        __import__("covidct.inference.serve", fromlist=["create_app"]).create_app(load_trained(trained_run))
+    )
+    body = client.post(
+        "/api/v1/predict",
+        files={"file": ("a.dcm", (cd / "DIR1" / "SUB0" / "IM0000").read_bytes(), "application/dicom")},
+    ).json()
     assert body["in_distribution"] is False and "scanner acquisition" in body["ood_reason"]
 
 
@@ -249,8 +255,9 @@ def test_a_square_image_is_flagged_by_its_shape_everywhere(trained_run, tmp_path
     assert main(["evaluate", str(run), "--on", f"site={site}", "--bootstrap", "0"]) == 0
     assert json.loads((run / "eval-site" / "metrics.json").read_text())["ood"]["fraction_flagged"] == 1.0
 
-    client = TestClient(__import__("covidct.inference.serve", fromlist=["create_app"]).create_app(
-        load_trained(trained_run)))  # fmt: skip
+    client = TestClient(
+        __import__("covidct.inference.serve", fromlist=["create_app"]).create_app(load_trained(trained_run))
+    )
     body = client.post("/api/v1/predict", files={"file": ("s.png", square.read_bytes(), "image/png")}).json()
     assert body["in_distribution"] is False and "aspect 1.00" in body["ood_reason"]
 

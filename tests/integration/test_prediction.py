@@ -141,8 +141,21 @@ def test_gradcam_has_the_image_size_and_is_not_constant(exported_model, inputs):
 
 def test_predict_cli_writes_csv_and_cams(exported_model, inputs, tmp_path, capsys):
     out, cams = tmp_path / "p.csv", tmp_path / "cams"
-    assert main(["predict", str(exported_model), str(inputs / "a.png"), str(inputs / "vol.nii.gz"),
-                 "--out", str(out), "--cam", str(cams)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "predict",
+                str(exported_model),
+                str(inputs / "a.png"),
+                str(inputs / "vol.nii.gz"),
+                "--out",
+                str(out),
+                "--cam",
+                str(cams),
+            ]
+        )
+        == 0
+    )
     rows = list(csv.DictReader(out.open()))
     assert [r["slice"] for r in rows] == ["", "0", "1", "2", "3", "4", "5", "volume"]
     assert all(not math.isnan(float(r["score"])) for r in rows)

@@ -24,8 +24,24 @@ def data(tmp_path_factory):
 
 @pytest.mark.parametrize("method", ["simclr", "moco", "byol"])
 def test_pretrain_then_fine_tune_from_it(data, tmp_path, method, capsys):
-    args = ["pretrain", *TINY, "--data-dir", str(data), "--method", method, "--epochs", "2", "--batch-size", "8",
-            "--input-size", "32", "--memory-bank", "64", "--out", str(tmp_path / "pre")]  # fmt: skip
+    args = [
+        "pretrain",
+        *TINY,
+        "--data-dir",
+        str(data),
+        "--method",
+        method,
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--input-size",
+        "32",
+        "--memory-bank",
+        "64",
+        "--out",
+        str(tmp_path / "pre"),
+    ]
     assert main(args) == 0
     run = next((tmp_path / "pre").iterdir())
     summary = json.loads((run / "summary.json").read_text())
@@ -35,8 +51,21 @@ def test_pretrain_then_fine_tune_from_it(data, tmp_path, method, capsys):
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("epoch ")]
     assert len(lines) == 2 and "train_loss" in lines[0] and "val_" not in lines[0]  # no val_* nan: none is logged
 
-    train = ["train", *TINY, "--data-dir", str(data), "--epochs", "1", "--batch-size", "8", "--init", str(run),
-             "--out", str(tmp_path / "ft"), "--no-tensorboard"]  # fmt: skip
+    train = [
+        "train",
+        *TINY,
+        "--data-dir",
+        str(data),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--init",
+        str(run),
+        "--out",
+        str(tmp_path / "ft"),
+        "--no-tensorboard",
+    ]
     assert main(train) == 0
     ft = next((tmp_path / "ft").iterdir())
     ckpt = torch.load(ft / "checkpoints" / "last.ckpt", weights_only=True)
@@ -63,13 +92,40 @@ def test_pretrain_bad_input(data, tmp_path, capsys):
 
 
 def test_init_from_another_backbone_is_refused(data, tmp_path, capsys):
-    args = ["pretrain", *TINY, "--data-dir", str(data), "--epochs", "1", "--batch-size", "8", "--input-size", "32",
-            "--out", str(tmp_path / "pre")]  # fmt: skip
+    args = [
+        "pretrain",
+        *TINY,
+        "--data-dir",
+        str(data),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--input-size",
+        "32",
+        "--out",
+        str(tmp_path / "pre"),
+    ]
     assert main(args) == 0
     run = next((tmp_path / "pre").iterdir())
     capsys.readouterr()
-    assert main(["train", "--model", "timm:resnet14t", "--no-pretrained", "--data-dir", str(data), "--init", str(run),
-                 "--out", str(tmp_path / "x")]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "timm:resnet14t",
+                "--no-pretrained",
+                "--data-dir",
+                str(data),
+                "--init",
+                str(run),
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
     assert "pretrained timm:resnet10t, not timm:resnet14t" in capsys.readouterr().err
 
 
@@ -78,9 +134,30 @@ def test_pretraining_repeats_with_any_worker_count(data, tmp_path):
 
     def backbone(workers: str, seed: str = "3") -> dict:
         out = tmp_path / f"w{workers}-s{seed}"
-        args = ["pretrain", "--model", "timm:resnet10t", "--no-pretrained", "--num-workers", workers, "--data-dir",
-                str(data), "--method", "simclr", "--epochs", "2", "--batch-size", "8", "--input-size", "32",
-                "--seed", seed, "--precision", "32", "--out", str(out)]  # fmt: skip
+        args = [
+            "pretrain",
+            "--model",
+            "timm:resnet10t",
+            "--no-pretrained",
+            "--num-workers",
+            workers,
+            "--data-dir",
+            str(data),
+            "--method",
+            "simclr",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "8",
+            "--input-size",
+            "32",
+            "--seed",
+            seed,
+            "--precision",
+            "32",
+            "--out",
+            str(out),
+        ]
         assert main(args) == 0
         return load_file(str(next(out.iterdir()) / "backbone.safetensors"))
 
@@ -96,15 +173,30 @@ def test_resumed_pretraining_keeps_only_the_history_its_checkpoint_completed(dat
 
     import yaml
 
-    args = ["pretrain", *TINY, "--data-dir", str(data), "--method", "simclr", "--epochs", "2", "--batch-size", "8",
-            "--input-size", "32", "--out", str(tmp_path / "pre")]  # fmt: skip
+    args = [
+        "pretrain",
+        *TINY,
+        "--data-dir",
+        str(data),
+        "--method",
+        "simclr",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--input-size",
+        "32",
+        "--out",
+        str(tmp_path / "pre"),
+    ]
     assert main(args) == 0
     run = next((tmp_path / "pre").iterdir())
     config = yaml.safe_load((run / "config.yaml").read_text())
     (run / "config.yaml").write_text(yaml.safe_dump({**config, "epochs": 3}, sort_keys=False))
     with open(run / "metrics.csv", "a", newline="") as f:  # epoch 3's row, written before the kill
-        f.write("3," + ",".join(["123.0"] * (len((run / "metrics.csv").read_text().splitlines()[0].split(",")) - 1))
-                + "\n")  # fmt: skip
+        f.write(
+            "3," + ",".join(["123.0"] * (len((run / "metrics.csv").read_text().splitlines()[0].split(",")) - 1)) + "\n"
+        )
     assert main(["pretrain", "--resume", str(run)]) == 0
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]

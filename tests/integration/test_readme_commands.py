@@ -35,9 +35,26 @@ def test_train_from_a_recipe_file_flags_win_and_report(tiny_dataset, tmp_path, m
     """README: `covidct train --config configs/study.yaml`, flags overriding it; --no-* flags; --report."""
     recipe = Path(__file__).resolve().parents[2] / "configs" / "study.yaml"
     monkeypatch.chdir(tmp_path)
-    args = ["train", "--config", str(recipe), "--model", "timm:resnet10t", "--lr", "0.002", "--epochs", "1",
-            "--data-dir", str(tiny_dataset), "--no-tensorboard", "--out", "runs", "--evaluate", "test", "--report",
-            *TINY]  # fmt: skip
+    args = [
+        "train",
+        "--config",
+        str(recipe),
+        "--model",
+        "timm:resnet10t",
+        "--lr",
+        "0.002",
+        "--epochs",
+        "1",
+        "--data-dir",
+        str(tiny_dataset),
+        "--no-tensorboard",
+        "--out",
+        "runs",
+        "--evaluate",
+        "test",
+        "--report",
+        *TINY,
+    ]
     assert main(args) == 0
     run = next((tmp_path / "runs").iterdir())
     saved = yaml.safe_load((run / "config.yaml").read_text())
@@ -52,8 +69,23 @@ def test_train_from_a_recipe_file_flags_win_and_report(tiny_dataset, tmp_path, m
 
 def test_early_stopping_stops(tiny_dataset, tmp_path):
     """--patience N ends the run N epochs after the best one, well before --epochs."""
-    args = ["train", "--model", "timm:resnet10t", "--data-dir", str(tiny_dataset), "--epochs", "40", "--patience",
-            "2", "--lr", "1e-7", "--no-tensorboard", "--run-dir", str(tmp_path / "run"), *TINY]  # fmt: skip
+    args = [
+        "train",
+        "--model",
+        "timm:resnet10t",
+        "--data-dir",
+        str(tiny_dataset),
+        "--epochs",
+        "40",
+        "--patience",
+        "2",
+        "--lr",
+        "1e-7",
+        "--no-tensorboard",
+        "--run-dir",
+        str(tmp_path / "run"),
+        *TINY,
+    ]
     assert main(args) == 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     epochs = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
@@ -62,8 +94,23 @@ def test_early_stopping_stops(tiny_dataset, tmp_path):
 
 
 def test_evaluate_tta_calibrate_and_several_runs(own_run, tmp_path, capsys):
-    assert main(["evaluate", str(own_run), "--split", "test", "--tta", "--calibrate", "--bootstrap", "0",
-                 "--out", str(tmp_path / "e")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "evaluate",
+                str(own_run),
+                "--split",
+                "test",
+                "--tta",
+                "--calibrate",
+                "--bootstrap",
+                "0",
+                "--out",
+                str(tmp_path / "e"),
+            ]
+        )
+        == 0
+    )
     m = json.loads((tmp_path / "e" / "metrics.json").read_text())
     assert (
         m["tta"] == "mean over the image and its left-right mirror"
@@ -76,8 +123,22 @@ def test_evaluate_tta_calibrate_and_several_runs(own_run, tmp_path, capsys):
     plain_scores = [r["score"] for r in csv.DictReader((plain / "predictions.csv").open())]
     assert tta_scores != plain_scores  # --tta changed the scores
     other = perturbed_copy(own_run, tmp_path / "other")
-    assert main(["evaluate", str(own_run), str(other), "--split", "test", "--bootstrap", "0",
-                 "--out", str(tmp_path / "ens")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "evaluate",
+                str(own_run),
+                str(other),
+                "--split",
+                "test",
+                "--bootstrap",
+                "0",
+                "--out",
+                str(tmp_path / "ens"),
+            ]
+        )
+        == 0
+    )
     ens = json.loads((tmp_path / "ens" / "metrics.json").read_text())
     assert ens["ensemble"]["members"] == 2 and "ensemble of" in capsys.readouterr().out
 
@@ -96,8 +157,21 @@ def test_threshold_choose_sensitivity(own_run, tmp_path):
 
 
 def test_cv_folds(tiny_dataset, tmp_path):
-    args = ["cv", "--folds", "2", "--model", "timm:resnet10t", "--data-dir", str(tiny_dataset), "--epochs", "1",
-            "--no-tensorboard", "--out", str(tmp_path / "runs"), *TINY]  # fmt: skip
+    args = [
+        "cv",
+        "--folds",
+        "2",
+        "--model",
+        "timm:resnet10t",
+        "--data-dir",
+        str(tiny_dataset),
+        "--epochs",
+        "1",
+        "--no-tensorboard",
+        "--out",
+        str(tmp_path / "runs"),
+        *TINY,
+    ]
     assert main(args) == 0
     (cv_dir,) = (tmp_path / "runs").iterdir()
     summary = json.loads((cv_dir / "cv.json").read_text())

@@ -63,8 +63,10 @@ def test_gallery_carries_each_image_flag(tmp_path):
 
     path = tmp_path / "a.png"
     Image.new("L", (40, 30), 90).save(path)
-    rows = [{"path": str(path), "score": str(s), "label": "0", "in_distribution": flag}
-            for s, flag in ((0.9, "0"), (0.8, "1"), (0.7, ""))]  # fmt: skip
+    rows = [
+        {"path": str(path), "score": str(s), "label": "0", "in_distribution": flag}
+        for s, flag in ((0.9, "0"), (0.8, "1"), (0.7, ""))
+    ]
     gallery = misclassified_gallery(rows, ["NonCOVID", "COVID"], 0.5)
     assert [m["flagged"] for m in gallery] == [True, False, False]  # "0": flagged; "1": not; "": no detector
     assert [m["score"] for m in gallery] == [0.9, 0.8, 0.7]  # furthest from the threshold first

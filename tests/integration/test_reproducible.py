@@ -6,13 +6,40 @@ import csv
 from covidct.cli import main
 from tests.conftest import TINY_COUNTS, make_covidct_layout
 
-TINY = ["--model", "timm:resnet10t", "--no-pretrained", "--batch-size", "8", "--lr", "1e-3", "--no-tensorboard",
-        "--epochs", "2", "--augment", "ct"]  # fmt: skip
+TINY = [
+    "--model",
+    "timm:resnet10t",
+    "--no-pretrained",
+    "--batch-size",
+    "8",
+    "--lr",
+    "1e-3",
+    "--no-tensorboard",
+    "--epochs",
+    "2",
+    "--augment",
+    "ct",
+]
 
 
 def _history(data, out, seed: int, workers: int) -> list[dict[str, str]]:
-    assert main(["train", *TINY, "--data-dir", str(data), "--seed", str(seed), "--num-workers", str(workers),
-                 "--out", str(out)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                *TINY,
+                "--data-dir",
+                str(data),
+                "--seed",
+                str(seed),
+                "--num-workers",
+                str(workers),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     run = next(out.iterdir())
     rows = list(csv.DictReader((run / "metrics.csv").read_text().splitlines()))
     return [{k: v for k, v in r.items() if k.startswith(("train_loss", "val_"))} for r in rows]

@@ -19,8 +19,17 @@ from tests.conftest import TINY_COUNTS, make_covidct_layout
 
 
 def _config(data_dir, out, **kw) -> TrainConfig:
-    base = dict(model="timm:resnet10t", data_dir=str(data_dir), pretrained=False, batch_size=4, lr=1e-3,
-                num_workers=0, out=str(out), patience=50, tensorboard=False)  # fmt: skip
+    base = dict(
+        model="timm:resnet10t",
+        data_dir=str(data_dir),
+        pretrained=False,
+        batch_size=4,
+        lr=1e-3,
+        num_workers=0,
+        out=str(out),
+        patience=50,
+        tensorboard=False,
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -110,8 +119,23 @@ def _wait_for_epochs(run, proc, n: int, timeout: float = 120) -> None:
 def test_killed_training_resumes_from_the_command_line(tmp_path, how):
     data = make_covidct_layout(tmp_path / "d", {**TINY_COUNTS, "train": {"COVID": 16, "NonCOVID": 16}})
     run = tmp_path / "run"
-    args = ["--model", "timm:resnet10t", "--no-pretrained", "--data-dir", str(data), "--epochs", "6",
-            "--batch-size", "4", "--num-workers", "0", "--patience", "50", "--run-dir", str(run)]  # fmt: skip
+    args = [
+        "--model",
+        "timm:resnet10t",
+        "--no-pretrained",
+        "--data-dir",
+        str(data),
+        "--epochs",
+        "6",
+        "--batch-size",
+        "4",
+        "--num-workers",
+        "0",
+        "--patience",
+        "50",
+        "--run-dir",
+        str(run),
+    ]
     proc = _start(args, tmp_path)
     _wait_for_epochs(run, proc, 2)
     time.sleep(0.3)  # somewhere inside a later epoch
@@ -126,8 +150,9 @@ def test_killed_training_resumes_from_the_command_line(tmp_path, how):
     assert torch.load(last, weights_only=True)["epoch"] == done - 1
     # the signal landed mid-run: epochs were left to do and the run had not written its summary
     assert 2 <= done < 6 and not (run / "summary.json").exists(), (done, output)
-    resumed = subprocess.run([sys.executable, "-m", "covidct", "train", "--resume", str(run)], capture_output=True,
-                             text=True, timeout=300)  # fmt: skip
+    resumed = subprocess.run(
+        [sys.executable, "-m", "covidct", "train", "--resume", str(run)], capture_output=True, text=True, timeout=300
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert _epochs(run) == list(range(1, 7))
     best = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)

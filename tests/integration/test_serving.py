@@ -116,8 +116,11 @@ def live_server(exported_model):
     uvicorn announces it (no window between finding a free port and binding it, where another process can take it)."""
     import re
 
-    proc = subprocess.Popen([sys.executable, "-m", "covidct", "serve", str(exported_model), "--port", "0"],
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "covidct", "serve", str(exported_model), "--port", "0"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     port, seen, deadline = None, [], time.time() + 60
     while port is None and time.time() < deadline:
         line = proc.stderr.readline()

@@ -53,8 +53,11 @@ def test_predict_and_evaluate_write_one_shift_record(trained_run, tmp_path, caps
     assert main(["predict", str(run), str(noise), "--out", str(tmp_path / "p.csv")]) == 0
     out = capsys.readouterr().out
     record = json.loads((tmp_path / "p.json").read_text())["shift"]
-    assert record["tested"] and record["n"] == 20 and set(record["tests"]) == {"features_mmd", "statistics_mmd",
-                                                                                "classifier"}  # fmt: skip
+    assert (
+        record["tested"]
+        and record["n"] == 20
+        and set(record["tests"]) == {"features_mmd", "statistics_mmd", "classifier"}
+    )
     assert record["shifted"] and "SHIFT: this batch of 20 images differs" in out and "covidct adapt" in out
 
     few = folder_of(tmp_path / "few", 5, noise=False)

@@ -90,11 +90,21 @@ def test_training_learns_the_synthetic_signal(tmp_path):
     }
     data = make_covidct_layout(tmp_path / "d", counts, seed=1)
     run = train(
-        TrainConfig(model="timm:resnet10t", data_dir=str(data), pretrained=False, epochs=6, batch_size=8,
-                    lr=2e-3, patience=6, num_workers=0, out=str(tmp_path / "runs"), monitor="val_auc",
-                    precision="32"),  # the same numbers on every CPU ("auto" is bf16 only where it pays)
+        TrainConfig(
+            model="timm:resnet10t",
+            data_dir=str(data),
+            pretrained=False,
+            epochs=6,
+            batch_size=8,
+            lr=2e-3,
+            patience=6,
+            num_workers=0,
+            out=str(tmp_path / "runs"),
+            monitor="val_auc",
+            precision="32",
+        ),  # the same numbers on every CPU ("auto" is bf16 only where it pays)
         progress=False,
-    )  # fmt: skip
+    )
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     assert max(float(r["val_auc"]) for r in rows) >= 0.8
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
@@ -102,10 +112,18 @@ def test_training_learns_the_synthetic_signal(tmp_path):
 
 def test_ema_checkpoint_holds_the_averaged_weights(tmp_path, tiny_dataset):
     run = train(
-        TrainConfig(model="timm:resnet10t", data_dir=str(tiny_dataset), pretrained=False, epochs=2, batch_size=8,
-                    num_workers=0, out=str(tmp_path / "runs"), ema_decay=0.9),
+        TrainConfig(
+            model="timm:resnet10t",
+            data_dir=str(tiny_dataset),
+            pretrained=False,
+            epochs=2,
+            batch_size=8,
+            num_workers=0,
+            out=str(tmp_path / "runs"),
+            ema_decay=0.9,
+        ),
         progress=False,
-    )  # fmt: skip
+    )
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     averaged, current = ckpt["state_dict"], ckpt["current_model_state"]
     key = "model.fc.weight"
@@ -147,8 +165,17 @@ def test_input_size_sets_the_preprocessing_the_checkpoint_carries(tmp_path, tiny
     from covidct.evaluation.scoring import eval_dataset, load_classifier
     from covidct.runs import RunDir
 
-    config = TrainConfig(model="timm:resnet10t", data_dir=str(tiny_dataset), pretrained=False, epochs=1,
-                         batch_size=8, num_workers=0, out=str(tmp_path), input_size=64, tensorboard=False)  # fmt: skip
+    config = TrainConfig(
+        model="timm:resnet10t",
+        data_dir=str(tiny_dataset),
+        pretrained=False,
+        epochs=1,
+        batch_size=8,
+        num_workers=0,
+        out=str(tmp_path),
+        input_size=64,
+        tensorboard=False,
+    )
     run = train(config, progress=False)
     module = load_classifier(run / "checkpoints" / "best.ckpt")
     assert (module.preprocessing.input_size, module.preprocessing.resize) == (64, 73)

@@ -123,9 +123,17 @@ def test_the_record_travels_in_ood_json_and_an_older_detector_has_none(tmp_path)
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("kinds", {"DICOM": "two"}), ("kinds", {"film": 1}), ("scanners", [["SIEMENS"]]), ("pixel_spacing", [0.7]),
-     ("slice_thickness", [-1, 2]), ("aspect", [0, 1.5]), ("aspect", "wide"), ("(the whole record)", "all of it")],
-)  # fmt: skip
+    [
+        ("kinds", {"DICOM": "two"}),
+        ("kinds", {"film": 1}),
+        ("scanners", [["SIEMENS"]]),
+        ("pixel_spacing", [0.7]),
+        ("slice_thickness", [-1, 2]),
+        ("aspect", [0, 1.5]),
+        ("aspect", "wide"),
+        ("(the whole record)", "all of it"),
+    ],
+)
 def test_a_malformed_record_is_refused_naming_the_field(tmp_path, field, value):
     record = AcquisitionRecord({IMAGE_FILE: 3}, [])
     _detector(record).save(tmp_path)

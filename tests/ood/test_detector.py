@@ -133,8 +133,9 @@ def test_the_framing_half_flags_a_square_frame_and_combines_on_one_footing(tmp_p
     detector.save(tmp_path)
     loaded = OODDetector.load(tmp_path)
     assert loaded is not None and loaded.refs == pytest.approx(detector.refs)
-    np.testing.assert_allclose(loaded.score(same, framing_stats(200, 2)), detector.score(same, framing_stats(200, 2)),
-                               rtol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(
+        loaded.score(same, framing_stats(200, 2)), detector.score(same, framing_stats(200, 2)), rtol=1e-5
+    )
     with pytest.raises(ModelError, match="framing statistics"):
         loaded.score(same)
 
@@ -146,15 +147,17 @@ def test_a_source_framed_all_alike_does_not_flag_rounding():
     detector = fit_detector(gaussian(100), gaussian(50, seed=1), "arch", "mahalanobis", framing=(alike, alike[:50]))
     rounding = alike[:50] + np.array([0.004, 0.0, 0.0])
     exact = detector.flags(detector.score(gaussian(50, seed=1), alike[:50]))  # about 5%, by the features alone
-    np.testing.assert_array_equal(detector.flags(detector.score(gaussian(50, seed=1), rounding.astype(np.float32))),
-                                  exact)  # fmt: skip
+    np.testing.assert_array_equal(
+        detector.flags(detector.score(gaussian(50, seed=1), rounding.astype(np.float32))), exact
+    )
     framed = alike[:50] + np.array([-np.log(1.35), 0.2, 0.0])
     assert detector.flags(detector.score(gaussian(50, seed=1), framed)).all()
 
 
 def test_a_damaged_framing_half_is_refused(tmp_path):
-    detector = fit_detector(gaussian(50), gaussian(20, seed=1), "arch", "mahalanobis",
-                            framing=(framing_stats(50), framing_stats(20, 1)))  # fmt: skip
+    detector = fit_detector(
+        gaussian(50), gaussian(20, seed=1), "arch", "mahalanobis", framing=(framing_stats(50), framing_stats(20, 1))
+    )
     detector.save(tmp_path)
     card = json.loads((tmp_path / "ood.json").read_text())
     (tmp_path / "ood.json").write_text(json.dumps({**card, "framing": {**card["framing"], "statistics": ["size"]}}))
@@ -181,16 +184,20 @@ def test_the_pixel_half_flags_another_source_and_combines_on_the_two_halves_foot
     assert detector.threshold == pytest.approx(np.percentile(both, 95))  # the combined score's percentile
     pixels_alone = detector.pixels.score(pixel_stats(200, 1))
     two_ref = np.percentile(two.score(val, framing[1]), 95)
-    np.testing.assert_allclose(both, np.maximum(two.score(val, framing[1]), pixels_alone / detector.pixels.threshold
-                                                * two_ref))  # fmt: skip
+    np.testing.assert_allclose(
+        both, np.maximum(two.score(val, framing[1]), pixels_alone / detector.pixels.threshold * two_ref)
+    )
     same = gaussian(200, seed=2)
     assert detector.flags(detector.score(same, framing_stats(200, 2), pixel_stats(200, 2))).mean() <= 0.12
     assert detector.flags(detector.score(same, framing_stats(200, 2), pixel_stats(200, 2, shift=2.0))).mean() >= 0.95
     detector.save(tmp_path)
     loaded = OODDetector.load(tmp_path)
     assert loaded is not None and loaded.pixel_ref == pytest.approx(detector.pixel_ref)
-    np.testing.assert_allclose(loaded.score(same, framing_stats(200, 2), pixel_stats(200, 2)),
-                               detector.score(same, framing_stats(200, 2), pixel_stats(200, 2)), rtol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(
+        loaded.score(same, framing_stats(200, 2), pixel_stats(200, 2)),
+        detector.score(same, framing_stats(200, 2), pixel_stats(200, 2)),
+        rtol=1e-5,
+    )
     with pytest.raises(ModelError, match="pixel statistics"):  # the pixel half cannot be skipped by mistake
         loaded.score(same, framing_stats(200, 2))
     card = json.loads((tmp_path / "ood.json").read_text())

@@ -15,8 +15,11 @@ from tests.ood.test_detector import framing_stats, gaussian, pixel_stats
 
 def images(n: int, shift: float = 0.0, seed: int = 0) -> dict[str, np.ndarray]:
     """The three inputs of the detector for n images of one source (`shift` moves every half)."""
-    return {"features": gaussian(n, shift=shift, seed=seed), "framing": framing_stats(n, seed) + 0.05 * shift,
-            "pixels": pixel_stats(n, seed, shift=0.5 * shift)}  # fmt: skip
+    return {
+        "features": gaussian(n, shift=shift, seed=seed),
+        "framing": framing_stats(n, seed) + 0.05 * shift,
+        "pixels": pixel_stats(n, seed, shift=0.5 * shift),
+    }
 
 
 def joined(*parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -66,8 +69,14 @@ def test_a_small_source_keeps_its_own_detector(site_validation, tmp_path):
 
 def test_a_damaged_source_is_refused(tmp_path):
     val = images(60, seed=3)
-    detector = fit_by_source(joined(images(100, seed=1), images(30, shift=4.0, seed=2)), val,
-                             ["a"] * 100 + ["b"] * 30, ["a"] * 60, [str(i) for i in range(130)], "arch")  # fmt: skip
+    detector = fit_by_source(
+        joined(images(100, seed=1), images(30, shift=4.0, seed=2)),
+        val,
+        ["a"] * 100 + ["b"] * 30,
+        ["a"] * 60,
+        [str(i) for i in range(130)],
+        "arch",
+    )
     detector.save(tmp_path)
     card = json.loads((tmp_path / "ood.json").read_text())
     (tmp_path / "ood.json").write_text(json.dumps({**card, "sources": {"b": card["sources"][0]}}))

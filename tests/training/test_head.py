@@ -48,8 +48,14 @@ def test_a_regression_written_into_the_head_gives_its_scores_through_softmax():
 
 
 def test_the_linear_probe_fits_the_head_on_the_training_images(tmp_path):
-    root = make_covidct_layout(tmp_path / "data", {"train": {"COVID": 10, "NonCOVID": 10}, "val": {"COVID": 2,
-                               "NonCOVID": 2}, "test": {"COVID": 2, "NonCOVID": 2}})  # fmt: skip
+    root = make_covidct_layout(
+        tmp_path / "data",
+        {
+            "train": {"COVID": 10, "NonCOVID": 10},
+            "val": {"COVID": 2, "NonCOVID": 2},
+            "test": {"COVID": 2, "NonCOVID": 2},
+        },
+    )
     samples = load_splits(root).splits["train"]
     torch.manual_seed(0)
     model, pre = create_model("timm:resnet10t", pretrained=False)

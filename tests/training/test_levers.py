@@ -21,8 +21,11 @@ def classifier(**settings) -> Classifier:
 
 def batch(n: int = 6) -> dict:
     g = torch.Generator().manual_seed(1)
-    return {"image": torch.randn(n, 3, 32, 32, generator=g), "label": torch.tensor([0, 1] * (n // 2)),
-            "index": torch.arange(n)}  # fmt: skip
+    return {
+        "image": torch.randn(n, 3, 32, 32, generator=g),
+        "label": torch.tensor([0, 1] * (n // 2)),
+        "index": torch.arange(n),
+    }
 
 
 def test_mixup_trains_on_mixed_images_against_mixed_soft_labels():

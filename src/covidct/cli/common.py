@@ -18,9 +18,12 @@ def data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="dataset folder (default: $COVIDCT_DATA_DIR, else data/covid-ct)")
     p.add_argument("--data-csv", help="a CSV of path,label[,split][,group][,source] instead of a folder")
     p.add_argument(
-        "--source", action="append", dest="sources", metavar="SOURCE",
+        "--source",
+        action="append",
+        dest="sources",
+        metavar="SOURCE",
         help="a source name (covidct data sources), NAME=PATH, or a folder/CSV; repeat for several",
-    )  # fmt: skip
+    )
 
 
 def window(text: str) -> tuple[float, float]:
@@ -45,16 +48,52 @@ def require(module: str, extra: str, feature: str) -> None:
 
 # The argument groups of a settings class's flags (`covidct train --help`), by field name; the rest: "other settings"
 SETTING_GROUPS = {
-    "data": ("data_dir", "data_csv", "sources", "source_balance", "samples_per_epoch", "grayscale", "input_size",
-             "augment", "crop", "intensity", "cache_images", "cache_dir", "num_workers", "split", "on", "tta"),
-    "model": ("model", "pretrained", "weights", "init", "freeze_blocks", "linear_probe", "imagenet_probe",
-              "ema_decay", "checkpoint"),
-    "schedule": ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "backbone_lr_scale", "label_smoothing",
-                 "patience", "mixup", "monitor", "seed"),
+    "data": (
+        "data_dir",
+        "data_csv",
+        "sources",
+        "source_balance",
+        "samples_per_epoch",
+        "grayscale",
+        "input_size",
+        "augment",
+        "crop",
+        "intensity",
+        "cache_images",
+        "cache_dir",
+        "num_workers",
+        "split",
+        "on",
+        "tta",
+    ),
+    "model": (
+        "model",
+        "pretrained",
+        "weights",
+        "init",
+        "freeze_blocks",
+        "linear_probe",
+        "imagenet_probe",
+        "ema_decay",
+        "checkpoint",
+    ),
+    "schedule": (
+        "epochs",
+        "batch_size",
+        "lr",
+        "weight_decay",
+        "warmup_epochs",
+        "backbone_lr_scale",
+        "label_smoothing",
+        "patience",
+        "mixup",
+        "monitor",
+        "seed",
+    ),
     "evaluation": ("operating_point", "ood", "threshold", "calibrate", "n_bootstrap", "min_sensitivity"),
     "hardware": ("precision", "channels_last", "fp32_slow_layers", "accelerator", "devices", "num_nodes"),
     "output": ("out", "out_dir", "tensorboard", "checkpoint_every"),
-}  # fmt: skip
+}
 
 
 def config_args(p: argparse.ArgumentParser, cls: Any = None, config_file: bool = True) -> None:
@@ -79,15 +118,22 @@ def config_args(p: argparse.ArgumentParser, cls: Any = None, config_file: bool =
         title = next((t for t, names in SETTING_GROUPS.items() if f.name in names), "other settings")
         group = groups.get(title) or groups.setdefault(title, p.add_argument_group(title))
         if kind is bool:
-            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
-                           help=f"{help_text} (default: {'on' if default else 'off'})")  # fmt: skip
+            group.add_argument(
+                flag,
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=f"{help_text} (default: {'on' if default else 'off'})",
+            )
         elif kind is list:
-            group.add_argument(flag, dest=f.name, action="append", default=None, metavar=f.name[:-1].upper(),
-                           help=help_text)  # fmt: skip
+            group.add_argument(
+                flag, dest=f.name, action="append", default=None, metavar=f.name[:-1].upper(), help=help_text
+            )
         else:
             shown = "" if default in (None, "") or "default" in help_text else f" (default {default})"
-            group.add_argument(flag, dest=f.name, type=kind, default=None, choices=meta.get("choices"),
-                           help=help_text + shown)  # fmt: skip
+            group.add_argument(
+                flag, dest=f.name, type=kind, default=None, choices=meta.get("choices"), help=help_text + shown
+            )
 
 
 def _kind(annotation: Any) -> type:

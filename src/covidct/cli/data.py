@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from covidct.cli.common import data_args, progress
+
+if TYPE_CHECKING:
+    from covidct.data.datasets import SplitData
 
 
 def cmd_data_download(args: argparse.Namespace) -> int:
@@ -120,7 +124,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_samples)
 
 
-def load_data(args: argparse.Namespace):
+def load_data(args: argparse.Namespace) -> SplitData:
     """The data a data command looks at: --source(s), else --data-csv / --data-dir."""
     from covidct.config import resolve_data_dir
     from covidct.data.datasets import load_splits

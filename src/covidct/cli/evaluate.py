@@ -133,10 +133,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     config_args(p, EvalConfig, config_file=False)
     p.add_argument(
-        "--per-group", nargs="?", const=DEFAULT_AGGREGATION, choices=tuple(AGGREGATIONS), metavar="AGGREGATION",
+        "--per-group",
+        nargs="?",
+        const=DEFAULT_AGGREGATION,
+        choices=tuple(AGGREGATIONS),
+        metavar="AGGREGATION",
         help="also score each group (a patient's subfolder, a CSV's group column) as one: its slices' scores "
         f"aggregated as covidct predict aggregates a volume (default {DEFAULT_AGGREGATION}); COVID if any slice is",
-    )  # fmt: skip
+    )
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("threshold", help="choose the decision threshold on val and store it in the checkpoint")
@@ -155,8 +159,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="which checkpoint gets the threshold (default %(default)s)",
     )
     p.add_argument("--data-dir", help="override the data folder recorded in the run's config")
-    p.add_argument("--on", metavar="SET", help="choose it on this labelled set instead of val (a site's own "
-                   "validation data: source name, NAME=FOLDER or a CSV, as for evaluate --on)")  # fmt: skip
+    p.add_argument(
+        "--on",
+        metavar="SET",
+        help="choose it on this labelled set instead of val (a site's own "
+        "validation data: source name, NAME=FOLDER or a CSV, as for evaluate --on)",
+    )
     p.set_defaults(func=cmd_threshold)
 
     p = sub.add_parser("report", help="one self-contained HTML report of a run (report.html)")

@@ -12,15 +12,24 @@ START_HERE = (
 
 # (what a user does, one example, the commands)
 GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-    ("reproduce the study", "covidct train --config configs/default.yaml --evaluate test --report",
-     ("train", "study", "report", "samples", "models")),
-    ("evaluate and compare", "covidct evaluate runs/RUN --on sars-cov-2-ct",
-     ("evaluate", "threshold", "compare", "cv", "crosssource")),
-    ("use at a site", "covidct predict runs/RUN/export scans/ --out predictions.csv",
-     ("predict", "serve", "adapt", "export", "ood")),
+    (
+        "reproduce the study",
+        "covidct train --config configs/default.yaml --evaluate test --report",
+        ("train", "study", "report", "samples", "models"),
+    ),
+    (
+        "evaluate and compare",
+        "covidct evaluate runs/RUN --on sars-cov-2-ct",
+        ("evaluate", "threshold", "compare", "cv", "crosssource"),
+    ),
+    (
+        "use at a site",
+        "covidct predict runs/RUN/export scans/ --out predictions.csv",
+        ("predict", "serve", "adapt", "export", "ood"),
+    ),
     ("data", "covidct data download --dest data/covid-ct", ("data",)),
     ("operate", "covidct bench", ("bench", "pretrain")),
-)  # fmt: skip
+)
 
 EXAMPLES = {
     "train": "covidct train --config configs/default.yaml --data-dir data/covid-ct --evaluate test --report",

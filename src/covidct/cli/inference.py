@@ -63,8 +63,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def ood_message(rows: list[dict], rule: str, model: str) -> str:
     """One line on the out-of-distribution check: unavailable (and how to add it), or how much it flagged."""
     if rule == "unavailable":
-        return (f"out-of-distribution check unavailable: this model has no detector (trained before covidct had "
-                f"them); add one with: covidct ood fit RUN (then export again if {model} is an export)")  # fmt: skip
+        return (
+            f"out-of-distribution check unavailable: this model has no detector (trained before covidct had "
+            f"them); add one with: covidct ood fit RUN (then export again if {model} is an export)"
+        )
     slices = [r for r in rows if r["slice"] not in ("volume", "study") and r["in_distribution"] != ""]
     flagged = [r for r in slices if r["in_distribution"] is False]
     volumes = [r for r in rows if r["slice"] in ("volume", "study") and r["in_distribution"] is False]
@@ -132,11 +134,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--window", type=window, default=LUNG_WINDOW, help="CT window CENTRE/WIDTH in HU (default -600/1500)"
     )
-    p.add_argument("--aggregate", default=DEFAULT_AGGREGATION, choices=tuple(AGGREGATIONS),
-                   help="volume score from the slices in lung (default top10_mean: mean of the top 10%%)")  # fmt: skip
+    p.add_argument(
+        "--aggregate",
+        default=DEFAULT_AGGREGATION,
+        choices=tuple(AGGREGATIONS),
+        help="volume score from the slices in lung (default top10_mean: mean of the top 10%%)",
+    )
     limit_args(p, READER_LIMITS)
     p.set_defaults(func=cmd_predict)
+    register_serve(sub)
 
+
+def register_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="web app and REST API for one model (research use only)")
     p.add_argument("model", help="export folder (model.safetensors [+ model.onnx] + model.json) or run folder")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")

@@ -51,14 +51,18 @@ def cmd_study(args: argparse.Namespace) -> int:
     probe = run.probe_dir / PROBE_CARD
     if probe.is_file():  # the scores are a blend: say so where the figures are
         share = json.loads(probe.read_text()).get("share")
-        print(f"scores: the fine-tuned network blended with a logistic regression on its ImageNet starting point's "
-              f"features (share {share} of the log-odds; benchmarks/ACCURACY.md)")  # fmt: skip
+        print(
+            f"scores: the fine-tuned network blended with a logistic regression on its ImageNet starting point's "
+            f"features (share {share} of the log-odds; benchmarks/ACCURACY.md)"
+        )
     for name, m in run.evaluations().items():
         if name not in ("test", "val"):
             ood = m.get("ood") or {}
             flagged = f", {ood['fraction_flagged']:.0%} flagged out of distribution" if ood else ""
-            print(f"also scored, never trained on: {name}: n={m['n']}, accuracy {m['accuracy']:.3f}, "
-                  f"AUC {m['auc']:.3f}{flagged}")  # fmt: skip
+            print(
+                f"also scored, never trained on: {name}: n={m['n']}, accuracy {m['accuracy']:.3f}, "
+                f"AUC {m['auc']:.3f}{flagged}"
+            )
     return 0
 
 

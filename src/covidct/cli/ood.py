@@ -15,12 +15,16 @@ def cmd_ood_fit(args: argparse.Namespace) -> int:
     detector = fit_for_run(args.run_dir, args.method, args.percentile, args.data_dir, **extra)
     d = detector.describe()
     held = "every source's held-out images" if d.get("per_source") else f"{d['n_val']} validation images"
-    print(f"out-of-distribution detector ({d['method']}) fitted on {d['n_train']} training images; threshold "
-          f"{d['threshold']:.4g} = percentile {d['percentile']:g} of {held} ({d['val_flagged']:.1%} of the "
-          f"validation images flagged); {d['fit_seconds']} s")  # fmt: skip
+    print(
+        f"out-of-distribution detector ({d['method']}) fitted on {d['n_train']} training images; threshold "
+        f"{d['threshold']:.4g} = percentile {d['percentile']:g} of {held} ({d['val_flagged']:.1%} of the "
+        f"validation images flagged); {d['fit_seconds']} s"
+    )
     for part in d.get("per_source", []):  # one detector per training source
-        print(f"  {part['source']}: {part['n_train']} images, threshold on {part['threshold_on']} "
-              f"({part['flagged']:.1%} of its {part['n_val']} held-out images flagged)")  # fmt: skip
+        print(
+            f"  {part['source']}: {part['n_train']} images, threshold on {part['threshold_on']} "
+            f"({part['flagged']:.1%} of its {part['n_val']} held-out images flagged)"
+        )
     from covidct.runs import RunDir
 
     run = RunDir(Path(args.run_dir))
@@ -38,10 +42,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     f = ood_sub.add_parser("fit", help="fit (or refit) a run's detector: training images, threshold on validation")
     f.add_argument("run_dir", type=Path, help="a run folder (runs/<timestamp>-<model>)")
     f.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS, help=f"default {DEFAULT_METHOD}")
-    f.add_argument("--percentile", type=float, default=DEFAULT_PERCENTILE,
-                   help="threshold: this percentile of the validation scores (default 95: ~5%% flagged)")  # fmt: skip
+    f.add_argument(
+        "--percentile",
+        type=float,
+        default=DEFAULT_PERCENTILE,
+        help="threshold: this percentile of the validation scores (default 95: ~5%% flagged)",
+    )
     f.add_argument("--data-dir", help="the run's data folder, if it moved")
-    f.add_argument("--site", metavar="NAME=PATH",
-                   help="an adapted run's site images (default: where its record says they are); refused for a "
-                        "run that was not adapted")  # fmt: skip
+    f.add_argument(
+        "--site",
+        metavar="NAME=PATH",
+        help="an adapted run's site images (default: where its record says they are); refused for a "
+        "run that was not adapted",
+    )
     f.set_defaults(func=cmd_ood_fit)

@@ -128,8 +128,10 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     from covidct.training.adapt import adapt_run, load_site, run_curve
 
     site = load_site(args.run_dir, args.source, args.allow_overlap, not args.no_group_duplicates)
-    print(f"site {site.name}: {len(site.samples)} images in {len(set(site.groups.tolist()))} groups "
-          f"(per class {site.group_counts()})")  # fmt: skip
+    print(
+        f"site {site.name}: {len(site.samples)} images in {len(set(site.groups.tolist()))} groups "
+        f"(per class {site.group_counts()})"
+    )
     if args.curve:
         out = Path(args.out) if args.out else args.run_dir / f"curve-{site.name}"
         summary = run_curve(
@@ -160,19 +162,44 @@ def register_adapt(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("adapt", help="a site's labelled patients: learning curve, and the model adapted to the site")
     p.add_argument("run_dir", type=Path, help="the run folder of the model to adapt")
-    p.add_argument("--source", required=True, metavar="SITE", help="the site's labelled images: NAME=DIR, a folder "
-                   "or a CSV with a group column (groups = patients)")  # fmt: skip
-    p.add_argument("--curve", type=int, nargs="+", metavar="K", help="measure the learning curve instead: K groups "
-                   "per class drawn, the rest scored (e.g. 1 2 5 10 20)")  # fmt: skip
+    p.add_argument(
+        "--source",
+        required=True,
+        metavar="SITE",
+        help="the site's labelled images: NAME=DIR, a folder or a CSV with a group column (groups = patients)",
+    )
+    p.add_argument(
+        "--curve",
+        type=int,
+        nargs="+",
+        metavar="K",
+        help="measure the learning curve instead: K groups per class drawn, the rest scored (e.g. 1 2 5 10 20)",
+    )
     p.add_argument("--draws", type=int, default=DEFAULT_DRAWS, help=f"draws per K (default {DEFAULT_DRAWS})")
     strategies = "; ".join(f"{k}: {v}" for k, v in STRATEGY_TEXT.items())
-    p.add_argument("--strategy", choices=STRATEGIES, default=DEFAULT_STRATEGY,
-                   help=f"how the adapted model is made: {strategies} (default %(default)s)")  # fmt: skip
-    p.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(STRATEGIES), metavar="S",
-                   help="the curve's strategies (default: all, %(default)s)")  # fmt: skip
-    p.add_argument("--imagenet-strategies", nargs="*", choices=STRATEGIES, default=list(IMAGENET_STRATEGIES),
-                   metavar="S", help="the same k groups from ImageNet weights alone, by these strategies (default "
-                   "%(default)s; none: no ImageNet baseline)")  # fmt: skip
+    p.add_argument(
+        "--strategy",
+        choices=STRATEGIES,
+        default=DEFAULT_STRATEGY,
+        help=f"how the adapted model is made: {strategies} (default %(default)s)",
+    )
+    p.add_argument(
+        "--strategies",
+        nargs="+",
+        choices=STRATEGIES,
+        default=list(STRATEGIES),
+        metavar="S",
+        help="the curve's strategies (default: all, %(default)s)",
+    )
+    p.add_argument(
+        "--imagenet-strategies",
+        nargs="*",
+        choices=STRATEGIES,
+        default=list(IMAGENET_STRATEGIES),
+        metavar="S",
+        help="the same k groups from ImageNet weights alone, by these strategies (default "
+        "%(default)s; none: no ImageNet baseline)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the draws of groups (default %(default)s)")
     p.add_argument("--out", help="curve: its folder (default RUN/curve-SITE); model: the parent folder (default RUN's)")
     p.add_argument("--allow-overlap", action="store_true", help="accept site images the run trained on")
@@ -187,8 +214,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its last checkpoint, with its config")
     p.add_argument("--run-dir", help="the run folder to create (default OUT/<time>-<model>); torchrun/SLURM: set it")
     p.add_argument("--evaluate", metavar="SPLIT", help="then evaluate the best checkpoint on SPLIT (e.g. test)")
-    p.add_argument("--evaluate-on", action="append", metavar="SET",
-                   help="then also evaluate on this external set (a source, folder or CSV); repeatable")  # fmt: skip
+    p.add_argument(
+        "--evaluate-on",
+        action="append",
+        metavar="SET",
+        help="then also evaluate on this external set (a source, folder or CSV); repeatable",
+    )
     p.add_argument("--report", action="store_true", help="then write report.html (evaluating on test if needed)")
     p.add_argument(
         "--mlflow", nargs="?", const="", metavar="URI", help="then log the run to MLflow (default sqlite:///mlruns.db)"
@@ -215,7 +246,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     config_args(p)
     p.add_argument("--out-dir", default="crosssource", help="folder for the runs and the matrix (default crosssource/)")
     p.add_argument("--bootstrap", type=int, default=0, help="bootstrap resamples per evaluation (default 0: none)")
-    p.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
-                   help="one matrix per seed (OUT/seed-N/) and every cell's mean and spread over them (seeds.md); "
-                   "a seed alone moves a held-out cell by up to 0.14 AUC, so compare recipes over seeds")  # fmt: skip
+    p.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        metavar="SEED",
+        help="one matrix per seed (OUT/seed-N/) and every cell's mean and spread over them (seeds.md); "
+        "a seed alone moves a held-out cell by up to 0.14 AUC, so compare recipes over seeds",
+    )
     p.set_defaults(func=cmd_crosssource)

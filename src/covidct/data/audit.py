@@ -90,8 +90,19 @@ def image_record(split: str, label: int, path: Path, source: str = "") -> ImageR
     from covidct.data.probe import ProbeFeatures, grey_histogram
 
     probe = ProbeFeatures(size[0], size[1], fmt, mode, len(raw), grey_histogram(np.asarray(grey))).vector()
-    return ImageRecord(split, label, path, hashlib.sha256(raw).hexdigest(), int(str(imagehash.phash(grey)), 16),
-                       thumb, size, mode, fmt, source, probe)  # fmt: skip
+    return ImageRecord(
+        split,
+        label,
+        path,
+        hashlib.sha256(raw).hexdigest(),
+        int(str(imagehash.phash(grey)), 16),
+        thumb,
+        size,
+        mode,
+        fmt,
+        source,
+        probe,
+    )
 
 
 def _popcount(x: np.ndarray) -> np.ndarray:
@@ -148,8 +159,9 @@ def audit_dataset(data: SplitData, progress: bool = False) -> AuditReport:
     if records:
         from covidct.data.probe import shortcut_probe
 
-        report.probe = shortcut_probe([r.probe for r in records], [r.label for r in records],
-                                      [r.source for r in records])  # fmt: skip
+        report.probe = shortcut_probe(
+            [r.probe for r in records], [r.label for r in records], [r.source for r in records]
+        )
         report.warnings += probe_warnings(report.probe)
     if info.overlap:
         report.warnings += [f"listed in two splits: {o}" for o in info.overlap]
@@ -209,8 +221,9 @@ def find_duplicates(records: list[ImageRecord], report: AuditReport, class_names
             report.near_duplicates.append(
                 _pair(records, i, j, class_names, phash_distance=dist, correlation=round(corr, 4))
             )
-    report.near_duplicates.sort(key=lambda p: (not p["label_conflict"], not (p["cross_split"] or p["cross_source"]),
-                                               -p["correlation"]))  # fmt: skip
+    report.near_duplicates.sort(
+        key=lambda p: (not p["label_conflict"], not (p["cross_split"] or p["cross_source"]), -p["correlation"])
+    )
 
 
 def per_source_warnings(records: list[ImageRecord], sources: list[str], class_names: tuple[str, ...]) -> list[str]:
@@ -267,11 +280,17 @@ def audit_markdown(report: AuditReport, max_pairs: int = 50) -> str:
             )
     lines += ["", "## Warnings", ""] + [f"- {w}" for w in report.warnings or ["none"]]
     if report.probe:
-        lines += ["", "## Shortcut probe", "",
-                  "Cross-validated AUC (5 folds) of gradient-boosted trees on image size, aspect, file format, colour "
-                  "mode, bytes per pixel and a 32-bin grey histogram: no deep net, no anatomy. Near 1: the task can "
-                  "be solved from these alone; near 0.5: they carry no label.", "",
-                  "| what is predicted | AUC |", "|---|---|"]  # fmt: skip
+        lines += [
+            "",
+            "## Shortcut probe",
+            "",
+            "Cross-validated AUC (5 folds) of gradient-boosted trees on image size, aspect, file format, colour "
+            "mode, bytes per pixel and a 32-bin grey histogram: no deep net, no anatomy. Near 1: the task can "
+            "be solved from these alone; near 0.5: they carry no label.",
+            "",
+            "| what is predicted | AUC |",
+            "|---|---|",
+        ]
         lines += [f"| {k} | {'n/a' if v is None else f'{v:.3f}'} |" for k, v in report.probe.items()]
     lines += ["", "## Summary", ""] + [f"- {k.replace('_', ' ')}: {v}" for k, v in s.items()]
     for title, pairs in (("Exact duplicates", report.exact_duplicates), ("Near-duplicates", report.near_duplicates)):

@@ -78,8 +78,9 @@ def _files(folder: Path) -> tuple[list[Path], list[str]]:
             return [Path(inst.path) for inst in fs if inst.path], [f"read {dicomdir} ({len(fs)} instances)"]
         except Exception as e:  # a damaged DICOMDIR: fall back to the files themselves
             note = f"{dicomdir}: unreadable DICOMDIR ({type(e).__name__}: {e}); scanned the folder instead"
-            return [p for p in sorted(folder.rglob("*")) if p.is_file() and p.name.upper() != "DICOMDIR"
-                    and is_dicom(p)], [note]  # fmt: skip
+            return [
+                p for p in sorted(folder.rglob("*")) if p.is_file() and p.name.upper() != "DICOMDIR" and is_dicom(p)
+            ], [note]
     return [p for p in sorted(folder.rglob("*")) if p.is_file() and is_dicom(p)], []
 
 
@@ -103,8 +104,10 @@ def scan_folder(folder: str | Path) -> StudyScan:
         add_slice(series_of(series, ds, path), ds, path)
     out = [s for s in series.values() if keep_series(s, skipped)]
     if not out:
-        raise DataError(f"folder {folder}: no axial CT image series found ({len(skipped)} file(s) skipped: "
-                        f"{'; '.join(skipped[:3])})")  # fmt: skip
+        raise DataError(
+            f"folder {folder}: no axial CT image series found ({len(skipped)} file(s) skipped: "
+            f"{'; '.join(skipped[:3])})"
+        )
     return StudyScan(out, skipped)
 
 
@@ -131,14 +134,21 @@ def series_of(series: dict[tuple[str, str], Series], ds: Any, path: Path) -> Ser
     """The series a slice belongs to (by study and series UID), created on its first slice."""
     import pydicom
 
-    key = (str(getattr(ds, "StudyInstanceUID", "") or "unknown-study"),
-           str(getattr(ds, "SeriesInstanceUID", "") or f"folder:{path.parent}"))  # fmt: skip
+    key = (
+        str(getattr(ds, "StudyInstanceUID", "") or "unknown-study"),
+        str(getattr(ds, "SeriesInstanceUID", "") or f"folder:{path.parent}"),
+    )
     if key not in series:
         kernel = getattr(ds, "ConvolutionKernel", "") or ""
         if isinstance(kernel, list | tuple | pydicom.multival.MultiValue):
             kernel = " ".join(kernel)
-        series[key] = Series(key[0], key[1], str(getattr(ds, "SeriesDescription", "") or ""), str(kernel),
-                             str(getattr(ds, "PatientID", "") or ""))  # fmt: skip
+        series[key] = Series(
+            key[0],
+            key[1],
+            str(getattr(ds, "SeriesDescription", "") or ""),
+            str(kernel),
+            str(getattr(ds, "PatientID", "") or ""),
+        )
     return series[key]
 
 

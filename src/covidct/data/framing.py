@@ -27,8 +27,9 @@ def framing_statistics(img: Image.Image) -> np.ndarray:
     grey = np.asarray(img.convert("L"))
     height, width = grey.shape
     dark = grey < DARK
-    return np.array([np.log(width / height), float((dark.mean(1) >= EMPTY).mean()),
-                     float((dark.mean(0) >= EMPTY).mean())])  # fmt: skip
+    return np.array(
+        [np.log(width / height), float((dark.mean(1) >= EMPTY).mean()), float((dark.mean(0) >= EMPTY).mean())]
+    )
 
 
 def framing_of(images: Iterable[Image.Image]) -> np.ndarray:

@@ -38,8 +38,15 @@ def pixel_statistics(img: Image.Image) -> np.ndarray:
     small = np.asarray(Image.fromarray(centre).resize((SIDE, SIDE), Image.BILINEAR), dtype=np.float32)
     noise = np.abs(small - uniform_filter(small, 3, mode="nearest")).mean()
     texture = np.abs(np.diff(small, axis=1)).mean() + np.abs(np.diff(small, axis=0)).mean()
-    return np.r_[share.reshape(BINS, -1).sum(1), mean, spread, share[:8].sum(), share[248:].sum(), np.log1p(noise),
-                 np.log1p(texture)]  # fmt: skip
+    return np.r_[
+        share.reshape(BINS, -1).sum(1),
+        mean,
+        spread,
+        share[:8].sum(),
+        share[248:].sum(),
+        np.log1p(noise),
+        np.log1p(texture),
+    ]
 
 
 def pixels_of(images: Iterable[Image.Image]) -> np.ndarray:

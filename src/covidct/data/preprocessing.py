@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -29,7 +30,9 @@ class Preprocessing:
     intensity: str = "none"  # "equalize": histogram equalisation after the crop (transforms.py)
 
     @classmethod
-    def for_input(cls, input_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> Preprocessing:
+    def for_input(
+        cls, input_size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+    ) -> Preprocessing:
         return cls(tuple(mean), tuple(std), int(input_size), resize_for(int(input_size)))
 
     def with_input_size(self, input_size: int) -> Preprocessing:

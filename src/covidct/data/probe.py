@@ -53,9 +53,14 @@ def view_statistics(path: str | Path, view: Callable[[Image.Image], Image.Image]
     img = load_rgb(path)
     width, height = img.size
     seen = np.asarray((view(img) if view else img).convert("L"), dtype=np.float32)
-    return {"width": float(width), "height": float(height), "file_kb": path.stat().st_size / 1024,
-            "mean_grey": float(seen.mean()), "grey_std": float(seen.std()),
-            "dark_share": float((seen < DARK).mean())}  # fmt: skip
+    return {
+        "width": float(width),
+        "height": float(height),
+        "file_kb": path.stat().st_size / 1024,
+        "mean_grey": float(seen.mean()),
+        "grey_std": float(seen.std()),
+        "dark_share": float((seen < DARK).mean()),
+    }
 
 
 def statistics_of(paths: list[str], view: Callable[[Image.Image], Image.Image] | None = None) -> dict[str, np.ndarray]:
@@ -112,13 +117,15 @@ def shortcut_probe(features: list[np.ndarray], labels: list[int], sources: list[
         out["source"] = probe_auc(x, s, seed)
         for a in sorted(set(sources)):
             for b in sorted(set(sources) - {a}):
-                out[f"class, trained on {a}, scored on {b}"] = transfer_auc(x[s == a], y[s == a], x[s == b], y[s == b],
-                                                                            seed)  # fmt: skip
+                out[f"class, trained on {a}, scored on {b}"] = transfer_auc(
+                    x[s == a], y[s == a], x[s == b], y[s == b], seed
+                )
     return out
 
 
-def transfer_auc(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
-                 seed: int = 0) -> float | None:  # fmt: skip
+def transfer_auc(
+    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, seed: int = 0
+) -> float | None:
     """AUC on one source of the probe fitted on another: does what tells the classes apart in one source carry
     over? Near 0.5, the probe's cues are the source's own; well below 0.5, they point the other way elsewhere (the
     failure a deep net trained on one source can inherit). None when either side holds one class."""

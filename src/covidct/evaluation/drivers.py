@@ -50,8 +50,10 @@ def driver_warnings(drivers: dict[str, Any], warn_rho: float = WARN_RHO) -> list
         d = drivers.get("statistics", {}).get(name)
         if d and d["spearman"] is not None and abs(d["spearman"]) >= warn_rho:
             rho = d["spearman"]
-            out.append(f"the scores follow the image's {name} (Spearman {rho:+.2f}): the model may be reading the "
-                       "framing or the encoding, not the lungs")  # fmt: skip
+            out.append(
+                f"the scores follow the image's {name} (Spearman {rho:+.2f}): the model may be reading the "
+                "framing or the encoding, not the lungs"
+            )
     return out
 
 

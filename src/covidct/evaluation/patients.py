@@ -46,9 +46,18 @@ def group_scores(
                 entry["lung_fraction"] = lung_fractions[i]
             entries.append(entry)
         volume = summarise_volume(entries, how)
-        rows.append({"group": group, "source": source, "label": int(np.max(labels[idx])), "slices": len(idx),
-                     "slices_counted": volume["slices_counted"], "counted": volume["counted"],
-                     "mixed_labels": bool(len(set(labels[idx].tolist())) > 1), "score": volume["score"]})  # fmt: skip
+        rows.append(
+            {
+                "group": group,
+                "source": source,
+                "label": int(np.max(labels[idx])),
+                "slices": len(idx),
+                "slices_counted": volume["slices_counted"],
+                "counted": volume["counted"],
+                "mixed_labels": bool(len(set(labels[idx].tolist())) > 1),
+                "score": volume["score"],
+            }
+        )
     return rows
 
 

@@ -167,15 +167,27 @@ def score_runs(
     # on an external set: simple statistics of every image, for what the scores follow there (first member's view)
     view_stats = statistics_of(paths, view_transform(module.preprocessing)) if on is not None else None
     return Scored(
-        runs=runs, split=split, paths=paths, labels=labels, scores=scores, samples=first["samples"],
-        val_paths=val_paths, val_labels=val_labels, val_scores=val_scores,
-        threshold=float(module.threshold if threshold is None else threshold), class_names=module.class_names,
+        runs=runs,
+        split=split,
+        paths=paths,
+        labels=labels,
+        scores=scores,
+        samples=first["samples"],
+        val_paths=val_paths,
+        val_labels=val_labels,
+        val_scores=val_scores,
+        threshold=float(module.threshold if threshold is None else threshold),
+        class_names=module.class_names,
         architectures=[m["module"].architecture for m in members],
-        epochs=[int(m["module"].card.checkpoint["epoch"]) for m in members], checkpoint=first["ckpt"].name,
-        tta=tta, external={"set": on, "images_seen_in_training": overlap} if on is not None else None,
-        view_stats=view_stats, ood_scores=first["ood"], ood_flags=checked_flags(module, paths, first["ood"]),
+        epochs=[int(m["module"].card.checkpoint["epoch"]) for m in members],
+        checkpoint=first["ckpt"].name,
+        tta=tta,
+        external={"set": on, "images_seen_in_training": overlap} if on is not None else None,
+        view_stats=view_stats,
+        ood_scores=first["ood"],
+        ood_flags=checked_flags(module, paths, first["ood"]),
         shift=first["shift"],
-    )  # fmt: skip
+    )
 
 
 def checked_flags(module: LoadedModel, paths: list[str], ood: np.ndarray | None) -> np.ndarray | None:
@@ -189,8 +201,15 @@ def checked_flags(module: LoadedModel, paths: list[str], ood: np.ndarray | None)
     return flags_with_acquisition(flags, [module.unseen_acquisition(of_file(p)) for p in paths])
 
 
-def score_member(run: Path, split: str, checkpoint: str, data_dir: str | Path | None, tta: bool,
-                 external: list[Sample] | None, single: bool) -> dict[str, Any]:  # fmt: skip
+def score_member(
+    run: Path,
+    split: str,
+    checkpoint: str,
+    data_dir: str | Path | None,
+    tta: bool,
+    external: list[Sample] | None,
+    single: bool,
+) -> dict[str, Any]:
     """One run's scores of the split (or external set) and of its validation split, with its detector's scores
     when it is evaluated alone (an ensemble has no one detector)."""
     ckpt = find_checkpoint(run, checkpoint)

@@ -91,8 +91,12 @@ def ood_split_metrics(
     def part(mask: np.ndarray) -> dict[str, Any] | None:
         return binary_metrics(labels[mask], scores[mask], threshold).to_dict() if mask.any() else None
 
-    return {"n_flagged": int(flags.sum()), "fraction_flagged": float(flags.mean()) if len(flags) else 0.0,
-            "in_distribution": part(~flags), "flagged": part(flags)}  # fmt: skip
+    return {
+        "n_flagged": int(flags.sum()),
+        "fraction_flagged": float(flags.mean()) if len(flags) else 0.0,
+        "in_distribution": part(~flags),
+        "flagged": part(flags),
+    }
 
 
 def exact(score: Any) -> float:

@@ -80,8 +80,9 @@ def record_operating_point(run: RunDir, point: OperatingPoint) -> dict[str, Any]
     return record
 
 
-def threshold_by_rule(run: RunDir, ckpt_path: Path, choose: str, min_sensitivity: float,
-                      data_dir: str | Path | None, on: str | None) -> tuple[float, str, dict[str, Any]]:  # fmt: skip
+def threshold_by_rule(
+    run: RunDir, ckpt_path: Path, choose: str, min_sensitivity: float, data_dir: str | Path | None, on: str | None
+) -> tuple[float, str, dict[str, Any]]:
     """(threshold, where it was chosen, the metrics there) by Youden's J or a minimum sensitivity, on the validation
     split or on the labelled set `on`."""
     module = load_classifier(ckpt_path, operating_point=False)  # a damaged record is what this replaces

@@ -49,10 +49,13 @@ def write_evaluation(
     if result.get("per_group"):
         groups = group_scores(s.samples, labels, scores, result["per_group"]["aggregation"], s.lung_fractions)
         columns = ("group", "source", "label", "slices", "slices_counted")
-        write_csv(out / "group_predictions.csv", [
-            {**{k: r[k] for k in columns}, "score": exact(r["score"]), "prediction": int(r["score"] >= threshold)}
-            for r in groups
-        ])  # fmt: skip
+        write_csv(
+            out / "group_predictions.csv",
+            [
+                {**{k: r[k] for k in columns}, "score": exact(r["score"]), "prediction": int(r["score"] >= threshold)}
+                for r in groups
+            ],
+        )
     if s.split != "val" and s.val_scores is not None:  # the scores every threshold was chosen on, for the record
         val_rows = [
             {"path": p, "label": int(y), "score": exact(v)}

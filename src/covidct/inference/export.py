@@ -159,10 +159,14 @@ def write_onnx(model: nn.Module, size: int, path: Path) -> Path:
     """One self-contained ONNX file: input 'image' (batch x 3 x size x size, dynamic batch), outputs 'logits' and
     'ood_features' (what the out-of-distribution detector scores)."""
     program = torch.onnx.export(
-        WithFeatures(model).eval(), (torch.zeros(2, 3, size, size),), input_names=["image"],
-        output_names=["logits", "ood_features"], dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
-        dynamo=True, verbose=False,
-    )  # fmt: skip
+        WithFeatures(model).eval(),
+        (torch.zeros(2, 3, size, size),),
+        input_names=["image"],
+        output_names=["logits", "ood_features"],
+        dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
+        dynamo=True,
+        verbose=False,
+    )
     program.save(str(path), external_data=False)
     return path
 

@@ -78,7 +78,10 @@ def fold_batch_norm(model: nn.Module, input_size: int) -> nn.Module:
     with torch.no_grad():
         want, got = model(x).float(), folded(x).float()
     if not torch.allclose(got, want, rtol=FOLD_TOLERANCE, atol=FOLD_TOLERANCE * float(want.abs().max())):
-        log.warning("batch norm not folded for scoring: the folded %s differs from the original by %.2e",
-                    type(model).__name__, float((got - want).abs().max()))  # fmt: skip
+        log.warning(
+            "batch norm not folded for scoring: the folded %s differs from the original by %.2e",
+            type(model).__name__,
+            float((got - want).abs().max()),
+        )
         return model
     return folded

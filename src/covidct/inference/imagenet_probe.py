@@ -101,8 +101,10 @@ class ImageNetProbe(nn.Module):
         from covidct.fileio import atomic_write, write_json
 
         folder.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().float().contiguous().clone() if v.is_floating_point() else v.contiguous().clone()
-                 for k, v in self.state_dict().items()}  # fmt: skip
+        state = {
+            k: v.detach().float().contiguous().clone() if v.is_floating_point() else v.contiguous().clone()
+            for k, v in self.state_dict().items()
+        }
         atomic_write(folder / WEIGHTS_NAME, lambda p: save_file(state, str(p), {"format": "pt"}))
         return write_json(folder / CARD_NAME, self.card())
 

@@ -112,8 +112,10 @@ class LoadedModel:
         if self.session is not None:
             outputs = self.session.run(None, {self.session.get_inputs()[0].name: x.numpy()})
             if len(outputs) < 2:
-                raise ModelError(f"{self.source}: this ONNX file has no feature output for the out-of-distribution "
-                                 "check; export it again: covidct export RUN --format onnx")  # fmt: skip
+                raise ModelError(
+                    f"{self.source}: this ONNX file has no feature output for the out-of-distribution "
+                    "check; export it again: covidct export RUN --format onnx"
+                )
             return torch.from_numpy(outputs[0]), torch.from_numpy(outputs[1])
         from covidct.ood.features import logits_and_features
 
@@ -388,8 +390,10 @@ def with_detector(model: LoadedModel, folder: Path) -> LoadedModel:
     detector = OODDetector.load(folder)
     if detector is not None:
         if detector.architecture != model.architecture:
-            raise ModelError(f"the out-of-distribution detector in {folder} was fitted for {detector.architecture}, "
-                             f"not {model.architecture}; refit it: covidct ood fit RUN")  # fmt: skip
+            raise ModelError(
+                f"the out-of-distribution detector in {folder} was fitted for {detector.architecture}, "
+                f"not {model.architecture}; refit it: covidct ood fit RUN"
+            )
         model.card.ood = detector.card()
     model.ood = detector
     return model

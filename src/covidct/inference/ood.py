@@ -49,8 +49,16 @@ def fit_and_save(
     model = load_checkpoint(run.checkpoint("best"), run)
     sources = sample_sources(train.samples)
     info = {"fitted_on": sorted(set(sources)), "split": "train", "threshold_on": "val"}
-    detector = fit_for_network(model.scoring()[0], model.architecture, train.with_transform(model.transform),
-                               val.with_transform(model.transform), method, percentile, info, groups)  # fmt: skip
+    detector = fit_for_network(
+        model.scoring()[0],
+        model.architecture,
+        train.with_transform(model.transform),
+        val.with_transform(model.transform),
+        method,
+        percentile,
+        info,
+        groups,
+    )
     detector.acquisitions = AcquisitionRecord.of_paths((s.path for s in train.samples), sources)  # per source
     save_for_run(run, detector)
     return detector

@@ -63,8 +63,9 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
 
 def _expand_folder(folder: Path) -> list[Path]:
     files = sorted(p for p in folder.rglob("*") if p.is_file())
-    if (folder / "DICOMDIR").is_file() or any(is_dicom(p) for p in files if p.suffix.lower() not in IMAGE_SUFFIXES
-                                              and not is_nifti(p)):  # fmt: skip
+    if (folder / "DICOMDIR").is_file() or any(
+        is_dicom(p) for p in files if p.suffix.lower() not in IMAGE_SUFFIXES and not is_nifti(p)
+    ):
         others = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES or is_nifti(p)]
         return [folder, *others]  # DICOM found by UID inside; images and volumes beside them one by one
     return [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES or is_nifti(p)]
@@ -157,9 +158,16 @@ def predict_inputs(
 
     rows: list[dict[str, Any]] = []
     report = report if report is not None else {}
-    report.update(aggregation=AGGREGATIONS[aggregation][1], study_rule=STUDY_RULE, threshold=t, studies=[],
-                  volumes=[], images=[], skipped=[],
-                  ood_check=ood_check(model))  # fmt: skip
+    report.update(
+        aggregation=AGGREGATIONS[aggregation][1],
+        study_rule=STUDY_RULE,
+        threshold=t,
+        studies=[],
+        volumes=[],
+        images=[],
+        skipped=[],
+        ood_check=ood_check(model),
+    )
     with model.collecting() as outputs:  # every scored image's features: the batch shift test's input
         for path in _image_runs(paths):
             if isinstance(path, list):
@@ -204,27 +212,50 @@ def ood_columns(v: ImageVerdict) -> dict[str, Any]:
     """The CSV/JSON columns of one image's out-of-distribution verdict (blank without a detector)."""
     if v.ood_score is None:
         return {"ood_score": "", "in_distribution": "", "ood_fraction": "", "ood_reason": ""}
-    return {"ood_score": round(v.ood_score, 4), "in_distribution": v.in_distribution, "ood_fraction": "",
-            "ood_reason": v.ood_reason}  # fmt: skip
+    return {
+        "ood_score": round(v.ood_score, 4),
+        "in_distribution": v.in_distribution,
+        "ood_fraction": "",
+        "ood_reason": v.ood_reason,
+    }
 
 
 def _slice_rows(rows: list, path: str, series: str, entries: list, label: Callable, t: float) -> None:
     for e in entries:
         s = e.get("score")
-        rows.append({"path": path, "series": series, "slice": e["index"],
-                     "score": round(s, 6) if s is not None else "", "label": label(s) if s is not None else
-                     f"unreadable: {e['problem']}", "threshold": t, "lung_fraction": e.get("lung_fraction", ""),
-                     "counted": int(bool(e.get("counted"))),
-                     "ood_score": round(e["ood_score"], 4) if "ood_score" in e else "",
-                     "in_distribution": e.get("in_distribution", ""), "ood_fraction": "",
-                     "ood_reason": e.get("ood_reason", "")})  # fmt: skip
+        rows.append(
+            {
+                "path": path,
+                "series": series,
+                "slice": e["index"],
+                "score": round(s, 6) if s is not None else "",
+                "label": label(s) if s is not None else f"unreadable: {e['problem']}",
+                "threshold": t,
+                "lung_fraction": e.get("lung_fraction", ""),
+                "counted": int(bool(e.get("counted"))),
+                "ood_score": round(e["ood_score"], 4) if "ood_score" in e else "",
+                "in_distribution": e.get("in_distribution", ""),
+                "ood_fraction": "",
+                "ood_reason": e.get("ood_reason", ""),
+            }
+        )
 
 
 def _summary_row(path: str, series: str, kind: str, score: float, label: Callable, t: float, summary: dict) -> dict:
-    return {"path": path, "series": series, "slice": kind, "score": round(score, 6), "label": label(score),
-            "threshold": t, "lung_fraction": "", "counted": summary.get("slices_counted", ""),
-            "ood_score": "", "in_distribution": summary.get("in_distribution", ""),
-            "ood_fraction": summary.get("ood_fraction", ""), "ood_reason": summary.get("ood_reason", "")}  # fmt: skip
+    return {
+        "path": path,
+        "series": series,
+        "slice": kind,
+        "score": round(score, 6),
+        "label": label(score),
+        "threshold": t,
+        "lung_fraction": "",
+        "counted": summary.get("slices_counted", ""),
+        "ood_score": "",
+        "in_distribution": summary.get("in_distribution", ""),
+        "ood_fraction": summary.get("ood_fraction", ""),
+        "ood_reason": summary.get("ood_reason", ""),
+    }
 
 
 def _image_runs(paths: list[Path]) -> Iterator[Path | list[Path]]:
@@ -330,13 +361,29 @@ def _predict_folder(model, folder, window, aggregation, t, label, rows, report, 
         chosen = study_series(results, lambda series: series.looks_like_lung_reconstruction())
         score = chosen[1]["score"]
         rows.append(_summary_row(str(folder), chosen[0].label, "study", score, label, t, chosen[1]))
-        report["studies"].append({
-            "folder": str(folder), "study_uid": study_uid, "patient": chosen[0].patient, "score": score,
-            "label": label(score), "from_series": chosen[0].label, **study_ood(chosen[1]),
-            "series": [{"series_uid": s.series_uid, "description": s.description, "kernel": s.kernel,
-                        "label": label(m["score"]), "notes": s.notes, **m} for s, m in results],
-            "shift": model.batch_shift(study_outputs),
-        })  # fmt: skip
+        report["studies"].append(
+            {
+                "folder": str(folder),
+                "study_uid": study_uid,
+                "patient": chosen[0].patient,
+                "score": score,
+                "label": label(score),
+                "from_series": chosen[0].label,
+                **study_ood(chosen[1]),
+                "series": [
+                    {
+                        "series_uid": s.series_uid,
+                        "description": s.description,
+                        "kernel": s.kernel,
+                        "label": label(m["score"]),
+                        "notes": s.notes,
+                        **m,
+                    }
+                    for s, m in results
+                ],
+                "shift": model.batch_shift(study_outputs),
+            }
+        )
     if not report["studies"]:
         raise DataError(f"{folder}: nothing could be scored ({'; '.join(report['skipped'][:3])})")
 

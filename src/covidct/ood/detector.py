@@ -104,13 +104,17 @@ class OODDetector:
             raw = {"features": ood_scores(self.method, self.standardise(features), self.bank, self.location, self.k)}
         if self.framing is not None:
             if framing is None:
-                raise ModelError("this out-of-distribution detector also checks the images' framing: pass their "
-                                 "framing statistics (covidct.data.image_statistics.statistics_of)")  # fmt: skip
+                raise ModelError(
+                    "this out-of-distribution detector also checks the images' framing: pass their "
+                    "framing statistics (covidct.data.image_statistics.statistics_of)"
+                )
             raw["framing"] = self.framing.score(framing)
         if self.pixels is not None:
             if pixels is None:
-                raise ModelError("this out-of-distribution detector also checks the images' pixel statistics: pass "
-                                 "them (covidct.data.image_statistics.statistics_of)")  # fmt: skip
+                raise ModelError(
+                    "this out-of-distribution detector also checks the images' pixel statistics: pass "
+                    "them (covidct.data.image_statistics.statistics_of)"
+                )
             raw["pixels"] = self.pixels.score(pixels)
         return raw
 
@@ -154,19 +158,35 @@ class OODDetector:
     def describe(self) -> dict[str, Any]:
         record = {} if self.acquisitions is None else {"acquisitions": self.acquisitions.to_json()}
         if self.framing is not None:
-            record["framing"] = {"statistics": list(FRAMING_STATISTICS), "refs": list(self.refs),
-                                 "threshold": self.framing.threshold, "method": self.framing.method}  # fmt: skip
+            record["framing"] = {
+                "statistics": list(FRAMING_STATISTICS),
+                "refs": list(self.refs),
+                "threshold": self.framing.threshold,
+                "method": self.framing.method,
+            }
         if self.pixels is not None:
-            record["pixels"] = {"statistics": list(PIXEL_STATISTICS), "ref": self.pixel_ref,
-                                "threshold": self.pixels.threshold, "method": self.pixels.method}  # fmt: skip
+            record["pixels"] = {
+                "statistics": list(PIXEL_STATISTICS),
+                "ref": self.pixel_ref,
+                "threshold": self.pixels.threshold,
+                "method": self.pixels.method,
+            }
         if self.others:
             record["sources"] = [{k: v for k, v in o.describe().items() if k != "format"} for o in self.others]
             record["own_threshold"] = self.own_threshold
         if self.reference is not None:
             record["shift"] = self.reference.info
-        return {"format": FORMAT, "method": self.method, "k": self.k, "architecture": self.architecture,
-                "feature_dim": self.feature_dim, "threshold": self.threshold, "percentile": self.percentile,
-                **self.info, **record}  # fmt: skip
+        return {
+            "format": FORMAT,
+            "method": self.method,
+            "k": self.k,
+            "architecture": self.architecture,
+            "feature_dim": self.feature_dim,
+            "threshold": self.threshold,
+            "percentile": self.percentile,
+            **self.info,
+            **record,
+        }
 
     def card(self) -> dict[str, Any]:
         """What a model card says of its detector (and, in words, which acquisitions it has seen)."""
@@ -200,8 +220,10 @@ class OODDetector:
 
             arrays = load_file(str(weights))
         except Exception as e:  # OSError, JSON, safetensors' own SafetensorError: all "unreadable"
-            raise ModelError(f"out-of-distribution detector in {folder} cannot be read ({type(e).__name__}: {e}); "
-                             "refit it with covidct ood fit RUN") from None  # fmt: skip
+            raise ModelError(
+                f"out-of-distribution detector in {folder} cannot be read ({type(e).__name__}: {e}); "
+                "refit it with covidct ood fit RUN"
+            ) from None
         detector = _from_card(card, arrays, "", where)
         if card.get("acquisitions") is not None:
             detector.acquisitions = AcquisitionRecord.from_json(card["acquisitions"], where)
@@ -222,8 +244,10 @@ class OODDetector:
                 detector.pixels is None,
             ):
                 name = other.info.get("source", "?")
-                raise ModelError(f"{where}: the detector of source {i + 2} ({name}) does not match the first "
-                                 "source's (architecture, features or halves); refit it")  # fmt: skip
+                raise ModelError(
+                    f"{where}: the detector of source {i + 2} ({name}) does not match the first "
+                    "source's (architecture, features or halves); refit it"
+                )
         _check_finite(detector, where)
         if card.get("shift") is not None:
             detector.reference = ShiftReference.from_arrays(arrays, card["shift"], where)
@@ -234,16 +258,23 @@ def _from_card(card: Any, arrays: dict[str, np.ndarray], prefix: str, where: str
     """One source's detector from its ood.json record and the arrays named `prefix`...; a damaged one refused."""
     try:
         detector = OODDetector(
-            method=str(card["method"]), architecture=str(card["architecture"]),
-            feature_dim=int(card["feature_dim"]), center=arrays[prefix + "center"].astype(np.float64),
-            scale=arrays[prefix + "scale"].astype(np.float64), bank=arrays[prefix + "bank"].astype(np.float64),
-            location=arrays[prefix + "location"].astype(np.float64), threshold=float(card["threshold"]),
-            percentile=float(card["percentile"]), k=int(card.get("k", DEFAULT_K)),
+            method=str(card["method"]),
+            architecture=str(card["architecture"]),
+            feature_dim=int(card["feature_dim"]),
+            center=arrays[prefix + "center"].astype(np.float64),
+            scale=arrays[prefix + "scale"].astype(np.float64),
+            bank=arrays[prefix + "bank"].astype(np.float64),
+            location=arrays[prefix + "location"].astype(np.float64),
+            threshold=float(card["threshold"]),
+            percentile=float(card["percentile"]),
+            k=int(card.get("k", DEFAULT_K)),
             info={k: v for k, v in card.items() if k not in _CARD_KEYS},
-        )  # fmt: skip
+        )
     except Exception as e:  # missing keys or arrays, wrong types: all "unreadable"
-        raise ModelError(f"out-of-distribution detector {where} cannot be read ({type(e).__name__}: {e}); "
-                         "refit it with covidct ood fit RUN") from None  # fmt: skip
+        raise ModelError(
+            f"out-of-distribution detector {where} cannot be read ({type(e).__name__}: {e}); "
+            "refit it with covidct ood fit RUN"
+        ) from None
     if (
         detector.method not in METHODS
         or detector.center.shape != (detector.feature_dim,)
@@ -318,26 +349,43 @@ def _pixels_half(card: Any, arrays: dict[str, np.ndarray], where: str, prefix: s
     return _half(prefix, "pixels", PIXEL_STATISTICS, card, arrays, where, ref > 0), ref
 
 
-def _half(prefix: str, name: str, statistics: tuple[str, ...], card: Any, arrays: dict[str, np.ndarray], where: str,
-          refs_ok: bool) -> OODDetector:  # fmt: skip
+def _half(
+    prefix: str,
+    name: str,
+    statistics: tuple[str, ...],
+    card: Any,
+    arrays: dict[str, np.ndarray],
+    where: str,
+    refs_ok: bool,
+) -> OODDetector:
     n = len(statistics)
     try:
         half = {k: arrays[f"{prefix}{name}.{k}"].astype(np.float64) for k in ("center", "scale", "bank", "location")}
-        ok = (refs_ok and list(card["statistics"]) == list(statistics) and half["center"].shape == (n,)
-              and half["bank"].shape[0] == n and half["location"].shape == (half["bank"].shape[1] + 1,))  # fmt: skip
+        ok = (
+            refs_ok
+            and list(card["statistics"]) == list(statistics)
+            and half["center"].shape == (n,)
+            and half["bank"].shape[0] == n
+            and half["location"].shape == (half["bank"].shape[1] + 1,)
+        )
         threshold = float(card["threshold"])
     except (KeyError, TypeError, ValueError, IndexError) as e:
         raise _damaged(where, name, e) from None
     if not ok:
-        raise ModelError(f"{where}: the {name} half of the detector does not match {statistics[:3]}...; refit it "
-                         "with covidct ood fit RUN")  # fmt: skip
-    return OODDetector("mahalanobis", name, n, half["center"], half["scale"], half["bank"], half["location"],
-                       threshold, 95.0)  # fmt: skip
+        raise ModelError(
+            f"{where}: the {name} half of the detector does not match {statistics[:3]}...; refit it "
+            "with covidct ood fit RUN"
+        )
+    return OODDetector(
+        "mahalanobis", name, n, half["center"], half["scale"], half["bank"], half["location"], threshold, 95.0
+    )
 
 
 def _damaged(where: str, name: str, e: Exception) -> ModelError:
-    return ModelError(f"{where}: the {name} half of the detector is damaged ({type(e).__name__}: {e}); refit it with "
-                      "covidct ood fit RUN")  # fmt: skip
+    return ModelError(
+        f"{where}: the {name} half of the detector is damaged ({type(e).__name__}: {e}); refit it with "
+        "covidct ood fit RUN"
+    )
 
 
 @functools.cache
@@ -427,8 +475,16 @@ def fit_detector(
     no direction's variance is below 1 after standardising either: a difference under the resolution is noise
     (a source whose images are all framed alike would otherwise flag float rounding)."""
     val = _checked(val, "validation", 1)
-    detector = _fitted(train, architecture, method, percentile, k, min_scale,
-                       None if framing is None else framing[0], None if pixels is None else pixels[0])  # fmt: skip
+    detector = _fitted(
+        train,
+        architecture,
+        method,
+        percentile,
+        k,
+        min_scale,
+        None if framing is None else framing[0],
+        None if pixels is None else pixels[0],
+    )
     raw = detector.half_scores(
         val, *(None if h is None else _checked(h[1], "validation", 1) for h in (framing, pixels))
     )
@@ -463,8 +519,15 @@ def fit_out_of_fold(
     raw: dict[str, np.ndarray] = {}
     splitter = GroupKFold(n_splits=min(folds, len(np.unique(groups))))
     for fit, held in splitter.split(train, groups=groups):
-        fold = _fitted(*_take(halves, fit, ("features",)), architecture, method, percentile, DEFAULT_K, None,
-                       *_take(halves, fit, ("framing", "pixels")))  # fmt: skip
+        fold = _fitted(
+            *_take(halves, fit, ("features",)),
+            architecture,
+            method,
+            percentile,
+            DEFAULT_K,
+            None,
+            *_take(halves, fit, ("framing", "pixels")),
+        )
         for name, scores in fold.half_scores(*_take(halves, held, ("features", "framing", "pixels"))).items():
             raw.setdefault(name, np.zeros(len(train)))[held] = scores
     detector = _fitted(train, architecture, method, percentile, DEFAULT_K, None, framing, pixels)
@@ -482,8 +545,10 @@ def _checked(values: np.ndarray, what: str, least: int) -> np.ndarray:
     if not np.isfinite(values).all():
         raise ModelError("the detector's features hold NaN or infinite values (a diverged model?); not fitted")
     if len(values) < least:
-        raise ModelError(f"an out-of-distribution detector needs >= 2 training and >= 1 validation images, got "
-                         f"{len(values)} {what} images")  # fmt: skip
+        raise ModelError(
+            f"an out-of-distribution detector needs >= 2 training and >= 1 validation images, got "
+            f"{len(values)} {what} images"
+        )
     return values
 
 
@@ -539,6 +604,10 @@ def calibrate(detector: OODDetector, raw: dict[str, np.ndarray], info: dict[str,
     scores = detector.combine(raw)
     detector.threshold = at(scores)
     detector.held_out = raw
-    detector.info = {**(info or {}), "n_train": detector.info.get("n_train", 0), "n_val": len(scores),
-                     "val_flagged": float(np.mean(detector.flags(scores)))}  # fmt: skip
+    detector.info = {
+        **(info or {}),
+        "n_train": detector.info.get("n_train", 0),
+        "n_val": len(scores),
+        "val_flagged": float(np.mean(detector.flags(scores))),
+    }
     return detector

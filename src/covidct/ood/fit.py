@@ -75,18 +75,57 @@ def fit_for_network(
         _one_pass(net, ds.with_statistics(list(IMAGE_STATISTICS)), 32) for ds in (train, val)
     )
     groups = sample_groups(train.samples) if groups is None else groups
-    detector = fit_by_source({"features": train_feats, **tr}, {"features": val_feats, **va},
-                             sample_sources(train.samples), sample_sources(val.samples), groups, architecture, method,
-                             percentile, info)  # fmt: skip
+    detector = fit_by_source(
+        {"features": train_feats, **tr},
+        {"features": val_feats, **va},
+        sample_sources(train.samples),
+        sample_sources(val.samples),
+        groups,
+        architecture,
+        method,
+        percentile,
+        info,
+    )
     if len(val_feats) >= MIN_REFERENCE:  # the batch shift test's reference: the validation images, never training's
         info = {"images": "validation split"}
         detector.reference = ShiftReference.fit(val_feats, statistics_matrix(va), train_feats, info)
     detector.info["fit_seconds"] = round(time.perf_counter() - start, 1)
     log.info(
         "out-of-distribution detector (%s) fitted on %d images in %.0f s; %.1f%% of validation images flagged",
-        method, detector.info["n_train"], detector.info["fit_seconds"], 100 * detector.info["val_flagged"],
-    )  # fmt: skip
+        method,
+        detector.info["n_train"],
+        detector.info["fit_seconds"],
+        100 * detector.info["val_flagged"],
+    )
     return detector
+
+
+def _source_member(
+    name: str,
+    part: dict[str, np.ndarray],
+    own_val: dict[str, np.ndarray] | None,
+    groups: np.ndarray,
+    architecture: str,
+    method: str,
+    percentile: float,
+) -> OODDetector:
+    """One source's detector: fitted on `part` and thresholded on its own validation images, or out of fold by
+    group when it has none."""
+    if own_val is None:
+        info = {"source": name}
+        return fit_out_of_fold(
+            part["features"], groups, architecture, method, percentile, info, part["framing"], part["pixels"]
+        )
+    return fit_detector(
+        part["features"],
+        own_val["features"],
+        architecture,
+        method,
+        percentile,
+        info={"source": name, "threshold_on": "val"},
+        framing=(part["framing"], own_val["framing"]),
+        pixels=(part["pixels"], own_val["pixels"]),
+    )
 
 
 def sample_sources(samples: Sequence[Any]) -> list[str]:
@@ -120,17 +159,9 @@ def fit_by_source(
     for name in dict.fromkeys(train_sources.tolist()):
         t, v = train_sources == name, val_sources == name
         part = {k: a[t] for k, a in train.items()}
-        if v.any():
-            held.append({k: a[v] for k, a in val.items()})
-            member = fit_detector(part["features"], held[-1]["features"], architecture, method, percentile,
-                                  info={"source": name, "threshold_on": "val"},
-                                  framing=(part["framing"], held[-1]["framing"]),
-                                  pixels=(part["pixels"], held[-1]["pixels"]))  # fmt: skip
-        else:
-            held.append(part)
-            member = fit_out_of_fold(part["features"], groups[t], architecture, method, percentile,
-                                     {"source": name}, part["framing"], part["pixels"])  # fmt: skip
-        members.append(member)
+        own = {k: a[v] for k, a in val.items()} if v.any() else None
+        held.append(own if own is not None else part)
+        members.append(_source_member(name, part, own, groups[t], architecture, method, percentile))
     detector = members[0]
     keys = ("source", "n_train", "n_val", "threshold_on")
     per_source = [{k: m.info[k] for k in keys} for m in members]
@@ -138,9 +169,13 @@ def fit_by_source(
         for part, share in zip(per_source, _threshold_over_sources(members, held, percentile)):
             part["flagged"] = share  # of its held-out images, by the detector as a whole
     flagged = detector.flags(detector.score(val["features"], val["framing"], val["pixels"]))
-    detector.info = {**(info or {}), "n_train": len(train_sources), "n_val": len(val_sources),
-                     "val_flagged": float(np.mean(flagged)) if len(flagged) else 0.0,
-                     **({"per_source": per_source} if len(members) > 1 else {})}  # fmt: skip
+    detector.info = {
+        **(info or {}),
+        "n_train": len(train_sources),
+        "n_val": len(val_sources),
+        "val_flagged": float(np.mean(flagged)) if len(flagged) else 0.0,
+        **({"per_source": per_source} if len(members) > 1 else {}),
+    }
     return detector
 
 
@@ -156,8 +191,11 @@ def _threshold_over_sources(
     pooled = []
     for m, inputs in zip(members, held):
         own = m.combine(m.held_out) / max(m.threshold, 1e-12)  # type: ignore[arg-type]
-        theirs = [o.combine(o.half_scores(inputs["features"], inputs["framing"], inputs["pixels"]))
-                  / max(o.threshold, 1e-12) for o in members if o is not m]  # fmt: skip
+        theirs = [
+            o.combine(o.half_scores(inputs["features"], inputs["framing"], inputs["pixels"])) / max(o.threshold, 1e-12)
+            for o in members
+            if o is not m
+        ]
         pooled.append(np.minimum.reduce([own, *theirs]))
     cut = max(float(np.percentile(p, percentile)) for p in pooled)
     first = members[0]

@@ -87,8 +87,14 @@ def validation_summary(run: RunDir, data: Any) -> dict[str, Any]:
             rows[-1]["follows"] = "; ".join([drivers_text(m["score_drivers"]), *driver_warnings(m["score_drivers"])])
         if m.get("per_group"):  # evaluate --per-group: each patient (group) scored as one
             g = m["per_group"]
-            rows.append(_row(f"{name}: per group", f"{g['groups']} groups, {g['aggregation']} of slice scores", g,
-                             g.get("auc_delong")))  # fmt: skip
+            rows.append(
+                _row(
+                    f"{name}: per group",
+                    f"{g['groups']} groups, {g['aggregation']} of slice scores",
+                    g,
+                    g.get("auc_delong"),
+                )
+            )
         per_source = m.get("per_source") or {}
         if len(per_source) > 1:
             rows += [
@@ -96,11 +102,19 @@ def validation_summary(run: RunDir, data: Any) -> dict[str, Any]:
                 for src, per in per_source.items()
             ]
     external = [r["name"] for r in rows if r["kind"].startswith("external")]
-    statement = (f"Validated on sources it never trained on: {', '.join(external)}." if external else
-                 "Validated only on held-out splits of its own training sources: no external validation yet "
-                 "(covidct evaluate RUN --on SOURCE|FOLDER|CSV adds one).")  # fmt: skip
-    return {"trained_on": trained, "rows": rows, "statement": statement, "not_validated": WHOLE_SLICE_NOTE,
-            "acquisitions": acquisitions_seen(run)}  # fmt: skip
+    statement = (
+        f"Validated on sources it never trained on: {', '.join(external)}."
+        if external
+        else "Validated only on held-out splits of its own training sources: no external validation yet "
+        "(covidct evaluate RUN --on SOURCE|FOLDER|CSV adds one)."
+    )
+    return {
+        "trained_on": trained,
+        "rows": rows,
+        "statement": statement,
+        "not_validated": WHOLE_SLICE_NOTE,
+        "acquisitions": acquisitions_seen(run),
+    }
 
 
 def acquisitions_seen(run: RunDir) -> str:
@@ -218,8 +232,13 @@ def audit_section(audit: Any) -> dict[str, Any]:
         for p in audit.near_duplicates + audit.exact_duplicates
         if p["cross_split"]
     ]
-    return {"counts": audit.counts, "summary": audit.summary(), "warnings": audit.warnings, "cross_pairs": cross,
-            "probe": audit.probe}  # fmt: skip
+    return {
+        "counts": audit.counts,
+        "summary": audit.summary(),
+        "warnings": audit.warnings,
+        "cross_pairs": cross,
+        "probe": audit.probe,
+    }
 
 
 def report_figures(eval_dir: Path, data: Any) -> dict[str, str]:
@@ -237,6 +256,13 @@ def misclassified_gallery(wrong: list[dict[str, str]], class_names: list[str], t
     """The misclassified images furthest from the threshold first (at most MAX_GALLERY), as thumbnails, each with
     its out-of-distribution flag (predictions.csv's in_distribution: "0" flagged, "1" not, absent: no detector)."""
     worst = sorted(wrong, key=lambda r: abs(float(r["score"]) - threshold), reverse=True)[:MAX_GALLERY]
-    return [{"src": thumbnail_uri(r["path"]), "name": Path(r["path"]).name, "score": float(r["score"]),
-             "truth": class_names[int(r["label"])], "flagged": r.get("in_distribution") == "0"}
-            for r in worst]  # fmt: skip
+    return [
+        {
+            "src": thumbnail_uri(r["path"]),
+            "name": Path(r["path"]).name,
+            "score": float(r["score"]),
+            "truth": class_names[int(r["label"])],
+            "flagged": r.get("in_distribution") == "0",
+        }
+        for r in worst
+    ]

@@ -22,13 +22,21 @@ WHY_BACKBONE = (
 
 def study_table(metrics: dict[str, Any]) -> str:
     """The run's test metrics (metrics.json of eval-test) as one row under the study's rows, with 95% intervals."""
-    rows = [{k: v if k == "model" else number_text(v) if v is not None else "-" for k, v in r.items()}
-            for r in STUDY_FIGURES]  # fmt: skip
+    rows = [
+        {k: v if k == "model" else number_text(v) if v is not None else "-" for k, v in r.items()}
+        for r in STUDY_FIGURES
+    ]
     ours: dict[str, Any] = {"model": f"covidct: {metrics['model']} (this run)"}
     for k in ("accuracy", "sensitivity", "specificity", "auc"):
         ci = metrics.get("ci95", {}).get(k, {}).get("delong" if k == "auc" else "wilson")
         ours[k] = f"{number_text(metrics[k])} {interval_text(ci)}".strip()
     rows.append(ours)
     head = f"----- the study beside this run: official COVID-CT test split (n={metrics['n']}) -----"
-    return "\n".join([head, table_text(rows), f"backbone {metrics['model']}: {WHY_BACKBONE}",
-                      "95% intervals: Wilson (proportions), DeLong (AUC); the study gave none"])  # fmt: skip
+    return "\n".join(
+        [
+            head,
+            table_text(rows),
+            f"backbone {metrics['model']}: {WHY_BACKBONE}",
+            "95% intervals: Wilson (proportions), DeLong (AUC); the study gave none",
+        ]
+    )

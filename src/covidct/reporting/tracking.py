@@ -75,8 +75,12 @@ def log_run(run_dir: str | Path, uri: str | None = None, experiment: str = EXPER
     config = yaml.safe_load(config_path.read_text()) or {}
     params = [Param(k, json.dumps(v) if isinstance(v, (dict, list)) else str(v)) for k, v in config.items()]
     now = int(time.time() * 1000)
-    metrics = [Metric(key, float(row[key]), now, int(row["epoch"])) for row in folder.history() for key in EPOCH_METRICS
-               if row.get(key) not in (None, "", "nan")]  # fmt: skip
+    metrics = [
+        Metric(key, float(row[key]), now, int(row["epoch"]))
+        for row in folder.history()
+        for key in EPOCH_METRICS
+        if row.get(key) not in (None, "", "nan")
+    ]
     metrics += [Metric(k, v, now, 0) for k, v in final_metrics(run_dir).items()]
     for start in range(0, max(len(metrics), 1), 1000):  # MLflow takes at most 1000 metrics per batch
         client.log_batch(run_id, metrics=metrics[start : start + 1000], params=params if start == 0 else [])

@@ -89,16 +89,20 @@ def load_site(run_dir: Path, spec: str, allow_overlap: bool = False, group_dupli
         raise DataError(f"--source {spec}: one class only; adapting needs labelled patients of both classes")
     overlap = training_overlap(RunDir.at(run_dir), samples)
     if overlap and not allow_overlap:
-        raise DataError(f"--source {spec}: {overlap} of {len(samples)} images have the same content as images "
-                        f"{run_dir} trained or validated on; remove them, or pass --allow-overlap")  # fmt: skip
+        raise DataError(
+            f"--source {spec}: {overlap} of {len(samples)} images have the same content as images "
+            f"{run_dir} trained or validated on; remove them, or pass --allow-overlap"
+        )
     given: dict[str, set[int]] = {}
     for sample in samples:
         if sample.group:
             given.setdefault(sample.group, set()).add(sample.label)
     mixed = sorted(g for g, classes in given.items() if len(classes) > 1)
     if mixed and Path(spec.partition("=")[2] or spec).suffix.lower() == ".csv":
-        raise DataError(f"--source {spec}: {len(mixed)} group(s) hold both classes (e.g. {mixed[:3]}); a group is "
-                        "one patient with one label")  # fmt: skip
+        raise DataError(
+            f"--source {spec}: {len(mixed)} group(s) hold both classes (e.g. {mixed[:3]}); a group is "
+            "one patient with one label"
+        )
     if mixed:
         log.info("%d group(s) of %s hold both classes: split by class", len(mixed), spec)
         samples = [dataclasses.replace(s, group=f"{s.group}|{s.label}") if s.group in mixed else s for s in samples]
@@ -117,9 +121,11 @@ def adapted_site(run_dir: Path, spec: str | None = None) -> Site | None:
         )
     spec = spec or adaptation.get("site_spec")
     if spec is None and adaptation:
-        raise ConfigError(f"{run_dir} was adapted on {adaptation.get('site')}, but its record does not say where "
-                          "those images are (adapted before 2026-12-02): pass --site NAME=PATH, so that its "
-                          "detector keeps the site")  # fmt: skip
+        raise ConfigError(
+            f"{run_dir} was adapted on {adaptation.get('site')}, but its record does not say where "
+            "those images are (adapted before 2026-12-02): pass --site NAME=PATH, so that its "
+            "detector keeps the site"
+        )
     if spec is None:
         return None
     return load_site(run_dir, spec, allow_overlap=True, group_duplicates=adaptation.get("group_duplicates", True))
@@ -137,14 +143,17 @@ def draw_groups(labels: np.ndarray, groups: np.ndarray, k: int, rng: np.random.G
     for c in (0, 1):
         pool = np.unique(groups[labels == c])
         if len(pool) < k + 1:
-            raise DataError(f"k = {k} groups per class asked, but class {c} has {len(pool)} group(s): at most "
-                            f"{len(pool) - 1} can be drawn with one left to score")  # fmt: skip
+            raise DataError(
+                f"k = {k} groups per class asked, but class {c} has {len(pool)} group(s): at most "
+                f"{len(pool) - 1} can be drawn with one left to score"
+            )
         chosen += rng.choice(pool, size=k, replace=False).tolist()
     return np.isin(groups, chosen)
 
 
-def score_draw(name: str, y_fit: np.ndarray, s_fit: np.ndarray | None, y: np.ndarray, s: np.ndarray,
-               groups: np.ndarray) -> dict[str, Any]:  # fmt: skip
+def score_draw(
+    name: str, y_fit: np.ndarray, s_fit: np.ndarray | None, y: np.ndarray, s: np.ndarray, groups: np.ndarray
+) -> dict[str, Any]:
     """AUC on the scored groups, and sensitivity/specificity at a threshold set on the drawn ones: the model as it
     is, Youden's J on the drawn groups' scores; a refitted head, its own 0.5 (class-balanced; its scores on the
     images it was fitted on separate them perfectly, so Youden's J there is no guide: s_fit None). Per group
@@ -154,8 +163,16 @@ def score_draw(name: str, y_fit: np.ndarray, s_fit: np.ndarray | None, y: np.nda
     ids = np.unique(groups)
     gy = np.array([y[groups == g][0] for g in ids])
     gs = np.array([s[groups == g].mean() for g in ids])
-    return {"strategy": name, "auc": m.auc, "sensitivity": m.sensitivity, "specificity": m.specificity,
-            "threshold": t, "group_auc": roc_auc(gy, gs), "n_scored": len(y), "groups_scored": len(ids)}  # fmt: skip
+    return {
+        "strategy": name,
+        "auc": m.auc,
+        "sensitivity": m.sensitivity,
+        "specificity": m.specificity,
+        "threshold": t,
+        "group_auc": roc_auc(gy, gs),
+        "n_scored": len(y),
+        "groups_scored": len(ids),
+    }
 
 
 Adapter = Callable[[np.ndarray, np.ndarray, int], np.ndarray]  # (fitted mask, scored mask, seed) -> scored scores
@@ -217,15 +234,21 @@ def summarise_curve(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def curve_markdown(summary: list[dict[str, Any]], site: Site, run: str, seconds: float) -> str:
-    lines = [f"# Learning curve at {site.name}: {run} adapted with k groups per class", "",
-             f"{len(site.samples)} images in {len(np.unique(site.groups))} groups ({site.group_counts()} per class "
-             f"0/1); each k drawn {summary[0]['draws']} times, the rest of the site scored; {seconds:.0f} s.", "",
-             "| strategy | k | AUC (95% CI of the mean) | worst draw | sensitivity | specificity | per-group AUC |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        f"# Learning curve at {site.name}: {run} adapted with k groups per class",
+        "",
+        f"{len(site.samples)} images in {len(np.unique(site.groups))} groups ({site.group_counts()} per class "
+        f"0/1); each k drawn {summary[0]['draws']} times, the rest of the site scored; {seconds:.0f} s.",
+        "",
+        "| strategy | k | AUC (95% CI of the mean) | worst draw | sensitivity | specificity | per-group AUC |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in summary:
         lo, hi = r["auc_ci"]
-        lines.append(f"| {r['strategy']} | {r['k']} | {r['auc']:.3f} [{lo:.3f}, {hi:.3f}] | {r['auc_worst']:.3f} | "
-                     f"{r['sensitivity']:.3f} | {r['specificity']:.3f} | {r['group_auc']:.3f} |")  # fmt: skip
+        lines.append(
+            f"| {r['strategy']} | {r['k']} | {r['auc']:.3f} [{lo:.3f}, {hi:.3f}] | {r['auc_worst']:.3f} | "
+            f"{r['sensitivity']:.3f} | {r['specificity']:.3f} | {r['group_auc']:.3f} |"
+        )
     lines += [
         "",
         "zero-shot: the source model as it is (its threshold by Youden's J on the drawn groups); head: a "
@@ -312,9 +335,16 @@ def strategy_adapters(prefix: str, start: Start, labels: np.ndarray, strategies:
     return {f"{prefix}{name}": makers[name]() for name in strategies}
 
 
-def run_curve(run_dir: Path, site: Site, out: Path, ks: tuple[int, ...], draws: int, seed: int,
-              strategies: tuple[str, ...] = STRATEGIES,
-              imagenet_strategies: tuple[str, ...] = IMAGENET_STRATEGIES) -> list[dict]:  # fmt: skip
+def run_curve(
+    run_dir: Path,
+    site: Site,
+    out: Path,
+    ks: tuple[int, ...],
+    draws: int,
+    seed: int,
+    strategies: tuple[str, ...] = STRATEGIES,
+    imagenet_strategies: tuple[str, ...] = IMAGENET_STRATEGIES,
+) -> list[dict]:
     """curve.csv, curve.md, curve.png (and curve.json) in `out`; returns the summary rows."""
     for k in ks:  # refused before any work, naming the counts
         draw_groups(site.labels, site.groups, k, np.random.default_rng(0))
@@ -332,11 +362,20 @@ def run_curve(run_dir: Path, site: Site, out: Path, ks: tuple[int, ...], draws: 
     seconds = time.perf_counter() - start
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "curve_draws.csv", rows)
-    flat = [{k: v for k, v in r.items() if not k.endswith("_ci")} | {"auc_low": r["auc_ci"][0],
-            "auc_high": r["auc_ci"][1]} for r in summary]  # fmt: skip
+    flat = [
+        {k: v for k, v in r.items() if not k.endswith("_ci")} | {"auc_low": r["auc_ci"][0], "auc_high": r["auc_ci"][1]}
+        for r in summary
+    ]
     write_csv(out / "curve.csv", flat)
-    record = {"run": str(run_dir), "site": site.spec, "ks": list(ks), "draws": draws, "seed": seed,
-              "strategies": list(strategies), "imagenet_strategies": list(imagenet_strategies)}  # fmt: skip
+    record = {
+        "run": str(run_dir),
+        "site": site.spec,
+        "ks": list(ks),
+        "draws": draws,
+        "seed": seed,
+        "strategies": list(strategies),
+        "imagenet_strategies": list(imagenet_strategies),
+    }
     write_json(out / "curve.json", {**record, "seconds": round(seconds, 1), "summary": summary})
     write_text(out / "curve.md", curve_markdown(summary, site, str(run_dir), seconds))
     curve_plot(summary, out / "curve.png")
@@ -355,8 +394,14 @@ def site_validation(adapt: Adapter, site: Site, folds: int = 5, seed: int = 0) -
         oof[scored] = adapt(~scored, scored, i)
     t = youden_threshold(site.labels, oof)
     m = binary_metrics(site.labels, oof, t)
-    return {"method": f"{folds}-fold cross-validation by group", "auc": roc_auc(site.labels, oof), "threshold": t,
-            "sensitivity": m.sensitivity, "specificity": m.specificity, "accuracy": m.accuracy}  # fmt: skip
+    return {
+        "method": f"{folds}-fold cross-validation by group",
+        "auc": roc_auc(site.labels, oof),
+        "threshold": t,
+        "sensitivity": m.sensitivity,
+        "specificity": m.specificity,
+        "accuracy": m.accuracy,
+    }
 
 
 def adapted_network(model: Any, site: Site, strategy: str) -> dict[str, Any]:

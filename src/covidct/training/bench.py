@@ -176,8 +176,11 @@ def inference_figures(name: str, size: int, batch: int, repeats: int, workdir: P
     session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     xb, x1 = x.numpy(), one.numpy()
     out["ort_batch_ips"] = _rate(lambda: session.run(None, {"image": xb}), batch, 1, repeats)
-    for label, fn in (("eager_fp32", lambda: eager(one, False)), ("eager_opt", lambda: eager(one, True)),
-                      ("ort", lambda: session.run(None, {"image": x1}))):  # fmt: skip
+    for label, fn in (
+        ("eager_fp32", lambda: eager(one, False)),
+        ("eager_opt", lambda: eager(one, True)),
+        ("ort", lambda: session.run(None, {"image": x1})),
+    ):
         fn()
         times = []
         for _ in range(max(5, repeats * 4)):
@@ -218,12 +221,19 @@ def run_bench(models: list[str], quick: bool, data_dir: str | Path | None, workd
     samples, source = bench_samples(data_dir, n_images)
     peak = cpu_peak_flops()
     results: dict[str, Any] = {
-        "quick": quick, "input_size": size, "batch": batch, "images": source, "peak": peak,
-        "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "pipeline_ips": {"decode_every_time": pipeline_throughput(samples, size, cached=False),
-                         "decoded_once": pipeline_throughput(samples, size, cached=True)},
+        "quick": quick,
+        "input_size": size,
+        "batch": batch,
+        "images": source,
+        "peak": peak,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "pipeline_ips": {
+            "decode_every_time": pipeline_throughput(samples, size, cached=False),
+            "decoded_once": pipeline_throughput(samples, size, cached=True),
+        },
         "models": {},
-    }  # fmt: skip
+    }
     for name in models:
         model, _ = create_model(name, pretrained=False)
         flops = forward_flops(model, size)
@@ -263,14 +273,25 @@ def bench_markdown(r: dict[str, Any]) -> str:
     ]
     for name, m in r["models"].items():
         cells = [
-            name, f"{m['forward_gflops']:.2f}", f"{m['train_naive_ips']:.1f}", f"{m['train_opt_ips']:.1f}",
-            f"{m['train_speedup']:.2f}x", f"{100 * m['train_opt_share_of_peak']:.0f}%",
-            f"{m['eager_fp32_batch_ips']:.0f}", f"{m['eager_opt_batch_ips']:.0f}", f"{m['ort_batch_ips']:.0f}",
-        ]  # fmt: skip
+            name,
+            f"{m['forward_gflops']:.2f}",
+            f"{m['train_naive_ips']:.1f}",
+            f"{m['train_opt_ips']:.1f}",
+            f"{m['train_speedup']:.2f}x",
+            f"{100 * m['train_opt_share_of_peak']:.0f}%",
+            f"{m['eager_fp32_batch_ips']:.0f}",
+            f"{m['eager_opt_batch_ips']:.0f}",
+            f"{m['ort_batch_ips']:.0f}",
+        ]
         cells += [f"{m[k + '_p50_ms']:.1f}/{m[k + '_p95_ms']:.1f}" for k in ("eager_fp32", "eager_opt", "ort")]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Time per training batch (ms; optimised path; loading = the train transform on decoded images):", "",
-              "| model | loading | forward | backward | optimizer |", "|---|---|---|---|---|"]  # fmt: skip
+    lines += [
+        "",
+        "Time per training batch (ms; optimised path; loading = the train transform on decoded images):",
+        "",
+        "| model | loading | forward | backward | optimizer |",
+        "|---|---|---|---|---|",
+    ]
     for name, m in r["models"].items():
         parts = [f"{m[k]:.0f}" for k in ("loading_ms", "forward_ms", "backward_ms", "optimizer_ms")]
         lines.append(f"| {name} | " + " | ".join(parts) + " |")

@@ -54,14 +54,28 @@ def score(model: LoadedModel, samples: list) -> tuple[list[str], np.ndarray, np.
 
 def score_rows(paths: list[str], labels: np.ndarray, scores: np.ndarray, threshold: float) -> list[dict[str, Any]]:
     """One row per image of a cell: what was scored and how, for error analysis (which held-out images fail)."""
-    return [{"path": p, "label": int(y), "score": float(s), "predicted": int(s >= threshold),
-             "correct": int(int(s >= threshold) == int(y))} for p, y, s in zip(paths, labels, scores)]  # fmt: skip
+    return [
+        {
+            "path": p,
+            "label": int(y),
+            "score": float(s),
+            "predicted": int(s >= threshold),
+            "correct": int(int(s >= threshold) == int(y)),
+        }
+        for p, y, s in zip(paths, labels, scores)
+    ]
 
 
 def cell(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, Any]:
     m = binary_metrics(labels, scores, threshold)
-    out = {"n": m.n, "auc": m.auc, "accuracy": m.accuracy, "sensitivity": m.sensitivity,
-           "specificity": m.specificity, "threshold": threshold}  # fmt: skip
+    out = {
+        "n": m.n,
+        "auc": m.auc,
+        "accuracy": m.accuracy,
+        "sensitivity": m.sensitivity,
+        "specificity": m.specificity,
+        "threshold": threshold,
+    }
     if len(np.unique(labels)) == 2:
         out["auc_ci95"] = delong_interval(labels, scores)[2].as_list()
     return out
@@ -69,8 +83,10 @@ def cell(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, 
 
 def caveats(config: TrainConfig) -> list[str]:
     """What this matrix cannot show for this recipe, written beside it."""
-    out = [f"One training per row (seed {config.seed}): held-out cells move with the seed (by up to 0.14 AUC in "
-           "benchmarks/GENERALIZATION.md), so compare recipes over several seeds (--seeds 42 7 1)."]  # fmt: skip
+    out = [
+        f"One training per row (seed {config.seed}): held-out cells move with the seed (by up to 0.14 AUC in "
+        "benchmarks/GENERALIZATION.md), so compare recipes over several seeds (--seeds 42 7 1)."
+    ]
     return out
 
 
@@ -110,13 +126,19 @@ def train_and_score(
     _, val_labels, val_scores = score(model, run.data().splits["val"])
     threshold = youden_threshold(val_labels, val_scores)
     row: dict[str, Any] = {"trained on": label}
-    record: dict[str, Any] = {"trained_on": train_names, "run": str(run.path), "train_seconds": round(wall, 1),
-                              "threshold": threshold, "threshold_chosen_on": "val of the training sources",
-                              "cells": {}}  # fmt: skip
+    record: dict[str, Any] = {
+        "trained_on": train_names,
+        "run": str(run.path),
+        "train_seconds": round(wall, 1),
+        "threshold": threshold,
+        "threshold_chosen_on": "val of the training sources",
+        "cells": {},
+    }
     for name, source in data.items():
         held_out = name not in train_names
-        samples = [s for sp in ("train", "val", "test") for s in source.splits[sp]] if held_out else \
-            source.splits["test"]  # fmt: skip
+        samples = (
+            [s for sp in ("train", "val", "test") for s in source.splits[sp]] if held_out else source.splits["test"]
+        )
         paths, labels, scores = score(model, samples)
         write_csv(run.scores_path(name), score_rows(paths, labels, scores, threshold))
         c = cell(labels, scores, threshold)
@@ -142,13 +164,22 @@ def cell_columns(name: str, c: dict[str, Any]) -> dict[str, str]:
     }
 
 
-def write_matrix(out: Path, config: TrainConfig, sources: list[str], names: list[str], rows: list[dict[str, Any]],
-                 records: list[dict[str, Any]], drivers: list[str]) -> None:  # fmt: skip
+def write_matrix(
+    out: Path,
+    config: TrainConfig,
+    sources: list[str],
+    names: list[str],
+    rows: list[dict[str, Any]],
+    records: list[dict[str, Any]],
+    drivers: list[str],
+) -> None:
     write_csv(out / "matrix.csv", rows)
     held = [c["auc"] for r in records for c in r["cells"].values() if c["held_out"]]
-    note = (f"\nMean held-out-source AUC: {np.mean(held):.3f} over {len(held)} cells. AUC with DeLong 95% interval; "
-            "accuracy, sensitivity, specificity at the Youden threshold chosen on the training sources' validation "
-            "split.\n")  # fmt: skip
+    note = (
+        f"\nMean held-out-source AUC: {np.mean(held):.3f} over {len(held)} cells. AUC with DeLong 95% interval; "
+        "accuracy, sensitivity, specificity at the Youden threshold chosen on the training sources' validation "
+        "split.\n"
+    )
     limits = caveats(config)
     note += "".join(f"\n{c}\n" for c in limits)
     if drivers:  # evaluation/drivers.py: rank correlation of the held-out scores with simple image statistics
@@ -157,9 +188,16 @@ def write_matrix(out: Path, config: TrainConfig, sources: list[str], names: list
         )
         note += "".join(f"- {d}\n" for d in drivers)
     write_text(out / "matrix.md", table_markdown(rows) + note)
-    write_json(out / "matrix.json", {"sources": sources, "config": config.to_dict(), "trainings": records,
-                                     "mean_held_out_auc": float(np.mean(held)) if held else None,
-                                     "caveats": limits})  # fmt: skip
+    write_json(
+        out / "matrix.json",
+        {
+            "sources": sources,
+            "config": config.to_dict(),
+            "trainings": records,
+            "mean_held_out_auc": float(np.mean(held)) if held else None,
+            "caveats": limits,
+        },
+    )
     _heatmap(records, names, out / "matrix.png")
 
 
@@ -176,19 +214,33 @@ def seed_summary(matrices: list[dict[str, Any]]) -> dict[str, Any]:
     def spread(values: list[float]) -> dict[str, Any]:
         v = np.asarray(values, dtype=float)
         sd = float(np.std(v, ddof=1)) if len(v) > 1 else None
-        return {"values": [float(x) for x in v], "mean": float(v.mean()), "sd": sd, "min": float(v.min()),
-                "max": float(v.max())}  # fmt: skip
+        return {
+            "values": [float(x) for x in v],
+            "mean": float(v.mean()),
+            "sd": sd,
+            "min": float(v.min()),
+            "max": float(v.max()),
+        }
 
     cells = []
     for i, t in enumerate(first["trainings"]):
         for name, c in t["cells"].items():
             per_seed = [m["trainings"][i]["cells"][name] for m in matrices]
-            cells.append({"trained_on": t["trained_on"], "scored_on": name, "held_out": c["held_out"],
-                          "auc": spread([x["auc"] for x in per_seed]),
-                          "accuracy_mean": float(np.mean([x["accuracy"] for x in per_seed]))})  # fmt: skip
+            cells.append(
+                {
+                    "trained_on": t["trained_on"],
+                    "scored_on": name,
+                    "held_out": c["held_out"],
+                    "auc": spread([x["auc"] for x in per_seed]),
+                    "accuracy_mean": float(np.mean([x["accuracy"] for x in per_seed])),
+                }
+            )
     held = [m["mean_held_out_auc"] for m in matrices if m["mean_held_out_auc"] is not None]
-    return {"seeds": [m["config"]["seed"] for m in matrices], "cells": cells,
-            "mean_held_out_auc": spread(held) if held else None}  # fmt: skip
+    return {
+        "seeds": [m["config"]["seed"] for m in matrices],
+        "cells": cells,
+        "mean_held_out_auc": spread(held) if held else None,
+    }
 
 
 def run_seeds(
@@ -208,11 +260,17 @@ def run_seeds(
     for c in summary["cells"]:
         a = c["auc"]
         sd = f" (sd {a['sd']:.3f})" if a["sd"] is not None else ""
-        rows.append({"trained on": " + ".join(c["trained_on"]), "scored on": c["scored_on"],
-                     "scored": "held out (all images)" if c["held_out"] else "in source (test split)",
-                     "AUC mean (sd)": f"{a['mean']:.3f}{sd}", "AUC min-max": f"{a['min']:.3f}-{a['max']:.3f}",
-                     "AUC per seed": " / ".join(f"{v:.3f}" for v in a["values"]),
-                     "accuracy mean": f"{c['accuracy_mean']:.3f}"})  # fmt: skip
+        rows.append(
+            {
+                "trained on": " + ".join(c["trained_on"]),
+                "scored on": c["scored_on"],
+                "scored": "held out (all images)" if c["held_out"] else "in source (test split)",
+                "AUC mean (sd)": f"{a['mean']:.3f}{sd}",
+                "AUC min-max": f"{a['min']:.3f}-{a['max']:.3f}",
+                "AUC per seed": " / ".join(f"{v:.3f}" for v in a["values"]),
+                "accuracy mean": f"{c['accuracy_mean']:.3f}",
+            }
+        )
     write_csv(out / "seeds.csv", rows)
     held = summary["mean_held_out_auc"]
     note = f"\nSeeds {', '.join(map(str, seeds))}; one matrix per seed in seed-N/."

@@ -107,9 +107,17 @@ def run_cv(config: TrainConfig, folds: int = 5, progress: bool = True, group_dup
     held_out = cv_folds(labels, groups, folds, config.seed)
     cv_dir = Path(config.out) / f"cv-{run_name(config.model)}"
     cv_dir.mkdir(parents=True, exist_ok=False)
-    write_json(cv_dir / "cv_plan.json", {"folds": folds, "seed": config.seed, "group_near_duplicates": group_duplicates,
-                                         "pool": len(pool), "groups": len(np.unique(groups)),
-                                         "sample_groups": len({s.group for s in pool if s.group})})  # fmt: skip
+    write_json(
+        cv_dir / "cv_plan.json",
+        {
+            "folds": folds,
+            "seed": config.seed,
+            "group_near_duplicates": group_duplicates,
+            "pool": len(pool),
+            "groups": len(np.unique(groups)),
+            "sample_groups": len({s.group for s in pool if s.group}),
+        },
+    )
     results, oof = [], {}
     for k, held in enumerate(held_out, start=1):
         fold_dir = cv_dir / f"fold-{k}"

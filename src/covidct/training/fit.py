@@ -203,8 +203,9 @@ def fit_run_probe(run: RunDir, config: TrainConfig, train_ds: ImageDataset) -> N
         return
     net, pre = build_network(config, resume=False)
     labels = np.array([s.label for s in train_ds.samples])
-    probe = fit_probe(net, pre.input_size, train_ds.with_transform(eval_transform(pre)), labels, config.model,
-                      config.imagenet_probe)  # fmt: skip
+    probe = fit_probe(
+        net, pre.input_size, train_ds.with_transform(eval_transform(pre)), labels, config.model, config.imagenet_probe
+    )
     if probe is not None:
         probe.save(run.probe_dir)
 

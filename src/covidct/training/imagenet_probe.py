@@ -42,8 +42,10 @@ def fit_regression(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float, dic
 
 @torch.no_grad()
 def probe_features(probe: ImageNetProbe, dataset: Dataset, batch_size: int = 32) -> np.ndarray:
-    out = [probe.features(batch["image"]).numpy()
-           for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)]  # fmt: skip
+    out = [
+        probe.features(batch["image"]).numpy()
+        for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    ]
     return np.concatenate(out) if out else np.zeros((0, len(probe.keep)))
 
 
@@ -64,8 +66,18 @@ def fit_probe(
     with torch.no_grad():
         probe.linear.weight.copy_(torch.as_tensor(weights, dtype=torch.float32)[None])
         probe.linear.bias.fill_(bias)
-    probe.info = {"architecture": architecture, "stages": "channel means of the last 4", "n_train": len(labels),
-                  **chosen, "fit_seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
-    log.info("ImageNet probe: C %.4g (cross-validated AUC %.3f on the training images), share %.2f, %.0f s",
-             chosen["C"], chosen["cv_auc"], share, probe.info["fit_seconds"])  # fmt: skip
+    probe.info = {
+        "architecture": architecture,
+        "stages": "channel means of the last 4",
+        "n_train": len(labels),
+        **chosen,
+        "fit_seconds": round(time.perf_counter() - start, 1),
+    }
+    log.info(
+        "ImageNet probe: C %.4g (cross-validated AUC %.3f on the training images), share %.2f, %.0f s",
+        chosen["C"],
+        chosen["cv_auc"],
+        share,
+        probe.info["fit_seconds"],
+    )
     return probe

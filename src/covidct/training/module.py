@@ -23,8 +23,12 @@ from covidct.models import Preprocessing, create_model, head_parameters
 def training_card(config: TrainConfig, pre: Preprocessing, class_names: list[str] | tuple[str, ...]) -> dict[str, Any]:
     """What prediction needs of a checkpoint: the architecture, its preprocessing, the class names, the threshold
     (0.5 until one is chosen; threshold.json is the record)."""
-    return {"model_name": config.model, "preprocessing": pre.to_dict(), "class_names": list(class_names),
-            "threshold": 0.5}  # fmt: skip
+    return {
+        "model_name": config.model,
+        "preprocessing": pre.to_dict(),
+        "class_names": list(class_names),
+        "threshold": 0.5,
+    }
 
 
 class Classifier(L.LightningModule):
@@ -163,10 +167,14 @@ def rng_state() -> dict[str, Any]:
     version, internal, gauss_next = random.getstate()
     return {
         "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
-                  "cached_gaussian": float(cached)},
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss_next": gauss_next},
-    }  # fmt: skip
+    }
 
 
 def set_rng_state(state: dict[str, Any]) -> None:

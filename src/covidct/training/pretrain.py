@@ -59,8 +59,17 @@ def feature_extractor(model: nn.Module) -> tuple[nn.Module, int]:
 
 
 class SelfSupervised(L.LightningModule):
-    def __init__(self, method: str, dim: int, lr: float, weight_decay: float, epochs: int, temperature: float,
-                 memory_bank: int, backbone: nn.Module) -> None:  # fmt: skip
+    def __init__(
+        self,
+        method: str,
+        dim: int,
+        lr: float,
+        weight_decay: float,
+        epochs: int,
+        temperature: float,
+        memory_bank: int,
+        backbone: nn.Module,
+    ) -> None:
         from lightly.loss import NegativeCosineSimilarity, NTXentLoss
         from lightly.models.modules import heads
 
@@ -107,8 +116,10 @@ class SelfSupervised(L.LightningModule):
             if self.method == "moco":
                 loss = self.criterion(self.embed(x0), self.embed_momentum(x1))
             else:
-                loss = 0.5 * (self.criterion(self.embed(x0), self.embed_momentum(x1))
-                              + self.criterion(self.embed(x1), self.embed_momentum(x0)))  # fmt: skip
+                loss = 0.5 * (
+                    self.criterion(self.embed(x0), self.embed_momentum(x1))
+                    + self.criterion(self.embed(x1), self.embed_momentum(x0))
+                )
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x0))
         return loss
 
@@ -125,9 +136,21 @@ def ct_views(config: PretrainConfig, mean: Any, std: Any) -> Any:
     from torchvision import transforms as T
 
     cls = SimCLRTransform if config.method == "simclr" else MoCoV2Transform
-    views = cls(input_size=config.input_size, cj_prob=0.8, cj_bright=0.4, cj_contrast=0.4, cj_sat=0.0, cj_hue=0.0,
-                min_scale=0.3, random_gray_scale=0.0, gaussian_blur=0.3, rr_prob=0.5, rr_degrees=10, hf_prob=0.5,
-                normalize={"mean": list(mean), "std": list(std)})  # fmt: skip
+    views = cls(
+        input_size=config.input_size,
+        cj_prob=0.8,
+        cj_bright=0.4,
+        cj_contrast=0.4,
+        cj_sat=0.0,
+        cj_hue=0.0,
+        min_scale=0.3,
+        random_gray_scale=0.0,
+        gaussian_blur=0.3,
+        rr_prob=0.5,
+        rr_degrees=10,
+        hf_prob=0.5,
+        normalize={"mean": list(mean), "std": list(std)},
+    )
     front = []
     if config.crop != "none":
         from covidct.data.crop import CropToBody
@@ -141,8 +164,11 @@ def ct_views(config: PretrainConfig, mean: Any, std: Any) -> Any:
 def pretrain_images(config: PretrainConfig) -> list:
     from covidct.data.datasets import load_splits
 
-    data = load_sources(config.sources, config.seed) if config.sources else load_splits(
-        config.data_dir, config.data_csv, config.seed)  # fmt: skip
+    data = (
+        load_sources(config.sources, config.seed)
+        if config.sources
+        else load_splits(config.data_dir, config.data_csv, config.seed)
+    )
     splits = ["train", "val"] if config.include_val else ["train"]
     return [s for sp in splits for s in data.splits[sp]]  # never the test split
 
@@ -156,25 +182,41 @@ def pretrain(config: PretrainConfig, progress: bool = False, run_dir: Path | Non
     L.seed_everything(config.seed, workers=True, verbose=False)
     samples = pretrain_images(config)
     if len(samples) < config.batch_size:
-        raise DataError(f"pretraining needs at least one batch: {len(samples)} images < --batch-size "
-                        f"{config.batch_size}")  # fmt: skip
+        raise DataError(
+            f"pretraining needs at least one batch: {len(samples)} images < --batch-size {config.batch_size}"
+        )
     model, pre = create_model(config.model, config.pretrained and not resume)
     backbone, dim = feature_extractor(model)
-    module = SelfSupervised(config.method, dim, config.lr, config.weight_decay, config.epochs, config.temperature,
-                            config.memory_bank, backbone)  # fmt: skip
+    module = SelfSupervised(
+        config.method,
+        dim,
+        config.lr,
+        config.weight_decay,
+        config.epochs,
+        config.temperature,
+        config.memory_bank,
+        backbone,
+    )
     ds = ImageDataset(samples, ct_views(config, pre.mean, pre.std), cache=True)
     ds.preload(progress)
     with run_folder(run_dir, config.out, f"pretrain-{config.method}-{config.model}", config.to_yaml(), resume) as run:
         return _pretrain(config, module, ds, run, progress, resume)
 
 
-def _pretrain(config: PretrainConfig, module: SelfSupervised, ds: ImageDataset, run: RunDir, progress: bool,
-              resume: bool) -> Path:  # fmt: skip
+def _pretrain(
+    config: PretrainConfig, module: SelfSupervised, ds: ImageDataset, run: RunDir, progress: bool, resume: bool
+) -> Path:
     workers = resolve_workers(config.num_workers)
     # views drawn per image from (seed, epoch) in the main process: the same with any worker count (SeededDraws)
     draws = SeededDraws.shuffle(ds, config.seed)
-    loader = torch.utils.data.DataLoader(ds, batch_size=config.batch_size, sampler=draws, drop_last=True,
-                                         num_workers=workers, persistent_workers=workers > 0)  # fmt: skip
+    loader = torch.utils.data.DataLoader(
+        ds,
+        batch_size=config.batch_size,
+        sampler=draws,
+        drop_last=True,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+    )
     history = EpochHistory(run.metrics_path, write=global_rank() == 0, echo=not progress)
     ckpt = None
     if resume:
@@ -186,12 +228,20 @@ def _pretrain(config: PretrainConfig, module: SelfSupervised, ds: ImageDataset, 
     trainer.fit(module, loader, ckpt_path=ckpt)
     if trainer.is_global_zero:
         save_backbone(run, module.backbone, config.model)
-        run.write_summary({
-            "kind": "pretrain", "model": config.model, "method": config.method, "images": len(ds),
-            "epochs_run": len(history.rows), "wall_time_s": round(time.perf_counter() - start, 1),
-            "precision": precision, "final_loss": float(history.rows[-1]["train_loss"]) if history.rows else None,
-            "sources": config.sources or [config.data_dir], "splits": ["train", "val"] if config.include_val
-            else ["train"]})  # fmt: skip
+        run.write_summary(
+            {
+                "kind": "pretrain",
+                "model": config.model,
+                "method": config.method,
+                "images": len(ds),
+                "epochs_run": len(history.rows),
+                "wall_time_s": round(time.perf_counter() - start, 1),
+                "precision": precision,
+                "final_loss": float(history.rows[-1]["train_loss"]) if history.rows else None,
+                "sources": config.sources or [config.data_dir],
+                "splits": ["train", "val"] if config.include_val else ["train"],
+            }
+        )
     return run.path
 
 

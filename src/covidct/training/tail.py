@@ -111,8 +111,15 @@ def tail_parameters(net: nn.Module) -> list[nn.Parameter]:
     return [p for p in net.parameters() if id(p) not in skip]
 
 
-def fine_tune_tail(net: nn.Module, maps: torch.Tensor, labels: np.ndarray, seed: int = 0, epochs: int = TAIL_EPOCHS,
-                   lr: float = TAIL_LR, pooled: np.ndarray | None = None) -> nn.Module:  # fmt: skip
+def fine_tune_tail(
+    net: nn.Module,
+    maps: torch.Tensor,
+    labels: np.ndarray,
+    seed: int = 0,
+    epochs: int = TAIL_EPOCHS,
+    lr: float = TAIL_LR,
+    pooled: np.ndarray | None = None,
+) -> nn.Module:
     """LP-FT on cached maps, in place: the head set by a logistic regression on the pooled features (the linear
     probe), then the last stages, the layers after them and the head trained with AdamW on a class-balanced
     cross-entropy. Batch norm stays in eval mode (a few hundred images cannot re-estimate its statistics).
