@@ -10,11 +10,13 @@ import pytest
 from PIL import Image
 
 from covidct.cli import main
-from covidct.data.medical import apply_window, read_dicom, read_dicom_series, read_nifti
+from covidct.data.dicom_study import iter_series, scan_folder
+from covidct.data.inputs import list_inputs, volume_slices
+from covidct.data.medical import apply_window, read_dicom
 from covidct.errors import DataError, ModelError
 from covidct.inference.explain import explain
 from covidct.inference.load import load_trained as load_model
-from covidct.inference.predict import expand_inputs, predict_inputs
+from covidct.inference.predict import PredictOptions, predict_inputs
 from covidct.verdict import aggregate_volume
 from tests.conftest import synthetic_ct
 from tests.medical_files import write_dicom, write_nifti
@@ -57,23 +59,24 @@ def test_dicom_series_is_ordered_by_position(tmp_path):
     series.mkdir()
     for name, z, value in (("a.dcm", 20.0, 150), ("b.dcm", 0.0, -1350), ("c.dcm", 10.0, -600)):
         write_dicom(series / name, np.full((8, 8), value, np.float32), z=z)
-    slices = read_dicom_series(series)
-    assert [np.asarray(s)[0, 0, 0] for s in slices] == [0, 128, 255]  # z = 0, 10, 20
-    assert expand_inputs([str(series)]) == [series]  # a folder of DICOM files is one series
+    (study,) = scan_folder(series).studies().values()
+    greys = [grey for _, _, grey, _ in iter_series(study[0])]
+    assert [int(g[0, 0]) for g in greys] == [0, 128, 255]  # z = 0, 10, 20
+    assert list_inputs([str(series)]) == [series]  # a folder of DICOM files is one series
 
 
 def test_nifti_slices(tmp_path):
     volume = np.full((16, 12, 5), -1350, np.float32)
     volume[:, :, 3] = 150
     volume[2, 0, 0] = 150  # x = 2, y = 0: row 0, column 2 once displayed
-    slices = read_nifti(write_nifti(tmp_path / "v.nii.gz", volume))
-    assert len(slices) == 5 and slices[0].size == (16, 12)
-    first = np.asarray(slices[0])[..., 0]
-    assert first[0, 2] == 255 and first[2, 0] == 0
-    assert np.asarray(slices[3]).min() == 255
+    slices = list(volume_slices(write_nifti(tmp_path / "v.nii.gz", volume)))
+    assert len(slices) == 5 and slices[0][1].shape == (12, 16)
+    hu, first = slices[0]
+    assert first[0, 2] == 255 and first[2, 0] == 0 and hu[0, 2] == 150
+    assert slices[3][1].min() == 255
     (tmp_path / "bad.nii").write_bytes(b"nope")
     with pytest.raises(DataError, match=r"bad\.nii"):
-        read_nifti(tmp_path / "bad.nii")
+        next(volume_slices(tmp_path / "bad.nii"))
 
 
 def test_volume_aggregation_is_the_mean_of_the_top_tenth():
@@ -100,7 +103,7 @@ def inputs(tmp_path_factory):
 
 def test_predict_every_format(exported_model, inputs):
     model = load_model(exported_model)
-    paths = expand_inputs([str(inputs)])
+    paths = list_inputs([str(inputs)])
     # the folder itself stands for its DICOM (grouped by study and series); images and volumes one by one
     assert [p.name for p in paths] == [inputs.name, "a.png", "b.jpg", "deep.png", "vol.nii.gz"]
     report = {}
@@ -120,7 +123,7 @@ def test_predict_every_format(exported_model, inputs):
         expected = float(model.scores([Image.open(inputs / name).convert("RGB")])[0])
         assert row["score"] == pytest.approx(expected, abs=1e-5), name
     assert len(report["studies"]) == 1 and report["studies"][0]["series"][0]["slices"] == 1
-    forced = predict_inputs(model, paths[1:2], threshold=0.0)
+    forced = predict_inputs(model, paths[1:2], PredictOptions(threshold=0.0))
     assert forced[0]["label"] == "COVID"
 
 
@@ -216,10 +219,14 @@ def test_an_unreadable_image_is_skipped_by_name_and_the_rest_scored(exported_mod
     for k in range(3):
         Image.fromarray(synthetic_ct(rng, k % 2 == 0, (64, 48))).save(folder / f"ok{k}.png")
     (folder / "cut.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)  # a PNG cut after its signature
+    (folder / "empty.nii.gz").write_bytes(b"")  # a volume, a DICOM folder: the same policy
+    dicom = folder / "study"
+    dicom.mkdir()
+    (dicom / "junk.dcm").write_bytes(b"\x00" * 128 + b"DICM" + b"\x00" * 10)
     out = tmp_path / "p.csv"
     assert main(["predict", str(exported_model), str(folder), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "skipped:" in printed and "cut.png" in printed
+    assert "skipped:" in printed and "cut.png" in printed and "empty.nii.gz" in printed and "junk.dcm" in printed
     with open(out) as f:
         assert sorted(Path(r["path"]).name for r in csv.DictReader(f)) == ["ok0.png", "ok1.png", "ok2.png"]
     assert any("cut.png" in s for s in json.loads(out.with_suffix(".json").read_text())["skipped"])

@@ -11,9 +11,10 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from covidct.data import load_rgb
+from covidct.data.inputs import list_inputs
 from covidct.inference.batching import Batcher
 from covidct.inference.load import WEIGHTS_KEY, load_checkpoint, load_trained, with_detector
-from covidct.inference.predict import BATCH, expand_inputs, predict_inputs
+from covidct.inference.predict import BATCH, predict_inputs
 from covidct.inference.serve import create_app
 from covidct.runs import RunDir
 from tests.conftest import synthetic_ct
@@ -65,7 +66,7 @@ def test_predict_scores_images_in_batches_as_one_at_a_time(fast, images, tmp_pat
     (folder / "b").mkdir(parents=True)
     for k, img in enumerate(images):  # some in a sub-folder: the CSV keeps the order of the inputs
         img.save(folder / ("b" if k % 3 == 0 else "") / f"{k:03d}.png")
-    paths = expand_inputs([str(folder)])
+    paths = list_inputs([str(folder)])
     report: dict = {}
     rows = predict_inputs(fast, paths, report=report)
     assert [r["path"] for r in rows] == [str(p) for p in paths]

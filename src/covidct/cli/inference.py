@@ -28,19 +28,20 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from covidct.data.inputs import list_inputs
     from covidct.fileio import write_csv, write_json
     from covidct.inference.load import load_trained
-    from covidct.inference.predict import expand_inputs, predict_inputs
+    from covidct.inference.predict import PredictOptions, predict_inputs
 
     print(DISCLAIMER, file=sys.stderr)
     limits = limits_from_args(args)
     model = load_trained(args.model)
-    paths = expand_inputs(args.inputs)
+    paths = list_inputs(args.inputs)
+    cam_dir = Path(args.cam) if args.cam else None
+    options = PredictOptions(args.threshold, args.window, cam_dir, args.aggregate)
     report: dict = {}
     with limits.applied():
-        rows = predict_inputs(
-            model, paths, args.threshold, args.window, Path(args.cam) if args.cam else None, args.aggregate, report
-        )
+        rows = predict_inputs(model, paths, options, report)
     write_csv(args.out, rows)
     json_path = Path(args.out).with_suffix(".json")
     write_json(json_path, {**report, "model": model.model_id, "disclaimer": DISCLAIMER})

@@ -160,39 +160,3 @@ def read_dicom_hu(path: str | Path) -> np.ndarray:
     """One DICOM slice in Hounsfield units."""
     path = Path(path)
     return dicom_hu(open_dicom(path), str(path))
-
-
-def read_dicom_series(folder: str | Path, window: tuple[float, float] = LUNG_WINDOW) -> list[Image.Image]:
-    """The slices of a DICOM series folder, ordered along the patient axis (ImagePositionPatient z, else
-    InstanceNumber, else file name)."""
-    files = sorted(p for p in Path(folder).iterdir() if p.is_file() and is_dicom(p))
-    if not files:
-        raise DataError(f"folder {folder} holds no DICOM files")
-    datasets = [(p, open_dicom(p)) for p in files]
-
-    def position(item: tuple[Path, object]) -> tuple[float, str]:
-        p, ds = item
-        pos = getattr(ds, "ImagePositionPatient", None)
-        z = float(pos[2]) if pos is not None and len(pos) == 3 else float(getattr(ds, "InstanceNumber", 0) or 0)
-        return z, p.name
-
-    return [dicom_grey(ds, str(p), window) for p, ds in sorted(datasets, key=position)]
-
-
-def read_nifti(path: str | Path, window: tuple[float, float] = LUNG_WINDOW) -> list[Image.Image]:
-    """The axial slices of a NIfTI CT volume (values taken as HU), in the file's order along its last axis."""
-    import nibabel as nib
-
-    path = Path(path)
-    try:
-        volume = np.asarray(nib.load(str(path)).get_fdata(dtype=np.float32))
-    except FileNotFoundError:
-        raise DataError(f"NIfTI file {path} does not exist") from None
-    except Exception as e:
-        raise DataError(f"file {path} is not a readable NIfTI volume ({type(e).__name__}: {e})") from None
-    if volume.ndim == 4 and volume.shape[3] == 1:
-        volume = volume[..., 0]
-    if volume.ndim != 3:
-        raise DataError(f"NIfTI file {path}: expected a 3-D volume, got shape {volume.shape}")
-    # NIfTI stores x (left-right) first and y second: transpose so each slice is rows x columns as displayed.
-    return [grey_image(apply_window(volume[:, :, k].T, *window)) for k in range(volume.shape[2])]

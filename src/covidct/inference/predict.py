@@ -12,8 +12,8 @@ names a lung/sharp reconstruction), else its series with the most lung slices: S
 
 from __future__ import annotations
 
-import glob
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +21,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from covidct.data import load_rgb
-from covidct.data.images import IMAGE_SUFFIXES, check_scoring_size
+from covidct.data.inputs import read_slice, volume_slices
 from covidct.data.lungmask import lung_fraction, lung_mask
-from covidct.data.medical import LUNG_WINDOW, apply_window, grey_image, is_dicom, is_nifti, read_dicom
+from covidct.data.medical import LUNG_WINDOW, apply_window, grey_image, is_nifti
 from covidct.errors import DataError
 from covidct.inference.load import LoadedModel
 from covidct.ood.acquisition import of_file
@@ -44,61 +43,6 @@ from covidct.verdict import (
 
 BATCH = 16  # images per forward pass: 16 to 32 score fastest on 2 cores, in both backends (SPEED.md)
 PREPARING_THREADS = 1  # decoding and preprocessing, beside the scoring threads
-
-
-def expand_inputs(inputs: list[str]) -> list[Path]:
-    """Files, folders and globs, in a stable order. A folder holding DICOM files is kept whole (its studies and
-    series are found by UID); images and NIfTI files in other folders are listed one by one."""
-    found: list[Path] = []
-    for item in inputs:
-        matches = [Path(p) for p in sorted(glob.glob(item, recursive=True))] or [Path(item)]
-        for path in matches:
-            if not path.exists():
-                raise DataError(f"input {item} does not exist")
-            found += _expand_folder(path) if path.is_dir() else [path]
-    if not found:
-        raise DataError(f"no images, DICOM or NIfTI files found in {inputs}")
-    return found
-
-
-def _expand_folder(folder: Path) -> list[Path]:
-    files = sorted(p for p in folder.rglob("*") if p.is_file())
-    if (folder / "DICOMDIR").is_file() or any(
-        is_dicom(p) for p in files if p.suffix.lower() not in IMAGE_SUFFIXES and not is_nifti(p)
-    ):
-        others = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES or is_nifti(p)]
-        return [folder, *others]  # DICOM found by UID inside; images and volumes beside them one by one
-    return [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES or is_nifti(p)]
-
-
-def read_input(path: Path, window: tuple[float, float] = LUNG_WINDOW) -> tuple[list[Image.Image], bool]:
-    """(images, is_volume) of a 2-D input (image or DICOM slice) or a NIfTI volume."""
-    if is_nifti(path):
-        return [grey_image(g) for _, g in _nifti_slices(path, window)], True
-    image = read_dicom(path, window) if is_dicom(path) else load_rgb(path)
-    check_scoring_size(image.size, f"{'DICOM' if is_dicom(path) else 'image'} file {path}")
-    return [image], False
-
-
-def _nifti_slices(path: Path, window: tuple[float, float]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(HU, grey) of each axial slice of a NIfTI volume (values taken as HU)."""
-    import nibabel as nib
-
-    try:
-        img = nib.load(str(path))
-        shape = img.shape
-    except FileNotFoundError:
-        raise DataError(f"NIfTI file {path} does not exist") from None
-    except Exception as e:
-        raise DataError(f"file {path} is not a readable NIfTI volume ({type(e).__name__}: {e})") from None
-    if len(shape) == 4 and shape[3] == 1:
-        shape = shape[:3]
-    if len(shape) != 3:
-        raise DataError(f"NIfTI file {path}: expected a 3-D volume, got shape {img.shape}")
-    data = img.dataobj
-    for k in range(shape[2]):  # NIfTI stores x first: transpose so each slice is rows x columns as displayed
-        hu = np.asarray(data[:, :, k] if len(img.shape) == 3 else data[:, :, k, 0], dtype=np.float32).T
-        yield hu, apply_window(hu, *window)
 
 
 class VolumeScorer:
@@ -138,64 +82,205 @@ class VolumeScorer:
             batch.clear()
 
 
+@dataclass(frozen=True)
+class PredictOptions:
+    """What `covidct predict` is asked besides its inputs. threshold: None for the model's operating point."""
+
+    threshold: float | None = None
+    window: tuple[float, float] = LUNG_WINDOW
+    cam_dir: Path | None = None
+    aggregation: str = DEFAULT_AGGREGATION
+
+
 def predict_inputs(
     model: LoadedModel,
     paths: list[Path],
-    threshold: float | None = None,
-    window: tuple[float, float] = LUNG_WINDOW,
-    cam_dir: Path | None = None,
-    aggregation: str = DEFAULT_AGGREGATION,
+    options: PredictOptions | None = None,
     report: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per image or slice, one summary row per volume or series (slice = 'volume') and per DICOM study
-    (slice = 'study'). `report`, when given, is filled with the patient-level results (the JSON)."""
-    checked_aggregation(aggregation)
-    t = model.threshold if threshold is None else float(threshold)
-    names = model.class_names
-
-    def label(s: float) -> str:
-        return label_of(s, t, names)
-
-    rows: list[dict[str, Any]] = []
-    report = report if report is not None else {}
-    report.update(
-        aggregation=AGGREGATIONS[aggregation][1],
-        study_rule=STUDY_RULE,
-        threshold=t,
-        studies=[],
-        volumes=[],
-        images=[],
-        skipped=[],
-        ood_check=ood_check(model),
-    )
+    (slice = 'study'). `report`, when given, is filled with the patient-level results (the JSON). An input that
+    cannot be read is skipped and listed in report["skipped"] with the reason; DataError when nothing could be
+    scored."""
+    options = options or PredictOptions()
+    checked_aggregation(options.aggregation)
+    run = Prediction(model, options, model.threshold if options.threshold is None else float(options.threshold))
+    if report is not None:
+        run.report = report
+    run.start_report()
     with model.collecting() as outputs:  # every scored image's features: the batch shift test's input
-        for path in _image_runs(paths):
-            if isinstance(path, list):
-                _predict_images(model, path, window, t, label, rows, report, cam_dir)
-            elif path.is_dir():
-                _predict_folder(model, path, window, aggregation, t, label, rows, report, cam_dir)
+        for item in _image_runs(paths):
+            run.score(item)
+    run.report["shift"] = model.batch_shift(outputs)
+    if not any(isinstance(r["score"], float) for r in run.rows):
+        raise DataError("nothing could be scored: " + "; ".join(run.report["skipped"][:3]))
+    return run.rows
+
+
+@dataclass
+class Prediction:
+    """One `covidct predict`: the model and the options, and the rows and the report as they fill."""
+
+    model: LoadedModel
+    options: PredictOptions
+    threshold: float
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    report: dict[str, Any] = field(default_factory=dict)
+
+    def start_report(self) -> None:
+        self.report.update(
+            aggregation=AGGREGATIONS[self.options.aggregation][1],
+            study_rule=STUDY_RULE,
+            threshold=self.threshold,
+            studies=[],
+            volumes=[],
+            images=[],
+            skipped=[],
+            ood_check=ood_check(self.model),
+        )
+
+    def label(self, score: float) -> str:
+        return label_of(score, self.threshold, self.model.class_names)
+
+    def score(self, item: Path | list[Path]) -> None:
+        """A run of image files, a DICOM folder or a NIfTI volume; one that cannot be read is skipped by name."""
+        try:
+            if isinstance(item, list):
+                self.images(item)
+            elif item.is_dir():
+                self.folder(item)
             else:
-                _predict_volume(model, path, window, aggregation, label, rows, report, cam_dir)
-    report["shift"] = model.batch_shift(outputs)
-    if not any(isinstance(r["score"], float) for r in rows):
-        raise DataError("nothing could be scored: " + "; ".join(report["skipped"][:3]))
-    return rows
+                self.volume(item)
+        except DataError as e:
+            self.report["skipped"].append(str(e))
 
+    def images(self, paths: list[Path]) -> None:
+        """Image files and DICOM slices, in batches: a row each, an entry each in the report, heat maps under
+        --cam."""
+        for chunk, images, prepared, skipped in prepared_images(self.model, paths, self.options.window):
+            self.report["skipped"] += skipped
+            if prepared is None:
+                continue
+            scores, ood = self.model.score_batch(*prepared)
+            for k, path in enumerate(chunk):
+                s = float(scores[k])
+                unseen = self.model.unseen_acquisition(of_file(path))
+                verdict = self.model.verdict(s, None if ood is None else float(ood[k]), unseen, self.threshold)
+                flag = ood_columns(verdict)
+                row = {"path": str(path), "series": "", "slice": "", "score": round(s, 6), "label": verdict.label}
+                self.rows.append({**row, "threshold": self.threshold, "lung_fraction": "", "counted": "", **flag})
+                self.report["images"].append({"path": str(path), "score": s, "label": verdict.label, **flag})
+                if self.options.cam_dir is not None:
+                    from covidct.inference.explain import save_cams
 
-def _predict_volume(model, path, window, aggregation, label, rows, report, cam_dir) -> None:
-    """A NIfTI volume: a row per slice, its summary row, its entry in the report, its top slices' heat maps."""
-    t = report["threshold"]
-    unseen = model.unseen_acquisition(of_file(path))
-    slices = enumerate(_nifti_slices(path, window))
-    entries = VolumeScorer(model, unseen).run((k, hu, g, "") for k, (hu, g) in slices)
-    for k, e in enumerate(entries):
-        e["index"] = k
-    summary = summarise_volume(entries, aggregation)
-    _slice_rows(rows, str(path), "", entries, label, t)
-    rows.append(_summary_row(str(path), "", "volume", summary["score"], label, t, summary))
-    report["volumes"].append({"path": str(path), **summary, "label": label(summary["score"])})
-    if cam_dir is not None:
-        _save_top_cams(model, path, [g for _, g in _nifti_slices(path, window)], summary, cam_dir)
+                    save_cams(self.model, images[k : k + 1], path, self.options.cam_dir, False)
+
+    def volume(self, path: Path) -> None:
+        """A NIfTI volume: a row per slice, its summary row, its entry in the report, its top slices' heat maps."""
+        unseen = self.model.unseen_acquisition(of_file(path))
+        slices = enumerate(volume_slices(path, self.options.window))
+        entries = VolumeScorer(self.model, unseen).run((k, hu, g, "") for k, (hu, g) in slices)
+        for k, e in enumerate(entries):
+            e["index"] = k
+        summary = summarise_volume(entries, self.options.aggregation)
+        self.slice_rows(str(path), "", entries)
+        self.rows.append(self.summary_row(str(path), "", "volume", summary))
+        self.report["volumes"].append({"path": str(path), **summary, "label": self.label(summary["score"])})
+        if self.options.cam_dir is not None:
+            greys = [g for _, g in volume_slices(path, self.options.window)]
+            _save_top_cams(self.model, path, greys, summary, self.options.cam_dir)
+
+    def folder(self, folder: Path) -> None:
+        """A folder of DICOM files: each study's series scored as volumes, the study's result from one of them
+        (STUDY_RULE), and the study's own shift test."""
+        from covidct.data.dicom_study import scan_folder
+
+        scan = scan_folder(folder)
+        self.report["skipped"] += scan.skipped
+        studies = len(self.report["studies"])
+        for study_uid, series_list in scan.studies().items():
+            with self.model.collecting() as study_outputs:  # the study's own shift test (the run's gets them too)
+                results = self.series_of(folder, series_list)
+            if results:
+                self.study(folder, study_uid, results, self.model.batch_shift(study_outputs))
+        if len(self.report["studies"]) == studies:
+            self.report["skipped"].append(f"{folder}: no DICOM series in it could be scored")
+
+    def study(self, folder: Path, study_uid: str, results: list, shift: dict[str, Any]) -> None:
+        chosen, summary = study_series(results, lambda series: series.looks_like_lung_reconstruction())
+        score = summary["score"]
+        self.rows.append(self.summary_row(str(folder), chosen.label, "study", summary))
+        series = [
+            {"series_uid": s.series_uid, "description": s.description, "kernel": s.kernel}
+            | {"label": self.label(m["score"]), "notes": s.notes, **m}
+            for s, m in results
+        ]
+        about = {"folder": str(folder), "study_uid": study_uid, "patient": chosen.patient, "score": score}
+        self.report["studies"].append(
+            {**about, "label": self.label(score), "from_series": chosen.label, **study_ood(summary)}
+            | {"series": series, "shift": shift}
+        )
+
+    def series_of(self, folder: Path, series_list: list) -> list:
+        """A study's series, each scored as a volume: its rows, and (series, summary) of those that could be
+        scored."""
+        from covidct.data.dicom_study import iter_series
+
+        results = []
+        for s in series_list:
+            unseen = self.model.unseen_acquisition(of_file(s.slices[0].path)) if s.slices else None
+            entries = VolumeScorer(self.model, unseen).run(iter_series(s, self.options.window))
+            for k, e in enumerate(entries):
+                e["index"], e["file"] = k, str(e["key"].path)
+            try:
+                summary = summarise_volume(entries, self.options.aggregation)
+            except DataError as e:
+                self.report["skipped"].append(f"series {s.label} of {folder}: {e}")
+                continue
+            self.slice_rows(str(folder), s.label, entries)
+            self.rows.append(self.summary_row(str(folder), s.label, "volume", summary))
+            for top in summary["top_slices"]:
+                top["file"] = entries[top["slice"]]["file"]
+            results.append((s, summary))
+            if self.options.cam_dir is not None:
+                _save_top_cams(self.model, folder, None, summary, self.options.cam_dir, s, self.options.window)
+        return results
+
+    def slice_rows(self, path: str, series: str, entries: list[dict[str, Any]]) -> None:
+        for e in entries:
+            s = e.get("score")
+            self.rows.append(
+                {
+                    "path": path,
+                    "series": series,
+                    "slice": e["index"],
+                    "score": round(s, 6) if s is not None else "",
+                    "label": self.label(s) if s is not None else f"unreadable: {e['problem']}",
+                    "threshold": self.threshold,
+                    "lung_fraction": e.get("lung_fraction", ""),
+                    "counted": int(bool(e.get("counted"))),
+                    "ood_score": round(e["ood_score"], 4) if "ood_score" in e else "",
+                    "in_distribution": e.get("in_distribution", ""),
+                    "ood_fraction": "",
+                    "ood_reason": e.get("ood_reason", ""),
+                }
+            )
+
+    def summary_row(self, path: str, series: str, kind: str, summary: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "path": path,
+            "series": series,
+            "slice": kind,
+            "score": round(summary["score"], 6),
+            "label": self.label(summary["score"]),
+            "threshold": self.threshold,
+            "lung_fraction": "",
+            "counted": summary.get("slices_counted", ""),
+            "ood_score": "",
+            "in_distribution": summary.get("in_distribution", ""),
+            "ood_fraction": summary.get("ood_fraction", ""),
+            "ood_reason": summary.get("ood_reason", ""),
+        }
 
 
 def ood_check(model: LoadedModel) -> str:
@@ -217,44 +302,6 @@ def ood_columns(v: ImageVerdict) -> dict[str, Any]:
         "in_distribution": v.in_distribution,
         "ood_fraction": "",
         "ood_reason": v.ood_reason,
-    }
-
-
-def _slice_rows(rows: list, path: str, series: str, entries: list, label: Callable, t: float) -> None:
-    for e in entries:
-        s = e.get("score")
-        rows.append(
-            {
-                "path": path,
-                "series": series,
-                "slice": e["index"],
-                "score": round(s, 6) if s is not None else "",
-                "label": label(s) if s is not None else f"unreadable: {e['problem']}",
-                "threshold": t,
-                "lung_fraction": e.get("lung_fraction", ""),
-                "counted": int(bool(e.get("counted"))),
-                "ood_score": round(e["ood_score"], 4) if "ood_score" in e else "",
-                "in_distribution": e.get("in_distribution", ""),
-                "ood_fraction": "",
-                "ood_reason": e.get("ood_reason", ""),
-            }
-        )
-
-
-def _summary_row(path: str, series: str, kind: str, score: float, label: Callable, t: float, summary: dict) -> dict:
-    return {
-        "path": path,
-        "series": series,
-        "slice": kind,
-        "score": round(score, 6),
-        "label": label(score),
-        "threshold": t,
-        "lung_fraction": "",
-        "counted": summary.get("slices_counted", ""),
-        "ood_score": "",
-        "in_distribution": summary.get("in_distribution", ""),
-        "ood_fraction": summary.get("ood_fraction", ""),
-        "ood_reason": summary.get("ood_reason", ""),
     }
 
 
@@ -286,10 +333,10 @@ def prepared_images(
 
     def prepare(path: Path) -> tuple[Image.Image, tuple] | str:
         try:
-            images, _ = read_input(path, window)
+            image = read_slice(path, window)
         except DataError as e:
             return str(e)
-        return images[0], model.prepared(images)
+        return image, model.prepared([image])
 
     def batch(chunk: list[Path]) -> list:
         return [pool.submit(prepare, path) for path in chunk]
@@ -313,104 +360,6 @@ def stacked(prepared: list[tuple]) -> tuple | None:
     # numpy's copy, not torch.cat: torch's would start its thread pool against the network's (8x slower)
     batch_x = torch.from_numpy(np.concatenate([p[0].numpy() for p in prepared]))
     return batch_x, prepared[0][1], statistics
-
-
-def _predict_images(model, paths, window, t, label, rows, report, cam_dir) -> None:
-    """Image files and DICOM slices, in batches: a row each, an entry each in the report, heat maps under --cam."""
-    for chunk, images, prepared, skipped in prepared_images(model, paths, window):
-        report["skipped"] += skipped
-        if prepared is None:
-            continue
-        scores, ood = model.score_batch(*prepared)
-        for k, path in enumerate(chunk):
-            s = float(scores[k])
-            unseen = model.unseen_acquisition(of_file(path))
-            flag = ood_columns(model.verdict(s, None if ood is None else float(ood[k]), unseen, t))
-            rows.append(
-                {
-                    "path": str(path),
-                    "series": "",
-                    "slice": "",
-                    "score": round(s, 6),
-                    "label": label(s),
-                    "threshold": t,
-                    "lung_fraction": "",
-                    "counted": "",
-                    **flag,
-                }
-            )
-            report["images"].append({"path": str(path), "score": s, "label": label(s), **flag})
-            if cam_dir is not None:
-                from covidct.inference.explain import save_cams
-
-                save_cams(model, images[k : k + 1], path, cam_dir, False)
-
-
-def _predict_folder(model, folder, window, aggregation, t, label, rows, report, cam_dir) -> None:
-    from covidct.data.dicom_study import scan_folder
-
-    scan = scan_folder(folder)
-    report["skipped"] += scan.skipped
-    for study_uid, series_list in scan.studies().items():
-        with model.collecting() as study_outputs:  # the study's own shift test (the run's gets them too)
-            results = _predict_series_of(
-                model, folder, series_list, window, aggregation, t, label, rows, report, cam_dir
-            )
-        if not results:
-            continue
-        chosen = study_series(results, lambda series: series.looks_like_lung_reconstruction())
-        score = chosen[1]["score"]
-        rows.append(_summary_row(str(folder), chosen[0].label, "study", score, label, t, chosen[1]))
-        report["studies"].append(
-            {
-                "folder": str(folder),
-                "study_uid": study_uid,
-                "patient": chosen[0].patient,
-                "score": score,
-                "label": label(score),
-                "from_series": chosen[0].label,
-                **study_ood(chosen[1]),
-                "series": [
-                    {
-                        "series_uid": s.series_uid,
-                        "description": s.description,
-                        "kernel": s.kernel,
-                        "label": label(m["score"]),
-                        "notes": s.notes,
-                        **m,
-                    }
-                    for s, m in results
-                ],
-                "shift": model.batch_shift(study_outputs),
-            }
-        )
-    if not report["studies"]:
-        raise DataError(f"{folder}: nothing could be scored ({'; '.join(report['skipped'][:3])})")
-
-
-def _predict_series_of(model, folder, series_list, window, aggregation, t, label, rows, report, cam_dir) -> list:
-    """A study's series, each scored as a volume: its rows, and (series, summary) of those that could be scored."""
-    from covidct.data.dicom_study import iter_series
-
-    results = []
-    for s in series_list:
-        unseen = model.unseen_acquisition(of_file(s.slices[0].path)) if s.slices else None
-        entries = VolumeScorer(model, unseen).run(iter_series(s, window))
-        for k, e in enumerate(entries):
-            e["index"], e["file"] = k, str(e["key"].path)
-        try:
-            summary = summarise_volume(entries, aggregation)
-        except DataError as e:
-            report["skipped"].append(f"series {s.label} of {folder}: {e}")
-            continue
-        _slice_rows(rows, str(folder), s.label, entries, label, t)
-        rows.append(_summary_row(str(folder), s.label, "volume", summary["score"], label, t, summary))
-        for top in summary["top_slices"]:
-            top["file"] = entries[top["slice"]]["file"]
-        results.append((s, summary))
-        if cam_dir is not None:
-            _save_top_cams(model, folder, None, summary, cam_dir, series=s, window=window)
-    return results
 
 
 def dicom_top_slices(tops: list[dict[str, Any]], window: tuple[float, float] = LUNG_WINDOW) -> list[Image.Image]:

@@ -33,7 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from covidct import DISCLAIMER, __version__
 from covidct.config import INPUT_LIMITS, InputLimits
-from covidct.data.images import check_scoring_size, decode_rgb
+from covidct.data.inputs import DICOM, IMAGE, ZIP, kind_of_bytes, read_bytes
 from covidct.data.medical import LUNG_WINDOW
 from covidct.errors import DataError
 from covidct.inference.batching import Batcher, FairSlots
@@ -118,26 +118,13 @@ class InputError(Exception):
         self.status, self.detail = status, detail
 
 
-def sniff(data: bytes) -> str:
-    """'png', 'jpeg', 'dicom' or '' from the first bytes (the file name and declared type are not trusted)."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if data.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    if data.startswith(b"PK\x03\x04"):
-        return "zip"
-    if len(data) >= 132 and data[128:132] == b"DICM":
-        return "dicom"
-    return ""
-
-
 def upload_acquisition(data: bytes) -> Any:
     """How an upload was acquired (covidct.ood.acquisition): a DICOM file's header; an image file's shape. A header
     that cannot be read gives the kind alone (decode_upload says what is wrong with the file)."""
     from covidct.data.medical import open_dicom
     from covidct.ood.acquisition import DICOM, Acquisition, from_dicom_header, image_acquisition
 
-    if sniff(data) != "dicom":
+    if kind_of_bytes(data) != DICOM:
         return image_acquisition(io.BytesIO(data))
     try:
         return from_dicom_header(open_dicom(data, "upload", header_only=True))
@@ -146,28 +133,16 @@ def upload_acquisition(data: bytes) -> Any:
 
 
 def decode_upload(data: bytes, name: str, window: tuple[float, float] = LUNG_WINDOW) -> Image.Image:
-    """An uploaded file as an RGB image, within the active input limits, or InputError with the status to answer."""
-    kind = sniff(data)
-    if not kind:
+    """An uploaded file as an RGB image (data/inputs.py reads it), within the active input limits, or InputError
+    with the status to answer."""
+    if kind_of_bytes(data) not in (IMAGE, DICOM):
         raise InputError(
             415, f"{name}: unsupported file type; send a PNG, JPEG or DICOM (.dcm) file, or a ZIP of a series"
         )
     try:
-        image = _decode_dicom(data, name, window) if kind == "dicom" else _decode_image(data, name)
-        check_scoring_size(image.size, name)
+        return read_bytes(data, name, window)
     except DataError as e:
         raise InputError(422, str(e)) from None
-    return image
-
-
-def _decode_dicom(data: bytes, name: str, window: tuple[float, float]) -> Image.Image:
-    from covidct.data.medical import dicom_grey, open_dicom
-
-    return dicom_grey(open_dicom(data, name), name, window)
-
-
-def _decode_image(data: bytes, name: str) -> Image.Image:
-    return decode_rgb(io.BytesIO(data), name)
 
 
 TOP_SLICES_SHOWN = 5  # pictures per series in the answer to a ZIP (each about 30-60 kB as a data URL)
@@ -305,14 +280,14 @@ class Predictor:
         """Decode an upload and predict (InputError for bad input), within the server's input limits; the image
         joins `client`'s shift window."""
         with self.slots, self.limits.applied():
-            kind = sniff(data)
-            if kind == "zip":
+            kind = kind_of_bytes(data)
+            if kind == ZIP:
                 return self.predict_series(data, name, cam)
             image = decode_upload(data, name)
             answer = self.predict(image, cam, upload_acquisition(data), client)
             # a browser cannot show a DICOM file: the page shows the slice as it was read (lung window) instead,
             # whatever the file's name; the heat map goes over it once
-            answer["preview"] = png_data_url(image) if kind == "dicom" else None
+            answer["preview"] = png_data_url(image) if kind == DICOM else None
             return answer
 
     def predict_series(self, data: bytes, name: str, cam: bool = False) -> dict[str, Any]:
@@ -475,7 +450,7 @@ async def read_upload(request: Request, file: UploadFile, limits: InputLimits) -
     name = file.filename or "upload"
     head = await file.read(8)
     await file.seek(0)
-    is_zip = sniff(head) == "zip"
+    is_zip = kind_of_bytes(head) == ZIP
     limit = limits.megabytes("archive_mb" if is_zip else "upload_mb")
     if file.size is not None and file.size > limit:
         raise InputError(413, f"{name}: {file.size:,} bytes is over the upload limit of {over(limits, is_zip)}")

@@ -1,0 +1,117 @@
+"""The one reader of what a user gives covidct to score (MONAI's ImageReader is the model: first what a file is, then
+its read). predict reads its files, folders and globs through it, serve its uploads (a ZIP of a series is unpacked
+to a folder and read as one), and the labelled sets of `evaluate --on` and `adapt` their 2-D files (ImageDataset
+decodes them with images.load_rgb, which `read_slice` is built on).
+
+What an input is (`kind_of`, `kind_of_bytes`): an image file (PNG, JPEG, ...), a DICOM file (one slice), a NIfTI
+volume, or a folder of DICOM files (its studies and series found by UID: dicom_study.scan_folder). A read that fails
+raises DataError naming the file and what is wrong; the commands skip that input, list it with the reason, and fail
+only when nothing could be scored.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from covidct.data.images import IMAGE_SUFFIXES, check_scoring_size, decode_rgb, load_rgb
+from covidct.data.medical import LUNG_WINDOW, apply_window, dicom_grey, is_dicom, is_nifti, open_dicom
+from covidct.errors import DataError
+
+IMAGE, DICOM, NIFTI, DICOM_FOLDER, ZIP = "image", "dicom", "nifti", "dicom-folder", "zip"
+
+
+def kind_of(path: Path) -> str:
+    """What a file or folder is to covidct: IMAGE, DICOM, NIFTI, DICOM_FOLDER, or "" (not an input). A DICOM file
+    is known by its suffix or, without an image suffix, by the 'DICM' marker in its header."""
+    if path.is_dir():
+        return DICOM_FOLDER if _holds_dicom(path, sorted(p for p in path.rglob("*") if p.is_file())) else ""
+    if is_nifti(path):
+        return NIFTI
+    if is_dicom(path):
+        return DICOM
+    return IMAGE if path.suffix.lower() in IMAGE_SUFFIXES else ""
+
+
+def kind_of_bytes(data: bytes) -> str:
+    """What an upload is, from its first bytes (its name and declared type are not trusted): IMAGE (PNG or JPEG),
+    DICOM, ZIP or ""."""
+    if data.startswith((b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")):
+        return IMAGE
+    if data.startswith(b"PK\x03\x04"):
+        return ZIP
+    if len(data) >= 132 and data[128:132] == b"DICM":
+        return DICOM
+    return ""
+
+
+def _holds_dicom(folder: Path, files: list[Path]) -> bool:
+    loose = (p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES and not is_nifti(p))
+    return (folder / "DICOMDIR").is_file() or any(is_dicom(p) for p in loose)
+
+
+def list_inputs(items: list[str]) -> list[Path]:
+    """Files, folders and globs, in a stable order. A folder holding DICOM files is kept whole (its studies and
+    series are found by UID); images and NIfTI files in other folders, or beside the DICOM files, one by one."""
+    found: list[Path] = []
+    for item in items:
+        matches = [Path(p) for p in sorted(glob.glob(item, recursive=True))] or [Path(item)]
+        for path in matches:
+            if not path.exists():
+                raise DataError(f"input {item} does not exist")
+            found += _folder_inputs(path) if path.is_dir() else [path]
+    if not found:
+        raise DataError(f"no images, DICOM or NIfTI files found in {items}")
+    return found
+
+
+def _folder_inputs(folder: Path) -> list[Path]:
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    others = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES or is_nifti(p)]
+    return [folder, *others] if _holds_dicom(folder, files) else others
+
+
+def read_slice(path: Path, window: tuple[float, float] = LUNG_WINDOW) -> Image.Image:
+    """A 2-D input file (an image, or one DICOM slice shown in `window`) as an RGB image, within the sizes a model
+    can score."""
+    dicom = is_dicom(path)
+    image = dicom_grey(open_dicom(path), str(path), window) if dicom else load_rgb(path)
+    check_scoring_size(image.size, f"{'DICOM' if dicom else 'image'} file {path}")
+    return image
+
+
+def read_bytes(data: bytes, name: str, window: tuple[float, float] = LUNG_WINDOW) -> Image.Image:
+    """An uploaded image or DICOM file (kind_of_bytes: IMAGE or DICOM) as an RGB image, within the active input
+    limits; DataError names `name` and what is wrong."""
+    if kind_of_bytes(data) == DICOM:
+        image = dicom_grey(open_dicom(data, name), name, window)
+    else:
+        image = decode_rgb(io.BytesIO(data), name)
+    check_scoring_size(image.size, name)
+    return image
+
+
+def volume_slices(path: Path, window: tuple[float, float] = LUNG_WINDOW) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(HU, grey in `window`) of each axial slice of a NIfTI volume (values taken as HU), one slice at a time."""
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+        shape = img.shape
+    except FileNotFoundError:
+        raise DataError(f"NIfTI file {path} does not exist") from None
+    except Exception as e:
+        raise DataError(f"file {path} is not a readable NIfTI volume ({type(e).__name__}: {e})") from None
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise DataError(f"NIfTI file {path}: expected a 3-D volume, got shape {img.shape}")
+    data = img.dataobj
+    for k in range(shape[2]):  # NIfTI stores x first: transpose so each slice is rows x columns as displayed
+        hu = np.asarray(data[:, :, k] if len(img.shape) == 3 else data[:, :, k, 0], dtype=np.float32).T
+        yield hu, apply_window(hu, *window)
