@@ -9,12 +9,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from covidct.data import ImageDataset
 from covidct.data.image_statistics import IMAGE_STATISTICS
+from covidct.models.hooks import run_over
 from covidct.ood.detector import DEFAULT_PERCENTILE, OODDetector, fit_detector, fit_out_of_fold
 from covidct.ood.features import logits_and_features
 from covidct.ood.shift import MIN_REFERENCE, ShiftReference, statistics_matrix
@@ -23,24 +23,16 @@ log = logging.getLogger("covidct")
 DEFAULT_METHOD = "mahalanobis"  # chosen on held-out sources and framing changes: benchmarks/OOD.md
 
 
-@torch.no_grad()
 def _one_pass(net: nn.Module, dataset: Dataset, batch_size: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """(logits N x 2, detector features N x D, {"framing": N x 3, "pixels": N x 22} for what the items carry) of
     every item, one pass."""
-    was_training = net.training
-    net.eval()
-    device = next(net.parameters()).device
     logits, feats, extras = [], [], {}  # type: ignore[var-annotated]
-    try:
-        for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0):
-            lg, f = logits_and_features(net, batch["image"].to(device))
-            logits.append(lg.float().cpu().numpy())
-            feats.append(f.cpu().numpy())
-            for key in IMAGE_STATISTICS:
-                if key in batch:
-                    extras.setdefault(key, []).append(batch[key].numpy())
-    finally:
-        net.train(was_training)
+    for batch, (lg, f) in run_over(net, dataset, batch_size, lambda x: logits_and_features(net, x)):
+        logits.append(lg.float().cpu().numpy())
+        feats.append(f.cpu().numpy())
+        for key in IMAGE_STATISTICS:
+            if key in batch:
+                extras.setdefault(key, []).append(batch[key].numpy())
     if not feats:
         return np.zeros((0, 2)), np.zeros((0, 0)), {}
     return np.concatenate(logits), np.concatenate(feats), {k: np.concatenate(v) for k, v in extras.items()}

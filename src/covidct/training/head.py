@@ -9,7 +9,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
+
+from covidct.models.hooks import activations, run_over
 
 HEAD_C = 0.1  # inverse L2 strength of the logistic regression on standardised features (few images: strong)
 
@@ -52,16 +54,7 @@ def head_inputs(net: nn.Module, head: nn.Module, dataset: Dataset, batch_size: i
     """What `head` reads (the pooled features, N x D) for every item of `dataset`, in eval mode, one pass. Not
     ood.fit.dataset_outputs: that installs the detector's feature hooks on the network for good, and the linear
     probe's network is trained next; this hook is removed after the pass."""
-    seen: list[np.ndarray] = []
-    hook = head.register_forward_pre_hook(lambda _m, inputs: seen.append(inputs[0].detach().float().cpu().numpy()))
-    was_training = net.training
-    net.eval()
-    device = next(net.parameters()).device
-    try:
-        with torch.no_grad():
-            for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0):
-                net(batch["image"].to(device))
-    finally:
-        hook.remove()
-        net.train(was_training)
-    return np.concatenate(seen) if seen else np.zeros((0, getattr(head, "in_features", 0)))
+    with activations(head, "input") as seen:
+        for _ in run_over(net, dataset, batch_size):
+            pass
+    return torch.cat(seen).numpy() if seen else np.zeros((0, getattr(head, "in_features", 0)))

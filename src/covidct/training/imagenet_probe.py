@@ -12,9 +12,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from covidct.inference.imagenet_probe import ImageNetProbe, stage_mean_indices
+from covidct.models.hooks import run_over
 
 log = logging.getLogger("covidct")
 PROBE_CS = tuple(float(c) for c in np.logspace(-4, 0, 9))  # inverse L2 strengths tried by cross-validation
@@ -40,12 +41,9 @@ def fit_regression(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float, dic
     return weights, bias, {"C": float(lr.C_[0]), "cv_auc": cv_auc}
 
 
-@torch.no_grad()
 def probe_features(probe: ImageNetProbe, dataset: Dataset, batch_size: int = 32) -> np.ndarray:
-    out = [
-        probe.features(batch["image"]).numpy()
-        for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
-    ]
+    """The probe's features (N x D) of every item of `dataset`, its frozen network in eval mode."""
+    out = [f.numpy() for _, f in run_over(probe.net, dataset, batch_size, probe.features)]
     return np.concatenate(out) if out else np.zeros((0, len(probe.keep)))
 
 

@@ -19,9 +19,10 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from covidct.models import head_module
+from covidct.models.hooks import activations, output_replaced, run_over
 from covidct.ood.features import stages
 from covidct.training.head import fit_head, set_linear_head
 
@@ -44,19 +45,11 @@ def cut_stage(net: nn.Module) -> nn.Module:
     return parts[-TAIL_STAGES - 1]
 
 
-@torch.no_grad()
 def cached_inputs(net: nn.Module, dataset: Dataset, batch_size: int = 32) -> torch.Tensor:
     """The cut stage's output (N x C x H x W, float32) for every item of `dataset`, eval mode, one pass."""
-    seen: list[torch.Tensor] = []
-    hook = cut_stage(net).register_forward_hook(lambda _m, _i, out: seen.append(out.detach().float().cpu()))
-    was_training = net.training
-    net.eval()
-    try:
-        for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0):
-            net(batch["image"])
-    finally:
-        hook.remove()
-        net.train(was_training)
+    with activations(cut_stage(net), "output") as seen:
+        for _ in run_over(net, dataset, batch_size):
+            pass
     return torch.cat(seen) if seen else torch.zeros(0)
 
 
@@ -64,7 +57,6 @@ def cached_inputs(net: nn.Module, dataset: Dataset, batch_size: int = 32) -> tor
 def fed_at_cut(net: nn.Module) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
     """Within the block, `run(maps)` gives the network's logits for cached maps of the cut stage."""
     state: dict[str, torch.Tensor] = {}
-    hook = cut_stage(net).register_forward_hook(lambda _m, _i, _out: state["maps"])
     size = 32  # the smallest input every registered backbone takes (stride 32)
     dummy = torch.zeros(1, 3, size, size)
 
@@ -72,29 +64,22 @@ def fed_at_cut(net: nn.Module) -> Iterator[Callable[[torch.Tensor], torch.Tensor
         state["maps"] = maps
         return net(dummy)
 
-    try:
+    with output_replaced(cut_stage(net), lambda: state["maps"]):
         yield run
-    finally:
-        hook.remove()
 
 
 @torch.no_grad()
 def outputs(net: nn.Module, maps: torch.Tensor, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """(what the head reads, N x D: the linear probe's input; probability of the positive class) for cached maps,
     eval mode, one pass."""
-    seen: list[np.ndarray] = []
-    hook = head_module(net).register_forward_pre_hook(lambda _m, inputs: seen.append(inputs[0].float().numpy()))
     net.eval()
     out = []
-    try:
-        with fed_at_cut(net) as run:
-            for start in range(0, len(maps), batch_size):
-                out.append(run(maps[start : start + batch_size]).float().softmax(1)[:, 1].numpy())
-    finally:
-        hook.remove()
+    with activations(head_module(net), "input") as seen, fed_at_cut(net) as run:
+        for start in range(0, len(maps), batch_size):
+            out.append(run(maps[start : start + batch_size]).float().softmax(1)[:, 1].numpy())
     if not out:
         return np.zeros((0, getattr(head_module(net), "in_features", 0))), np.zeros(0)
-    return np.concatenate(seen), np.concatenate(out)
+    return torch.cat(seen).numpy(), np.concatenate(out)
 
 
 def scores(net: nn.Module, maps: torch.Tensor, batch_size: int = 64) -> np.ndarray:
