@@ -7,12 +7,12 @@ from pathlib import Path
 
 
 def cmd_ood_fit(args: argparse.Namespace) -> int:
-    from covidct.inference.ood import fit_for_run
+    from covidct.inference.ood import DetectorSettings, fit_for_run
     from covidct.training.adapt import adapted_site
 
     site = adapted_site(args.run_dir, args.site)  # an adapted run's detector keeps its site's own
     extra = {} if site is None else {"extra_train": site.samples, "extra_groups": site.groups}
-    detector = fit_for_run(args.run_dir, args.method, args.percentile, args.data_dir, **extra)
+    detector = fit_for_run(args.run_dir, DetectorSettings(args.method, args.percentile), args.data_dir, **extra)
     d = detector.describe()
     held = "every source's held-out images" if d.get("per_source") else f"{d['n_val']} validation images"
     print(

@@ -16,7 +16,7 @@ from covidct.errors import ConfigError, DataError, ModelError
 from covidct.evaluation.metrics import binary_metrics, threshold_for_sensitivity, youden_threshold
 from covidct.evaluation.scoring import eval_dataset, external_samples, load_classifier, predict_scores
 from covidct.fileio import atomic_write
-from covidct.inference.load import read_checkpoint
+from covidct.inference.load import LoadedModel, read_checkpoint
 from covidct.model_card import CARD_NAME, ModelCard
 from covidct.operating_point import OperatingPoint, checked_threshold
 from covidct.runs import RunDir, find_checkpoint
@@ -30,8 +30,8 @@ def store_threshold(
     data_dir: str | Path | None = None,
     on: str | None = None,
 ) -> dict[str, Any]:
-    """Choose a threshold on the validation split ('youden', 'sensitivity' or a number) and store it in the
-    checkpoint, so evaluation, prediction and serving use it. Writes RUN_DIR/threshold.json as the record.
+    """`covidct threshold`: choose a threshold on the validation split ('youden', 'sensitivity' or a number) and
+    record it (record_operating_point), so evaluation, prediction and serving use it. Returns the record.
 
     on: choose it on that labelled set instead (a source, folder or CSV, as `evaluate --on`): a site's own
     validation data. Another hospital's scanners and windows shift a model's scores, so an operating point set on the
@@ -43,17 +43,29 @@ def store_threshold(
     if on is not None and choose not in ("youden", "sensitivity"):
         raise ConfigError(f"--on chooses the threshold on a set: --choose youden or sensitivity, not {choose!r}")
     if choose in ("youden", "sensitivity"):
-        value, where, chosen = threshold_by_rule(run, ckpt_path, choose, min_sensitivity, data_dir, on)
-    else:
-        value, where, chosen = given_threshold(choose), None, None
-    rule = choose if choose in ("youden", "sensitivity") else "given"
+        model = load_classifier(ckpt_path, operating_point=False)  # a damaged record is what this replaces
+        return choose_threshold(run, model, choose, min_sensitivity, on, data_dir)
+    return record_operating_point(run, OperatingPoint(given_threshold(choose), "given", None, ckpt_path.name))
+
+
+def choose_threshold(
+    run: RunDir,
+    model: LoadedModel,
+    rule: str = "youden",
+    min_sensitivity: float = EVAL_DEFAULTS.min_sensitivity,
+    on: str | None = None,
+    data_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """The threshold of `model` (a checkpoint of `run`, scoring as it will be used) by `rule`, chosen on the
+    validation split or on the labelled set `on`, and recorded (record_operating_point). Returns the record."""
+    value, where, chosen = threshold_by_rule(run, model, rule, min_sensitivity, data_dir, on)
     point = OperatingPoint(
         threshold=float(value),
         rule=rule,
         chosen_on=where,
-        checkpoint=ckpt_path.name,
+        checkpoint=model.card.checkpoint["file"],
         set=on,
-        min_sensitivity=min_sensitivity if choose == "sensitivity" else None,
+        min_sensitivity=min_sensitivity if rule == "sensitivity" else None,
         metrics=chosen,
     )
     return record_operating_point(run, point)
@@ -81,16 +93,15 @@ def record_operating_point(run: RunDir, point: OperatingPoint) -> dict[str, Any]
 
 
 def threshold_by_rule(
-    run: RunDir, ckpt_path: Path, choose: str, min_sensitivity: float, data_dir: str | Path | None, on: str | None
+    run: RunDir, model: LoadedModel, choose: str, min_sensitivity: float, data_dir: str | Path | None, on: str | None
 ) -> tuple[float, str, dict[str, Any]]:
-    """(threshold, where it was chosen, the metrics there) by Youden's J or a minimum sensitivity, on the validation
-    split or on the labelled set `on`."""
-    module = load_classifier(ckpt_path, operating_point=False)  # a damaged record is what this replaces
+    """(threshold, where it was chosen, the metrics there) of `model`'s scores by Youden's J or a minimum
+    sensitivity, on the validation split or on the labelled set `on`."""
     if on is None:
         where, samples = "val", run.data(data_dir).splits["val"]
     else:
         where, samples, _ = external_samples(run, on)
-    _, labels, scores = predict_scores(module, eval_dataset(module, samples))
+    _, labels, scores = predict_scores(model, eval_dataset(model, samples))
     if len(np.unique(labels)) < 2:
         what = "the validation split" if on is None else f"--on {on}"
         raise DataError(f"{what} holds one class only: no threshold can be chosen on it")

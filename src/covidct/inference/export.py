@@ -127,12 +127,13 @@ def write_checked_onnx(module: LoadedModel, path: Path, images: torch.Tensor) ->
     return diff
 
 
-def write_run_graph(run: RunDir) -> Path:
-    """checkpoints/best.onnx: the best checkpoint's scorer as an ONNX graph (write_checked_onnx, on the first
-    validation images), which load_trained runs with ONNX Runtime when it scores the run folder (2x faster than
-    PyTorch here: benchmarks/SPEED.md). Derived from the checkpoint and the probe, never a second home of the
-    threshold or the detector: those are read from the run as before."""
-    module = load_checkpoint(run.checkpoint("best"), run)
+def write_run_graph(run: RunDir, module: LoadedModel | None = None) -> Path:
+    """checkpoints/best.onnx: the best checkpoint's scorer (`module`, else read from the run) as an ONNX graph
+    (write_checked_onnx, on the first validation images), which load_trained runs with ONNX Runtime when it scores
+    the run folder (2x faster than PyTorch here: benchmarks/SPEED.md). Derived from the checkpoint and the probe,
+    never a second home of the threshold or the detector: those are read from the run as before. Leaves `module`'s
+    network in the contiguous layout."""
+    module = module or load_checkpoint(run.checkpoint("best"), run)
     path = run.scorer_graph_path
     write_checked_onnx(module, path, verification_images(run, module, None))
     return path

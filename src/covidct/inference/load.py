@@ -374,11 +374,17 @@ def with_probe(model: LoadedModel, folder: Path) -> LoadedModel:
     """Attach the ImageNet probe saved in `folder` (a run's imagenet_probe/ or an export), if there is one."""
     from covidct.inference.imagenet_probe import load_probe
 
-    probe = load_probe(folder, model.architecture)
+    return attach_probe(model, load_probe(folder, model.architecture))
+
+
+def attach_probe(model: LoadedModel, probe: Any) -> LoadedModel:
+    """`probe` (covidct.inference.imagenet_probe.ImageNetProbe, or None for none) blended into the model's scores
+    from now on, and named in its card."""
     if probe is not None:
         probe.net = inference_ready(probe.net)
-        model.card.imagenet_probe = probe.card()
+    model.card.imagenet_probe = None if probe is None else probe.card()
     model.probe = probe
+    model._scoring = None  # folded again, with the probe, at the next score
     return model
 
 

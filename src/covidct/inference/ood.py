@@ -3,18 +3,27 @@ detectors, and at export when a run has none) and saved where predict and serve 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from covidct.model_card import CARD_NAME
 from covidct.ood.acquisition import AcquisitionRecord
 from covidct.ood.detector import DEFAULT_PERCENTILE, OODDetector
 from covidct.ood.fit import DEFAULT_METHOD, fit_for_network, sample_groups, sample_sources
 
 
+@dataclass(frozen=True)
+class DetectorSettings:
+    """How a run's detector is fitted: `covidct ood fit`'s --method and --percentile."""
+
+    method: str = DEFAULT_METHOD
+    percentile: float = DEFAULT_PERCENTILE
+
+
 def fit_for_run(
     run_dir: str | Path,
-    method: str = DEFAULT_METHOD,
-    percentile: float = DEFAULT_PERCENTILE,
+    settings: DetectorSettings | None = None,
     data_dir: str | Path | None = None,
     extra_train: list | None = None,
     extra_groups: Any = None,
@@ -30,23 +39,26 @@ def fit_for_run(
     base, extra = list(data.splits["train"]), list(extra_train or [])
     extra_groups = sample_groups(extra) if extra_groups is None else list(extra_groups)
     groups = sample_groups(base) + [f"site {g}" for g in extra_groups]
-    return fit_and_save(run, ImageDataset(base + extra), ImageDataset(data.splits["val"]), method, percentile, groups)
+    train, val = ImageDataset(base + extra), ImageDataset(data.splits["val"])
+    return fit_and_save(run, train, val, settings, groups)
 
 
 def fit_and_save(
     run: Any,
     train: Any,
     val: Any,
-    method: str = DEFAULT_METHOD,
-    percentile: float = DEFAULT_PERCENTILE,
+    settings: DetectorSettings | None = None,
     groups: Any = None,
+    model: Any = None,
 ) -> OODDetector:
-    """The detector of the run's best checkpoint on `train` (threshold on `val`; one per training source:
+    """The detector of the run's best model on `train` (threshold on `val`; one per training source:
     covidct.ood.fit.fit_by_source), ImageDatasets whose images (and what was decoded of them) are used under the
-    model's own evaluation transform; saved with the run."""
+    model's own evaluation transform; saved with the run. `model`: that model as training left it in memory (else
+    read from the run)."""
     from covidct.inference.load import load_checkpoint
 
-    model = load_checkpoint(run.checkpoint("best"), run)
+    model = model or load_checkpoint(run.checkpoint("best"), run)
+    settings = settings or DetectorSettings()
     sources = sample_sources(train.samples)
     info = {"fitted_on": sorted(set(sources)), "split": "train", "threshold_on": "val"}
     detector = fit_for_network(
@@ -54,8 +66,8 @@ def fit_and_save(
         model.architecture,
         train.with_transform(model.transform),
         val.with_transform(model.transform),
-        method,
-        percentile,
+        settings.method,
+        settings.percentile,
         info,
         groups,
     )
@@ -66,5 +78,5 @@ def fit_and_save(
 
 def save_for_run(run: Any, detector: OODDetector) -> None:
     detector.save(run.ood_dir)
-    if (run.export_dir / "model.json").is_file():
+    if (run.export_dir / CARD_NAME).is_file():
         detector.save(run.export_dir)

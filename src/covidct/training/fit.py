@@ -24,6 +24,9 @@ from covidct.data import ImageDataset, SplitData, eval_transform
 from covidct.data.sources import run_data
 from covidct.errors import ConfigError, DataError, TrainingInterrupted
 from covidct.fileio import write_csv
+from covidct.inference.imagenet_probe import ImageNetProbe
+from covidct.inference.load import LoadedModel, attach_probe, load_checkpoint
+from covidct.inference.ood import fit_and_save
 from covidct.models import Preprocessing, create_model, head_module
 from covidct.runs import RunDir
 from covidct.training.callbacks import EpochHistory, run_callbacks
@@ -158,19 +161,18 @@ def finish_run(
     resume: bool,
     train_ds: ImageDataset,
 ) -> None:
-    """After the loop (rank 0): the summary, the ImageNet probe (before the operating point: it changes the scores),
-    the operating point, the out-of-distribution detector, the ONNX graph of the scorer."""
+    """After the loop (rank 0): the summary, then the best model's post-training steps, each given the trained
+    scorer in memory, in the order their inputs require: the ImageNet probe (it changes the scores), the operating
+    point (chosen on those scores), the out-of-distribution detector, the ONNX graph of the scorer (network and
+    probe). Each is saved with the run as it is made."""
     write_summary(run, config, data, val_ds, fitted, resume)
-    if config.imagenet_probe > 0:
-        try:
-            fit_run_probe(run, config, train_ds)
-        except Exception as e:  # the trained model is saved: a probe that cannot be fitted must not lose it
-            log.warning("no ImageNet probe (%s: %s); the fine-tuned network scores alone", type(e).__name__, e)
+    model = load_checkpoint(run.checkpoint("best"), run, operating_point=False)
+    attach_probe(model, fit_run_probe(run, config, train_ds) if config.imagenet_probe > 0 else None)
     if config.operating_point == "youden":
-        store_operating_point(run.path)
+        store_operating_point(run, model)
     if config.ood:
         try:
-            fit_run_detector(run.path, train_ds, val_ds)
+            fit_and_save(run, train_ds, val_ds, model=model)
         except Exception as e:  # the trained model is saved: a detector that cannot be fitted must not lose it
             log.warning(
                 "no out-of-distribution detector (%s: %s); fit one later: covidct ood fit %s",
@@ -179,35 +181,47 @@ def finish_run(
                 run.path,
             )
     if config.onnx:
-        write_graph(run)
+        write_graph(run, model)
 
 
-def write_graph(run: RunDir) -> None:
+def write_graph(run: RunDir, model: LoadedModel | None = None) -> None:
     """checkpoints/best.onnx: the best model's scorer as ONNX, which predict and serve run with ONNX Runtime (2x
     faster than PyTorch here). A graph that cannot be written loses nothing: the run scores with PyTorch."""
     from covidct.inference.export import write_run_graph
 
     try:
-        write_run_graph(run)
+        write_run_graph(run, model)
     except Exception as e:
         log.warning("no ONNX graph (%s: %s); predict and serve score this run with PyTorch", type(e).__name__, e)
 
 
-def fit_run_probe(run: RunDir, config: TrainConfig, train_ds: ImageDataset) -> None:
+def fit_run_probe(run: RunDir, config: TrainConfig, train_ds: ImageDataset) -> ImageNetProbe | None:
     """The ImageNet probe of the network the run started from (ImageNet, --weights or --init), on the training
-    images training already decoded, under the evaluation transform."""
+    images training already decoded, under the evaluation transform; saved with the run. None when there is none:
+    a run from random weights, or a probe that cannot be fitted (the trained model is saved: that must not lose
+    it)."""
     from covidct.training.imagenet_probe import fit_probe
 
     if not (config.pretrained or config.weights or config.init):
         log.info("no ImageNet probe: the run started from random weights")
-        return
-    net, pre = build_network(config, resume=False)
-    labels = np.array([s.label for s in train_ds.samples])
-    probe = fit_probe(
-        net, pre.input_size, train_ds.with_transform(eval_transform(pre)), labels, config.model, config.imagenet_probe
-    )
+        return None
+    try:
+        net, pre = build_network(config, resume=False)
+        labels = np.array([s.label for s in train_ds.samples])
+        probe = fit_probe(
+            net,
+            pre.input_size,
+            train_ds.with_transform(eval_transform(pre)),
+            labels,
+            config.model,
+            config.imagenet_probe,
+        )
+    except Exception as e:
+        log.warning("no ImageNet probe (%s: %s); the fine-tuned network scores alone", type(e).__name__, e)
+        return None
     if probe is not None:
         probe.save(run.probe_dir)
+    return probe
 
 
 def freeze_blocks(model: nn.Module, n: int) -> int:
@@ -227,25 +241,18 @@ def freeze_blocks(model: nn.Module, n: int) -> int:
     return count
 
 
-def store_operating_point(run_dir: Path) -> None:
-    """The threshold by Youden's J on the validation split (recorded in threshold.json as `covidct threshold`
-    does): with label smoothing the scores of this recipe sit off 0.5 (validation at 0.5: sensitivity 0.87,
-    specificity 0.67, ACCURACY.md), and the operating point is chosen on validation, never on test."""
-    from covidct.evaluation.thresholds import store_threshold
+def store_operating_point(run: RunDir, model: LoadedModel) -> None:
+    """The threshold by Youden's J on the validation split, of the scores of `model` as it now scores (with its
+    probe), recorded in threshold.json as `covidct threshold` does: with label smoothing the scores of this recipe
+    sit off 0.5 (validation at 0.5: sensitivity 0.87, specificity 0.67, ACCURACY.md), and the operating point is
+    chosen on validation, never on test."""
+    from covidct.evaluation.thresholds import choose_threshold
 
     try:
-        record = store_threshold(run_dir, "youden")
+        record = choose_threshold(run, model, "youden")
         log.info("operating point: threshold %.4f (Youden's J on validation)", record["threshold"])
     except DataError as e:  # a validation split of one class: the threshold stays 0.5
         log.warning("operating point stays 0.5: %s", e)
-
-
-def fit_run_detector(run_dir: Path, train_ds: ImageDataset, val_ds: ImageDataset) -> None:
-    """The out-of-distribution detector of the best checkpoint (what evaluation and export use), on the images
-    training already decoded."""
-    from covidct.inference.ood import fit_and_save
-
-    fit_and_save(RunDir(run_dir), train_ds, val_ds)
 
 
 def linear_probe(model: nn.Module, samples: list[Any], pre: Preprocessing) -> None:
