@@ -23,8 +23,6 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from covidct.data import load_rgb
-from covidct.data.framing import framing_of
-from covidct.data.pixels import pixels_of
 from covidct.data.sources import external_set
 from covidct.inference.load import load_trained
 from covidct.models import create_model
@@ -32,6 +30,8 @@ from covidct.ood.acquisition import IMAGE_FILE, Acquisition, AcquisitionRecord
 from covidct.ood.detector import fit_detector
 from covidct.ood.features import logits_and_features
 from covidct.ood.fit import fit_by_source, sample_groups, sample_sources
+from covidct.ood.framing import framing_of
+from covidct.ood.pixels import pixels_of
 from covidct.runs import RunDir
 
 
@@ -190,7 +190,7 @@ def main() -> None:
         m = lg.max(1)
         return -(m + np.log(np.exp(lg - m[:, None]).sum(1)))
 
-    framing = {k: framing_of(v) for k, v in imgs.items()}  # of the images as given (covidct.data.framing)
+    framing = {k: framing_of(v) for k, v in imgs.items()}  # of the images as given (covidct.ood.framing)
     methods = {"maximum softmax probability": msp, "energy": energy}
     stats = {k: np.stack([input_statistics(im) for im in v]) for k, v in imgs.items()}
     det = fit_detector(stats["train"], stats["val"], "input", "mahalanobis")
@@ -206,7 +206,7 @@ def main() -> None:
     methods["mahalanobis on stage statistics + pooled, with framing (shipped before 2026-12-02 morning)"] = lambda k: (
         two.score(out[k][1], framing[k])
     )
-    pixels = {k: pixels_of(v) for k, v in imgs.items()}  # of the central region (covidct.data.pixels)
+    pixels = {k: pixels_of(v) for k, v in imgs.items()}  # of the central region (covidct.ood.pixels)
     det = fit_detector(pixels["train"], pixels["val"], "pixels", "mahalanobis")
     methods["pixel statistics of the central region alone"] = lambda k, det=det: det.score(pixels[k])
 

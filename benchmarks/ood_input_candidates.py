@@ -7,7 +7,7 @@ validation images flagged (the test split is not read). No network runs: about a
 
 Usage: python benchmarks/ood_input_candidates.py RUN OTHER_SOURCE_SPEC [--out FILE.json]
 
-Why not the shipped code's halves (covidct.data.framing / pixels): these are candidates, measured to decide whether
+Why not the shipped code's halves (covidct.ood.framing / pixels): these are candidates, measured to decide whether
 a fourth half is worth shipping; what is adopted moves into covidct.data, as the pixel half did.
 """
 

@@ -25,10 +25,10 @@ from PIL import Image
 from scipy.stats import kstest
 
 from covidct.data import ImageDataset, load_rgb
-from covidct.data.image_statistics import IMAGE_STATISTICS
 from covidct.data.sources import external_set
 from covidct.inference.load import load_checkpoint
 from covidct.ood.fit import _one_pass
+from covidct.ood.image_statistics import IMAGE_STATISTICS, statistics_by_name
 from covidct.ood.shift import ShiftReference, shift_test
 from covidct.runs import RunDir
 
@@ -41,7 +41,7 @@ def outputs(run: RunDir, samples: list, cache: Path) -> tuple[np.ndarray, np.nda
         saved = np.load(cache)
         return saved["features"], saved["statistics"]
     model = load_checkpoint(run.checkpoint("best"), run)
-    dataset = ImageDataset(samples, model.transform).with_statistics(list(IMAGE_STATISTICS))
+    dataset = ImageDataset(samples, model.transform).with_statistics(statistics_by_name(IMAGE_STATISTICS))
     _, features, extras = _one_pass(model.scoring()[0], dataset, 64)
     statistics = np.hstack([extras[k].reshape(len(features), -1) for k in IMAGE_STATISTICS])
     np.savez(cache, features=features, statistics=statistics)

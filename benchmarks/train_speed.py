@@ -11,7 +11,7 @@ import argparse
 
 import torch
 
-from covidct.training.bench import train_step_rate
+from covidct.studies.bench import train_step_rate
 
 
 def main() -> None:

@@ -1,6 +1,7 @@
 """The layering of the package: a stage may import its own and lower stages, never a higher one (also not inside
-a function). The order is data -> verdict -> models -> runs -> ood -> inference -> evaluation -> training ->
-reporting -> cli, over a core of settings, errors and file helpers that every stage may use."""
+a function). The order is data -> audit, downloads -> verdict -> models -> runs, model card -> ood -> inference ->
+evaluation -> training -> studies -> adaptation -> reporting -> cli, over a core of settings, errors and file
+helpers that every stage may use."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ LAYERS = [
         "covidct.operating_point",
     },
     {"covidct.data"},
+    {"covidct.audit", "covidct.downloads"},
     {"covidct.verdict"},
     {"covidct.models"},
     {"covidct.runs", "covidct.model_card"},
@@ -29,6 +31,8 @@ LAYERS = [
     {"covidct.inference"},
     {"covidct.evaluation"},
     {"covidct.training"},
+    {"covidct.studies"},
+    {"covidct.adaptation"},
     {"covidct.reporting"},
     {"covidct.cli", "covidct.__main__"},
 ]

@@ -5,6 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
+from covidct.audit.info import dataset_info, format_info
 from covidct.data import (
     CLASS_NAMES,
     ImageDataset,
@@ -15,7 +16,6 @@ from covidct.data import (
     train_transform,
 )
 from covidct.data.datasets import class_order, stratified_split
-from covidct.data.info import dataset_info, format_info
 from covidct.data.preprocessing import Preprocessing
 from covidct.errors import DataError
 from tests.conftest import TINY_COUNTS

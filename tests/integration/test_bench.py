@@ -5,7 +5,7 @@ import pytest
 from covidct.cli import main
 from covidct.data import load_splits
 from covidct.models import create_model
-from covidct.training.bench import cpu_peak_flops, forward_flops, pipeline_throughput
+from covidct.studies.bench import cpu_peak_flops, forward_flops, pipeline_throughput
 
 
 def test_peak_and_flops_are_sane():
@@ -18,7 +18,7 @@ def test_peak_and_flops_are_sane():
 
 def test_pipeline_throughput_runs(tiny_dataset):
     samples = load_splits(tiny_dataset).splits["train"]
-    import covidct.training.bench as bench
+    import covidct.studies.bench as bench
 
     for cached in (True, False):
         clock = iter([100.0, 102.5])  # the loop's start and end as time.perf_counter reads them

@@ -8,7 +8,7 @@ from covidct.config import TrainConfig
 from covidct.data import Sample, load_splits
 from covidct.errors import ConfigError
 from covidct.evaluation.metrics import binary_metrics
-from covidct.training.cv import cv_folds, fold_rows, near_duplicate_groups, run_cv
+from covidct.studies.cv import cv_folds, fold_rows, near_duplicate_groups, run_cv
 from tests.conftest import TINY_COUNTS, make_covidct_layout
 
 

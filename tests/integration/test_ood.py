@@ -12,11 +12,11 @@ from PIL import Image
 
 from covidct.cli import main
 from covidct.data import ImageDataset, load_rgb
-from covidct.data.framing import framing_of
-from covidct.data.pixels import pixels_of
 from covidct.errors import ModelError
 from covidct.inference.load import load_trained
 from covidct.ood.fit import dataset_features
+from covidct.ood.framing import framing_of
+from covidct.ood.pixels import pixels_of
 from covidct.runs import RunDir
 
 

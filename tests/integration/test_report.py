@@ -52,7 +52,7 @@ def test_report_is_self_contained(report):
     assert "resnet10t" in html and "Wilson" in html
     assert "made grey, resized to a square and normalised" in html  # the model card states the preprocessing
     assert "Where this model has been validated" in html and "no external validation yet" in html
-    assert "Not validated on: whole 512 x 512 scanner slices" in html and "Shortcut probe" in html
+    assert "Not validated on: whole 512 x 512 scanner slices" in html and "Shortcut classifier" in html
     ood = json.loads((report.parent / "eval-test" / "metrics.json").read_text())["ood"]
     assert "flagged out of distribution" in html and f"<td>{ood['fraction_flagged']:.0%}</td>" in html
     assert "no scanner acquisition seen; every DICOM or NIfTI input is flagged" in html  # trained on PNG files

@@ -11,9 +11,9 @@ import numpy as np
 from PIL import Image
 
 from covidct.cli import main
-from covidct.data.image_statistics import IMAGE_STATISTICS
 from covidct.inference.load import load_trained
 from covidct.ood.detector import OODDetector
+from covidct.ood.image_statistics import IMAGE_STATISTICS
 from covidct.ood.shift import ShiftReference, statistics_matrix
 from tests.conftest import synthetic_ct
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from sklearn.covariance import LedoitWolf
 
-from covidct.data.pixels import PIXEL_STATISTICS
 from covidct.errors import ModelError
 from covidct.ood.detector import METHODS, OODDetector, fit_detector, fit_out_of_fold
+from covidct.ood.pixels import PIXEL_STATISTICS
 
 
 def gaussian(n: int, dim: int = 40, shift: float = 0.0, seed: int = 0) -> np.ndarray:
@@ -166,7 +166,7 @@ def test_a_damaged_framing_half_is_refused(tmp_path):
 
 
 def pixel_stats(n: int, seed: int = 0, shift: float = 0.0) -> np.ndarray:
-    """Pixel statistics (22 of them, covidct.data.pixels) of one source's images; `shift` moves them as another
+    """Pixel statistics (22 of them, covidct.ood.pixels) of one source's images; `shift` moves them as another
     reconstruction or window would."""
     return np.random.default_rng(seed).normal(0.0, 1.0, (n, len(PIXEL_STATISTICS))) + shift
 

@@ -11,7 +11,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from covidct.config import resolve_data_dir
     from covidct.fileio import write_json, write_text
-    from covidct.training.bench import DEFAULT_MODELS, bench_markdown, run_bench
+    from covidct.studies.bench import DEFAULT_MODELS, bench_markdown, run_bench
 
     models = args.models or (["efficientnet_lite0"] if args.quick else list(DEFAULT_MODELS))
     with tempfile.TemporaryDirectory() as tmp:

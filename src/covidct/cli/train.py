@@ -68,8 +68,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_cv(args: argparse.Namespace) -> int:
     import json
 
+    from covidct.studies.cv import run_cv
     from covidct.tables import number_text
-    from covidct.training.cv import run_cv
 
     config = train_config(args)
     print(DISCLAIMER, file=sys.stderr)
@@ -105,14 +105,14 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_crosssource(args: argparse.Namespace) -> int:
-    from covidct.training.crosssource import run_crosssource
+    from covidct.studies.crosssource import run_crosssource
 
     config = train_config(args)
     if not config.sources or len(config.sources) < 2:
         raise ConfigError("crosssource needs at least two --source")
     print(DISCLAIMER, file=sys.stderr)
     if args.seeds:
-        from covidct.training.crosssource import run_seeds
+        from covidct.studies.crosssource import run_seeds
 
         out = run_seeds(config, args.seeds, args.out_dir, progress=progress(), n_bootstrap=args.bootstrap)
         print((out / "seeds.md").read_text())
@@ -125,7 +125,7 @@ def cmd_crosssource(args: argparse.Namespace) -> int:
 
 
 def cmd_adapt(args: argparse.Namespace) -> int:
-    from covidct.training.adapt import adapt_run, load_site, run_curve
+    from covidct.adaptation.adapt import adapt_run, load_site, run_curve
 
     site = load_site(args.run_dir, args.source, args.allow_overlap, not args.no_group_duplicates)
     print(

@@ -9,7 +9,7 @@ import csv
 import random
 import re
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -326,7 +326,8 @@ class ImageDataset(Dataset):
         self.store = cache if hasattr(cache, "get") else None  # a DecodedCache
         self.cache = bool(cache)
         self._images: dict[int, np.ndarray] = {}
-        self.statistics: tuple[str, ...] = ()  # items also carry these image statistics (data/image_statistics.py)
+        # items also carry these statistics of their image, by name (ood/image_statistics.py)
+        self.statistics: dict[str, Callable[[Image.Image], np.ndarray]] = {}
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -337,11 +338,11 @@ class ImageDataset(Dataset):
         other._images, other.statistics = self._images, self.statistics
         return other
 
-    def with_statistics(self, names: Sequence[str]) -> ImageDataset:
+    def with_statistics(self, statistics: Mapping[str, Callable[[Image.Image], np.ndarray]]) -> ImageDataset:
         """The same images, each item also carrying each named statistic of the image before the transform
-        (data/image_statistics.py: "framing", "pixels"), from the same decode."""
+        (the detector's: ood/image_statistics.py's statistics_by_name), from the same decode."""
         other = self.with_transform(self.transform)
-        other.statistics = tuple(names)
+        other.statistics = dict(statistics)
         return other
 
     def preload(self, progress: bool = False) -> None:
@@ -376,8 +377,5 @@ class ImageDataset(Dataset):
         else:
             image = self.transform(img) if seed is None else seeded_call(self.transform, img, seed)
         item = {"image": image, "label": self.samples[i].label, "path": str(self.samples[i].path), "index": i}
-        if self.statistics:
-            from covidct.data.image_statistics import IMAGE_STATISTICS
-
-            item.update({name: IMAGE_STATISTICS[name][0](img) for name in self.statistics})
+        item.update({name: of(img) for name, of in self.statistics.items()})
         return item

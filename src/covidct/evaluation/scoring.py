@@ -13,12 +13,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from covidct.audit.shortcut import view_statistics_table
 from covidct.data import ImageDataset, Sample
-from covidct.data.probe import statistics_of
 from covidct.data.sources import external_set
 from covidct.data.transforms import view_transform
 from covidct.errors import DataError
 from covidct.inference.load import LoadedModel, load_checkpoint, with_detector
+from covidct.ood.image_statistics import statistics_by_name
 from covidct.runs import RunDir, find_checkpoint
 from covidct.verdict import flags_with_acquisition
 
@@ -57,7 +58,7 @@ def predict_scores_and_ood(
     check = check and module.ood is not None
     halves = module.ood.image_halves if check else ()
     if halves:  # each item also carries the statistics the detector checks, taken from the same decode
-        dataset = dataset.with_statistics(halves)
+        dataset = dataset.with_statistics(statistics_by_name(halves))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     paths: list[str] = []
     labels, scores, ood = [], [], []
@@ -165,7 +166,7 @@ def score_runs(
     val_paths, val_labels, val_scores = (paths, labels, scores) if split == "val" else shared_validation(members)
     module = first["module"]
     # on an external set: simple statistics of every image, for what the scores follow there (first member's view)
-    view_stats = statistics_of(paths, view_transform(module.preprocessing)) if on is not None else None
+    view_stats = view_statistics_table(paths, view_transform(module.preprocessing)) if on is not None else None
     return Scored(
         runs=runs,
         split=split,

@@ -18,11 +18,11 @@ import torch
 from PIL import Image
 
 from covidct.data import eval_transform
-from covidct.data.image_statistics import statistics_of
 from covidct.data.preprocessing import Preprocessing
 from covidct.errors import ModelError
 from covidct.model_card import CARD_NAME, ModelCard, run_records
 from covidct.models import create_model
+from covidct.ood.image_statistics import statistics_of
 from covidct.operating_point import checked_threshold
 from covidct.runs import RunDir, find_checkpoint
 from covidct.verdict import ImageVerdict, judge_image
@@ -158,7 +158,7 @@ class LoadedModel:
         """(probability of the positive class, out-of-distribution scores or None) of a preprocessed batch: the
         detector's features come from the same forward pass when the model has one and check is asked;
         `statistics`: the batch's images' statistics as decoded, by name, for the detector's other halves
-        (`self.ood.image_halves`; data/image_statistics.py)."""
+        (`self.ood.image_halves`; ood/image_statistics.py)."""
         if check and self.ood is not None:
             logits, features = self.logits_and_features(x)
             sink = getattr(_COLLECTING, "sink", None)
@@ -184,7 +184,7 @@ class LoadedModel:
     def batch_shift(self, outputs: list[tuple[np.ndarray, dict[str, np.ndarray]]]) -> dict[str, Any]:
         """The batch shift test (covidct.ood.shift) of what `collecting` gathered, against the model's reference:
         the record every command writes ("tested": false, and why, when it could not run)."""
-        from covidct.data.image_statistics import IMAGE_STATISTICS
+        from covidct.ood.image_statistics import IMAGE_STATISTICS
         from covidct.ood.shift import MIN_BATCH, shift_test, statistics_matrix
 
         n = sum(len(f) for f, _ in outputs)

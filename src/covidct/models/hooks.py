@@ -37,7 +37,7 @@ def activations(module: nn.Module, at: Literal["input", "output"] = "output") ->
 @contextmanager
 def output_replaced(module: nn.Module, value: Callable[[], torch.Tensor]) -> Iterator[None]:
     """Within the block, `module`'s output is `value()` instead of what it computes: a network run from cached
-    inputs of a later stage (training/tail.py)."""
+    inputs of a later stage (adaptation/tail.py)."""
     hook = module.register_forward_hook(lambda _m, _inputs, _output: value())
     try:
         yield

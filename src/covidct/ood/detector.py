@@ -25,11 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from covidct.data.framing import FRAMING_STATISTICS, RESOLUTION
-from covidct.data.image_statistics import IMAGE_STATISTICS
-from covidct.data.pixels import PIXEL_STATISTICS
 from covidct.errors import ModelError
 from covidct.ood.acquisition import Acquisition, AcquisitionRecord
+from covidct.ood.framing import FRAMING_STATISTICS, RESOLUTION
+from covidct.ood.image_statistics import IMAGE_STATISTICS
+from covidct.ood.pixels import PIXEL_STATISTICS
 from covidct.ood.shift import ShiftReference
 
 FORMAT = "covidct-ood/1"
@@ -39,7 +39,7 @@ DEFAULT_PERCENTILE = 95.0  # of the validation images' scores: about 5% of in-di
 DEFAULT_K = 1
 METHODS = ("knn", "mahalanobis")
 # The framing half's score is divided by its validation percentile, but by no less than this: two resolution units
-# (data/framing.py), so that a source whose validation images are all framed alike does not flag rounding.
+# (ood/framing.py), so that a source whose validation images are all framed alike does not flag rounding.
 MIN_FRAMING_REF = 2.0
 
 
@@ -59,12 +59,12 @@ class OODDetector:
     k: int = DEFAULT_K
     info: dict[str, Any] = field(default_factory=dict)  # what it was fitted on, its rate on validation
     acquisitions: AcquisitionRecord | None = None  # what the training images held (acquisition.py); None: older
-    # The framing half (covidct.data.framing: shape and empty margins of the image as given), a Mahalanobis detector
+    # The framing half (covidct.ood.framing: shape and empty margins of the image as given), a Mahalanobis detector
     # of its own; the score is then the larger of the two halves' scores, each divided by its own validation
     # percentile (refs), so that neither half's units dominate. None: features only (detectors before 2026-12-02).
     framing: OODDetector | None = None
     refs: tuple[float, float] = (1.0, 1.0)
-    # The pixel half (covidct.data.pixels: the central region's histogram, noise and texture), combined the same way
+    # The pixel half (covidct.ood.pixels: the central region's histogram, noise and texture), combined the same way
     # with its own validation percentile (pixel_ref). None: no pixel half (detectors before 2026-12-02 morning).
     pixels: OODDetector | None = None
     pixel_ref: float = 1.0
@@ -106,21 +106,21 @@ class OODDetector:
             if framing is None:
                 raise ModelError(
                     "this out-of-distribution detector also checks the images' framing: pass their "
-                    "framing statistics (covidct.data.image_statistics.statistics_of)"
+                    "framing statistics (covidct.ood.image_statistics.statistics_of)"
                 )
             raw["framing"] = self.framing.score(framing)
         if self.pixels is not None:
             if pixels is None:
                 raise ModelError(
                     "this out-of-distribution detector also checks the images' pixel statistics: pass "
-                    "them (covidct.data.image_statistics.statistics_of)"
+                    "them (covidct.ood.image_statistics.statistics_of)"
                 )
             raw["pixels"] = self.pixels.score(pixels)
         return raw
 
     @property
     def image_halves(self) -> tuple[str, ...]:
-        """The image statistics this detector checks beside the features, by name (data/image_statistics.py): what
+        """The image statistics this detector checks beside the features, by name (ood/image_statistics.py): what
         every caller computes for it, decided here only. A detector fitted before a half existed lacks it."""
         return tuple(name for name in IMAGE_STATISTICS if getattr(self, name) is not None)  # a half per statistic
 
@@ -137,7 +137,7 @@ class OODDetector:
         self, features: np.ndarray, framing: np.ndarray | None = None, pixels: np.ndarray | None = None
     ) -> np.ndarray:
         """Higher = less like the training images. `framing` and `pixels`: the images' framing and pixel statistics
-        (covidct.data.image_statistics.statistics_of), needed for the detector's image_halves. With
+        (covidct.ood.image_statistics.statistics_of), needed for the detector's image_halves. With
         other sources, the smallest of the sources' scores, each in units of this detector's threshold."""
         scores = self.combine(self.half_scores(features, framing, pixels))
         unit = self.threshold if self.own_threshold is None else self.own_threshold

@@ -13,10 +13,10 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from covidct.data import ImageDataset
-from covidct.data.image_statistics import IMAGE_STATISTICS
 from covidct.models.hooks import run_over
 from covidct.ood.detector import DEFAULT_PERCENTILE, OODDetector, fit_detector, fit_out_of_fold
 from covidct.ood.features import logits_and_features
+from covidct.ood.image_statistics import IMAGE_STATISTICS, statistics_by_name
 from covidct.ood.shift import MIN_REFERENCE, ShiftReference, statistics_matrix
 
 log = logging.getLogger("covidct")
@@ -64,7 +64,7 @@ def fit_for_network(
     start = time.perf_counter()
     # features, framing and pixel statistics from one decode of each image (ImageDataset.with_statistics)
     (_, train_feats, tr), (_, val_feats, va) = (
-        _one_pass(net, ds.with_statistics(list(IMAGE_STATISTICS)), 32) for ds in (train, val)
+        _one_pass(net, ds.with_statistics(statistics_by_name(IMAGE_STATISTICS)), 32) for ds in (train, val)
     )
     groups = sample_groups(train.samples) if groups is None else groups
     detector = fit_by_source(

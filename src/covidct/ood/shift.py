@@ -1,6 +1,6 @@
 """Is a batch of images, as a whole, unlike the images a model was validated on? A two-sample test of the batch
 against a reference stored with the model: its validation images' detector features (on their principal axes) and
-image statistics (framing and pixels, data/image_statistics.py). One image at a time, COVID-CT's figures span the
+image statistics (framing and pixels, ood/image_statistics.py). One image at a time, COVID-CT's figures span the
 SARS-CoV-2 crops (OOD.md); as a set, the two sources differ at once (Rabanser et al., "Failing Loudly", 2019).
 
 Three tests, each with its own p-value, combined by Bonferroni (the smallest times three): a kernel maximum mean
@@ -95,9 +95,9 @@ class ShiftReference:
 
 
 def statistics_matrix(statistics: dict[str, np.ndarray]) -> np.ndarray:
-    """The image statistics of N images (data/image_statistics.py, by name) as one N x S matrix, in the registry's
+    """The image statistics of N images (ood/image_statistics.py, by name) as one N x S matrix, in the registry's
     order; what the reference and every batch are compared on."""
-    from covidct.data.image_statistics import IMAGE_STATISTICS
+    from covidct.ood.image_statistics import IMAGE_STATISTICS
 
     n = len(next(iter(statistics.values())))
     return np.hstack([np.asarray(statistics[k], np.float64).reshape(n, -1) for k in IMAGE_STATISTICS])

@@ -14,10 +14,10 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from PIL import Image
 
 from covidct import DISCLAIMER
+from covidct.audit.figures import sample_grid_figure
+from covidct.audit.report import audit_dataset, write_audit
+from covidct.audit.samples import pick_samples
 from covidct.data import load_rgb
-from covidct.data.audit import audit_dataset, write_audit
-from covidct.data.figures import sample_grid_figure
-from covidct.data.samples import pick_samples
 from covidct.errors import ModelError
 from covidct.evaluation.drivers import driver_warnings, drivers_text
 from covidct.evaluation.evaluate import evaluate_run
@@ -237,7 +237,7 @@ def audit_section(audit: Any) -> dict[str, Any]:
         "summary": audit.summary(),
         "warnings": audit.warnings,
         "cross_pairs": cross,
-        "probe": audit.probe,
+        "shortcut": audit.shortcut,
     }
 
 

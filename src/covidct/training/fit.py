@@ -28,6 +28,7 @@ from covidct.inference.imagenet_probe import ImageNetProbe
 from covidct.inference.load import LoadedModel, attach_probe, load_checkpoint
 from covidct.inference.ood import fit_and_save
 from covidct.models import Preprocessing, create_model, head_module
+from covidct.models.head import fit_head, head_inputs, set_linear_head
 from covidct.runs import RunDir
 from covidct.training.callbacks import EpochHistory, run_callbacks
 from covidct.training.engine import (
@@ -39,7 +40,6 @@ from covidct.training.engine import (
     resume_point,
     run_folder,
 )
-from covidct.training.head import fit_head, head_inputs, set_linear_head
 from covidct.training.loaders import build_datasets, make_loader, make_sampler
 from covidct.training.module import Classifier
 from covidct.training.precision import keep_fp32, resolve_precision

@@ -28,7 +28,7 @@ def fit_regression(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float, dic
     two images (nothing to cross-validate). Pure."""
     from sklearn.linear_model import LogisticRegressionCV
 
-    from covidct.training.head import fit_folded
+    from covidct.models.head import fit_folded
 
     folds = min(PROBE_FOLDS, int(np.bincount(y, minlength=2).min()))
     if folds < 2 or len(np.unique(y)) < 2:

@@ -6,8 +6,8 @@ import torch
 
 from covidct.data import ImageDataset, eval_transform, load_splits
 from covidct.models import create_model, head_module
+from covidct.models.head import fit_head, head_inputs, head_scores, set_linear_head
 from covidct.training.fit import linear_probe
-from covidct.training.head import fit_head, head_inputs, head_scores, set_linear_head
 from tests.conftest import make_covidct_layout
 
 

@@ -1,4 +1,4 @@
-"""The image statistics by name (data/image_statistics.py): the same numbers whether predict takes them from decoded
+"""The image statistics by name (ood/image_statistics.py): the same numbers whether predict takes them from decoded
 images or a dataset's items carry them, and only those asked for."""
 
 import numpy as np
@@ -6,10 +6,10 @@ import pytest
 from PIL import Image
 
 from covidct.data import ImageDataset, Sample, eval_transform
-from covidct.data.framing import framing_of
-from covidct.data.image_statistics import IMAGE_STATISTICS, statistics_of
-from covidct.data.pixels import pixels_of
 from covidct.data.preprocessing import Preprocessing
+from covidct.ood.framing import framing_of
+from covidct.ood.image_statistics import IMAGE_STATISTICS, statistics_by_name, statistics_of
+from covidct.ood.pixels import pixels_of
 
 
 def transform(side: int):
@@ -44,7 +44,7 @@ def test_a_datasets_items_carry_the_same_numbers_from_their_one_decode(tmp_path,
     for i, img in enumerate(imgs):
         img.save(tmp_path / f"{i}.png")
         samples.append(Sample(tmp_path / f"{i}.png", i % 2))
-    dataset = ImageDataset(samples, transform(32)).with_statistics(names)
+    dataset = ImageDataset(samples, transform(32)).with_statistics(statistics_by_name(names))
     expected = statistics_of(names, imgs)
     for i in range(len(imgs)):
         item = dataset.with_transform(transform(64))[i]  # another transform keeps what the items carry

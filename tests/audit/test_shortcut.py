@@ -1,20 +1,20 @@
 import numpy as np
 
-from covidct.data.probe import ProbeFeatures, grey_histogram, probe_auc, shortcut_probe, transfer_auc
+from covidct.audit.shortcut import ShortcutFeatures, grey_histogram, shortcut_auc, shortcut_aucs, transfer_auc
 
 
 def features(fmt: str, rng: np.random.Generator, size: int = 64) -> np.ndarray:
     grey = rng.integers(0, 256, (size, size), dtype=np.uint8)
-    return ProbeFeatures(size, size, fmt, "L", int(rng.integers(3000, 5000)), grey_histogram(grey)).vector()
+    return ShortcutFeatures(size, size, fmt, "L", int(rng.integers(3000, 5000)), grey_histogram(grey)).vector()
 
 
 def test_probe_finds_a_format_shortcut_and_not_a_random_label():
     rng = np.random.default_rng(0)
     x = np.stack([features("JPEG" if i % 2 else "PNG", rng) for i in range(80)])
     y = np.arange(80) % 2
-    assert probe_auc(x, y) > 0.95  # the label is the file format
+    assert shortcut_auc(x, y) > 0.95  # the label is the file format
     shuffled = rng.permutation(y)
-    assert 0.25 < probe_auc(x, shuffled) < 0.75  # nothing to find
+    assert 0.25 < shortcut_auc(x, shuffled) < 0.75  # nothing to find
 
 
 def test_probe_per_source_and_for_the_source():
@@ -25,7 +25,7 @@ def test_probe_per_source_and_for_the_source():
         feats.append(features("PNG" if src == "a" else "JPEG", rng))
         labels.append(i % 2)
         sources.append(src)
-    out = shortcut_probe(feats, labels, sources)
+    out = shortcut_aucs(feats, labels, sources)
     assert set(out) == {
         "class within a",
         "class within b",
@@ -53,7 +53,7 @@ def test_transfer_probe_sees_a_cue_that_flips_between_sources():
 
 def test_probe_needs_enough_images_per_value():
     x = np.zeros((6, 3))
-    assert probe_auc(x, np.array([0, 0, 0, 0, 1, 1])) is None
+    assert shortcut_auc(x, np.array([0, 0, 0, 0, 1, 1])) is None
 
 
 def test_histogram_sums_to_one():
@@ -65,7 +65,7 @@ def test_view_statistics_read_the_file_and_what_the_model_sees(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from covidct.data.probe import VIEW_STATISTICS, statistics_of, view_statistics
+    from covidct.audit.shortcut import VIEW_STATISTICS, view_statistics, view_statistics_table
 
     pixels = np.zeros((40, 100), dtype=np.uint8)
     pixels[:, 50:] = 200  # left half dark, right half bright
@@ -77,5 +77,5 @@ def test_view_statistics_read_the_file_and_what_the_model_sees(tmp_path):
     bright = view_statistics(path, view=lambda img: img.crop((50, 0, 100, 40)))  # the model's crop
     assert (bright["width"], bright["height"]) == (100.0, 40.0)  # the file's size, whatever the crop
     assert bright["dark_share"] == 0.0 and bright["mean_grey"] == 200.0
-    table = statistics_of([str(path), str(path)])
+    table = view_statistics_table([str(path), str(path)])
     assert tuple(table) == VIEW_STATISTICS and table["dark_share"].tolist() == [0.5, 0.5]

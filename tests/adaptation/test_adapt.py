@@ -4,9 +4,9 @@ the scored part, a seed repeats a curve, and the refusals name what is wrong."""
 import numpy as np
 import pytest
 
+from covidct.adaptation.adapt import absolute_spec, draw_groups, head_adapter, learning_curve, summarise_curve
 from covidct.errors import DataError
-from covidct.training.adapt import absolute_spec, draw_groups, head_adapter, learning_curve, summarise_curve
-from covidct.training.head import fit_head, head_scores
+from covidct.models.head import fit_head, head_scores
 
 
 def site(n_groups: int = 8, per_group: int = 5, dim: int = 16, seed: int = 0):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from covidct.data.framing import RESOLUTION, framing_of, framing_statistics
+from covidct.ood.framing import RESOLUTION, framing_of, framing_statistics
 
 
 def body(width: int = 300, height: int = 200, seed: int = 0) -> Image.Image:

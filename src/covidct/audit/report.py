@@ -22,9 +22,9 @@ import imagehash
 import numpy as np
 from PIL import Image
 
+from covidct.audit.info import DatasetInfo, shortcut_warnings
 from covidct.data.datasets import SplitData
 from covidct.data.images import image_header, load_rgb
-from covidct.data.info import DatasetInfo, shortcut_warnings
 from covidct.errors import DataError
 
 PHASH_MAX_DISTANCE = 8
@@ -47,7 +47,7 @@ class ImageRecord:
     mode: str
     format: str
     source: str = ""
-    probe: np.ndarray | None = None  # shortcut-probe features (probe.py)
+    shortcut: np.ndarray | None = None  # the shortcut classifier's features (shortcut.py)
 
 
 @dataclass
@@ -59,7 +59,7 @@ class AuditReport:
     near_duplicates: list[dict[str, Any]] = field(default_factory=list)
     problems: list[dict[str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    probe: dict[str, float | None] = field(default_factory=dict)
+    shortcut: dict[str, float | None] = field(default_factory=dict)
     sources: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
@@ -87,9 +87,9 @@ def image_record(split: str, label: int, path: Path, source: str = "") -> ImageR
     grey = load_rgb(path).convert("L")
     thumb = np.asarray(grey.resize((THUMB, THUMB), Image.Resampling.BILINEAR), dtype=np.float32).ravel()
     thumb = (thumb - thumb.mean()) / (thumb.std() + 1e-6)
-    from covidct.data.probe import ProbeFeatures, grey_histogram
+    from covidct.audit.shortcut import ShortcutFeatures, grey_histogram
 
-    probe = ProbeFeatures(size[0], size[1], fmt, mode, len(raw), grey_histogram(np.asarray(grey))).vector()
+    shortcut = ShortcutFeatures(size[0], size[1], fmt, mode, len(raw), grey_histogram(np.asarray(grey))).vector()
     return ImageRecord(
         split,
         label,
@@ -101,7 +101,7 @@ def image_record(split: str, label: int, path: Path, source: str = "") -> ImageR
         mode,
         fmt,
         source,
-        probe,
+        shortcut,
     )
 
 
@@ -146,7 +146,7 @@ def _pair(records: list[ImageRecord], i: int, j: int, class_names: tuple[str, ..
 
 def audit_dataset(data: SplitData, progress: bool = False) -> AuditReport:
     """Read every image once and audit the whole dataset: as stages, each one finding."""
-    from covidct.data.info import dataset_info
+    from covidct.audit.info import dataset_info
 
     info = dataset_info(data, check_images=False)
     report = AuditReport(data.class_names, data.counts(), info)
@@ -157,12 +157,12 @@ def audit_dataset(data: SplitData, progress: bool = False) -> AuditReport:
     if len(report.sources) > 1:
         report.warnings += per_source_warnings(records, sorted(report.sources), data.class_names)
     if records:
-        from covidct.data.probe import shortcut_probe
+        from covidct.audit.shortcut import shortcut_aucs
 
-        report.probe = shortcut_probe(
-            [r.probe for r in records], [r.label for r in records], [r.source for r in records]
+        report.shortcut = shortcut_aucs(
+            [r.shortcut for r in records], [r.label for r in records], [r.source for r in records]
         )
-        report.warnings += probe_warnings(report.probe)
+        report.warnings += classifier_warnings(report.shortcut)
     if info.overlap:
         report.warnings += [f"listed in two splits: {o}" for o in info.overlap]
     return report
@@ -239,20 +239,21 @@ def per_source_warnings(records: list[ImageRecord], sources: list[str], class_na
     return out
 
 
-def probe_warnings(probe: dict[str, float | None]) -> list[str]:
-    """Warnings from the shortcut probe's AUCs: classes or sources told apart without the lungs, or a shortcut that
-    points the other way in another source."""
+def classifier_warnings(aucs: dict[str, float | None]) -> list[str]:
+    """Warnings from the shortcut classifier's AUCs: classes or sources told apart without the lungs, or a shortcut
+    that points the other way in another source."""
     out = []
-    for what, auc in probe.items():
+    for what, auc in aucs.items():
         if auc is not None and auc >= 0.8 and ("metadata" in what or what == "source"):
             out.append(
-                f"warning: the shortcut probe tells the {what.split(' (')[0].split(',')[0]} apart at AUC {auc:.2f} "
+                f"warning: the shortcut classifier tells the {what.split(' (')[0].split(',')[0]} apart "
+                f"at AUC {auc:.2f} "
                 f"from {'image metadata' if 'metadata' in what else 'image size, format, mode and grey histogram'}"
                 " alone, without looking at the lungs"
             )
         if auc is not None and auc < 0.4 and "scored on" in what:
             out.append(
-                f"warning: the shortcut probe {what.split(', ', 1)[1]} at AUC {auc:.2f}: what tells the classes "
+                f"warning: the shortcut classifier {what.split(', ', 1)[1]} at AUC {auc:.2f}: what tells the classes "
                 "apart in one source points the other way in the other (a model trained on one source can "
                 "inherit that)"
             )
@@ -279,10 +280,10 @@ def audit_markdown(report: AuditReport, max_pairs: int = 50) -> str:
                 f"| {c} | {dict(report.info.formats[c])} | {dict(report.info.modes[c])} | {w0}x{h0} - {w1}x{h1} |"
             )
     lines += ["", "## Warnings", ""] + [f"- {w}" for w in report.warnings or ["none"]]
-    if report.probe:
+    if report.shortcut:
         lines += [
             "",
-            "## Shortcut probe",
+            "## Shortcut classifier",
             "",
             "Cross-validated AUC (5 folds) of gradient-boosted trees on image size, aspect, file format, colour "
             "mode, bytes per pixel and a 32-bin grey histogram: no deep net, no anatomy. Near 1: the task can "
@@ -291,7 +292,7 @@ def audit_markdown(report: AuditReport, max_pairs: int = 50) -> str:
             "| what is predicted | AUC |",
             "|---|---|",
         ]
-        lines += [f"| {k} | {'n/a' if v is None else f'{v:.3f}'} |" for k, v in report.probe.items()]
+        lines += [f"| {k} | {'n/a' if v is None else f'{v:.3f}'} |" for k, v in report.shortcut.items()]
     lines += ["", "## Summary", ""] + [f"- {k.replace('_', ' ')}: {v}" for k, v in s.items()]
     for title, pairs in (("Exact duplicates", report.exact_duplicates), ("Near-duplicates", report.near_duplicates)):
         lines += ["", f"## {title}", ""]
@@ -314,7 +315,7 @@ def audit_markdown(report: AuditReport, max_pairs: int = 50) -> str:
 
 def write_audit(report: AuditReport, out_dir: str | Path) -> Path:
     """audit.json, audit.md, near_duplicates.csv and near_duplicates.png (side-by-side thumbnails) in out_dir."""
-    from covidct.data.figures import pair_sheet_figure
+    from covidct.audit.figures import pair_sheet_figure
     from covidct.fileio import write_csv, write_json, write_text
     from covidct.plotting import save_figure
 
@@ -330,7 +331,7 @@ def write_audit(report: AuditReport, out_dir: str | Path) -> Path:
             "sizes": report.info.sizes,
             "warnings": report.warnings,
             "sources": report.sources,
-            "shortcut_probe": report.probe,
+            "shortcut_classifier": report.shortcut,
             "exact_duplicates": report.exact_duplicates,
             "near_duplicates": report.near_duplicates,
             "problems": report.problems,

@@ -22,9 +22,9 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from covidct.models import head_module
+from covidct.models.head import fit_head, set_linear_head
 from covidct.models.hooks import activations, output_replaced, run_over
 from covidct.ood.features import stages
-from covidct.training.head import fit_head, set_linear_head
 
 TAIL_STAGES = 2  # the last stages fine-tuned (with everything after them); 1 and 2 measured: ADAPTATION.md
 TAIL_EPOCHS = 8  # measured on the curve's draws: benchmarks/ADAPTATION.md

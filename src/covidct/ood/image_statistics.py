@@ -1,5 +1,5 @@
 """The statistics of an image as it is given that the out-of-distribution detector checks beside the network's
-features, by name (its "halves": data/framing.py, data/pixels.py). Written once here for every place that takes them:
+features, by name (its "halves": ood/framing.py, ood/pixels.py). Written once here for every place that takes them:
 a dataset's items (ImageDataset.with_statistics), predict's decoded images (statistics_of) and the fit; which of them
 a detector needs is its own `image_halves`.
 """
@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 from PIL import Image
 
-from covidct.data.framing import FRAMING_STATISTICS, framing_statistics
-from covidct.data.pixels import PIXEL_STATISTICS, pixel_statistics
+from covidct.ood.framing import FRAMING_STATISTICS, framing_statistics
+from covidct.ood.pixels import PIXEL_STATISTICS, pixel_statistics
 
 IMAGE_STATISTICS: dict[str, tuple[Callable[[Image.Image], np.ndarray], tuple[str, ...]]] = {
     "framing": (framing_statistics, FRAMING_STATISTICS),
@@ -28,3 +28,8 @@ def statistics_of(names: Sequence[str], images: Iterable[Image.Image]) -> dict[s
         of, columns = IMAGE_STATISTICS[name]
         out[name] = np.array([of(img) for img in images], dtype=np.float64).reshape(len(images), len(columns))
     return out
+
+
+def statistics_by_name(names: Sequence[str]) -> dict[str, Callable[[Image.Image], np.ndarray]]:
+    """{name: the function of an image} of each named statistic: what ImageDataset.with_statistics takes."""
+    return {name: IMAGE_STATISTICS[name][0] for name in names}

@@ -22,6 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from covidct.adaptation.tail import cached_inputs, fine_tune_tail
+from covidct.adaptation.tail import outputs as tail_outputs
+from covidct.adaptation.tail import scores as tail_scores
 from covidct.config import DEFAULT_DRAWS, DEFAULT_STRATEGY, IMAGENET_STRATEGIES, STRATEGIES, STRATEGY_TEXT
 from covidct.data import ImageDataset, Sample
 from covidct.data.sources import external_set, parse_source
@@ -33,15 +36,12 @@ from covidct.fileio import atomic_write, write_csv, write_json, write_text
 from covidct.inference.load import load_checkpoint, load_trained, read_checkpoint
 from covidct.inference.ood import fit_for_run
 from covidct.models import create_model, head_module
+from covidct.models.head import fit_head, head_scores, set_linear_head
 from covidct.ood.fit import dataset_outputs
 from covidct.operating_point import OperatingPoint
 from covidct.runs import RunDir
-from covidct.training.cv import cv_folds, near_duplicate_groups, with_sample_groups
+from covidct.studies.cv import cv_folds, near_duplicate_groups, with_sample_groups
 from covidct.training.fit import write_graph
-from covidct.training.head import fit_head, head_scores, set_linear_head
-from covidct.training.tail import cached_inputs, fine_tune_tail
-from covidct.training.tail import outputs as tail_outputs
-from covidct.training.tail import scores as tail_scores
 
 log = logging.getLogger("covidct")
 

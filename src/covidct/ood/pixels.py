@@ -2,7 +2,7 @@
 clipped shares, noise and texture. What differs between sources' reconstructions, windows and encodings (the audit's
 probe tells the sources apart by such statistics at AUC 1.000), and what the network's own features keep too little
 of. The out-of-distribution detector (covidct.ood) checks them as a third half beside the network's features and the
-framing (data/framing.py).
+framing (ood/framing.py).
 
 Why the central region: the margins are the framing half's (an image's empty rows and columns), and a small rotation
 of a tight crop brings black corners into them; without an eighth of each side, a 5-degree rotation no longer flags

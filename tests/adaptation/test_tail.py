@@ -1,13 +1,13 @@
-"""LP-FT's fine-tuning of the last stage on cached inputs (covidct.training.tail), on a small network and images:
+"""LP-FT's fine-tuning of the last stage on cached inputs (covidct.adaptation.tail), on a small network and images:
 the cached path computes what the network computes, only the last stage and after change, and it learns."""
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from covidct.adaptation import tail
 from covidct.models import create_model, head_module
-from covidct.training import tail
-from covidct.training.head import head_inputs
+from covidct.models.head import head_inputs
 
 
 class Images(Dataset):

@@ -6,7 +6,7 @@ import numpy as np
 
 from covidct.data import Sample
 from covidct.data.datasets import covid_ct_group
-from covidct.training.cv import cv_folds, with_sample_groups
+from covidct.studies.cv import cv_folds, with_sample_groups
 
 
 def test_sample_groups_and_near_duplicate_clusters_are_joined():

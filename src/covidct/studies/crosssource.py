@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from covidct.audit.shortcut import view_statistics_table
 from covidct.config import TrainConfig
 from covidct.data import ImageDataset
-from covidct.data.probe import statistics_of
 from covidct.data.sources import load_source, parse_source
 from covidct.data.transforms import view_transform
 from covidct.errors import ConfigError
@@ -145,7 +145,7 @@ def train_and_score(
         c["held_out"] = held_out
         if held_out:  # what the scores follow where the model never trained (statistics once per source)
             if name not in statistics:
-                statistics[name] = statistics_of(paths, view_transform(model.preprocessing))
+                statistics[name] = view_statistics_table(paths, view_transform(model.preprocessing))
             c["score_drivers"] = score_drivers(labels, scores, statistics[name])
             drivers.append(f"{label} -> {name}: {drivers_text(c['score_drivers'])}.")
             drivers += [f"warning: {label} -> {name}: {w}." for w in driver_warnings(c["score_drivers"])]

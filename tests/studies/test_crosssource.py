@@ -4,7 +4,7 @@ import pytest
 
 from covidct.config import TrainConfig
 from covidct.errors import ConfigError
-from covidct.training.crosssource import caveats, seed_summary, trainings
+from covidct.studies.crosssource import caveats, seed_summary, trainings
 
 
 def test_two_sources_train_each_alone_then_both_and_three_add_the_leave_one_out_rows():
