@@ -183,3 +183,23 @@ def test_docs_work_offline(client):
     page = client.get("/docs")
     assert page.status_code == 200 and "/openapi.json" in page.text and "/api/v1/predict" in page.text
     assert "http://" not in page.text and "https://" not in page.text
+
+
+@pytest.mark.parametrize("missing", ["pixels", "acquisitions"])
+def test_a_detector_of_an_older_covidct_is_refused_with_how_to_refit(trained_run, tmp_path, capsys, missing):
+    """No branch scores with an older detector's fewer checks: it is refused by name, and the fix works."""
+    run = Path(shutil.copytree(trained_run, tmp_path / "run"))
+    card_path = run / "ood" / "ood.json"
+    if not card_path.is_file():
+        assert main(["ood", "fit", str(run)]) == 0
+    card = json.loads(card_path.read_text())
+    card.pop(missing)
+    card_path.write_text(json.dumps(card))
+    image = tmp_path / "x.png"
+    Image.fromarray(synthetic_ct(np.random.default_rng(1), False)).save(image)
+    capsys.readouterr()
+    assert main(["predict", str(run), str(image), "--out", str(tmp_path / "p.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "older covidct" in err and missing in err and "covidct ood fit" in err
+    assert main(["ood", "fit", str(run)]) == 0
+    assert main(["predict", str(run), str(image), "--out", str(tmp_path / "p.csv")]) == 0

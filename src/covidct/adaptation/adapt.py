@@ -123,7 +123,7 @@ def adapted_site(run_dir: Path, spec: str | None = None) -> Site | None:
     if spec is None and adaptation:
         raise ConfigError(
             f"{run_dir} was adapted on {adaptation.get('site')}, but its record does not say where "
-            "those images are (adapted before 2026-12-02): pass --site NAME=PATH, so that its "
+            "those images are (an adaptation by an older covidct): pass --site NAME=PATH, so that its "
             "detector keeps the site"
         )
     if spec is None:

@@ -395,6 +395,7 @@ def with_detector(model: LoadedModel, folder: Path) -> LoadedModel:
 
     detector = OODDetector.load(folder)
     if detector is not None:
+        detector.check_current(str(folder))
         if detector.architecture != model.architecture:
             raise ModelError(
                 f"the out-of-distribution detector in {folder} was fitted for {detector.architecture}, "

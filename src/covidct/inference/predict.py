@@ -287,8 +287,6 @@ def ood_check(model: LoadedModel) -> str:
     """The report's rule of the check, or 'unavailable' without a detector."""
     if model.ood is None:
         return "unavailable"
-    if model.ood.acquisitions is None:
-        return OOD_RULE + "; the acquisition check is unavailable (a detector fitted before it: covidct ood fit RUN)"
     shape = " and image files also by their shape" if model.ood.acquisitions.aspect else ""
     return f"{OOD_RULE}; DICOM and NIfTI inputs also by their acquisition{shape}: {model.ood.acquisitions.summary()}"
 

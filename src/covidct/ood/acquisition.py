@@ -144,7 +144,7 @@ class AcquisitionRecord:
     scanners: list[tuple[str, str]]
     pixel_spacing: tuple[float, float] | None = None
     slice_thickness: tuple[float, float] | None = None
-    aspect: tuple[float, float] | None = None  # None: recorded before 2026-12-02 (no aspect check)
+    aspect: tuple[float, float] | None = None  # None: no image files among the training images (no aspect check)
 
     @classmethod
     def of(cls, acquisitions: Iterable[Acquisition], sources: Iterable[str] | None = None) -> AcquisitionRecord:

@@ -58,27 +58,27 @@ class OODDetector:
     percentile: float
     k: int = DEFAULT_K
     info: dict[str, Any] = field(default_factory=dict)  # what it was fitted on, its rate on validation
-    acquisitions: AcquisitionRecord | None = None  # what the training images held (acquisition.py); None: older
+    acquisitions: AcquisitionRecord | None = None  # what the training images held (acquisition.py); None: not yet
     # The framing half (covidct.ood.framing: shape and empty margins of the image as given), a Mahalanobis detector
     # of its own; the score is then the larger of the two halves' scores, each divided by its own validation
-    # percentile (refs), so that neither half's units dominate. None: features only (detectors before 2026-12-02).
+    # percentile (refs), so that neither half's units dominate. None: features only (a half's own detector).
     framing: OODDetector | None = None
     refs: tuple[float, float] = (1.0, 1.0)
     # The pixel half (covidct.ood.pixels: the central region's histogram, noise and texture), combined the same way
-    # with its own validation percentile (pixel_ref). None: no pixel half (detectors before 2026-12-02 morning).
+    # with its own validation percentile (pixel_ref). None: no pixel half (a half's own detector).
     pixels: OODDetector | None = None
     pixel_ref: float = 1.0
     # The model's other training sources (a multi-source model's, an adapted model's site), each a detector of its
     # own with the same halves, fitted on that source's images alone and thresholded on its own held-out images: an
     # image is in distribution when it is like any one source. One Gaussian over two sources put the smaller in its
     # tail (a model trained on both: 23% of its own COVID-CT images flagged; an adapted model: 69% of its site's new
-    # images; benchmarks/OOD.md). Empty: one source (every detector before 2026-12-02 noon).
+    # images; benchmarks/OOD.md). Empty: one source.
     others: list[OODDetector] = field(default_factory=list)
     # With other sources: this source's own threshold, the unit every source's score is put in; `threshold` is then
     # the lowest at which no source's held-out images flag more than (100 - percentile)% (covidct.ood.fit).
     own_threshold: float | None = None
     # The batch shift test's reference (covidct.ood.shift): the validation images' features and image statistics.
-    # None: a detector fitted before the test existed, or a model without 20 validation images.
+    # None: a model without 20 validation images.
     reference: ShiftReference | None = None
     # The held-out images' half scores the threshold was set on (calibrate); for fitting only, never saved.
     held_out: dict[str, np.ndarray] | None = field(default=None, repr=False, compare=False)
@@ -118,10 +118,20 @@ class OODDetector:
             raw["pixels"] = self.pixels.score(pixels)
         return raw
 
+    def check_current(self, where: str) -> OODDetector:
+        """This detector, when it is of the current format for a model (the framing and pixel halves and the
+        acquisition record: what `covidct ood fit` and training write); a detector of an older covidct is refused
+        with how to refit it, never scored with fewer checks than a user would expect."""
+        missing = [name for name in ("framing", "pixels", "acquisitions") if getattr(self, name) is None]
+        if missing:
+            older = f"the out-of-distribution detector in {where} was fitted by an older covidct (it has no {missing})"
+            raise ModelError(f"{older}; refit it: covidct ood fit RUN")
+        return self
+
     @property
     def image_halves(self) -> tuple[str, ...]:
         """The image statistics this detector checks beside the features, by name (ood/image_statistics.py): what
-        every caller computes for it, decided here only. A detector fitted before a half existed lacks it."""
+        every caller computes for it, decided here only."""
         return tuple(name for name in IMAGE_STATISTICS if getattr(self, name) is not None)  # a half per statistic
 
     def combine(self, raw: dict[str, np.ndarray]) -> np.ndarray:

@@ -123,10 +123,11 @@ def acquisitions_seen(run: RunDir) -> str:
 
     try:
         detector = OODDetector.load(run.ood_dir)
+        if detector is None:
+            return "not recorded (the run has no detector: covidct ood fit RUN adds one)"
+        detector.check_current(str(run.ood_dir))
     except ModelError as e:
         return f"unknown: {e}"
-    if detector is None or detector.acquisitions is None:
-        return "not recorded (no detector, or one fitted before the record: covidct ood fit RUN adds it)"
     return detector.acquisitions.summary()
 
 
