@@ -66,6 +66,7 @@ def test_scores_blend_the_network_and_the_starting_networks_features(probe_run):
     run = RunDir(run_dir)
     model = load_trained(run_dir)
     assert model.probe is not None and model.card.imagenet_probe["share"] == 0.25
+    assert model.heat_map_explains.startswith("the fine-tuned network alone (75% of the score's log-odds")
     images = [load_rgb(s.path) for s in run.data().splits["val"]]
     x = model.tensor(images)
     with torch.no_grad():

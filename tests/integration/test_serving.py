@@ -55,12 +55,13 @@ def test_predict_png_agrees_with_the_model(client, model, ct_png):
     expected = float(model.scores([Image.open(io.BytesIO(ct_png)).convert("RGB")])[0])
     assert body["score"] == pytest.approx(expected, abs=1e-5)
     assert body["label"] == ("COVID" if body["score"] >= body["threshold"] else "NonCOVID")
-    assert body["cam"] is None and body["disclaimer"] == DISCLAIMER
+    assert body["cam"] is None and body["cam_explains"] is None and body["disclaimer"] == DISCLAIMER
 
 
-def test_predict_with_cam_returns_an_overlay_of_the_image_size(client, ct_png):
+def test_predict_with_cam_returns_an_overlay_of_the_image_size(client, model, ct_png):
     body = client.post("/api/v1/predict?cam=true", files={"file": ("ct.png", ct_png)}).json()
     assert body["cam"].startswith("data:image/png;base64,")
+    assert body["cam_explains"] == model.heat_map_explains == "the network that gives the score"  # no probe here
     with Image.open(io.BytesIO(base64.b64decode(body["cam"].split(",", 1)[1]))) as overlay:
         assert overlay.size == (64, 48)
         assert np.asarray(overlay).std() > 1

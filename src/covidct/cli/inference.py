@@ -57,6 +57,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if any(r["slice"] in ("volume", "study") for r in rows):
         print(f"volume score: {AGGREGATIONS[args.aggregate][1]}, over the slices in lung")
     print(f"wrote {args.out} and {json_path}" + (f"; Grad-CAM overlays in {args.cam}" if args.cam else ""))
+    if args.cam:
+        print(f"the heat maps explain {model.heat_map_explains}")
     print(DISCLAIMER, file=sys.stderr)
     return 0
 

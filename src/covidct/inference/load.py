@@ -66,6 +66,17 @@ class LoadedModel:
         return f"{self.card.architecture}:{self.card.source_run or Path(self.source).name}"
 
     @property
+    def heat_map_explains(self) -> str:
+        """What a Grad-CAM heat map of this model explains (inference/explain.py runs on `module`): the whole score,
+        or, with an ImageNet probe blended in, the fine-tuned network's share of it alone."""
+        if self.probe is None:
+            return "the network that gives the score"
+        own = f"{1 - self.probe.share:.0%}"
+        return (
+            f"the fine-tuned network alone ({own} of the score's log-odds; the ImageNet probe's share has no heat map)"
+        )
+
+    @property
     def transform(self) -> Any:
         if self._transform is None:
             self._transform = eval_transform(self.preprocessing)

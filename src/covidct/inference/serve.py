@@ -57,6 +57,7 @@ class Prediction(BaseModel):
     positive_class: str
     model: str
     cam: str | None = Field(None, description="Grad-CAM overlay as a PNG data URL (with ?cam=true)")
+    cam_explains: str | None = Field(None, description="what the heat map explains (with ?cam=true)")
     preview: str | None = Field(
         None, description="a DICOM upload as it was read (lung window), as a PNG data URL; null for PNG and JPEG"
     )
@@ -353,6 +354,7 @@ class Predictor:
             "positive_class": self.model.class_names[1],
             "model": self.model.model_id,
             "cam": png_data_url(heat) if heat is not None else None,
+            "cam_explains": self.model.heat_map_explains if heat is not None else None,
             "in_distribution": v.in_distribution,
             "ood_reason": v.ood_reason,
             "ood_score": None if v.ood_score is None else round(v.ood_score, 4),
