@@ -93,7 +93,7 @@ def shift_message(record: dict) -> str:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from covidct.inference.serve import serve
+    from covidct.inference.serve import ServeSettings, serve
 
     print(DISCLAIMER, file=sys.stderr)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not (args.api_key or os.environ.get("COVIDCT_API_KEY")):
@@ -110,7 +110,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from covidct.errors import ConfigError
 
         raise ConfigError(f"--batch-wait-ms must be between 0 and 1000 milliseconds, got {args.batch_wait_ms}")
-    serve(args.model, args.host, args.port, args.api_key, limits_from_args(args), args.shift_window, args.batch_wait_ms)
+    settings = ServeSettings(args.api_key, limits_from_args(args), args.shift_window, args.batch_wait_ms)
+    serve(args.model, args.host, args.port, settings)
     return 0
 
 

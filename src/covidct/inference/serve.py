@@ -21,6 +21,7 @@ import os
 import secrets
 import threading
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -610,15 +611,17 @@ def add_pages(app: FastAPI) -> None:
         return PAGE.read_text(encoding="utf-8").replace("{{DISCLAIMER}}", DISCLAIMER)
 
 
-def serve(
-    model_path: str,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    api_key: list[str] | None = None,
-    limits: InputLimits = INPUT_LIMITS,
-    shift_window: int = 200,
-    batch_wait_ms: float = 0.0,
-) -> None:
+@dataclass(frozen=True)
+class ServeSettings:
+    """What `covidct serve` is asked besides the model and the address (create_app's arguments)."""
+
+    api_key: list[str] | None = None
+    limits: InputLimits = INPUT_LIMITS
+    shift_window: int = 200
+    batch_wait_ms: float = 0.0
+
+
+def serve(model_path: str, host: str = "127.0.0.1", port: int = 8000, settings: ServeSettings | None = None) -> None:
     """Load the model once and serve it with uvicorn (one process; parallelism inside, see Predictor)."""
     import torch
     import uvicorn
@@ -626,9 +629,10 @@ def serve(
     from covidct.inference.load import load_trained as load_model
 
     # Requests scored alone run one per core with one thread each; batches run one at a time on every core.
-    threads = max(1, os.cpu_count() or 1) if batch_wait_ms > 0 else 1
+    s = settings or ServeSettings()
+    threads = max(1, os.cpu_count() or 1) if s.batch_wait_ms > 0 else 1
     model = load_model(model_path, threads=threads)
     torch.set_num_threads(threads)
-    keys = api_key or [k.strip() for k in os.environ.get(API_KEY_ENV, "").split(",") if k.strip()]
-    app = create_app(model, keys, limits, shift_window, batch_wait_ms)
+    keys = s.api_key or [k.strip() for k in os.environ.get(API_KEY_ENV, "").split(",") if k.strip()]
+    app = create_app(model, keys, s.limits, s.shift_window, s.batch_wait_ms)
     uvicorn.run(app, host=host, port=port, log_level="info")

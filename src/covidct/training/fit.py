@@ -134,7 +134,7 @@ def _fit(
     fit_loop(trainer, module, loaders, ckpt_path, run)
     fitted = Fitted(module, best, history, trainer, precision, workers, time.perf_counter() - start)
     if trainer.is_global_zero:
-        finish_run(run, config, data, val_ds, fitted, resume, train_ds)
+        finish_run(run, config, data, fitted, resume, (train_ds, val_ds))
     return run.path
 
 
@@ -156,15 +156,15 @@ def finish_run(
     run: RunDir,
     config: TrainConfig,
     data: SplitData,
-    val_ds: ImageDataset,
     fitted: Fitted,
     resume: bool,
-    train_ds: ImageDataset,
+    datasets: tuple[ImageDataset, ImageDataset],
 ) -> None:
     """After the loop (rank 0): the summary, then the best model's post-training steps, each given the trained
     scorer in memory, in the order their inputs require: the ImageNet probe (it changes the scores), the operating
     point (chosen on those scores), the out-of-distribution detector, the ONNX graph of the scorer (network and
     probe). Each is saved with the run as it is made."""
+    train_ds, val_ds = datasets
     write_summary(run, config, data, val_ds, fitted, resume)
     model = load_checkpoint(run.checkpoint("best"), run, operating_point=False)
     attach_probe(model, fit_run_probe(run, config, train_ds) if config.imagenet_probe > 0 else None)
