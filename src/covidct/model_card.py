@@ -41,6 +41,7 @@ class ModelCard:
     class_names: list[str]
     threshold: float | None
     threshold_chosen_on: str | None = None
+    operating_point: dict[str, Any] | None = None  # by what rule, on what and when (OperatingPoint.summary)
     source_run: str | None = None
     checkpoint: dict[str, Any] | None = None
     training_data: dict[str, Any] | None = None

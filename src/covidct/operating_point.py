@@ -43,6 +43,11 @@ class OperatingPoint:
     previous_threshold: float | None = None
     metrics: dict[str, Any] | None = None
     how: str | None = None
+    chosen_at: str | None = None  # UTC, ISO 8601: when it was recorded
+
+    def summary(self) -> dict[str, Any]:
+        """What the model card says of it: by what rule, on what, when."""
+        return {"rule": self.rule, "chosen_on": self.where, "set": self.set, "chosen_at": self.chosen_at}
 
     @property
     def where(self) -> str:

@@ -257,7 +257,11 @@ def test_a_site_chooses_its_own_threshold_on_its_labelled_set(trained_run, tmp_p
     assert evaluate_run(run, "test", out_dir=tmp_path / "e", n_bootstrap=0)["threshold"] == record["threshold"]
     from covidct.inference.load import load_trained
 
-    assert load_trained(run).card.threshold_chosen_on == "site"  # where the line was drawn (not the local path)
+    assert load_trained(run).card.threshold_chosen_on == "site"
+    op = load_trained(run).card.operating_point  # by what rule, on what, when: in the card every loader reads
+    assert (op["rule"], op["chosen_on"], op["set"]) == ("youden", "site", f"site={site}") and op["chosen_at"].endswith(
+        "Z"
+    )  # where the line was drawn (not the local path)
 
     stored = (run / "threshold.json").read_bytes()
     assert main(["threshold", str(run), "--choose", "0.3", "--on", f"site={site}"]) == 2

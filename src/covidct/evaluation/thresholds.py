@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,8 @@ def record_operating_point(run: RunDir, point: OperatingPoint) -> dict[str, Any]
     (threshold.json, with the threshold it replaces), the checkpoint's hyperparameters (for a checkpoint used
     outside its run folder) and the export's model card when the run has an export. Returns the record."""
     previous = write_checkpoint_threshold(run.checkpoints_dir / point.checkpoint, point.threshold)
-    point = replace(point, previous_threshold=previous)
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    point = replace(point, previous_threshold=previous, chosen_at=now)
     run.write_threshold_record(point)
     record = point.to_dict()
     card_path = run.export_dir / CARD_NAME
@@ -86,7 +88,7 @@ def record_operating_point(run: RunDir, point: OperatingPoint) -> dict[str, Any]
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             msg = f"{card_path} cannot be read ({type(e).__name__}); export again: covidct export RUN"
             raise ModelError(msg) from None
-        card.update(threshold=point.threshold, threshold_chosen_on=point.where)
+        card.update(threshold=point.threshold, threshold_chosen_on=point.where, operating_point=point.summary())
         ModelCard.from_dict(card, str(card_path)).write(card_path.parent)
         record["export_updated"] = str(card_path)
     return record

@@ -378,6 +378,7 @@ def with_run_threshold(model: LoadedModel, run: RunDir, checkpoint: str | None =
     checkpoint = checkpoint or run.checkpoint_path("best").name  # an export is made from the best checkpoint
     if record is not None and record.checkpoint in (None, checkpoint):
         model.card.threshold, model.card.threshold_chosen_on = record.threshold, record.where
+        model.card.operating_point = record.summary()
     return model
 
 
