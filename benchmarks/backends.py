@@ -70,7 +70,8 @@ def int8_graph(graph: Path, calibration: np.ndarray) -> Path:
 
 
 def backends(model, run: RunDir, calibration: np.ndarray, compile_too: bool) -> dict:
-    net, probe = model.scoring()
+    scorer = model.scoring()
+    net, probe = scorer.network, scorer.probe
 
     def eager(x: torch.Tensor) -> np.ndarray:
         with torch.no_grad():

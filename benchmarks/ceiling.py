@@ -81,7 +81,8 @@ def main() -> None:
     torch.set_num_threads(THREADS)
     run = RunDir(args.run)
     model = with_detector(load_checkpoint(run.checkpoint("best"), run), run.ood_dir)
-    net, probe = model.scoring()  # batch norm folded, as scoring runs them
+    scorer = model.scoring()  # batch norm folded, as scoring runs them
+    net, probe = scorer.network, scorer.probe
     size = model.preprocessing.input_size
     x1 = torch.randn(1, 3, size, size)
     parts = {"fine-tuned network": net} | ({} if probe is None else {"ImageNet probe": probe})

@@ -50,7 +50,7 @@ def main() -> None:
         ds.preload()  # decoded once, as training has them at its end
     t = time.perf_counter()
     # as training's end runs it: features, framing and pixel statistics in one pass, then the fit (ood/fit.py)
-    detector = fit_for_network(model.scoring()[0], model.architecture, train, val)
+    detector = fit_for_network(model.scoring().network, model.architecture, train, val)
     end = time.perf_counter()
     print(
         f"fit on {len(pool)} decoded images: {end - t:.1f} s (features, framing and pixel statistics and the fit; "

@@ -41,13 +41,14 @@ def export(model: str, out: Path) -> None:
     import torch
 
     from covidct.inference.export import write_onnx
+    from covidct.inference.scorer import Scorer
     from covidct.model_card import ModelCard
     from covidct.models import create_model
 
     net, pre = create_model(model, pretrained=False)
     pre = pre.__class__(**{**pre.to_dict(), "grayscale": True, "crop": "lung"})
     out.mkdir(parents=True, exist_ok=True)
-    write_onnx(net.eval().to(memory_format=torch.contiguous_format), pre.input_size, out / "model.onnx")
+    write_onnx(Scorer(net.eval().to(memory_format=torch.contiguous_format)), pre.input_size, out / "model.onnx")
     ModelCard(model, pre, ["NonCOVID", "COVID"], 0.5).write(out)
 
 

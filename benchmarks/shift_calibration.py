@@ -42,7 +42,7 @@ def outputs(run: RunDir, samples: list, cache: Path) -> tuple[np.ndarray, np.nda
         return saved["features"], saved["statistics"]
     model = load_checkpoint(run.checkpoint("best"), run)
     dataset = ImageDataset(samples, model.transform).with_statistics(statistics_by_name(IMAGE_STATISTICS))
-    _, features, extras = _one_pass(model.scoring()[0], dataset, 64)
+    _, features, extras = _one_pass(model.scoring().network, dataset, 64)
     statistics = np.hstack([extras[k].reshape(len(features), -1) for k in IMAGE_STATISTICS])
     np.savez(cache, features=features, statistics=statistics)
     return features, statistics

@@ -5,8 +5,8 @@ hold the fine-tuned network's alone."""
 import pytest
 import torch
 
-from covidct.inference.export import Blended, WithFeatures
 from covidct.inference.imagenet_probe import ImageNetProbe, stage_mean_indices
+from covidct.inference.scorer import Scorer, WithFeatures
 from covidct.models import create_model
 from covidct.ood.features import FeatureTaps, logits_and_features
 
@@ -41,7 +41,7 @@ def test_the_probe_leaves_nothing_in_the_fine_tuned_networks_taps():
         taps.features()
     x = torch.randn(2, 3, SIZE, SIZE)
     with torch.no_grad():
-        logits, features = WithFeatures(Blended(fine_tuned, probe))(x)
+        logits, features = WithFeatures(Scorer(fine_tuned, probe))(x)
         plain_logits, plain_features = logits_and_features(fine_tuned, x)
     assert features.shape == plain_features.shape and torch.equal(features, plain_features)
     assert torch.allclose(logits, probe.blend(plain_logits, x))

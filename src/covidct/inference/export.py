@@ -25,6 +25,7 @@ from covidct.inference.load import (
     load_safetensors_model,
     weights_fingerprint,
 )
+from covidct.inference.scorer import Scorer, WithFeatures
 from covidct.model_card import CARD_NAME, ModelCard
 from covidct.runs import RunDir
 
@@ -37,25 +38,11 @@ def _contiguous(net: nn.Module) -> nn.Module:
     return net.eval().float().to(memory_format=torch.contiguous_format)
 
 
-def _plain_model(loaded: LoadedModel) -> nn.Module:
-    """The network (with the ImageNet probe blended in, when the model has one) in the contiguous layout."""
-    model = _contiguous(loaded.module)
+def _plain_model(loaded: LoadedModel) -> Scorer:
+    """The scorer (network with the ImageNet probe blended in, when the model has one) in the contiguous layout."""
     if loaded.probe is not None:
         _contiguous(loaded.probe.net)
-        return Blended(model, loaded.probe)
-    return model
-
-
-class Blended(nn.Module):
-    """The network and its ImageNet probe as one module giving the blended logits (what the ONNX graph computes);
-    the detector's feature taps stay on the network (`.model`)."""
-
-    def __init__(self, model: nn.Module, probe: nn.Module) -> None:
-        super().__init__()
-        self.model, self.probe = model, probe
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.probe.blend(self.model(x), x)
+    return Scorer(_contiguous(loaded.module), loaded.probe)
 
 
 def export_safetensors(module: LoadedModel, out_dir: Path) -> tuple[Path, Path]:
@@ -139,24 +126,7 @@ def write_run_graph(run: RunDir, module: LoadedModel | None = None) -> Path:
     return path
 
 
-class WithFeatures(nn.Module):
-    """The network with the out-of-distribution detector's features as a second output (covidct.ood.features), so
-    ONNX Runtime gives the same check as PyTorch."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        from covidct.ood.features import FeatureTaps
-
-        net = self.model.model if isinstance(self.model, Blended) else self.model
-        with FeatureTaps(net) as taps:
-            logits = self.model(x)
-            return logits, taps.features()
-
-
-def write_onnx(model: nn.Module, size: int, path: Path) -> Path:
+def write_onnx(model: Scorer, size: int, path: Path) -> Path:
     """One self-contained ONNX file: input 'image' (batch x 3 x size x size, dynamic batch), outputs 'logits' and
     'ood_features' (what the out-of-distribution detector scores)."""
     program = torch.onnx.export(

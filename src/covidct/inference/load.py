@@ -20,6 +20,7 @@ from PIL import Image
 from covidct.data import eval_transform
 from covidct.data.preprocessing import Preprocessing
 from covidct.errors import ModelError
+from covidct.inference.scorer import Scorer
 from covidct.model_card import CARD_NAME, ModelCard, run_records
 from covidct.models import create_model
 from covidct.ood.image_statistics import statistics_of
@@ -95,17 +96,17 @@ class LoadedModel:
         self._scoring = None  # folded again, on the new device, at the next call
         return self
 
-    def scoring(self) -> tuple[torch.nn.Module, Any]:
-        """(network, ImageNet probe or None) as scoring runs them: copies with batch norm folded into the
-        convolutions (inference/fold.py: the same logits to 1e-5, faster); `module` and `probe` keep their own
-        weights for export, adaptation and Grad-CAM. Made at the first call: code that changes `module` afterwards
-        (covidct adapt saves it and loads the result anew) must set `_scoring = None` to score the change."""
+    def scoring(self) -> Scorer:
+        """The scorer (inference/scorer.py: network and ImageNet probe as one module) as scoring runs it: copies
+        with batch norm folded into the convolutions (inference/fold.py: the same logits to 1e-5, faster);
+        `module` and `probe` keep their own weights for export, adaptation and Grad-CAM. Made at the first call:
+        code that changes `module` afterwards must set `_scoring = None` to score the change."""
         if self._scoring is None:
             from covidct.inference.fold import fold_batch_norm
 
             size = self.card.preprocessing.input_size
             probe = None if self.probe is None else self.probe.on_network(fold_batch_norm(self.probe.net, size))
-            self._scoring = (fold_batch_norm(self.module, size), probe)
+            self._scoring = Scorer(fold_batch_norm(self.module, size), probe)
         return self._scoring
 
     @torch.no_grad()
@@ -113,9 +114,8 @@ class LoadedModel:
         if self.session is not None:
             out = self.session.run(None, {self.session.get_inputs()[0].name: x.numpy()})[0]
             return torch.from_numpy(out)
-        net, probe = self.scoring()
-        x = x.to(next(net.parameters()).device)
-        return (net(x) if probe is None else probe.blend(net(x), x)).cpu()
+        scorer = self.scoring()
+        return scorer(x.to(next(scorer.network.parameters()).device)).cpu()
 
     @torch.no_grad()
     def logits_and_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,12 +128,9 @@ class LoadedModel:
                     "check; export it again: covidct export RUN --format onnx"
                 )
             return torch.from_numpy(outputs[0]), torch.from_numpy(outputs[1])
-        from covidct.ood.features import logits_and_features
-
-        net, probe = self.scoring()
-        x = x.to(next(net.parameters()).device)
-        logits, features = logits_and_features(net, x)
-        return (logits if probe is None else probe.blend(logits, x)).cpu(), features.cpu()
+        scorer = self.scoring()
+        logits, features = scorer.with_features(x.to(next(scorer.network.parameters()).device))
+        return logits.cpu(), features.cpu()
 
     @torch.no_grad()
     def scores(self, images: list[Image.Image], batch_size: int = 32) -> np.ndarray:

@@ -62,7 +62,7 @@ def fit_and_save(
     sources = sample_sources(train.samples)
     info = {"fitted_on": sorted(set(sources)), "split": "train", "threshold_on": "val"}
     detector = fit_for_network(
-        model.scoring()[0],
+        model.scoring().network,
         model.architecture,
         train.with_transform(model.transform),
         val.with_transform(model.transform),

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from covidct.data import ImageDataset, Sample, load_splits, train_transform
 from covidct.inference.export import write_onnx
+from covidct.inference.scorer import Scorer
 from covidct.models import Preprocessing, create_model
 from covidct.training.precision import cpu_has_fast_bf16, keep_fp32
 
@@ -170,7 +171,7 @@ def inference_figures(name: str, size: int, batch: int, repeats: int, workdir: P
     out["eager_opt_batch_ips"] = _rate(lambda: eager(x, True), batch, 1, repeats)
     model = model.to(memory_format=torch.contiguous_format)
     path = workdir / f"{name.replace(':', '-')}.onnx"
-    write_onnx(model, size, path)
+    write_onnx(Scorer(model), size, path)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = os.cpu_count() or 1
     session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
