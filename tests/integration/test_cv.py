@@ -8,6 +8,7 @@ from covidct.config import TrainConfig
 from covidct.data import Sample, load_splits
 from covidct.errors import ConfigError
 from covidct.evaluation.metrics import binary_metrics
+from covidct.runs import RunDir
 from covidct.studies.cv import cv_folds, fold_rows, near_duplicate_groups, run_cv
 from tests.conftest import TINY_COUNTS, make_covidct_layout
 
@@ -79,6 +80,7 @@ def test_run_cv_trains_every_fold_and_pools_out_of_fold_scores(tmp_path):
         fold = load_splits(config_k.data_dir, config_k.data_csv)
         assert len(fold.splits["test"]) == len(data.splits["test"])  # the official test split, untouched
         assert len(fold.splits["train"]) + len(fold.splits["val"]) == len(pool)
+        assert not config_k.onnx and not RunDir(cv_dir / f"fold-{k}" / "run").scorer_graph_path.exists()  # scored only
     # each fold's figures are its own run's validation evaluation, and the summary averages those
     own = [json.loads((cv_dir / f"fold-{k}" / "run" / "eval-val" / "metrics.json").read_text()) for k in (1, 2)]
     assert [f["val_acc"] for f in summary["folds"]] == pytest.approx([m["accuracy"] for m in own])

@@ -14,7 +14,7 @@ COUNTS = {
     "val": {"COVID": 3, "NonCOVID": 3},
     "test": {"COVID": 3, "NonCOVID": 3},
 }
-TINY = ["--model", "timm:resnet10t", "--no-pretrained", "--num-workers", "0"]
+TINY = ["--model", "timm:resnet10t", "--no-pretrained", "--no-onnx", "--num-workers", "0"]
 
 
 @pytest.fixture(scope="module")

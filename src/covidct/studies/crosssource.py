@@ -120,7 +120,9 @@ def train_and_score(
     train_names = [parse_source(s)[0] for s in train_set]
     label = " + ".join(train_names)
     start = time.perf_counter()
-    run = RunDir(train(dataclasses.replace(config, sources=train_set, out=str(out / "runs")), progress=progress))
+    # a row of the matrix is scored, never served: no ONNX graph of it
+    row = dataclasses.replace(config, sources=train_set, out=str(out / "runs"), onnx=False)
+    run = RunDir(train(row, progress=progress))
     wall = time.perf_counter() - start
     model = scorer(run)
     _, val_labels, val_scores = score(model, run.data().splits["val"])

@@ -124,7 +124,8 @@ def run_cv(config: TrainConfig, folds: int = 5, progress: bool = True, group_dup
         fold_dir.mkdir()
         csv_path = fold_dir / "splits.csv"
         write_csv(csv_path, fold_rows(pool, held, data.splits["test"], data.class_names))
-        fold_config = dataclasses.replace(config, data_csv=str(csv_path.resolve()), out=str(fold_dir))
+        # a fold is scored, never served: no ONNX graph of it (the studies need its scores alone)
+        fold_config = dataclasses.replace(config, data_csv=str(csv_path.resolve()), out=str(fold_dir), onnx=False)
         log.info("cv fold %d/%d: %d train, %d val", k, folds, len(pool) - len(held), len(held))
         run = train(fold_config, progress=progress, run_dir=fold_dir / "run")
         r = evaluate_run(run, "val", n_bootstrap=0)
