@@ -79,7 +79,7 @@ def _folder_inputs(folder: Path) -> list[Path]:
 def read_slice(path: Path, window: tuple[float, float] = LUNG_WINDOW) -> Image.Image:
     """A 2-D input file (an image, or one DICOM slice shown in `window`) as an RGB image, within the sizes a model
     can score."""
-    dicom = is_dicom(path)
+    dicom = kind_of(path) == DICOM
     image = dicom_grey(open_dicom(path), str(path), window) if dicom else load_rgb(path)
     check_scoring_size(image.size, f"{'DICOM' if dicom else 'image'} file {path}")
     return image
