@@ -52,6 +52,9 @@ class ModelCard:
     imagenet_probe: dict[str, Any] | None = None
     ood: dict[str, Any] | None = None
     onnx: dict[str, Any] | None = None
+    # sha256 of the weights (network and ImageNet probe: load.weights_fingerprint) that every file of the model's
+    # folder was made from: the graph, the detector and this card are tied to them and checked on load
+    weights_sha256: str | None = None
     covidct_version: str = __version__
     exported: str = field(default_factory=_now)
     intended_use: str = DISCLAIMER
@@ -104,6 +107,7 @@ class ModelCard:
         except (TypeError, ValueError, KeyError, AttributeError) as e:
             raise ModelError(f"{where}: 'preprocessing' cannot be read ({type(e).__name__}: {e}); {FIX}") from None
         threshold = checked_threshold(data["threshold"], f"{where}: 'threshold'")
+        check_one_threshold(threshold, data.get("operating_point"), where)
         values = {k: v for k, v in data.items() if k in known}
         return cls(**{**values, "preprocessing": pre, "class_names": list(names), "threshold": threshold})
 
@@ -122,6 +126,20 @@ class ModelCard:
         card = self.to_dict()
         ModelCard.from_dict(card, f"the card written to {folder}")
         return write_json(folder / CARD_NAME, card)
+
+
+def check_one_threshold(threshold: float, point: Any, where: str) -> None:
+    """A card's threshold and its operating point's record (OperatingPoint.summary) are one value: a copy edited
+    alone is refused, not chosen. A record of an older covidct, without the threshold, says nothing."""
+    if not (isinstance(point, dict) and "threshold" in point):
+        return
+    recorded = checked_threshold(point["threshold"], f"{where}: 'operating_point.threshold'")
+    if abs(recorded - threshold) > 1e-12:
+        raise ModelError(
+            f"{where}: 'threshold' {threshold!r} disagrees with its operating point's record ({recorded!r}, "
+            f"chosen by {point.get('rule')!r} on {point.get('chosen_on')!r}); a threshold has one source: "
+            "choose it again with covidct threshold RUN (then export again), or pass --threshold"
+        )
 
 
 def run_records(run: RunDir) -> dict[str, Any]:

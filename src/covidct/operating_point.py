@@ -46,8 +46,15 @@ class OperatingPoint:
     chosen_at: str | None = None  # UTC, ISO 8601: when it was recorded
 
     def summary(self) -> dict[str, Any]:
-        """What the model card says of it: by what rule, on what, when."""
-        return {"rule": self.rule, "chosen_on": self.where, "set": self.set, "chosen_at": self.chosen_at}
+        """What the model card says of it: the threshold, by what rule, on what, when. The card's own 'threshold' must
+        equal this one's (ModelCard checks it): a copy edited alone is refused, not chosen."""
+        return {
+            "threshold": self.threshold,
+            "rule": self.rule,
+            "chosen_on": self.where,
+            "set": self.set,
+            "chosen_at": self.chosen_at,
+        }
 
     @property
     def where(self) -> str:

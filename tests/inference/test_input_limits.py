@@ -121,4 +121,5 @@ def test_the_threshold_record_reads_back_what_its_one_writer_wrote(tmp_path):
     RunDir(tmp_path).write_threshold_record(point)
     assert json.loads((tmp_path / "threshold.json").read_text())["val_metrics"] == {"auc": 0.9}
     assert RunDir(tmp_path).threshold_record() == point
-    assert point.summary() == {"rule": "youden", "chosen_on": "val", "set": None, "chosen_at": None}
+    want = {"threshold": 0.31, "rule": "youden", "chosen_on": "val", "set": None, "chosen_at": None}
+    assert point.summary() == want

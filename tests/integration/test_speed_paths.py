@@ -47,16 +47,19 @@ def test_training_leaves_a_graph_that_scores_as_the_checkpoint(trained_run, fast
     assert (fast.ood_flags(got_ood) == checkpoint.ood_flags(want_ood)).mean() >= 0.95
 
 
-def test_a_graph_of_other_weights_or_a_damaged_one_is_not_used(trained_run, tmp_path, caplog):
+def test_a_graph_of_other_weights_is_refused_and_a_damaged_one_not_used(trained_run, tmp_path, caplog):
     import shutil
 
     import onnx
+
+    from covidct.errors import ModelError
 
     run = RunDir(Path(shutil.copytree(trained_run, tmp_path / "run")))
     graph = onnx.load(str(run.scorer_graph_path))
     onnx.helper.set_model_props(graph, {WEIGHTS_KEY: "0" * 64})  # as if the checkpoint had changed since
     onnx.save(graph, str(run.scorer_graph_path))
-    assert load_trained(run.path).session is None and "other weights" in caplog.text
+    with pytest.raises(ModelError, match=r"best\.onnx was made from other weights"):
+        load_trained(run.path)
     run.scorer_graph_path.write_bytes(b"not a graph")
     assert load_trained(run.path).session is None and "cannot be read" in caplog.text
 

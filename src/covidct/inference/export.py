@@ -167,6 +167,7 @@ def export_run(
         raise ModelError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
     module = load_checkpoint(run.checkpoint("best"), run)
     module.card.checkpoint = None
+    module.card.weights_sha256 = weights_fingerprint(module)  # ties the card, the graph and the detector to them
     out = Path(out_dir) if out_dir else run.export_dir
     detector = export_detector(run, data_dir)
     if detector is not None:

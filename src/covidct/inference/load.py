@@ -348,9 +348,9 @@ def onnx_session(path: Path, threads: int | None = None) -> Any:
 
 
 def with_run_graph(model: LoadedModel, path: Path, threads: int | None = None) -> LoadedModel:
-    """Score with the run's ONNX graph (checkpoints/best.onnx) when there is one and it was made from exactly these
-    weights and gives the detector's features when the model has a detector; PyTorch otherwise (a graph of other
-    weights is said, once, and not used)."""
+    """Score with the run's ONNX graph (checkpoints/best.onnx) when there is one and it gives the detector's features
+    when the model has a detector; PyTorch otherwise. A graph made from other weights is refused (check_made_from);
+    an unreadable one costs speed, never an answer."""
     if not path.is_file():
         return model
     try:
@@ -358,12 +358,30 @@ def with_run_graph(model: LoadedModel, path: Path, threads: int | None = None) -
     except Exception as e:  # a damaged graph costs speed, never an answer
         log.warning("%s cannot be read (%s); scoring with PyTorch", path, type(e).__name__)
         return model
-    made_from = session.get_modelmeta().custom_metadata_map.get(WEIGHTS_KEY)
-    if made_from != weights_fingerprint(model):
-        log.warning("%s was made from other weights than the checkpoint's; scoring with PyTorch", path)
-    elif model.ood is None or len(session.get_outputs()) > 1:
+    check_made_from(graph_fingerprint(session), weights_fingerprint(model), path, model.source)
+    if model.ood is None or len(session.get_outputs()) > 1:
         model.session = session
     return model
+
+
+def graph_fingerprint(session: Any) -> str | None:
+    """The fingerprint of the weights an ONNX graph was made from (its metadata), or None for a graph of an older
+    covidct or of another tool."""
+    return session.get_modelmeta().custom_metadata_map.get(WEIGHTS_KEY)
+
+
+def check_made_from(made_from: str | None, weights: str, file: Path, model: str) -> None:
+    """The one rule of trust in a model folder (a run or an export): every file in it (the ONNX graph, the model
+    card, the detector) was made from exactly the weights the folder holds, by their fingerprint
+    (weights_fingerprint). A file made from other weights, or a graph that records none, is refused naming it, never
+    used in silence. (A card or detector written before covidct recorded fingerprints has none: its callers skip
+    the check for it.)"""
+    if made_from != weights:
+        said = "records no weights" if made_from is None else "was made from other weights"
+        raise ModelError(
+            f"{file} {said} than the model in {model} holds: the files of a model folder must come from one model; "
+            "export it again (covidct export RUN), or delete the file (a run's graph: it then scores with PyTorch)"
+        )
 
 
 def with_run_threshold(model: LoadedModel, run: RunDir, checkpoint: str | None = None) -> LoadedModel:
@@ -376,6 +394,23 @@ def with_run_threshold(model: LoadedModel, run: RunDir, checkpoint: str | None =
     if record is not None and record.checkpoint in (None, checkpoint):
         model.card.threshold, model.card.threshold_chosen_on = record.threshold, record.where
         model.card.operating_point = record.summary()
+    return model
+
+
+def with_export_threshold(model: LoadedModel, folder: Path) -> LoadedModel:
+    """An export inside its run folder (RUN/export) scores at the run's operating point: threshold.json is its one
+    record, so an export card that disagrees with it is refused, not chosen (record_operating_point keeps both)."""
+    run = RunDir(folder.parent)
+    if folder.name != run.export_dir.name or not run.checkpoints_dir.is_dir():
+        return model
+    record = run.threshold_record()
+    applies = record is not None and record.checkpoint in (None, run.checkpoint_path("best").name)
+    if applies and abs(record.threshold - model.threshold) > 1e-12:
+        raise ModelError(
+            f"{folder / CARD_NAME}: threshold {model.threshold!r} disagrees with the run's operating point "
+            f"{record.threshold!r} ({run.threshold_path}); a threshold has one source: choose it again with "
+            f"covidct threshold {run.path}, or export again"
+        )
     return model
 
 
@@ -397,14 +432,19 @@ def attach_probe(model: LoadedModel, probe: Any) -> LoadedModel:
     return model
 
 
-def with_detector(model: LoadedModel, folder: Path) -> LoadedModel:
+def with_detector(model: LoadedModel, folder: Path, weights: str | None = None) -> LoadedModel:
     """Attach the out-of-distribution detector saved in `folder` (a run's ood/ or an export), if there is one and it
-    was fitted for this architecture; a detector of another model is refused with a clear error."""
+    was fitted for this architecture and these weights (`weights`: their fingerprint, when the model holds none of
+    its own: an ONNX-only export); a detector of another model is refused with a clear error."""
     from covidct.ood.detector import OODDetector
 
     detector = OODDetector.load(folder)
     if detector is not None:
         detector.check_current(str(folder))
+        made_from = detector.info.get("weights_sha256")
+        if made_from is not None:  # a detector fitted before fingerprints were recorded says nothing
+            weights = weights or weights_fingerprint(model)
+            check_made_from(made_from, weights, folder / "ood.json", model.source)
         if detector.architecture != model.architecture:
             raise ModelError(
                 f"the out-of-distribution detector in {folder} was fitted for {detector.architecture}, "
@@ -433,10 +473,11 @@ def load_trained(path: str | Path, threads: int | None = None, checkpoint: str =
         if (path / "model.safetensors").is_file():
             model = load_trained(path / "model.safetensors")
             if (path / "model.onnx").is_file():  # scores from ONNX Runtime (faster), Grad-CAM from PyTorch
-                session = load_trained(path / "model.onnx", threads).session
+                session = onnx_session(path / "model.onnx", threads)
+                check_made_from(graph_fingerprint(session), weights_fingerprint(model), path / "model.onnx", str(path))
                 if len(session.get_outputs()) > 1 or model.ood is None:  # older ONNX files lack the features
                     model.session = session
-            return model
+            return with_export_threshold(model, path)
         if (path / "model.onnx").is_file():
             return load_trained(path / "model.onnx", threads)
         raise ModelError(f"folder {path} holds no model.safetensors or model.onnx (export one: covidct export RUN)")
@@ -445,12 +486,18 @@ def load_trained(path: str | Path, threads: int | None = None, checkpoint: str =
     if path.suffix == ".safetensors":
         module, card = load_safetensors_model(path)
         loaded = with_probe(LoadedModel(card, module=module, source=str(path)), path.parent)
-        return with_detector(loaded, path.parent)
+        weights = weights_fingerprint(loaded)
+        if card.weights_sha256 is not None:  # an export made before fingerprints were recorded says nothing
+            check_made_from(card.weights_sha256, weights, path.with_name(CARD_NAME), str(path))
+        return with_detector(loaded, path.parent, weights)
     if path.suffix == ".onnx":
         card_path = path.with_name(CARD_NAME)
         if not card_path.is_file():
             raise ModelError(f"{path} has no {CARD_NAME} beside it (it holds the preprocessing and threshold)")
         session = onnx_session(path, threads)
         model = LoadedModel(ModelCard.read(card_path), session=session, source=str(path))
-        return with_detector(model, path.parent) if len(session.get_outputs()) > 1 else model
+        weights = graph_fingerprint(session)
+        if model.card.weights_sha256 is not None:
+            check_made_from(weights, model.card.weights_sha256, path, str(card_path))
+        return with_detector(model, path.parent, weights) if len(session.get_outputs()) > 1 else model
     raise ModelError(f"model file {path} must be .safetensors, .onnx or .ckpt (with {CARD_NAME} beside the first two)")

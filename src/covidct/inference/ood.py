@@ -55,12 +55,17 @@ def fit_and_save(
     covidct.ood.fit.fit_by_source), ImageDatasets whose images (and what was decoded of them) are used under the
     model's own evaluation transform; saved with the run. `model`: that model as training left it in memory (else
     read from the run)."""
-    from covidct.inference.load import load_checkpoint
+    from covidct.inference.load import load_checkpoint, weights_fingerprint
 
     model = model or load_checkpoint(run.checkpoint("best"), run)
     settings = settings or DetectorSettings()
     sources = sample_sources(train.samples)
-    info = {"fitted_on": sorted(set(sources)), "split": "train", "threshold_on": "val"}
+    info = {
+        "fitted_on": sorted(set(sources)),
+        "split": "train",
+        "threshold_on": "val",
+        "weights_sha256": weights_fingerprint(model),  # the model it was fitted for: checked where it is loaded
+    }
     detector = fit_for_network(
         model.scoring().network,
         model.architecture,

@@ -182,16 +182,20 @@ def finish_run(
             )
     if config.onnx:
         write_graph(run, model)
+    else:  # a graph of an earlier best checkpoint (a resumed run) would no longer match it
+        run.scorer_graph_path.unlink(missing_ok=True)
 
 
 def write_graph(run: RunDir, model: LoadedModel | None = None) -> None:
     """checkpoints/best.onnx: the best model's scorer as ONNX, which predict and serve run with ONNX Runtime (2x
-    faster than PyTorch here). A graph that cannot be written loses nothing: the run scores with PyTorch."""
+    faster than PyTorch here). A graph that cannot be written loses nothing: the run scores with PyTorch (and a
+    graph of an earlier best checkpoint is removed, which the loader would refuse)."""
     from covidct.inference.export import write_run_graph
 
     try:
         write_run_graph(run, model)
     except Exception as e:
+        run.scorer_graph_path.unlink(missing_ok=True)
         log.warning("no ONNX graph (%s: %s); predict and serve score this run with PyTorch", type(e).__name__, e)
 
 

@@ -1,0 +1,84 @@
+"""One rule of trust in a model folder (issue 47): every file of a run or an export (graph, weights, card, detector)
+is tied to the others by the weights' fingerprint, and the operating point has one source, so that a file from
+another model, or a threshold edited in one copy, is refused naming the file instead of being used in silence."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from covidct.errors import ModelError
+from covidct.inference.export import export_run
+from covidct.inference.load import load_trained, weights_fingerprint
+from covidct.inference.ood import fit_for_run
+from tests.conftest import perturbed_copy
+
+
+@pytest.fixture(scope="module")
+def two_exports(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("trust")
+    other = perturbed_copy(trained_run, root / "other-run")
+    fit_for_run(other)  # a detector fitted for the other model's own weights
+    mine, theirs = root / "mine", root / "theirs"
+    export_run(trained_run, "both", mine)
+    export_run(other, "both", theirs)
+    return mine, theirs
+
+
+def _copy(folder: Path, dest: Path) -> Path:
+    return Path(shutil.copytree(folder, dest))
+
+
+def test_an_export_carries_the_fingerprint_of_its_weights_and_loads(two_exports):
+    mine, _ = two_exports
+    card = json.loads((mine / "model.json").read_text())
+    model = load_trained(mine)
+    assert card["weights_sha256"] == weights_fingerprint(model) and model.session is not None
+
+
+def test_an_export_graph_of_another_model_is_refused_naming_it(two_exports, tmp_path):
+    mine, theirs = two_exports
+    swapped = _copy(mine, tmp_path / "swapped")
+    shutil.copy(theirs / "model.onnx", swapped / "model.onnx")
+    with pytest.raises(ModelError, match=r"model\.onnx was made from other weights"):
+        load_trained(swapped)
+    onnx_only = tmp_path / "onnx-only"
+    onnx_only.mkdir()
+    shutil.copy(theirs / "model.onnx", onnx_only / "model.onnx")
+    shutil.copy(mine / "model.json", onnx_only / "model.json")
+    with pytest.raises(ModelError, match=r"model\.onnx was made from other weights"):
+        load_trained(onnx_only)
+
+
+def test_export_weights_or_a_detector_of_another_model_are_refused(two_exports, tmp_path):
+    mine, theirs = two_exports
+    swapped = _copy(mine, tmp_path / "weights")
+    shutil.copy(theirs / "model.safetensors", swapped / "model.safetensors")
+    with pytest.raises(ModelError, match=r"model\.json was made from other weights"):
+        load_trained(swapped / "model.safetensors")
+    detector = _copy(mine, tmp_path / "detector")
+    for name in ("ood.json", "ood.safetensors"):
+        shutil.copy(theirs / name, detector / name)
+    with pytest.raises(ModelError, match=r"ood\.json was made from other weights"):
+        load_trained(detector)
+
+
+def test_a_threshold_edited_in_one_copy_is_refused_not_chosen(own_run, tmp_path):
+    from covidct.cli import main
+
+    export_run(own_run, "safetensors")
+    assert main(["threshold", str(own_run), "--choose", "youden"]) == 0
+    card_path = own_run / "export" / "model.json"
+    card = json.loads(card_path.read_text())
+    assert card["operating_point"]["threshold"] == card["threshold"]
+    card["threshold"] = 0.3 if card["threshold"] != 0.3 else 0.4
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(ModelError, match=r"model\.json: 'threshold' .* disagrees with its operating point"):
+        load_trained(own_run / "export")
+    card["operating_point"]["threshold"] = card["threshold"]  # both copies in the card edited: the run disagrees
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(ModelError, match=r"disagrees with the run's operating point"):
+        load_trained(own_run / "export")
