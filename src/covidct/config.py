@@ -359,7 +359,10 @@ class InputLimits(Settings):
         "largest DICOM data set once decoded (rows x columns x frames x bytes per "
         "sample, and a deflated data set inflated), in MB",
     )
-    series_slices: int = setting(2000, "most slices in one DICOM series")
+    series_slices: int = setting(2000, "most slices in one DICOM series or NIfTI volume")
+    volume_mb: float = setting(
+        1024.0, "largest NIfTI volume once decompressed (columns x rows x slices x bytes per voxel), in MB"
+    )
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

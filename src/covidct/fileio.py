@@ -30,6 +30,37 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     return path
 
 
+def files_under(folder: str | Path) -> list[Path]:
+    """Every file under `folder`, sorted, found through symbolic links to folders and files alike: hospitals build
+    site folders from links into their archive. A link back to a folder it lies in is a loop and is not entered; two
+    links to the same folder are two folders (Path.rglob follows neither before Python 3.13; os.walk's followlinks
+    has no loop guard). Broken links and unreadable folders hold no files."""
+    found: list[Path] = []
+
+    def visit(path: str, ancestors: frozenset[tuple[int, int]]) -> None:
+        try:
+            entries = list(os.scandir(path))
+        except OSError:
+            return
+        for entry in entries:
+            try:
+                if entry.is_dir():  # follows links
+                    st = os.stat(entry.path)
+                    if (st.st_dev, st.st_ino) not in ancestors:
+                        visit(entry.path, ancestors | {(st.st_dev, st.st_ino)})
+                elif entry.is_file():
+                    found.append(Path(entry.path))
+            except OSError:
+                continue
+
+    try:
+        top = os.stat(folder)
+    except OSError:
+        return []
+    visit(str(folder), frozenset({(top.st_dev, top.st_ino)}))
+    return sorted(found)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -46,22 +77,46 @@ def write_json(path: str | Path, obj: Any) -> Path:
     return write_text(path, json.dumps(_nan_to_none(obj), indent=2, sort_keys=False) + "\n")
 
 
+# A cell a spreadsheet would read as a formula (OWASP "CSV Injection"): it starts with one of these.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def safe_cell(value: Any) -> Any:
+    """`value` as a CSV cell no spreadsheet runs: text that starts like a formula gets a leading apostrophe (OWASP's
+    advice; spreadsheets show the text as written). Numbers, and text that is a number ("-0.5"), stay as they are;
+    the JSON beside a CSV keeps the original text."""
+    if not isinstance(value, str) or not value.startswith(FORMULA_STARTS):
+        return value
+    try:
+        float(value)
+        return value
+    except ValueError:
+        return "'" + value
+
+
+def _unsafe_cell(value: str) -> str:
+    """safe_cell undone: what covidct wrote, read back."""
+    return value[1:] if value.startswith("'") and value[1:].startswith(FORMULA_STARTS) else value
+
+
 def csv_text(rows: Sequence[dict[str, Any]]) -> str:
-    """Rows (dicts with the same keys) as CSV text with a header."""
+    """Rows (dicts with the same keys) as CSV text with a header. The one writer of every CSV covidct writes: each
+    cell (and each header) passes through safe_cell."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer = csv.DictWriter(buf, fieldnames=[safe_cell(k) for k in rows[0]])
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows([{safe_cell(k): safe_cell(v) for k, v in row.items()} for row in rows])
     return buf.getvalue()
 
 
 def read_csv(path: str | Path) -> list[dict[str, str]]:
-    """The rows of a CSV file with a header, as dicts; [] when the file does not exist."""
+    """The rows of a CSV file with a header, as dicts (cells as written before csv_text neutralised them); [] when the
+    file does not exist."""
     path = Path(path)
     if not path.is_file():
         return []
     with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+        return [{_unsafe_cell(k): _unsafe_cell(v or "") for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def write_csv(path: str | Path, rows: Sequence[dict[str, Any]]) -> Path:

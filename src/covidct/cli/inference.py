@@ -31,19 +31,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from covidct.data.inputs import list_inputs
     from covidct.fileio import write_csv, write_json
     from covidct.inference.load import load_trained
-    from covidct.inference.predict import PredictOptions, predict_inputs
+    from covidct.inference.predict import PredictOptions, checked_outputs, predict_inputs
 
     print(DISCLAIMER, file=sys.stderr)
     limits = limits_from_args(args)
-    model = load_trained(args.model)
     paths = list_inputs(args.inputs)
+    csv_path, json_path = checked_outputs(args.out, paths)
+    model = load_trained(args.model)
     cam_dir = Path(args.cam) if args.cam else None
     options = PredictOptions(args.threshold, args.window, cam_dir, args.aggregate)
     report: dict = {}
     with limits.applied():
         rows = predict_inputs(model, paths, options, report)
-    write_csv(args.out, rows)
-    json_path = Path(args.out).with_suffix(".json")
+    write_csv(csv_path, rows)
     write_json(json_path, {**report, "model": model.model_id, "disclaimer": DISCLAIMER})
     for r in rows:
         if r["slice"] in ("", "volume", "study"):

@@ -22,6 +22,7 @@ from PIL import Image
 from covidct.data.images import IMAGE_SUFFIXES, check_scoring_size, decode_rgb, load_rgb
 from covidct.data.medical import LUNG_WINDOW, apply_window, dicom_grey, is_dicom, is_nifti, open_dicom
 from covidct.errors import DataError
+from covidct.fileio import files_under
 
 IMAGE, DICOM, NIFTI, DICOM_FOLDER, ZIP = "image", "dicom", "nifti", "dicom-folder", "zip"
 
@@ -30,7 +31,7 @@ def kind_of(path: Path) -> str:
     """What a file or folder is to covidct: IMAGE, DICOM, NIFTI, DICOM_FOLDER, or "" (not an input). A DICOM file
     is known by its suffix or, without an image suffix, by the 'DICM' marker in its header."""
     if path.is_dir():
-        return DICOM_FOLDER if _holds_dicom(path, sorted(p for p in path.rglob("*") if p.is_file())) else ""
+        return DICOM_FOLDER if _holds_dicom(path, files_under(path)) else ""
     if is_nifti(path):
         return NIFTI
     if is_dicom(path):
@@ -71,7 +72,7 @@ def list_inputs(items: list[str]) -> list[Path]:
 
 
 def _folder_inputs(folder: Path) -> list[Path]:
-    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    files = files_under(folder)
     others = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES or is_nifti(p)]
     return [folder, *others] if _holds_dicom(folder, files) else others
 
@@ -97,12 +98,24 @@ def read_bytes(data: bytes, name: str, window: tuple[float, float] = LUNG_WINDOW
 
 
 def volume_slices(path: Path, window: tuple[float, float] = LUNG_WINDOW) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(HU, grey in `window`) of each axial slice of a NIfTI volume (values taken as HU), one slice at a time."""
+    """(HU, grey in `window`) of each axial slice of a NIfTI volume (values taken as HU). The volume is checked
+    against the input limits from its header, then decompressed once (a .nii.gz read slice by slice inflates the
+    file from its start for each one); any read that fails is a DataError naming the file, before the first slice."""
+    voxels, slope, inter = read_volume(path)
+    for k in range(voxels.shape[2]):  # NIfTI stores x first: transpose so each slice is rows x columns as displayed
+        hu = np.asarray(voxels[:, :, k], dtype=np.float32).T * np.float32(slope) + np.float32(inter)
+        yield hu, apply_window(hu, *window)
+
+
+def read_volume(path: Path) -> tuple[np.ndarray, float, float]:
+    """(voxels as stored, x by y by slices; scale slope; intercept) of a NIfTI volume within the active input limits
+    (pixels per slice, slices per volume, decoded bytes: covidct.config.InputLimits), each checked from the header
+    before anything is decompressed."""
     import nibabel as nib
 
     try:
         img = nib.load(str(path))
-        shape = img.shape
+        shape, itemsize = img.shape, img.header.get_data_dtype().itemsize
     except FileNotFoundError:
         raise DataError(f"NIfTI file {path} does not exist") from None
     except Exception as e:
@@ -111,7 +124,36 @@ def volume_slices(path: Path, window: tuple[float, float] = LUNG_WINDOW) -> Iter
         shape = shape[:3]
     if len(shape) != 3:
         raise DataError(f"NIfTI file {path}: expected a 3-D volume, got shape {img.shape}")
-    data = img.dataobj
-    for k in range(shape[2]):  # NIfTI stores x first: transpose so each slice is rows x columns as displayed
-        hu = np.asarray(data[:, :, k] if len(img.shape) == 3 else data[:, :, k, 0], dtype=np.float32).T
-        yield hu, apply_window(hu, *window)
+    check_volume_size(shape, itemsize, str(path))
+    try:
+        voxels = np.asarray(img.dataobj.get_unscaled()).reshape(shape)
+        slope, inter = img.dataobj.slope, img.dataobj.inter
+    except Exception as e:  # a file shorter than its header says, a cut .nii.gz: EOFError, ValueError, zlib.error
+        raise DataError(
+            f"NIfTI file {path} is truncated or damaged: its data cannot be read ({type(e).__name__}: {e})"
+        ) from None
+    slope = 1.0 if not np.isfinite(slope) or slope == 0 else float(slope)
+    return voxels, slope, float(inter) if np.isfinite(inter) else 0.0
+
+
+def check_volume_size(shape: tuple[int, ...], itemsize: int, source: str) -> None:
+    """Refuse a volume whose slices, slice count or decoded bytes pass the active input limits."""
+    from covidct.config import active_limits
+
+    limits = active_limits()
+    columns, rows, slices = (int(n) for n in shape)
+    if columns * rows > limits.pixels:
+        raise DataError(
+            f"NIfTI file {source}: slices of {columns} x {rows} pixels are over the limit of {limits.pixels:,} "
+            "pixels (pixels)"
+        )
+    if slices > limits.series_slices:
+        raise DataError(
+            f"NIfTI file {source}: {slices:,} slices is over the limit of {limits.series_slices:,} (series_slices)"
+        )
+    decoded = columns * rows * slices * itemsize
+    if decoded > limits.megabytes("volume_mb"):
+        raise DataError(
+            f"NIfTI file {source}: {decoded:,} bytes once decompressed is over the limit of "
+            f"{limits.megabytes('volume_mb'):,} (volume_mb)"
+        )

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -339,5 +340,21 @@ def external_set(spec: str, seed: int = 42) -> tuple[str, list[Sample]]:
     name, _ = parse_source(spec)
     samples = [s for sp in SPLITS for s in data.splits[sp]]
     if not samples:
-        raise DataError(f"--on {spec}: no images found")
+        raise DataError(f"{spec}: no images found (images under DIR/<class>/, or DIR/<class>/<patient>/)")
+    print(f"{name}: {read_counts(samples, data.class_names)}", file=sys.stderr)
     return name, samples
+
+
+def read_counts(samples: list[Sample], class_names: tuple[str, ...] | list[str]) -> str:
+    """What was read of a labelled set, per class: patient folders (groups) and images, said before scoring so that
+    a site sees at once when folders were missed."""
+    parts = []
+    for label, name in enumerate(class_names):
+        mine = [s for s in samples if s.label == label]
+        groups = len({s.group for s in mine if s.group})
+        parts.append(
+            f"{name} {len(mine)} images in {groups} groups (patient folders)"
+            if groups
+            else f"{name} {len(mine)} images"
+        )
+    return "read " + "; ".join(parts)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from covidct.errors import ModelError
 from covidct.evaluation.statistics import (
     delong_paired_test,
 )
+from covidct.fileio import read_csv
 from covidct.runs import RunDir
 from covidct.tables import interval_text
 
@@ -55,8 +55,7 @@ def compare_runs(run_dirs: list[str | Path], split: str = "test") -> list[dict[s
 
 def read_predictions(path: Path) -> dict[str, tuple[int, float]]:
     """{class folder/file name: (label, score)}: keyed so that runs made from other folders still pair up."""
-    with open(path, newline="") as f:
-        return {"/".join(Path(r["path"]).parts[-2:]): (int(r["label"]), float(r["score"])) for r in csv.DictReader(f)}
+    return {"/".join(Path(r["path"]).parts[-2:]): (int(r["label"]), float(r["score"])) for r in read_csv(path)}
 
 
 def _add_paired_tests(rows: list[dict[str, Any]], prediction_files: list[Path]) -> None:

@@ -21,10 +21,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from covidct.data.images import IMAGE_SUFFIXES
 from covidct.data.inputs import read_slice, volume_slices
 from covidct.data.lungmask import lung_fraction, lung_mask
 from covidct.data.medical import LUNG_WINDOW, apply_window, grey_image, is_nifti
-from covidct.errors import DataError
+from covidct.errors import ConfigError, DataError
 from covidct.inference.load import LoadedModel
 from covidct.ood.acquisition import of_file
 from covidct.verdict import (
@@ -41,8 +42,29 @@ from covidct.verdict import (
     summarise_volume,
 )
 
+INPUT_SUFFIXES = (*IMAGE_SUFFIXES, ".dcm", ".dicom", ".nii", ".gz")
 BATCH = 16  # images per forward pass: 16 to 32 score fastest on 2 cores, in both backends (SPEED.md)
 PREPARING_THREADS = 1  # decoding and preprocessing, beside the scoring threads
+
+
+def checked_outputs(out: str | Path, inputs: list[Path]) -> tuple[Path, Path]:
+    """(CSV, JSON) that predict writes for `--out`, checked before anything is scored: never a folder, never an
+    input's path (a scan overwritten by a CSV is lost), and never a name whose JSON twin is itself (--out p.json)."""
+    csv_path = Path(out)
+    json_path = csv_path.with_suffix(".json")
+    if csv_path.is_dir():
+        raise ConfigError(f"--out {out} is a folder; give a file name for the CSV, e.g. --out {csv_path / 'p.csv'}")
+    if json_path == csv_path:
+        raise ConfigError(
+            f"--out {out}: the CSV and the JSON beside it (same name, .json) would be one file; give a .csv name"
+        )
+    if csv_path.suffix.lower() in INPUT_SUFFIXES or csv_path.name.lower().endswith(".nii.gz"):
+        raise ConfigError(f"--out {out} names an image or a scan, not a CSV; give a .csv name")
+    given = {p.resolve() for p in inputs}
+    for path in (csv_path, json_path):
+        if path.resolve() in given:
+            raise ConfigError(f"--out {out} would overwrite the input {path}; write the predictions elsewhere")
+    return csv_path, json_path
 
 
 class VolumeScorer:

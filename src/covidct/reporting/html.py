@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import csv
 import io
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,7 +20,7 @@ from covidct.data import load_rgb
 from covidct.errors import ModelError
 from covidct.evaluation.drivers import driver_warnings, drivers_text
 from covidct.evaluation.evaluate import evaluate_run
-from covidct.fileio import write_text
+from covidct.fileio import read_csv, write_text
 from covidct.plotting import figure_png
 from covidct.reporting.study import STUDY_FIGURES, WHY_BACKBONE
 from covidct.runs import RunDir
@@ -145,8 +144,7 @@ def build_report(run_dir: str | Path, split: str = "test", data_dir: str | Path 
     data = run.data(data_dir)
     audit = audit_dataset(data)
     write_audit(audit, run.audit_dir)
-    with open(eval_dir / "predictions.csv", newline="") as f:
-        wrong = [r for r in csv.DictReader(f) if r["label"] != r["prediction"]]
+    wrong = [r for r in read_csv(eval_dir / "predictions.csv") if r["label"] != r["prediction"]]
     gallery = misclassified_gallery(wrong, metrics["class_names"], metrics["threshold"])
     validation = validation_summary(run, data)
     study = STUDY_FIGURES if split == "test" and data.source.startswith("COVID-CT official split") else ()
