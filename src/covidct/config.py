@@ -122,6 +122,7 @@ TRAIN_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "mixup": (lambda v: 0 <= v <= 10, "between 0 and 10"),
     "freeze_blocks": (lambda v: v >= 0, ">= 0"),
     "imagenet_probe": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "distill_weight": (lambda v: 0 <= v <= 1, "in [0, 1]"),
 }
 
 
@@ -165,6 +166,13 @@ class TrainConfig(Settings):
         "share of the log-odds given to a logistic regression on the frozen "
         "starting network's features, fitted at the end of training (0: none)",
     )
+    teachers: list[str] = setting(
+        help="knowledge distillation: trained models (run or export folders; repeat for several) whose mean score "
+        "on the same augmented view the network learns beside the labels (Hinton et al. 2015; Beyer et al. 2022)",
+        flag="teacher",
+        factory=list,
+    )
+    distill_weight: float = setting(0.75, "with teachers: the distillation loss's share of the loss (the rest: labels)")
     # ---- optimisation
     epochs: int = setting(12, "maximum epochs")
     batch_size: int = setting(32, "images per step (per process)")
@@ -247,6 +255,7 @@ class TrainConfig(Settings):
                 raise ConfigError(f"{name} must be {allowed}, got {value!r}")
         check_choices(self)
         self.sources = [str(s) for s in (self.sources or [])]
+        self.teachers = [str(t) for t in (self.teachers or [])]
 
     @property
     def monitor_mode(self) -> str:

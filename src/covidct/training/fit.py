@@ -25,7 +25,7 @@ from covidct.data.sources import run_data
 from covidct.errors import ConfigError, DataError, TrainingInterrupted
 from covidct.fileio import write_csv
 from covidct.inference.imagenet_probe import ImageNetProbe
-from covidct.inference.load import LoadedModel, attach_probe, load_checkpoint
+from covidct.inference.load import LoadedModel, attach_probe, load_checkpoint, load_trained
 from covidct.inference.ood import fit_and_save
 from covidct.models import Preprocessing, create_model, head_module
 from covidct.models.head import fit_head, head_inputs, set_linear_head
@@ -64,12 +64,13 @@ def train(config: TrainConfig, progress: bool = True, run_dir: Path | None = Non
         raise DataError(f"covidct trains binary classifiers; the data has classes {list(data.class_names)}")
     check_accelerator(config.accelerator)
     model, pre = build_network(config, resume)
+    teachers = load_teachers(config.teachers, pre)
     train_ds, val_ds = build_datasets(config, data, pre)
     if config.cache_images or config.cache_dir:
         train_ds.preload(progress)
         val_ds.preload(progress)
     with run_folder(run_dir, config.out, config.model, config.to_yaml(), resume) as run:
-        return _fit(config, data, model, pre, train_ds, val_ds, run, progress, resume)
+        return _fit(config, data, (model, teachers), pre, train_ds, val_ds, run, progress, resume)
 
 
 def build_network(config: TrainConfig, resume: bool) -> tuple[nn.Module, Preprocessing]:
@@ -100,7 +101,7 @@ class Fitted:
 def _fit(
     config: TrainConfig,
     data: SplitData,
-    model: nn.Module,
+    networks: tuple[nn.Module, list[nn.Module]],
     pre: Preprocessing,
     train_ds: ImageDataset,
     val_ds: ImageDataset,
@@ -109,7 +110,9 @@ def _fit(
     resume: bool,
 ) -> Path:
     """The run, as named stages: the linear probe, the network's speed and freezing, the Lightning module, the
-    callbacks, the trainer, the loop, and (rank 0) what is kept after it."""
+    callbacks, the trainer, the loop, and (rank 0) what is kept after it. `networks`: the one to train and the
+    teachers it learns from (none without distillation)."""
+    model, teachers = networks
     precision = resolve_precision(config.precision, config.accelerator)
     workers = resolve_workers(config.num_workers)
     log.info("run %s: model %s, precision %s, %d loader workers", run.path, config.model, precision, workers)
@@ -118,6 +121,7 @@ def _fit(
         linear_probe(model, train_ds.samples, pre)
     prepare_network(model, config, precision)
     module = Classifier.for_run(config, model, pre, data.class_names, val_ds)
+    module.teachers = teachers
     history = EpochHistory(run.metrics_path, write=global_rank() == 0, echo=not progress)
     ckpt_path = None
     if resume:
@@ -136,6 +140,28 @@ def _fit(
     if trainer.is_global_zero:
         finish_run(run, config, data, fitted, resume, (train_ds, val_ds))
     return run.path
+
+
+def load_teachers(paths: list[str], pre: Preprocessing) -> list[nn.Module]:
+    """The scorers (network with its ImageNet probe) of the models a run distils from, frozen. Each must read the
+    images as the student does: the same preprocessing, since both see the same batch."""
+    teachers = []
+    for path in paths:
+        teacher = load_trained(path)
+        if teacher.module is None:
+            raise ConfigError(f"teacher {path} holds no PyTorch weights (an ONNX-only export); give its run folder")
+        if teacher.preprocessing.to_dict() != pre.to_dict():
+            raise ConfigError(
+                f"teacher {path} reads images otherwise than this run ({teacher.preprocessing.to_dict()} vs "
+                f"{pre.to_dict()}); distil from models trained with the same input size, grey and crop settings"
+            )
+        scorer = teacher.scoring().eval()
+        for p in scorer.parameters():
+            p.requires_grad_(False)
+        teachers.append(scorer)
+    if teachers:
+        log.info("distilling from %d teacher(s): %s", len(teachers), ", ".join(paths))
+    return teachers
 
 
 def fit_loop(

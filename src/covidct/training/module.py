@@ -51,6 +51,9 @@ class Classifier(L.LightningModule):
         self._val_index: list[torch.Tensor] = []
         self.last_validation: dict[str, np.ndarray] = {}
         self.val_sources: np.ndarray | None = None  # the source of each validation image, by dataset index
+        # Knowledge distillation's teachers (scorers of trained models, frozen): a plain list, so that Lightning
+        # neither trains, moves nor saves them with the network.
+        self.teachers: list[nn.Module] = []
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -83,11 +86,20 @@ class Classifier(L.LightningModule):
             images, targets = self.mixup(images, labels)
         logits = self(images)
         loss = F.cross_entropy(logits, targets, label_smoothing=self.config.label_smoothing)
+        if self.teachers:  # the teachers see the same augmented (and mixed) view as the student: Beyer et al. 2022
+            weight = self.config.distill_weight
+            loss = (1 - weight) * loss + weight * F.cross_entropy(logits, self.teacher_probabilities(images))
         acc = (logits.argmax(1) == labels).float().mean()  # against the unmixed labels: a rough guide only
         n = len(labels)
         self.log("train_acc", acc, on_step=False, on_epoch=True, batch_size=n)
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
         return loss
+
+    @torch.no_grad()
+    def teacher_probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """The teachers' mean class probabilities of a batch (N x 2): an ensemble's answer, the student's target."""
+        probabilities = [teacher.to(images.device)(images).float().softmax(1) for teacher in self.teachers]
+        return torch.stack(probabilities).mean(0)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         logits = self(batch["image"]).float()
