@@ -9,6 +9,7 @@ export), so no other module spells out the layout.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -167,10 +168,24 @@ class RunDir:
         return out
 
     def data(self, data_dir: str | Path | None = None) -> Any:
-        """The run's data (SplitData) as it was trained: its sources, or its folder (`data_dir` overrides it)."""
+        """The run's data (SplitData) as it was trained: its sources, or its folder (`data_dir` overrides it; else
+        training_folder finds it from wherever the command runs)."""
         from covidct.data.sources import run_data
 
-        return run_data(self.config(), data_dir)
+        config = self.config()
+        return run_data(config, data_dir or self.training_folder(config))
+
+    def training_folder(self, config: Any) -> Path | None:
+        """Where a single-source run's data folder is, from any working directory: the absolute path recorded at
+        training (summary.json's data_dir) when it is there, else $COVIDCT_DATA_DIR, else None (the config's own
+        data_dir, which may be relative to where training ran). None for runs of sources or of a CSV."""
+        if getattr(config, "sources", None) or getattr(config, "data_csv", None):
+            return None
+        recorded = self.summary().get("data_dir") if self.summary_path.is_file() else None
+        if isinstance(recorded, str) and Path(recorded).is_absolute() and Path(recorded).is_dir():
+            return Path(recorded)
+        env = os.environ.get("COVIDCT_DATA_DIR")
+        return Path(env) if env else None
 
     @property
     def scorer_graph_path(self) -> Path:

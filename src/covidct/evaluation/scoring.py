@@ -93,18 +93,19 @@ def file_digests(paths: list[Path]) -> set[str]:
     return {hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths}
 
 
-def training_overlap(run: RunDir, samples: list[Sample]) -> int:
-    """How many of `samples` have the same bytes as an image the run trained or validated on."""
-    data = run.data()
+def training_overlap(run: RunDir, samples: list[Sample], data_dir: str | Path | None = None) -> int:
+    """How many of `samples` have the same bytes as an image the run trained or validated on (its data found as
+    RunDir.data finds it; `data_dir`: --data-dir)."""
+    data = run.data(data_dir)
     seen = file_digests([s.path for sp in ("train", "val") for s in data.splits[sp]])
     return sum(h in seen for h in (hashlib.sha256(Path(s.path).read_bytes()).hexdigest() for s in samples))
 
 
-def external_samples(run: RunDir, on: str) -> tuple[str, list[Sample], int]:
+def external_samples(run: RunDir, on: str, data_dir: str | Path | None = None) -> tuple[str, list[Sample], int]:
     """(name, samples, overlap) of the labelled set `on` (every image of it), with a warning when `overlap` of its
     images have the bytes of images the run trained or validated on: figures on those are not external."""
     name, samples = external_set(on)
-    overlap = training_overlap(run, samples)
+    overlap = training_overlap(run, samples, data_dir)
     if overlap:
         warnings.warn(
             f"{overlap} of {len(samples)} images of {on} have the same content as images the run trained or "
@@ -155,7 +156,7 @@ def score_runs(
     external: list[Sample] | None = None
     overlap = 0
     if on is not None:
-        split, external, overlap = external_samples(RunDir.at(runs[0]), on)
+        split, external, overlap = external_samples(RunDir.at(runs[0]), on, data_dir)
     members = [score_member(run, split, checkpoint, data_dir, tta, external, single=len(runs) == 1) for run in runs]
     first = members[0]
     paths, labels, _ = first["scored"]

@@ -102,7 +102,7 @@ def threshold_by_rule(
     if on is None:
         where, samples = "val", run.data(data_dir).splits["val"]
     else:
-        where, samples, _ = external_samples(run, on)
+        where, samples, _ = external_samples(run, on, data_dir)
     _, labels, scores = predict_scores(model, eval_dataset(model, samples))
     if len(np.unique(labels)) < 2:
         what = "the validation split" if on is None else f"--on {on}"

@@ -7,6 +7,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -172,15 +175,34 @@ def export_run(
     detector = export_detector(run, data_dir)
     if detector is not None:
         module.card.ood = detector.card()
-    written: list[Path] = []
-    if fmt in ("both", "safetensors"):
-        written += export_safetensors(module, out)
-    if fmt in ("both", "onnx"):
-        path, _ = export_onnx(module, out, verification_images(run, module, data_dir))
-        written += [path] if fmt == "both" else [path, out / CARD_NAME]
-    if detector is not None:
-        written.append(detector.save(out))
-    return written
+    with staged(out) as stage:  # a failed export leaves the folder as it was: no half export without a detector
+        if fmt in ("both", "safetensors"):
+            export_safetensors(module, stage)
+        if fmt in ("both", "onnx"):
+            export_onnx(module, stage, verification_images(run, module, data_dir))
+        if detector is not None:
+            detector.save(stage)
+        names = sorted(p.name for p in stage.iterdir())
+    order = ["model.safetensors", "model.onnx", CARD_NAME]
+    return [out / n for n in sorted(names, key=lambda n: order.index(n) if n in order else len(order))]
+
+
+@contextlib.contextmanager
+def staged(out: Path) -> Iterator[Path]:
+    """A fresh folder beside `out` to write into; when the block ends without an error, each file is moved into
+    `out` (atomically, one by one: a reader sees the old file or the new one), else the folder is removed and `out`
+    stays as it was. An earlier export's card is staged too: write_card keeps its ONNX record."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        if (out / CARD_NAME).is_file():
+            shutil.copy2(out / CARD_NAME, stage / CARD_NAME)
+        yield stage
+        out.mkdir(exist_ok=True)
+        for path in stage.iterdir():
+            os.replace(path, out / path.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def export_detector(run: RunDir, data_dir: str | Path | None) -> Any:

@@ -336,6 +336,8 @@ def write_summary(
         "loader_workers": fitted.workers,
         "processes": fitted.trainer.world_size,
         "data_source": data.source,
+        # where the data was, absolute: later commands find it from any working directory (RunDir.training_folder)
+        "data_dir": None if config.sources or config.data_csv else str(Path(config.data_dir).resolve()),
         "counts": data.counts(),
         "sources": data.source_counts(),
         "source_balance": config.source_balance and len(data.sources()) > 1,
