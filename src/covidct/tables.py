@@ -45,5 +45,10 @@ def number_text(v: float | None) -> str:
 
 
 def interval_text(pair: Sequence[float] | None) -> str:
-    """'[low, high]', or '' when there is no interval."""
-    return f"[{number_text(pair[0])}, {number_text(pair[1])}]" if pair else ""
+    """'[low, high]'; '' when there is no interval, and '[no interval: too few cases]' when it is undefined (a
+    DeLong variance of one case per class, say), never '[nan, nan]'."""
+    if not pair:
+        return ""
+    if any(v is None or v != v for v in pair):
+        return "[no interval: too few cases]"
+    return f"[{number_text(pair[0])}, {number_text(pair[1])}]"

@@ -68,3 +68,15 @@ def test_the_site_is_recorded_so_that_it_is_found_from_any_folder(tmp_path, monk
     assert absolute_spec("site=data/site.csv") == f"site={tmp_path / 'data' / 'site.csv'}"
     assert absolute_spec("data/site.csv") == f"site={tmp_path / 'data' / 'site.csv'}"  # a CSV's name is its stem
     assert absolute_spec("sars-cov-2-ct") == "sars-cov-2-ct"  # a known source: found by its name
+
+
+def test_the_curve_interval_of_bounded_values_stays_inside_them():
+    from covidct.adaptation.adapt import mean_interval
+    from covidct.tables import interval_text
+
+    aucs = np.array([1.0, 1.0, 1.0, 0.62, 1.0])  # a t-interval of these passes 1: [0.57, 1.12]
+    lo, hi = mean_interval(aucs)
+    assert 0.62 <= lo < hi <= 1.0
+    assert mean_interval(np.array([0.8, 0.8])) == [0.8, 0.8]
+    assert interval_text(mean_interval(np.array([0.7]))) == "[no interval: too few cases]"
+    assert "nan" not in interval_text([float("nan"), float("nan")])

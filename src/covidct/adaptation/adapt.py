@@ -41,6 +41,7 @@ from covidct.ood.fit import dataset_outputs
 from covidct.operating_point import OperatingPoint
 from covidct.runs import RunDir
 from covidct.studies.cv import cv_folds, near_duplicate_groups, with_sample_groups
+from covidct.tables import interval_text
 from covidct.training.fit import write_graph
 
 log = logging.getLogger("covidct")
@@ -214,9 +215,7 @@ def learning_curve(
 
 
 def summarise_curve(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per (strategy, k): mean over draws with a 95% interval of the mean (t), and the worst draw."""
-    from scipy import stats
-
+    """Per (strategy, k): mean over draws with a 95% interval of the mean (mean_interval), and the worst draw."""
     out = []
     for name in dict.fromkeys(r["strategy"] for r in rows):
         for k in dict.fromkeys(r["k"] for r in rows):
@@ -225,12 +224,26 @@ def summarise_curve(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             for key in ("auc", "sensitivity", "specificity", "group_auc"):
                 v = np.array([r[key] for r in sel], dtype=float)
                 v = v[np.isfinite(v)]
-                mean = float(v.mean()) if len(v) else math.nan
-                half = float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0
-                row[key], row[f"{key}_ci"] = mean, [mean - half, mean + half]
+                row[key], row[f"{key}_ci"] = float(v.mean()) if len(v) else math.nan, mean_interval(v)
                 row[f"{key}_worst"] = float(v.min()) if len(v) else math.nan
             out.append(row)
     return out
+
+
+def mean_interval(values: np.ndarray) -> list[float]:
+    """A 95% percentile-bootstrap interval of the mean of `values` (scipy.stats.bootstrap): it stays inside the
+    values' own range, so an AUC's never passes 1 (a t-interval of bounded values did: [0.770, 1.032]); [nan, nan]
+    with fewer than two values, [v, v] when all are equal."""
+    from scipy import stats
+
+    if len(values) < 2:
+        return [math.nan, math.nan]
+    if np.ptp(values) == 0:
+        return [float(values[0])] * 2
+    ci = stats.bootstrap(
+        (values,), np.mean, confidence_level=0.95, n_resamples=2000, method="percentile", random_state=0
+    ).confidence_interval
+    return [float(ci.low), float(ci.high)]
 
 
 def curve_markdown(summary: list[dict[str, Any]], site: Site, run: str, seconds: float) -> str:
@@ -244,9 +257,8 @@ def curve_markdown(summary: list[dict[str, Any]], site: Site, run: str, seconds:
         "|---|---|---|---|---|---|---|",
     ]
     for r in summary:
-        lo, hi = r["auc_ci"]
         lines.append(
-            f"| {r['strategy']} | {r['k']} | {r['auc']:.3f} [{lo:.3f}, {hi:.3f}] | {r['auc_worst']:.3f} | "
+            f"| {r['strategy']} | {r['k']} | {r['auc']:.3f} {interval_text(r['auc_ci'])} | {r['auc_worst']:.3f} | "
             f"{r['sensitivity']:.3f} | {r['specificity']:.3f} | {r['group_auc']:.3f} |"
         )
     lines += [

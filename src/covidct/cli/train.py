@@ -144,9 +144,11 @@ def cmd_adapt(args: argparse.Namespace) -> int:
             tuple(args.strategies),
             tuple(args.imagenet_strategies),
         )
+        from covidct.tables import interval_text
+
         for r in summary:
-            (lo, hi), worst = r["auc_ci"], r["auc_worst"]
-            print(f"{r['strategy']:>14} k={r['k']:<3} AUC {r['auc']:.3f} [{lo:.3f}, {hi:.3f}] (worst {worst:.3f})")
+            interval, worst = interval_text(r["auc_ci"]), r["auc_worst"]
+            print(f"{r['strategy']:>14} k={r['k']:<3} AUC {r['auc']:.3f} {interval} (worst {worst:.3f})")
         print(f"wrote {out / 'curve.md'}, curve.csv, curve.png")
         return 0
     run = adapt_run(args.run_dir, site, Path(args.out) if args.out else args.run_dir.parent, args.strategy)
