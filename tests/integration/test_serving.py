@@ -14,6 +14,7 @@ from PIL import Image
 
 from covidct import DISCLAIMER
 from covidct.config import INPUT_LIMITS, InputLimits
+from covidct.errors import ConfigError
 from covidct.inference.load import load_trained as load_model
 from covidct.inference.serve import create_app
 from tests.conftest import CHROMIUM_FLAGS, synthetic_ct
@@ -98,6 +99,21 @@ def test_bad_inputs_get_json_errors_and_the_server_keeps_serving(model, client, 
     assert r.status_code == 413 and "limit" in r.json()["detail"]
     assert client.get("/health").status_code == 200
     assert client.post("/api/v1/predict", files={"file": ("ct.png", ct_png)}).status_code == 200
+
+
+def test_uploads_past_the_bytes_in_flight_get_503_with_retry_after(model, ct_png):
+    app = create_app(model, limits=InputLimits(upload_mb=1, archive_mb=1, inflight_mb=2))
+    client = TestClient(app)
+    budget = app.state.inflight
+    budget.take(budget.limit - 100)  # as if other uploads were being read now
+    r = client.post("/api/v1/predict", files={"file": ("ct.png", ct_png)})
+    assert r.status_code == 503 and r.headers["Retry-After"] == "2" and "inflight_mb" in r.json()["detail"]
+    budget.give(budget.limit - 100)
+    assert client.post("/api/v1/predict", files={"file": ("ct.png", ct_png)}).status_code == 200
+    assert budget.held == 0  # each request gives back what it took, answered or refused
+    assert client.get("/health").status_code == 200  # reading routes are not counted
+    with pytest.raises(ConfigError, match="inflight_mb"):
+        InputLimits(archive_mb=100, inflight_mb=50)
 
 
 def test_api_key_is_checked_on_every_api_route(model, ct_png):

@@ -156,7 +156,15 @@ def settings_from_args(args: argparse.Namespace, cls: Any, **values: Any) -> Any
 
 # The input limits (covidct.config.InputLimits) that each command applies: serve's uploads, and what every reader checks
 READER_LIMITS = ("pixels", "min_side", "dicom_mb", "series_slices", "volume_mb")
-UPLOAD_LIMITS = ("upload_mb", "archive_mb", "archive_members", "member_mb", "expanded_mb", "member_ratio")
+UPLOAD_LIMITS = (
+    "upload_mb",
+    "archive_mb",
+    "archive_members",
+    "member_mb",
+    "expanded_mb",
+    "member_ratio",
+    "inflight_mb",
+)
 
 
 def limit_args(p: argparse.ArgumentParser, names: tuple[str, ...]) -> None:

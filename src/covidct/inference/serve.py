@@ -108,6 +108,7 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
         413: "upload over the size limit",
         415: "not a PNG, JPEG or DICOM file (judged by its bytes)",
         422: "empty, truncated or undecodable file, too many pixels, no pixel data, or a bad field",
+        503: "the uploads in flight hold the server's limit of bytes (inflight_mb): retry after Retry-After seconds",
     }
     return {code: {"model": ErrorDetail, "description": text[code]} for code in codes}
 
@@ -509,7 +510,7 @@ def create_app(
     @app.post(
         "/api/v1/predict",
         response_model=Prediction | SeriesPrediction,
-        responses=_errors(401, 413, 415, 422),
+        responses=_errors(401, 413, 415, 422, 503),
         openapi_extra=upload_schema(limits),
         max_body_size=body_limit,
         form_limits={"max_files": 2},  # two are refused by name (read_upload); more stop the parser at once
@@ -590,12 +591,48 @@ def refuse_declared_bodies_over(app: FastAPI, body_limit: int, limits: InputLimi
     max_body_size (on the predict route) counts the bytes of a body that does not declare its length, or lies; it
     also refuses a declared one, but with a plain-text answer that names no limit, hence this check first."""
 
+    budget = app.state.inflight = InflightBudget(limits.megabytes("inflight_mb"))
+
     @app.middleware("http")
     async def declared_length(request: Request, call_next: Any) -> Any:
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > body_limit:
             return JSONResponse({"detail": body_limit_text(limits, declared)}, status_code=413)
-        return await call_next(request)
+        if request.method != "POST":
+            return await call_next(request)
+        # what this request may hold: its declared length, or the most any body may be when it declares none
+        size = int(declared) if declared and declared.isdigit() else body_limit
+        if not budget.take(size):
+            detail = (
+                f"the server holds {budget.held:,} bytes of uploads in flight; this one ({size:,} bytes) would pass "
+                f"the limit of {limits.inflight_mb:g} MB (inflight_mb): retry shortly"
+            )
+            return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
+        try:
+            return await call_next(request)
+        finally:
+            budget.give(size)
+
+
+RETRY_AFTER_S = 2  # what a client refused for load waits before it tries again
+
+
+class InflightBudget:
+    """The bytes that uploads in flight hold, all requests together, bounded (InputLimits.inflight_mb): a request
+    that would pass the bound is refused at once (503 with Retry-After) rather than queued in memory. Taken and given
+    back on the event loop's thread only, so it needs no lock."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.held = limit, 0
+
+    def take(self, size: int) -> bool:
+        if self.held + size > self.limit:
+            return False
+        self.held += size
+        return True
+
+    def give(self, size: int) -> None:
+        self.held -= size
 
 
 def add_pages(app: FastAPI) -> None:
