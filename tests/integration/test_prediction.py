@@ -233,3 +233,35 @@ def test_an_unreadable_image_is_skipped_by_name_and_the_rest_scored(exported_mod
     assert main(["predict", str(exported_model), str(folder / "cut.png"), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "nothing could be scored" in err and "cut.png" in err
+
+
+def test_hostile_names_a_cut_volume_and_out_collisions(exported_model, tmp_path, capsys, monkeypatch):
+    """Names a spreadsheet would run are neutral cells in the CSV and kept as given in the JSON; a newline in a name
+    stays on one console line; a truncated .nii.gz beside good inputs is skipped by name; an --out that would
+    overwrite an input, be its own JSON or a folder is refused before scoring."""
+    from tests.medical_files import chest_hu, write_nifti
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rng = np.random.default_rng(6)
+    names = ['=HYPERLINK("x").png', "+cmd.png", "@sum.png", "-1+1.png", "two\nlines.png"]
+    for name in names:
+        Image.fromarray(synthetic_ct(rng, True, (64, 48))).save(folder / name)
+    volume = write_nifti(tmp_path / "v.nii.gz", np.stack([chest_hu(64, seed=k) for k in range(4)], axis=-1))
+    (folder / "cut.nii.gz").write_bytes(volume.read_bytes()[: volume.stat().st_size // 2])
+    out = tmp_path / "p.csv"
+    monkeypatch.chdir(folder)  # `covidct predict MODEL .` in the folder: the names are the CSV's path cells
+    assert main(["predict", str(exported_model), ".", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "two\\nlines.png: score" in printed and "skipped:" in printed and "cut.nii.gz" in printed
+    with open(out, newline="") as f:
+        cells = [r["path"] for r in csv.DictReader(f)]
+    assert len(cells) == len(names) and not any(c.startswith(("=", "+", "@", "-")) for c in cells)
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert sorted(Path(i["path"]).name for i in report["images"]) == sorted(names)
+    scan = folder / "+cmd.png"
+    before = scan.read_bytes()
+    for bad, why in ((scan, "names an image"), (tmp_path / "p.json", "would be one file"), (folder, "is a folder")):
+        assert main(["predict", str(exported_model), str(scan), "--out", str(bad)]) == 2
+        assert why in capsys.readouterr().err
+    assert scan.read_bytes() == before

@@ -49,9 +49,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if r["slice"] in ("", "volume", "study"):
             where = r["path"] + (f" [{r['series']}]" if r["series"] else "") + (f" {r['slice']}" if r["slice"] else "")
             odd = " [OUT OF DISTRIBUTION]" if r.get("in_distribution") is False else ""
-            print(f"{where}: score {r['score']:.3f} -> {r['label']} (threshold {r['threshold']:.3f}){odd}")
+            print(f"{one_line(where)}: score {r['score']:.3f} -> {r['label']} (threshold {r['threshold']:.3f}){odd}")
     for note in report.get("skipped", []):
-        print(f"skipped: {note}")
+        print(f"skipped: {one_line(note)}")
     print(ood_message(rows, report.get("ood_check", "unavailable"), args.model))
     print(shift_message(report["shift"]))
     if any(r["slice"] in ("volume", "study") for r in rows):
@@ -61,6 +61,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"the heat maps explain {model.heat_map_explains}")
     print(DISCLAIMER, file=sys.stderr)
     return 0
+
+
+def one_line(text: str) -> str:
+    """`text` (a file name, a message naming one) on one console line: a newline, tab or other control character
+    in a name is shown escaped (as Python writes it) instead of splitting the line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def ood_message(rows: list[dict], rule: str, model: str) -> str:
