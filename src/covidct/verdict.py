@@ -53,9 +53,15 @@ OOD_STUDY_SHARE = 0.25
 OOD_RULE = f"out of distribution when >= {OOD_STUDY_SHARE:.0%} of its counted slices are flagged"
 
 
+def positive(scores: Any, threshold: float) -> Any:
+    """The label rule, its one home: a score is positive (the second class) when it is at or above the threshold.
+    Takes a number or an array (then an array of booleans)."""
+    return scores >= threshold
+
+
 def label_of(score: float, threshold: float, class_names: Sequence[str]) -> str:
-    """The class name of a score at the operating point: the positive class (the second) when score >= threshold."""
-    return class_names[1] if score >= threshold else class_names[0]
+    """The class name of a score at the operating point (positive: the second)."""
+    return class_names[1] if positive(score, threshold) else class_names[0]
 
 
 def checked_aggregation(how: str) -> str:

@@ -130,3 +130,53 @@ def test_the_record_carries_the_measured_power_at_its_size():
     reference = ShiftReference.fit(rng.normal(size=(60, 8)), rng.normal(size=(60, 4)), rng.normal(size=(60, 8)), {})
     record = shift_test(reference, rng.normal(size=(25, 8)), rng.normal(size=(25, 4)), permutations=50)
     assert record["power"]["at_n"]["another source (SARS-CoV-2 CT slices)"] == 1.0
+
+
+def class_draw(rng: np.random.Generator, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Features that depend on the class (as a network's do), statistics that do not, and a model's scores that
+    separate the classes well but not perfectly."""
+    f, s = draw(rng, len(labels))
+    f = f + 1.5 * labels[:, None]
+    scores = 1 / (1 + np.exp(-(3.0 * (labels - 0.5) + rng.normal(size=len(labels)))))
+    return f, s, scores
+
+
+def test_a_class_skewed_batch_of_the_reference_kind_is_not_called_shifted_once_matched():
+    rng = np.random.default_rng(12)
+    ref_labels = np.r_[np.ones(60), np.zeros(60)]
+    rf, rs, rscores = class_draw(rng, ref_labels)
+    reference = ShiftReference.fit(rf, rs, BASIS).with_labels(ref_labels, rscores)
+    unmatched, matched = [], []
+    for d in range(15):
+        labels = (rng.random(40) < 0.95).astype(float)  # a COVID ward's batch: 95% positive
+        bf, bs, bscores = class_draw(rng, labels)
+        unmatched.append(shift_test(reference, bf, bs, permutations=200, seed=d)["shifted"])
+        record = shift_test(reference, bf, bs, (bscores, 0.5), permutations=200, seed=d)
+        matched.append(record["shifted"])
+        mix = record["class_mix"]
+        assert mix["matched"] and 0.8 <= mix["batch_positive_share"] <= 1.0 and record["reference_n"] < 120
+    assert np.mean(unmatched) >= 0.5  # the class mix alone reads as a shift
+    assert np.mean(matched) <= 2 / 15
+    bf, bs, bscores = class_draw(rng, (rng.random(40) < 0.95).astype(float))
+    still = shift_test(reference, bf + 1.0, bs + 1.0, (bscores, 0.5), permutations=200)
+    assert still["shifted"]  # another kind of image is still told apart
+
+
+def test_a_reference_without_labels_or_a_model_without_skill_uses_all_of_it():
+    rng = np.random.default_rng(13)
+    labels = np.r_[np.ones(30), np.zeros(30)]
+    f, s, scores = class_draw(rng, labels)
+    reference = ShiftReference.fit(f, s, BASIS)
+    used, mix = reference.matched_to(scores[:20], 0.5)
+    assert len(used) == 60 and not mix["matched"] and "no labels" in mix["why"]
+    used, mix = reference.with_labels(labels, np.full(60, 0.7)).matched_to(scores[:20], 0.5)
+    assert len(used) == 60 and not mix["matched"] and "TPR - FPR" in mix["why"]
+    with pytest.raises(ModelError, match="a label and a score for each"):
+        reference.with_labels(labels[:10], scores[:10])
+    labelled = reference.with_labels(labels, scores)
+    again = ShiftReference.from_arrays(labelled.arrays(), {}, "x")
+    np.testing.assert_allclose(again.scores, labelled.scores, rtol=1e-6)
+    arrays = labelled.arrays()
+    arrays["shift.labels"] = arrays["shift.labels"] + 0.5
+    with pytest.raises(ModelError, match="damaged"):
+        ShiftReference.from_arrays(arrays, {}, "x")

@@ -28,6 +28,7 @@ from covidct.operating_point import checked_threshold
 from covidct.runs import RunDir, find_checkpoint
 from covidct.verdict import ImageVerdict, judge_image
 
+SCORE = "score"  # beside the image statistics of a collected batch: the model's score of each image
 WEIGHTS_KEY = "covidct_weights_sha256"  # an ONNX graph's metadata: the fingerprint of the weights it was made from
 log = logging.getLogger("covidct")
 _COLLECTING = threading.local()  # LoadedModel.collecting: where this thread's scored batches leave their features
@@ -169,10 +170,11 @@ class LoadedModel:
         (`self.ood.image_halves`; ood/image_statistics.py)."""
         if check and self.ood is not None:
             logits, features = self.logits_and_features(x)
+            scores = logits.float().softmax(1)[:, 1]
             sink = getattr(_COLLECTING, "sink", None)
-            if sink is not None:
-                sink.append((features.numpy(), dict(statistics or {})))
-            return logits.float().softmax(1)[:, 1], self.ood.score(features.numpy(), **(statistics or {}))
+            if sink is not None:  # the scores too: the shift test matches its reference to the batch's class mix
+                sink.append((features.numpy(), {**(statistics or {}), SCORE: scores.numpy()}))
+            return scores, self.ood.score(features.numpy(), **(statistics or {}))
         return self.logits(x).float().softmax(1)[:, 1], None
 
     @contextlib.contextmanager
@@ -209,7 +211,10 @@ class LoadedModel:
             return {"tested": False, "n": n, "why": "the image statistics were not computed for every batch"}
         features = np.concatenate([f for f, _ in outputs])
         statistics = np.concatenate([statistics_matrix(s) for _, s in outputs])
-        return {"tested": True, **shift_test(reference, features, statistics)}
+        scored = None
+        if all(SCORE in s for _, s in outputs):
+            scored = (np.concatenate([s[SCORE] for _, s in outputs]), self.threshold)
+        return {"tested": True, **shift_test(reference, features, statistics, scored)}
 
     def ood_flags(self, ood_scores: np.ndarray | None) -> np.ndarray | None:
         return None if ood_scores is None or self.ood is None else self.ood.flags(ood_scores)

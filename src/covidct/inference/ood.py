@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from covidct.model_card import CARD_NAME
 from covidct.ood.acquisition import AcquisitionRecord
 from covidct.ood.detector import DEFAULT_PERCENTILE, OODDetector
@@ -77,8 +79,20 @@ def fit_and_save(
         groups,
     )
     detector.acquisitions = AcquisitionRecord.of_paths((s.path for s in train.samples), sources)  # per source
+    if detector.reference is not None:  # the validation images' labels and scores: batches matched to their mix
+        labels = np.array([s.label for s in val.samples])
+        detector.reference = detector.reference.with_labels(labels, model_scores(model, val))
     save_for_run(run, detector)
     return detector
+
+
+def model_scores(model: Any, dataset: Any) -> np.ndarray:
+    """The model's scores (its whole scorer, as predict scores) of every item of an ImageDataset, in order."""
+    from covidct.models.hooks import run_over
+
+    scorer = model.scoring()
+    ds = dataset.with_transform(model.transform)
+    return np.concatenate([s.numpy() for _, s in run_over(scorer, ds, 32, lambda x: model.score_batch(x, False)[0])])
 
 
 def save_for_run(run: Any, detector: OODDetector) -> None:

@@ -16,12 +16,14 @@ tests are a few lines on numpy, scipy and scikit-learn.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from covidct.errors import ModelError
+from covidct.verdict import positive
 
 DEFAULT_ALPHA = 0.05
 DEFAULT_PERMUTATIONS = 500
@@ -43,6 +45,49 @@ class ShiftReference:
     features: np.ndarray  # n x k: the reference on those axes
     statistics: np.ndarray  # n x S: its standardised image statistics
     info: dict[str, Any] = field(default_factory=dict)
+    # the reference images' labels and the model's scores of them (with_labels): what the batch's class mix is
+    # estimated from and the reference matched to (matched_to); None for a reference of an older covidct
+    labels: np.ndarray | None = None
+    scores: np.ndarray | None = None
+
+    def with_labels(self, labels: np.ndarray, scores: np.ndarray) -> ShiftReference:
+        """This reference with its images' labels (0/1) and the model's scores of them, in the same order."""
+        labels, scores = np.asarray(labels, np.float64), np.asarray(scores, np.float64)
+        if labels.shape != scores.shape or len(labels) != len(self.features):
+            raise ModelError(f"a shift reference of {len(self.features)} images needs a label and a score for each")
+        return dataclasses.replace(self, labels=labels, scores=scores)
+
+    def matched_to(self, batch_scores: np.ndarray, threshold: float, seed: int = 0) -> tuple[np.ndarray, dict]:
+        """The reference images to compare a batch with, and how they were chosen. The features depend on the
+        class, so a batch of mostly COVID differs from a balanced reference for that reason alone (a ward's batch
+        read as "not validated here"). The batch's COVID share is estimated from the model's scores by black-box
+        shift estimation (Lipton et al. 2018: the share called positive, corrected by the reference's true and false
+        positive rates at the threshold), and the reference subsampled, seeded, to that share: the largest subset
+        with it. Without labels, or with a model that cannot tell the classes apart (TPR - FPR < 0.2), all of it."""
+        everything = np.arange(len(self.features))
+        if self.labels is None or self.scores is None:
+            return everything, {"matched": False, "why": "the reference has no labels (refit: covidct ood fit RUN)"}
+        called = positive(self.scores, threshold)
+        tpr, fpr = called[self.labels == 1].mean(), called[self.labels == 0].mean()
+        if not tpr - fpr >= 0.2:
+            return everything, {"matched": False, "why": f"the model's TPR - FPR on the reference is {tpr - fpr:.2f}"}
+        share = float(np.clip((positive(batch_scores, threshold).mean() - fpr) / (tpr - fpr), 0.0, 1.0))
+        pos, neg = np.flatnonzero(self.labels == 1), np.flatnonzero(self.labels == 0)
+        n_pos, n_neg = len(pos), len(neg)
+        if share * (n_pos + n_neg) > n_pos:  # all the positives, and the negatives that give the share
+            n_neg = round(n_pos * (1 - share) / share)
+        else:
+            n_pos = round(n_neg * share / (1 - share))
+        rng = np.random.default_rng(seed)
+        keep = np.sort(np.r_[rng.choice(pos, n_pos, replace=False), rng.choice(neg, n_neg, replace=False)])
+        record = {
+            "matched": True,
+            "batch_positive_share": round(share, 4),
+            "reference_positive_share": round(float(self.labels.mean()), 4),
+            "reference_used": len(keep),
+            "method": "black-box shift estimation (Lipton et al. 2018), reference subsampled to the batch's share",
+        }
+        return keep, record
 
     @classmethod
     def fit(
@@ -76,6 +121,7 @@ class ShiftReference:
 
     def arrays(self) -> dict[str, np.ndarray]:
         names = ("mean", "axes", "stat_center", "stat_scale", "features", "statistics")
+        names += ("labels", "scores") if self.labels is not None else ()
         return {f"shift.{k}": np.ascontiguousarray(getattr(self, k), dtype=np.float32) for k in names}
 
     @classmethod
@@ -86,12 +132,22 @@ class ShiftReference:
         if missing:
             raise ModelError(f"{where}: the shift reference lacks {missing}; refit it: covidct ood fit RUN")
         parts = {k: arrays[f"shift.{k}"].astype(np.float64) for k in names}
+        damaged = ModelError(
+            f"{where}: the shift reference is damaged (shapes, or values that are not finite); refit it: "
+            "covidct ood fit RUN"
+        )
         if not _consistent(parts) or not isinstance(info, dict):
-            raise ModelError(
-                f"{where}: the shift reference is damaged (shapes, or values that are not finite); refit it: "
-                "covidct ood fit RUN"
-            )
-        return cls(**parts, info=dict(info))
+            raise damaged
+        reference = cls(**parts, info=dict(info))
+        if "shift.labels" in arrays:  # a reference of an older covidct has none: its batches are not matched
+            labels, scores = arrays["shift.labels"], arrays.get("shift.scores")
+            if scores is None or not np.isin(labels, (0, 1)).all() or not np.isfinite(scores).all():
+                raise damaged
+            try:
+                reference = reference.with_labels(labels, scores)
+            except ModelError:
+                raise damaged from None
+        return reference
 
 
 def statistics_matrix(statistics: dict[str, np.ndarray]) -> np.ndarray:
@@ -188,34 +244,39 @@ def shift_test(
     reference: ShiftReference,
     features: np.ndarray,
     statistics: np.ndarray,
-    alpha: float = DEFAULT_ALPHA,
+    scored: tuple[np.ndarray, float] | None = None,
     permutations: int = DEFAULT_PERMUTATIONS,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """The record every command writes: {"n", "p_value", "shifted", "alpha", "tests": {...}, "reference_n"}."""
+    """The record every command writes: {"n", "p_value", "shifted", "alpha", "tests": {...}, "reference_n",
+    "class_mix"}. `scored`: the model's scores of the batch and its threshold, which match the reference to the
+    batch's class mix (ShiftReference.matched_to); without them the whole reference is used."""
     feats, stats = reference.project(features, statistics)
     n = len(feats)
     if n < MIN_BATCH:
         raise ModelError(f"a shift test needs a batch of at least {MIN_BATCH} images, got {n}")
+    used, mix = np.arange(len(reference.features)), {"matched": False, "why": "no scores given"}
+    if scored is not None:
+        used, mix = reference.matched_to(np.asarray(scored[0], np.float64), scored[1], seed)
     if n > MAX_TESTED:
         keep = np.sort(np.random.default_rng(seed).choice(n, MAX_TESTED, replace=False))
         feats, stats = feats[keep], stats[keep]
+    ref_feats, ref_stats = reference.features[used], reference.statistics[used]
     tests = {
-        "features_mmd": mmd_test(reference.features, feats, permutations, seed),
-        "statistics_mmd": mmd_test(reference.statistics, stats, permutations, seed + 1),
-        "classifier": classifier_test(
-            np.hstack([reference.features, reference.statistics]), np.hstack([feats, stats]), seed
-        ),
+        "features_mmd": mmd_test(ref_feats, feats, permutations, seed),
+        "statistics_mmd": mmd_test(ref_stats, stats, permutations, seed + 1),
+        "classifier": classifier_test(np.hstack([ref_feats, ref_stats]), np.hstack([feats, stats]), seed),
     }
     p = min(1.0, len(tests) * min(t["p_value"] for t in tests.values()))  # Bonferroni over the three
     return {
         "n": n,
         "n_tested": len(feats),
         "p_value": p,
-        "shifted": bool(p < alpha),
-        "alpha": alpha,
+        "shifted": bool(p < DEFAULT_ALPHA),
+        "alpha": DEFAULT_ALPHA,
         "correction": f"Bonferroni over {len(tests)} tests",
-        "reference_n": len(reference.features),
+        "reference_n": len(used),
+        "class_mix": mix,
         "tests": tests,
         "power": {"measured": "benchmarks/SHIFT.md, default recipe", "at_n": measured_power(n)},
     }
