@@ -61,7 +61,7 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=20)
     args = parser.parse_args()
     model = load_trained(args.run)
-    data = RunDir(args.run).data()
+    data = RunDir.at(args.run).data()
     val = scored(model, data.splits["val"])
     rows = []
     for share in (0.95, 0.8, 0.2, 0.05):

@@ -132,3 +132,34 @@ def test_mutated_zips_unpack_and_scan_or_are_refused_clearly(seeds, tmp_path):
             assert str(folder) in str(e)
 
     check()
+
+
+def _nifti_bytes(tmp: Path, compressed: bool) -> bytes:
+    from tests.medical_files import chest_hu, write_nifti
+
+    volume = np.stack([chest_hu(48, seed=k) for k in range(3)], axis=-1)
+    return write_nifti(tmp / ("v.nii.gz" if compressed else "v.nii"), volume).read_bytes()
+
+
+@pytest.mark.parametrize("compressed", [True, False])
+def test_mutated_nifti_volumes_read_or_raise_a_data_error_naming_the_file(tmp_path_factory, compressed):
+    """A mutated NIfTI header or body (its dimensions, data type, offset or bytes) is read within the input limits or
+    refused by name before its first slice, never another exception: what predict skips as a bad input."""
+    from covidct.data.inputs import volume_slices
+
+    tmp = tmp_path_factory.mktemp("nifti")
+    seed = _nifti_bytes(tmp, compressed)
+    name = "m.nii.gz" if compressed else "m.nii"
+
+    @FUZZ
+    @given(mutations(seed))
+    def check(data: bytes) -> None:
+        path = tmp / name
+        path.write_bytes(data)
+        try:
+            for hu, grey in volume_slices(path):
+                assert hu.ndim == 2 and grey.shape == hu.shape and np.isfinite(hu).all()
+        except DataError as e:
+            assert name in str(e)
+
+    check()

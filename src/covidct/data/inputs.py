@@ -103,7 +103,10 @@ def volume_slices(path: Path, window: tuple[float, float] = LUNG_WINDOW) -> Iter
     file from its start for each one); any read that fails is a DataError naming the file, before the first slice."""
     voxels, slope, inter = read_volume(path)
     for k in range(voxels.shape[2]):  # NIfTI stores x first: transpose so each slice is rows x columns as displayed
-        hu = np.asarray(voxels[:, :, k], dtype=np.float32).T * np.float32(slope) + np.float32(inter)
+        with np.errstate(invalid="ignore", over="ignore"):
+            hu = np.asarray(voxels[:, :, k], dtype=np.float32).T * np.float32(slope) + np.float32(inter)
+        if not np.isfinite(hu).all():  # NaN or infinite voxels: no HU a window can show; refused, not guessed
+            raise DataError(f"NIfTI file {path}: slice {k} holds values that are not finite numbers (NaN or inf)")
         yield hu, apply_window(hu, *window)
 
 
