@@ -54,6 +54,32 @@ def row(batch: str, draws: int, model, data, picks: list[np.ndarray]) -> dict:
     return {"batch": batch, "draws": draws, "matched": matched, "whole_reference": whole}
 
 
+def false_alarms(model, val, draws: int) -> dict:
+    """SHIFT.md's false alarms: the validation images split at random into a reference (68, with their labels and
+    scores) and a disjoint batch of 50, the reference's axes and scales kept as training stored them."""
+    import dataclasses
+
+    f, s, p, _ = val
+    full, t = model.ood.reference, model.threshold
+    rng = np.random.default_rng(5)
+    hits = {True: [], False: []}
+    for d in range(draws):
+        order = rng.permutation(len(f))
+        ref, bat = order[:-50], order[-50:]
+        parts = {k: getattr(full, k)[ref] for k in ("features", "statistics", "labels", "scores")}
+        reference = dataclasses.replace(full, **parts)
+        for matched in (True, False):
+            scored_batch = (p[bat], t) if matched else None
+            hits[matched].append(shift_test(reference, f[bat], s[bat], scored_batch, seed=d)["shifted"])
+    batch = f"false alarms: validation split in a reference of {len(f) - 50} and a disjoint batch of 50"
+    return {
+        "batch": batch,
+        "draws": draws,
+        "matched": float(np.mean(hits[True])),
+        "whole_reference": float(np.mean(hits[False])),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run")
@@ -74,6 +100,7 @@ def main() -> None:
                 "whole_reference": flagged(model, val, picks, False),
             }
         )
+    rows.append(false_alarms(model, val, 2 * args.draws * 5))
     test = scored(model, data.splits["test"])
     rng = np.random.default_rng(3)
     picks = [rng.choice(len(test[3]), 50, replace=False) for _ in range(args.draws)]

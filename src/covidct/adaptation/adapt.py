@@ -29,7 +29,8 @@ from covidct.config import DEFAULT_DRAWS, DEFAULT_STRATEGY, IMAGENET_STRATEGIES,
 from covidct.data import ImageDataset, Sample
 from covidct.data.sources import external_set, parse_source
 from covidct.errors import ConfigError, DataError, ModelError
-from covidct.evaluation.metrics import binary_metrics, roc_auc, youden_threshold
+from covidct.evaluation.metrics import binary_metrics, roc_auc
+from covidct.evaluation.rules import choose_by_rule
 from covidct.evaluation.scoring import training_overlap
 from covidct.evaluation.thresholds import record_operating_point
 from covidct.fileio import atomic_write, write_csv, write_json, write_text
@@ -159,7 +160,7 @@ def score_draw(
     is, Youden's J on the drawn groups' scores; a refitted head, its own 0.5 (class-balanced; its scores on the
     images it was fitted on separate them perfectly, so Youden's J there is no guide: s_fit None). Per group
     (patient): the mean score of its images."""
-    t = youden_threshold(y_fit, s_fit) if s_fit is not None and len(set(y_fit.tolist())) == 2 else 0.5
+    t = choose_by_rule("youden", y_fit, s_fit) if s_fit is not None and len(set(y_fit.tolist())) == 2 else 0.5
     m = binary_metrics(y, s, t)
     ids = np.unique(groups)
     gy = np.array([y[groups == g][0] for g in ids])
@@ -404,7 +405,7 @@ def site_validation(adapt: Adapter, site: Site, folds: int = 5, seed: int = 0) -
         scored = np.zeros(len(oof), dtype=bool)
         scored[held] = True
         oof[scored] = adapt(~scored, scored, i)
-    t = youden_threshold(site.labels, oof)
+    t = choose_by_rule("youden", site.labels, oof)
     m = binary_metrics(site.labels, oof, t)
     return {
         "method": f"{folds}-fold cross-validation by group",

@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from covidct.models import head_module
-from covidct.models.head import fit_head, set_linear_head
+from covidct.models.head import fit_head, score_of, set_linear_head
 from covidct.models.hooks import activations, output_replaced, run_over
 from covidct.ood.features import stages
 
@@ -76,7 +76,7 @@ def outputs(net: nn.Module, maps: torch.Tensor, batch_size: int = 64) -> tuple[n
     out = []
     with activations(head_module(net), "input") as seen, fed_at_cut(net) as run:
         for start in range(0, len(maps), batch_size):
-            out.append(run(maps[start : start + batch_size]).float().softmax(1)[:, 1].numpy())
+            out.append(score_of(run(maps[start : start + batch_size])).numpy())
     if not out:
         return np.zeros((0, getattr(head_module(net), "in_features", 0))), np.zeros(0)
     return torch.cat(seen).numpy(), np.concatenate(out)

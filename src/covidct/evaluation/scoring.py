@@ -19,6 +19,7 @@ from covidct.data.sources import external_set
 from covidct.data.transforms import view_transform
 from covidct.errors import DataError
 from covidct.inference.load import LoadedModel, load_checkpoint, with_detector
+from covidct.models.head import score_of
 from covidct.ood.image_statistics import statistics_by_name
 from covidct.runs import RunDir, find_checkpoint
 from covidct.verdict import flags_with_acquisition
@@ -67,7 +68,7 @@ def predict_scores_and_ood(
         p, batch_ood = module.score_batch(x, check, {name: batch[name].numpy() for name in halves})
         ood.append(batch_ood)
         if tta:
-            p = (p + module.logits(x.flip(-1)).float().softmax(1)[:, 1]) / 2
+            p = (p + score_of(module.logits(x.flip(-1)))) / 2
         scores.append(p.cpu().numpy())
         labels.append(np.asarray(batch["label"]))
         paths += list(batch["path"])

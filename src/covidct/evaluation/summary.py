@@ -16,8 +16,9 @@ from covidct.evaluation.calibration import (
     fit_temperature,
 )
 from covidct.evaluation.drivers import score_drivers
-from covidct.evaluation.metrics import binary_metrics, threshold_for_sensitivity, youden_threshold
+from covidct.evaluation.metrics import binary_metrics
 from covidct.evaluation.patients import group_metrics
+from covidct.evaluation.rules import choose_by_rule
 from covidct.evaluation.scoring import Scored
 from covidct.evaluation.statistics import (
     bootstrap_intervals,
@@ -145,9 +146,12 @@ def operating_points(
     """(name, threshold) pairs: the model's own, and those chosen on validation scores."""
     points = [("default", float(default))]
     if len(np.unique(val_labels)) == 2:
-        points.append(("youden", youden_threshold(val_labels, val_scores)))
+        points.append(("youden", choose_by_rule("youden", val_labels, val_scores)))
         points.append(
-            (f"sensitivity>={min_sensitivity:g}", threshold_for_sensitivity(val_labels, val_scores, min_sensitivity))
+            (
+                f"sensitivity>={min_sensitivity:g}",
+                choose_by_rule("sensitivity", val_labels, val_scores, min_sensitivity),
+            )
         )
     return points
 

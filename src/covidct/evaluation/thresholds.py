@@ -14,7 +14,8 @@ import torch
 
 from covidct.config import EVAL_DEFAULTS
 from covidct.errors import ConfigError, DataError, ModelError
-from covidct.evaluation.metrics import binary_metrics, threshold_for_sensitivity, youden_threshold
+from covidct.evaluation.metrics import binary_metrics
+from covidct.evaluation.rules import RULES, choose_by_rule
 from covidct.evaluation.scoring import eval_dataset, external_samples, load_classifier, predict_scores
 from covidct.fileio import atomic_write
 from covidct.inference.load import LoadedModel, read_checkpoint
@@ -41,9 +42,9 @@ def store_threshold(
     optimistic: evaluate the site's other patients."""
     run = RunDir.at(run_dir)
     ckpt_path = find_checkpoint(run.path, checkpoint)
-    if on is not None and choose not in ("youden", "sensitivity"):
-        raise ConfigError(f"--on chooses the threshold on a set: --choose youden or sensitivity, not {choose!r}")
-    if choose in ("youden", "sensitivity"):
+    if on is not None and choose not in RULES:
+        raise ConfigError(f"--on chooses the threshold on a set: --choose {' or '.join(RULES)}, not {choose!r}")
+    if choose in RULES:
         model = load_classifier(ckpt_path, operating_point=False)  # a damaged record is what this replaces
         return choose_threshold(run, model, choose, min_sensitivity, on, data_dir)
     return record_operating_point(run, OperatingPoint(given_threshold(choose), "given", None, ckpt_path.name))
@@ -107,10 +108,7 @@ def threshold_by_rule(
     if len(np.unique(labels)) < 2:
         what = "the validation split" if on is None else f"--on {on}"
         raise DataError(f"{what} holds one class only: no threshold can be chosen on it")
-    if choose == "youden":
-        value = youden_threshold(labels, scores)
-    else:
-        value = threshold_for_sensitivity(labels, scores, min_sensitivity)
+    value = choose_by_rule(choose, labels, scores, min_sensitivity)
     return value, where, binary_metrics(labels, scores, value).to_dict()
 
 
@@ -118,9 +116,9 @@ def given_threshold(choose: str) -> float:
     try:
         value = float(choose)
     except ValueError:
-        raise ConfigError(f"--choose must be youden, sensitivity or a number in [0, 1], got {choose!r}") from None
+        raise ConfigError(f"--choose must be {', '.join(RULES)} or a number in [0, 1], got {choose!r}") from None
     if not 0 <= value <= 1:
-        raise ConfigError(f"--choose must be youden, sensitivity or a number in [0, 1], got {choose!r}")
+        raise ConfigError(f"--choose must be {', '.join(RULES)} or a number in [0, 1], got {choose!r}")
     return value
 
 

@@ -23,6 +23,7 @@ from covidct.errors import ModelError
 from covidct.inference.scorer import Scorer
 from covidct.model_card import CARD_NAME, ModelCard, run_records
 from covidct.models import create_model
+from covidct.models.head import score_of
 from covidct.ood.image_statistics import statistics_of
 from covidct.operating_point import checked_threshold
 from covidct.runs import RunDir, find_checkpoint
@@ -170,12 +171,12 @@ class LoadedModel:
         (`self.ood.image_halves`; ood/image_statistics.py)."""
         if check and self.ood is not None:
             logits, features = self.logits_and_features(x)
-            scores = logits.float().softmax(1)[:, 1]
+            scores = score_of(logits)
             sink = getattr(_COLLECTING, "sink", None)
             if sink is not None:  # the scores too: the shift test matches its reference to the batch's class mix
                 sink.append((features.numpy(), {**(statistics or {}), SCORE: scores.numpy()}))
             return scores, self.ood.score(features.numpy(), **(statistics or {}))
-        return self.logits(x).float().softmax(1)[:, 1], None
+        return score_of(self.logits(x)), None
 
     @contextlib.contextmanager
     def collecting(self) -> Iterator[list[tuple[np.ndarray, dict[str, np.ndarray]]]]:

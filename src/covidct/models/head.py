@@ -13,6 +13,13 @@ from torch.utils.data import Dataset
 
 from covidct.models.hooks import activations, run_over
 
+
+def score_of(logits: torch.Tensor) -> torch.Tensor:
+    """logits -> score, its one home: the probability of the positive class (the second) of N x 2 logits, in fp32
+    (what every path reports, compares with a threshold and stores)."""
+    return logits.float().softmax(1)[:, 1]
+
+
 HEAD_C = 0.1  # inverse L2 strength of the logistic regression on standardised features (few images: strong)
 
 

@@ -22,7 +22,8 @@ from covidct.data.sources import load_source, parse_source
 from covidct.data.transforms import view_transform
 from covidct.errors import ConfigError
 from covidct.evaluation.drivers import driver_warnings, drivers_text, score_drivers
-from covidct.evaluation.metrics import binary_metrics, youden_threshold
+from covidct.evaluation.metrics import binary_metrics
+from covidct.evaluation.rules import choose_by_rule
 from covidct.evaluation.scoring import predict_scores
 from covidct.evaluation.statistics import delong_interval
 from covidct.fileio import write_csv, write_json, write_text
@@ -126,7 +127,7 @@ def train_and_score(
     wall = time.perf_counter() - start
     model = scorer(run)
     _, val_labels, val_scores = score(model, run.data().splits["val"])
-    threshold = youden_threshold(val_labels, val_scores)
+    threshold = choose_by_rule("youden", val_labels, val_scores)
     row: dict[str, Any] = {"trained on": label}
     record: dict[str, Any] = {
         "trained_on": train_names,

@@ -18,6 +18,7 @@ from covidct.config import TrainConfig
 from covidct.data import ImageDataset
 from covidct.evaluation.metrics import binary_metrics, roc_auc
 from covidct.models import Preprocessing, create_model, head_parameters
+from covidct.models.head import score_of
 
 
 def training_card(config: TrainConfig, pre: Preprocessing, class_names: list[str] | tuple[str, ...]) -> dict[str, Any]:
@@ -105,7 +106,7 @@ class Classifier(L.LightningModule):
         logits = self(batch["image"]).float()
         loss = F.cross_entropy(logits, batch["label"])
         self.log("val_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch["label"]))
-        self._val_scores.append(logits.softmax(1)[:, 1].detach())
+        self._val_scores.append(score_of(logits).detach())
         self._val_labels.append(batch["label"].detach())
         self._val_index.append(torch.as_tensor(batch["index"], device=logits.device))
 

@@ -1,0 +1,29 @@
+"""The operating-point rules' registry (covidct.evaluation.rules): every path chooses through it, each registered rule
+is one that a threshold record may name, and an unknown rule is refused by name."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from covidct.errors import ConfigError
+from covidct.evaluation import rules
+from covidct.evaluation.metrics import binary_metrics
+from covidct.operating_point import RULES as RECORDED_RULES
+
+
+def test_every_registered_rule_can_be_recorded_and_chooses_on_the_scores():
+    assert set(rules.RULES) | {"given"} == set(RECORDED_RULES)
+    labels = np.r_[np.zeros(50), np.ones(50)]
+    scores = np.r_[np.linspace(0.0, 0.6, 50), np.linspace(0.4, 1.0, 50)]
+    youden = rules.choose_by_rule("youden", labels, scores)
+    assert 0.35 <= youden <= 0.65
+    sensitive = rules.choose_by_rule("sensitivity", labels, scores, 0.99)
+    assert binary_metrics(labels, scores, sensitive).sensitivity >= 0.99 and sensitive <= youden
+
+
+def test_a_rule_registered_is_chosen_through_the_one_function_and_an_unknown_one_refused(monkeypatch):
+    monkeypatch.setitem(rules.RULES, "half", rules.ThresholdRule("half", "0.5", lambda y, s, m: 0.5))
+    assert rules.choose_by_rule("half", [0, 1], [0.2, 0.8]) == 0.5
+    with pytest.raises(ConfigError, match="unknown operating-point rule 'best'"):
+        rules.choose_by_rule("best", [0, 1], [0.2, 0.8])
