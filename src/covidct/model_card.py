@@ -152,6 +152,8 @@ def run_records(run: RunDir) -> dict[str, Any]:
         if s.get("sources"):
             out["training_data"]["sources"] = s["sources"]
         out["training"] = {k: s.get(k) for k in ("best_epoch", "epochs_run", "monitor", "best_score")}
+        if s.get("distilled_from"):  # what the network learned from besides the labels
+            out["training"]["distilled_from"] = [str(t) for t in s["distilled_from"]]
         if s.get("adaptation"):  # covidct adapt: where the head was refitted and how it was validated there
             out["adaptation"] = s["adaptation"]
     m = run.evaluation("test")

@@ -28,6 +28,7 @@ def test_the_student_learns_the_teachers_mean_on_the_same_batch(trained_run, tmp
     assert (run / "checkpoints" / "best.ckpt").is_file()
     saved = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
     assert saved["hyper_parameters"]["config"]["teachers"] == [str(trained_run)]
+    assert load_trained(run).card.training["distilled_from"] == [str(trained_run)]  # the card says so
     teacher = load_trained(trained_run).scoring()
     module = Classifier.__new__(Classifier)
     torch.nn.Module.__init__(module)

@@ -221,8 +221,8 @@ def score_member(
         raise DataError(f"split must be one of {list(data.splits)}, got {split!r}")
     module = load_classifier(ckpt)
     run_of_ckpt = RunDir.of_checkpoint(ckpt)
-    if single and run_of_ckpt is not None:
-        module = with_detector(module, run_of_ckpt.ood_dir)
+    if single and run_of_ckpt is not None and ckpt.name == run_of_ckpt.checkpoint_path("best").name:
+        module = with_detector(module, run_of_ckpt.ood_dir)  # fitted for the best checkpoint: not another one's
     if torch.cuda.is_available():  # thousands of images of an external set: seconds instead of minutes
         module.to("cuda")
     samples = external if external is not None else data.splits[split]

@@ -182,9 +182,10 @@ def export_run(
             export_onnx(module, stage, verification_images(run, module, data_dir))
         if detector is not None:
             detector.save(stage)
-        names = sorted(p.name for p in stage.iterdir())
-    order = ["model.safetensors", "model.onnx", CARD_NAME]
-    return [out / n for n in sorted(names, key=lambda n: order.index(n) if n in order else len(order))]
+    written = [out / "model.safetensors", out / CARD_NAME] if fmt in ("both", "safetensors") else []
+    if fmt in ("both", "onnx"):
+        written += [out / "model.onnx"] if fmt == "both" else [out / "model.onnx", out / CARD_NAME]
+    return written + ([out / "ood.json"] if detector is not None else [])
 
 
 @contextlib.contextmanager

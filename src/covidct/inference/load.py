@@ -474,8 +474,10 @@ def load_trained(path: str | Path, threads: int | None = None, checkpoint: str =
         if run.checkpoints_dir.is_dir():
             if checkpoint == "best" and (run.export_dir / "model.safetensors").is_file():
                 return with_run_threshold(load_trained(run.export_dir, threads), run)
-            model = with_detector(load_checkpoint(run.checkpoint(checkpoint), run), run.ood_dir)
-            return with_run_graph(model, run.scorer_graph_path, threads) if checkpoint == "best" else model
+            model = load_checkpoint(run.checkpoint(checkpoint), run)
+            if checkpoint != "best":  # the detector and the graph were made from the best checkpoint's weights
+                return model
+            return with_run_graph(with_detector(model, run.ood_dir), run.scorer_graph_path, threads)
         if (path / "model.safetensors").is_file():
             model = load_trained(path / "model.safetensors")
             if (path / "model.onnx").is_file():  # scores from ONNX Runtime (faster), Grad-CAM from PyTorch

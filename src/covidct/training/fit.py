@@ -333,6 +333,8 @@ def write_summary(
         "seconds_per_epoch": round(float(np.mean([float(r["seconds"]) for r in rows])), 2) if rows else None,
         "precision": fitted.precision,
         "initialised_from": config.init or ("ImageNet" if config.pretrained else "random"),
+        # knowledge distillation: the models whose mean score the network learned beside the labels
+        "distilled_from": list(config.teachers),
         "loader_workers": fitted.workers,
         "processes": fitted.trainer.world_size,
         "data_source": data.source,
