@@ -361,9 +361,9 @@ class InputLimits(Settings):
     member_mb: float = setting(64.0, "largest file in a ZIP once expanded, in MB")
     expanded_mb: float = setting(200.0, "most bytes a ZIP may expand to, all files together, in MB")
     inflight_mb: float = setting(
-        300.0,
-        "serve: most bytes of uploads held at once, all requests together, in MB (past it: 503 with Retry-After); "
-        "at least archive_mb",
+        400.0,
+        "serve: most memory that uploads in flight hold, all requests together (each counted twice: its body and "
+        "the form's copy), in MB; past it: 503 with Retry-After; at least twice archive_mb",
     )
     member_ratio: float = setting(200.0, "largest expansion of a ZIP member over its compressed size (CT: 2-4x)")
     pixels: int = setting(50_000_000, "most pixels in one image or slice (width x height)")
@@ -383,10 +383,10 @@ class InputLimits(Settings):
             value = getattr(self, f.name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ConfigError(f"limit {f.name} must be a number > 0, got {value!r}")
-        if self.inflight_mb < max(self.archive_mb, self.upload_mb):
+        if self.inflight_mb < 2 * max(self.archive_mb, self.upload_mb):
             raise ConfigError(
-                f"limit inflight_mb ({self.inflight_mb:g}) must be at least archive_mb and upload_mb "
-                f"({max(self.archive_mb, self.upload_mb):g}): no upload at the limit could be served"
+                f"limit inflight_mb ({self.inflight_mb:g}) must be at least twice archive_mb and upload_mb "
+                f"({2 * max(self.archive_mb, self.upload_mb):g}): no upload at the limit could be served"
             )
 
     def megabytes(self, name: str) -> int:

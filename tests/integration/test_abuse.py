@@ -41,7 +41,7 @@ def test_every_bomb_is_refused_within_the_bounds(abuse, exported_model, tmp_path
         assert row["growth_mb"] <= bounds["growth_mb"] and row["peak_rss_mb"] <= bounds["rss_mb"], row
         assert row["disk_mb"] <= bounds["disk_mb"] and row["left"] == [] and row["health"] == 200, row
     assert sum(not r["input"].startswith("good:") for r in rows) == 9  # each bomb of issue 39 was sent
-    # six archives at the limit at once: refused by name, or 503 with Retry-After past the bytes in flight (300 MB)
+    # six archives at the limit at once: refused by name, or 503 with Retry-After past the bytes in flight (400 MB)
     statuses = [status for status, _, _ in together["answers"]]
     assert all(400 <= s < 500 or s == 503 for s in statuses) and 503 in statuses, together
     assert all(after == "2" for status, _, after in together["answers"] if status == 503), together

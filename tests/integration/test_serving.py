@@ -102,7 +102,7 @@ def test_bad_inputs_get_json_errors_and_the_server_keeps_serving(model, client, 
 
 
 def test_uploads_past_the_bytes_in_flight_get_503_with_retry_after(model, ct_png):
-    app = create_app(model, limits=InputLimits(upload_mb=1, archive_mb=1, inflight_mb=2))
+    app = create_app(model, limits=InputLimits(upload_mb=1, archive_mb=1, inflight_mb=3))
     client = TestClient(app)
     budget = app.state.inflight
     budget.take(budget.limit - 100)  # as if other uploads were being read now
@@ -113,7 +113,7 @@ def test_uploads_past_the_bytes_in_flight_get_503_with_retry_after(model, ct_png
     assert budget.held == 0  # each request gives back what it took, answered or refused
     assert client.get("/health").status_code == 200  # reading routes are not counted
     with pytest.raises(ConfigError, match="inflight_mb"):
-        InputLimits(archive_mb=100, inflight_mb=50)
+        InputLimits(archive_mb=100, inflight_mb=150)
 
 
 def test_api_key_is_checked_on_every_api_route(model, ct_png):
