@@ -13,6 +13,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from covidct.evaluation.metrics import roc_points
+from covidct.verdict import positive
 
 
 def confusion_matrix_figure(tp: int, tn: int, fp: int, fn: int, class_names: Sequence[str]) -> Figure:
@@ -121,7 +122,7 @@ def misclassified_histogram(scores: Sequence[float], labels: Sequence[int], thre
 
     Near the threshold: unsure; at the ends: confidently wrong."""
     s, y = np.asarray(scores, float), np.asarray(labels, int)
-    wrong = (s >= threshold).astype(int) != y
+    wrong = positive(s, threshold).astype(int) != y
     fig, ax = plt.subplots(figsize=(5, 3.5))
     bins = np.linspace(0, 1, 21)
     ax.hist(s[wrong & (y == 0)], bins=bins, alpha=0.7, label=f"false positives ({int((wrong & (y == 0)).sum())})")

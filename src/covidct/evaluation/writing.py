@@ -30,6 +30,7 @@ from covidct.fileio import write_csv, write_json
 from covidct.plotting import save_figure
 from covidct.runs import RunDir
 from covidct.tables import interval_text, number_text, table_text
+from covidct.verdict import positive
 
 
 def write_evaluation(
@@ -52,7 +53,11 @@ def write_evaluation(
         write_csv(
             out / "group_predictions.csv",
             [
-                {**{k: r[k] for k in columns}, "score": exact(r["score"]), "prediction": int(r["score"] >= threshold)}
+                {
+                    **{k: r[k] for k in columns},
+                    "score": exact(r["score"]),
+                    "prediction": int(positive(r["score"], threshold)),
+                }
                 for r in groups
             ],
         )

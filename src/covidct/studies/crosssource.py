@@ -31,6 +31,7 @@ from covidct.inference.load import LoadedModel, load_checkpoint
 from covidct.runs import RunDir
 from covidct.tables import table_markdown
 from covidct.training.fit import train
+from covidct.verdict import positive
 
 
 def trainings(sources: list[str]) -> list[list[str]]:
@@ -60,8 +61,8 @@ def score_rows(paths: list[str], labels: np.ndarray, scores: np.ndarray, thresho
             "path": p,
             "label": int(y),
             "score": float(s),
-            "predicted": int(s >= threshold),
-            "correct": int(int(s >= threshold) == int(y)),
+            "predicted": int(positive(s, threshold)),
+            "correct": int(int(positive(s, threshold)) == int(y)),
         }
         for p, y, s in zip(paths, labels, scores)
     ]
