@@ -34,7 +34,7 @@ LAYERS = [
     {"covidct.studies"},
     {"covidct.adaptation"},
     {"covidct.reporting"},
-    {"covidct.cli", "covidct.__main__"},
+    {"covidct.cli", "covidct.__main__", "covidct.api"},
 ]
 
 

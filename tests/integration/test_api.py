@@ -1,0 +1,55 @@
+"""covidct.api, as a notebook uses it: load a model, score a folder into a DataFrame, explain an image, evaluate a run,
+choose an operating point, train from a dict; errors are covidct's typed exceptions with the command line's message."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import covidct.api as cct
+from tests.conftest import TINY_COUNTS, make_covidct_layout, synthetic_ct
+
+
+def _folder(tmp_path, n=6):
+    rng = np.random.default_rng(8)
+    folder = tmp_path / "slices"
+    folder.mkdir()
+    for k in range(n):
+        Image.fromarray(synthetic_ct(rng, k % 2 == 0, (64, 48))).save(folder / f"{k}.png")
+    (folder / "cut.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    return folder
+
+
+def test_load_predict_frame_and_explain(exported_model, tmp_path):
+    model = cct.load(exported_model)
+    assert model.class_names == ["NonCOVID", "COVID"] and 0 <= model.threshold <= 1
+    assert model.card["architecture"] == "timm:resnet10t"
+    result = model.predict(_folder(tmp_path))
+    frame = result.to_frame()
+    assert len(frame) == 6 and set(frame["label"]) <= {"NonCOVID", "COVID"}
+    assert frame["score"].between(0, 1).all() and any("cut.png" in s for s in result.skipped)
+    assert result.shift["n"] == 6
+    heat = model.explain(tmp_path / "slices" / "0.png")
+    assert heat.shape == (48, 64) and 0 <= heat.min() and heat.max() <= 1 and heat.std() > 0
+
+
+def test_errors_are_typed_with_the_command_lines_message(tmp_path):
+    with pytest.raises(cct.ModelError, match="does not exist"):
+        cct.load(tmp_path / "nowhere")
+    with pytest.raises(cct.CovidCTError):
+        cct.train({"epochs": 0})
+
+
+def test_evaluate_threshold_and_train(own_run, tmp_path):
+    metrics = cct.evaluate(own_run, "test", n_bootstrap=0)
+    assert metrics["n"] == sum(TINY_COUNTS["test"].values()) and 0 <= metrics["auc"] <= 1
+    record = cct.choose_threshold(own_run, "youden")
+    assert record["rule"] == "youden" and json.loads((own_run / "threshold.json").read_text())["rule"] == "youden"
+    assert cct.load(own_run).threshold == pytest.approx(record["threshold"])
+    data = make_covidct_layout(tmp_path / "d", TINY_COUNTS)
+    config = {"model": "timm:resnet10t", "data_dir": str(data), "pretrained": False, "epochs": 1, "batch_size": 8}
+    run = cct.train({**config, "num_workers": 0, "out": str(tmp_path / "runs"), "precision": "32", "onnx": False})
+    assert (run / "checkpoints" / "best.ckpt").is_file()
