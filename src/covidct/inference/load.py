@@ -353,10 +353,12 @@ def onnx_session(path: Path, threads: int | None = None) -> Any:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def with_run_graph(model: LoadedModel, path: Path, threads: int | None = None) -> LoadedModel:
+def with_run_graph(
+    model: LoadedModel, path: Path, threads: int | None = None, weights: str | None = None
+) -> LoadedModel:
     """Score with the run's ONNX graph (checkpoints/best.onnx) when there is one and it gives the detector's features
     when the model has a detector; PyTorch otherwise. A graph made from other weights is refused (check_made_from);
-    an unreadable one costs speed, never an answer."""
+    an unreadable one costs speed, never an answer. `weights`: the model's fingerprint when the caller has it."""
     if not path.is_file():
         return model
     try:
@@ -364,7 +366,7 @@ def with_run_graph(model: LoadedModel, path: Path, threads: int | None = None) -
     except Exception as e:  # a damaged graph costs speed, never an answer
         log.warning("%s cannot be read (%s); scoring with PyTorch", path, type(e).__name__)
         return model
-    check_made_from(graph_fingerprint(session), weights_fingerprint(model), path, model.source)
+    check_made_from(graph_fingerprint(session), weights or weights_fingerprint(model), path, model.source)
     if model.ood is None or len(session.get_outputs()) > 1:
         model.session = session
     return model
@@ -477,12 +479,14 @@ def load_trained(path: str | Path, threads: int | None = None, checkpoint: str =
             model = load_checkpoint(run.checkpoint(checkpoint), run)
             if checkpoint != "best":  # the detector and the graph were made from the best checkpoint's weights
                 return model
-            return with_run_graph(with_detector(model, run.ood_dir), run.scorer_graph_path, threads)
+            weights = weights_fingerprint(model)  # hashed once: the detector and the graph are checked against it
+            return with_run_graph(with_detector(model, run.ood_dir, weights), run.scorer_graph_path, threads, weights)
         if (path / "model.safetensors").is_file():
             model = load_trained(path / "model.safetensors")
             if (path / "model.onnx").is_file():  # scores from ONNX Runtime (faster), Grad-CAM from PyTorch
                 session = onnx_session(path / "model.onnx", threads)
-                check_made_from(graph_fingerprint(session), weights_fingerprint(model), path / "model.onnx", str(path))
+                weights = model.card.weights_sha256 or weights_fingerprint(model)  # the card's was checked on load
+                check_made_from(graph_fingerprint(session), weights, path / "model.onnx", str(path))
                 if len(session.get_outputs()) > 1 or model.ood is None:  # older ONNX files lack the features
                     model.session = session
             return with_export_threshold(model, path)
