@@ -19,7 +19,7 @@ DEMO_RUN ?= $(RUNS)/demo-$(shell date +%Y%m%d-%H%M%S)
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: venv browser rref demo test mutation lint format clean
+.PHONY: venv browser rref demo test docs mutation lint format clean
 
 # What the demo needs (covidct and torch), then the dev tools for the tests: a demo does not wait for them.
 $(BIN)/.installed: pyproject.toml
@@ -68,6 +68,11 @@ test: venv browser rref
 	$(BIN)/python -m pytest -m "not slow" -x $(PYTEST_ARGS)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m slow -n $(SLOW_WORKERS) $(PYTEST_ARGS)
 
+# The documentation site, offline, into site/ (mkdocs-material; reference pages generated from the code, results
+# from benchmarks/): --strict fails on a broken link, a missing page or an unresolved reference. CI runs it.
+docs: venv
+	NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true $(BIN)/mkdocs build --strict --quiet --site-dir site
+
 # Mutation testing of the numeric core (metrics, statistics, calibration; [tool.mutmut] in pyproject.toml) and the
 # planted one-line faults; a few minutes on 2 cores, so not part of `make test`: .ci/run runs it after. A survivor not
 # reviewed as equivalent (benchmarks/mutation_report.py, by mutant id and line hash) or an uncaught fault fails it.
@@ -86,4 +91,4 @@ format: venv
 	$(BIN)/ruff check --fix src tests benchmarks
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache mutants
+	rm -rf $(VENV) build site src/*.egg-info .pytest_cache .ruff_cache mutants

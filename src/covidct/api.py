@@ -17,13 +17,19 @@ A run folder also evaluates and takes an operating point::
     metrics = cct.evaluate("runs/demo", on="site=/data/site")   # metrics with intervals, per group
     cct.choose_threshold("runs/demo", "youden", on="site=/data/site")
 
+Adapt it to a site's own labelled patients: the learning curve, then the adapted model::
+
+    curve = cct.learning_curve("runs/demo", "site=/data/site.csv", ks=(2, 5, 10))
+    adapted = cct.adapt("runs/demo", "site=/data/site.csv")   # adapted.run: a run folder; adapted.record: how
+
 Training takes a configuration (a TrainConfig, a dict of its fields or a YAML file) and returns the run folder::
 
-    run = cct.train({"data_dir": "data/covid-ct", "epochs": 12, "seed": 1})
+    run = cct.train({"data_dir": "data/covid-ct", "epochs": 12, "seed": 1}, progress=print)
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,20 +37,23 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from covidct.config import TrainConfig
+from covidct.config import DEFAULT_DRAWS, DEFAULT_STRATEGY, TrainConfig
 from covidct.data.medical import LUNG_WINDOW
 from covidct.errors import ConfigError, CovidCTError, DataError, ModelError
 from covidct.verdict import DEFAULT_AGGREGATION
 
 __all__ = [
+    "Adaptation",
     "ConfigError",
     "CovidCTError",
     "DataError",
     "Model",
     "ModelError",
     "Predictions",
+    "adapt",
     "choose_threshold",
     "evaluate",
+    "learning_curve",
     "load",
     "train",
 ]
@@ -160,9 +169,18 @@ def choose_threshold(
     return store_threshold(run, str(rule), min_sensitivity, on=on)
 
 
-def train(config: TrainConfig | dict[str, Any] | PathLike, progress: bool = False) -> Path:
+def train(
+    config: TrainConfig | dict[str, Any] | PathLike,
+    progress: bool | Callable[[dict[str, Any]], None] = False,
+) -> Path:
     """`covidct train`: a run of `config` (a TrainConfig, a dict of its fields, or a YAML file of them); returns
-    the run folder, with its best checkpoint, operating point, detector and graph."""
+    the run folder, with its best checkpoint, operating point, detector and graph. progress: True for a progress
+    bar, or a function called after each epoch with its row of metrics.csv (epoch, epochs, train_loss, val_auc, ...).
+
+    Example::
+
+        run = cct.train("configs/default.yaml", progress=lambda row: print(row["epoch"], row["val_auc"]))
+    """
     from covidct.training.fit import train as fit
 
     if isinstance(config, (str, Path)):
@@ -171,4 +189,51 @@ def train(config: TrainConfig | dict[str, Any] | PathLike, progress: bool = Fals
         config = TrainConfig.from_dict(config)
     if not isinstance(config, TrainConfig):
         raise ConfigError(f"train takes a TrainConfig, a dict of its fields or a YAML file, got {type(config)!r}")
-    return fit(config, progress=progress)
+    if callable(progress):
+        return fit(config, progress=False, on_epoch=progress)
+    return fit(config, progress=bool(progress))
+
+
+@dataclass
+class Adaptation:
+    """What `adapt` gives: the adapted model's run folder (load, predict, evaluate and export take it) and its
+    record (strategy, the site, its grouped cross-validation figures, the shift between the sites)."""
+
+    run: Path
+    record: dict[str, Any]
+
+
+def learning_curve(
+    run: PathLike,
+    site: str,
+    ks: tuple[int, ...] = (2, 5, 10),
+    draws: int = DEFAULT_DRAWS,
+    seed: int = 0,
+    group_duplicates: bool = True,
+) -> list[dict[str, Any]]:
+    """`covidct adapt --curve`: how each adaptation strategy does with k labelled patients (groups) per class of
+    the site `site` (NAME=FOLDER or CSV), each k drawn `draws` times and scored on the site's other patients;
+    a row per strategy and k (auc, auc_ci, auc_worst, ...), also written to RUN/curve-NAME/. group_duplicates:
+    near-duplicate images are put in one group (a patient's slices that repeat)."""
+    from covidct.adaptation.adapt import load_site, run_curve
+
+    loaded = load_site(Path(run), site, group_duplicates=group_duplicates)
+    return run_curve(Path(run), loaded, Path(run) / f"curve-{loaded.name}", tuple(ks), draws, seed)
+
+
+def adapt(
+    run: PathLike,
+    site: str,
+    strategy: str = DEFAULT_STRATEGY,
+    out: PathLike | None = None,
+    group_duplicates: bool = True,
+) -> Adaptation:
+    """`covidct adapt`: the model of `run` adapted to all of the site's labelled images by `strategy`, written as a
+    new run folder beside `run` (or under `out`), with the operating point chosen on the site's grouped
+    cross-validation."""
+    from covidct.adaptation.adapt import adapt_run, load_site
+    from covidct.runs import RunDir
+
+    loaded = load_site(Path(run), site, group_duplicates=group_duplicates)
+    folder = adapt_run(Path(run), loaded, Path(out) if out else Path(run).parent, strategy)
+    return Adaptation(folder, RunDir(folder).summary()["adaptation"])

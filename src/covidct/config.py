@@ -238,7 +238,7 @@ class TrainConfig(Settings):
     cache_dir: str | None = setting(None, "keep decoded images here across runs (keyed by file content)")
     accelerator: str = setting("auto", "auto, cpu or gpu")
     devices: int = setting(1, "devices (GPUs, or CPU processes) per node; > 1: DDP")
-    num_nodes: int = setting(1, "machines taking part; see README 'Several machines'")
+    num_nodes: int = setting(1, "machines taking part; see the docs, how-to 'Long runs'")
     tensorboard: bool = setting(True, "TensorBoard logs in RUN_DIR/tensorboard")
     checkpoint_every: int = setting(
         1,

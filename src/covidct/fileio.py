@@ -84,7 +84,11 @@ FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 def safe_cell(value: Any) -> Any:
     """`value` as a CSV cell no spreadsheet runs: text that starts like a formula gets a leading apostrophe (OWASP's
     advice; spreadsheets show the text as written). Numbers, and text that is a number ("-0.5"), stay as they are;
-    the JSON beside a CSV keeps the original text."""
+    the JSON beside a CSV keeps the original text.
+
+    >>> safe_cell("=HYPERLINK(1)"), safe_cell("-0.5"), safe_cell(3)
+    ("'=HYPERLINK(1)", '-0.5', 3)
+    """
     if not isinstance(value, str) or not value.startswith(FORMULA_STARTS):
         return value
     try:

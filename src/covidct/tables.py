@@ -46,7 +46,11 @@ def number_text(v: float | None) -> str:
 
 def interval_text(pair: Sequence[float] | None) -> str:
     """'[low, high]'; '' when there is no interval, and '[no interval: too few cases]' when it is undefined (a
-    DeLong variance of one case per class, say), never '[nan, nan]'."""
+    DeLong variance of one case per class, say), never '[nan, nan]'.
+
+    >>> interval_text([0.8214, 0.9307]), interval_text([float("nan"), 0.9])
+    ('[0.821, 0.931]', '[no interval: too few cases]')
+    """
     if not pair:
         return ""
     if any(v is None or v != v for v in pair):

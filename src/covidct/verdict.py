@@ -60,7 +60,11 @@ def positive(scores: Any, threshold: float) -> Any:
 
 
 def label_of(score: float, threshold: float, class_names: Sequence[str]) -> str:
-    """The class name of a score at the operating point (positive: the second)."""
+    """The class name of a score at the operating point (positive: the second).
+
+    >>> label_of(0.5, 0.5, ["NonCOVID", "COVID"]), label_of(0.49, 0.5, ["NonCOVID", "COVID"])
+    ('COVID', 'NonCOVID')
+    """
     return class_names[1] if positive(score, threshold) else class_names[0]
 
 

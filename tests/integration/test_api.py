@@ -4,6 +4,7 @@ choose an operating point, train from a dict; errors are covidct's typed excepti
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -53,3 +54,30 @@ def test_evaluate_threshold_and_train(own_run, tmp_path):
     config = {"model": "timm:resnet10t", "data_dir": str(data), "pretrained": False, "epochs": 1, "batch_size": 8}
     run = cct.train({**config, "num_workers": 0, "out": str(tmp_path / "runs"), "precision": "32", "onnx": False})
     assert (run / "checkpoints" / "best.ckpt").is_file()
+
+
+def test_train_calls_the_progress_function_after_each_epoch(tmp_path):
+    data = make_covidct_layout(tmp_path / "d", TINY_COUNTS)
+    rows = []
+    config = {"model": "timm:resnet10t", "data_dir": str(data), "pretrained": False, "epochs": 2, "batch_size": 8}
+    config |= {"num_workers": 0, "out": str(tmp_path / "runs"), "precision": "32", "onnx": False, "ood": False}
+    run = cct.train(config, progress=rows.append)
+    assert [(r["epoch"], r["epochs"]) for r in rows] == [(1, 2), (2, 2)]
+    assert all(0 <= r["val_auc"] <= 1 for r in rows) and (run / "metrics.csv").is_file()
+
+
+def test_learning_curve_and_adapt(trained_run, tmp_path):
+    from tests.integration.test_adapt import site_csv
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    site = f"site={site_csv(tmp_path / 'site')}"
+    curve = cct.learning_curve(run, site, ks=(1, 2), draws=2, group_duplicates=False)
+    assert {(r["strategy"], r["k"]) for r in curve} >= {("head", 1), ("head", 2)}
+    assert all(0 <= r["auc"] <= 1 for r in curve) and (run / "curve-site" / "curve.md").is_file()
+    adapted = cct.adapt(run, site, strategy="head", out=tmp_path / "adapted", group_duplicates=False)
+    assert adapted.record["site"] == "site" and adapted.run.parent == tmp_path / "adapted"
+    recorded = json.loads((adapted.run / "threshold.json").read_text())["threshold"]
+    assert cct.load(adapted.run).threshold == pytest.approx(recorded)
+    with pytest.raises(cct.DataError):
+        cct.learning_curve(run, f"one={tmp_path / 'nowhere'}")

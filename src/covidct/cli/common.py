@@ -167,16 +167,27 @@ UPLOAD_LIMITS = (
 )
 
 
+def limit_flag(name: str) -> str:
+    """The flag of an input limit: --max-NAME (--min-side for the one lower bound).
+
+    >>> limit_flag("upload_mb"), limit_flag("min_side")
+    ('--max-upload-mb', '--min-side')
+    """
+    return "--min-side" if name == "min_side" else f"--max-{name.replace('_', '-')}"
+
+
 def limit_args(p: argparse.ArgumentParser, names: tuple[str, ...]) -> None:
     """One flag per input limit named (--max-NAME), in a group of their own, with the default from InputLimits."""
     from covidct.config import INPUT_LIMITS, InputLimits
 
-    group = p.add_argument_group("input limits", "refused with a message naming the limit (README: input limits)")
+    group = p.add_argument_group(
+        "input limits", "refused with a message naming the limit (docs: reference/input-limits)"
+    )
     fields = {f.name: f for f in dataclasses.fields(InputLimits)}
     for name in names:
         kind = int if isinstance(getattr(INPUT_LIMITS, name), int) else float
         group.add_argument(
-            f"--max-{name.replace('_', '-')}" if name != "min_side" else "--min-side",
+            limit_flag(name),
             dest=f"limit_{name}",
             type=kind,
             default=None,

@@ -257,7 +257,7 @@ def load_splits(data_dir: str | Path, data_csv: str | Path | None = None, seed: 
         return folder_splits(root, seed)
     raise DataError(
         f"data folder {root} is neither the COVID-CT layout (Images-processed/ + Data-split/) nor "
-        "class-per-folder images; see README 'Your own data'"
+        "class-per-folder images; see the docs, how-to 'Use your own data'"
     )
 
 

@@ -696,3 +696,13 @@ def serve(model_path: str, host: str = "127.0.0.1", port: int = 8000, settings: 
     keys = s.api_key or [k.strip() for k in os.environ.get(API_KEY_ENV, "").split(",") if k.strip()]
     app = create_app(model, keys, s.limits, s.shift_window, s.batch_wait_ms)
     uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+def openapi_document(limits: InputLimits = INPUT_LIMITS) -> dict[str, Any]:
+    """The REST API's OpenAPI document, without a model (the docs' reference is generated from it): the app is built
+    around a card alone, which routes never reach while nothing is served."""
+    from covidct.data.preprocessing import Preprocessing
+    from covidct.model_card import ModelCard
+
+    card = ModelCard("any", Preprocessing(), ["NonCOVID", "COVID"], threshold=0.5)
+    return create_app(LoadedModel(card=card), limits=limits).openapi()

@@ -108,7 +108,7 @@ def _torchvision(name: str, pretrained: bool, weights: str | None) -> nn.Module:
     return model
 
 
-_TV = "torchvision weights API and cache (needs the weight file; README)"
+_TV = "torchvision weights API and cache (needs the weight file; docs: how-to backbones)"
 
 
 @register_backbone("vgg19_bn", weights=_TV, head="classifier.6", notes="the study's best")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +30,11 @@ class EpochHistory(Callback):
     """One CSV row per epoch (train and validation metrics, learning rate, seconds), rewritten atomically
     (by rank 0 only when `write` is False elsewhere)."""
 
-    def __init__(self, path: Path, write: bool = True, echo: bool = False) -> None:
+    def __init__(
+        self, path: Path, write: bool = True, echo: bool = False, on_epoch: Callable[[dict], None] | None = None
+    ) -> None:
         self.path = path
+        self.on_epoch = on_epoch  # a caller's progress callback (covidct.api.train), given each epoch's row
         self.write = write
         self.echo = echo  # one line per epoch on stderr (when there is no progress bar: logs stay readable)
         self.rows: list[dict[str, Any]] = []
@@ -64,6 +68,8 @@ class EpochHistory(Callback):
             keys = ("train_loss", "val_loss", "val_acc", "val_auc")  # those the module logs (pretraining: no val_*)
             shown = "  ".join(f"{k} {row[k]:.4f}" for k in keys if k in metrics)
             print(f"epoch {row['epoch']}/{trainer.max_epochs}: {shown}  ({row['seconds']:.0f} s)", file=sys.stderr)
+        if self.on_epoch is not None and self.write:
+            self.on_epoch(dict(row, epochs=trainer.max_epochs))
 
 
 class GracefulStop(Callback):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,8 +49,15 @@ from covidct.training.pretrain import load_init
 log = logging.getLogger("covidct")
 
 
-def train(config: TrainConfig, progress: bool = True, run_dir: Path | None = None, resume: bool = False) -> Path:
+def train(
+    config: TrainConfig,
+    progress: bool = True,
+    run_dir: Path | None = None,
+    resume: bool = False,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> Path:
     """Train `config.model`, keep the best checkpoint on validation and the last; returns the run folder.
+    on_epoch: called with each epoch's row of metrics.csv (a dict) as it is written.
 
     Everything that can fail on bad input (data, model name, weights, images) is checked before the run folder
     is created, so a failed start leaves nothing behind. resume=True continues `run_dir` from its last.ckpt
@@ -70,7 +78,8 @@ def train(config: TrainConfig, progress: bool = True, run_dir: Path | None = Non
         train_ds.preload(progress)
         val_ds.preload(progress)
     with run_folder(run_dir, config.out, config.model, config.to_yaml(), resume) as run:
-        return _fit(config, data, (model, teachers), pre, train_ds, val_ds, run, progress, resume)
+        history = EpochHistory(run.metrics_path, write=global_rank() == 0, echo=not progress, on_epoch=on_epoch)
+        return _fit(config, data, (model, teachers), pre, (train_ds, val_ds), run, history, (progress, resume))
 
 
 def build_network(config: TrainConfig, resume: bool) -> tuple[nn.Module, Preprocessing]:
@@ -103,16 +112,17 @@ def _fit(
     data: SplitData,
     networks: tuple[nn.Module, list[nn.Module]],
     pre: Preprocessing,
-    train_ds: ImageDataset,
-    val_ds: ImageDataset,
+    datasets: tuple[ImageDataset, ImageDataset],
     run: RunDir,
-    progress: bool,
-    resume: bool,
+    history: EpochHistory,
+    modes: tuple[bool, bool],
 ) -> Path:
     """The run, as named stages: the linear probe, the network's speed and freezing, the Lightning module, the
     callbacks, the trainer, the loop, and (rank 0) what is kept after it. `networks`: the one to train and the
     teachers it learns from (none without distillation)."""
     model, teachers = networks
+    train_ds, val_ds = datasets
+    progress, resume = modes  # a progress bar; resuming the run
     precision = resolve_precision(config.precision, config.accelerator)
     workers = resolve_workers(config.num_workers)
     log.info("run %s: model %s, precision %s, %d loader workers", run.path, config.model, precision, workers)
@@ -122,7 +132,6 @@ def _fit(
     prepare_network(model, config, precision)
     module = Classifier.for_run(config, model, pre, data.class_names, val_ds)
     module.teachers = teachers
-    history = EpochHistory(run.metrics_path, write=global_rank() == 0, echo=not progress)
     ckpt_path = None
     if resume:
         ckpt_path, done = resume_point(run)
