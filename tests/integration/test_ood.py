@@ -14,7 +14,7 @@ from covidct.cli import main
 from covidct.data import ImageDataset, load_rgb
 from covidct.errors import ModelError
 from covidct.inference.load import load_trained
-from covidct.ood.fit import dataset_features
+from covidct.ood.fit import dataset_outputs
 from covidct.ood.framing import framing_of
 from covidct.ood.pixels import pixels_of
 from covidct.runs import RunDir
@@ -36,7 +36,7 @@ def test_training_fits_a_detector_with_its_threshold_on_validation(trained_run):
     model = load_trained(trained_run)
     assert model.ood is not None and card["architecture"] == model.architecture == "timm:resnet10t"
     val = ImageDataset(run.data().splits["val"], model.transform)
-    features = dataset_features(model.scoring().network, val)  # the network that scores and fits
+    features = dataset_outputs(model.scoring().network, val)[1]  # the network that scores and fits
     images = [val.image(i) for i in range(len(val))]
     scores = model.ood.score(features, framing_of(images), pixels_of(images))
     assert card["threshold"] == pytest.approx(np.percentile(scores, card["percentile"]), rel=1e-6)

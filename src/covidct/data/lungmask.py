@@ -42,20 +42,6 @@ def lung_mask(hu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return lung, body
 
 
-def lung_mask_grey(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The fallback for images without HU: Otsu's threshold splits dark (air) from bright (tissue)."""
-    from scipy import ndimage
-    from skimage.filters import threshold_otsu
-
-    if grey.max() == grey.min():
-        empty = np.zeros(grey.shape, bool)
-        return empty, empty
-    t = threshold_otsu(grey)
-    body = _largest_filled(grey > t)
-    lung = ndimage.binary_opening(body & (grey <= t), iterations=2)
-    return lung, body
-
-
 def lung_fraction(lung: np.ndarray, body: np.ndarray) -> float:
     """Lung area as a share of the body's area (0 when there is no body)."""
     b = int(body.sum())

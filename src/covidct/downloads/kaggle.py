@@ -12,8 +12,6 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from PIL import Image
-
 from covidct.data.images import IMAGE_SUFFIXES, load_rgb
 from covidct.errors import DataError
 
@@ -105,7 +103,3 @@ def download_sars_cov_2_ct(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return dest
-
-
-def grey_png(img: Image.Image) -> Image.Image:
-    return img.convert("L")

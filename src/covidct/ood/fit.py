@@ -44,11 +44,6 @@ def dataset_outputs(net: nn.Module, dataset: Dataset, batch_size: int = 32) -> t
     return logits, feats
 
 
-def dataset_features(net: nn.Module, dataset: Dataset, batch_size: int = 32) -> np.ndarray:
-    """Detector features (N x D) of every item of `dataset`."""
-    return dataset_outputs(net, dataset, batch_size)[1]
-
-
 def fit_for_network(
     net: nn.Module,
     architecture: str,
