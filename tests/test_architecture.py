@@ -21,6 +21,7 @@ LAYERS = [
         "covidct.tables",
         "covidct.plotting",
         "covidct.operating_point",
+        "covidct.cards",
     },
     {"covidct.data"},
     {"covidct.audit", "covidct.downloads"},

@@ -91,8 +91,12 @@ def test_a_probe_that_does_not_fit_is_refused(tmp_path):
         load_probe(tmp_path, "efficientnet_lite1")
     card = json.loads((tmp_path / CARD_NAME).read_text())
     (tmp_path / CARD_NAME).write_text(json.dumps({**card, "share": 1.5}))
-    with pytest.raises(ModelError, match=r"share in \[0, 1\)"):
+    with pytest.raises(ModelError, match="field 'share' input should be less than 1"):
         load_probe(tmp_path, "efficientnet_lite0")
+    for bad, named in (({**card, "sahre": 0.2}, "'sahre' is not a field"), ({**card, "format": "x"}, "'format'")):
+        (tmp_path / CARD_NAME).write_text(json.dumps(bad))
+        with pytest.raises(ModelError, match=named):
+            load_probe(tmp_path, "efficientnet_lite0")
     (tmp_path / CARD_NAME).write_text(json.dumps(card))
     state = load_file(str(tmp_path / WEIGHTS_NAME))
     save_file({**state, "keep": state["keep"] + 1}, str(tmp_path / WEIGHTS_NAME))

@@ -83,6 +83,27 @@ def test_damaged_or_foreign_detectors_are_refused_clearly(tmp_path):
         OODDetector.load(tmp_path)
 
 
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        (lambda c: {**c, "thresold": 1.0}, "'thresold' is not a field"),  # a misspelt field is not ignored
+        (lambda c: {k: v for k, v in c.items() if k != "percentile"}, "'percentile' field required"),
+        (lambda c: {**c, "n_train": "many"}, "'n_train' input should be a valid integer"),
+        (lambda c: {**c, "framing": {"statistics": [], "threshold": 1, "method": "m", "x": 0}}, "'framing.x' is not"),
+        (lambda c: {**c, "format": "covidct-ood/9"}, "'format'"),
+        (lambda c: [c], "must hold a JSON object"),
+    ],
+)
+def test_the_detector_card_is_typed_and_refuses_bad_fields_by_name(tmp_path, change, named):
+    detector = fit_detector(gaussian(60), gaussian(30, seed=1), "arch", "mahalanobis", info={"n_train": 60})
+    detector.save(tmp_path)
+    card = json.loads((tmp_path / "ood.json").read_text())
+    (tmp_path / "ood.json").write_text(json.dumps(change(card)))
+    with pytest.raises(ModelError, match=named) as refused:
+        OODDetector.load(tmp_path)
+    assert str(tmp_path / "ood.json") in str(refused.value) and "covidct ood fit RUN" in str(refused.value)
+
+
 def test_bad_fitting_input_is_refused():
     with pytest.raises(ModelError, match="method"):
         fit_detector(gaussian(10), gaussian(5), "arch", "energy")
@@ -202,7 +223,7 @@ def test_the_pixel_half_flags_another_source_and_combines_on_the_two_halves_foot
         loaded.score(same, framing_stats(200, 2))
     card = json.loads((tmp_path / "ood.json").read_text())
     (tmp_path / "ood.json").write_text(json.dumps({**card, "pixels": {**card["pixels"], "ref": "none"}}))
-    with pytest.raises(ModelError, match="pixels half of the detector is damaged"):
+    with pytest.raises(ModelError, match=r"field 'pixels\.ref' input should be a valid number"):
         OODDetector.load(tmp_path)
     (tmp_path / "ood.json").write_text(json.dumps({k: v for k, v in card.items() if k != "pixels"}))
     older = OODDetector.load(tmp_path)  # a detector saved before the pixel half: two halves, as it was fitted

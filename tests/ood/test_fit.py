@@ -80,7 +80,7 @@ def test_a_damaged_source_is_refused(tmp_path):
     detector.save(tmp_path)
     card = json.loads((tmp_path / "ood.json").read_text())
     (tmp_path / "ood.json").write_text(json.dumps({**card, "sources": {"b": card["sources"][0]}}))
-    with pytest.raises(ModelError, match="must be a list"):
+    with pytest.raises(ModelError, match="field 'sources' input should be a valid list"):
         OODDetector.load(tmp_path)
     (tmp_path / "ood.json").write_text(json.dumps({**card, "sources": [{**card["sources"][0], "feature_dim": 7}]}))
     with pytest.raises(ModelError, match="damaged"):

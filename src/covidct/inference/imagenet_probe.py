@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 
+from covidct.cards import StrictCard
 from covidct.errors import ModelError
 from covidct.ood.features import FeatureTaps, channel_mean, untapped
 
@@ -28,6 +30,20 @@ PROBE_STAGES = 4  # the last four stages' channel means (screened against pooled
 FORMAT = "covidct-imagenet-probe/1"
 WEIGHTS_NAME = "imagenet_probe.safetensors"
 CARD_NAME = "imagenet_probe.json"
+
+
+class ProbeCard(StrictCard):
+    """imagenet_probe.json, typed (covidct.cards): what the probe is, validated on read and on write."""
+
+    format: Literal["covidct-imagenet-probe/1"]
+    share: float = Field(ge=0, lt=1)  # the probe's share of the blended log-odds
+    n_features: int = Field(gt=0)
+    architecture: str
+    stages: str | None = None
+    n_train: int | None = None
+    C: float | None = None  # the regression's inverse regularisation, chosen by cross-validation
+    cv_auc: float | None = None
+    fit_seconds: float | None = None
 
 
 def stage_mean_indices(net: nn.Module, input_size: int, last: int = PROBE_STAGES) -> torch.Tensor:
@@ -93,7 +109,8 @@ class ImageNetProbe(nn.Module):
         return blend_logits(logits, self(x), self.share)
 
     def card(self) -> dict[str, Any]:
-        return {"format": FORMAT, "share": self.share, "n_features": len(self.keep), **self.info}
+        card = {"format": FORMAT, "share": self.share, "n_features": len(self.keep), **self.info}
+        return ProbeCard.read(card, CARD_NAME, "a probe must be fitted by covidct").record()
 
     def save(self, folder: Path) -> Path:
         from safetensors.torch import save_file
@@ -115,12 +132,11 @@ def load_probe(folder: Path, architecture: str) -> ImageNetProbe | None:
     if not card_path.is_file():
         return None
     try:
-        card = json.loads(card_path.read_text())
-        share, n, arch = float(card["share"]), int(card["n_features"]), str(card["architecture"])
-    except (ValueError, KeyError, TypeError) as e:
+        data = json.loads(card_path.read_text())
+    except (ValueError, OSError) as e:
         raise ModelError(f"{card_path} is not a covidct ImageNet probe card ({type(e).__name__}: {e})") from None
-    if card.get("format") != FORMAT or not 0 <= share < 1:
-        raise ModelError(f"{card_path}: format must be {FORMAT} and share in [0, 1), got {card.get('format')}, {share}")
+    card = ProbeCard.read(data, str(card_path), "retrain the run or delete the probe's folder").record()
+    share, n, arch = card["share"], card["n_features"], card["architecture"]
     if arch != architecture:
         raise ModelError(f"the ImageNet probe in {folder} was fitted for {arch}, not {architecture}")
     from safetensors.torch import load_file

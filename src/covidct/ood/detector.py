@@ -27,12 +27,12 @@ import numpy as np
 
 from covidct.errors import ModelError
 from covidct.ood.acquisition import Acquisition, AcquisitionRecord
+from covidct.ood.card import FORMAT, checked_card
 from covidct.ood.framing import FRAMING_STATISTICS, RESOLUTION
 from covidct.ood.image_statistics import IMAGE_STATISTICS
 from covidct.ood.pixels import PIXEL_STATISTICS
 from covidct.ood.shift import ShiftReference
 
-FORMAT = "covidct-ood/1"
 WEIGHTS = "ood.safetensors"
 CARD = "ood.json"
 DEFAULT_PERCENTILE = 95.0  # of the validation images' scores: about 5% of in-distribution images flag
@@ -212,8 +212,9 @@ class OODDetector:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         arrays = {**_all_arrays(self), **({} if self.reference is None else self.reference.arrays())}
+        card = checked_card(self.describe(), str(folder / CARD))  # the card as every reader will check it
         atomic_write(folder / WEIGHTS, lambda p: save_file(arrays, str(p)))
-        write_json(folder / CARD, self.describe())
+        write_json(folder / CARD, card)
         return folder / CARD
 
     @classmethod
@@ -234,6 +235,7 @@ class OODDetector:
                 f"out-of-distribution detector in {folder} cannot be read ({type(e).__name__}: {e}); "
                 "refit it with covidct ood fit RUN"
             ) from None
+        card = checked_card(card, where)
         detector = _from_card(card, arrays, "", where)
         if card.get("acquisitions") is not None:
             detector.acquisitions = AcquisitionRecord.from_json(card["acquisitions"], where)
