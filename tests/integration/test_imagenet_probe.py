@@ -12,7 +12,7 @@ from covidct.data import load_rgb
 from covidct.evaluation.metrics import youden_threshold
 from covidct.inference.export import export_run
 from covidct.inference.load import load_trained
-from covidct.ood.features import stages
+from covidct.models import backbone_stages as stages
 from covidct.runs import RunDir
 from tests.conftest import TINY_COUNTS, make_covidct_layout
 

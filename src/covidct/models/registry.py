@@ -3,9 +3,15 @@ where its classification head is and its preprocessing (as timm's register_model
 
 A new backbone is one function in backbones.py:
 
-    @register_backbone("my_net", weights="where the ImageNet weights come from", head="fc", input_size=224)
+    @register_backbone("my_net", weights="where the ImageNet weights come from", head="fc", input_size=224,
+                       stages=("stem", "stage1", "stage2", "stage3"))
     def my_net(pretrained: bool, weights: str | None) -> nn.Module:
         ...  # build, load weights; the registry replaces the head with a 2-class one
+
+`stages` says where the network's stages are (as timm's feature_info does): the module paths in order, or a rule
+that finds them in a built network (`children_of("blocks")`); the detector's features and adaptation's tail read
+them from the built model (`backbone_stages`). Left out, the usual names are looked for (blocks, features,
+layer1-4).
 """
 
 from __future__ import annotations
@@ -21,6 +27,47 @@ from covidct.errors import ModelError
 
 Builder = Callable[[bool, "str | None"], nn.Module]
 HEAD_ATTR = "covidct_head"  # set on every built model: the dotted path of its 2-class head
+STAGES_ATTR = "covidct_stages"  # set on every built model: the dotted paths of its stages, in order
+StageRule = Callable[[nn.Module], list[str]]
+
+
+def children_of(path: str, with_parameters: bool = False) -> StageRule:
+    """The stages are the children of the container at `path` (those holding parameters, if asked)."""
+
+    def rule(model: nn.Module) -> list[str]:
+        container = model.get_submodule(path)
+        return [
+            f"{path}.{name}"
+            for name, child in container.named_children()
+            if not with_parameters or any(True for _ in child.parameters())
+        ]
+
+    return rule
+
+
+RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
+
+
+def usual_stages(model: nn.Module) -> list[str]:
+    """The usual names, for a network whose builder declared none: timm's `blocks`, torchvision's `features` (VGG,
+    DenseNet: the children that hold parameters) or ResNet's layer1-4."""
+    if isinstance(getattr(model, "blocks", None), nn.Sequential):
+        return children_of("blocks")(model)
+    if isinstance(getattr(model, "features", None), nn.Sequential):
+        return children_of("features", with_parameters=True)(model)
+    if all(isinstance(getattr(model, name, None), nn.Module) for name in RESNET_STAGES):
+        return list(RESNET_STAGES)
+    raise ModelError(
+        f"{type(model).__name__}: no stages to read features from; declare them where the backbone is registered "
+        "(register_backbone(..., stages=...)) or name them blocks, features or layer1-4"
+    )
+
+
+def backbone_stages(model: nn.Module) -> list[nn.Module]:
+    """The network's stages in order: those its backbone declared when it was built (create_model), else the usual
+    names. What the out-of-distribution detector's features and adaptation's tail read."""
+    paths = getattr(model, STAGES_ATTR, None) or usual_stages(model)
+    return [model.get_submodule(p) for p in paths]
 
 
 @dataclass(frozen=True)
@@ -32,6 +79,7 @@ class BackboneSpec:
     preprocessing: Preprocessing
     notes: str = ""
     prefix: bool = False  # a family addressed as "<name>:<arch>" (timm:<name>)
+    stages: tuple[str, ...] | StageRule | None = None  # where its stages are; None: the usual names
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}
@@ -47,12 +95,13 @@ def register_backbone(
     std: tuple[float, float, float] = IMAGENET_STD,
     notes: str = "",
     prefix: bool = False,
+    stages: tuple[str, ...] | StageRule | None = None,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     def decorate(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
             raise ValueError(f"backbone {name!r} registered twice")
         pre = Preprocessing.for_input(input_size, mean, std)
-        _REGISTRY[name] = BackboneSpec(name, fn, weights, head, pre, notes, prefix)
+        _REGISTRY[name] = BackboneSpec(name, fn, weights, head, pre, notes, prefix, stages)
         return fn
 
     return decorate
@@ -102,7 +151,22 @@ def create_model(
     if spec.head:
         replace_head(model, spec.head)
         setattr(model, HEAD_ATTR, spec.head)
+    setattr(model, STAGES_ATTR, declared_stages(model, spec))
     return model, pre
+
+
+def declared_stages(model: nn.Module, spec: BackboneSpec) -> list[str]:
+    """The dotted paths of a built model's stages, as its spec declares them; each checked to exist."""
+    if spec.stages is None:
+        paths = usual_stages(model)
+    else:
+        paths = list(spec.stages) if isinstance(spec.stages, tuple) else spec.stages(model)
+    for path in paths:
+        try:
+            model.get_submodule(path)
+        except AttributeError:
+            raise ModelError(f"backbone {spec.name} declares a stage {path!r} that its network does not have") from None
+    return paths
 
 
 def head_module(model: nn.Module) -> nn.Module | None:

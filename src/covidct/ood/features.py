@@ -13,22 +13,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from covidct.models import head_module
-
-
-def stages(model: nn.Module) -> list[nn.Module]:
-    """The backbone's stages in order: timm's `blocks`, torchvision's `features` (VGG, DenseNet) or ResNet's layers."""
-    if isinstance(getattr(model, "blocks", None), nn.Sequential):
-        return list(model.blocks)
-    if isinstance(getattr(model, "features", None), nn.Sequential):
-        return [m for m in model.features if isinstance(m, nn.Module) and any(True for _ in m.parameters())]
-    layers = [getattr(model, f"layer{i}", None) for i in range(1, 5)]
-    if all(isinstance(m, nn.Module) for m in layers):
-        return layers  # type: ignore[return-value]
-    from covidct.errors import ModelError
-
-    raise ModelError(f"{type(model).__name__}: no stages (blocks, features or layer1-4) to read features from")
-
+from covidct.models import backbone_stages, head_module
 
 _local = threading.local()  # the collector of this thread's forward pass, if any
 _install_lock = threading.Lock()
@@ -84,7 +69,7 @@ def install(model: nn.Module) -> None:
             from covidct.errors import ModelError
 
             raise ModelError(f"{type(model).__name__}: no classification head found to read features from")
-        for stage in stages(model):
+        for stage in backbone_stages(model):
             stage.register_forward_hook(_keep_stats)
         head.register_forward_pre_hook(_keep_pooled)
         object.__setattr__(model, _INSTALLED, True)
