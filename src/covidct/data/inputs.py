@@ -3,18 +3,23 @@ its read). predict reads its files, folders and globs through it, serve its uplo
 to a folder and read as one), and the labelled sets of `evaluate --on` and `adapt` their 2-D files (ImageDataset
 decodes them with images.load_rgb, which `read_slice` is built on).
 
-What an input is (`kind_of`, `kind_of_bytes`): an image file (PNG, JPEG, ...), a DICOM file (one slice), a NIfTI
-volume, or a folder of DICOM files (its studies and series found by UID: dicom_study.scan_folder). A read that fails
-raises DataError naming the file and what is wrong; the commands skip that input, list it with the reason, and fail
-only when nothing could be scored.
+Each kind of input is one `Reader` in a registry (MONAI's `verify_suffix` / `read`): an image file (PNG, JPEG, ...),
+a DICOM file (one slice), a NIfTI volume, and a folder of DICOM files (its studies and series found by UID:
+dicom_study.scan_folder). A reader says whether it takes a path (`takes`; an upload: `takes_bytes`, by its first
+bytes), what one of its inputs is to a scorer (`unit`: a SLICE, a VOLUME of slices or a folder of STUDIES) and how
+to read it. `reader_for(path)` asks them in order of registration; adding a format is one reader and one
+`register_reader` call, and predict, serve and the API take it. A read that fails raises DataError naming the file
+and what is wrong; the commands skip that input, list it with the reason, and fail only when nothing could be scored.
 """
 
 from __future__ import annotations
 
 import glob
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -25,30 +30,59 @@ from covidct.errors import DataError
 from covidct.fileio import files_under
 
 IMAGE, DICOM, NIFTI, DICOM_FOLDER, ZIP = "image", "dicom", "nifti", "dicom-folder", "zip"
+SLICE, VOLUME, STUDIES = "slice", "volume", "studies"  # what one input is to a scorer
+
+
+@dataclass(frozen=True)
+class Reader:
+    """One kind of input. `takes(path)`: is this path one of mine (by suffix, or a marker in the file); `unit`: a
+    SLICE (`read(path, window)` gives an RGB picture), a VOLUME (`read(path, window)` gives its slices as (HU, grey)
+    arrays) or a folder of STUDIES (`read(path)` gives its scan: dicom_study.FolderScan). Uploads: `takes_bytes`
+    (from the first bytes; a name is not trusted) and `read_bytes(data, name, window)`, for SLICE readers."""
+
+    kind: str
+    unit: str
+    takes: Callable[[Path], bool]
+    read: Callable[..., Any]
+    takes_bytes: Callable[[bytes], bool] | None = None
+    read_bytes: Callable[[bytes, str, tuple[float, float]], Image.Image] | None = None
+
+
+_READERS: list[Reader] = []
+
+
+def register_reader(reader: Reader) -> Reader:
+    """Add a reader; it is asked after those registered before it (a folder, NIfTI, DICOM, then images)."""
+    if any(r.kind == reader.kind for r in _READERS):
+        raise ValueError(f"a reader of {reader.kind!r} is registered already")
+    _READERS.append(reader)
+    return reader
+
+
+def readers() -> list[Reader]:
+    """The registered readers, in the order they are asked."""
+    return list(_READERS)
+
+
+def reader_for(path: Path) -> Reader | None:
+    """The reader that takes `path`, or None (not an input covidct reads)."""
+    return next((r for r in _READERS if r.takes(path)), None)
 
 
 def kind_of(path: Path) -> str:
-    """What a file or folder is to covidct: IMAGE, DICOM, NIFTI, DICOM_FOLDER, or "" (not an input). A DICOM file
-    is known by its suffix or, without an image suffix, by the 'DICM' marker in its header."""
-    if path.is_dir():
-        return DICOM_FOLDER if _holds_dicom(path, files_under(path)) else ""
-    if is_nifti(path):
-        return NIFTI
-    if is_dicom(path):
-        return DICOM
-    return IMAGE if path.suffix.lower() in IMAGE_SUFFIXES else ""
+    """What a file or folder is to covidct: IMAGE, DICOM, NIFTI, DICOM_FOLDER (a registered reader's kind), or ""
+    (not an input). A DICOM file is known by its suffix or, without an image suffix, by the 'DICM' marker."""
+    reader = reader_for(path)
+    return reader.kind if reader else ""
 
 
 def kind_of_bytes(data: bytes) -> str:
-    """What an upload is, from its first bytes (its name and declared type are not trusted): IMAGE (PNG or JPEG),
-    DICOM, ZIP or ""."""
-    if data.startswith((b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")):
-        return IMAGE
+    """What an upload is, from its first bytes (its name and declared type are not trusted): a reader's kind
+    (IMAGE for PNG or JPEG, DICOM), ZIP (an archive of a series, unpacked to a folder) or ""."""
     if data.startswith(b"PK\x03\x04"):
         return ZIP
-    if len(data) >= 132 and data[128:132] == b"DICM":
-        return DICOM
-    return ""
+    reader = next((r for r in _READERS if r.takes_bytes is not None and r.takes_bytes(data)), None)
+    return reader.kind if reader else ""
 
 
 def _holds_dicom(folder: Path, files: list[Path]) -> bool:
@@ -73,26 +107,32 @@ def list_inputs(items: list[str]) -> list[Path]:
 
 def _folder_inputs(folder: Path) -> list[Path]:
     files = files_under(folder)
-    others = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES or is_nifti(p)]
+    others = [p for p in files if kind_of(p) not in ("", DICOM)]  # DICOM files: read as the folder's studies
     return [folder, *others] if _holds_dicom(folder, files) else others
 
 
 def read_slice(path: Path, window: tuple[float, float] = LUNG_WINDOW) -> Image.Image:
     """A 2-D input file (an image, or one DICOM slice shown in `window`) as an RGB image, within the sizes a model
     can score."""
-    dicom = kind_of(path) == DICOM
-    image = dicom_grey(open_dicom(path), str(path), window) if dicom else load_rgb(path)
-    check_scoring_size(image.size, f"{'DICOM' if dicom else 'image'} file {path}")
+    reader = reader_for(path)
+    if reader is None or reader.unit != SLICE:
+        raise DataError(
+            f"{path} is not an image or a DICOM slice (a {reader.kind if reader else 'file'} covidct "
+            "does not read as one picture)"
+        )
+    image = reader.read(path, window)
+    check_scoring_size(image.size, f"{'image' if reader.kind == IMAGE else reader.kind.upper()} file {path}")
     return image
 
 
 def read_bytes(data: bytes, name: str, window: tuple[float, float] = LUNG_WINDOW) -> Image.Image:
     """An uploaded image or DICOM file (kind_of_bytes: IMAGE or DICOM) as an RGB image, within the active input
     limits; DataError names `name` and what is wrong."""
-    if kind_of_bytes(data) == DICOM:
-        image = dicom_grey(open_dicom(data, name), name, window)
-    else:
-        image = decode_rgb(io.BytesIO(data), name)
+    kind = kind_of_bytes(data)
+    reader = next((r for r in _READERS if r.kind == kind and r.read_bytes is not None), None)
+    if reader is None:
+        raise DataError(f"{name} is not a PNG, JPEG or DICOM file (judged by its bytes, not its name)")
+    image = reader.read_bytes(data, name, window)
     check_scoring_size(image.size, name)
     return image
 
@@ -160,3 +200,50 @@ def check_volume_size(shape: tuple[int, ...], itemsize: int, source: str) -> Non
             f"NIfTI file {source}: {decoded:,} bytes once decompressed is over the limit of "
             f"{limits.megabytes('volume_mb'):,} (volume_mb)"
         )
+
+
+def _dicom_slice(path: Path, window: tuple[float, float]) -> Image.Image:
+    return dicom_grey(open_dicom(path), str(path), window)
+
+
+def _dicom_upload(data: bytes, name: str, window: tuple[float, float]) -> Image.Image:
+    return dicom_grey(open_dicom(data, name), name, window)
+
+
+def _image_file(path: Path, window: tuple[float, float]) -> Image.Image:
+    return load_rgb(path)  # an image file has no HU: the window does not apply
+
+
+def _image_upload(data: bytes, name: str, window: tuple[float, float]) -> Image.Image:
+    return decode_rgb(io.BytesIO(data), name)
+
+
+def _dicom_folder(path: Path) -> Any:
+    from covidct.data.dicom_study import scan_folder
+
+    return scan_folder(path)
+
+
+# The built-in readers, asked in this order: a folder of DICOM files, a NIfTI volume, a DICOM file, an image file.
+register_reader(Reader(DICOM_FOLDER, STUDIES, lambda p: p.is_dir() and _holds_dicom(p, files_under(p)), _dicom_folder))
+register_reader(Reader(NIFTI, VOLUME, lambda p: not p.is_dir() and is_nifti(p), volume_slices))
+register_reader(
+    Reader(
+        DICOM,
+        SLICE,
+        lambda p: not p.is_dir() and is_dicom(p),
+        _dicom_slice,
+        lambda data: len(data) >= 132 and data[128:132] == b"DICM",
+        _dicom_upload,
+    )
+)
+register_reader(
+    Reader(
+        IMAGE,
+        SLICE,
+        lambda p: p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir(),
+        _image_file,
+        lambda data: data.startswith((b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")),
+        _image_upload,
+    )
+)

@@ -22,9 +22,9 @@ import torch
 from PIL import Image
 
 from covidct.data.images import IMAGE_SUFFIXES
-from covidct.data.inputs import read_slice, volume_slices
+from covidct.data.inputs import STUDIES, VOLUME, read_slice, reader_for
 from covidct.data.lungmask import lung_fraction, lung_mask
-from covidct.data.medical import LUNG_WINDOW, apply_window, grey_image, is_nifti
+from covidct.data.medical import LUNG_WINDOW, apply_window, grey_image
 from covidct.errors import ConfigError, DataError
 from covidct.inference.load import LoadedModel
 from covidct.ood.acquisition import of_file
@@ -167,9 +167,9 @@ class Prediction:
     def score(self, item: Path | list[Path]) -> None:
         """A run of image files, a DICOM folder or a NIfTI volume; one that cannot be read is skipped by name."""
         try:
-            if isinstance(item, list):
+            if isinstance(item, list):  # a run of SLICE inputs, scored in batches
                 self.images(item)
-            elif item.is_dir():
+            elif unit_of(item) == STUDIES:
                 self.folder(item)
             else:
                 self.volume(item)
@@ -200,7 +200,7 @@ class Prediction:
     def volume(self, path: Path) -> None:
         """A NIfTI volume: a row per slice, its summary row, its entry in the report, its top slices' heat maps."""
         unseen = self.model.unseen_acquisition(of_file(path))
-        slices = enumerate(volume_slices(path, self.options.window))
+        slices = enumerate(read_volume_slices(path, self.options.window))
         entries = VolumeScorer(self.model, unseen).run((k, hu, g, "") for k, (hu, g) in slices)
         for k, e in enumerate(entries):
             e["index"] = k
@@ -209,15 +209,13 @@ class Prediction:
         self.rows.append(self.summary_row(str(path), "", "volume", summary))
         self.report["volumes"].append({"path": str(path), **summary, "label": self.label(summary["score"])})
         if self.options.cam_dir is not None:
-            greys = [g for _, g in volume_slices(path, self.options.window)]
+            greys = [g for _, g in read_volume_slices(path, self.options.window)]
             _save_top_cams(self.model, path, greys, summary, self.options.cam_dir)
 
     def folder(self, folder: Path) -> None:
         """A folder of DICOM files: each study's series scored as volumes, the study's result from one of them
         (STUDY_RULE), and the study's own shift test."""
-        from covidct.data.dicom_study import scan_folder
-
-        scan = scan_folder(folder)
+        scan = reader_for(folder).read(folder)  # type: ignore[union-attr]  # _image_runs: a STUDIES reader takes it
         self.report["skipped"] += scan.skipped
         studies = len(self.report["studies"])
         for study_uid, series_list in scan.studies().items():
@@ -325,12 +323,27 @@ def ood_columns(v: ImageVerdict) -> dict[str, Any]:
     }
 
 
+def unit_of(path: Path) -> str:
+    """What an input is to the scorer (inputs.Reader.unit), "" when no reader takes it."""
+    reader = reader_for(path)
+    return reader.unit if reader else ""
+
+
+def read_volume_slices(path: Path, window: tuple[float, float]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """A VOLUME input's slices, (HU, grey in `window`) each, from the reader that takes it."""
+    reader = reader_for(path)
+    if reader is None or reader.unit != VOLUME:
+        raise DataError(f"{path} is not a volume covidct reads (NIfTI .nii or .nii.gz)")
+    return reader.read(path, window)
+
+
 def _image_runs(paths: list[Path]) -> Iterator[Path | list[Path]]:
-    """The inputs in order, each run of consecutive image files (PNG, JPEG, a DICOM slice) as one list: they are
-    scored in batches; folders and NIfTI volumes one by one."""
+    """The inputs in order, each run of consecutive SLICE inputs (an image file, a DICOM slice, and a file no reader
+    takes, which is skipped by name when read) as one list: they are scored in batches; folders of studies and
+    volumes one by one."""
     run: list[Path] = []
     for path in paths:
-        if path.is_dir() or is_nifti(path):
+        if unit_of(path) in (STUDIES, VOLUME):
             if run:
                 yield run
             run = []
