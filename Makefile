@@ -63,8 +63,8 @@ rref:
 # subprocesses and servers, so two processes on 2 cores took it from 6 min to 3 min 53 s (benchmarks/RESULTS.md).
 SLOW_WORKERS ?= 2
 test: venv browser rref
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks tools docs
+	$(BIN)/ruff format --check src tests benchmarks tools docs
 	$(BIN)/python -m pytest -m "not slow" -x $(PYTEST_ARGS)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m slow -n $(SLOW_WORKERS) $(PYTEST_ARGS)
 
@@ -75,20 +75,20 @@ docs: venv
 
 # Mutation testing of the numeric core (metrics, statistics, calibration; [tool.mutmut] in pyproject.toml) and the
 # planted one-line faults; a few minutes on 2 cores, so not part of `make test`: .ci/run runs it after. A survivor not
-# reviewed as equivalent (benchmarks/mutation_report.py, by mutant id and line hash) or an uncaught fault fails it.
+# reviewed as equivalent (tools/mutation_report.py, by mutant id and line hash) or an uncaught fault fails it.
 mutation: venv
 	rm -rf mutants
 	$(BIN)/mutmut run --max-children 2 > /dev/null
 	$(BIN)/mutmut export-cicd-stats > /dev/null
-	$(BIN)/python benchmarks/mutation_report.py
-	$(BIN)/python benchmarks/planted_faults.py
+	$(BIN)/python tools/mutation_report.py
+	$(BIN)/python tools/planted_faults.py
 
 lint: venv
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks tools docs
 
 format: venv
-	$(BIN)/ruff format src tests benchmarks
-	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format src tests benchmarks tools docs
+	$(BIN)/ruff check --fix src tests benchmarks tools docs
 
 clean:
 	rm -rf $(VENV) build site src/*.egg-info .pytest_cache .ruff_cache mutants

@@ -1,11 +1,11 @@
-"""benchmarks/mutation_report.py waives a surviving mutant only by its id and the hash of its mutated line."""
+"""tools/mutation_report.py waives a surviving mutant only by its id and the hash of its mutated line."""
 
 import importlib.util
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "mutation_report.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "tools" / "mutation_report.py"
 
 
 @pytest.fixture

@@ -2,8 +2,8 @@
 reason why it is equivalent (it cannot change a result covidct reports) or listed as a test gap. Exit 1 when fewer
 than 90% of the non-equivalent mutants are killed or a survivor has no reviewed reason.
 
-  .venv/bin/python benchmarks/mutation_report.py            # after mutmut run; prints the Markdown for MUTATION.md
-  .venv/bin/python benchmarks/mutation_report.py --review   # the survivors with their line hashes, for review
+  .venv/bin/python tools/mutation_report.py            # after mutmut run; prints the Markdown for MUTATION.md
+  .venv/bin/python tools/mutation_report.py --review   # the survivors with their line hashes, for review
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ MUTMUT = [str(Path(sys.executable).parent / "mutmut")]
 # whose id is not here, or whose mutated line changed since the review, is a test gap until reviewed again. Each
 # reason was re-checked for float32 scores (the evaluation passes float32 from the network): a cast whose removal
 # changes a float32 result is not equivalent and is not waived (its mutants are killed by the float32 tests).
-# Regenerate the candidates after a code change with: python benchmarks/mutation_report.py --review
+# Regenerate the candidates after a code change with: python tools/mutation_report.py --review
 EQUIVALENT: dict[str, tuple[str, str]] = {
     "x_score_bins__mutmut_2": (
         "ae87de44af79",

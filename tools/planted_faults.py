@@ -1,7 +1,7 @@
 """Plant, one at a time, the statistics faults of issues 16 and 28 in a copy of src/ and run the quick tests of
 tests/evaluation against each: a fault that no test catches is printed as MISSED and the script exits 1.
 
-  .venv/bin/python benchmarks/planted_faults.py        # part of `make mutation`; a table for MUTATION.md
+  .venv/bin/python tools/planted_faults.py        # part of `make mutation`; a table for MUTATION.md
 """
 
 from __future__ import annotations
