@@ -18,7 +18,7 @@ from covidct.config import INPUT_LIMITS
 from covidct.data.dicom_study import scan_folder
 from covidct.data.medical import dicom_grey, open_dicom
 from covidct.errors import DataError
-from covidct.inference.serve import InputError, decode_upload, unpack_series_zip
+from covidct.inference.uploads import InputError, decode_upload, unpack_series_zip
 from tests.conftest import synthetic_ct
 from tests.medical_files import write_dicom
 

@@ -12,7 +12,7 @@ import pytest
 from covidct.config import INPUT_LIMITS, InputLimits, active_limits
 from covidct.data.medical import open_dicom, read_dicom
 from covidct.errors import ConfigError, DataError, ModelError
-from covidct.inference.serve import InputError, decode_upload, unpack_series_zip
+from covidct.inference.uploads import InputError, decode_upload, unpack_series_zip
 from covidct.operating_point import OperatingPoint, checked_threshold
 from covidct.runs import RunDir
 from tests.medical_files import deflated_dicom_bomb, write_dicom

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from covidct.errors import ModelError
-from covidct.inference.serve import upload_acquisition
+from covidct.inference.uploads import upload_acquisition
 from covidct.ood.acquisition import DICOM, IMAGE_FILE, NIFTI, Acquisition, AcquisitionRecord, of_file
 from covidct.ood.detector import OODDetector, fit_detector
 from tests.medical_files import write_dicom, write_nifti

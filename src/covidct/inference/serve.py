@@ -20,7 +20,6 @@ import io
 import os
 import secrets
 import threading
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -29,216 +28,33 @@ from fastapi import Depends, FastAPI, File, Header, HTTPException, Request, Uplo
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image
-from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from covidct import DISCLAIMER, __version__
 from covidct.config import INPUT_LIMITS, InputLimits
-from covidct.data.inputs import DICOM, IMAGE, ZIP, kind_of_bytes, read_bytes
-from covidct.data.medical import LUNG_WINDOW
+from covidct.data.inputs import DICOM, ZIP, kind_of_bytes
 from covidct.errors import DataError
 from covidct.inference.batching import Batcher, FairSlots
 from covidct.inference.load import LoadedModel
+from covidct.inference.schemas import Health, ImagePrediction, SeriesPrediction, error_responses
+from covidct.inference.uploads import (
+    HELD_COPIES,
+    MULTIPART_OVERHEAD,
+    RETRY_AFTER_S,
+    TOP_SLICES_SHOWN,
+    InflightBudget,
+    InputError,
+    as_members,
+    body_limit_text,
+    decode_upload,
+    read_upload,
+    unpack_series_zip,
+    upload_acquisition,
+    upload_schema,
+)
 
-MULTIPART_OVERHEAD = 64 * 1024  # a request's body besides the file: boundaries and part headers
 API_KEY_ENV = "COVIDCT_API_KEY"
 PAGE = Path(__file__).parent.parent / "templates" / "app.html"
-
-
-class ErrorDetail(BaseModel):
-    """Every error covidct's API answers: one sentence naming the file or field and what is wrong."""
-
-    detail: str = Field(description="what is wrong, naming the file or field")
-
-
-class Prediction(BaseModel):
-    score: float = Field(ge=0, le=1, description="probability of the positive class")
-    label: str
-    threshold: float
-    positive_class: str
-    model: str
-    cam: str | None = Field(None, description="Grad-CAM overlay as a PNG data URL (with ?cam=true)")
-    cam_explains: str | None = Field(None, description="what the heat map explains (with ?cam=true)")
-    preview: str | None = Field(
-        None, description="a DICOM upload as it was read (lung window), as a PNG data URL; null for PNG and JPEG"
-    )
-    in_distribution: bool | None = Field(
-        None,
-        description="false: the image does not look like the images the "
-        "model was trained on, and its score means little; null: no detector",
-    )
-    ood_score: float | None = Field(None, description="out-of-distribution score (higher: less like training)")
-    ood_threshold: float | None = Field(None, description="ood_score above this: flagged")
-    ood_reason: str | None = Field(
-        None,
-        description="why the image is flagged: unlike the training images, or (DICOM) a scanner acquisition "
-        "the training images did not hold; empty when it is not flagged",
-    )
-    disclaimer: str
-
-
-class SeriesPrediction(BaseModel):
-    """The answer to a ZIP of a DICOM series or study: one result per study (from its series) and per series."""
-
-    studies: list[dict[str, Any]]
-    skipped: list[str]
-    aggregation: str
-    study_rule: str
-    threshold: float
-    ood_check: str | None = Field(
-        None,
-        description="the rule by which a series or study is out of distribution "
-        "(each has ood_fraction and in_distribution), or 'unavailable'",
-    )
-    shift: dict[str, Any] | None = Field(
-        None, description="the batch shift test of the archive's slices against the model's validation images"
-    )
-    model: str
-    disclaimer: str
-
-
-class Health(BaseModel):
-    status: str
-    model: str
-
-
-def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    text = {
-        401: "missing or wrong API key (header X-API-Key)",
-        413: "upload over the size limit",
-        415: "not a PNG, JPEG or DICOM file (judged by its bytes)",
-        422: "empty, truncated or undecodable file, too many pixels, no pixel data, or a bad field",
-        503: "the uploads in flight hold the server's limit of bytes (inflight_mb): retry after Retry-After seconds",
-    }
-    return {code: {"model": ErrorDetail, "description": text[code]} for code in codes}
-
-
-class InputError(Exception):
-    """Bad input: an HTTP status and a message for the client."""
-
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status, self.detail = status, detail
-
-
-def upload_acquisition(data: bytes) -> Any:
-    """How an upload was acquired (covidct.ood.acquisition): a DICOM file's header; an image file's shape. A header
-    that cannot be read gives the kind alone (decode_upload says what is wrong with the file)."""
-    from covidct.data.medical import open_dicom
-    from covidct.ood import acquisition
-
-    if kind_of_bytes(data) != DICOM:
-        return acquisition.image_acquisition(io.BytesIO(data))
-    try:
-        return acquisition.from_dicom_header(open_dicom(data, "upload", header_only=True))
-    except DataError:  # decode_upload answers 422 for the same bytes
-        return acquisition.Acquisition(acquisition.DICOM)
-
-
-def decode_upload(data: bytes, name: str, window: tuple[float, float] = LUNG_WINDOW) -> Image.Image:
-    """An uploaded file as an RGB image (data/inputs.py reads it), within the active input limits, or InputError
-    with the status to answer."""
-    if kind_of_bytes(data) not in (IMAGE, DICOM):
-        raise InputError(
-            415, f"{name}: unsupported file type; send a PNG, JPEG or DICOM (.dcm) file, or a ZIP of a series"
-        )
-    try:
-        return read_bytes(data, name, window)
-    except DataError as e:
-        raise InputError(422, str(e)) from None
-
-
-TOP_SLICES_SHOWN = 5  # pictures per series in the answer to a ZIP (each about 30-60 kB as a data URL)
-
-
-def as_members(data: bytes, folder: Path) -> Any:
-    """A function that says a message about the extracted files (folder/00000.dcm, ...) in the archive's own member
-    names ("member 'series/IM1'"), and the folder as "the archive": what the client sent, not where it was put."""
-    import re
-    import zipfile
-
-    names = [m.filename for m in zipfile.ZipFile(io.BytesIO(data)).infolist() if not m.is_dir()]
-    pattern = re.compile(re.escape(str(folder)) + r"/(\d{5})\.dcm")
-
-    def said(text: str) -> str:
-        def member(match: re.Match) -> str:
-            i = int(match.group(1))
-            return f"member {names[i]!r}" if i < len(names) else match.group(0)
-
-        return pattern.sub(member, text).replace(str(folder), "the archive")
-
-    return said
-
-
-def unpack_series_zip(data: bytes, name: str, target: Path, limits: InputLimits) -> Path:
-    """Extract a ZIP of DICOM files after checking its members against `limits`: count, each member's and the total
-    expanded size, compression ratio, and paths that would climb out of the target. InputError (413/422) names what
-    is wrong, before anything is extracted; sizes are counted again while extracting (a member may lie about its
-    size), and a refusal midway leaves the caller's temporary folder to be removed with the request."""
-    import zipfile
-
-    try:
-        zf = zipfile.ZipFile(io.BytesIO(data))
-        members = [m for m in zf.infolist() if not m.is_dir()]
-    except zipfile.BadZipFile as e:
-        raise InputError(422, f"{name}: not a readable ZIP file ({e})") from None
-    _check_members(members, name, limits)
-    budget = limits.megabytes("expanded_mb")
-    for i, m in enumerate(members):
-        try:
-            budget = _extract(zf, m, target / f"{i:05d}.dcm", budget, name, limits)
-        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, ValueError) as e:
-            raise InputError(
-                422, f"{name}: member {m.filename!r} cannot be expanded ({type(e).__name__}: {e})"
-            ) from None
-    return target
-
-
-def _extract(zf: Any, member: Any, out: Path, budget: int, name: str, limits: InputLimits) -> int:
-    """Copy one member out a MB at a time, its size counted against what it declares and what is left of the
-    total; returns what is left."""
-    with zf.open(member) as src, open(out, "wb") as dst:
-        copied = 0
-        while chunk := src.read(1024**2):
-            copied += len(chunk)
-            budget -= len(chunk)
-            if copied > member.file_size:
-                raise InputError(413, f"{name}: member {member.filename!r} is larger than it declares")
-            if budget < 0:
-                raise InputError(413, f"{name}: expands past the limit of {limits.expanded_mb:g} MB (expanded_mb)")
-            dst.write(chunk)
-    return budget
-
-
-def _check_members(members: list[Any], name: str, limits: InputLimits) -> None:
-    """The ZIP's directory checked against the limits, before a byte is expanded."""
-    from pathlib import PurePosixPath
-
-    if len(members) > limits.archive_members:
-        raise InputError(
-            413, f"{name}: {len(members)} files is over the limit of {limits.archive_members} (archive_members)"
-        )
-    total = sum(m.file_size for m in members)
-    if total > limits.megabytes("expanded_mb"):
-        raise InputError(
-            413, f"{name}: {total:,} bytes expanded is over the limit of {limits.expanded_mb:g} MB (expanded_mb)"
-        )
-    for m in members:
-        parts = PurePosixPath(m.filename.replace("\\", "/")).parts
-        if PurePosixPath(m.filename).is_absolute() or ".." in parts or (parts and ":" in parts[0]):
-            raise InputError(422, f"{name}: member {m.filename!r} has a path that climbs out of the archive")
-        if m.file_size > limits.megabytes("member_mb"):
-            raise InputError(
-                413,
-                f"{name}: member {m.filename!r} expands to {m.file_size:,} bytes, over the limit "
-                f"of {limits.member_mb:g} MB (member_mb)",
-            )
-        if m.file_size > limits.member_ratio * max(1, m.compress_size):
-            raise InputError(
-                413,
-                f"{name}: member {m.filename!r} expands {m.file_size // max(1, m.compress_size)}x, "
-                f"over the limit of {limits.member_ratio:g}x (member_ratio): refused as a zip bomb",
-            )
 
 
 def png_data_url(img: Image.Image) -> str:
@@ -424,76 +240,6 @@ def docs_page(app: FastAPI) -> str:
     )
 
 
-def upload_schema(limits: InputLimits) -> dict[str, Any]:
-    """The predict route's request body in the OpenAPI document (FastAPI cannot say the byte limits itself)."""
-    series_limit, max_upload_mb = limits.megabytes("archive_mb"), limits.upload_mb
-    what = f"a PNG, JPEG or DICOM file, or a ZIP of a DICOM series or study; 1 byte to {max_upload_mb:g} MB"
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "required": ["file"],
-                        "properties": {
-                            "file": {
-                                "type": "string",
-                                "format": "binary",
-                                "contentMediaType": "application/octet-stream",
-                                "minLength": 1,
-                                "maxLength": series_limit,
-                                "description": what,
-                            }
-                        },
-                    }
-                }
-            },
-        }
-    }
-
-
-async def read_upload(request: Request, file: UploadFile, limits: InputLimits) -> bytes:
-    """The uploaded bytes, or InputError: a parameter or form field the API does not know (refused, not dropped:
-    '?cams=true' would silently return no heat map), a second file, an upload over the limits, an empty file.
-    The body as a whole is bounded before this runs (the route's max_body_size); an image's own, smaller limit is
-    checked on its first bytes and its size, before it is read."""
-    unknown = sorted(set(request.query_params) - {"cam"})
-    if unknown:
-        raise InputError(422, f"unknown query parameter(s) {unknown}; this route takes: cam")
-    form = await request.form()
-    extra = sorted(set(form.keys()) - {"file"})
-    if extra:
-        raise InputError(422, f"unknown form field(s) {extra}; this route takes: file")
-    if len(form.getlist("file")) > 1:
-        raise InputError(
-            422,
-            f"{len(form.getlist('file'))} files in one request; send one image, DICOM or ZIP per "
-            "request (a ZIP holds a series or study)",
-        )
-    name = file.filename or "upload"
-    head = await file.read(8)
-    await file.seek(0)
-    is_zip = kind_of_bytes(head) == ZIP
-    limit = limits.megabytes("archive_mb" if is_zip else "upload_mb")
-    if file.size is not None and file.size > limit:
-        raise InputError(413, f"{name}: {file.size:,} bytes is over the upload limit of {over(limits, is_zip)}")
-    data = await file.read(limit + 1)
-    if len(data) > limit:
-        raise InputError(413, f"{name}: over the upload limit of {over(limits, is_zip)}")
-    if not data:
-        raise InputError(422, f"{name}: the file is empty")
-    return data
-
-
-def over(limits: InputLimits, is_zip: bool) -> str:
-    return (
-        f"{limits.archive_mb:g} MB for a ZIP (archive_mb)"
-        if is_zip
-        else f"{limits.upload_mb:g} MB for an image (upload_mb)"
-    )
-
-
 def create_app(
     model: LoadedModel,
     api_key: str | list[str] | None = None,
@@ -529,8 +275,8 @@ def create_app(
 
     @app.post(
         "/api/v1/predict",
-        response_model=Prediction | SeriesPrediction,
-        responses=_errors(401, 413, 415, 422, 503),
+        response_model=ImagePrediction | SeriesPrediction,
+        responses=error_responses(401, 413, 415, 422, 503),
         openapi_extra=upload_schema(limits),
         max_body_size=body_limit,
         form_limits={"max_files": 2},  # two are refused by name (read_upload); more stop the parser at once
@@ -576,7 +322,7 @@ def add_reading_routes(app: FastAPI, predictor: Predictor, check_key: Any) -> No
     def health() -> dict[str, Any]:
         return {"status": "ok", "model": model.model_id}
 
-    @app.get("/api/v1/model", dependencies=auth, responses=_errors(401))
+    @app.get("/api/v1/model", dependencies=auth, responses=error_responses(401))
     def model_card() -> dict[str, Any]:
         runtime = "onnxruntime" if model.session is not None else "pytorch"
         serving = {
@@ -590,20 +336,12 @@ def add_reading_routes(app: FastAPI, predictor: Predictor, check_key: Any) -> No
         }
         return {**model.card.to_dict(), "serving": serving}
 
-    @app.get("/api/v1/shift", responses=_errors(401))
+    @app.get("/api/v1/shift", responses=error_responses(401))
     async def shift(client: Annotated[str, Depends(check_key)]) -> dict[str, Any]:
         """The batch shift test of the last images this caller sent (its API key's window; every caller's when the
         server has no keys) against the model's validation images."""
         record = await asyncio.to_thread(predictor.window(client).test, model)
         return {**record, "client": client or None}
-
-
-def body_limit_text(limits: InputLimits, declared: str | None) -> str:
-    size = f" of {int(declared):,} bytes" if declared and declared.isdigit() else ""
-    return (
-        f"upload{size} is over the limit of {limits.archive_mb:g} MB for a ZIP (archive_mb) and "
-        f"{limits.upload_mb:g} MB for an image (upload_mb)"
-    )
 
 
 def refuse_declared_bodies_over(app: FastAPI, body_limit: int, limits: InputLimits) -> None:
@@ -634,28 +372,6 @@ def refuse_declared_bodies_over(app: FastAPI, body_limit: int, limits: InputLimi
             return await call_next(request)
         finally:
             budget.give(size)
-
-
-RETRY_AFTER_S = 2  # what a client refused for load waits before it tries again
-HELD_COPIES = 2  # copies of an upload's bytes a request holds while it is read and parsed
-
-
-class InflightBudget:
-    """The bytes that uploads in flight hold, all requests together, bounded (InputLimits.inflight_mb): a request
-    that would pass the bound is refused at once (503 with Retry-After) rather than queued in memory. Taken and given
-    back on the event loop's thread only, so it needs no lock."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit, self.held = limit, 0
-
-    def take(self, size: int) -> bool:
-        if self.held + size > self.limit:
-            return False
-        self.held += size
-        return True
-
-    def give(self, size: int) -> None:
-        self.held -= size
 
 
 def add_pages(app: FastAPI) -> None:
