@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from covidct.ood.features import FeatureTaps
+from covidct.ood.features import logits_and_features
 
 
 class Scorer(nn.Module):
@@ -26,9 +26,8 @@ class Scorer(nn.Module):
         return logits if self.probe is None else self.probe.blend(logits, x)
 
     def with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with FeatureTaps(self.network) as taps:
-            logits = self(x)  # the probe reads through its own taps, never the network's (untapped)
-            return logits, taps.features()
+        # the probe reads through its own taps, never the network's (untapped)
+        return logits_and_features(self.network, x, self)
 
 
 class WithFeatures(nn.Module):

@@ -116,8 +116,11 @@ class FeatureTaps:
 
 
 @torch.no_grad()
-def logits_and_features(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, detector features) of a batch in one forward pass."""
+def logits_and_features(
+    model: nn.Module, x: torch.Tensor, forward: nn.Module | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, detector features) of a batch in one forward pass: `forward` runs (default `model` itself; a scorer
+    holding `model` and a probe blended in, say) while `model`'s stages are tapped."""
     with FeatureTaps(model) as taps:
-        logits = model(x)
+        logits = (forward or model)(x)
         return logits, taps.features()
