@@ -13,7 +13,7 @@ import pytest
 from covidct.errors import ModelError
 from covidct.inference.export import export_run
 from covidct.inference.load import load_trained, weights_fingerprint
-from covidct.inference.ood import fit_for_run
+from covidct.inference.run_detector import fit_for_run
 from tests.conftest import perturbed_copy
 
 

@@ -266,8 +266,8 @@ def test_a_site_whose_slices_were_in_training_passes_the_acquisition_check(train
     """The detector refitted with a site's DICOM slices among its training images (what covidct adapt does): the
     site's scanner and kernel pass; another kernel of the same scanner is flagged, slice by slice."""
     from covidct.data.sources import external_set
-    from covidct.inference.ood import fit_for_run
     from covidct.inference.predict import predict_inputs
+    from covidct.inference.run_detector import fit_for_run
     from covidct.verdict import IMAGE_UNLIKE
 
     run = tmp_path / "run"

@@ -35,7 +35,7 @@ from covidct.evaluation.scoring import training_overlap
 from covidct.evaluation.thresholds import record_operating_point
 from covidct.fileio import atomic_write, write_csv, write_json, write_text
 from covidct.inference.load import load_checkpoint, load_trained, read_checkpoint
-from covidct.inference.ood import fit_for_run
+from covidct.inference.run_detector import fit_for_run
 from covidct.models import create_model, head_module
 from covidct.models.head import fit_head, head_scores, set_linear_head
 from covidct.ood.fit import dataset_outputs

@@ -212,7 +212,7 @@ def export_detector(run: RunDir, data_dir: str | Path | None) -> Any:
     import logging
 
     from covidct.errors import DataError
-    from covidct.inference.ood import fit_for_run
+    from covidct.inference.run_detector import fit_for_run
     from covidct.ood.detector import OODDetector
 
     detector = OODDetector.load(run.ood_dir)

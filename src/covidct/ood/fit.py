@@ -1,5 +1,5 @@
 """Fitting a model's detector on its training images (threshold on its validation images), from a network and two
-datasets; covidct.inference.ood does it for a run folder."""
+datasets; covidct.inference.run_detector does it for a run folder."""
 
 from __future__ import annotations
 
