@@ -50,6 +50,7 @@ __all__ = [
     "Model",
     "ModelError",
     "Predictions",
+    "Result",
     "adapt",
     "choose_threshold",
     "evaluate",
@@ -61,6 +62,35 @@ __all__ = [
 PathLike = str | Path
 
 
+@dataclass(frozen=True)
+class Result:
+    """One scored input, typed: an image or slice (`slice` its index, "" for an image file), or the summary of a
+    volume or study (`slice` "volume" or "study"). in_distribution and ood_reason are None without a detector."""
+
+    path: str
+    series: str
+    slice: str
+    score: float
+    label: str
+    threshold: float
+    in_distribution: bool | None
+    ood_reason: str | None
+
+    @classmethod
+    def of_row(cls, row: dict[str, Any]) -> Result:
+        flag = row.get("in_distribution")
+        return cls(
+            str(row["path"]),
+            str(row.get("series", "")),
+            str(row.get("slice", "")),
+            float(row["score"]),
+            str(row["label"]),
+            float(row["threshold"]),
+            None if flag in (None, "") else bool(flag),
+            row.get("ood_reason") or None,
+        )
+
+
 @dataclass
 class Predictions:
     """What `Model.predict` gives: `rows` (a dict per image or slice, and a summary row per volume, series and study:
@@ -68,6 +98,11 @@ class Predictions:
 
     rows: list[dict[str, Any]]
     report: dict[str, Any]
+
+    @property
+    def results(self) -> list[Result]:
+        """Every row as a typed `Result` (score, label, operating point, out of distribution and why)."""
+        return [Result.of_row(r) for r in self.rows]
 
     @property
     def shift(self) -> dict[str, Any]:

@@ -33,6 +33,10 @@ def test_load_predict_frame_and_explain(exported_model, tmp_path):
     assert len(frame) == 6 and set(frame["label"]) <= {"NonCOVID", "COVID"}
     assert frame["score"].between(0, 1).all() and any("cut.png" in s for s in result.skipped)
     assert result.shift["n"] == 6
+    typed = result.results
+    assert [r.score for r in typed] == list(frame["score"]) and all(r.threshold == model.threshold for r in typed)
+    assert all(r.label == ("COVID" if r.score >= r.threshold else "NonCOVID") for r in typed)
+    assert all(isinstance(r.in_distribution, bool) and (r.in_distribution or r.ood_reason) for r in typed)
     heat = model.explain(tmp_path / "slices" / "0.png")
     assert heat.shape == (48, 64) and heat.min() >= 0 and heat.max() <= 1 and heat.std() > 0
 
