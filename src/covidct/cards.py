@@ -17,9 +17,9 @@ Card = TypeVar("Card", bound="StrictCard")
 
 
 class StrictCard(BaseModel):
-    """A card's fields, no others: unknown fields are refused, numbers are not read from text."""
+    """A card's fields, no others: unknown fields are refused; values are checked against each field's type."""
 
-    model_config = ConfigDict(extra="forbid", strict=False, frozen=False)
+    model_config = ConfigDict(extra="forbid")
 
     @classmethod
     def read(cls: type[Card], data: Any, where: str, fix: str) -> Card:

@@ -125,6 +125,22 @@ def read_slice(path: Path, window: tuple[float, float] = LUNG_WINDOW) -> Image.I
     return image
 
 
+def unit_of(path: Path) -> str:
+    """What an input is to a scorer (its reader's unit: SLICE, VOLUME or STUDIES), "" when no reader takes it."""
+    reader = reader_for(path)
+    return reader.unit if reader else ""
+
+
+def read_volume_slices(
+    path: Path, window: tuple[float, float] = LUNG_WINDOW
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """A VOLUME input's slices, (HU, grey in `window`) each, from the reader that takes it."""
+    reader = reader_for(path)
+    if reader is None or reader.unit != VOLUME:
+        raise DataError(f"{path} is not a volume covidct reads (NIfTI .nii or .nii.gz)")
+    return reader.read(path, window)
+
+
 def read_bytes(data: bytes, name: str, window: tuple[float, float] = LUNG_WINDOW) -> Image.Image:
     """An uploaded image or DICOM file (kind_of_bytes: IMAGE or DICOM) as an RGB image, within the active input
     limits; DataError names `name` and what is wrong."""
@@ -202,6 +218,12 @@ def check_volume_size(shape: tuple[int, ...], itemsize: int, source: str) -> Non
         )
 
 
+def _is_dicom_file(path: Path) -> bool:
+    """A DICOM file: by its suffix or, without an image suffix, by the 'DICM' marker (an image file is not opened to
+    look: listing a folder of PNG slices reads no file)."""
+    return path.suffix.lower() not in IMAGE_SUFFIXES and not path.is_dir() and is_dicom(path)
+
+
 def _dicom_slice(path: Path, window: tuple[float, float]) -> Image.Image:
     return dicom_grey(open_dicom(path), str(path), window)
 
@@ -231,7 +253,7 @@ register_reader(
     Reader(
         DICOM,
         SLICE,
-        lambda p: not p.is_dir() and is_dicom(p),
+        _is_dicom_file,
         _dicom_slice,
         lambda data: len(data) >= 132 and data[128:132] == b"DICM",
         _dicom_upload,

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from covidct.data.images import IMAGE_SUFFIXES
-from covidct.data.inputs import STUDIES, VOLUME, read_slice, reader_for
+from covidct.data.inputs import STUDIES, VOLUME, read_slice, read_volume_slices, reader_for, unit_of
 from covidct.data.lungmask import lung_fraction, lung_mask
 from covidct.data.medical import LUNG_WINDOW, apply_window, grey_image
 from covidct.errors import ConfigError, DataError
@@ -321,20 +321,6 @@ def ood_columns(v: ImageVerdict) -> dict[str, Any]:
         "ood_fraction": "",
         "ood_reason": v.ood_reason,
     }
-
-
-def unit_of(path: Path) -> str:
-    """What an input is to the scorer (inputs.Reader.unit), "" when no reader takes it."""
-    reader = reader_for(path)
-    return reader.unit if reader else ""
-
-
-def read_volume_slices(path: Path, window: tuple[float, float]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """A VOLUME input's slices, (HU, grey in `window`) each, from the reader that takes it."""
-    reader = reader_for(path)
-    if reader is None or reader.unit != VOLUME:
-        raise DataError(f"{path} is not a volume covidct reads (NIfTI .nii or .nii.gz)")
-    return reader.read(path, window)
 
 
 def _image_runs(paths: list[Path]) -> Iterator[Path | list[Path]]:
