@@ -27,9 +27,8 @@ from covidct.data.sources import external_set
 from covidct.inference.load import load_trained
 from covidct.models import create_model
 from covidct.ood.acquisition import IMAGE_FILE, Acquisition, AcquisitionRecord
-from covidct.ood.detector import fit_detector
 from covidct.ood.features import logits_and_features
-from covidct.ood.fit import fit_by_source, sample_groups, sample_sources
+from covidct.ood.fit import fit_by_source, fit_detector, sample_groups, sample_sources
 from covidct.ood.framing import framing_of
 from covidct.ood.pixels import pixels_of
 from covidct.runs import RunDir

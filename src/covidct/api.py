@@ -151,16 +151,18 @@ class Model:
         threshold: float | None = None,
         window: tuple[float, float] = LUNG_WINDOW,
         aggregate: str = DEFAULT_AGGREGATION,
+        cam: PathLike | None = None,
     ) -> Predictions:
         """Score files, folders (a folder of DICOM files is read as its studies and series) and globs, as `covidct
         predict` does: unreadable inputs are skipped by name (`Predictions.skipped`), DataError when nothing could
-        be scored. threshold: None for the model's operating point; window: the CT window (centre, width) in HU."""
+        be scored. threshold: None for the model's operating point; window: the CT window (centre, width) in HU;
+        aggregate: how a volume's slice scores make its score; cam: a folder for Grad-CAM overlays (PNG)."""
         from covidct.data.inputs import list_inputs
         from covidct.inference.predict import PredictOptions, predict_inputs
 
-        items = [str(i) for i in ([inputs] if isinstance(inputs, (str, Path)) else inputs)]
+        items = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
         report: dict[str, Any] = {}
-        options = PredictOptions(threshold, window, None, aggregate)
+        options = PredictOptions(threshold, window, Path(cam) if cam else None, aggregate)
         rows = predict_inputs(self.loaded, list_inputs(items), options, report)
         return Predictions(rows, report)
 
@@ -195,22 +197,31 @@ def evaluate(run: PathLike | list[PathLike], split: str = "test", on: str | None
 
 
 def choose_threshold(
-    run: PathLike, rule: str | float = "youden", on: str | None = None, min_sensitivity: float = 0.95
+    run: PathLike,
+    rule: str | float = "youden",
+    on: str | None = None,
+    min_sensitivity: float = 0.95,
+    checkpoint: str = "best",
+    data_dir: PathLike | None = None,
 ) -> dict:
     """`covidct threshold`: choose the run's operating point by a registered rule (covidct.evaluation.rules) on the
-    validation split or on the labelled set `on`, or give a number; recorded where every path reads it."""
+    validation split or on the labelled set `on`, or give a number; recorded where every path reads it.
+    checkpoint: best or last; data_dir: instead of the run's own."""
     from covidct.evaluation.thresholds import store_threshold
 
-    return store_threshold(run, str(rule), min_sensitivity, on=on)
+    return store_threshold(run, str(rule), min_sensitivity, checkpoint, str(data_dir) if data_dir else None, on)
 
 
 def train(
     config: TrainConfig | dict[str, Any] | PathLike,
     progress: bool | Callable[[dict[str, Any]], None] = False,
+    run_dir: PathLike | None = None,
+    resume: bool = False,
 ) -> Path:
     """`covidct train`: a run of `config` (a TrainConfig, a dict of its fields, or a YAML file of them); returns
     the run folder, with its best checkpoint, operating point, detector and graph. progress: True for a progress
     bar, or a function called after each epoch with its row of metrics.csv (epoch, epochs, train_loss, val_auc, ...).
+    run_dir: the folder to create (default under config.out); resume: continue run_dir from its last checkpoint.
 
     Example::
 
@@ -224,9 +235,10 @@ def train(
         config = TrainConfig.from_dict(config)
     if not isinstance(config, TrainConfig):
         raise ConfigError(f"train takes a TrainConfig, a dict of its fields or a YAML file, got {type(config)!r}")
+    where = {"run_dir": run_dir, "resume": resume}
     if callable(progress):
-        return fit(config, progress=False, on_epoch=progress)
-    return fit(config, progress=bool(progress))
+        return fit(config, progress=False, on_epoch=progress, **where)
+    return fit(config, progress=bool(progress), **where)
 
 
 @dataclass

@@ -61,6 +61,20 @@ def test_a_folder_with_dicom_is_one_input_and_images_beside_it_are_listed_one_by
         list_inputs([str(tmp_path / "missing.png")])
 
 
+def test_listing_what_was_listed_gives_the_same_list_and_each_file_once(tmp_path):
+    study = tmp_path / "study"
+    study.mkdir()
+    write_dicom(study / "noext", np.zeros((8, 8), np.float32))
+    _png(study / "key.png")
+    _png(tmp_path / "scan[1].png")
+    _png(tmp_path / "scan1.png")  # what the glob scan[1].png would match
+    listed = list_inputs([str(study), str(study / "key.png")])  # the key image twice: beside the DICOM, and named
+    assert listed == [study, study / "key.png"]
+    assert list_inputs(listed) == listed
+    assert list_inputs([tmp_path / "scan[1].png"]) == [tmp_path / "scan[1].png"]  # a Path is the file, not a glob
+    assert list_inputs([str(tmp_path / "scan[1].png")]) == [tmp_path / "scan1.png"]  # a string is a glob
+
+
 def test_a_slice_file_and_the_same_bytes_uploaded_read_the_same(tmp_path):
     _png(tmp_path / "a.png")
     write_dicom(tmp_path / "s.dcm", np.full((40, 40), -600, np.float32))

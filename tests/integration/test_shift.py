@@ -12,9 +12,9 @@ from PIL import Image
 
 from covidct.cli import main
 from covidct.inference.load import load_trained
-from covidct.ood.detector import OODDetector
 from covidct.ood.image_statistics import IMAGE_STATISTICS
 from covidct.ood.shift import ShiftReference, statistics_matrix
+from covidct.ood.storage import load_detector, save_detector
 from tests.conftest import synthetic_ct
 
 
@@ -30,9 +30,9 @@ def with_reference(run: Path, data: Path) -> Path:
         model.scores_with_ood(pictures)
     features = np.concatenate([f for f, _ in outputs])
     statistics = np.concatenate([statistics_matrix(s) for _, s in outputs])
-    detector = OODDetector.load(run / "ood")
+    detector = load_detector(run / "ood")
     detector.reference = ShiftReference.fit(features, statistics, features, {"images": "test"})
-    detector.save(run / "ood")
+    save_detector(detector, run / "ood")
     assert set(IMAGE_STATISTICS) <= set(outputs[0][1])
     return run
 

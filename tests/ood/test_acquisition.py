@@ -11,7 +11,8 @@ from PIL import Image
 from covidct.errors import ModelError
 from covidct.inference.uploads import upload_acquisition
 from covidct.ood.acquisition import DICOM, IMAGE_FILE, NIFTI, Acquisition, AcquisitionRecord, of_file
-from covidct.ood.detector import OODDetector, fit_detector
+from covidct.ood.fit import fit_detector
+from covidct.ood.storage import load_detector, save_detector
 from tests.medical_files import write_dicom, write_nifti
 
 HU = np.full((16, 16), -800.0, np.float32)
@@ -91,13 +92,13 @@ def test_an_image_shaped_unlike_the_training_images_is_flagged(tmp_path):
     assert by_source.aspect == (1.0, 1.5) and by_source.unseen(Acquisition(IMAGE_FILE, aspect=1.0)) is None
     assert "image aspects 1.33-2.00" in record.summary()
     assert upload_acquisition((tmp_path / "0.png").read_bytes()) == Acquisition(IMAGE_FILE, aspect=40 / 30)
-    _detector(record).save(tmp_path / "det")
-    loaded = OODDetector.load(tmp_path / "det")
+    save_detector(_detector(record), tmp_path / "det")
+    loaded = load_detector(tmp_path / "det")
     assert loaded is not None and loaded.acquisitions == record
     card = json.loads((tmp_path / "det" / "ood.json").read_text())
     del card["acquisitions"]["aspect"]  # a record written before the aspect was kept
     (tmp_path / "det" / "ood.json").write_text(json.dumps(card))
-    older = OODDetector.load(tmp_path / "det")
+    older = load_detector(tmp_path / "det")
     assert older is not None and older.unseen_acquisition(Acquisition(IMAGE_FILE, aspect=1.0)) is None
 
 
@@ -110,13 +111,13 @@ def _detector(record=None):
 
 def test_the_record_travels_in_ood_json_and_an_older_detector_has_none(tmp_path):
     record = AcquisitionRecord({IMAGE_FILE: 3, DICOM: 2}, [("SIEMENS", "B70F")], (0.6, 0.8), (1.0, 1.0))
-    _detector(record).save(tmp_path / "new")
-    loaded = OODDetector.load(tmp_path / "new")
+    save_detector(_detector(record), tmp_path / "new")
+    loaded = load_detector(tmp_path / "new")
     assert loaded is not None and loaded.acquisitions == record
     assert loaded.unseen_acquisition(Acquisition(DICOM, "GE", "STANDARD", 0.7, 1.0)) is not None
     assert "SIEMENS / B70F" in loaded.card()["acquisitions_seen"]
-    _detector(None).save(tmp_path / "old")
-    older = OODDetector.load(tmp_path / "old")
+    save_detector(_detector(None), tmp_path / "old")
+    older = load_detector(tmp_path / "old")
     assert older is not None and older.acquisitions is None
     assert older.unseen_acquisition(Acquisition(DICOM)) is None  # no record: no acquisition check, no crash
 
@@ -136,9 +137,9 @@ def test_the_record_travels_in_ood_json_and_an_older_detector_has_none(tmp_path)
 )
 def test_a_malformed_record_is_refused_naming_the_field(tmp_path, field, value):
     record = AcquisitionRecord({IMAGE_FILE: 3}, [])
-    _detector(record).save(tmp_path)
+    save_detector(_detector(record), tmp_path)
     card = json.loads((tmp_path / "ood.json").read_text())
     card["acquisitions"] = value if field == "(the whole record)" else {**card["acquisitions"], field: value}
     (tmp_path / "ood.json").write_text(json.dumps(card))
     with pytest.raises(ModelError, match=re.escape(f"acquisitions.{field} is malformed")):
-        OODDetector.load(tmp_path)
+        load_detector(tmp_path)

@@ -8,8 +8,10 @@ import pytest
 from sklearn.covariance import LedoitWolf
 
 from covidct.errors import ModelError
-from covidct.ood.detector import METHODS, OODDetector, fit_detector, fit_out_of_fold
+from covidct.ood.detector import METHODS
+from covidct.ood.fit import fit_detector, fit_out_of_fold
 from covidct.ood.pixels import PIXEL_STATISTICS
+from covidct.ood.storage import load_detector, save_detector
 
 
 def gaussian(n: int, dim: int = 40, shift: float = 0.0, seed: int = 0) -> np.ndarray:
@@ -59,28 +61,28 @@ def test_saved_and_loaded_scores_the_same_and_keeps_no_pickle(method, tmp_path):
     detector = fit_detector(
         gaussian(100), gaussian(50, seed=1), "efficientnet_lite0", method, info={"fitted_on": ["a"]}
     )
-    detector.save(tmp_path)
+    save_detector(detector, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ood.json", "ood.safetensors"]
-    again = OODDetector.load(tmp_path)
+    again = load_detector(tmp_path)
     x = gaussian(20, seed=5)
     np.testing.assert_allclose(again.score(x), detector.score(x), rtol=1e-4)  # stored as float32
     assert again.threshold == detector.threshold and again.info["fitted_on"] == ["a"]
-    assert OODDetector.load(tmp_path / "nothing") is None
+    assert load_detector(tmp_path / "nothing") is None
 
 
 def test_damaged_or_foreign_detectors_are_refused_clearly(tmp_path):
     detector = fit_detector(gaussian(100), gaussian(50, seed=1), "arch", "mahalanobis")
-    detector.save(tmp_path)
+    save_detector(detector, tmp_path)
     with pytest.raises(ModelError, match="expects 40 features per image, got 12"):
         detector.score(np.zeros((3, 12)))
     card = json.loads((tmp_path / "ood.json").read_text())
     (tmp_path / "ood.json").write_text(json.dumps({**card, "feature_dim": 7}))
     with pytest.raises(ModelError, match="damaged"):
-        OODDetector.load(tmp_path)
+        load_detector(tmp_path)
     (tmp_path / "ood.json").write_text(json.dumps(card))
     (tmp_path / "ood.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(ModelError, match="cannot be read"):
-        OODDetector.load(tmp_path)
+        load_detector(tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -96,11 +98,11 @@ def test_damaged_or_foreign_detectors_are_refused_clearly(tmp_path):
 )
 def test_the_detector_card_is_typed_and_refuses_bad_fields_by_name(tmp_path, change, named):
     detector = fit_detector(gaussian(60), gaussian(30, seed=1), "arch", "mahalanobis", info={"n_train": 60})
-    detector.save(tmp_path)
+    save_detector(detector, tmp_path)
     card = json.loads((tmp_path / "ood.json").read_text())
     (tmp_path / "ood.json").write_text(json.dumps(change(card)))
     with pytest.raises(ModelError, match=named) as refused:
-        OODDetector.load(tmp_path)
+        load_detector(tmp_path)
     assert str(tmp_path / "ood.json") in str(refused.value) and "covidct ood fit RUN" in str(refused.value)
 
 
@@ -151,8 +153,8 @@ def test_the_framing_half_flags_a_square_frame_and_combines_on_one_footing(tmp_p
     same = gaussian(200, seed=2)
     assert detector.flags(detector.score(same, framing_stats(200, 2))).mean() <= 0.12
     assert detector.flags(detector.score(same, framing_stats(200, 2, margin=0.3))).mean() >= 0.95
-    detector.save(tmp_path)
-    loaded = OODDetector.load(tmp_path)
+    save_detector(detector, tmp_path)
+    loaded = load_detector(tmp_path)
     assert loaded is not None and loaded.refs == pytest.approx(detector.refs)
     np.testing.assert_allclose(
         loaded.score(same, framing_stats(200, 2)), detector.score(same, framing_stats(200, 2)), rtol=1e-5
@@ -179,11 +181,11 @@ def test_a_damaged_framing_half_is_refused(tmp_path):
     detector = fit_detector(
         gaussian(50), gaussian(20, seed=1), "arch", "mahalanobis", framing=(framing_stats(50), framing_stats(20, 1))
     )
-    detector.save(tmp_path)
+    save_detector(detector, tmp_path)
     card = json.loads((tmp_path / "ood.json").read_text())
     (tmp_path / "ood.json").write_text(json.dumps({**card, "framing": {**card["framing"], "statistics": ["size"]}}))
     with pytest.raises(ModelError, match="framing half"):
-        OODDetector.load(tmp_path)
+        load_detector(tmp_path)
 
 
 def pixel_stats(n: int, seed: int = 0, shift: float = 0.0) -> np.ndarray:
@@ -211,8 +213,8 @@ def test_the_pixel_half_flags_another_source_and_combines_on_the_two_halves_foot
     same = gaussian(200, seed=2)
     assert detector.flags(detector.score(same, framing_stats(200, 2), pixel_stats(200, 2))).mean() <= 0.12
     assert detector.flags(detector.score(same, framing_stats(200, 2), pixel_stats(200, 2, shift=2.0))).mean() >= 0.95
-    detector.save(tmp_path)
-    loaded = OODDetector.load(tmp_path)
+    save_detector(detector, tmp_path)
+    loaded = load_detector(tmp_path)
     assert loaded is not None and loaded.pixel_ref == pytest.approx(detector.pixel_ref)
     np.testing.assert_allclose(
         loaded.score(same, framing_stats(200, 2), pixel_stats(200, 2)),
@@ -224,9 +226,9 @@ def test_the_pixel_half_flags_another_source_and_combines_on_the_two_halves_foot
     card = json.loads((tmp_path / "ood.json").read_text())
     (tmp_path / "ood.json").write_text(json.dumps({**card, "pixels": {**card["pixels"], "ref": "none"}}))
     with pytest.raises(ModelError, match=r"field 'pixels\.ref' input should be a valid number"):
-        OODDetector.load(tmp_path)
+        load_detector(tmp_path)
     (tmp_path / "ood.json").write_text(json.dumps({k: v for k, v in card.items() if k != "pixels"}))
-    older = OODDetector.load(tmp_path)  # a detector saved before the pixel half: two halves, as it was fitted
+    older = load_detector(tmp_path)  # a detector saved before the pixel half: two halves, as it was fitted
     assert older is not None and older.pixels is None
     assert len(older.score(same, framing_stats(200, 2))) == 200
 

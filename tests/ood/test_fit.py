@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from covidct.errors import ModelError
-from covidct.ood.detector import OODDetector, fit_detector
-from covidct.ood.fit import fit_by_source
+from covidct.ood.detector import OODDetector
+from covidct.ood.fit import fit_by_source, fit_detector
+from covidct.ood.storage import load_detector, save_detector
 from tests.ood.test_detector import framing_stats, gaussian, pixel_stats
 
 
@@ -60,8 +61,8 @@ def test_a_small_source_keeps_its_own_detector(site_validation, tmp_path):
     if site_validation:  # the held-out images are both sources' validation images
         flagged = detector.flags(score(detector, val))
         assert [flagged[:150].mean(), flagged[150:].mean()] == pytest.approx(shares)
-    detector.save(tmp_path)
-    loaded = OODDetector.load(tmp_path)
+    save_detector(detector, tmp_path)
+    loaded = load_detector(tmp_path)
     assert loaded is not None and len(loaded.others) == 1 and loaded.others[0].pixels is not None
     np.testing.assert_allclose(score(loaded, new_site), score(detector, new_site), rtol=1e-5)
     np.testing.assert_allclose(score(loaded, elsewhere), score(detector, elsewhere), rtol=1e-5)
@@ -77,20 +78,20 @@ def test_a_damaged_source_is_refused(tmp_path):
         [str(i) for i in range(130)],
         "arch",
     )
-    detector.save(tmp_path)
+    save_detector(detector, tmp_path)
     card = json.loads((tmp_path / "ood.json").read_text())
     (tmp_path / "ood.json").write_text(json.dumps({**card, "sources": {"b": card["sources"][0]}}))
     with pytest.raises(ModelError, match="field 'sources' input should be a valid list"):
-        OODDetector.load(tmp_path)
+        load_detector(tmp_path)
     (tmp_path / "ood.json").write_text(json.dumps({**card, "sources": [{**card["sources"][0], "feature_dim": 7}]}))
     with pytest.raises(ModelError, match="damaged"):
-        OODDetector.load(tmp_path)
+        load_detector(tmp_path)
     (tmp_path / "ood.json").write_text(json.dumps({**card, "sources": [{**card["sources"][0], "architecture": "x"}]}))
     with pytest.raises(ModelError, match="source 2 \\(b\\) does not match"):
-        OODDetector.load(tmp_path)
+        load_detector(tmp_path)
     (tmp_path / "ood.json").write_text(json.dumps({k: v for k, v in card.items() if k != "own_threshold"}))
     with pytest.raises(ModelError, match="own threshold"):
-        OODDetector.load(tmp_path)
+        load_detector(tmp_path)
     (tmp_path / "ood.json").write_text(json.dumps({k: v for k, v in card.items() if k != "sources"}))
-    alone = OODDetector.load(tmp_path)  # the first source's detector alone, as saved before sources were kept
+    alone = load_detector(tmp_path)  # the first source's detector alone, as saved before sources were kept
     assert alone is not None and alone.others == [] and alone.threshold == pytest.approx(detector.threshold)

@@ -10,8 +10,9 @@ import pytest
 from scipy.stats import kstest
 
 from covidct.errors import ModelError
-from covidct.ood.detector import OODDetector, fit_detector
+from covidct.ood.fit import fit_detector
 from covidct.ood.shift import ShiftReference, mmd_test, shift_test
+from covidct.ood.storage import load_detector, save_detector
 
 D, S = 40, 6
 
@@ -76,13 +77,13 @@ def detector_with_reference(tmp_path):
     detector = fit_detector(train, val, "timm:resnet10t", "mahalanobis", 95.0)
     f, s = draw(rng, 30)
     detector.reference = ShiftReference.fit(f, s, BASIS, {"images": "validation split"})
-    detector.save(tmp_path)
+    save_detector(detector, tmp_path)
     return tmp_path, detector
 
 
 def test_the_reference_travels_with_the_detector_without_pickle(detector_with_reference):
     folder, detector = detector_with_reference
-    loaded = OODDetector.load(folder)
+    loaded = load_detector(folder)
     for name in ("mean", "axes", "features", "statistics"):
         np.testing.assert_allclose(getattr(loaded.reference, name), getattr(detector.reference, name), atol=1e-5)
     assert json.loads((folder / "ood.json").read_text())["shift"]["images"] == "validation split"
@@ -97,11 +98,11 @@ def test_a_damaged_reference_is_refused_by_name(detector_with_reference):
     arrays["shift.features"] = np.full_like(arrays["shift.features"], np.nan)
     save_file(arrays, str(folder / "ood.safetensors"))
     with pytest.raises(ModelError, match=r"ood\.json: the shift reference is damaged.*covidct ood fit"):
-        OODDetector.load(folder)
+        load_detector(folder)
     del arrays["shift.features"]
     save_file(arrays, str(folder / "ood.safetensors"))
     with pytest.raises(ModelError, match=r"shift reference lacks \['features'\]"):
-        OODDetector.load(folder)
+        load_detector(folder)
 
 
 def test_a_large_batch_is_tested_on_a_bounded_draw():

@@ -12,10 +12,10 @@ from covidct.verdict import AGGREGATIONS, DEFAULT_AGGREGATION
 
 def evaluate_and_print(run_dir: Path | list[Path], config: Any) -> None:
     """Evaluate (an EvalConfig) and print the table, calibration, per-group and external-set lines."""
-    from covidct.evaluation.evaluate import evaluate
+    from covidct import api
     from covidct.evaluation.writing import metrics_table
 
-    result = evaluate(run_dir, config)
+    result = api.evaluate(run_dir, **config.to_dict())
     on, out = config.on, config.out_dir
     cal = result["calibration"]
     line = f"calibration: ECE {cal['ece']:.3f}"
@@ -87,9 +87,9 @@ def seeded_split_note(run_dir: Path, data_dir: str, split: str) -> str | None:
 
 
 def cmd_threshold(args: argparse.Namespace) -> int:
-    from covidct.evaluation.thresholds import store_threshold
+    from covidct import api
 
-    r = store_threshold(args.run_dir, args.choose, args.min_sensitivity, args.checkpoint, args.data_dir, args.on)
+    r = api.choose_threshold(args.run_dir, args.choose, args.on, args.min_sensitivity, args.checkpoint, args.data_dir)
     where = f"chosen on {r['chosen_on']} by {r['rule']}" if r["chosen_on"] else "given"
     print(f"threshold {r['threshold']:.4f} ({where}) stored in {args.run_dir}/checkpoints/{r['checkpoint']}")
     if r["set"]:

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from covidct import DISCLAIMER
 from covidct.cli.common import (
@@ -28,23 +29,29 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from covidct import api
     from covidct.data.inputs import list_inputs
     from covidct.fileio import write_csv, write_json
-    from covidct.inference.load import load_trained
-    from covidct.inference.predict import PredictOptions, checked_outputs, predict_inputs
+    from covidct.inference.predict import checked_outputs
 
     print(DISCLAIMER, file=sys.stderr)
     limits = limits_from_args(args)
     paths = list_inputs(args.inputs)
     csv_path, json_path = checked_outputs(args.out, paths)
-    model = load_trained(args.model)
-    cam_dir = Path(args.cam) if args.cam else None
-    options = PredictOptions(args.threshold, args.window, cam_dir, args.aggregate)
-    report: dict = {}
+    model = api.load(args.model)
     with limits.applied():
-        rows = predict_inputs(model, paths, options, report)
-    write_csv(csv_path, rows)
-    write_json(json_path, {**report, "model": model.model_id, "disclaimer": DISCLAIMER})
+        predictions = model.predict(paths, args.threshold, args.window, args.aggregate, cam=args.cam)
+    write_csv(csv_path, predictions.rows)
+    write_json(json_path, {**predictions.report, "model": model.loaded.model_id, "disclaimer": DISCLAIMER})
+    print_predictions(predictions, args, json_path, model.loaded.heat_map_explains)
+    print(DISCLAIMER, file=sys.stderr)
+    return 0
+
+
+def print_predictions(predictions: Any, args: argparse.Namespace, json_path: Path, explains: str) -> None:
+    """What `covidct predict` prints of `predictions` (an api.Predictions): a line per image file, volume and study,
+    what was skipped, the out-of-distribution and shift lines, and where the outputs went."""
+    rows, report = predictions.rows, predictions.report
     for r in rows:
         if r["slice"] in ("", "volume", "study"):
             where = r["path"] + (f" [{r['series']}]" if r["series"] else "") + (f" {r['slice']}" if r["slice"] else "")
@@ -58,9 +65,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"volume score: {AGGREGATIONS[args.aggregate][1]}, over the slices in lung")
     print(f"wrote {args.out} and {json_path}" + (f"; Grad-CAM overlays in {args.cam}" if args.cam else ""))
     if args.cam:
-        print(f"the heat maps explain {model.heat_map_explains}")
-    print(DISCLAIMER, file=sys.stderr)
-    return 0
+        print(f"the heat maps explain {explains}")
 
 
 def one_line(text: str) -> str:

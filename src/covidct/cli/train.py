@@ -26,9 +26,9 @@ def train_config(args: argparse.Namespace, cls: Any = None) -> Any:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from covidct import api
     from covidct.cli.evaluate import evaluate_and_print
     from covidct.config import EvalConfig
-    from covidct.training.fit import train
 
     if args.resume:
         from covidct.config import TrainConfig
@@ -43,7 +43,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.mlflow is not None:  # checked before minutes of training, not after
         require("mlflow", "mlflow", "--mlflow")
     print(DISCLAIMER, file=sys.stderr)
-    run_dir = train(config, progress=progress(), run_dir=args.resume or args.run_dir, resume=bool(args.resume))
+    run_dir = api.train(config, progress=progress(), run_dir=args.resume or args.run_dir, resume=bool(args.resume))
     from covidct.training.engine import global_rank
 
     if global_rank() != 0:  # the other processes of a distributed run: rank 0 evaluates and reports

@@ -90,19 +90,28 @@ def _holds_dicom(folder: Path, files: list[Path]) -> bool:
     return (folder / "DICOMDIR").is_file() or any(is_dicom(p) for p in loose)
 
 
-def list_inputs(items: list[str]) -> list[Path]:
-    """Files, folders and globs, in a stable order. A folder holding DICOM files is kept whole (its studies and
-    series are found by UID); images and NIfTI files in other folders, or beside the DICOM files, one by one."""
+def list_inputs(items: list[str] | list[Path]) -> list[Path]:
+    """Files, folders and globs, in a stable order, each once. A folder holding DICOM files is kept whole (its
+    studies and series are found by UID); images and NIfTI files in other folders, or beside the DICOM files, one
+    by one. A string may be a glob; a Path is taken as it is (a file named `scan[1].png` is that file), so listing
+    what this listed gives the same list.
+
+    >>> list_inputs([Path("/no/such/scan.png")])
+    Traceback (most recent call last):
+    ...
+    covidct.errors.DataError: input /no/such/scan.png does not exist
+    """
     found: list[Path] = []
     for item in items:
-        matches = [Path(p) for p in sorted(glob.glob(item, recursive=True))] or [Path(item)]
-        for path in matches:
+        literal = isinstance(item, Path)
+        matches = [] if literal else [Path(p) for p in sorted(glob.glob(str(item), recursive=True))]
+        for path in matches or [Path(item)]:
             if not path.exists():
                 raise DataError(f"input {item} does not exist")
             found += _folder_inputs(path) if path.is_dir() else [path]
     if not found:
-        raise DataError(f"no images, DICOM or NIfTI files found in {items}")
-    return found
+        raise DataError(f"no images, DICOM or NIfTI files found in {[str(i) for i in items]}")
+    return list(dict.fromkeys(found))  # a file given twice (itself and its folder) is scored once
 
 
 def _folder_inputs(folder: Path) -> list[Path]:

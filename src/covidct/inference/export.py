@@ -181,7 +181,9 @@ def export_run(
         if fmt in ("both", "onnx"):
             export_onnx(module, stage, verification_images(run, module, data_dir))
         if detector is not None:
-            detector.save(stage)
+            from covidct.ood.storage import save_detector
+
+            save_detector(detector, stage)
     written = [out / "model.safetensors", out / CARD_NAME] if fmt in ("both", "safetensors") else []
     if fmt in ("both", "onnx"):
         written += [out / "model.onnx"] if fmt == "both" else [out / "model.onnx", out / CARD_NAME]
@@ -213,9 +215,9 @@ def export_detector(run: RunDir, data_dir: str | Path | None) -> Any:
 
     from covidct.errors import DataError
     from covidct.inference.run_detector import fit_for_run
-    from covidct.ood.detector import OODDetector
+    from covidct.ood.storage import load_detector
 
-    detector = OODDetector.load(run.ood_dir)
+    detector = load_detector(run.ood_dir)
     if detector is not None:
         return detector
     try:

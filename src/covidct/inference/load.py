@@ -444,9 +444,9 @@ def with_detector(model: LoadedModel, folder: Path, weights: str | None = None) 
     """Attach the out-of-distribution detector saved in `folder` (a run's ood/ or an export), if there is one and it
     was fitted for this architecture and these weights (`weights`: their fingerprint, when the model holds none of
     its own: an ONNX-only export); a detector of another model is refused with a clear error."""
-    from covidct.ood.detector import OODDetector
+    from covidct.ood.storage import load_detector
 
-    detector = OODDetector.load(folder)
+    detector = load_detector(folder)
     if detector is not None:
         detector.check_current(str(folder))
         made_from = detector.info.get("weights_sha256")

@@ -13,6 +13,7 @@ from covidct.model_card import CARD_NAME
 from covidct.ood.acquisition import AcquisitionRecord
 from covidct.ood.detector import DEFAULT_PERCENTILE, OODDetector
 from covidct.ood.fit import DEFAULT_METHOD, fit_for_network, sample_groups, sample_sources
+from covidct.ood.storage import save_detector
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,6 @@ def model_scores(model: Any, dataset: Any) -> np.ndarray:
 
 
 def save_for_run(run: Any, detector: OODDetector) -> None:
-    detector.save(run.ood_dir)
+    save_detector(detector, run.ood_dir)
     if (run.export_dir / CARD_NAME).is_file():
-        detector.save(run.export_dir)
+        save_detector(detector, run.export_dir)

@@ -1,11 +1,13 @@
-"""Fitting a model's detector on its training images (threshold on its validation images), from a network and two
-datasets; covidct.inference.run_detector does it for a run folder."""
+"""Fitting a model's detector: on arrays (fit_detector: fitted on the training images' features, its threshold a
+percentile of the validation images' scores; fit_out_of_fold for a set with no validation split), and from a network
+and two datasets (fit_for_network, fit_by_source); covidct.inference.run_detector does it for a run folder."""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -13,9 +15,12 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from covidct.data import ImageDataset
+from covidct.errors import ModelError
 from covidct.models.hooks import run_over
-from covidct.ood.detector import DEFAULT_PERCENTILE, OODDetector, fit_detector, fit_out_of_fold
+from covidct.ood.detector import DEFAULT_K, DEFAULT_PERCENTILE, METHODS, MIN_FRAMING_REF, OODDetector
+from covidct.ood.distances import shrunk_axes, unit_rows
 from covidct.ood.features import logits_and_features
+from covidct.ood.framing import RESOLUTION
 from covidct.ood.image_statistics import IMAGE_STATISTICS, statistics_by_name
 from covidct.ood.shift import MIN_REFERENCE, ShiftReference, statistics_matrix
 
@@ -188,3 +193,161 @@ def _threshold_over_sources(
     first = members[0]
     first.others, first.own_threshold, first.threshold = members[1:], first.threshold, first.threshold * cut
     return [float(np.mean(p > cut)) for p in pooled]
+
+
+def fit_detector(
+    train: np.ndarray,
+    val: np.ndarray,
+    architecture: str,
+    method: str = "knn",
+    percentile: float = DEFAULT_PERCENTILE,
+    k: int = DEFAULT_K,
+    info: dict[str, Any] | None = None,
+    framing: tuple[np.ndarray, np.ndarray] | None = None,
+    min_scale: np.ndarray | tuple[float, ...] | None = None,
+    pixels: tuple[np.ndarray, np.ndarray] | None = None,
+) -> OODDetector:
+    """Fit on the training images' features; the threshold is the `percentile` of the validation images' scores
+    (never the training images': their own neighbour is themselves). `framing`: the (train, val) images' framing
+    statistics, for a framing half (Mahalanobis) whose score is combined with the features' (OODDetector.score).
+    `pixels`: the (train, val) images' pixel statistics, for a third half (Mahalanobis), with a framing half only.
+    `min_scale`: the smallest spread each feature is standardised by (the framing statistics' RESOLUTION); with it,
+    no direction's variance is below 1 after standardising either: a difference under the resolution is noise
+    (a source whose images are all framed alike would otherwise flag float rounding)."""
+    val = _checked(val, "validation", 1)
+    detector = _fitted(
+        train,
+        architecture,
+        method,
+        percentile,
+        k,
+        min_scale,
+        None if framing is None else framing[0],
+        None if pixels is None else pixels[0],
+    )
+    raw = detector.half_scores(
+        val, *(None if h is None else _checked(h[1], "validation", 1) for h in (framing, pixels))
+    )
+    return calibrate(detector, raw, info)
+
+
+def fit_out_of_fold(
+    train: np.ndarray,
+    groups: np.ndarray,
+    architecture: str,
+    method: str = "mahalanobis",
+    percentile: float = DEFAULT_PERCENTILE,
+    info: dict[str, Any] | None = None,
+    framing: np.ndarray | None = None,
+    pixels: np.ndarray | None = None,
+    folds: int = 5,
+) -> OODDetector:
+    """For images with no validation set of their own (an adapted model's site): the detector fitted on all of
+    them, its threshold (and the halves' references) the `percentile` of out-of-fold scores: each group's (patient's)
+    images scored by the detector fitted without that group (scikit-learn's GroupKFold), so that the threshold is
+    what a new patient of that source scores, not what an image the detector has seen scores."""
+    from sklearn.model_selection import GroupKFold
+
+    groups = np.asarray(groups)
+    if len(groups) != len(train):
+        raise ModelError(f"out-of-fold fitting needs a group per image: {len(groups)} groups for {len(train)} images")
+    if len(np.unique(groups)) < 2:  # one patient: its images are all there is to hold out
+        groups = np.arange(len(train))
+    halves = {"features": np.asarray(train), "framing": framing, "pixels": pixels}
+    if len(train) < 4:
+        raise ModelError(f"an out-of-distribution detector fitted out of fold needs >= 4 images, got {len(train)}")
+    raw: dict[str, np.ndarray] = {}
+    splitter = GroupKFold(n_splits=min(folds, len(np.unique(groups))))
+    for fit, held in splitter.split(train, groups=groups):
+        fold = _fitted(
+            *_take(halves, fit, ("features",)),
+            architecture,
+            method,
+            percentile,
+            DEFAULT_K,
+            None,
+            *_take(halves, fit, ("framing", "pixels")),
+        )
+        for name, scores in fold.half_scores(*_take(halves, held, ("features", "framing", "pixels"))).items():
+            raw.setdefault(name, np.zeros(len(train)))[held] = scores
+    detector = _fitted(train, architecture, method, percentile, DEFAULT_K, None, framing, pixels)
+    return calibrate(
+        detector, raw, {**(info or {}), "threshold_on": f"out of fold ({splitter.n_splits} folds by group)"}
+    )
+
+
+def _take(halves: dict[str, np.ndarray | None], rows: np.ndarray, names: tuple[str, ...]) -> list[np.ndarray | None]:
+    return [None if halves[n] is None else np.asarray(halves[n])[rows] for n in names]
+
+
+def _checked(values: np.ndarray, what: str, least: int) -> np.ndarray:
+    values = np.asarray(values, dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise ModelError("the detector's features hold NaN or infinite values (a diverged model?); not fitted")
+    if len(values) < least:
+        raise ModelError(
+            f"an out-of-distribution detector needs >= 2 training and >= 1 validation images, got "
+            f"{len(values)} {what} images"
+        )
+    return values
+
+
+def _fitted(
+    train: np.ndarray,
+    architecture: str,
+    method: str,
+    percentile: float,
+    k: int,
+    min_scale: np.ndarray | tuple[float, ...] | None,
+    framing: np.ndarray | None = None,
+    pixels: np.ndarray | None = None,
+) -> OODDetector:
+    """The detector fitted on the training images (and its halves on theirs), thresholds not yet set (calibrate)."""
+    if method not in METHODS:
+        raise ModelError(f"out-of-distribution method must be one of {METHODS}, got {method!r}")
+    if not 50 <= percentile < 100:
+        raise ModelError(f"the detector's percentile must be in [50, 100), got {percentile}")
+    train = _checked(train, "training", 2)
+    center = train.mean(0)
+    scale = np.maximum(train.std(0), 1e-6 * max(1.0, float(np.abs(train).max())))
+    if min_scale is not None:
+        scale = np.maximum(scale, np.asarray(min_scale, dtype=np.float64))
+    z = (train - center) / scale
+    if method == "knn":
+        bank, location = unit_rows(z), np.zeros(z.shape[1])
+    else:
+        bank, location = shrunk_axes(z, 0.0 if min_scale is None else 1.0)
+    detector = OODDetector(method, architecture, train.shape[1], center, scale, bank, location, 0.0, percentile, k)
+    detector.info = {"n_train": len(train)}
+    if framing is not None:
+        detector.framing = _fitted(framing, "framing", "mahalanobis", percentile, DEFAULT_K, RESOLUTION)
+        if pixels is not None:
+            detector.pixels = _fitted(pixels, "pixels", "mahalanobis", percentile, DEFAULT_K, None)
+    return detector
+
+
+def calibrate(detector: OODDetector, raw: dict[str, np.ndarray], info: dict[str, Any] | None = None) -> OODDetector:
+    """Set the detector's threshold from held-out images' half scores (OODDetector.half_scores): each half's
+    reference is its own percentile, the framing's no less than MIN_FRAMING_REF, the pixel half's put on the two
+    halves' footing (as measured: benchmarks/OOD.md); the threshold is the percentile of the combined scores."""
+
+    def at(scores: np.ndarray) -> float:
+        return float(np.percentile(scores, detector.percentile))
+
+    if detector.framing is not None:
+        detector.framing.threshold = at(raw["framing"])
+        detector.refs = (max(at(raw["features"]), 1e-9), max(detector.framing.threshold, MIN_FRAMING_REF))
+        if detector.pixels is not None:
+            detector.pixels.threshold = at(raw["pixels"])
+            two = max(at(OODDetector.combine(replace(detector, pixels=None), raw)), 1e-9)
+            detector.pixel_ref = max(detector.pixels.threshold, 1e-9) / two
+    scores = detector.combine(raw)
+    detector.threshold = at(scores)
+    detector.held_out = raw
+    detector.info = {
+        **(info or {}),
+        "n_train": detector.info.get("n_train", 0),
+        "n_val": len(scores),
+        "val_flagged": float(np.mean(detector.flags(scores))),
+    }
+    return detector

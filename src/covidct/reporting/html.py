@@ -118,10 +118,10 @@ def validation_summary(run: RunDir, data: Any) -> dict[str, Any]:
 
 def acquisitions_seen(run: RunDir) -> str:
     """What the run's detector says of the acquisitions its training images held (covidct.ood.acquisition)."""
-    from covidct.ood.detector import OODDetector
+    from covidct.ood.storage import load_detector
 
     try:
-        detector = OODDetector.load(run.ood_dir)
+        detector = load_detector(run.ood_dir)
         if detector is None:
             return "not recorded (the run has no detector: covidct ood fit RUN adds one)"
         detector.check_current(str(run.ood_dir))
