@@ -257,3 +257,35 @@ def test_inference_does_not_need_training_code(module):
     code = f"import sys, {module}; print([m for m in sys.modules if m.startswith(('lightning', 'covidct.training'))])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
+
+
+def package_arrows(package: Path = PACKAGE) -> set[tuple[str, str]]:
+    """(importer, imported) between the top-level packages and modules of covidct (covidct.data, covidct.errors, ...):
+    every import counted, inside functions too; the bare `covidct` (its version and disclaimer) left out."""
+
+    def top(module: str) -> str:
+        return ".".join(module.split(".")[:2])
+
+    arrows = set()
+    for path in package.rglob("*.py"):
+        me = top(module_name(path))
+        arrows |= {(me, top(t)) for _, t in imports(path) if top(t) not in (me, "covidct")}
+    return arrows
+
+
+# The arrows between covidct's 25 top-level packages and modules: a number that may only fall (issue 49 asked for
+# fewer than 100; measured 133 when this test was written, counted this way).
+MAX_PACKAGE_ARROWS = 133
+
+
+def test_the_arrows_between_packages_only_fall():
+    n = len(package_arrows())
+    assert n <= MAX_PACKAGE_ARROWS, f"{n} arrows between packages (at most {MAX_PACKAGE_ARROWS}): import less"
+    if n < MAX_PACKAGE_ARROWS:
+        pytest.fail(f"{n} arrows now: lower MAX_PACKAGE_ARROWS to {n}")
+
+
+def test_the_arrow_count_sees_an_arrow(tmp_path, monkeypatch):
+    pkg = _planted(tmp_path, {"data/a.py": "from covidct.training import fit\n", "training/fit.py": "import covidct\n"})
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", pkg)
+    assert package_arrows(pkg) == {("covidct.data", "covidct.training")}
