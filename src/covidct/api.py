@@ -262,7 +262,8 @@ def learning_curve(
     the site `site` (NAME=FOLDER or CSV), each k drawn `draws` times and scored on the site's other patients;
     a row per strategy and k (auc, auc_ci, auc_worst, ...), also written to RUN/curve-NAME/. group_duplicates:
     near-duplicate images are put in one group (a patient's slices that repeat)."""
-    from covidct.adaptation.adapt import load_site, run_curve
+    from covidct.adaptation.curve import run_curve
+    from covidct.adaptation.site import load_site
 
     loaded = load_site(Path(run), site, group_duplicates=group_duplicates)
     return run_curve(Path(run), loaded, Path(run) / f"curve-{loaded.name}", tuple(ks), draws, seed)
@@ -278,7 +279,8 @@ def adapt(
     """`covidct adapt`: the model of `run` adapted to all of the site's labelled images by `strategy`, written as a
     new run folder beside `run` (or under `out`), with the operating point chosen on the site's grouped
     cross-validation."""
-    from covidct.adaptation.adapt import adapt_run, load_site
+    from covidct.adaptation.adapt import adapt_run
+    from covidct.adaptation.site import load_site
     from covidct.runs import RunDir
 
     loaded = load_site(Path(run), site, group_duplicates=group_duplicates)

@@ -416,7 +416,7 @@ def _applied(limits: InputLimits) -> Iterator[InputLimits]:
         _ACTIVE_LIMITS.reset(token)
 
 
-# covidct adapt: how a model is adapted to a site (here, not in adaptation/adapt.py: the command line is built from
+# covidct adapt: how a model is adapted to a site (here, not in adaptation/: the command line is built from
 # them, and importing the adaptation code would cost every command two seconds)
 DEFAULT_DRAWS = 5
 STRATEGY_TEXT = {

@@ -4,7 +4,8 @@ the scored part, a seed repeats a curve, and the refusals name what is wrong."""
 import numpy as np
 import pytest
 
-from covidct.adaptation.adapt import absolute_spec, draw_groups, head_adapter, learning_curve, summarise_curve
+from covidct.adaptation.curve import draw_groups, head_adapter, learning_curve, summarise_curve
+from covidct.adaptation.site import absolute_spec
 from covidct.errors import DataError
 from covidct.models.head import fit_head, head_scores
 
@@ -71,7 +72,7 @@ def test_the_site_is_recorded_so_that_it_is_found_from_any_folder(tmp_path, monk
 
 
 def test_the_curve_interval_of_bounded_values_stays_inside_them():
-    from covidct.adaptation.adapt import mean_interval
+    from covidct.adaptation.curve import mean_interval
     from covidct.tables import interval_text
 
     aucs = np.array([1.0, 1.0, 1.0, 0.62, 1.0])  # a t-interval of these passes 1: [0.57, 1.12]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def cmd_ood_fit(args: argparse.Namespace) -> int:
-    from covidct.adaptation.adapt import adapted_site
+    from covidct.adaptation.site import adapted_site
     from covidct.inference.run_detector import DetectorSettings, fit_for_run
 
     site = adapted_site(args.run_dir, args.site)  # an adapted run's detector keeps its site's own

@@ -125,7 +125,9 @@ def cmd_crosssource(args: argparse.Namespace) -> int:
 
 
 def cmd_adapt(args: argparse.Namespace) -> int:
-    from covidct.adaptation.adapt import adapt_run, load_site, run_curve
+    from covidct.adaptation.adapt import adapt_run
+    from covidct.adaptation.curve import run_curve
+    from covidct.adaptation.site import load_site
 
     site = load_site(args.run_dir, args.source, args.allow_overlap, not args.no_group_duplicates)
     print(
