@@ -15,7 +15,8 @@ import numpy as np
 
 from covidct.data import load_rgb
 from covidct.data.sources import external_set
-from covidct.inference.load import SCORE, load_trained
+from covidct.inference.load import load_trained
+from covidct.inference.loaded import SCORE
 from covidct.ood.shift import shift_test, statistics_matrix
 from covidct.runs import RunDir
 

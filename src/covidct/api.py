@@ -127,7 +127,7 @@ class Model:
     """A trained model ready to score: its card (`card`), operating point (`threshold`) and classes."""
 
     def __init__(self, loaded: Any) -> None:
-        self.loaded = loaded  # covidct.inference.load.LoadedModel: what the command line scores with
+        self.loaded = loaded  # covidct.inference.loaded.LoadedModel: what the command line scores with
 
     def __repr__(self) -> str:
         return f"Model({self.loaded.model_id!r}, threshold={self.threshold:.4f})"

@@ -18,7 +18,8 @@ from covidct.data import ImageDataset, Sample
 from covidct.data.sources import external_set
 from covidct.data.transforms import view_transform
 from covidct.errors import DataError
-from covidct.inference.load import LoadedModel, load_checkpoint, with_detector
+from covidct.inference.load import load_checkpoint, with_detector
+from covidct.inference.loaded import LoadedModel
 from covidct.models.head import score_of
 from covidct.ood.image_statistics import statistics_by_name
 from covidct.runs import RunDir, find_checkpoint

@@ -18,7 +18,8 @@ from covidct.evaluation.metrics import binary_metrics
 from covidct.evaluation.rules import RULES, choose_by_rule
 from covidct.evaluation.scoring import eval_dataset, external_samples, load_classifier, predict_scores
 from covidct.fileio import atomic_write
-from covidct.inference.load import LoadedModel, read_checkpoint
+from covidct.inference.load import read_checkpoint
+from covidct.inference.loaded import LoadedModel
 from covidct.model_card import CARD_NAME, ModelCard
 from covidct.operating_point import OperatingPoint, checked_threshold
 from covidct.runs import RunDir, find_checkpoint

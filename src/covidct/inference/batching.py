@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from covidct.inference.load import LoadedModel
+from covidct.inference.loaded import LoadedModel
 
 # What one image's scoring gives back: (score (1,), detector score (1,) or None, its features and image statistics
 # as LoadedModel.collecting gathers them, for the shift window)

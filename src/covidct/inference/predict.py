@@ -26,7 +26,7 @@ from covidct.data.inputs import STUDIES, VOLUME, read_slice, read_volume_slices,
 from covidct.data.lungmask import lung_fraction, lung_mask
 from covidct.data.medical import LUNG_WINDOW, apply_window, grey_image
 from covidct.errors import ConfigError, DataError
-from covidct.inference.load import LoadedModel
+from covidct.inference.loaded import LoadedModel
 from covidct.ood.acquisition import of_file
 from covidct.verdict import (
     AGGREGATIONS,

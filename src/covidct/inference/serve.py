@@ -35,7 +35,7 @@ from covidct.config import INPUT_LIMITS, InputLimits
 from covidct.data.inputs import DICOM, ZIP, kind_of_bytes
 from covidct.errors import DataError
 from covidct.inference.batching import Batcher, FairSlots
-from covidct.inference.load import LoadedModel
+from covidct.inference.loaded import LoadedModel
 from covidct.inference.schemas import Health, ImagePrediction, SeriesPrediction, error_responses
 from covidct.inference.uploads import (
     HELD_COPIES,

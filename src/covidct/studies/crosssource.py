@@ -27,7 +27,8 @@ from covidct.evaluation.rules import choose_by_rule
 from covidct.evaluation.scoring import predict_scores
 from covidct.evaluation.statistics import delong_interval
 from covidct.fileio import write_csv, write_json, write_text
-from covidct.inference.load import LoadedModel, load_checkpoint
+from covidct.inference.load import load_checkpoint
+from covidct.inference.loaded import LoadedModel
 from covidct.runs import RunDir
 from covidct.tables import table_markdown
 from covidct.training.fit import train

@@ -26,7 +26,8 @@ from covidct.data.sources import run_data
 from covidct.errors import ConfigError, DataError, TrainingInterrupted
 from covidct.fileio import write_csv
 from covidct.inference.imagenet_probe import ImageNetProbe
-from covidct.inference.load import LoadedModel, attach_probe, load_checkpoint, load_trained
+from covidct.inference.load import attach_probe, load_checkpoint, load_trained
+from covidct.inference.loaded import LoadedModel
 from covidct.inference.run_detector import fit_and_save
 from covidct.models import Preprocessing, create_model, head_module
 from covidct.models.head import fit_head, head_inputs, set_linear_head

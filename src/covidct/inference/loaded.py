@@ -1,0 +1,231 @@
+"""A trained model ready to score (LoadedModel): the network or an ONNX Runtime session, its preprocessing, its card
+(covidct.model_card.ModelCard), operating point, ImageNet probe and detector, and the ways it scores: a batch of
+images with the detector's verdicts, the features collected for the batch shift test. covidct.inference.load makes
+one from a file or folder."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from covidct.data import eval_transform
+from covidct.data.preprocessing import Preprocessing
+from covidct.errors import ModelError
+from covidct.inference.scorer import Scorer
+from covidct.model_card import ModelCard
+from covidct.models.head import score_of
+from covidct.ood.image_statistics import statistics_of
+from covidct.operating_point import checked_threshold
+from covidct.verdict import ImageVerdict, judge_image
+
+SCORE = "score"  # beside the image statistics of a collected batch: the model's score of each image
+_COLLECTING = threading.local()  # LoadedModel.collecting: where this thread's scored batches leave their features
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to score: PyTorch module or ONNX Runtime session, with its card."""
+
+    card: ModelCard
+    module: torch.nn.Module | None = None
+    session: Any = None
+    source: str = ""
+    ood: Any = None  # the out-of-distribution detector (covidct.ood.detector.OODDetector), when the model has one
+    probe: Any = None  # the ImageNet probe blended into the scores (covidct.inference.imagenet_probe), when it has one
+    _transform: Any = field(default=None, repr=False)
+    _scoring: Any = field(default=None, repr=False)  # (network, probe) with batch norm folded, made at first use
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return self.card.preprocessing
+
+    @property
+    def threshold(self) -> float:
+        return checked_threshold(self.card.threshold, f"{self.source}: the model card's 'threshold'")
+
+    @property
+    def architecture(self) -> str:
+        return self.card.architecture
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.card.class_names)
+
+    @property
+    def model_id(self) -> str:
+        return f"{self.card.architecture}:{self.card.source_run or Path(self.source).name}"
+
+    @property
+    def heat_map_explains(self) -> str:
+        """What a Grad-CAM heat map of this model explains (inference/explain.py runs on `module`): the whole score,
+        or, with an ImageNet probe blended in, the fine-tuned network's share of it alone."""
+        if self.probe is None:
+            return "the network that gives the score"
+        own = f"{1 - self.probe.share:.0%}"
+        return (
+            f"the fine-tuned network alone ({own} of the score's log-odds; the ImageNet probe's share has no heat map)"
+        )
+
+    @property
+    def transform(self) -> Any:
+        if self._transform is None:
+            self._transform = eval_transform(self.preprocessing)
+        return self._transform
+
+    def tensor(self, images: list[Image.Image]) -> torch.Tensor:
+        return torch.stack([self.transform(img) for img in images])
+
+    def to(self, device: str | torch.device) -> LoadedModel:
+        """Move the PyTorch network (e.g. to "cuda" for scoring thousands of images); inputs follow it and
+        outputs come back on the CPU. An ONNX Runtime session stays where it is."""
+        if self.module is not None:
+            self.module.to(device)
+        if self.probe is not None:
+            self.probe.to(device)
+        self._scoring = None  # folded again, on the new device, at the next call
+        return self
+
+    def scoring(self) -> Scorer:
+        """The scorer (inference/scorer.py: network and ImageNet probe as one module) as scoring runs it: copies
+        with batch norm folded into the convolutions (inference/fold.py: the same logits to 1e-5, faster);
+        `module` and `probe` keep their own weights for export, adaptation and Grad-CAM. Made at the first call:
+        code that changes `module` afterwards must set `_scoring = None` to score the change."""
+        if self._scoring is None:
+            from covidct.inference.fold import fold_batch_norm
+
+            size = self.card.preprocessing.input_size
+            probe = None if self.probe is None else self.probe.on_network(fold_batch_norm(self.probe.net, size))
+            self._scoring = Scorer(fold_batch_norm(self.module, size), probe)
+        return self._scoring
+
+    @torch.no_grad()
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        if self.session is not None:
+            out = self.session.run(None, {self.session.get_inputs()[0].name: x.numpy()})[0]
+            return torch.from_numpy(out)
+        scorer = self.scoring()
+        return scorer(x.to(next(scorer.network.parameters()).device)).cpu()
+
+    @torch.no_grad()
+    def logits_and_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and the detector's features of a batch, in one pass (ONNX: the graph's second output)."""
+        if self.session is not None:
+            outputs = self.session.run(None, {self.session.get_inputs()[0].name: x.numpy()})
+            if len(outputs) < 2:
+                raise ModelError(
+                    f"{self.source}: this ONNX file has no feature output for the out-of-distribution "
+                    "check; export it again: covidct export RUN --format onnx"
+                )
+            return torch.from_numpy(outputs[0]), torch.from_numpy(outputs[1])
+        scorer = self.scoring()
+        logits, features = scorer.with_features(x.to(next(scorer.network.parameters()).device))
+        return logits.cpu(), features.cpu()
+
+    @torch.no_grad()
+    def scores(self, images: list[Image.Image], batch_size: int = 32) -> np.ndarray:
+        """Probability of the positive class for each image."""
+        return self.scores_with_ood(images, batch_size, check=False)[0]
+
+    @torch.no_grad()
+    def scores_with_ood(
+        self, images: list[Image.Image], batch_size: int = 32, check: bool = True
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """(probability of the positive class, out-of-distribution score) of each image; the second is None when
+        the model has no detector (or check=False). Higher ood score = less like the training images."""
+        check = check and self.ood is not None
+        out, ood = [], []
+        for start in range(0, len(images), batch_size):
+            batch_scores, batch_ood = self.score_batch(*self.prepared(images[start : start + batch_size], check))
+            out.append(batch_scores.numpy())
+            ood.append(batch_ood)
+        scores = np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+        return scores, (np.concatenate(ood) if ood else np.zeros(0)) if check else None
+
+    def prepared(self, images: list[Image.Image], check: bool = True) -> tuple[torch.Tensor, bool, dict[str, Any]]:
+        """score_batch's arguments for decoded images: the preprocessed batch, whether the detector reads it, and
+        the images' statistics it reads beside the features (none without a detector or when check is False).
+        Thread-safe: predict prepares the next batch while this one is scored."""
+        check = check and self.ood is not None
+        return self.tensor(images), check, statistics_of(self.ood.image_halves, images) if check else {}
+
+    @torch.no_grad()
+    def score_batch(
+        self, x: torch.Tensor, check: bool = True, statistics: dict[str, np.ndarray] | None = None
+    ) -> tuple[torch.Tensor, Any]:
+        """(probability of the positive class, out-of-distribution scores or None) of a preprocessed batch: the
+        detector's features come from the same forward pass when the model has one and check is asked;
+        `statistics`: the batch's images' statistics as decoded, by name, for the detector's other halves
+        (`self.ood.image_halves`; ood/image_statistics.py)."""
+        if check and self.ood is not None:
+            logits, features = self.logits_and_features(x)
+            scores = score_of(logits)
+            sink = getattr(_COLLECTING, "sink", None)
+            if sink is not None:  # the scores too: the shift test matches its reference to the batch's class mix
+                sink.append((features.numpy(), {**(statistics or {}), SCORE: scores.numpy()}))
+            return scores, self.ood.score(features.numpy(), **(statistics or {}))
+        return score_of(self.logits(x)), None
+
+    @contextlib.contextmanager
+    def collecting(self) -> Iterator[list[tuple[np.ndarray, dict[str, np.ndarray]]]]:
+        """Within the block, every batch this thread scores with the detector leaves its features and image
+        statistics in the list yielded: a batch shift test's input (batch_shift), from the same forward pass. Blocks
+        nest: an inner block's batches reach the outer block's list too."""
+        previous, sink = getattr(_COLLECTING, "sink", None), []
+        _COLLECTING.sink = sink
+        try:
+            yield sink
+        finally:
+            _COLLECTING.sink = previous
+            if previous is not None:  # a block inside another (a study inside a predict run): the outer gets it too
+                previous.extend(sink)
+
+    def batch_shift(self, outputs: list[tuple[np.ndarray, dict[str, np.ndarray]]]) -> dict[str, Any]:
+        """The batch shift test (covidct.ood.shift) of what `collecting` gathered, against the model's reference:
+        the record every command writes ("tested": false, and why, when it could not run)."""
+        from covidct.ood.image_statistics import IMAGE_STATISTICS
+        from covidct.ood.shift import MIN_BATCH, shift_test, statistics_matrix
+
+        n = sum(len(f) for f, _ in outputs)
+        reference = None if self.ood is None else self.ood.reference
+        if reference is None:
+            why = (
+                "this model's detector has no shift reference (fitted before the test existed, or on fewer than 20 "
+                "validation images): covidct ood fit RUN"
+            )
+            return {"tested": False, "n": n, "why": why if self.ood is not None else "this model has no detector"}
+        if n < MIN_BATCH:
+            return {"tested": False, "n": n, "why": f"a batch of {n} images: the test needs at least {MIN_BATCH}"}
+        if not all(set(IMAGE_STATISTICS) <= set(s) for _, s in outputs):
+            return {"tested": False, "n": n, "why": "the image statistics were not computed for every batch"}
+        features = np.concatenate([f for f, _ in outputs])
+        statistics = np.concatenate([statistics_matrix(s) for _, s in outputs])
+        scored = None
+        if all(SCORE in s for _, s in outputs):
+            scored = (np.concatenate([s[SCORE] for _, s in outputs]), self.threshold)
+        return {"tested": True, **shift_test(reference, features, statistics, scored)}
+
+    def ood_flags(self, ood_scores: np.ndarray | None) -> np.ndarray | None:
+        return None if ood_scores is None or self.ood is None else self.ood.flags(ood_scores)
+
+    def verdict(
+        self, score: float, ood_score: float | None, unseen: str | None, threshold: float | None = None
+    ) -> ImageVerdict:
+        """The verdict (covidct.verdict) on one image scored by this model: its label at `threshold` (default: the
+        model's operating point), and with a detector its flag and reason (`unseen`: unseen_acquisition's)."""
+        flags = self.ood_flags(None if ood_score is None else np.array([ood_score]))
+        ood = None if flags is None else (float(ood_score), bool(flags[0]))
+        t = self.threshold if threshold is None else threshold
+        return judge_image(score, t, self.class_names, ood, unseen)
+
+    def unseen_acquisition(self, acquisition: Any) -> str | None:
+        """Why an input's acquisition (covidct.ood.acquisition.Acquisition) is outside what the model was trained
+        on, or None (also when the model has no detector, or one fitted before the acquisition record)."""
+        return None if self.ood is None else self.ood.unseen_acquisition(acquisition)
