@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from covidct.data.medical import LUNG_WINDOW, apply_window, grey_image
 from covidct.errors import ModelError
 
 
@@ -78,3 +79,28 @@ def save_cams(model: Any, images: list[Image.Image], path: Path, cam_dir: Path, 
         picture = overlay(img, cam)
         written.append(atomic_write(out, lambda p, picture=picture: picture.save(p, format="PNG")))
     return written
+
+
+def dicom_top_slices(tops: list[dict[str, Any]], window: tuple[float, float] = LUNG_WINDOW) -> list[Image.Image]:
+    """A DICOM series' top slices (summary["top_slices"], each with its "file") as grey pictures in `window`, read
+    again from their files: the series is streamed, not kept."""
+    from covidct.data.dicom_study import slice_hu
+
+    return [grey_image(apply_window(slice_hu(Path(top["file"]))[0], *window)) for top in tops]
+
+
+def save_top_cams(model: Any, path: Path, images: list[Image.Image], cam_dir: Path, label: str = "") -> None:
+    """A montage PNG of a volume's top-k slices (`images`, in order) with their heat maps (Grad-CAM), named after
+    `path` (and the series' `label`)."""
+    if not images:
+        return
+    tiles = [overlay(img, cam).resize((256, 256)) for img, cam in zip(images, explain(model, images))]
+    montage = Image.new("RGB", (256 * len(tiles), 256))
+    for i, tile in enumerate(tiles):
+        montage.paste(tile, (256 * i, 0))
+    from covidct.fileio import atomic_write
+
+    cam_dir.mkdir(parents=True, exist_ok=True)
+    stem = cam_name(path).removesuffix("_cam.png") + (f"_{label}" if label else "")
+    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)
+    atomic_write(cam_dir / f"{stem}_top{len(tiles)}_cam.png", lambda p: montage.save(p, format="PNG"))

@@ -24,8 +24,9 @@ from PIL import Image
 from covidct.data.images import IMAGE_SUFFIXES
 from covidct.data.inputs import STUDIES, VOLUME, read_slice, read_volume_slices, reader_for, unit_of
 from covidct.data.lungmask import lung_fraction, lung_mask
-from covidct.data.medical import LUNG_WINDOW, apply_window, grey_image
+from covidct.data.medical import LUNG_WINDOW, grey_image
 from covidct.errors import ConfigError, DataError
+from covidct.inference.explain import dicom_top_slices, save_top_cams
 from covidct.inference.loaded import LoadedModel
 from covidct.ood.acquisition import of_file
 from covidct.verdict import (
@@ -210,7 +211,8 @@ class Prediction:
         self.report["volumes"].append({"path": str(path), **summary, "label": self.label(summary["score"])})
         if self.options.cam_dir is not None:
             greys = [g for _, g in read_volume_slices(path, self.options.window)]
-            _save_top_cams(self.model, path, greys, summary, self.options.cam_dir)
+            tops = [grey_image(greys[t["slice"]]) for t in summary["top_slices"]]
+            save_top_cams(self.model, path, tops, self.options.cam_dir)
 
     def folder(self, folder: Path) -> None:
         """A folder of DICOM files: each study's series scored as volumes, the study's result from one of them
@@ -263,7 +265,8 @@ class Prediction:
                 top["file"] = entries[top["slice"]]["file"]
             results.append((s, summary))
             if self.options.cam_dir is not None:
-                _save_top_cams(self.model, folder, None, summary, self.options.cam_dir, s, self.options.window)
+                tops = dicom_top_slices(summary["top_slices"], self.options.window)
+                save_top_cams(self.model, folder, tops, self.options.cam_dir, s.label)
         return results
 
     def slice_rows(self, path: str, series: str, entries: list[dict[str, Any]]) -> None:
@@ -379,32 +382,3 @@ def stacked(prepared: list[tuple]) -> tuple | None:
     # numpy's copy, not torch.cat: torch's would start its thread pool against the network's (8x slower)
     batch_x = torch.from_numpy(np.concatenate([p[0].numpy() for p in prepared]))
     return batch_x, prepared[0][1], statistics
-
-
-def dicom_top_slices(tops: list[dict[str, Any]], window: tuple[float, float] = LUNG_WINDOW) -> list[Image.Image]:
-    """A DICOM series' top slices (summary["top_slices"], each with its "file") as grey pictures in `window`, read
-    again from their files: the series is streamed, not kept."""
-    from covidct.data.dicom_study import slice_hu
-
-    return [grey_image(apply_window(slice_hu(Path(top["file"]))[0], *window)) for top in tops]
-
-
-def _save_top_cams(model, path, greys, summary, cam_dir, series=None, window=LUNG_WINDOW) -> None:
-    """A montage PNG of the top-k slices with their heat maps (Grad-CAM), beside per-slice overlays."""
-    from covidct.inference.explain import explain, overlay
-
-    tops = summary["top_slices"]
-    images = dicom_top_slices(tops, window) if series is not None else [grey_image(greys[t["slice"]]) for t in tops]
-    if not images:
-        return
-    tiles = [overlay(img, cam).resize((256, 256)) for img, cam in zip(images, explain(model, images))]
-    montage = Image.new("RGB", (256 * len(tiles), 256))
-    for i, tile in enumerate(tiles):
-        montage.paste(tile, (256 * i, 0))
-    from covidct.fileio import atomic_write
-    from covidct.inference.explain import cam_name
-
-    cam_dir.mkdir(parents=True, exist_ok=True)
-    stem = cam_name(path).removesuffix("_cam.png") + (f"_{series.label}" if series is not None else "")
-    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)
-    atomic_write(cam_dir / f"{stem}_top{len(tiles)}_cam.png", lambda p: montage.save(p, format="PNG"))

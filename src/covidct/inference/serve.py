@@ -154,8 +154,7 @@ class Predictor:
 
     def _top_slice_pictures(self, tops: list[dict[str, Any]], cam: bool) -> None:
         """Replace each top slice's file path (a temporary file) by its picture as a PNG data URL."""
-        from covidct.inference.explain import explain, overlay
-        from covidct.inference.predict import dicom_top_slices
+        from covidct.inference.explain import dicom_top_slices, explain, overlay
 
         shown = tops[:TOP_SLICES_SHOWN]
         images = dicom_top_slices(shown)
