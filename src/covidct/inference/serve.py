@@ -18,13 +18,12 @@ import asyncio
 import base64
 import io
 import os
-import secrets
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, File, Header, HTTPException, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image
@@ -35,6 +34,7 @@ from covidct.config import INPUT_LIMITS, InputLimits
 from covidct.data.inputs import DICOM, ZIP, kind_of_bytes
 from covidct.errors import DataError
 from covidct.inference.batching import Batcher, FairSlots
+from covidct.inference.clients import API_KEY_ENV, ShiftWindow, key_checker
 from covidct.inference.loaded import LoadedModel
 from covidct.inference.schemas import Health, ImagePrediction, SeriesPrediction, error_responses
 from covidct.inference.uploads import (
@@ -53,7 +53,6 @@ from covidct.inference.uploads import (
     upload_schema,
 )
 
-API_KEY_ENV = "COVIDCT_API_KEY"
 PAGE = Path(__file__).parent.parent / "templates" / "app.html"
 
 
@@ -61,29 +60,6 @@ def png_data_url(img: Image.Image) -> str:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-class ShiftWindow:
-    """The features and image statistics of the last `size` images scored (a rolling window of the traffic), and the
-    batch shift test of them on request (covidct.ood.shift): a site's images as a whole against the model's
-    validation images. Thread-safe; the test runs on a copy, outside the lock."""
-
-    def __init__(self, size: int = 200) -> None:
-        from collections import deque
-
-        self.size, self.lock = size, threading.Lock()
-        self.items: Any = deque(maxlen=size)
-
-    def add(self, outputs: list[tuple[Any, dict[str, Any]]]) -> None:
-        with self.lock:
-            for features, statistics in outputs:
-                for i in range(len(features)):
-                    self.items.append((features[i : i + 1], {k: v[i : i + 1] for k, v in statistics.items()}))
-
-    def test(self, model: LoadedModel) -> dict[str, Any]:
-        with self.lock:
-            outputs = list(self.items)
-        return {**model.batch_shift(outputs), "window": self.size}
 
 
 class Predictor:
@@ -293,22 +269,6 @@ def create_app(
         return await asyncio.to_thread(predictor.handle, data, file.filename or "upload", cam, client)
 
     return app
-
-
-def key_checker(api_key: str | list[str] | None) -> Any:
-    """The dependency of every /api/ route: the caller's client name ("key 1", "key 2", ... by the key's place in
-    the list; "" when the server has no keys), or 401."""
-    keys = [api_key] if isinstance(api_key, str) else list(api_key or [])
-
-    def check_key(x_api_key: Annotated[str | None, Header()] = None) -> str:
-        if not keys:
-            return ""
-        for k, key in enumerate(keys, start=1):
-            if x_api_key and secrets.compare_digest(x_api_key, key):
-                return f"key {k}"
-        raise HTTPException(401, "missing or wrong API key (header X-API-Key)")
-
-    return check_key
 
 
 def add_reading_routes(app: FastAPI, predictor: Predictor, check_key: Any) -> None:

@@ -1,99 +1,26 @@
-"""The one typed run configuration, saved as YAML beside every run's outputs."""
+"""covidct's settings, each declared once, the command line built from them: a training run (TrainConfig, saved as
+YAML beside every run's outputs), self-supervised pretraining (PretrainConfig), an evaluation (EvalConfig), the input
+limits (limits.py) and adaptation's choices. The shared machinery is in base.py."""
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-import dataclasses
-import os
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import yaml
-
+from covidct.config.base import (  # noqa: F401 (the package's names)
+    CROPS,
+    DEFAULT_DATA_DIR,
+    DEFAULT_MODEL,
+    MONITORS,
+    PRECISIONS,
+    Settings,
+    check_choices,
+    resolve_data_dir,
+    setting,
+)
+from covidct.config.limits import INPUT_LIMITS, InputLimits, active_limits  # noqa: F401 (the package's names)
 from covidct.errors import ConfigError
-
-DEFAULT_MODEL = "efficientnet_lite0"
-DEFAULT_DATA_DIR = "data/covid-ct"
-# val_auc_mean: the mean over validation sources of each source's AUC (= val_auc with one source)
-MONITORS = {"val_acc": "max", "val_auc": "max", "val_auc_mean": "max", "val_loss": "min"}
-PRECISIONS = ("auto", "32", "bf16-mixed", "16-mixed")
-CROPS = ("none", "body", "lung", "lung-mask")  # data/crop.py says what each does
-
-
-def resolve_data_dir(data_dir: str | Path | None) -> Path:
-    """--data-dir, else $COVIDCT_DATA_DIR, else data/covid-ct."""
-    if data_dir:
-        return Path(data_dir)
-    return Path(os.environ.get("COVIDCT_DATA_DIR") or DEFAULT_DATA_DIR)
-
-
-def check_choices(config: Any) -> None:
-    """Every field declared with choices holds one of them."""
-    for f in dataclasses.fields(config):
-        allowed = f.metadata.get("choices")
-        if allowed and getattr(config, f.name) not in allowed:
-            raise ConfigError(f"{f.name} must be one of {allowed}, got {getattr(config, f.name)!r}")
-
-
-def setting(
-    default: Any = None,
-    help: str = "",
-    choices: tuple | None = None,
-    flag: str | None = None,
-    factory: Any = None,
-    cli: bool = True,
-) -> Any:
-    """A field of TrainConfig with what the command line needs: its help text, allowed values and flag name
-    (default: --field-name; booleans get --x/--no-x). cli=False: a setting of the file only."""
-    meta = {"help": help, "choices": choices, "flag": flag, "cli": cli}
-    if factory is not None:
-        return field(default_factory=factory, metadata=meta)
-    return field(default=default, metadata=meta)
-
-
-class Settings:
-    """What every settings dataclass shares: plain dict and YAML in and out, unknown fields and bad YAML refused
-    with one clear message. `retired`: fields that older versions wrote, by name: (the value that means "off", why it
-    went); a saved config holding one at that value still reads, any other value is refused by name."""
-
-    retired: ClassVar[dict[str, tuple[Any, str]]] = {}
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Any:
-        data = dict(data)
-        for name, (off, why) in cls.retired.items():
-            if name in data and data.pop(name) != off:
-                raise ConfigError(
-                    f"config field {name} was removed ({why}); this version cannot repeat a run that "
-                    f"set it: delete the field, or use the covidct release the run was made with"
-                )
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown config field(s) {unknown}; known fields: {sorted(known)}")
-        return cls(**data)
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> Any:
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of field: value, got {type(data).__name__}")
-        return cls.from_dict(data)
 
 
 def _positive(v: Any) -> bool:
@@ -346,74 +273,6 @@ class EvalConfig(Settings):
 
 
 EVAL_DEFAULTS = EvalConfig()  # the one place the evaluation defaults are read from (function defaults too)
-
-
-@dataclass(frozen=True)
-class InputLimits(Settings):
-    """What one input may cost, declared once: `covidct serve` (per request) and `covidct predict` (per file) refuse
-    anything over a limit with a message naming the limit and the value, before the bytes are decoded or written.
-    The defaults hold with room to spare what a CT slice or series is, and bound what a hostile input can cost (the
-    abuse suite, tests/inference/test_abuse.py, checks the memory and disk bounds this gives)."""
-
-    upload_mb: float = setting(20.0, "largest upload of one image file (PNG, JPEG, DICOM), in MB")
-    archive_mb: float = setting(100.0, "largest upload of a ZIP of a DICOM series or study, in MB")
-    archive_members: int = setting(2000, "most files in a ZIP upload")
-    member_mb: float = setting(64.0, "largest file in a ZIP once expanded, in MB")
-    expanded_mb: float = setting(200.0, "most bytes a ZIP may expand to, all files together, in MB")
-    inflight_mb: float = setting(
-        400.0,
-        "serve: most memory that uploads in flight hold, all requests together (each counted twice: its body and "
-        "the form's copy), in MB; past it: 503 with Retry-After; at least twice archive_mb",
-    )
-    member_ratio: float = setting(200.0, "largest expansion of a ZIP member over its compressed size (CT: 2-4x)")
-    pixels: int = setting(50_000_000, "most pixels in one image or slice (width x height)")
-    min_side: int = setting(32, "fewest pixels on an image's shorter side (COVID-CT's smallest training image: 61)")
-    dicom_mb: float = setting(
-        128.0,
-        "largest DICOM data set once decoded (rows x columns x frames x bytes per "
-        "sample, and a deflated data set inflated), in MB",
-    )
-    series_slices: int = setting(2000, "most slices in one DICOM series or NIfTI volume")
-    volume_mb: float = setting(
-        1024.0, "largest NIfTI volume once decompressed (columns x rows x slices x bytes per voxel), in MB"
-    )
-
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ConfigError(f"limit {f.name} must be a number > 0, got {value!r}")
-        if self.inflight_mb < 2 * max(self.archive_mb, self.upload_mb):
-            raise ConfigError(
-                f"limit inflight_mb ({self.inflight_mb:g}) must be at least twice archive_mb and upload_mb "
-                f"({2 * max(self.archive_mb, self.upload_mb):g}): no upload at the limit could be served"
-            )
-
-    def megabytes(self, name: str) -> int:
-        """A limit given in MB, in bytes."""
-        return int(float(getattr(self, name)) * 1024 * 1024)
-
-    def applied(self) -> contextlib.AbstractContextManager[InputLimits]:
-        """These limits for the readers called inside the `with` block (this thread or task only)."""
-        return _applied(self)
-
-
-INPUT_LIMITS = InputLimits()  # the defaults, read by the readers outside any `with limits.applied()`
-_ACTIVE_LIMITS: contextvars.ContextVar[InputLimits] = contextvars.ContextVar("covidct_limits", default=INPUT_LIMITS)
-
-
-def active_limits() -> InputLimits:
-    """The limits in force here: those of the innermost `with limits.applied()`, else the defaults."""
-    return _ACTIVE_LIMITS.get()
-
-
-@contextlib.contextmanager
-def _applied(limits: InputLimits) -> Iterator[InputLimits]:
-    token = _ACTIVE_LIMITS.set(limits)
-    try:
-        yield limits
-    finally:
-        _ACTIVE_LIMITS.reset(token)
 
 
 # covidct adapt: how a model is adapted to a site (here, not in adaptation/: the command line is built from
