@@ -24,7 +24,6 @@ from covidct.data.crop import CropToBody
 from covidct.data.preprocessing import Preprocessing
 
 AUGMENTATIONS = ("study", "ct", "robust")
-INTENSITIES = ("none", "equalize", "clahe")
 
 
 class CLAHE:

@@ -25,7 +25,6 @@ from torch import nn
 from covidct.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from covidct.errors import ModelError
 
-Builder = Callable[[bool, "str | None"], nn.Module]
 HEAD_ATTR = "covidct_head"  # set on every built model: the dotted path of its 2-class head
 STAGES_ATTR = "covidct_stages"  # set on every built model: the dotted paths of its stages, in order
 StageRule = Callable[[nn.Module], list[str]]

@@ -31,7 +31,6 @@ MIN_BATCH = 10  # below it a batch says little, and predict does not test it
 MIN_REFERENCE = 2 * MIN_BATCH
 MAX_TESTED = 500  # a larger batch is tested on a seeded draw of this many: as sure, and the cost bounded
 AXES = 32  # principal axes of the reference's features kept
-TESTS = ("features_mmd", "statistics_mmd", "classifier")
 
 
 @dataclass
