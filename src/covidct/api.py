@@ -262,11 +262,11 @@ def learning_curve(
     the site `site` (NAME=FOLDER or CSV), each k drawn `draws` times and scored on the site's other patients;
     a row per strategy and k (auc, auc_ci, auc_worst, ...), also written to RUN/curve-NAME/. group_duplicates:
     near-duplicate images are put in one group (a patient's slices that repeat)."""
-    from covidct.adaptation.curve import run_curve
+    from covidct.adaptation.curve import CurvePlan, run_curve
     from covidct.adaptation.site import load_site
 
     loaded = load_site(Path(run), site, group_duplicates=group_duplicates)
-    return run_curve(Path(run), loaded, Path(run) / f"curve-{loaded.name}", tuple(ks), draws, seed)
+    return run_curve(Path(run), loaded, Path(run) / f"curve-{loaded.name}", CurvePlan(tuple(ks), draws, seed))
 
 
 def adapt(

@@ -4,7 +4,7 @@ the scored part, a seed repeats a curve, and the refusals name what is wrong."""
 import numpy as np
 import pytest
 
-from covidct.adaptation.curve import draw_groups, head_adapter, learning_curve, summarise_curve
+from covidct.adaptation.curve import CurvePlan, draw_groups, head_adapter, learning_curve, summarise_curve
 from covidct.adaptation.site import absolute_spec
 from covidct.errors import DataError
 from covidct.models.head import fit_head, head_scores
@@ -33,9 +33,9 @@ def test_a_seed_repeats_a_curve_exactly_and_another_seed_draws_otherwise():
     x, labels, groups = site()
     zero = np.random.default_rng(1).random(len(labels))
     features = {"head": head_adapter(x, labels), "imagenet-head": head_adapter(x[:, ::-1] * 2, labels)}
-    a = learning_curve(features, zero, labels, groups, (1, 3), draws=3, seed=5)
-    b = learning_curve(features, zero, labels, groups, (1, 3), draws=3, seed=5)
-    c = learning_curve(features, zero, labels, groups, (1, 3), draws=3, seed=6)
+    a = learning_curve(features, zero, labels, groups, CurvePlan((1, 3), draws=3, seed=5))
+    b = learning_curve(features, zero, labels, groups, CurvePlan((1, 3), draws=3, seed=5))
+    c = learning_curve(features, zero, labels, groups, CurvePlan((1, 3), draws=3, seed=6))
     assert a == b and a != c
     assert {r["strategy"] for r in a} == {"zero-shot", "head", "imagenet-head"}
     assert all(r["groups_scored"] == 16 - 2 * r["k"] for r in a)
@@ -45,7 +45,7 @@ def test_the_head_learns_the_site_and_the_curve_rises_with_k():
     x, labels, groups = site(n_groups=20, seed=2)
     zero = np.full(len(labels), 0.5) + np.random.default_rng(0).normal(0, 0.01, len(labels))
     adapters = {"head": head_adapter(x, labels)}
-    summary = summarise_curve(learning_curve(adapters, zero, labels, groups, (1, 10), draws=5, seed=0))
+    summary = summarise_curve(learning_curve(adapters, zero, labels, groups, CurvePlan((1, 10), draws=5, seed=0)))
     head = {r["k"]: r for r in summary if r["strategy"] == "head"}
     assert head[10]["auc"] > head[1]["auc"] and head[10]["auc"] >= 0.85
     assert abs(next(r for r in summary if r["strategy"] == "zero-shot" and r["k"] == 10)["auc"] - 0.5) < 0.15

@@ -94,17 +94,28 @@ def head_adapter(x: np.ndarray, labels: np.ndarray) -> Adapter:
     return adapt
 
 
+@dataclass(frozen=True)
+class CurvePlan:
+    """What a learning curve draws: k groups per class for each k of `ks`, `draws` times each (seeded by (seed, k,
+    draw)), and which strategies adapt from the model and from ImageNet weights."""
+
+    ks: tuple[int, ...] = DEFAULT_KS
+    draws: int = DEFAULT_DRAWS
+    seed: int = 0
+    strategies: tuple[str, ...] = STRATEGIES
+    imagenet_strategies: tuple[str, ...] = IMAGENET_STRATEGIES
+
+
 def learning_curve(
     adapters: dict[str, Adapter],
     zero_shot: np.ndarray,
     labels: np.ndarray,
     groups: np.ndarray,
-    ks: tuple[int, ...] = DEFAULT_KS,
-    draws: int = DEFAULT_DRAWS,
-    seed: int = 0,
+    plan: CurvePlan = CurvePlan(),
 ) -> list[dict[str, Any]]:
     """One row per (k, draw, strategy). adapters: {"head": head_adapter(...), "lp-ft": ..., "imagenet-head": ...}.
-    The same drawn groups for every strategy of a draw; a draw is seeded by (seed, k, draw)."""
+    The same drawn groups for every strategy of a draw; a draw is seeded by (plan.seed, k, draw)."""
+    ks, draws, seed = plan.ks, plan.draws, plan.seed
     rows = []
     for k in ks:
         for d in range(draws):
@@ -252,17 +263,9 @@ def strategy_adapters(prefix: str, start: Start, labels: np.ndarray, strategies:
     return {f"{prefix}{name}": makers[name]() for name in strategies}
 
 
-def run_curve(
-    run_dir: Path,
-    site: Site,
-    out: Path,
-    ks: tuple[int, ...],
-    draws: int,
-    seed: int,
-    strategies: tuple[str, ...] = STRATEGIES,
-    imagenet_strategies: tuple[str, ...] = IMAGENET_STRATEGIES,
-) -> list[dict]:
+def run_curve(run_dir: Path, site: Site, out: Path, plan: CurvePlan) -> list[dict]:
     """curve.csv, curve.md, curve.png (and curve.json) in `out`; returns the summary rows."""
+    ks, strategies, imagenet_strategies = plan.ks, plan.strategies, plan.imagenet_strategies
     for k in ks:  # refused before any work, naming the counts
         draw_groups(site.labels, site.groups, k, np.random.default_rng(0))
     start = time.perf_counter()
@@ -274,7 +277,7 @@ def run_curve(
     if imagenet is not None and imagenet_strategies:
         baseline = start_from(imagenet, site, model.transform, "lp-ft" in imagenet_strategies)
         adapters |= strategy_adapters("imagenet-", baseline, site.labels, imagenet_strategies)
-    rows = learning_curve(adapters, source.scores, site.labels, site.groups, ks, draws, seed)
+    rows = learning_curve(adapters, source.scores, site.labels, site.groups, plan)
     summary = summarise_curve(rows)
     seconds = time.perf_counter() - start
     out.mkdir(parents=True, exist_ok=True)
@@ -288,8 +291,8 @@ def run_curve(
         "run": str(run_dir),
         "site": site.spec,
         "ks": list(ks),
-        "draws": draws,
-        "seed": seed,
+        "draws": plan.draws,
+        "seed": plan.seed,
         "strategies": list(strategies),
         "imagenet_strategies": list(imagenet_strategies),
     }

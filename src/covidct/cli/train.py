@@ -126,7 +126,7 @@ def cmd_crosssource(args: argparse.Namespace) -> int:
 
 def cmd_adapt(args: argparse.Namespace) -> int:
     from covidct.adaptation.adapt import adapt_run
-    from covidct.adaptation.curve import run_curve
+    from covidct.adaptation.curve import CurvePlan, run_curve
     from covidct.adaptation.site import load_site
 
     site = load_site(args.run_dir, args.source, args.allow_overlap, not args.no_group_duplicates)
@@ -136,16 +136,10 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     )
     if args.curve:
         out = Path(args.out) if args.out else args.run_dir / f"curve-{site.name}"
-        summary = run_curve(
-            args.run_dir,
-            site,
-            out,
-            tuple(args.curve),
-            args.draws,
-            args.seed,
-            tuple(args.strategies),
-            tuple(args.imagenet_strategies),
+        plan = CurvePlan(
+            tuple(args.curve), args.draws, args.seed, tuple(args.strategies), tuple(args.imagenet_strategies)
         )
+        summary = run_curve(args.run_dir, site, out, plan)
         from covidct.tables import interval_text
 
         for r in summary:

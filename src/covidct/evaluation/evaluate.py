@@ -40,7 +40,7 @@ def evaluate(run_dir: str | Path | list[str | Path], config: EvalConfig) -> dict
     runs = [Path(r) for r in run_dir] if isinstance(run_dir, list) else [Path(run_dir)]
     if len(runs) > 1 and c.out_dir is None:
         raise ModelError(f"an ensemble of {len(runs)} runs needs an output folder (--out)")
-    scored = score_runs(runs, c.split, c.checkpoint, c.data_dir, c.threshold, c.tta, c.on)
+    scored = score_runs(runs, c)
     if c.per_group:  # predict's rule for a volume: only DICOM slices whose HU shows lung count
         scored.lung_fractions = [slice_lung_fraction(x.path) for x in scored.samples]
     result = summarise_scores(scored, c.n_bootstrap, c.min_sensitivity, c.seed, c.calibrate, c.per_group)

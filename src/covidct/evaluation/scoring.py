@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from covidct.audit.shortcut import view_statistics_table
+from covidct.config import EvalConfig
 from covidct.data import ImageDataset, Sample
 from covidct.data.sources import external_set
 from covidct.data.transforms import view_transform
@@ -144,22 +145,16 @@ class Scored:
     shift: dict[str, Any] | None = None  # an external set tested as one batch against the model's reference
 
 
-def score_runs(
-    runs: list[Path],
-    split: str,
-    checkpoint: str = "best",
-    data_dir: str | Path | None = None,
-    threshold: float | None = None,
-    tta: bool = False,
-    on: str | None = None,
-) -> Scored:
-    """Score `split` (or the external set `on`) and the validation split with each run; an ensemble's score is the
-    mean of its members' probabilities. The only stage of an evaluation that runs a model."""
+def score_runs(runs: list[Path], config: EvalConfig) -> Scored:
+    """Score `config.split` (or the external set `config.on`) and the validation split with each run, by the
+    checkpoint, data folder and TTA `config` names; an ensemble's score is the mean of its members' probabilities.
+    The only stage of an evaluation that runs a model."""
+    split, on, threshold, tta = config.split, config.on, config.threshold, config.tta
     external: list[Sample] | None = None
     overlap = 0
     if on is not None:
-        split, external, overlap = external_samples(RunDir.at(runs[0]), on, data_dir)
-    members = [score_member(run, split, checkpoint, data_dir, tta, external, single=len(runs) == 1) for run in runs]
+        split, external, overlap = external_samples(RunDir.at(runs[0]), on, config.data_dir)
+    members = [score_member(run, replace(config, split=split), external, single=len(runs) == 1) for run in runs]
     first = members[0]
     paths, labels, _ = first["scored"]
     for m in members[1:]:
@@ -205,19 +200,12 @@ def checked_flags(module: LoadedModel, paths: list[str], ood: np.ndarray | None)
     return flags_with_acquisition(flags, [module.unseen_acquisition(of_file(p)) for p in paths])
 
 
-def score_member(
-    run: Path,
-    split: str,
-    checkpoint: str,
-    data_dir: str | Path | None,
-    tta: bool,
-    external: list[Sample] | None,
-    single: bool,
-) -> dict[str, Any]:
+def score_member(run: Path, config: EvalConfig, external: list[Sample] | None, single: bool) -> dict[str, Any]:
     """One run's scores of the split (or external set) and of its validation split, with its detector's scores
     when it is evaluated alone (an ensemble has no one detector)."""
-    ckpt = find_checkpoint(run, checkpoint)
-    data = RunDir.at(run).data(data_dir)
+    split, tta = config.split, config.tta
+    ckpt = find_checkpoint(run, config.checkpoint)
+    data = RunDir.at(run).data(config.data_dir)
     if external is None and split not in data.splits:
         raise DataError(f"split must be one of {list(data.splits)}, got {split!r}")
     module = load_classifier(ckpt)
