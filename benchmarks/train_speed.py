@@ -11,7 +11,7 @@ import argparse
 
 import torch
 
-from covidct.studies.bench import train_step_rate
+from covidct.studies.bench import StepSetup, train_step_rate
 
 
 def main() -> None:
@@ -36,7 +36,7 @@ def main() -> None:
     )
     for name in args.models:
         r = [
-            train_step_rate(name, 224, args.batch_size, bf16, cl, args.warmup, args.steps, fp32_slow=slow)
+            train_step_rate(StepSetup(name, 224, args.batch_size, bf16, cl, slow), args.warmup, args.steps)
             for bf16, cl, slow in combos
         ]
         cells = " | ".join(f"{v:.1f}" for v in r)

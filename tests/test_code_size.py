@@ -59,9 +59,6 @@ OVER_PARAMETERS = {
     "ood/fit.py fit_out_of_fold",
     "ood/fit.py fit_for_network",
     "ood/fit.py fit_by_source",
-    "studies/bench.py train_step_rate",
-    "studies/crosssource.py train_and_score",
-    "studies/crosssource.py write_matrix",
 }
 
 

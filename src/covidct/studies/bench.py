@@ -16,6 +16,7 @@ import re
 import resource
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -72,33 +73,37 @@ def _rate(step: Callable[[], None], n_images: int, warmup: int, steps: int) -> f
 def train_throughput(name: str, size: int, batch: int, optimised: bool, warmup: int, steps: int) -> float:
     """Images/s of forward + backward + AdamW step on random data: naive, or as covidct trains by default."""
     bf16 = optimised and cpu_has_fast_bf16()
-    return train_step_rate(name, size, batch, bf16, optimised, warmup, steps, fp32_slow=bf16)
+    return train_step_rate(StepSetup(name, size, batch, bf16, optimised, fp32_slow=bf16), warmup, steps)
 
 
-def train_step_rate(
-    name: str,
-    size: int,
-    batch: int,
-    bf16: bool,
-    channels_last: bool,
-    warmup: int,
-    steps: int,
-    fp32_slow: bool = False,
-) -> float:
-    """Images/s of training steps with bf16 autocast, channels-last memory and fp32 for the layers slow in bf16
-    (`precision.keep_fp32`) chosen separately."""
+@dataclass(frozen=True)
+class StepSetup:
+    """One training-step configuration timed by train_step_rate: the backbone, input side and batch, and the three
+    speed settings chosen separately (bf16 autocast, channels-last memory, fp32 for the layers slow in bf16)."""
+
+    name: str
+    size: int = 224
+    batch: int = 32
+    bf16: bool = False
+    channels_last: bool = False
+    fp32_slow: bool = False
+
+
+def train_step_rate(setup: StepSetup, warmup: int, steps: int) -> float:
+    """Images/s of training steps of `setup` (`precision.keep_fp32` for its slow layers when asked)."""
+    name, size, batch, channels_last = setup.name, setup.size, setup.batch, setup.channels_last
     torch.manual_seed(0)
     model, _ = create_model(name, pretrained=False)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt).train()
-    if fp32_slow:
+    if setup.fp32_slow:
         keep_fp32(model)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randn(batch, 3, size, size).contiguous(memory_format=fmt)
     y = torch.randint(0, 2, (batch,))
 
     def step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=setup.bf16):
             loss = F.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -100,32 +101,38 @@ def run_crosssource(config: TrainConfig, out_dir: str | Path, progress: bool = F
     sources = list(config.sources)
     names = [parse_source(s)[0] for s in sources]
     data = {name: load_source(spec, config.seed) for name, spec in zip(names, sources)}  # fails before training
-    rows, records, drivers = [], [], []
-    statistics: dict[str, dict[str, np.ndarray]] = {}  # each held-out source's image statistics, computed once
+    matrix = Matrix(config, data, out, progress)
+    rows, records = [], []
     for train_set in trainings(sources):
-        row, record = train_and_score(config, train_set, data, out, progress, statistics, drivers)
+        row, record = train_and_score(matrix, train_set)
         rows.append(row)
         records.append(record)
-    write_matrix(out, config, sources, names, rows, records, drivers)
+    write_matrix(matrix, sources, rows, records)
     return out
 
 
-def train_and_score(
-    config: TrainConfig,
-    train_set: list[str],
-    data: dict[str, Any],
-    out: Path,
-    progress: bool,
-    statistics: dict[str, Any],
-    drivers: list[str],
-) -> tuple[dict[str, Any], dict[str, Any]]:
+@dataclass
+class Matrix:
+    """One cross-source matrix being made: its recipe, every source's data, its folder, and what its rows gather
+    (each held-out source's image statistics, computed once; the lines on what held-out scores follow)."""
+
+    config: TrainConfig
+    data: dict[str, Any]
+    out: Path
+    progress: bool = False
+    statistics: dict[str, Any] = field(default_factory=dict)
+    drivers: list[str] = field(default_factory=list)
+
+
+def train_and_score(matrix: Matrix, train_set: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     """One training of the matrix and its row: each source scored at the threshold chosen on validation."""
+    config, data, out, statistics, drivers = matrix.config, matrix.data, matrix.out, matrix.statistics, matrix.drivers
     train_names = [parse_source(s)[0] for s in train_set]
     label = " + ".join(train_names)
     start = time.perf_counter()
     # a row of the matrix is scored, never served: no ONNX graph of it
     row = dataclasses.replace(config, sources=train_set, out=str(out / "runs"), onnx=False)
-    run = RunDir(train(row, progress=progress))
+    run = RunDir(train(row, progress=matrix.progress))
     wall = time.perf_counter() - start
     model = scorer(run)
     _, val_labels, val_scores = score(model, run.data().splits["val"])
@@ -169,15 +176,10 @@ def cell_columns(name: str, c: dict[str, Any]) -> dict[str, str]:
     }
 
 
-def write_matrix(
-    out: Path,
-    config: TrainConfig,
-    sources: list[str],
-    names: list[str],
-    rows: list[dict[str, Any]],
-    records: list[dict[str, Any]],
-    drivers: list[str],
-) -> None:
+def write_matrix(matrix: Matrix, sources: list[str], rows: list[dict[str, Any]], records: list[dict[str, Any]]) -> None:
+    """matrix.csv, matrix.md (with its caveats and what the held-out scores follow), matrix.json and matrix.png."""
+    out, config, drivers = matrix.out, matrix.config, matrix.drivers
+    names = list(matrix.data)
     write_csv(out / "matrix.csv", rows)
     held = [c["auc"] for r in records for c in r["cells"].values() if c["held_out"]]
     note = (
