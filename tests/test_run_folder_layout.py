@@ -24,7 +24,7 @@ ALLOWED = {
     ("evaluation/scoring.py", "ood"),
     ("evaluation/summary.py", "ood"),
     ("evaluation/writing.py", "ood"),
-    ("cli/misc.py", "ood"),
+    ("cli/info.py", "ood"),
     ("cli/inference.py", "export"),
     ("cli/ood.py", "ood"),
     # a setting's name (cli/common.py's argument groups) and command names (cli/guide.py's overview)

@@ -8,10 +8,10 @@ import sys
 import warnings
 
 from covidct import DISCLAIMER, __version__
-from covidct.cli import data, evaluate, inference, misc, ood, train
+from covidct.cli import data, evaluate, inference, info, ood, train
 from covidct.errors import CovidCTError, TrainingInterrupted
 
-COMMAND_MODULES = (data, train, evaluate, inference, ood, misc)
+COMMAND_MODULES = (data, train, evaluate, inference, ood, info)
 
 
 def build_parser() -> argparse.ArgumentParser:

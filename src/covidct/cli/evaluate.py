@@ -26,7 +26,7 @@ def evaluate_and_print(run_dir: Path | list[Path], config: Any) -> None:
     if result.get("per_group"):
         print(group_line(result["per_group"]))
     if result.get("score_drivers"):
-        from covidct.evaluation.drivers import driver_warnings, drivers_text
+        from covidct.evaluation.score_drivers import driver_warnings, drivers_text
 
         print(f"on {on}: {drivers_text(result['score_drivers'])}")
         for w in driver_warnings(result["score_drivers"]):

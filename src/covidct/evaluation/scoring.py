@@ -138,7 +138,7 @@ class Scored:
     checkpoint: str
     tta: bool = False
     external: dict[str, Any] | None = None
-    view_stats: dict[str, np.ndarray] | None = None  # image statistics of an external set (evaluation/drivers.py)
+    view_stats: dict[str, np.ndarray] | None = None  # image statistics of an external set (evaluation/score_drivers.py)
     lung_fractions: list[float | None] | None = None  # per slice, from HU (DICOM only), for per-group scoring
     ood_scores: np.ndarray | None = None  # out-of-distribution score per image (single runs with a detector)
     ood_flags: np.ndarray | None = None  # True: unlike the training images

@@ -15,10 +15,10 @@ from covidct.evaluation.calibration import (
     expected_calibration_error,
     fit_temperature,
 )
-from covidct.evaluation.drivers import score_drivers
 from covidct.evaluation.metrics import binary_metrics
 from covidct.evaluation.patients import group_metrics
 from covidct.evaluation.rules import choose_by_rule
+from covidct.evaluation.score_drivers import score_drivers
 from covidct.evaluation.scoring import Scored
 from covidct.evaluation.statistics import (
     bootstrap_intervals,

@@ -18,8 +18,8 @@ from covidct.audit.report import audit_dataset, write_audit
 from covidct.audit.samples import pick_samples
 from covidct.data import load_rgb
 from covidct.errors import ModelError
-from covidct.evaluation.drivers import driver_warnings, drivers_text
 from covidct.evaluation.evaluate import evaluate_run
+from covidct.evaluation.score_drivers import driver_warnings, drivers_text
 from covidct.fileio import read_csv, write_text
 from covidct.plotting import figure_png
 from covidct.reporting.study import STUDY_FIGURES, WHY_BACKBONE

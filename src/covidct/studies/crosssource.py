@@ -22,9 +22,9 @@ from covidct.data import ImageDataset
 from covidct.data.sources import load_source, parse_source
 from covidct.data.transforms import view_transform
 from covidct.errors import ConfigError
-from covidct.evaluation.drivers import driver_warnings, drivers_text, score_drivers
 from covidct.evaluation.metrics import binary_metrics
 from covidct.evaluation.rules import choose_by_rule
+from covidct.evaluation.score_drivers import driver_warnings, drivers_text, score_drivers
 from covidct.evaluation.scoring import predict_scores
 from covidct.evaluation.statistics import delong_interval
 from covidct.fileio import write_csv, write_json, write_text
@@ -189,7 +189,7 @@ def write_matrix(matrix: Matrix, sources: list[str], rows: list[dict[str, Any]],
     )
     limits = caveats(config)
     note += "".join(f"\n{c}\n" for c in limits)
-    if drivers:  # evaluation/drivers.py: rank correlation of the held-out scores with simple image statistics
+    if drivers:  # evaluation/score_drivers.py: rank correlation of the held-out scores with simple image statistics
         note += (
             "\nWhat the held-out scores follow (Spearman rho with image statistics; the statistic's own class AUC):\n\n"
         )

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from covidct.evaluation.drivers import driver_warnings, drivers_text, score_drivers
+from covidct.evaluation.score_drivers import driver_warnings, drivers_text, score_drivers
 
 
 def test_the_statistic_the_scores_are_made_of_is_the_strongest_driver():

@@ -1,4 +1,5 @@
-"""covidct bench and models."""
+"""covidct bench, models and study: the speed of this machine, the backbones covidct can build, and a run's figures
+beside the seed study's."""
 
 from __future__ import annotations
 
