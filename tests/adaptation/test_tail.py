@@ -46,7 +46,7 @@ def test_fine_tuning_changes_only_the_last_stages_and_after_and_learns_the_site(
     net, x, labels = net_and_images()
     maps = tail.cached_inputs(net, Images(x))
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    tail.fine_tune_tail(net, maps, labels, seed=0, epochs=15, lr=1e-3)
+    tail.fine_tune_tail(net, maps, labels, seed=0, schedule=tail.TailSchedule(epochs=15, lr=1e-3))
     after = net.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     tuned = (*[f"blocks.{6 - i}." for i in range(tail.TAIL_STAGES)], "conv_head.", "bn2.", "classifier.")
@@ -61,7 +61,8 @@ def test_the_same_seed_fine_tunes_the_same_network():
     maps = tail.cached_inputs(net, Images(x))
     import copy
 
-    a = tail.scores(tail.fine_tune_tail(copy.deepcopy(net), maps, labels, seed=3, epochs=2), maps)
-    b = tail.scores(tail.fine_tune_tail(copy.deepcopy(net), maps, labels, seed=3, epochs=2), maps)
+    short = tail.TailSchedule(epochs=2)
+    a = tail.scores(tail.fine_tune_tail(copy.deepcopy(net), maps, labels, seed=3, schedule=short), maps)
+    b = tail.scores(tail.fine_tune_tail(copy.deepcopy(net), maps, labels, seed=3, schedule=short), maps)
     np.testing.assert_array_equal(a, b)
     assert head_module(net) is not None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -31,6 +32,14 @@ TAIL_EPOCHS = 8  # measured on the curve's draws: benchmarks/ADAPTATION.md
 TAIL_LR = 1e-4  # AdamW; the head starts from the linear probe, so a small step keeps what it learned
 TAIL_BATCH = 32
 TAIL_WEIGHT_DECAY = 1e-4
+
+
+@dataclass(frozen=True)
+class TailSchedule:
+    """How long and how fast the tail is fine-tuned: AdamW epochs over the cached maps, and its learning rate."""
+
+    epochs: int = TAIL_EPOCHS
+    lr: float = TAIL_LR
 
 
 def cut_stage(net: nn.Module) -> nn.Module:
@@ -101,8 +110,7 @@ def fine_tune_tail(
     maps: torch.Tensor,
     labels: np.ndarray,
     seed: int = 0,
-    epochs: int = TAIL_EPOCHS,
-    lr: float = TAIL_LR,
+    schedule: TailSchedule = TailSchedule(),
     pooled: np.ndarray | None = None,
 ) -> nn.Module:
     """LP-FT on cached maps, in place: the head set by a logistic regression on the pooled features (the linear
@@ -116,11 +124,11 @@ def fine_tune_tail(
     counts = torch.bincount(y, minlength=2).clamp_min(1).float()
     loss_fn = nn.CrossEntropyLoss(weight=counts.sum() / (2 * counts))
     params = tail_parameters(net)
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=TAIL_WEIGHT_DECAY)
+    opt = torch.optim.AdamW(params, lr=schedule.lr, weight_decay=TAIL_WEIGHT_DECAY)
     gen = torch.Generator().manual_seed(seed)
     net.eval()
     with fed_at_cut(net) as run:
-        for _ in range(epochs):
+        for _ in range(schedule.epochs):
             order = torch.randperm(len(y), generator=gen)
             for start in range(0, len(y), TAIL_BATCH):
                 idx = order[start : start + TAIL_BATCH]
