@@ -38,7 +38,10 @@ class Reader:
     """One kind of input. `takes(path)`: is this path one of mine (by suffix, or a marker in the file); `unit`: a
     SLICE (`read(path, window)` gives an RGB picture), a VOLUME (`read(path, window)` gives its slices as (HU, grey)
     arrays) or a folder of STUDIES (`read(path)` gives its scan: dicom_study.FolderScan). Uploads: `takes_bytes`
-    (from the first bytes; a name is not trusted) and `read_bytes(data, name, window)`, for SLICE readers."""
+    (from the first bytes; a name is not trusted) and `read_bytes(data, name, window)`, for SLICE readers.
+    `header(path or bytes)`: what the file says of its acquisition, from its header alone (no pixels decoded):
+    a dict of manufacturer, kernel, pixel_spacing, slice_thickness (mm) or aspect, as the header holds them; the
+    out-of-distribution check reads it (covidct.ood.acquisition.of_file)."""
 
     kind: str
     unit: str
@@ -46,6 +49,7 @@ class Reader:
     read: Callable[..., Any]
     takes_bytes: Callable[[bytes], bool] | None = None
     read_bytes: Callable[[bytes, str, tuple[float, float]], Image.Image] | None = None
+    header: Callable[[Path | bytes], dict[str, Any]] | None = None
 
 
 _READERS: list[Reader] = []
@@ -76,12 +80,17 @@ def kind_of(path: Path) -> str:
     return reader.kind if reader else ""
 
 
+def reader_for_bytes(data: bytes) -> Reader | None:
+    """The reader that takes an upload's bytes (from its first bytes), or None."""
+    return next((r for r in _READERS if r.takes_bytes is not None and r.takes_bytes(data)), None)
+
+
 def kind_of_bytes(data: bytes) -> str:
     """What an upload is, from its first bytes (its name and declared type are not trusted): a reader's kind
     (IMAGE for PNG or JPEG, DICOM), ZIP (an archive of a series, unpacked to a folder) or ""."""
     if data.startswith(b"PK\x03\x04"):
         return ZIP
-    reader = next((r for r in _READERS if r.takes_bytes is not None and r.takes_bytes(data)), None)
+    reader = reader_for_bytes(data)
     return reader.kind if reader else ""
 
 
@@ -256,8 +265,27 @@ def _dicom_folder(path: Path) -> Any:
 
 
 # The built-in readers, asked in this order: a folder of DICOM files, a NIfTI volume, a DICOM file, an image file.
+def _image_header(source: Path | bytes) -> dict[str, Any]:
+    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
+        width, height = img.size
+    return {"aspect": width / height if width and height else None}
+
+
+def _dicom_header(source: Path | bytes) -> dict[str, Any]:
+    ds = open_dicom(source, "upload", header_only=True) if isinstance(source, bytes) else open_dicom(source, None, True)
+    names = {"manufacturer": "Manufacturer", "kernel": "ConvolutionKernel", "pixel_spacing": "PixelSpacing"}
+    return {key: getattr(ds, tag, None) for key, tag in {**names, "slice_thickness": "SliceThickness"}.items()}
+
+
+def _nifti_header(source: Path | bytes) -> dict[str, Any]:
+    import nibabel as nib
+
+    zooms = nib.load(str(source)).header.get_zooms()
+    return {"pixel_spacing": zooms[0], "slice_thickness": zooms[2] if len(zooms) > 2 else None}
+
+
 register_reader(Reader(DICOM_FOLDER, STUDIES, lambda p: p.is_dir() and _holds_dicom(p, files_under(p)), _dicom_folder))
-register_reader(Reader(NIFTI, VOLUME, lambda p: not p.is_dir() and is_nifti(p), volume_slices))
+register_reader(Reader(NIFTI, VOLUME, lambda p: not p.is_dir() and is_nifti(p), volume_slices, header=_nifti_header))
 register_reader(
     Reader(
         DICOM,
@@ -266,6 +294,7 @@ register_reader(
         _dicom_slice,
         lambda data: len(data) >= 132 and data[128:132] == b"DICM",
         _dicom_upload,
+        _dicom_header,
     )
 )
 register_reader(
@@ -276,5 +305,6 @@ register_reader(
         _image_file,
         lambda data: data.startswith((b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")),
         _image_upload,
+        _image_header,
     )
 )

@@ -30,15 +30,9 @@ class InputError(Exception):
 def upload_acquisition(data: bytes) -> Any:
     """How an upload was acquired (covidct.ood.acquisition): a DICOM file's header; an image file's shape. A header
     that cannot be read gives the kind alone (decode_upload says what is wrong with the file)."""
-    from covidct.data.medical import open_dicom
-    from covidct.ood import acquisition
+    from covidct.ood.acquisition import of_upload
 
-    if kind_of_bytes(data) != DICOM:
-        return acquisition.image_acquisition(io.BytesIO(data))
-    try:
-        return acquisition.from_dicom_header(open_dicom(data, "upload", header_only=True))
-    except DataError:  # decode_upload answers 422 for the same bytes
-        return acquisition.Acquisition(acquisition.DICOM)
+    return of_upload(data)
 
 
 def decode_upload(data: bytes, name: str, window: tuple[float, float] = LUNG_WINDOW) -> Image.Image:

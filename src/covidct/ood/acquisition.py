@@ -21,10 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from covidct.data import inputs
 from covidct.errors import ModelError
 
 IMAGE_FILE, DICOM, NIFTI = "image file", "DICOM", "NIfTI"
 KINDS = (IMAGE_FILE, DICOM, NIFTI)
+# the kind of each reader (covidct.data.inputs) whose files carry an acquisition record
+READER_KINDS = {inputs.IMAGE: IMAGE_FILE, inputs.DICOM: DICOM, inputs.NIFTI: NIFTI}
 # How far outside the training range a spacing may lie and still count as seen: pixel spacing follows the field of
 # view (a larger patient, a few % more), slice thickness comes in steps (0.625, 1, 1.25, 2.5, 5 mm) where one step
 # changes the image's noise and sharpness.
@@ -69,55 +72,29 @@ def _number(value: Any) -> float | None:
     return number if number > 0 else None
 
 
-def from_dicom_header(ds: Any) -> Acquisition:
-    """The acquisition of one DICOM slice (a pydicom Dataset; missing tags stay empty)."""
-    return Acquisition(
-        DICOM,
-        _text(getattr(ds, "Manufacturer", "")),
-        _text(getattr(ds, "ConvolutionKernel", "")),
-        _number(getattr(ds, "PixelSpacing", None)),
-        _number(getattr(ds, "SliceThickness", None)),
-    )
-
-
-def image_acquisition(source: Any) -> Acquisition:
-    """An image file's record (a path or a binary file object): its shape from the header, no pixels decoded;
-    the kind alone when the header cannot be read (the image's reader names the problem)."""
-    from PIL import Image
-
+def from_header(reader: Any, source: Path | bytes) -> Acquisition:
+    """The acquisition of one input (a path, or an upload's bytes) from its reader's header (covidct.data.inputs:
+    Reader.header; headers only, no pixels). No reader, or a header that cannot be read, gives the kind alone (what
+    is wrong with the file is for the reader of its pixels to say)."""
+    kind = READER_KINDS.get(reader.kind, IMAGE_FILE) if reader is not None else IMAGE_FILE
+    if reader is None or reader.header is None:
+        return Acquisition(kind)
     try:
-        with Image.open(source) as img:
-            width, height = img.size
-            return Acquisition(IMAGE_FILE, aspect=width / height if width and height else None)
-    except Exception:  # PIL raises many kinds for a damaged or unknown file
-        return Acquisition(IMAGE_FILE)
+        h = reader.header(source)
+    except Exception:  # PIL, pydicom and nibabel raise many kinds; the reader of the pixels names the problem
+        return Acquisition(kind)
+    spacing, thickness = _number(h.get("pixel_spacing")), _number(h.get("slice_thickness"))
+    return Acquisition(kind, _text(h.get("manufacturer")), _text(h.get("kernel")), spacing, thickness, h.get("aspect"))
 
 
 def of_file(path: str | Path) -> Acquisition:
-    """The acquisition of an input file: headers only, no pixels (for an image file, its shape). An unreadable
-    header gives the kind alone (what is wrong with the file is for the reader of its pixels to say)."""
-    from covidct.data.images import is_dicom_slice
-    from covidct.data.medical import is_nifti
+    """The acquisition of an input file, from its reader's header."""
+    return from_header(inputs.reader_for(Path(path)), Path(path))
 
-    path = Path(path)
-    if is_nifti(path):
-        try:
-            import nibabel as nib
 
-            zooms = nib.load(str(path)).header.get_zooms()
-            return Acquisition(
-                NIFTI, pixel_spacing=_number(zooms[0]), slice_thickness=_number(zooms[2]) if len(zooms) > 2 else None
-            )
-        except Exception:  # nibabel raises many kinds; the volume's reader names the problem
-            return Acquisition(NIFTI)
-    if is_dicom_slice(path):
-        try:
-            from covidct.data.medical import open_dicom
-
-            return from_dicom_header(open_dicom(path, header_only=True))
-        except Exception:  # pydicom raises many kinds; the slice's reader names the problem
-            return Acquisition(DICOM)
-    return image_acquisition(path)
+def of_upload(data: bytes) -> Acquisition:
+    """The acquisition of an upload, from the header of the reader that takes its bytes."""
+    return from_header(inputs.reader_for_bytes(data), data)
 
 
 def _range(values: list[float]) -> tuple[float, float] | None:
