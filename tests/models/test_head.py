@@ -7,7 +7,7 @@ import torch
 from covidct.data import ImageDataset, eval_transform, load_splits
 from covidct.models import create_model, head_module
 from covidct.models.head import fit_head, head_inputs, head_scores, set_linear_head
-from covidct.training.fit import linear_probe
+from covidct.training.fit import lp_ft_head
 from tests.conftest import make_covidct_layout
 
 
@@ -61,7 +61,7 @@ def test_the_linear_probe_fits_the_head_on_the_training_images(tmp_path):
     model, pre = create_model("timm:resnet10t", pretrained=False)
     pre = pre.with_input_size(32)
     head = head_module(model)
-    linear_probe(model, samples, pre)
+    lp_ft_head(model, samples, pre)
     assert torch.count_nonzero(head.weight[0]) == 0 and torch.count_nonzero(head.weight[1]) > 0
     x = head_inputs(model, head, ImageDataset(samples, eval_transform(pre)))
     y = np.array([s.label for s in samples])

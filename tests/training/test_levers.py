@@ -53,6 +53,13 @@ def test_a_saved_config_with_the_retired_domain_head_reads_when_it_was_off_and_i
         TrainConfig.from_dict({"domain_adversarial_typo": 0.0})
 
 
+def test_a_saved_config_with_lp_ft_under_its_old_name_reads_as_lp_ft():
+    old = TrainConfig.from_dict({"epochs": 3, "linear_probe": True})  # config.yaml of a run from before the rename
+    assert old.lp_ft is True and not hasattr(old, "linear_probe")
+    assert "linear_probe" not in TrainConfig.from_dict(old.to_dict()).to_dict()  # written back under its new name
+    assert TrainConfig.from_dict({"linear_probe": False}).lp_ft is False
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

@@ -72,7 +72,7 @@ SETTING_GROUPS = {
         "weights",
         "init",
         "freeze_blocks",
-        "linear_probe",
+        "lp_ft",
         "imagenet_probe",
         "ema_decay",
         "checkpoint",

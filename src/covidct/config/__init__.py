@@ -61,6 +61,8 @@ class TrainConfig(Settings):
     retired: ClassVar[dict[str, tuple[Any, str]]] = {
         "domain_adversarial": (0.0, "the domain-adversarial head: benchmarks/GENERALIZATION.md measured no gain"),
     }
+    # "linear_probe" was LP-FT's name, easily taken for the ImageNet probe (imagenet_probe): saved configs still read
+    renamed: ClassVar[dict[str, str]] = {"linear_probe": "lp_ft"}
 
     # ---- data
     model: str = setting(DEFAULT_MODEL, "backbone; see: covidct models")
@@ -83,10 +85,10 @@ class TrainConfig(Settings):
         None, "start the backbone from a `covidct pretrain` run folder (self-supervised on CT) instead of ImageNet"
     )
     freeze_blocks: int = setting(0, "keep the stem and the first N blocks of the backbone frozen")
-    linear_probe: bool = setting(
+    lp_ft: bool = setting(
         False,
         "LP-FT: fit the new head by logistic regression on the frozen ImageNet "
-        "features of the training images before fine-tuning the whole network",
+        "features of the training images before fine-tuning the whole network (was linear_probe)",
     )
     imagenet_probe: float = setting(
         0.25,

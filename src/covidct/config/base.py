@@ -58,6 +58,7 @@ class Settings:
     went); a saved config holding one at that value still reads, any other value is refused by name."""
 
     retired: ClassVar[dict[str, tuple[Any, str]]] = {}
+    renamed: ClassVar[dict[str, str]] = {}  # old name -> new name: a saved config's old name reads as the new one
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -67,7 +68,7 @@ class Settings:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Any:
-        data = dict(data)
+        data = {cls.renamed.get(k, k): v for k, v in data.items()}
         for name, (off, why) in cls.retired.items():
             if name in data and data.pop(name) != off:
                 raise ConfigError(

@@ -1,5 +1,5 @@
 """A linear head fitted on frozen features: the logistic regression that adaptation (`covidct adapt`) and the linear
-probe before fine-tuning (LP-FT, `--linear-probe`) both fit, and its folding into the network's own 2-class head.
+probe before fine-tuning (LP-FT, `--lp-ft`) both fit, and its folding into the network's own 2-class head.
 scikit-learn does the fitting; this is the glue."""
 
 from __future__ import annotations

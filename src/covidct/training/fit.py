@@ -128,8 +128,8 @@ def _fit(
     workers = resolve_workers(config.num_workers)
     log.info("run %s: model %s, precision %s, %d loader workers", run.path, config.model, precision, workers)
     log.info("data: %s %s", data.source, data.counts())
-    if config.linear_probe and not resume:
-        linear_probe(model, train_ds.samples, pre)
+    if config.lp_ft and not resume:
+        lp_ft_head(model, train_ds.samples, pre)
     prepare_network(model, config, precision)
     module = Classifier.for_run(config, model, pre, data.class_names, val_ds)
     module.teachers = teachers
@@ -295,12 +295,12 @@ def store_operating_point(run: RunDir, model: LoadedModel) -> None:
         log.warning("operating point stays 0.5: %s", e)
 
 
-def linear_probe(model: nn.Module, samples: list[Any], pre: Preprocessing) -> None:
+def lp_ft_head(model: nn.Module, samples: list[Any], pre: Preprocessing) -> None:
     """LP-FT (Kumar et al., ICLR 2022): fit the new head on the backbone's frozen features of the training images (no
     augmentation) before fine-tuning, so the first epochs do not distort pretrained features to fit a random head."""
     head = head_module(model)
     if not isinstance(head, nn.Linear):
-        raise ConfigError(f"linear_probe: {type(model).__name__} has no linear head to fit")
+        raise ConfigError(f"lp_ft: {type(model).__name__} has no linear head to fit")
     start = time.perf_counter()
     x = head_inputs(model, head, ImageDataset(samples, eval_transform(pre)))
     weights, bias = fit_head(x, np.array([s.label for s in samples]), standardise=False)
