@@ -50,15 +50,15 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     ),
     "x_youden_threshold__mutmut_13": ("00b610fa138b", "the same as the default above"),
     "x__metrics_from_split_scores__mutmut_2": (
-        "365564df453b",
+        "2e7cedf6e22b",
         "astype(None) is astype(float64): integer counts become the same floats",
     ),
-    "x__metrics_from_split_scores__mutmut_8": ("98d3fb32aec1", "the same as above for the true negatives"),
-    "x__metrics_from_split_scores__mutmut_14": (
+    "x__metrics_from_split_scores__mutmut_11": ("cb4573898d32", "the same as above for the true negatives"),
+    "x__metrics_from_split_scores__mutmut_21": (
         "112c6cc73de3",
         "no ratio has a non-zero numerator over a zero denominator (tp + fn = 0 means tp = 0), so 'divide' never fires",
     ),
-    "x__metrics_from_split_scores__mutmut_16": ("65b364a2105e", "the same as divide=None"),
+    "x__metrics_from_split_scores__mutmut_23": ("65b364a2105e", "the same as divide=None"),
     "x_bootstrap_intervals__mutmut_27": ("d11013c28ff8", "silences more warnings, changes no number"),
     "x__bootstrap__mutmut_6": ("54bebcd27fbe", "scipy infers vectorized=True from the statistic's axis argument"),
     "x__bootstrap__mutmut_14": ("4938bd3015ca", "the same as vectorized=None"),

@@ -114,8 +114,8 @@ FAULTS = [
     (
         "predict compares in the scores' own precision",
         "metrics.py",
-        "return (np.asarray(scores, dtype=float) >= threshold)",
-        "return (np.asarray(scores) >= threshold)",
+        "return positive(np.asarray(scores, dtype=float), threshold)",
+        "return positive(np.asarray(scores), threshold)",
         1,
     ),
     (

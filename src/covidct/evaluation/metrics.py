@@ -13,6 +13,8 @@ import numpy as np
 from numpy.typing import ArrayLike
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from covidct.verdict import positive
+
 
 @dataclass(frozen=True)
 class BinaryMetrics:
@@ -49,8 +51,8 @@ def label_score_arrays(labels: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray
 
 
 def predict(scores: ArrayLike, threshold: float = 0.5) -> np.ndarray:
-    """Class 1 where score >= threshold."""
-    return (np.asarray(scores, dtype=float) >= threshold).astype(int)
+    """Class 1 where the label rule (covidct.verdict.positive) calls the score positive, else 0."""
+    return positive(np.asarray(scores, dtype=float), threshold).astype(int)
 
 
 def confusion_counts(labels: ArrayLike, predictions: ArrayLike) -> tuple[int, int, int, int]:

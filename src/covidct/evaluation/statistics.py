@@ -17,6 +17,7 @@ from numpy.typing import ArrayLike
 from scipy import stats
 
 from covidct.evaluation.metrics import label_score_arrays
+from covidct.verdict import positive
 
 BOOTSTRAP_METRICS = ("accuracy", "sensitivity", "specificity", "precision", "npv", "f1", "auc")
 
@@ -40,9 +41,9 @@ def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> In
 
 def _metrics_from_split_scores(pos: np.ndarray, neg: np.ndarray, threshold: float, axis: int = -1) -> np.ndarray:
     """All BOOTSTRAP_METRICS from the scores of positives and negatives (vectorised over leading axes)."""
-    tp = (pos >= threshold).sum(axis=axis).astype(float)
+    tp = positive(pos, threshold).sum(axis=axis).astype(float)
     fn = pos.shape[axis] - tp
-    tn = (neg < threshold).sum(axis=axis).astype(float)
+    tn = (~positive(neg, threshold)).sum(axis=axis).astype(float)
     fp = neg.shape[axis] - tn
     with np.errstate(invalid="ignore", divide="ignore"):
         acc = (tp + tn) / (tp + tn + fp + fn)
@@ -171,8 +172,8 @@ def roc_band(
         p = rng.choice(pos, pos.size)
         n = rng.choice(neg, neg.size)
         thresholds = np.unique(np.r_[p, n, np.inf])[::-1]
-        tpr = (p[None, :] >= thresholds[:, None]).mean(1)
-        fpr = (n[None, :] >= thresholds[:, None]).mean(1)
+        tpr = positive(p[None, :], thresholds[:, None]).mean(1)
+        fpr = positive(n[None, :], thresholds[:, None]).mean(1)
         curves[i] = np.interp(grid, fpr, tpr)
     alpha = (1 - confidence) / 2
     return grid, np.quantile(curves, alpha, axis=0), np.quantile(curves, 1 - alpha, axis=0)
