@@ -54,6 +54,7 @@ __all__ = [
     "adapt",
     "choose_threshold",
     "evaluate",
+    "export",
     "learning_curve",
     "load",
     "train",
@@ -194,6 +195,17 @@ def evaluate(run: PathLike | list[PathLike], split: str = "test", on: str | None
 
     runs = [run] if isinstance(run, (str, Path)) else list(run)
     return evaluate_run(runs if len(runs) > 1 else runs[0], split, on=on, **settings)
+
+
+def export(
+    run: PathLike, format: str = "both", out: PathLike | None = None, data_dir: PathLike | None = None
+) -> list[Path]:
+    """`covidct export`: the run's best model as safetensors (PyTorch: Grad-CAM, adaptation) and an ONNX graph checked
+    against PyTorch on the run's validation images (or `data_dir`'s), with its card and detector, in `out` (default
+    RUN/export); format: both, safetensors or onnx. Returns the files written; `load(out)` scores with them."""
+    from covidct.inference.export import export_run
+
+    return export_run(run, format, out, data_dir)
 
 
 def choose_threshold(

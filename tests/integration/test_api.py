@@ -54,6 +54,9 @@ def test_evaluate_threshold_and_train(own_run, tmp_path):
     record = cct.choose_threshold(own_run, "youden")
     assert record["rule"] == "youden" and json.loads((own_run / "threshold.json").read_text())["rule"] == "youden"
     assert cct.load(own_run).threshold == pytest.approx(record["threshold"])
+    written = cct.export(own_run, "safetensors", tmp_path / "exported")
+    assert tmp_path / "exported" / "model.safetensors" in written
+    assert cct.load(tmp_path / "exported").threshold == pytest.approx(record["threshold"])  # the export carries it
     data = make_covidct_layout(tmp_path / "d", TINY_COUNTS)
     config = {"model": "timm:resnet10t", "data_dir": str(data), "pretrained": False, "epochs": 1, "batch_size": 8}
     run = cct.train({**config, "num_workers": 0, "out": str(tmp_path / "runs"), "precision": "32", "onnx": False})

@@ -21,9 +21,9 @@ from covidct.verdict import AGGREGATIONS, DEFAULT_AGGREGATION, IMAGE_UNLIKE
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from covidct.inference.export import export_run
+    from covidct import api
 
-    for path in export_run(args.run_dir, args.format, args.out, args.data_dir):
+    for path in api.export(args.run_dir, args.format, args.out, args.data_dir):
         print(f"wrote {path}")
     return 0
 
