@@ -1,4 +1,5 @@
 import csv
+import json
 
 import pytest
 import torch
@@ -191,3 +192,45 @@ def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path):
     first.mkdir()
     second = fresh_run_dir(tmp_path, "timm:resnet10t")
     assert second != first and not second.exists()
+
+
+def _every_labelled_image_trains(data, dest):
+    """A data CSV of the tiny layout whose validation images join the training split: no validation split left."""
+    from covidct.data.datasets import load_splits
+
+    splits = load_splits(data).splits
+    rows = [
+        {"path": str(s.path), "label": ("NonCOVID", "COVID")[s.label], "split": "test" if split == "test" else "train"}
+        for split, samples in splits.items()
+        for s in samples
+    ]
+    with dest.open("w", newline="") as f:
+        writer = csv.DictWriter(f, ["path", "label", "split"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return dest, len(splits["train"]) + len(splits["val"])
+
+
+def test_a_fixed_schedule_trains_on_every_labelled_image_and_keeps_its_last_epoch(tmp_path, tiny_dataset):
+    data_csv, n_train = _every_labelled_image_trains(tiny_dataset, tmp_path / "all.csv")
+    fixed = dict(model="timm:resnet10t", data_csv=str(data_csv), pretrained=False, epochs=3, batch_size=8)
+    run = train(TrainConfig(**fixed, num_workers=0, precision="32", out=str(tmp_path / "runs"), monitor="last"))
+    summary = json.loads((run / "summary.json").read_text())
+    assert sum(summary["counts"]["train"].values()) == n_train and sum(summary["counts"]["val"].values()) == 0
+    assert summary["best_epoch"] == 3 and summary["epochs_run"] == 3 and not summary["stopped_early"]
+    best = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    assert best.keys() == last.keys() and all(torch.equal(best[k], last[k]) for k in best)
+    # nothing was left to choose an operating point or fit a detector on: neither is made up, the graph still is
+    assert not (run / "threshold.json").exists() and not (run / "ood").exists()
+    assert load_checkpoint(run / "checkpoints" / "best.ckpt").threshold == 0.5
+    assert (run / "checkpoints" / "best.onnx").is_file()
+    assert "no validation split" in (run / "train.log").read_text()
+
+
+def test_an_epoch_choice_without_validation_images_is_refused_before_the_run_folder(tmp_path, tiny_dataset):
+    data_csv, _ = _every_labelled_image_trains(tiny_dataset, tmp_path / "all.csv")
+    config = TrainConfig(model="timm:resnet10t", data_csv=str(data_csv), pretrained=False, out=str(tmp_path / "runs"))
+    with pytest.raises(DataError, match=r"no validation images to choose the epoch by val_auc.*--monitor last"):
+        train(config)
+    assert not (tmp_path / "runs").exists()

@@ -134,7 +134,8 @@ class TrainConfig(Settings):
     )
     monitor: str = setting(
         "val_auc",
-        "best-checkpoint and early-stopping criterion (val_auc_mean: mean of the validation sources' AUCs)",
+        "best-checkpoint and early-stopping criterion (val_auc_mean: mean of the validation sources' AUCs; last: "
+        "no choice and no early stop, the final epoch is the model)",
         tuple(MONITORS),
     )
     seed: int = setting(42, "seed of everything (weights of the head, splits, augmentation, sampling)")

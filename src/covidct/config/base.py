@@ -15,8 +15,9 @@ from covidct.errors import ConfigError
 
 DEFAULT_MODEL = "efficientnet_lite0"
 DEFAULT_DATA_DIR = "data/covid-ct"
-# val_auc_mean: the mean over validation sources of each source's AUC (= val_auc with one source)
-MONITORS = {"val_acc": "max", "val_auc": "max", "val_auc_mean": "max", "val_loss": "min"}
+# val_auc_mean: the mean over validation sources of each source's AUC (= val_auc with one source); last: no choice,
+# the final epoch of a fixed schedule is the model (a run whose validation images are in its training split)
+MONITORS = {"val_acc": "max", "val_auc": "max", "val_auc_mean": "max", "val_loss": "min", "last": "max"}
 PRECISIONS = ("auto", "32", "bf16-mixed", "16-mixed")
 CROPS = ("none", "body", "lung", "lung-mask")  # data/crop.py says what each does
 

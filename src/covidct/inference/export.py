@@ -151,8 +151,10 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 
 
 def verification_images(run: RunDir, module: LoadedModel, data_dir: str | Path | None, n: int = 16) -> torch.Tensor:
-    """The first n validation images of the run's data, preprocessed as the model expects."""
-    samples = run.data(data_dir).splits["val"][:n]
+    """The first n validation images of the run's data (of its training images when it has no validation split),
+    preprocessed as the model expects."""
+    splits = run.data(data_dir).splits
+    samples = (splits["val"] or splits["train"])[:n]
     return module.tensor([load_rgb(s.path) for s in samples])
 
 

@@ -100,13 +100,13 @@ def last_checkpoint(run: RunDir, every_n_epochs: int = 1) -> ModelCheckpoint:
 
 
 def best_checkpoint(run: RunDir, config: TrainConfig) -> ModelCheckpoint:
-    """checkpoints/best.ckpt, the best epoch by config.monitor: weights only, for evaluation and export (resuming
-    uses last.ckpt, which keeps the optimizer; for vgg19_bn that state makes a checkpoint 1.7 GB: writing two per
-    epoch dominated GPU epochs)."""
+    """checkpoints/best.ckpt, the best epoch by config.monitor (monitor "last": the latest epoch, chosen by nothing):
+    weights only, for evaluation and export (resuming uses last.ckpt, which keeps the optimizer; for vgg19_bn that
+    state makes a checkpoint 1.7 GB: writing two per epoch dominated GPU epochs)."""
     return ModelCheckpoint(
         dirpath=run.checkpoints_dir,
         filename="best",
-        monitor=config.monitor,
+        monitor=None if config.monitor == "last" else config.monitor,
         mode=config.monitor_mode,
         save_top_k=1,
         auto_insert_metric_name=False,
@@ -123,13 +123,9 @@ def run_callbacks(
     at train epoch end, after EpochHistory wrote the epoch's row (Lightning runs checkpoint callbacks last): a kill
     in between leaves the row without its checkpoint, and resume redoes that epoch, so the history has no gaps."""
     best = best_checkpoint(run, config)
-    callbacks: list[Callback] = [
-        best,
-        last_checkpoint(run, config.checkpoint_every),
-        EarlyStopping(monitor=config.monitor, mode=config.monitor_mode, patience=config.patience),
-        history,
-        GracefulStop(run),
-    ]
+    callbacks: list[Callback] = [best, last_checkpoint(run, config.checkpoint_every), history, GracefulStop(run)]
+    if config.monitor != "last":  # a fixed schedule runs every epoch
+        callbacks.append(EarlyStopping(monitor=config.monitor, mode=config.monitor_mode, patience=config.patience))
     if config.ema_decay > 0:
         # Lightning swaps the averaged weights in for validation and saves them as the checkpoint's state_dict.
         callbacks.append(EMAWeightAveraging(decay=config.ema_decay))

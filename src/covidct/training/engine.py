@@ -39,6 +39,8 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=Warning)
     # A resumed run writes into its own checkpoint folder, as it should.
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty", category=Warning)
+    # A fixed schedule (--monitor last) on every labelled image has no validation loop, on purpose.
+    warnings.filterwarnings("ignore", message=r"You defined a `validation_step` but have no `val_dataloader`")
 
 
 quiet_lightning()

@@ -75,6 +75,11 @@ def train(
     model, pre = build_network(config, resume)
     teachers = load_teachers(config.teachers, pre)
     train_ds, val_ds = build_datasets(config, data, pre)
+    if not len(val_ds) and config.monitor != "last":
+        raise DataError(
+            f"the data ({data.source}) has no validation images to choose the epoch by {config.monitor}: give it a "
+            "validation split, or train a fixed schedule whose last epoch is the model (--monitor last)"
+        )
     if config.cache_images or config.cache_dir:
         train_ds.preload(progress)
         val_ds.preload(progress)
@@ -142,7 +147,7 @@ def _fit(
     trainer = build_trainer(config, precision, callbacks, run.path, progress, tensorboard=config.tensorboard)
     loaders = (
         make_loader(train_ds, config.batch_size, workers, make_sampler(train_ds, config)),
-        make_loader(val_ds, config.batch_size, workers),
+        make_loader(val_ds, config.batch_size, workers) if len(val_ds) else None,  # none: a fixed schedule
     )
     start = time.perf_counter()
     fit_loop(trainer, module, loaders, ckpt_path, run)
@@ -204,9 +209,16 @@ def finish_run(
     write_summary(run, config, data, val_ds, fitted, resume)
     model = load_checkpoint(run.checkpoint("best"), run, operating_point=False)
     attach_probe(model, fit_run_probe(run, config, train_ds) if config.imagenet_probe > 0 else None)
-    if config.operating_point == "youden":
+    if not len(val_ds):  # every labelled image trained (--monitor last): nothing is left to choose on
+        log.info(
+            "no validation split: the threshold stays 0.5 and no detector is fitted; choose them on held-out images: "
+            "covidct threshold %s --on SET, covidct ood fit %s",
+            run.path,
+            run.path,
+        )
+    elif config.operating_point == "youden":
         store_operating_point(run, model)
-    if config.ood:
+    if config.ood and len(val_ds):
         try:
             fit_and_save(run, train_ds, val_ds, model=model)
         except Exception as e:  # the trained model is saved: a detector that cannot be fitted must not lose it
