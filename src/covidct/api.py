@@ -19,8 +19,9 @@ A run folder also evaluates and takes an operating point::
 
 Adapt it to a site's own labelled patients: the learning curve, then the adapted model::
 
-    curve = cct.learning_curve("runs/demo", "site=/data/site.csv", ks=(2, 5, 10))
-    adapted = cct.adapt("runs/demo", "site=/data/site.csv")   # adapted.run: a run folder; adapted.record: how
+    site = cct.load_site("runs/demo", "site=/data/site.csv")    # checked: two classes, patients, no overlap
+    curve = cct.learning_curve("runs/demo", site, ks=(2, 5, 10))
+    adapted = cct.adapt("runs/demo", site)   # adapted.run: a run folder; adapted.record: how it validated
 
 Training takes a configuration (a TrainConfig, a dict of its fields or a YAML file) and returns the run folder::
 
@@ -29,23 +30,28 @@ Training takes a configuration (a TrainConfig, a dict of its fields or a YAML fi
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
-from covidct.config import DEFAULT_DRAWS, DEFAULT_STRATEGY, TrainConfig
+from covidct.config import DEFAULT_STRATEGY, CurvePlan, TrainConfig
 from covidct.data.medical import LUNG_WINDOW
 from covidct.errors import ConfigError, CovidCTError, DataError, ModelError
 from covidct.verdict import DEFAULT_AGGREGATION
+
+if TYPE_CHECKING:  # the adaptation code is imported when used (it costs every command two seconds)
+    from covidct.adaptation.site import Site
 
 __all__ = [
     "Adaptation",
     "ConfigError",
     "CovidCTError",
+    "CurvePlan",
     "DataError",
     "Model",
     "ModelError",
@@ -57,6 +63,7 @@ __all__ = [
     "export",
     "learning_curve",
     "load",
+    "load_site",
     "train",
 ]
 
@@ -262,39 +269,60 @@ class Adaptation:
     record: dict[str, Any]
 
 
+def load_site(run: PathLike, site: str, allow_overlap: bool = False, group_duplicates: bool = True) -> Site:
+    """A site's labelled images (NAME=FOLDER, a folder or a CSV with a group column: groups are patients), checked
+    against `run`: two classes, no image the run trained on (unless allow_overlap), no patient holding both classes.
+    group_duplicates: near-duplicate images are put in one group (a patient's slices that repeat).
+
+    Example::
+
+        site = cct.load_site("runs/demo", "site=/data/site.csv")
+        site.group_counts()        # patients per class: {0: 40, 1: 38}
+    """
+    from covidct.adaptation.site import load_site as load
+
+    return load(Path(run), site, allow_overlap, group_duplicates)
+
+
 def learning_curve(
-    run: PathLike,
-    site: str,
-    ks: tuple[int, ...] = (2, 5, 10),
-    draws: int = DEFAULT_DRAWS,
-    seed: int = 0,
-    group_duplicates: bool = True,
+    run: PathLike, site: str | Site, plan: CurvePlan | None = None, out: PathLike | None = None, **fields: Any
 ) -> list[dict[str, Any]]:
     """`covidct adapt --curve`: how each adaptation strategy does with k labelled patients (groups) per class of
-    the site `site` (NAME=FOLDER or CSV), each k drawn `draws` times and scored on the site's other patients;
-    a row per strategy and k (auc, auc_ci, auc_worst, ...), also written to RUN/curve-NAME/. group_duplicates:
-    near-duplicate images are put in one group (a patient's slices that repeat)."""
-    from covidct.adaptation.curve import CurvePlan, run_curve
-    from covidct.adaptation.site import load_site
+    the site (a `load_site` result, or its spec loaded with the defaults), each k drawn `draws` times and scored on
+    the site's other patients; a row per strategy and k (auc, auc_ci, auc_worst, ...), also written with a table and
+    a plot to `out` (default RUN/curve-NAME/). plan: a CurvePlan, or its fields as keywords.
 
-    loaded = load_site(Path(run), site, group_duplicates=group_duplicates)
-    return run_curve(Path(run), loaded, Path(run) / f"curve-{loaded.name}", CurvePlan(tuple(ks), draws, seed))
+    Example::
+
+        curve = cct.learning_curve("runs/demo", "site=/data/site.csv", ks=(2, 5, 10))
+    """
+    from covidct.adaptation.curve import run_curve
+
+    if plan is None:
+        try:
+            plan = CurvePlan(**fields)
+        except TypeError:
+            known = [f.name for f in dataclasses.fields(CurvePlan)]
+            raise ConfigError(f"learning_curve takes the plan's fields {known}, got {sorted(fields)}") from None
+    elif fields:
+        raise ConfigError(f"learning_curve: give the plan or its fields {sorted(fields)}, not both")
+    site = load_site(run, site) if isinstance(site, str) else site
+    return run_curve(Path(run), site, Path(out) if out else Path(run) / f"curve-{site.name}", plan)
 
 
-def adapt(
-    run: PathLike,
-    site: str,
-    strategy: str = DEFAULT_STRATEGY,
-    out: PathLike | None = None,
-    group_duplicates: bool = True,
-) -> Adaptation:
-    """`covidct adapt`: the model of `run` adapted to all of the site's labelled images by `strategy`, written as a
-    new run folder beside `run` (or under `out`), with the operating point chosen on the site's grouped
-    cross-validation."""
+def adapt(run: PathLike, site: str | Site, strategy: str = DEFAULT_STRATEGY, out: PathLike | None = None) -> Adaptation:
+    """`covidct adapt`: the model of `run` adapted to all of the site's labelled images (a `load_site` result, or its
+    spec loaded with the defaults) by `strategy`, written as a new run folder beside `run` (or under `out`), with the
+    operating point chosen on the site's grouped cross-validation.
+
+    Example::
+
+        adapted = cct.adapt("runs/demo", "site=/data/site.csv")
+        print(adapted.record["text"])
+    """
     from covidct.adaptation.adapt import adapt_run
-    from covidct.adaptation.site import load_site
     from covidct.runs import RunDir
 
-    loaded = load_site(Path(run), site, group_duplicates=group_duplicates)
-    folder = adapt_run(Path(run), loaded, Path(out) if out else Path(run).parent, strategy)
+    site = load_site(run, site) if isinstance(site, str) else site
+    folder = adapt_run(Path(run), site, Path(out) if out else Path(run).parent, strategy)
     return Adaptation(folder, RunDir(folder).summary()["adaptation"])

@@ -78,13 +78,18 @@ def test_learning_curve_and_adapt(trained_run, tmp_path):
 
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
-    site = f"site={site_csv(tmp_path / 'site')}"
-    curve = cct.learning_curve(run, site, ks=(1, 2), draws=2, group_duplicates=False)
+    site = cct.load_site(run, f"site={site_csv(tmp_path / 'site')}", group_duplicates=False)
+    assert site.name == "site" and set(site.group_counts()) == {0, 1}
+    curve = cct.learning_curve(run, site, ks=(1, 2), draws=2)
     assert {(r["strategy"], r["k"]) for r in curve} >= {("head", 1), ("head", 2)}
     assert all(0 <= r["auc"] <= 1 for r in curve) and (run / "curve-site" / "curve.md").is_file()
-    adapted = cct.adapt(run, site, strategy="head", out=tmp_path / "adapted", group_duplicates=False)
+    adapted = cct.adapt(run, site, strategy="head", out=tmp_path / "adapted")
     assert adapted.record["site"] == "site" and adapted.run.parent == tmp_path / "adapted"
     recorded = json.loads((adapted.run / "threshold.json").read_text())["threshold"]
     assert cct.load(adapted.run).threshold == pytest.approx(recorded)
+    with pytest.raises(cct.ConfigError, match="plan's fields"):
+        cct.learning_curve(run, site, k=(1, 2))
+    with pytest.raises(cct.ConfigError, match="ks must be whole numbers"):
+        cct.learning_curve(run, site, cct.CurvePlan(ks=(0,)))
     with pytest.raises(cct.DataError):
         cct.learning_curve(run, f"one={tmp_path / 'nowhere'}")

@@ -26,7 +26,7 @@ from covidct.adaptation.site import Site
 from covidct.adaptation.tail import cached_inputs, fine_tune_tail
 from covidct.adaptation.tail import outputs as tail_outputs
 from covidct.adaptation.tail import scores as tail_scores
-from covidct.config import DEFAULT_DRAWS, IMAGENET_STRATEGIES, STRATEGIES
+from covidct.config import CurvePlan
 from covidct.data import ImageDataset
 from covidct.errors import DataError, ModelError
 from covidct.evaluation.metrics import binary_metrics, roc_auc
@@ -39,8 +39,7 @@ from covidct.ood.fit import dataset_outputs
 from covidct.tables import interval_text
 
 log = logging.getLogger("covidct")
-
-DEFAULT_KS = (1, 2, 5, 10, 20)
+DEFAULT_PLAN = CurvePlan()
 
 
 def draw_groups(labels: np.ndarray, groups: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -94,24 +93,12 @@ def head_adapter(x: np.ndarray, labels: np.ndarray) -> Adapter:
     return adapt
 
 
-@dataclass(frozen=True)
-class CurvePlan:
-    """What a learning curve draws: k groups per class for each k of `ks`, `draws` times each (seeded by (seed, k,
-    draw)), and which strategies adapt from the model and from ImageNet weights."""
-
-    ks: tuple[int, ...] = DEFAULT_KS
-    draws: int = DEFAULT_DRAWS
-    seed: int = 0
-    strategies: tuple[str, ...] = STRATEGIES
-    imagenet_strategies: tuple[str, ...] = IMAGENET_STRATEGIES
-
-
 def learning_curve(
     adapters: dict[str, Adapter],
     zero_shot: np.ndarray,
     labels: np.ndarray,
     groups: np.ndarray,
-    plan: CurvePlan = CurvePlan(),
+    plan: CurvePlan = DEFAULT_PLAN,
 ) -> list[dict[str, Any]]:
     """One row per (k, draw, strategy). adapters: {"head": head_adapter(...), "lp-ft": ..., "imagenet-head": ...}.
     The same drawn groups for every strategy of a draw; a draw is seeded by (plan.seed, k, draw)."""

@@ -125,33 +125,27 @@ def cmd_crosssource(args: argparse.Namespace) -> int:
 
 
 def cmd_adapt(args: argparse.Namespace) -> int:
-    from covidct.adaptation.adapt import adapt_run
-    from covidct.adaptation.curve import CurvePlan, run_curve
-    from covidct.adaptation.site import load_site
+    from covidct import api
+    from covidct.config import CurvePlan
 
-    site = load_site(args.run_dir, args.source, args.allow_overlap, not args.no_group_duplicates)
+    site = api.load_site(args.run_dir, args.source, args.allow_overlap, not args.no_group_duplicates)
     print(
         f"site {site.name}: {len(site.samples)} images in {len(set(site.groups.tolist()))} groups "
         f"(per class {site.group_counts()})"
     )
     if args.curve:
         out = Path(args.out) if args.out else args.run_dir / f"curve-{site.name}"
-        plan = CurvePlan(
-            tuple(args.curve), args.draws, args.seed, tuple(args.strategies), tuple(args.imagenet_strategies)
-        )
-        summary = run_curve(args.run_dir, site, out, plan)
+        plan = CurvePlan(tuple(args.curve), args.draws, args.seed, args.strategies, args.imagenet_strategies)
         from covidct.tables import interval_text
 
-        for r in summary:
+        for r in api.learning_curve(args.run_dir, site, plan, out):
             interval, worst = interval_text(r["auc_ci"]), r["auc_worst"]
             print(f"{r['strategy']:>14} k={r['k']:<3} AUC {r['auc']:.3f} {interval} (worst {worst:.3f})")
         print(f"wrote {out / 'curve.md'}, curve.csv, curve.png")
         return 0
-    run = adapt_run(args.run_dir, site, Path(args.out) if args.out else args.run_dir.parent, args.strategy)
-    from covidct.runs import RunDir
-
-    print(RunDir(run).summary()["adaptation"]["text"])
-    print(f"adapted run folder: {run} (predict, serve, evaluate and export take it)")
+    adapted = api.adapt(args.run_dir, site, args.strategy, args.out)
+    print(adapted.record["text"])
+    print(f"adapted run folder: {adapted.run} (predict, serve, evaluate and export take it)")
     return 0
 
 

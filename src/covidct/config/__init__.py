@@ -288,3 +288,32 @@ STRATEGY_TEXT = {
 STRATEGIES = tuple(STRATEGY_TEXT)
 DEFAULT_STRATEGY = "lp-ft"  # above the head alone at every k COVID-CT -> SARS-CoV-2, level the other way: ADAPTATION.md
 IMAGENET_STRATEGIES = ("head",)  # the ImageNet baseline's default: LP-FT from ImageNet too doubles a curve's time
+DEFAULT_KS = (1, 2, 5, 10, 20)
+
+
+@dataclass(frozen=True)
+class CurvePlan:
+    """What a learning curve draws: k groups per class for each k of `ks`, `draws` times each (seeded by (seed, k,
+    draw)), and which strategies adapt from the model and from ImageNet weights. Checked when made.
+
+    Example::
+
+        plan = CurvePlan(ks=(2, 5, 10), draws=5)
+    """
+
+    ks: tuple[int, ...] = DEFAULT_KS
+    draws: int = DEFAULT_DRAWS
+    seed: int = 0
+    strategies: tuple[str, ...] = STRATEGIES
+    imagenet_strategies: tuple[str, ...] = IMAGENET_STRATEGIES
+
+    def __post_init__(self) -> None:
+        for name in ("ks", "strategies", "imagenet_strategies"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        if not self.ks or not all(isinstance(k, int) and k >= 1 for k in self.ks):
+            raise ConfigError(f"the curve's ks must be whole numbers of patients per class >= 1, got {self.ks!r}")
+        if not isinstance(self.draws, int) or self.draws < 1:
+            raise ConfigError(f"the curve's draws must be a whole number >= 1, got {self.draws!r}")
+        unknown = [s for s in self.strategies + self.imagenet_strategies if s not in STRATEGY_TEXT]
+        if unknown or not self.strategies:
+            raise ConfigError(f"the curve's strategies must be some of {list(STRATEGY_TEXT)}, got {unknown or '()'}")
