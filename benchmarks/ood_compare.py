@@ -28,7 +28,7 @@ from covidct.inference.load import load_trained
 from covidct.models import create_model
 from covidct.ood.acquisition import IMAGE_FILE, Acquisition, AcquisitionRecord
 from covidct.ood.features import logits_and_features
-from covidct.ood.fit import fit_by_source, fit_detector, sample_groups, sample_sources
+from covidct.ood.fit import DetectorRecipe, fit_by_source, fit_detector, sample_groups, sample_sources
 from covidct.ood.framing import framing_of
 from covidct.ood.pixels import pixels_of
 from covidct.runs import RunDir
@@ -192,21 +192,24 @@ def main() -> None:
     framing = {k: framing_of(v) for k, v in imgs.items()}  # of the images as given (covidct.ood.framing)
     methods = {"maximum softmax probability": msp, "energy": energy}
     stats = {k: np.stack([input_statistics(im) for im in v]) for k, v in imgs.items()}
-    det = fit_detector(stats["train"], stats["val"], "input", "mahalanobis")
+    det = fit_detector(stats["train"], stats["val"], "input", DetectorRecipe("mahalanobis"))
     name = "image statistics (histogram, brightness, noise, texture, framing)"
     methods[name] = lambda k, det=det: det.score(stats[k])
     ytrain = np.array([s.label for s in data.splits["train"]])
     methods.update(library_detectors(net, out, ytrain, width))
-    det = fit_detector(framing["train"], framing["val"], "framing", "mahalanobis")
+    det = fit_detector(framing["train"], framing["val"], "framing", DetectorRecipe("mahalanobis"))
     methods["framing statistics alone (aspect, empty rows and columns)"] = lambda k, det=det: det.score(framing[k])
     two = fit_detector(
-        out["train"][1], out["val"][1], model.architecture, "mahalanobis", framing=(framing["train"], framing["val"])
+        {"features": out["train"][1], "framing": framing["train"]},
+        {"features": out["val"][1], "framing": framing["val"]},
+        model.architecture,
+        DetectorRecipe("mahalanobis"),
     )
     methods["mahalanobis on stage statistics + pooled, with framing (shipped before 2026-12-02 morning)"] = lambda k: (
         two.score(out[k][1], framing[k])
     )
     pixels = {k: pixels_of(v) for k, v in imgs.items()}  # of the central region (covidct.ood.pixels)
-    det = fit_detector(pixels["train"], pixels["val"], "pixels", "mahalanobis")
+    det = fit_detector(pixels["train"], pixels["val"], "pixels", DetectorRecipe("mahalanobis"))
     methods["pixel statistics of the central region alone"] = lambda k, det=det: det.score(pixels[k])
 
     def inputs(split: str) -> dict[str, np.ndarray]:
@@ -215,7 +218,9 @@ def main() -> None:
     sources = {sp: sample_sources(data.splits[sp]) for sp in ("train", "val")}
     groups = sample_groups(data.splits["train"])
     shipped = fit_by_source(
-        inputs("train"), inputs("val"), sources["train"], sources["val"], groups, model.architecture
+        {**inputs("train"), "source": sources["train"], "group": groups},
+        {**inputs("val"), "source": sources["val"]},
+        model.architecture,
     )
     shipped_name = "shipped: stage statistics + pooled, framing and pixels, one per training source"
     methods[shipped_name] = lambda k: shipped.score(out[k][1], framing[k], pixels[k])
@@ -233,9 +238,9 @@ def main() -> None:
     fixed = {n: shipped.threshold for n in (shipped_name, name)}  # its own threshold; the shape check adds flags
     for method in ("mahalanobis", "knn"):
         for feats, pick in (("pooled features", lambda f: f[:, width:]), ("stage statistics + pooled", lambda f: f)):
-            det = fit_detector(pick(out["train"][1]), pick(out["val"][1]), model.architecture, method)
+            det = fit_detector(pick(out["train"][1]), pick(out["val"][1]), model.architecture, DetectorRecipe(method))
             methods[f"{method} on {feats}"] = lambda k, det=det, pick=pick: det.score(pick(out[k][1]))
-        det = fit_detector(imnet_out["train"][1], imnet_out["val"][1], model.architecture, method)
+        det = fit_detector(imnet_out["train"][1], imnet_out["val"][1], model.architecture, DetectorRecipe(method))
         methods[f"{method} on ImageNet backbone (before fine-tuning) stats + pooled"] = lambda k, det=det: det.score(
             imnet_out[k][1]
         )

@@ -54,10 +54,6 @@ MAX_PARAMETERS = 6
 # The detector's fitting functions share method, percentile and the halves; the studies pass a recipe's pieces.
 OVER_PARAMETERS = {
     "models/registry.py register_backbone",
-    "ood/fit.py fit_detector",
-    "ood/fit.py fit_out_of_fold",
-    "ood/fit.py fit_for_network",
-    "ood/fit.py fit_by_source",
 }
 
 

@@ -11,7 +11,7 @@ from PIL import Image
 from covidct.errors import ModelError
 from covidct.inference.uploads import upload_acquisition
 from covidct.ood.acquisition import DICOM, IMAGE_FILE, NIFTI, Acquisition, AcquisitionRecord, of_file
-from covidct.ood.fit import fit_detector
+from covidct.ood.fit import DetectorRecipe, fit_detector
 from covidct.ood.storage import load_detector, save_detector
 from tests.medical_files import write_dicom, write_nifti
 
@@ -104,7 +104,9 @@ def test_an_image_shaped_unlike_the_training_images_is_flagged(tmp_path):
 
 def _detector(record=None):
     rng = np.random.default_rng(0)
-    detector = fit_detector(rng.normal(size=(40, 6)), rng.normal(size=(20, 6)), "resnet10t", "mahalanobis")
+    detector = fit_detector(
+        rng.normal(size=(40, 6)), rng.normal(size=(20, 6)), "resnet10t", DetectorRecipe("mahalanobis")
+    )
     detector.acquisitions = record
     return detector
 

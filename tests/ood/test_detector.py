@@ -9,7 +9,7 @@ from sklearn.covariance import LedoitWolf
 
 from covidct.errors import ModelError
 from covidct.ood.detector import METHODS
-from covidct.ood.fit import fit_detector, fit_out_of_fold
+from covidct.ood.fit import DetectorRecipe, fit_detector, fit_out_of_fold
 from covidct.ood.pixels import PIXEL_STATISTICS
 from covidct.ood.storage import load_detector, save_detector
 
@@ -24,12 +24,12 @@ def gaussian(n: int, dim: int = 40, shift: float = 0.0, seed: int = 0) -> np.nda
 @pytest.mark.parametrize("method", METHODS)
 def test_threshold_is_the_validation_percentile_by_construction(method):
     val = gaussian(200, seed=1)
-    detector = fit_detector(gaussian(300), val, "arch", method, percentile=95)
+    detector = fit_detector(gaussian(300), val, "arch", DetectorRecipe(method, 95))
     scores = detector.score(val)
     assert detector.threshold == pytest.approx(np.percentile(scores, 95))
     assert detector.info["val_flagged"] == pytest.approx(np.mean(scores > detector.threshold))
     assert 0.04 <= detector.info["val_flagged"] <= 0.06  # ~5% of in-distribution images flag, by construction
-    strict = fit_detector(gaussian(300), val, "arch", method, percentile=80)
+    strict = fit_detector(gaussian(300), val, "arch", DetectorRecipe(method, 80))
     assert 0.18 <= strict.info["val_flagged"] <= 0.22
 
 
@@ -37,7 +37,7 @@ def test_mahalanobis_equals_scikit_learns_ledoit_wolf_precision():
     """The stored low-rank form gives the distance the full shrunk precision matrix gives (n < p and n > p)."""
     for n, dim in ((30, 60), (200, 20)):
         train, val = gaussian(n, dim), gaussian(50, dim, seed=3)
-        detector = fit_detector(train, val, "arch", "mahalanobis")
+        detector = fit_detector(train, val, "arch", DetectorRecipe("mahalanobis"))
         z_train = (train - detector.center) / detector.scale
         z_val = (val - detector.center) / detector.scale
         precision = LedoitWolf(assume_centered=True).fit(z_train).precision_
@@ -49,7 +49,7 @@ def test_mahalanobis_equals_scikit_learns_ledoit_wolf_precision():
 # that made Mahalanobis the default: benchmarks/OOD.md)
 @pytest.mark.parametrize(("method", "shift", "flagged"), [("mahalanobis", 1.5, 0.95), ("knn", 5.0, 0.9)])
 def test_a_shifted_set_is_flagged_and_the_same_set_unshifted_is_not(method, shift, flagged):
-    detector = fit_detector(gaussian(300), gaussian(200, seed=1), "arch", method)
+    detector = fit_detector(gaussian(300), gaussian(200, seed=1), "arch", DetectorRecipe(method))
     same = detector.flags(detector.score(gaussian(200, seed=2)))
     shifted = detector.flags(detector.score(gaussian(200, shift=shift, seed=2)))
     assert same.mean() <= 0.12
@@ -59,7 +59,7 @@ def test_a_shifted_set_is_flagged_and_the_same_set_unshifted_is_not(method, shif
 @pytest.mark.parametrize("method", METHODS)
 def test_saved_and_loaded_scores_the_same_and_keeps_no_pickle(method, tmp_path):
     detector = fit_detector(
-        gaussian(100), gaussian(50, seed=1), "efficientnet_lite0", method, info={"fitted_on": ["a"]}
+        gaussian(100), gaussian(50, seed=1), "efficientnet_lite0", DetectorRecipe(method), info={"fitted_on": ["a"]}
     )
     save_detector(detector, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ood.json", "ood.safetensors"]
@@ -71,7 +71,7 @@ def test_saved_and_loaded_scores_the_same_and_keeps_no_pickle(method, tmp_path):
 
 
 def test_damaged_or_foreign_detectors_are_refused_clearly(tmp_path):
-    detector = fit_detector(gaussian(100), gaussian(50, seed=1), "arch", "mahalanobis")
+    detector = fit_detector(gaussian(100), gaussian(50, seed=1), "arch", DetectorRecipe("mahalanobis"))
     save_detector(detector, tmp_path)
     with pytest.raises(ModelError, match="expects 40 features per image, got 12"):
         detector.score(np.zeros((3, 12)))
@@ -97,7 +97,9 @@ def test_damaged_or_foreign_detectors_are_refused_clearly(tmp_path):
     ],
 )
 def test_the_detector_card_is_typed_and_refuses_bad_fields_by_name(tmp_path, change, named):
-    detector = fit_detector(gaussian(60), gaussian(30, seed=1), "arch", "mahalanobis", info={"n_train": 60})
+    detector = fit_detector(
+        gaussian(60), gaussian(30, seed=1), "arch", DetectorRecipe("mahalanobis"), info={"n_train": 60}
+    )
     save_detector(detector, tmp_path)
     card = json.loads((tmp_path / "ood.json").read_text())
     (tmp_path / "ood.json").write_text(json.dumps(change(card)))
@@ -108,9 +110,9 @@ def test_the_detector_card_is_typed_and_refuses_bad_fields_by_name(tmp_path, cha
 
 def test_bad_fitting_input_is_refused():
     with pytest.raises(ModelError, match="method"):
-        fit_detector(gaussian(10), gaussian(5), "arch", "energy")
+        fit_detector(gaussian(10), gaussian(5), "arch", DetectorRecipe("energy"))
     with pytest.raises(ModelError, match="percentile"):
-        fit_detector(gaussian(10), gaussian(5), "arch", percentile=100)
+        fit_detector(gaussian(10), gaussian(5), "arch", DetectorRecipe(percentile=100))
     with pytest.raises(ModelError, match=">= 2 training"):
         fit_detector(gaussian(1), gaussian(5), "arch")
 
@@ -127,7 +129,7 @@ def test_scoring_runs_numpys_blas_on_one_thread_and_gives_back_the_others(monkey
     seen: list[list[int]] = []
     real = detector_module.ood_scores
     monkeypatch.setattr(detector_module, "ood_scores", lambda *a: (seen.append(blas_threads()), real(*a))[1])
-    detector = fit_detector(gaussian(100), gaussian(50, seed=1), "arch", "mahalanobis")
+    detector = fit_detector(gaussian(100), gaussian(50, seed=1), "arch", DetectorRecipe("mahalanobis"))
     before = blas_threads()
     assert len(detector.score(gaussian(10, seed=2))) == 10
     assert seen and all(n == 1 for n in seen[-1]) and blas_threads() == before
@@ -144,10 +146,15 @@ def framing_stats(n: int, seed: int = 0, margin: float = 0.0) -> np.ndarray:
 
 def test_the_framing_half_flags_a_square_frame_and_combines_on_one_footing(tmp_path):
     train, val = gaussian(300), gaussian(200, seed=1)
-    detector = fit_detector(train, val, "arch", "mahalanobis", framing=(framing_stats(300), framing_stats(200, 1)))
+    detector = fit_detector(
+        {"features": train, "framing": framing_stats(300)},
+        {"features": val, "framing": framing_stats(200, 1)},
+        "arch",
+        DetectorRecipe("mahalanobis"),
+    )
     both = detector.score(val, framing_stats(200, 1))
     assert detector.threshold == pytest.approx(np.percentile(both, 95))  # the combined score's percentile
-    features_alone = fit_detector(train, val, "arch", "mahalanobis").score(val)
+    features_alone = fit_detector(train, val, "arch", DetectorRecipe("mahalanobis")).score(val)
     framing_alone = detector.framing.score(framing_stats(200, 1))
     np.testing.assert_allclose(both, np.maximum(features_alone / detector.refs[0], framing_alone / detector.refs[1]))
     same = gaussian(200, seed=2)
@@ -167,7 +174,12 @@ def test_a_source_framed_all_alike_does_not_flag_rounding():
     """Every training and validation image framed the same (one scanner's crops): float32 storage and a shrunk
     copy's pixel of rounding must not flag; a real margin must."""
     alike = np.tile([np.log(1.35), 0.0, 0.0], (100, 1))
-    detector = fit_detector(gaussian(100), gaussian(50, seed=1), "arch", "mahalanobis", framing=(alike, alike[:50]))
+    detector = fit_detector(
+        {"features": gaussian(100), "framing": alike},
+        {"features": gaussian(50, seed=1), "framing": alike[:50]},
+        "arch",
+        DetectorRecipe("mahalanobis"),
+    )
     rounding = alike[:50] + np.array([0.004, 0.0, 0.0])
     exact = detector.flags(detector.score(gaussian(50, seed=1), alike[:50]))  # about 5%, by the features alone
     np.testing.assert_array_equal(
@@ -179,7 +191,10 @@ def test_a_source_framed_all_alike_does_not_flag_rounding():
 
 def test_a_damaged_framing_half_is_refused(tmp_path):
     detector = fit_detector(
-        gaussian(50), gaussian(20, seed=1), "arch", "mahalanobis", framing=(framing_stats(50), framing_stats(20, 1))
+        {"features": gaussian(50), "framing": framing_stats(50)},
+        {"features": gaussian(20, seed=1), "framing": framing_stats(20, 1)},
+        "arch",
+        DetectorRecipe("mahalanobis"),
     )
     save_detector(detector, tmp_path)
     card = json.loads((tmp_path / "ood.json").read_text())
@@ -198,11 +213,18 @@ def test_the_pixel_half_flags_another_source_and_combines_on_the_two_halves_foot
     train, val = gaussian(300), gaussian(200, seed=1)
     framing = (framing_stats(300), framing_stats(200, 1))
     detector = fit_detector(
-        train, val, "arch", "mahalanobis", framing=framing, pixels=(pixel_stats(300), pixel_stats(200, 1))
+        {"features": train, "framing": framing[0], "pixels": pixel_stats(300)},
+        {"features": val, "framing": framing[1], "pixels": pixel_stats(200, 1)},
+        "arch",
+        DetectorRecipe("mahalanobis"),
     )
-    two = fit_detector(train, val, "arch", "mahalanobis", framing=framing)  # the same, without the pixel half
+    two = fit_detector(
+        {"features": train, "framing": framing[0]}, {"features": val, "framing": framing[1]}, "arch", DetectorRecipe()
+    )  # the same, without the pixel half
     assert detector.image_halves == ("framing", "pixels") and two.image_halves == ("framing",)
-    assert fit_detector(train, val, "arch", "mahalanobis").image_halves == ()  # what every caller computes for it
+    assert (
+        fit_detector(train, val, "arch", DetectorRecipe("mahalanobis")).image_halves == ()
+    )  # what every caller computes for it
     both = detector.score(val, framing[1], pixel_stats(200, 1))
     assert detector.threshold == pytest.approx(np.percentile(both, 95))  # the combined score's percentile
     pixels_alone = detector.pixels.score(pixel_stats(200, 1))
@@ -245,12 +267,16 @@ def test_out_of_fold_threshold_is_what_a_new_patient_scores():
     detector fitted without their patient, so a new patient's images flag at about the percentile's rate. Held out
     image by image, a patient's other images stay in the fit and the threshold is too low."""
     train, groups = patients(24, 8, seed=1)
-    detector = fit_out_of_fold(train, groups, "arch", "mahalanobis", framing=framing_stats(192), pixels=None)
+    detector = fit_out_of_fold(
+        {"features": train, "framing": framing_stats(192)}, groups, "arch", DetectorRecipe("mahalanobis")
+    )
     assert detector.info["threshold_on"] == "out of fold (5 folds by group)" and detector.info["n_val"] == 192
-    by_image = fit_out_of_fold(train, np.arange(len(train)), "arch", "mahalanobis", framing=framing_stats(192))
+    by_image = fit_out_of_fold(
+        {"features": train, "framing": framing_stats(192)}, np.arange(len(train)), "arch", DetectorRecipe("mahalanobis")
+    )
     new, _ = patients(24, 8, seed=2)
     assert by_image.refs[0] < 0.7 * detector.refs[0]  # the features half's percentile, from the held-out scores
     assert detector.flags(detector.score(new, framing_stats(192, 3))).mean() <= 0.12
     assert by_image.flags(by_image.score(new, framing_stats(192, 3))).mean() >= 0.3
     with pytest.raises(ModelError, match="a group per image"):
-        fit_out_of_fold(train, groups[:10], "arch", "mahalanobis")
+        fit_out_of_fold(train, groups[:10], "arch", DetectorRecipe("mahalanobis"))

@@ -9,7 +9,7 @@ import pytest
 
 from covidct.errors import ModelError
 from covidct.ood.detector import OODDetector
-from covidct.ood.fit import fit_by_source, fit_detector
+from covidct.ood.fit import DetectorRecipe, fit_by_source, fit_detector
 from covidct.ood.storage import load_detector, save_detector
 from tests.ood.test_detector import framing_stats, gaussian, pixel_stats
 
@@ -37,7 +37,8 @@ def test_a_small_source_keeps_its_own_detector(site_validation, tmp_path):
     val = joined(images(150, seed=3), images(20, shift=6.0, seed=4)) if site_validation else images(150, seed=3)
     val_sources = ["big"] * 150 + ["site"] * (20 if site_validation else 0)
     groups = [f"g{i // 4}" for i in range(440)]  # patients of 4 images each
-    detector = fit_by_source(joined(big, site), val, ["big"] * 400 + ["site"] * 40, val_sources, groups, "arch")
+    train = {**joined(big, site), "source": ["big"] * 400 + ["site"] * 40, "group": groups}
+    detector = fit_by_source(train, {**val, "source": val_sources}, "arch")
     assert [o.info["source"] for o in detector.others] == ["site"] and detector.pixels is not None
     assert [p["source"] for p in detector.info["per_source"]] == ["big", "site"]
     assert detector.others[0].info["threshold_on"] == ("val" if site_validation else "out of fold (5 folds by group)")
@@ -46,8 +47,7 @@ def test_a_small_source_keeps_its_own_detector(site_validation, tmp_path):
     assert detector.flags(score(detector, elsewhere)).mean() >= 0.95  # like no source: flagged
     assert detector.flags(score(detector, images(200, seed=7))).mean() <= 0.12
     both, big_val = joined(big, site), images(150, seed=3)  # one Gaussian over both, thresholded on the big source
-    halves = {h: (both[h], big_val[h]) for h in ("framing", "pixels")}
-    pooled = fit_detector(both["features"], big_val["features"], "arch", "mahalanobis", **halves)
+    pooled = fit_detector(both, big_val, "arch", DetectorRecipe("mahalanobis"))
     assert pooled.flags(score(pooled, new_site)).mean() >= 0.5  # what one Gaussian over both did to the site
     primary, other = detector, detector.others[0]  # the smaller of the sources' scores, in the first's units
     own = OODDetector.combine(
@@ -70,14 +70,9 @@ def test_a_small_source_keeps_its_own_detector(site_validation, tmp_path):
 
 def test_a_damaged_source_is_refused(tmp_path):
     val = images(60, seed=3)
-    detector = fit_by_source(
-        joined(images(100, seed=1), images(30, shift=4.0, seed=2)),
-        val,
-        ["a"] * 100 + ["b"] * 30,
-        ["a"] * 60,
-        [str(i) for i in range(130)],
-        "arch",
-    )
+    train = joined(images(100, seed=1), images(30, shift=4.0, seed=2))
+    train |= {"source": ["a"] * 100 + ["b"] * 30, "group": [str(i) for i in range(130)]}
+    detector = fit_by_source(train, {**val, "source": ["a"] * 60}, "arch")
     save_detector(detector, tmp_path)
     card = json.loads((tmp_path / "ood.json").read_text())
     (tmp_path / "ood.json").write_text(json.dumps({**card, "sources": {"b": card["sources"][0]}}))

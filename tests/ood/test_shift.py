@@ -10,7 +10,7 @@ import pytest
 from scipy.stats import kstest
 
 from covidct.errors import ModelError
-from covidct.ood.fit import fit_detector
+from covidct.ood.fit import DetectorRecipe, fit_detector
 from covidct.ood.shift import ShiftReference, mmd_test, shift_test
 from covidct.ood.storage import load_detector, save_detector
 
@@ -74,7 +74,7 @@ def test_the_record_names_its_tests_and_correction():
 def detector_with_reference(tmp_path):
     rng = np.random.default_rng(4)
     train, val = rng.normal(size=(50, D)), rng.normal(size=(30, D))
-    detector = fit_detector(train, val, "timm:resnet10t", "mahalanobis", 95.0)
+    detector = fit_detector(train, val, "timm:resnet10t", DetectorRecipe("mahalanobis", 95.0))
     f, s = draw(rng, 30)
     detector.reference = ShiftReference.fit(f, s, BASIS, {"images": "validation split"})
     save_detector(detector, tmp_path)

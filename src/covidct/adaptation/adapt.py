@@ -97,7 +97,7 @@ def adapt_run(run_dir: Path, site: Site, out_parent: Path, strategy: str = DEFAU
         how=validation["method"],
     )
     record_operating_point(run, point)
-    fit_for_run(run.path, extra_train=site.samples, extra_groups=site.groups)
+    fit_for_run(run.path, extra_train=site.seen_samples())
     write_graph(run)
     return run.path
 

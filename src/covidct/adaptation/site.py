@@ -4,6 +4,7 @@ its images against the source model's reference (how far the site is before adap
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,11 @@ class Site:
         """Groups per class."""
         return {c: len(set(self.groups[self.labels == c])) for c in (0, 1)}
 
+    def seen_samples(self) -> list[Sample]:
+        """The site's images as an adapted model's detector counts them: seen in training, each with its patient
+        (the site's group, after near-duplicates were joined) as its group, named apart from the source's groups."""
+        return [dataclasses.replace(s, group=f"site {g}") for s, g in zip(self.samples, self.groups.tolist())]
+
 
 def site_groups(samples: list[Sample], group_duplicates: bool) -> np.ndarray:
     """A group id per image: its own group (patient, block, paper), joined with its near-duplicate cluster within its
@@ -54,7 +60,6 @@ def load_site(run_dir: Path, spec: str, allow_overlap: bool = False, group_dupli
     """The site's labelled set, checked: two classes, no image the run trained on, and in a CSV (a site's own patient
     list) no group holding both classes. A known source's groups (a paper of COVID-CT can show both classes) are
     split by class instead."""
-    import dataclasses
 
     name, samples = external_set(spec)
     labels = np.array([s.label for s in samples])

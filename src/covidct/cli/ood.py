@@ -8,11 +8,12 @@ from pathlib import Path
 
 def cmd_ood_fit(args: argparse.Namespace) -> int:
     from covidct.adaptation.site import adapted_site
-    from covidct.inference.run_detector import DetectorSettings, fit_for_run
+    from covidct.inference.run_detector import fit_for_run
+    from covidct.ood.fit import DetectorRecipe
 
     site = adapted_site(args.run_dir, args.site)  # an adapted run's detector keeps its site's own
-    extra = {} if site is None else {"extra_train": site.samples, "extra_groups": site.groups}
-    detector = fit_for_run(args.run_dir, DetectorSettings(args.method, args.percentile), args.data_dir, **extra)
+    recipe = DetectorRecipe(args.method, args.percentile)
+    detector = fit_for_run(args.run_dir, recipe, args.data_dir, None if site is None else site.seen_samples())
     d = detector.describe()
     held = "every source's held-out images" if d.get("per_source") else f"{d['n_val']} validation images"
     print(

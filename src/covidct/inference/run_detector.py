@@ -3,7 +3,6 @@ detectors, and at export when a run has none) and saved where predict and serve 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,48 +10,31 @@ import numpy as np
 
 from covidct.model_card import CARD_NAME
 from covidct.ood.acquisition import AcquisitionRecord
-from covidct.ood.detector import DEFAULT_PERCENTILE, OODDetector
-from covidct.ood.fit import DEFAULT_METHOD, fit_for_network, sample_groups, sample_sources
+from covidct.ood.detector import OODDetector
+from covidct.ood.fit import DEFAULT_RECIPE, DetectorRecipe, fit_for_network, sample_sources
 from covidct.ood.storage import save_detector
-
-
-@dataclass(frozen=True)
-class DetectorSettings:
-    """How a run's detector is fitted: `covidct ood fit`'s --method and --percentile."""
-
-    method: str = DEFAULT_METHOD
-    percentile: float = DEFAULT_PERCENTILE
 
 
 def fit_for_run(
     run_dir: str | Path,
-    settings: DetectorSettings | None = None,
+    recipe: DetectorRecipe = DEFAULT_RECIPE,
     data_dir: str | Path | None = None,
     extra_train: list | None = None,
-    extra_groups: Any = None,
 ) -> OODDetector:
     """`covidct ood fit RUN`: the run's best model and data; saved into the run (and into its export, when it has
-    one, so predict and serve use it). extra_train: more samples that count as seen (an adapted model's site), with
-    a patient per sample (extra_groups) for its out-of-fold threshold."""
+    one, so predict and serve use it). extra_train: more samples that count as seen (an adapted model's site:
+    Site.seen_samples), each with its patient as its group, for its out-of-fold threshold."""
     from covidct.data import ImageDataset
     from covidct.runs import RunDir
 
     run = RunDir.at(run_dir)
     data = run.data(data_dir)
-    base, extra = list(data.splits["train"]), list(extra_train or [])
-    extra_groups = sample_groups(extra) if extra_groups is None else list(extra_groups)
-    groups = sample_groups(base) + [f"site {g}" for g in extra_groups]
-    train, val = ImageDataset(base + extra), ImageDataset(data.splits["val"])
-    return fit_and_save(run, train, val, settings, groups)
+    train, val = ImageDataset(list(data.splits["train"]) + list(extra_train or [])), ImageDataset(data.splits["val"])
+    return fit_and_save(run, train, val, recipe)
 
 
 def fit_and_save(
-    run: Any,
-    train: Any,
-    val: Any,
-    settings: DetectorSettings | None = None,
-    groups: Any = None,
-    model: Any = None,
+    run: Any, train: Any, val: Any, recipe: DetectorRecipe = DEFAULT_RECIPE, model: Any = None
 ) -> OODDetector:
     """The detector of the run's best model on `train` (threshold on `val`; one per training source:
     covidct.ood.fit.fit_by_source), ImageDatasets whose images (and what was decoded of them) are used under the
@@ -61,7 +43,6 @@ def fit_and_save(
     from covidct.inference.load import load_checkpoint, weights_fingerprint
 
     model = model or load_checkpoint(run.checkpoint("best"), run)
-    settings = settings or DetectorSettings()
     sources = sample_sources(train.samples)
     info = {
         "fitted_on": sorted(set(sources)),
@@ -74,10 +55,8 @@ def fit_and_save(
         model.architecture,
         train.with_transform(model.transform),
         val.with_transform(model.transform),
-        settings.method,
-        settings.percentile,
+        recipe,
         info,
-        groups,
     )
     detector.acquisitions = AcquisitionRecord.of_paths((s.path for s in train.samples), sources)  # per source
     if detector.reference is not None:  # the validation images' labels and scores: batches matched to their mix

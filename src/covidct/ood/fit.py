@@ -1,14 +1,15 @@
-"""Fitting a model's detector: on arrays (fit_detector: fitted on the training images' features, its threshold a
-percentile of the validation images' scores; fit_out_of_fold for a set with no validation split), and from a network
-and two datasets (fit_for_network, fit_by_source); covidct.inference.run_detector does it for a run folder."""
+"""Fitting a model's detector by a DetectorRecipe: on arrays (fit_detector: fitted on the training images' features,
+its threshold a percentile of the validation images' scores; fit_out_of_fold for a set with no validation split), and
+from a network and two datasets (fit_for_network, fit_by_source); covidct.inference.run_detector does it for a run
+folder."""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import replace
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, TypeAlias
 
 import numpy as np
 from torch import nn
@@ -26,6 +27,32 @@ from covidct.ood.shift import MIN_REFERENCE, ShiftReference, statistics_matrix
 
 log = logging.getLogger("covidct")
 DEFAULT_METHOD = "mahalanobis"  # chosen on held-out sources and framing changes: benchmarks/OOD.md
+
+
+@dataclass(frozen=True)
+class DetectorRecipe:
+    """How a detector is fitted (`covidct ood fit`'s --method and --percentile): the method, the percentile of the
+    held-out images' scores that becomes its threshold, the neighbours of knn, the smallest spread each feature is
+    standardised by (min_scale: the framing half's RESOLUTION; none for the network's features) and the folds of an
+    out-of-fold threshold."""
+
+    method: str = DEFAULT_METHOD
+    percentile: float = DEFAULT_PERCENTILE
+    k: int = DEFAULT_K
+    min_scale: tuple[float, ...] | None = None
+    folds: int = 5
+
+
+DEFAULT_RECIPE = DetectorRecipe()
+# a set of images as the detector reads them: the network's features alone (N x D), or its halves by name:
+# {"features": N x D, "framing": N x 3, "pixels": N x 22} (fit_by_source's also carry "source" and "group")
+Arrays: TypeAlias = np.ndarray | dict[str, np.ndarray]
+
+
+def _halves(x: Arrays) -> dict[str, np.ndarray | None]:
+    if isinstance(x, dict):
+        return {"features": x["features"], "framing": x.get("framing"), "pixels": x.get("pixels")}
+    return {"features": x, "framing": None, "pixels": None}
 
 
 def _one_pass(net: nn.Module, dataset: Dataset, batch_size: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
@@ -54,28 +81,21 @@ def fit_for_network(
     architecture: str,
     train: ImageDataset,
     val: ImageDataset,
-    method: str = DEFAULT_METHOD,
-    percentile: float = DEFAULT_PERCENTILE,
+    recipe: DetectorRecipe = DEFAULT_RECIPE,
     info: dict[str, Any] | None = None,
-    groups: Sequence[Any] | None = None,
 ) -> OODDetector:
     """The detector of `net`, fitted on `train` with its threshold on `val`, one per training source (fit_by_source;
-    `groups`: a patient per training image, for a source without validation images; default the samples' groups)."""
+    a source without validation images is thresholded out of fold by its samples' groups: patients)."""
     start = time.perf_counter()
     # features, framing and pixel statistics from one decode of each image (ImageDataset.with_statistics)
     (_, train_feats, tr), (_, val_feats, va) = (
         _one_pass(net, ds.with_statistics(statistics_by_name(IMAGE_STATISTICS)), 32) for ds in (train, val)
     )
-    groups = sample_groups(train.samples) if groups is None else groups
     detector = fit_by_source(
-        {"features": train_feats, **tr},
-        {"features": val_feats, **va},
-        sample_sources(train.samples),
-        sample_sources(val.samples),
-        groups,
+        {"features": train_feats, **tr, "source": sample_sources(train.samples), "group": sample_groups(train.samples)},
+        {"features": val_feats, **va, "source": sample_sources(val.samples)},
         architecture,
-        method,
-        percentile,
+        recipe,
         info,
     )
     if len(val_feats) >= MIN_REFERENCE:  # the batch shift test's reference: the validation images, never training's
@@ -84,7 +104,7 @@ def fit_for_network(
     detector.info["fit_seconds"] = round(time.perf_counter() - start, 1)
     log.info(
         "out-of-distribution detector (%s) fitted on %d images in %.0f s; %.1f%% of validation images flagged",
-        method,
+        recipe.method,
         detector.info["n_train"],
         detector.info["fit_seconds"],
         100 * detector.info["val_flagged"],
@@ -96,28 +116,14 @@ def _source_member(
     name: str,
     part: dict[str, np.ndarray],
     own_val: dict[str, np.ndarray] | None,
-    groups: np.ndarray,
     architecture: str,
-    method: str,
-    percentile: float,
+    recipe: DetectorRecipe,
 ) -> OODDetector:
     """One source's detector: fitted on `part` and thresholded on its own validation images, or out of fold by
     group when it has none."""
     if own_val is None:
-        info = {"source": name}
-        return fit_out_of_fold(
-            part["features"], groups, architecture, method, percentile, info, part["framing"], part["pixels"]
-        )
-    return fit_detector(
-        part["features"],
-        own_val["features"],
-        architecture,
-        method,
-        percentile,
-        info={"source": name, "threshold_on": "val"},
-        framing=(part["framing"], own_val["framing"]),
-        pixels=(part["pixels"], own_val["pixels"]),
-    )
+        return fit_out_of_fold(part, part["group"], architecture, recipe, {"source": name})
+    return fit_detector(part, own_val, architecture, recipe, {"source": name, "threshold_on": "val"})
 
 
 def sample_sources(samples: Sequence[Any]) -> list[str]:
@@ -133,32 +139,31 @@ def sample_groups(samples: Sequence[Any]) -> list[str]:
 def fit_by_source(
     train: dict[str, np.ndarray],
     val: dict[str, np.ndarray],
-    train_sources: Sequence[str],
-    val_sources: Sequence[str],
-    groups: Sequence[Any],
     architecture: str,
-    method: str = DEFAULT_METHOD,
-    percentile: float = DEFAULT_PERCENTILE,
+    recipe: DetectorRecipe = DEFAULT_RECIPE,
     info: dict[str, Any] | None = None,
 ) -> OODDetector:
-    """One detector per training source, in the order the sources first appear in `train_sources`; the first's
+    """One detector per training source, in the order the sources first appear in train["source"]; the first's
     own threshold is the unit scores are given in (OODDetector.others). Each is fitted on its source's training
-    images ({"features", "framing", "pixels"} arrays) and thresholded on its source's validation images, or out of
-    fold by group when there are none (an adapted model's site: every image of it is training); the threshold of the
-    whole is set on all those held-out images (_threshold_over_sources)."""
-    train_sources, val_sources, groups = np.asarray(train_sources), np.asarray(val_sources), np.asarray(groups)
+    images ({"features", "framing", "pixels"} arrays, with a "source" and a "group" per image) and thresholded on its
+    source's validation images (val["source"]), or out of fold by group when there are none (an adapted model's site:
+    every image of it is training); the threshold of the whole is set on all those held-out images
+    (_threshold_over_sources)."""
+    train = {k: np.asarray(a) for k, a in train.items()}
+    val = {k: np.asarray(a) for k, a in val.items()}
+    train_sources, val_sources = train["source"], val["source"]
     members, held = [], []  # each source's detector, and the inputs of the images its threshold was set on
     for name in dict.fromkeys(train_sources.tolist()):
         t, v = train_sources == name, val_sources == name
         part = {k: a[t] for k, a in train.items()}
         own = {k: a[v] for k, a in val.items()} if v.any() else None
         held.append(own if own is not None else part)
-        members.append(_source_member(name, part, own, groups[t], architecture, method, percentile))
+        members.append(_source_member(name, part, own, architecture, recipe))
     detector = members[0]
     keys = ("source", "n_train", "n_val", "threshold_on")
     per_source = [{k: m.info[k] for k in keys} for m in members]
     if len(members) > 1:
-        for part, share in zip(per_source, _threshold_over_sources(members, held, percentile)):
+        for part, share in zip(per_source, _threshold_over_sources(members, held, recipe.percentile)):
             part["flagged"] = share  # of its held-out images, by the detector as a whole
     flagged = detector.flags(detector.score(val["features"], val["framing"], val["pixels"]))
     detector.info = {
@@ -196,81 +201,66 @@ def _threshold_over_sources(
 
 
 def fit_detector(
-    train: np.ndarray,
-    val: np.ndarray,
+    train: Arrays,
+    val: Arrays,
     architecture: str,
-    method: str = "knn",
-    percentile: float = DEFAULT_PERCENTILE,
-    k: int = DEFAULT_K,
+    recipe: DetectorRecipe = DEFAULT_RECIPE,
     info: dict[str, Any] | None = None,
-    framing: tuple[np.ndarray, np.ndarray] | None = None,
-    min_scale: np.ndarray | tuple[float, ...] | None = None,
-    pixels: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> OODDetector:
-    """Fit on the training images' features; the threshold is the `percentile` of the validation images' scores
-    (never the training images': their own neighbour is themselves). `framing`: the (train, val) images' framing
-    statistics, for a framing half (Mahalanobis) whose score is combined with the features' (OODDetector.score).
-    `pixels`: the (train, val) images' pixel statistics, for a third half (Mahalanobis), with a framing half only.
+    """Fit on the training images' features; the threshold is the recipe's percentile of the validation images'
+    scores (never the training images': their own neighbour is themselves). With a "framing" array (train and val:
+    the images' framing statistics), a framing half (Mahalanobis) whose score is combined with the features'
+    (OODDetector.score); with "pixels" too (the images' pixel statistics), a third half (Mahalanobis). The recipe's
     `min_scale`: the smallest spread each feature is standardised by (the framing statistics' RESOLUTION); with it,
-    no direction's variance is below 1 after standardising either: a difference under the resolution is noise
-    (a source whose images are all framed alike would otherwise flag float rounding)."""
-    val = _checked(val, "validation", 1)
-    detector = _fitted(
-        train,
-        architecture,
-        method,
-        percentile,
-        k,
-        min_scale,
-        None if framing is None else framing[0],
-        None if pixels is None else pixels[0],
-    )
-    raw = detector.half_scores(
-        val, *(None if h is None else _checked(h[1], "validation", 1) for h in (framing, pixels))
-    )
-    return calibrate(detector, raw, info)
+    no direction's variance is below 1 after standardising either: a difference under the resolution is noise (a
+    source whose images are all framed alike would otherwise flag float rounding)."""
+    t, v = _halves(train), _halves(val)
+    features = _checked(v["features"], "validation", 1)
+    detector = _fitted(t["features"], architecture, recipe, t["framing"], t["pixels"])
+    halves = [None if t[h] is None else _checked(_given(v, h), "validation", 1) for h in ("framing", "pixels")]
+    return calibrate(detector, detector.half_scores(features, *halves), info)
+
+
+def _given(arrays: dict[str, np.ndarray | None], half: str) -> np.ndarray:
+    if arrays[half] is None:
+        raise ModelError(f"the detector's {half} half was fitted on training images, but no validation {half} given")
+    return arrays[half]  # type: ignore[return-value]
 
 
 def fit_out_of_fold(
-    train: np.ndarray,
+    train: Arrays,
     groups: np.ndarray,
     architecture: str,
-    method: str = "mahalanobis",
-    percentile: float = DEFAULT_PERCENTILE,
+    recipe: DetectorRecipe = DEFAULT_RECIPE,
     info: dict[str, Any] | None = None,
-    framing: np.ndarray | None = None,
-    pixels: np.ndarray | None = None,
-    folds: int = 5,
 ) -> OODDetector:
     """For images with no validation set of their own (an adapted model's site): the detector fitted on all of
-    them, its threshold (and the halves' references) the `percentile` of out-of-fold scores: each group's (patient's)
-    images scored by the detector fitted without that group (scikit-learn's GroupKFold), so that the threshold is
-    what a new patient of that source scores, not what an image the detector has seen scores."""
+    them, its threshold (and the halves' references) the recipe's percentile of out-of-fold scores: each group's
+    (patient's) images scored by the detector fitted without that group (scikit-learn's GroupKFold, recipe.folds),
+    so that the threshold is what a new patient of that source scores, not what an image the detector has seen
+    scores."""
     from sklearn.model_selection import GroupKFold
 
+    halves = _halves(train)
+    features = np.asarray(halves["features"])
     groups = np.asarray(groups)
-    if len(groups) != len(train):
-        raise ModelError(f"out-of-fold fitting needs a group per image: {len(groups)} groups for {len(train)} images")
+    if len(groups) != len(features):
+        raise ModelError(
+            f"out-of-fold fitting needs a group per image: {len(groups)} groups for {len(features)} images"
+        )
     if len(np.unique(groups)) < 2:  # one patient: its images are all there is to hold out
-        groups = np.arange(len(train))
-    halves = {"features": np.asarray(train), "framing": framing, "pixels": pixels}
-    if len(train) < 4:
-        raise ModelError(f"an out-of-distribution detector fitted out of fold needs >= 4 images, got {len(train)}")
+        groups = np.arange(len(features))
+    if len(features) < 4:
+        raise ModelError(f"an out-of-distribution detector fitted out of fold needs >= 4 images, got {len(features)}")
     raw: dict[str, np.ndarray] = {}
-    splitter = GroupKFold(n_splits=min(folds, len(np.unique(groups))))
-    for fit, held in splitter.split(train, groups=groups):
+    splitter = GroupKFold(n_splits=min(recipe.folds, len(np.unique(groups))))
+    for fit, held in splitter.split(features, groups=groups):
         fold = _fitted(
-            *_take(halves, fit, ("features",)),
-            architecture,
-            method,
-            percentile,
-            DEFAULT_K,
-            None,
-            *_take(halves, fit, ("framing", "pixels")),
+            _take(halves, fit, ("features",))[0], architecture, recipe, *_take(halves, fit, ("framing", "pixels"))
         )
         for name, scores in fold.half_scores(*_take(halves, held, ("features", "framing", "pixels"))).items():
-            raw.setdefault(name, np.zeros(len(train)))[held] = scores
-    detector = _fitted(train, architecture, method, percentile, DEFAULT_K, None, framing, pixels)
+            raw.setdefault(name, np.zeros(len(features)))[held] = scores
+    detector = _fitted(features, architecture, recipe, halves["framing"], halves["pixels"])
     return calibrate(
         detector, raw, {**(info or {}), "threshold_on": f"out of fold ({splitter.n_splits} folds by group)"}
     )
@@ -295,14 +285,12 @@ def _checked(values: np.ndarray, what: str, least: int) -> np.ndarray:
 def _fitted(
     train: np.ndarray,
     architecture: str,
-    method: str,
-    percentile: float,
-    k: int,
-    min_scale: np.ndarray | tuple[float, ...] | None,
+    recipe: DetectorRecipe,
     framing: np.ndarray | None = None,
     pixels: np.ndarray | None = None,
 ) -> OODDetector:
     """The detector fitted on the training images (and its halves on theirs), thresholds not yet set (calibrate)."""
+    method, percentile = recipe.method, recipe.percentile
     if method not in METHODS:
         raise ModelError(f"out-of-distribution method must be one of {METHODS}, got {method!r}")
     if not 50 <= percentile < 100:
@@ -310,19 +298,22 @@ def _fitted(
     train = _checked(train, "training", 2)
     center = train.mean(0)
     scale = np.maximum(train.std(0), 1e-6 * max(1.0, float(np.abs(train).max())))
-    if min_scale is not None:
-        scale = np.maximum(scale, np.asarray(min_scale, dtype=np.float64))
+    if recipe.min_scale is not None:
+        scale = np.maximum(scale, np.asarray(recipe.min_scale, dtype=np.float64))
     z = (train - center) / scale
     if method == "knn":
         bank, location = unit_rows(z), np.zeros(z.shape[1])
     else:
-        bank, location = shrunk_axes(z, 0.0 if min_scale is None else 1.0)
-    detector = OODDetector(method, architecture, train.shape[1], center, scale, bank, location, 0.0, percentile, k)
+        bank, location = shrunk_axes(z, 0.0 if recipe.min_scale is None else 1.0)
+    detector = OODDetector(
+        method, architecture, train.shape[1], center, scale, bank, location, 0.0, percentile, recipe.k
+    )
     detector.info = {"n_train": len(train)}
     if framing is not None:
-        detector.framing = _fitted(framing, "framing", "mahalanobis", percentile, DEFAULT_K, RESOLUTION)
+        half = DetectorRecipe("mahalanobis", percentile, min_scale=RESOLUTION)
+        detector.framing = _fitted(framing, "framing", half)
         if pixels is not None:
-            detector.pixels = _fitted(pixels, "pixels", "mahalanobis", percentile, DEFAULT_K, None)
+            detector.pixels = _fitted(pixels, "pixels", DetectorRecipe("mahalanobis", percentile))
     return detector
 
 
