@@ -39,31 +39,38 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from covidct.config import DEFAULT_STRATEGY, CurvePlan, TrainConfig
+from covidct.config import DEFAULT_STRATEGY, CurvePlan, ServeSettings, TrainConfig
 from covidct.data.medical import LUNG_WINDOW
 from covidct.errors import ConfigError, CovidCTError, DataError, ModelError
 from covidct.verdict import DEFAULT_AGGREGATION
 
 if TYPE_CHECKING:  # the adaptation code is imported when used (it costs every command two seconds)
     from covidct.adaptation.site import Site
+    from covidct.inference.run_detector import DetectorRecipe
 
 __all__ = [
     "Adaptation",
     "ConfigError",
     "CovidCTError",
+    "CrossValidation",
     "CurvePlan",
     "DataError",
     "Model",
     "ModelError",
     "Predictions",
     "Result",
+    "ServeSettings",
     "adapt",
+    "app",
     "choose_threshold",
+    "cross_validate",
     "evaluate",
     "export",
+    "fit_detector",
     "learning_curve",
     "load",
     "load_site",
+    "serve",
     "train",
 ]
 
@@ -248,16 +255,28 @@ def train(
     """
     from covidct.training.fit import train as fit
 
+    config = _train_config(config)
+    where = {"run_dir": run_dir, "resume": resume}
+    if callable(progress):
+        return fit(config, progress=False, on_epoch=progress, **where)
+    return fit(config, progress=bool(progress), **where)
+
+
+def _train_config(config: TrainConfig | dict[str, Any] | PathLike) -> TrainConfig:
+    """A TrainConfig from itself, a dict of its fields or a YAML file of them (each checked)."""
     if isinstance(config, (str, Path)):
         config = TrainConfig.from_yaml(config)
     elif isinstance(config, dict):
         config = TrainConfig.from_dict(config)
     if not isinstance(config, TrainConfig):
-        raise ConfigError(f"train takes a TrainConfig, a dict of its fields or a YAML file, got {type(config)!r}")
-    where = {"run_dir": run_dir, "resume": resume}
-    if callable(progress):
-        return fit(config, progress=False, on_epoch=progress, **where)
-    return fit(config, progress=bool(progress), **where)
+        raise ConfigError(f"takes a TrainConfig, a dict of its fields or a YAML file, got {type(config)!r}")
+    return config
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    import json
+
+    return json.loads(path.read_text())
 
 
 @dataclass
@@ -326,3 +345,85 @@ def adapt(run: PathLike, site: str | Site, strategy: str = DEFAULT_STRATEGY, out
     site = load_site(run, site) if isinstance(site, str) else site
     folder = adapt_run(Path(run), site, Path(out) if out else Path(run).parent, strategy)
     return Adaptation(folder, RunDir(folder).summary()["adaptation"])
+
+
+@dataclass
+class CrossValidation:
+    """What `cross_validate` gives: the cv folder (a run per fold under fold-*/run, oof_predictions.csv) and its
+    summary (cv.json: each fold's validation figures, their mean and sd, the out-of-fold figures)."""
+
+    folder: Path
+    summary: dict[str, Any]
+
+    @property
+    def runs(self) -> list[Path]:
+        """The fold runs, in fold order: evaluate them together as an ensemble."""
+        return [Path(f["run"]) for f in self.summary["folds"]]
+
+
+def cross_validate(
+    config: TrainConfig | dict[str, Any] | PathLike,
+    folds: int = 5,
+    progress: bool = False,
+    group_duplicates: bool = True,
+) -> CrossValidation:
+    """`covidct cv`: `folds` runs of `config` on the training and validation images together, folds kept apart by
+    group (a source paper, a patient; with group_duplicates, near-duplicate images too), each fold's epoch and
+    operating point chosen on its own held-out fold; every image scored once out of fold.
+
+    Example::
+
+        cv = cct.cross_validate("configs/default.yaml", folds=5)
+        cv.summary["out_of_fold"]["auc"], cv.runs
+    """
+    from covidct.studies.cv import run_cv
+
+    folder = run_cv(_train_config(config), folds, progress=progress, group_duplicates=group_duplicates)
+    return CrossValidation(folder, _read_json(folder / "cv.json"))
+
+
+def app(model: Model | PathLike, settings: ServeSettings | None = None) -> Any:
+    """The REST API of `covidct serve` as a FastAPI app, for a test client or to mount in another server (the same
+    routes, limits, API keys and shift window; settings: a ServeSettings).
+
+    Example::
+
+        from fastapi.testclient import TestClient
+        client = TestClient(cct.app("runs/demo/export"))
+        client.post("/api/v1/predict", files={"file": open("slice.png", "rb")}).json()
+    """
+    from covidct.config import ServeSettings
+    from covidct.inference.serve import app_for
+
+    loaded = model.loaded if isinstance(model, Model) else load(model).loaded
+    return app_for(loaded, settings or ServeSettings())
+
+
+def serve(
+    model: Model | PathLike, host: str = "127.0.0.1", port: int = 8000, settings: ServeSettings | None = None
+) -> None:
+    """`covidct serve`: the model's web page and REST API with uvicorn, until stopped (a path is loaded once, with a
+    thread per core when batching)."""
+    from covidct.inference.serve import serve as run_server
+
+    run_server(model.loaded if isinstance(model, Model) else model, host, port, settings)
+
+
+def fit_detector(
+    run: PathLike, recipe: DetectorRecipe | None = None, data_dir: PathLike | None = None, site: str | None = None
+) -> dict[str, Any]:
+    """`covidct ood fit`: (re)fit the run's out-of-distribution detector on its training images, thresholded on its
+    validation images (one per training source), and save it with the run and its export; returns what it is
+    (method, threshold, images, share of validation flagged). An adapted run keeps its site's images as seen (from
+    its record, or `site`: NAME=PATH). recipe: a DetectorRecipe (method, percentile; covidct.ood.fit).
+
+    Example::
+
+        cct.fit_detector("runs/demo")["val_flagged"]     # about 0.05 by construction
+    """
+    from covidct.adaptation.site import adapted_site
+    from covidct.inference.run_detector import DEFAULT_RECIPE, fit_for_run
+
+    adapted = adapted_site(Path(run), site)  # an adapted run's detector keeps its site's own
+    seen = None if adapted is None else adapted.seen_samples()
+    return fit_for_run(run, recipe or DEFAULT_RECIPE, data_dir, seen).describe()

@@ -93,3 +93,43 @@ def test_learning_curve_and_adapt(trained_run, tmp_path):
         cct.learning_curve(run, site, cct.CurvePlan(ks=(0,)))
     with pytest.raises(cct.DataError):
         cct.learning_curve(run, f"one={tmp_path / 'nowhere'}")
+
+
+def test_cross_validate_gives_the_folder_its_summary_and_the_fold_runs(tmp_path):
+    data = make_covidct_layout(tmp_path / "d", TINY_COUNTS)
+    config = {"model": "timm:resnet10t", "data_dir": str(data), "pretrained": False, "epochs": 1, "batch_size": 8}
+    cv = cct.cross_validate({**config, "num_workers": 0, "out": str(tmp_path / "runs"), "precision": "32"}, folds=2)
+    pool = sum(TINY_COUNTS["train"].values()) + sum(TINY_COUNTS["val"].values())
+    assert cv.folder.parent == tmp_path / "runs" and cv.summary["out_of_fold"]["n"] == pool
+    assert cv.runs == [cv.folder / f"fold-{k}" / "run" for k in (1, 2)] and all(r.is_dir() for r in cv.runs)
+    with pytest.raises(cct.ConfigError, match="folds"):
+        cct.cross_validate(config, folds=1)
+
+
+def test_app_serves_the_model_with_the_settings(exported_model, tmp_path, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    png = (_folder(tmp_path) / "0.png").read_bytes()
+    client = TestClient(cct.app(exported_model))
+    answer = client.post("/api/v1/predict", files={"file": ("0.png", png)}).json()
+    want = cct.load(exported_model).predict(tmp_path / "slices" / "0.png").results[0].score
+    assert answer["score"] == pytest.approx(want, abs=1e-6)
+    locked = TestClient(cct.app(cct.load(exported_model), cct.ServeSettings(api_key=["k1"], shift_window=10)))
+    assert locked.get("/api/v1/model").status_code == 401
+    assert locked.get("/api/v1/model", headers={"X-API-Key": "k1"}).status_code == 200
+    monkeypatch.setenv("COVIDCT_API_KEY", "from-env, other")
+    assert cct.ServeSettings().keys() == ["from-env", "other"]  # none given: the environment's, as serve reads them
+    with pytest.raises(cct.ConfigError, match="at least 10 images"):
+        cct.ServeSettings(shift_window=5)
+    with pytest.raises(cct.ConfigError, match="between 0 and 1000"):
+        cct.ServeSettings(batch_wait_ms=5000)
+
+
+def test_fit_detector_refits_the_runs_detector_by_the_recipe(own_run, tmp_path):
+    from covidct.ood.fit import DetectorRecipe
+
+    record = cct.fit_detector(own_run, DetectorRecipe("knn", 90.0))
+    assert record["method"] == "knn" and record["percentile"] == 90.0 and record["n_train"] > 0
+    assert json.loads((own_run / "ood" / "ood.json").read_text())["method"] == "knn"  # saved with the run
+    with pytest.raises(cct.ConfigError, match="is for an adapted run"):
+        cct.fit_detector(own_run, site=f"x={tmp_path}")

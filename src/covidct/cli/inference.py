@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -104,25 +103,16 @@ def shift_message(record: dict) -> str:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from covidct.inference.serve import ServeSettings, serve
+    from covidct import api
+    from covidct.config import ServeSettings
 
     print(DISCLAIMER, file=sys.stderr)
-    if args.host not in ("127.0.0.1", "localhost", "::1") and not (args.api_key or os.environ.get("COVIDCT_API_KEY")):
+    settings = ServeSettings(args.api_key, limits_from_args(args), args.shift_window, args.batch_wait_ms)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not settings.keys():
         print(
             f"warning: serving on {args.host} without an API key; anyone who can reach it can use it", file=sys.stderr
         )
-    if args.shift_window < 10:
-        from covidct.errors import ConfigError
-
-        raise ConfigError(
-            f"--shift-window must be at least 10 images (the shift test's smallest batch), got {args.shift_window}"
-        )
-    if not 0 <= args.batch_wait_ms <= 1000:
-        from covidct.errors import ConfigError
-
-        raise ConfigError(f"--batch-wait-ms must be between 0 and 1000 milliseconds, got {args.batch_wait_ms}")
-    settings = ServeSettings(args.api_key, limits_from_args(args), args.shift_window, args.batch_wait_ms)
-    serve(args.model, args.host, args.port, settings)
+    api.serve(args.model, args.host, args.port, settings)
     return 0
 
 

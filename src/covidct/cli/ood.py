@@ -7,14 +7,10 @@ from pathlib import Path
 
 
 def cmd_ood_fit(args: argparse.Namespace) -> int:
-    from covidct.adaptation.site import adapted_site
-    from covidct.inference.run_detector import fit_for_run
+    from covidct import api
     from covidct.ood.fit import DetectorRecipe
 
-    site = adapted_site(args.run_dir, args.site)  # an adapted run's detector keeps its site's own
-    recipe = DetectorRecipe(args.method, args.percentile)
-    detector = fit_for_run(args.run_dir, recipe, args.data_dir, None if site is None else site.seen_samples())
-    d = detector.describe()
+    d = api.fit_detector(args.run_dir, DetectorRecipe(args.method, args.percentile), args.data_dir, args.site)
     held = "every source's held-out images" if d.get("per_source") else f"{d['n_val']} validation images"
     print(
         f"out-of-distribution detector ({d['method']}) fitted on {d['n_train']} training images; threshold "

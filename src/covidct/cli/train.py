@@ -66,15 +66,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_cv(args: argparse.Namespace) -> int:
-    import json
-
-    from covidct.studies.cv import run_cv
+    from covidct import api
     from covidct.tables import number_text
 
     config = train_config(args)
     print(DISCLAIMER, file=sys.stderr)
-    cv_dir = run_cv(config, args.folds, progress=progress(), group_duplicates=not args.no_group_duplicates)
-    summary = json.loads((cv_dir / "cv.json").read_text())
+    cv = api.cross_validate(config, args.folds, progress(), not args.no_group_duplicates)
+    cv_dir, summary = cv.folder, cv.summary
     n = number_text  # an AUC is undefined (null in cv.json) on a fold whose validation holds one class
     for f in summary["folds"]:
         print(f"fold {f['fold']}: val acc {n(f['val_acc'])}, val AUC {n(f['val_auc'])} ({f['n_val']} images)")

@@ -317,3 +317,38 @@ class CurvePlan:
         unknown = [s for s in self.strategies + self.imagenet_strategies if s not in STRATEGY_TEXT]
         if unknown or not self.strategies:
             raise ConfigError(f"the curve's strategies must be some of {list(STRATEGY_TEXT)}, got {unknown or '()'}")
+
+
+API_KEY_ENV = "COVIDCT_API_KEY"  # serve's API keys when none are given (comma-separated)
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """What `covidct serve` is asked besides the model and the address: API keys (none: $COVIDCT_API_KEY, else
+    open), the input limits, the batch shift test's window (the last N images scored) and how long concurrent
+    images are gathered into one batch (0: each request scored alone, one per core). Checked when made.
+
+    Example::
+
+        settings = ServeSettings(api_key=["site-a"], shift_window=100)
+    """
+
+    api_key: str | list[str] | None = None
+    limits: InputLimits = INPUT_LIMITS
+    shift_window: int = 200
+    batch_wait_ms: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.shift_window < 10:
+            raise ConfigError(
+                f"--shift-window must be at least 10 images (the shift test's smallest batch), got {self.shift_window}"
+            )
+        if not 0 <= self.batch_wait_ms <= 1000:
+            raise ConfigError(f"--batch-wait-ms must be between 0 and 1000 milliseconds, got {self.batch_wait_ms}")
+
+    def keys(self) -> list[str]:
+        """The API keys: those given, else $COVIDCT_API_KEY's (comma-separated); none: no key asked."""
+        import os
+
+        given = [self.api_key] if isinstance(self.api_key, str) else list(self.api_key or [])
+        return given or [k.strip() for k in os.environ.get(API_KEY_ENV, "").split(",") if k.strip()]

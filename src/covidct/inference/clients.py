@@ -11,8 +11,6 @@ from fastapi import Header, HTTPException
 
 from covidct.inference.loaded import LoadedModel
 
-API_KEY_ENV = "COVIDCT_API_KEY"
-
 
 class ShiftWindow:
     """The features and image statistics of the last `size` images scored (a rolling window of the traffic), and the

@@ -19,7 +19,6 @@ import base64
 import io
 import os
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -30,11 +29,11 @@ from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from covidct import DISCLAIMER, __version__
-from covidct.config import INPUT_LIMITS, InputLimits
+from covidct.config import INPUT_LIMITS, InputLimits, ServeSettings
 from covidct.data.inputs import DICOM, ZIP, kind_of_bytes
 from covidct.errors import DataError
 from covidct.inference.batching import Batcher, FairSlots
-from covidct.inference.clients import API_KEY_ENV, ShiftWindow, key_checker
+from covidct.inference.clients import ShiftWindow, key_checker
 from covidct.inference.loaded import LoadedModel
 from covidct.inference.schemas import Health, ImagePrediction, SeriesPrediction, error_responses
 from covidct.inference.uploads import (
@@ -346,18 +345,11 @@ def add_pages(app: FastAPI) -> None:
         return PAGE.read_text(encoding="utf-8").replace("{{DISCLAIMER}}", DISCLAIMER)
 
 
-@dataclass(frozen=True)
-class ServeSettings:
-    """What `covidct serve` is asked besides the model and the address (create_app's arguments)."""
-
-    api_key: list[str] | None = None
-    limits: InputLimits = INPUT_LIMITS
-    shift_window: int = 200
-    batch_wait_ms: float = 0.0
-
-
-def serve(model_path: str, host: str = "127.0.0.1", port: int = 8000, settings: ServeSettings | None = None) -> None:
-    """Load the model once and serve it with uvicorn (one process; parallelism inside, see Predictor)."""
+def serve(
+    model: str | Path | LoadedModel, host: str = "127.0.0.1", port: int = 8000, settings: ServeSettings | None = None
+) -> None:
+    """Serve the model (loaded once: a path, or a LoadedModel) with uvicorn (one process; parallelism inside, see
+    Predictor)."""
     import torch
     import uvicorn
 
@@ -366,11 +358,14 @@ def serve(model_path: str, host: str = "127.0.0.1", port: int = 8000, settings: 
     # Requests scored alone run one per core with one thread each; batches run one at a time on every core.
     s = settings or ServeSettings()
     threads = max(1, os.cpu_count() or 1) if s.batch_wait_ms > 0 else 1
-    model = load_model(model_path, threads=threads)
+    loaded = model if isinstance(model, LoadedModel) else load_model(model, threads=threads)
     torch.set_num_threads(threads)
-    keys = s.api_key or [k.strip() for k in os.environ.get(API_KEY_ENV, "").split(",") if k.strip()]
-    app = create_app(model, keys, s.limits, s.shift_window, s.batch_wait_ms)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    uvicorn.run(app_for(loaded, s), host=host, port=port, log_level="info")
+
+
+def app_for(model: LoadedModel, settings: ServeSettings) -> FastAPI:
+    """create_app by the settings (the API keys given, else $COVIDCT_API_KEY's)."""
+    return create_app(model, settings.keys(), settings.limits, settings.shift_window, settings.batch_wait_ms)
 
 
 def openapi_document(limits: InputLimits = INPUT_LIMITS) -> dict[str, Any]:
