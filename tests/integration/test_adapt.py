@@ -172,3 +172,12 @@ def test_bad_sites_are_refused_with_nothing_written(trained_run, tmp_path, capsy
     assert main(["ood", "fit", str(trained_run), "--site", f"s={site}"]) == 2  # its model never learned the site
     assert "was not adapted" in capsys.readouterr().err
     assert (trained_run / "ood" / "ood.json").read_bytes() == detector
+
+
+def test_a_site_with_one_patient_of_a_class_is_refused_by_name(trained_run, tmp_path):
+    import covidct.api as cct
+
+    site = cct.load_site(trained_run, f"site={site_csv(tmp_path / 'site', n_groups=1, per_group=4)}")
+    with pytest.raises(cct.DataError, match=r"site site: 1 NonCOVID and 1 COVID group.*at least 2 of each class"):
+        cct.adapt(trained_run, site, strategy="head", out=tmp_path / "adapted")
+    assert not (tmp_path / "adapted").exists()

@@ -13,7 +13,7 @@ from covidct.adaptation.curve import Adapter, start_from, strategy_adapters
 from covidct.adaptation.site import Site, absolute_spec, site_shift, site_shift_text
 from covidct.adaptation.tail import fine_tune_tail
 from covidct.config import DEFAULT_STRATEGY, STRATEGY_TEXT
-from covidct.errors import ConfigError
+from covidct.errors import ConfigError, DataError
 from covidct.evaluation.metrics import binary_metrics, roc_auc
 from covidct.evaluation.rules import choose_by_rule
 from covidct.evaluation.thresholds import record_operating_point
@@ -31,7 +31,15 @@ from covidct.training.fit import write_graph
 def site_validation(adapt: Adapter, site: Site, folds: int = 5, seed: int = 0) -> dict[str, Any]:
     """Leave-groups-out cross-validation of a strategy at the site: out-of-fold scores of every image, the AUC, and
     the threshold by Youden's J on them (the adapted model's operating point)."""
-    n_groups = min(site.group_counts().values())
+    counts = site.group_counts()
+    n_groups = min(counts.values())
+    if n_groups < 2:  # every fold must train on both classes and hold out a patient of each
+        joined = " (near-duplicate images joined into one group)" if site.group_duplicates else ""
+        raise DataError(
+            f"site {site.name}: {counts[0]} NonCOVID and {counts[1]} COVID group(s) (patients){joined}; adapting "
+            "needs at least 2 of each class, one to fit on while another is held out. Add patients of the smaller "
+            "class" + (", or pass --no-group-duplicates if the copies are different patients' images" if joined else "")
+        )
     folds = max(2, min(folds, n_groups))
     oof = np.zeros(len(site.labels))
     for i, held in enumerate(cv_folds(site.labels, site.groups, folds, seed)):
