@@ -34,7 +34,7 @@ from covidct.evaluation.rules import choose_by_rule
 from covidct.fileio import write_csv, write_json, write_text
 from covidct.inference.load import load_trained
 from covidct.models import create_model, head_module
-from covidct.models.head import fit_head, head_scores
+from covidct.models.head import fit_head, head_scores, score_of
 from covidct.ood.fit import dataset_outputs
 from covidct.tables import interval_text
 
@@ -209,15 +209,15 @@ class Start:
 
 def start_from(net: Any, site: Site, transform: Any, with_maps: bool) -> Start:
     """One pass over the site's images. With maps, the head's features and the scores come from the cached maps."""
-    from scipy.special import softmax
-
     dataset = ImageDataset(site.samples, transform)
     if with_maps:
         maps = cached_inputs(net, dataset)
         return Start(net, *tail_outputs(net, maps), maps)
     width = head_module(net).in_features
     logits, features = dataset_outputs(net, dataset)
-    return Start(net, features[:, -width:], softmax(logits, axis=1)[:, 1])
+    import torch
+
+    return Start(net, features[:, -width:], score_of(torch.from_numpy(logits)).numpy())
 
 
 def imagenet_network(architecture: str) -> Any:

@@ -30,6 +30,7 @@ from covidct.inference.load import (
 )
 from covidct.inference.scorer import Scorer, WithFeatures
 from covidct.model_card import CARD_NAME, ModelCard
+from covidct.models.head import score_of
 from covidct.runs import RunDir
 
 __all__ = ["CARD_NAME", "export_run", "load_safetensors_model", "write_onnx"]
@@ -98,7 +99,7 @@ def write_checked_onnx(module: LoadedModel, path: Path, images: torch.Tensor) ->
         got, got_features = session.run(None, {"image": images.numpy().astype(np.float32)})
         with torch.no_grad():
             want, want_features = (t.float().numpy() for t in WithFeatures(model)(images))
-        diff = float(np.abs(_softmax(got)[:, 1] - _softmax(want)[:, 1]).max())
+        diff = float((score_of(torch.from_numpy(got)) - score_of(torch.from_numpy(want))).abs().max())
         if not diff < ONNX_TOLERANCE:
             raise ModelError(f"ONNX export differs from PyTorch by {diff:.2e} (> {ONNX_TOLERANCE}); not written")
         if got_features.shape != want_features.shape:  # what the detector reads: the same width, the same values
@@ -143,11 +144,6 @@ def write_onnx(model: Scorer, size: int, path: Path) -> Path:
     )
     program.save(str(path), external_data=False)
     return path
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def verification_images(run: RunDir, module: LoadedModel, data_dir: str | Path | None, n: int = 16) -> torch.Tensor:
