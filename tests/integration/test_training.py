@@ -11,6 +11,7 @@ from covidct.inference.load import load_checkpoint
 from covidct.training.fit import train
 from covidct.training.module import Classifier, training_card
 from covidct.training.precision import resolve_precision
+from tests.conftest import TINY_COUNTS
 
 
 def test_run_folder_contents(trained_run):
@@ -226,6 +227,11 @@ def test_a_fixed_schedule_trains_on_every_labelled_image_and_keeps_its_last_epoc
     assert load_checkpoint(run / "checkpoints" / "best.ckpt").threshold == 0.5
     assert (run / "checkpoints" / "best.onnx").is_file()
     assert "no validation split" in (run / "train.log").read_text()
+    from covidct.evaluation.evaluate import evaluate_run
+
+    assert evaluate_run(run, "test")["n"] == sum(TINY_COUNTS["test"].values())  # scored without a val split
+    with pytest.raises(DataError, match="its val split holds no images"):
+        evaluate_run(run, "val")
 
 
 def test_an_epoch_choice_without_validation_images_is_refused_before_the_run_folder(tmp_path, tiny_dataset):

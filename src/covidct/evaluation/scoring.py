@@ -215,10 +215,13 @@ def score_member(run: Path, config: EvalConfig, external: list[Sample] | None, s
     if torch.cuda.is_available():  # thousands of images of an external set: seconds instead of minutes
         module.to("cuda")
     samples = external if external is not None else data.splits[split]
+    if not samples:
+        raise DataError(f"{run}: its {split} split holds no images (a run trained on every labelled image has no val)")
     with module.collecting() as outputs:  # an external set as one batch: the shift test's input (covidct.ood.shift)
         paths, labels, scores, ood = predict_scores_and_ood(module, eval_dataset(module, samples), tta=tta)
     shift = module.batch_shift(outputs) if external is not None and single else None
-    val = predict_scores(module, eval_dataset(module, data.splits["val"]), tta=tta) if split != "val" else None
+    held = data.splits["val"] if split != "val" else []  # none: a fixed schedule trained on every labelled image
+    val = predict_scores(module, eval_dataset(module, held), tta=tta) if held else None
     return {
         "run": run,
         "ckpt": ckpt,
