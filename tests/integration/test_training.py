@@ -222,9 +222,11 @@ def test_a_fixed_schedule_trains_on_every_labelled_image_and_keeps_its_last_epoc
     best = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     assert best.keys() == last.keys() and all(torch.equal(best[k], last[k]) for k in best)
-    # nothing was left to choose an operating point or fit a detector on: neither is made up, the graph still is
-    assert not (run / "threshold.json").exists() and not (run / "ood").exists()
+    # no held-out images to choose an operating point on: none is made up; the detector's threshold is out of fold
+    assert not (run / "threshold.json").exists()
     assert load_checkpoint(run / "checkpoints" / "best.ckpt").threshold == 0.5
+    detector = json.loads((run / "ood" / "ood.json").read_text())
+    assert detector["n_val"] == 0 and detector["threshold_on"].startswith("out of fold by group")
     assert (run / "checkpoints" / "best.onnx").is_file()
     assert "no validation split" in (run / "train.log").read_text()
     from covidct.evaluation.evaluate import evaluate_run

@@ -11,11 +11,16 @@ def cmd_ood_fit(args: argparse.Namespace) -> int:
     from covidct.ood.fit import DetectorRecipe
 
     d = api.fit_detector(args.run_dir, DetectorRecipe(args.method, args.percentile), args.data_dir, args.site)
-    held = "every source's held-out images" if d.get("per_source") else f"{d['n_val']} validation images"
+    if d.get("per_source"):
+        held, flagged = "every source's held-out images", "the validation images"
+    elif d["n_val"]:
+        held, flagged = f"{d['n_val']} validation images", "the validation images"
+    else:  # a run trained on every labelled image
+        held, flagged = "the training images' scores out of fold by group (no validation split)", "them"
     print(
         f"out-of-distribution detector ({d['method']}) fitted on {d['n_train']} training images; threshold "
-        f"{d['threshold']:.4g} = percentile {d['percentile']:g} of {held} ({d['val_flagged']:.1%} of the "
-        f"validation images flagged); {d['fit_seconds']} s"
+        f"{d['threshold']:.4g} = percentile {d['percentile']:g} of {held} ({d['val_flagged']:.1%} of "
+        f"{flagged} flagged); {d['fit_seconds']} s"
     )
     for part in d.get("per_source", []):  # one detector per training source
         print(

@@ -49,7 +49,8 @@ def fit_and_save(
     info = {
         "fitted_on": sorted(set(sources)),
         "split": "train",
-        "threshold_on": "val",
+        # without validation images (every labelled image trained) each source's threshold is set out of fold
+        "threshold_on": "val" if len(val) else "out of fold by group (no validation split)",
         "weights_sha256": weights_fingerprint(model),  # the model it was fitted for: checked where it is loaded
     }
     detector = fit_for_network(

@@ -165,12 +165,15 @@ def fit_by_source(
     if len(members) > 1:
         for part, share in zip(per_source, _threshold_over_sources(members, held, recipe.percentile)):
             part["flagged"] = share  # of its held-out images, by the detector as a whole
-    flagged = detector.flags(detector.score(val["features"], val["framing"], val["pixels"]))
+    if len(val_sources):
+        flagged = float(np.mean(detector.flags(detector.score(val["features"], val["framing"], val["pixels"]))))
+    else:  # no validation images (every labelled image trained): the share of the out-of-fold scores flagged
+        flagged = detector.info["val_flagged"]
     detector.info = {
         **(info or {}),
         "n_train": len(train_sources),
         "n_val": len(val_sources),
-        "val_flagged": float(np.mean(flagged)) if len(flagged) else 0.0,
+        "val_flagged": flagged,
         **({"per_source": per_source} if len(members) > 1 else {}),
     }
     return detector

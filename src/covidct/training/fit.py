@@ -209,16 +209,15 @@ def finish_run(
     write_summary(run, config, data, val_ds, fitted, resume)
     model = load_checkpoint(run.checkpoint("best"), run, operating_point=False)
     attach_probe(model, fit_run_probe(run, config, train_ds) if config.imagenet_probe > 0 else None)
-    if not len(val_ds):  # every labelled image trained (--monitor last): nothing is left to choose on
+    if not len(val_ds):  # every labelled image trained (--monitor last): nothing is left to choose a threshold on
         log.info(
-            "no validation split: the threshold stays 0.5 and no detector is fitted; choose them on held-out images: "
-            "covidct threshold %s --on SET, covidct ood fit %s",
-            run.path,
+            "no validation split: the threshold stays 0.5 (choose one on held-out images: covidct threshold %s "
+            "--on SET, or --choose a value) and the detector's threshold is set out of fold by group",
             run.path,
         )
     elif config.operating_point == "youden":
         store_operating_point(run, model)
-    if config.ood and len(val_ds):
+    if config.ood:
         try:
             fit_and_save(run, train_ds, val_ds, model=model)
         except Exception as e:  # the trained model is saved: a detector that cannot be fitted must not lose it
