@@ -7,7 +7,7 @@ import pytest
 from covidct.config import TrainConfig
 from covidct.data import Sample, load_splits
 from covidct.errors import ConfigError
-from covidct.evaluation.metrics import binary_metrics
+from covidct.evaluation.metrics import binary_metrics, youden_threshold
 from covidct.runs import RunDir
 from covidct.studies.cv import cv_folds, fold_rows, near_duplicate_groups, run_cv
 from tests.conftest import TINY_COUNTS, make_covidct_layout
@@ -89,6 +89,11 @@ def test_run_cv_trains_every_fold_and_pools_out_of_fold_scores(tmp_path):
     assert summary["val_acc"]["sd"] == pytest.approx(np.std([m["accuracy"] for m in own], ddof=1))
     pooled = binary_metrics([int(r["label"]) for r in oof], [float(r["score"]) for r in oof], 0.5)
     assert summary["out_of_fold"]["accuracy"] == pytest.approx(pooled.accuracy)
+    oof_labels, oof_scores = [int(r["label"]) for r in oof], [float(r["score"]) for r in oof]
+    assert summary["out_of_fold"]["youden_threshold"] == pytest.approx(youden_threshold(oof_labels, oof_scores))
+    every = list(csv.DictReader((cv_dir / "every_labelled.csv").open()))  # the pool as one training split
+    assert sum(r["split"] == "train" for r in every) == len(pool) and not any(r["split"] == "val" for r in every)
+    assert sum(r["split"] == "test" for r in every) == len(data.splits["test"])
 
 
 @pytest.mark.slow

@@ -79,6 +79,11 @@ def cmd_cv(args: argparse.Namespace) -> int:
     acc, auc, oof = summary["val_acc"], summary["val_auc"], summary["out_of_fold"]
     print(f"val acc {n(acc['mean'])} +- {n(acc['sd'])}, val AUC {n(auc['mean'])} +- {n(auc['sd'])} (mean +- sd)")
     print(f"out of fold ({oof['n']} images): acc {n(oof['accuracy'])}, AUC {n(oof['auc'])}")
+    if "youden_threshold" in oof:
+        print(
+            f"out-of-fold operating point (Youden's J): {oof['youden_threshold']:.4f}; every labelled image as one "
+            f"training split: {cv_dir / 'every_labelled.csv'} (train on it with --monitor last)"
+        )
     print(f"cv folder: {cv_dir} (fold runs under fold-*/run; evaluate them together as an ensemble)")
     return 0
 

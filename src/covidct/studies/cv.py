@@ -27,6 +27,7 @@ from covidct.errors import ConfigError
 from covidct.evaluation.compare import read_predictions
 from covidct.evaluation.evaluate import evaluate_run
 from covidct.evaluation.metrics import binary_metrics
+from covidct.evaluation.rules import choose_by_rule
 from covidct.fileio import write_csv, write_json
 from covidct.runs import RunDir
 from covidct.training.engine import run_name
@@ -85,6 +86,9 @@ def fold_rows(
     return rows + [{"path": str(s.path.resolve()), "label": class_names[s.label], "split": "test"} for s in test]
 
 
+EVERY_LABELLED = "every_labelled.csv"  # the pool (training and validation images) as training, the test split kept
+
+
 def summarise_folds(folds: list[dict[str, Any]], oof_labels: np.ndarray, oof_scores: np.ndarray) -> dict[str, Any]:
     """Mean and sd over folds of the best checkpoint's validation metrics, and the pooled out-of-fold ones."""
     out: dict[str, Any] = {"folds": folds}
@@ -93,11 +97,15 @@ def summarise_folds(folds: list[dict[str, Any]], oof_labels: np.ndarray, oof_sco
         out[key] = {"mean": float(values.mean()), "sd": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
     pooled = binary_metrics(oof_labels, oof_scores, 0.5)
     out["out_of_fold"] = {"n": len(oof_labels), "accuracy": pooled.accuracy, "auc": pooled.auc}
+    if len(set(oof_labels.tolist())) == 2:  # the operating point of a model trained on the whole pool (EVERY_LABELLED)
+        out["out_of_fold"]["youden_threshold"] = choose_by_rule("youden", oof_labels, oof_scores)
     return out
 
 
 def run_cv(config: TrainConfig, folds: int = 5, progress: bool = True, group_duplicates: bool = True) -> Path:
-    """Train one run per fold under OUT/cv-<stamp>-<model>/fold-<k>/; write cv.json and oof_predictions.csv."""
+    """Train one run per fold under OUT/cv-<stamp>-<model>/fold-<k>/; write cv.json and oof_predictions.csv, and the
+    pool as one training split (EVERY_LABELLED: for a run of a fixed schedule on every labelled image, `--monitor
+    last`, whose operating point is then the out-of-fold one in cv.json)."""
     data: SplitData = load_splits(config.data_dir, config.data_csv, config.seed)
     if not is_official_layout(Path(config.data_dir)) or config.data_csv:
         data = checked_labels(data, str(config.data_csv or config.data_dir))
@@ -135,5 +143,6 @@ def run_cv(config: TrainConfig, folds: int = 5, progress: bool = True, group_dup
     oof_labels = np.array([oof[p][0] for p in paths])
     oof_scores = np.array([oof[p][1] for p in paths])
     write_csv(cv_dir / "oof_predictions.csv", [{"path": p, "label": oof[p][0], "score": oof[p][1]} for p in paths])
+    write_csv(cv_dir / EVERY_LABELLED, fold_rows(pool, np.array([], dtype=int), data.splits["test"], data.class_names))
     write_json(cv_dir / "cv.json", summarise_folds(results, oof_labels, oof_scores))
     return cv_dir
