@@ -360,6 +360,14 @@ class CrossValidation:
         """The fold runs, in fold order: evaluate them together as an ensemble."""
         return [Path(f["run"]) for f in self.summary["folds"]]
 
+    @property
+    def every_labelled(self) -> Path:
+        """The pool as one training split (a data CSV): a fixed-schedule run on it (`monitor="last"`) takes the
+        out-of-fold operating point, summary["out_of_fold"]["youden_threshold"]."""
+        from covidct.studies.cv import EVERY_LABELLED
+
+        return self.folder / EVERY_LABELLED
+
 
 def cross_validate(
     config: TrainConfig | dict[str, Any] | PathLike,
@@ -376,10 +384,10 @@ def cross_validate(
         cv = cct.cross_validate("configs/default.yaml", folds=5)
         cv.summary["out_of_fold"]["auc"], cv.runs
     """
-    from covidct.studies.cv import run_cv
+    from covidct.studies.cv import CV_SUMMARY, run_cv
 
     folder = run_cv(_train_config(config), folds, progress=progress, group_duplicates=group_duplicates)
-    return CrossValidation(folder, _read_json(folder / "cv.json"))
+    return CrossValidation(folder, _read_json(folder / CV_SUMMARY))
 
 
 def app(model: Model | PathLike, settings: ServeSettings | None = None) -> Any:
@@ -392,7 +400,6 @@ def app(model: Model | PathLike, settings: ServeSettings | None = None) -> Any:
         client = TestClient(cct.app("runs/demo/export"))
         client.post("/api/v1/predict", files={"file": open("slice.png", "rb")}).json()
     """
-    from covidct.config import ServeSettings
     from covidct.inference.serve import app_for
 
     loaded = model.loaded if isinstance(model, Model) else load(model).loaded

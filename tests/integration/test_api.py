@@ -102,6 +102,7 @@ def test_cross_validate_gives_the_folder_its_summary_and_the_fold_runs(tmp_path)
     pool = sum(TINY_COUNTS["train"].values()) + sum(TINY_COUNTS["val"].values())
     assert cv.folder.parent == tmp_path / "runs" and cv.summary["out_of_fold"]["n"] == pool
     assert cv.runs == [cv.folder / f"fold-{k}" / "run" for k in (1, 2)] and all(r.is_dir() for r in cv.runs)
+    assert cv.every_labelled.is_file() and "youden_threshold" in cv.summary["out_of_fold"]
     with pytest.raises(cct.ConfigError, match="folds"):
         cct.cross_validate(config, folds=1)
 

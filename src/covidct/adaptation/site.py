@@ -60,7 +60,6 @@ def load_site(run_dir: Path, spec: str, allow_overlap: bool = False, group_dupli
     """The site's labelled set, checked: two classes, no image the run trained on, and in a CSV (a site's own patient
     list) no group holding both classes. A known source's groups (a paper of COVID-CT can show both classes) are
     split by class instead."""
-
     name, samples = external_set(spec)
     labels = np.array([s.label for s in samples])
     if len(set(labels.tolist())) < 2:

@@ -72,7 +72,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
     config = train_config(args)
     print(DISCLAIMER, file=sys.stderr)
     cv = api.cross_validate(config, args.folds, progress(), not args.no_group_duplicates)
-    cv_dir, summary = cv.folder, cv.summary
+    summary = cv.summary
     n = number_text  # an AUC is undefined (null in cv.json) on a fold whose validation holds one class
     for f in summary["folds"]:
         print(f"fold {f['fold']}: val acc {n(f['val_acc'])}, val AUC {n(f['val_auc'])} ({f['n_val']} images)")
@@ -82,9 +82,9 @@ def cmd_cv(args: argparse.Namespace) -> int:
     if "youden_threshold" in oof:
         print(
             f"out-of-fold operating point (Youden's J): {oof['youden_threshold']:.4f}; every labelled image as one "
-            f"training split: {cv_dir / 'every_labelled.csv'} (train on it with --monitor last)"
+            f"training split: {cv.every_labelled} (train on it with --monitor last)"
         )
-    print(f"cv folder: {cv_dir} (fold runs under fold-*/run; evaluate them together as an ensemble)")
+    print(f"cv folder: {cv.folder} (fold runs under fold-*/run; evaluate them together as an ensemble)")
     return 0
 
 

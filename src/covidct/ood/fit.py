@@ -258,9 +258,7 @@ def fit_out_of_fold(
     raw: dict[str, np.ndarray] = {}
     splitter = GroupKFold(n_splits=min(recipe.folds, len(np.unique(groups))))
     for fit, held in splitter.split(features, groups=groups):
-        fold = _fitted(
-            _take(halves, fit, ("features",))[0], architecture, recipe, *_take(halves, fit, ("framing", "pixels"))
-        )
+        fold = _fitted(features[fit], architecture, recipe, *_take(halves, fit, ("framing", "pixels")))
         for name, scores in fold.half_scores(*_take(halves, held, ("features", "framing", "pixels"))).items():
             raw.setdefault(name, np.zeros(len(features)))[held] = scores
     detector = _fitted(features, architecture, recipe, halves["framing"], halves["pixels"])

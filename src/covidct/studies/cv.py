@@ -87,6 +87,7 @@ def fold_rows(
 
 
 EVERY_LABELLED = "every_labelled.csv"  # the pool (training and validation images) as training, the test split kept
+CV_SUMMARY = "cv.json"
 
 
 def summarise_folds(folds: list[dict[str, Any]], oof_labels: np.ndarray, oof_scores: np.ndarray) -> dict[str, Any]:
@@ -144,5 +145,5 @@ def run_cv(config: TrainConfig, folds: int = 5, progress: bool = True, group_dup
     oof_scores = np.array([oof[p][1] for p in paths])
     write_csv(cv_dir / "oof_predictions.csv", [{"path": p, "label": oof[p][0], "score": oof[p][1]} for p in paths])
     write_csv(cv_dir / EVERY_LABELLED, fold_rows(pool, np.array([], dtype=int), data.splits["test"], data.class_names))
-    write_json(cv_dir / "cv.json", summarise_folds(results, oof_labels, oof_scores))
+    write_json(cv_dir / CV_SUMMARY, summarise_folds(results, oof_labels, oof_scores))
     return cv_dir

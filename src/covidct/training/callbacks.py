@@ -123,9 +123,14 @@ def run_callbacks(
     at train epoch end, after EpochHistory wrote the epoch's row (Lightning runs checkpoint callbacks last): a kill
     in between leaves the row without its checkpoint, and resume redoes that epoch, so the history has no gaps."""
     best = best_checkpoint(run, config)
-    callbacks: list[Callback] = [best, last_checkpoint(run, config.checkpoint_every), history, GracefulStop(run)]
-    if config.monitor != "last":  # a fixed schedule runs every epoch
-        callbacks.append(EarlyStopping(monitor=config.monitor, mode=config.monitor_mode, patience=config.patience))
+    stop = (
+        []
+        if config.monitor == "last"
+        else [  # a fixed schedule runs every epoch
+            EarlyStopping(monitor=config.monitor, mode=config.monitor_mode, patience=config.patience)
+        ]
+    )
+    callbacks: list[Callback] = [best, last_checkpoint(run, config.checkpoint_every), *stop, history, GracefulStop(run)]
     if config.ema_decay > 0:
         # Lightning swaps the averaged weights in for validation and saves them as the checkpoint's state_dict.
         callbacks.append(EMAWeightAveraging(decay=config.ema_decay))
