@@ -60,3 +60,15 @@ def test_only_slices_in_lung_count_and_a_study_takes_its_lung_reconstruction():
     chosen = study_series([("soft", soft), ("lung", lung)], lambda s: s == "lung")
     assert chosen[0] == "lung" and study_ood(chosen[1])["in_distribution"] is False
     assert study_series([("soft", soft), ("lung", lung)], lambda s: False)[0] == "soft"
+
+
+def test_a_flag_renders_once_per_format_and_reads_back():
+    from covidct.verdict import flag_cell, flag_of_cell, ood_mark
+
+    for flag in (True, False, None):
+        assert flag_of_cell(flag_cell(flag)) is flag
+    assert [flag_cell(f) for f in (True, False, None)] == ["1", "0", ""]
+    assert flag_of_cell(" 0 ") is False and flag_of_cell(None) is None
+    assert ood_mark(False) and not ood_mark(None) and not ood_mark(True)
+    with pytest.raises(DataError, match="in_distribution must be 1, 0 or empty, got 'False'"):
+        flag_of_cell("False")

@@ -101,7 +101,7 @@ class Result:
             float(row["score"]),
             str(row["label"]),
             float(row["threshold"]),
-            None if flag in (None, "") else bool(flag),
+            None if flag is None else bool(flag),
             row.get("ood_reason") or None,
         )
 
@@ -128,6 +128,15 @@ class Predictions:
     def skipped(self) -> list[str]:
         """The inputs that could not be read, each with why."""
         return list(self.report.get("skipped", []))
+
+    def to_csv(self, path: str | Path) -> Path:
+        """Write the rows as `covidct predict` writes its CSV (in_distribution 1, 0, or empty without a detector).
+
+        >>> predictions.to_csv("predictions.csv")  # doctest: +SKIP
+        """
+        from covidct.inference.predict import write_rows
+
+        return write_rows(Path(path), self.rows)
 
     def to_frame(self) -> Any:
         """The rows as a pandas DataFrame (pandas is needed for this one call only)."""

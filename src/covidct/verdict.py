@@ -93,6 +93,36 @@ class ImageVerdict:
     ood_reason: str | None = None
 
 
+# A verdict's flag (in_distribution: True, False, or None when no detector checked it) rendered per output format,
+# each in one place: JSON answers and reports carry the bool or null as it is; CSV files (predict's, evaluate's
+# predictions.csv) write FLAG_CELLS, read back by flag_of_cell; the console marks a flagged input OOD_MARK.
+FLAG_CELLS: dict[bool | None, str] = {True: "1", False: "0", None: ""}
+OOD_MARK = " [OUT OF DISTRIBUTION]"
+
+
+def flag_cell(in_distribution: bool | None) -> str:
+    """A verdict's flag as a CSV cell: "1" in distribution, "0" flagged, "" not checked.
+
+    >>> [flag_cell(f) for f in (True, False, None)]
+    ['1', '0', '']
+    """
+    return FLAG_CELLS[None if in_distribution is None else bool(in_distribution)]
+
+
+def flag_of_cell(cell: str | None) -> bool | None:
+    """A CSV cell written by flag_cell, read back (None: not checked); DataError for anything else."""
+    cell = "" if cell is None else str(cell).strip()
+    for flag, text in FLAG_CELLS.items():
+        if cell == text:
+            return flag
+    raise DataError(f"in_distribution must be 1, 0 or empty, got {cell!r}")
+
+
+def ood_mark(in_distribution: bool | None) -> str:
+    """A verdict's flag on the console: the mark after a flagged input's line, nothing otherwise."""
+    return OOD_MARK if in_distribution is False else ""
+
+
 def ood_reason(flagged: bool, unseen: str | None) -> tuple[bool, str]:
     """(in_distribution, reason) of an input the detector `flagged` (or not) whose acquisition is `unseen` for the
     reason given (None: seen, or not recorded)."""

@@ -83,7 +83,7 @@ def test_predict_shows_the_flag_and_warns(trained_run, tmp_path, capsys):
     assert main(["predict", str(trained_run), str(folder), "--out", str(tmp_path / "p.csv")]) == 0
     out = capsys.readouterr().out
     rows = list(csv.DictReader((tmp_path / "p.csv").open()))
-    assert [r["in_distribution"] for r in rows] == ["False"] * 3 and all(float(r["ood_score"]) > 0 for r in rows)
+    assert [r["in_distribution"] for r in rows] == ["0"] * 3 and all(float(r["ood_score"]) > 0 for r in rows)
     assert "WARNING: 3 of 3 images/slices" in out and "[OUT OF DISTRIBUTION]" in out
     report = json.loads((tmp_path / "p.json").read_text())
     assert all(i["in_distribution"] is False for i in report["images"]) and "counted slices" in report["ood_check"]
@@ -211,7 +211,7 @@ def test_scanner_slices_are_flagged_everywhere_for_a_model_trained_on_image_file
     assert "not seen in training: a scanner acquisition (DICOM)" in capsys.readouterr().out
     rows = list(csv.DictReader(out.open()))
     dicom_rows = [r for r in rows if r["path"] == str(cd) and r["slice"] != ""]
-    assert dicom_rows and all(r["in_distribution"] == "False" for r in dicom_rows)
+    assert dicom_rows and all(r["in_distribution"] == "0" for r in dicom_rows)
     assert all("image files only" in r["ood_reason"] for r in dicom_rows)
     png = next(r for r in rows if r["path"] == str(image))
     assert "scanner" not in png["ood_reason"]
@@ -246,7 +246,7 @@ def test_a_square_image_is_flagged_by_its_shape_everywhere(trained_run, tmp_path
     assert main(["predict", str(trained_run), str(square), str(same), "--out", str(out)]) == 0
     assert "aspect 1.00 (width / height), outside the 1.20-1.20" in capsys.readouterr().out
     rows = {r["path"]: r for r in csv.DictReader(out.open())}
-    assert rows[str(square)]["in_distribution"] == "False" and "aspect 1.00" in rows[str(square)]["ood_reason"]
+    assert rows[str(square)]["in_distribution"] == "0" and "aspect 1.00" in rows[str(square)]["ood_reason"]
     assert "aspect" not in rows[str(same)]["ood_reason"]
 
     run = tmp_path / "run"

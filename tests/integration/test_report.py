@@ -1,6 +1,5 @@
 """report.html: every section present, every image embedded, and (in Chromium) every image rendered."""
 
-import csv
 import json
 import re
 import shutil
@@ -9,7 +8,10 @@ from pathlib import Path
 import pytest
 
 from covidct.cli import main
+from covidct.evaluation.writing import misclassified
+from covidct.fileio import write_csv
 from covidct.reporting.html import MAX_GALLERY, build_report, misclassified_gallery
+from covidct.verdict import flag_cell
 from tests.conftest import CHROMIUM_FLAGS
 
 # in the order a reader asks: how good, where validated and flagged, the errors, then how it was made
@@ -40,8 +42,7 @@ def test_report_is_self_contained(report):
     for section in SECTIONS:
         assert f'<section id="{section}">' in html, section
     sources = re.findall(r'<img[^>]*src="([^"]+)"', html)
-    rows = csv.DictReader((report.parent / "eval-test" / "predictions.csv").read_text().splitlines())
-    wrong = [r for r in rows if r["label"] != r["prediction"]]
+    wrong = misclassified(report.parent / "eval-test")
     assert len(sources) == 7 + min(len(wrong), MAX_GALLERY)  # seven figures, and the gallery of misclassified images
     metrics = json.loads((report.parent / "eval-test" / "metrics.json").read_text())
     gallery = misclassified_gallery(wrong, metrics["class_names"], metrics["threshold"])
@@ -63,12 +64,13 @@ def test_gallery_carries_each_image_flag(tmp_path):
 
     path = tmp_path / "a.png"
     Image.new("L", (40, 30), 90).save(path)
-    rows = [
-        {"path": str(path), "score": str(s), "label": "0", "in_distribution": flag}
-        for s, flag in ((0.9, "0"), (0.8, "1"), (0.7, ""))
+    rows = [  # as evaluate writes predictions.csv: the flag rendered by verdict.flag_cell; one right answer
+        {"path": str(path), "score": s, "label": label, "prediction": 1, "in_distribution": flag_cell(flag)}
+        for s, label, flag in ((0.9, 0, False), (0.8, 0, True), (0.7, 0, None), (0.95, 1, False))
     ]
-    gallery = misclassified_gallery(rows, ["NonCOVID", "COVID"], 0.5)
-    assert [m["flagged"] for m in gallery] == [True, False, False]  # "0": flagged; "1": not; "": no detector
+    write_csv(tmp_path / "predictions.csv", rows)
+    gallery = misclassified_gallery(misclassified(tmp_path), ["NonCOVID", "COVID"], 0.5)
+    assert [m["flagged"] for m in gallery] == [True, False, False]  # flagged; not; no detector
     assert [m["score"] for m in gallery] == [0.9, 0.8, 0.7]  # furthest from the threshold first
 
 

@@ -16,7 +16,7 @@ from covidct.cli.common import (
     window,
 )
 from covidct.data.medical import LUNG_WINDOW
-from covidct.verdict import AGGREGATIONS, DEFAULT_AGGREGATION, IMAGE_UNLIKE
+from covidct.verdict import AGGREGATIONS, DEFAULT_AGGREGATION, IMAGE_UNLIKE, ood_mark
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -30,7 +30,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from covidct import api
     from covidct.data.inputs import list_inputs
-    from covidct.fileio import write_csv, write_json
+    from covidct.fileio import write_json
     from covidct.inference.predict import checked_outputs
 
     print(DISCLAIMER, file=sys.stderr)
@@ -40,7 +40,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     model = api.load(args.model)
     with limits.applied():
         predictions = model.predict(paths, args.threshold, args.window, args.aggregate, cam=args.cam)
-    write_csv(csv_path, predictions.rows)
+    predictions.to_csv(csv_path)
     write_json(json_path, {**predictions.report, "model": model.loaded.model_id, "disclaimer": DISCLAIMER})
     print_predictions(predictions, args, json_path, model.loaded.heat_map_explains)
     print(DISCLAIMER, file=sys.stderr)
@@ -54,8 +54,8 @@ def print_predictions(predictions: Any, args: argparse.Namespace, json_path: Pat
     for r in rows:
         if r["slice"] in ("", "volume", "study"):
             where = r["path"] + (f" [{r['series']}]" if r["series"] else "") + (f" {r['slice']}" if r["slice"] else "")
-            odd = " [OUT OF DISTRIBUTION]" if r.get("in_distribution") is False else ""
-            print(f"{one_line(where)}: score {r['score']:.3f} -> {r['label']} (threshold {r['threshold']:.3f}){odd}")
+            mark = ood_mark(r.get("in_distribution"))
+            print(f"{one_line(where)}: score {r['score']:.3f} -> {r['label']} (threshold {r['threshold']:.3f}){mark}")
     for note in report.get("skipped", []):
         print(f"skipped: {one_line(note)}")
     print(ood_message(rows, report.get("ood_check", "unavailable"), args.model))
@@ -80,7 +80,7 @@ def ood_message(rows: list[dict], rule: str, model: str) -> str:
             f"out-of-distribution check unavailable: this model has no detector (trained before covidct had "
             f"them); add one with: covidct ood fit RUN (then export again if {model} is an export)"
         )
-    slices = [r for r in rows if r["slice"] not in ("volume", "study") and r["in_distribution"] != ""]
+    slices = [r for r in rows if r["slice"] not in ("volume", "study") and r["in_distribution"] is not None]
     flagged = [r for r in slices if r["in_distribution"] is False]
     volumes = [r for r in rows if r["slice"] in ("volume", "study") and r["in_distribution"] is False]
     if not flagged and not volumes:

@@ -26,11 +26,18 @@ from covidct.evaluation.statistics import (
     roc_band,
 )
 from covidct.evaluation.summary import exact
-from covidct.fileio import write_csv, write_json
+from covidct.fileio import read_csv, write_csv, write_json
 from covidct.plotting import save_figure
 from covidct.runs import RunDir
 from covidct.tables import interval_text, number_text, table_text
-from covidct.verdict import positive
+from covidct.verdict import flag_cell, flag_of_cell, positive
+
+
+def misclassified(eval_dir: Path) -> list[dict[str, Any]]:
+    """The rows of an evaluation's predictions.csv whose prediction is wrong, each with "flagged": True when the
+    out-of-distribution detector flagged it (its in_distribution cell read by verdict.flag_of_cell)."""
+    rows = [r for r in read_csv(eval_dir / "predictions.csv") if r["label"] != r["prediction"]]
+    return [{**r, "flagged": flag_of_cell(r.get("in_distribution")) is False} for r in rows]
 
 
 def write_evaluation(
@@ -45,7 +52,7 @@ def write_evaluation(
     ]
     if s.ood_scores is not None and s.ood_flags is not None:
         for row, o, f in zip(rows, s.ood_scores, s.ood_flags):
-            row["ood_score"], row["in_distribution"] = round(float(o), 4), int(not f)
+            row["ood_score"], row["in_distribution"] = round(float(o), 4), flag_cell(not f)
     write_csv(out / "predictions.csv", rows)
     if result.get("per_group"):
         groups = group_scores(s.samples, labels, scores, result["per_group"]["aggregation"], s.lung_fractions)

@@ -26,6 +26,7 @@ from covidct.data.inputs import STUDIES, VOLUME, read_slice, read_volume_slices,
 from covidct.data.lungmask import lung_fraction, lung_mask
 from covidct.data.medical import LUNG_WINDOW, grey_image
 from covidct.errors import ConfigError, DataError
+from covidct.fileio import write_csv
 from covidct.inference.explain import dicom_top_slices, save_top_cams
 from covidct.inference.loaded import LoadedModel
 from covidct.ood.acquisition import of_file
@@ -36,6 +37,7 @@ from covidct.verdict import (
     STUDY_RULE,
     ImageVerdict,
     checked_aggregation,
+    flag_cell,
     label_of,
     ood_reason,
     study_ood,
@@ -283,7 +285,7 @@ class Prediction:
                     "lung_fraction": e.get("lung_fraction", ""),
                     "counted": int(bool(e.get("counted"))),
                     "ood_score": round(e["ood_score"], 4) if "ood_score" in e else "",
-                    "in_distribution": e.get("in_distribution", ""),
+                    "in_distribution": e.get("in_distribution"),
                     "ood_fraction": "",
                     "ood_reason": e.get("ood_reason", ""),
                 }
@@ -300,10 +302,16 @@ class Prediction:
             "lung_fraction": "",
             "counted": summary.get("slices_counted", ""),
             "ood_score": "",
-            "in_distribution": summary.get("in_distribution", ""),
+            "in_distribution": summary.get("in_distribution"),
             "ood_fraction": summary.get("ood_fraction", ""),
             "ood_reason": summary.get("ood_reason", ""),
         }
+
+
+def write_rows(path: Path, rows: list[dict[str, Any]]) -> Path:
+    """predict's CSV: its rows, the out-of-distribution flag rendered as a cell (verdict.flag_cell)."""
+    write_csv(path, [{**r, "in_distribution": flag_cell(r.get("in_distribution"))} for r in rows])
+    return path
 
 
 def ood_check(model: LoadedModel) -> str:
@@ -315,9 +323,9 @@ def ood_check(model: LoadedModel) -> str:
 
 
 def ood_columns(v: ImageVerdict) -> dict[str, Any]:
-    """The CSV/JSON columns of one image's out-of-distribution verdict (blank without a detector)."""
+    """The columns of one image's out-of-distribution verdict (blank, the flag None, without a detector)."""
     if v.ood_score is None:
-        return {"ood_score": "", "in_distribution": "", "ood_fraction": "", "ood_reason": ""}
+        return {"ood_score": "", "in_distribution": None, "ood_fraction": "", "ood_reason": ""}
     return {
         "ood_score": round(v.ood_score, 4),
         "in_distribution": v.in_distribution,

@@ -20,7 +20,8 @@ from covidct.data import load_rgb
 from covidct.errors import ModelError
 from covidct.evaluation.evaluate import evaluate_run
 from covidct.evaluation.score_drivers import driver_warnings, drivers_text
-from covidct.fileio import read_csv, write_text
+from covidct.evaluation.writing import misclassified
+from covidct.fileio import write_text
 from covidct.plotting import figure_png
 from covidct.reporting.study import STUDY_FIGURES, WHY_BACKBONE
 from covidct.runs import RunDir
@@ -144,7 +145,7 @@ def build_report(run_dir: str | Path, split: str = "test", data_dir: str | Path 
     data = run.data(data_dir)
     audit = audit_dataset(data)
     write_audit(audit, run.audit_dir)
-    wrong = [r for r in read_csv(eval_dir / "predictions.csv") if r["label"] != r["prediction"]]
+    wrong = misclassified(eval_dir)
     gallery = misclassified_gallery(wrong, metrics["class_names"], metrics["threshold"])
     validation = validation_summary(run, data)
     study = STUDY_FIGURES if split == "test" and data.source.startswith("COVID-CT official split") else ()
@@ -251,9 +252,9 @@ def report_figures(eval_dir: Path, data: Any) -> dict[str, str]:
     return figures
 
 
-def misclassified_gallery(wrong: list[dict[str, str]], class_names: list[str], threshold: float) -> list[dict]:
+def misclassified_gallery(wrong: list[dict[str, Any]], class_names: list[str], threshold: float) -> list[dict]:
     """The misclassified images furthest from the threshold first (at most MAX_GALLERY), as thumbnails, each with
-    its out-of-distribution flag (predictions.csv's in_distribution: "0" flagged, "1" not, absent: no detector)."""
+    its out-of-distribution flag (misclassified's `flagged`)."""
     worst = sorted(wrong, key=lambda r: abs(float(r["score"]) - threshold), reverse=True)[:MAX_GALLERY]
     return [
         {
@@ -261,7 +262,7 @@ def misclassified_gallery(wrong: list[dict[str, str]], class_names: list[str], t
             "name": Path(r["path"]).name,
             "score": float(r["score"]),
             "truth": class_names[int(r["label"])],
-            "flagged": r.get("in_distribution") == "0",
+            "flagged": r["flagged"],
         }
         for r in worst
     ]
