@@ -24,7 +24,7 @@ from covidct.runs import RunDir
 def scored(model, samples) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(features, statistics, scores, labels) of `samples`, one pass of the model."""
     with model.collecting() as outputs:
-        model.scores_with_ood([load_rgb(s.path) for s in samples])
+        model.score_images([load_rgb(s.path) for s in samples])
     features = np.concatenate([f for f, _ in outputs])
     statistics = np.concatenate([statistics_matrix(s) for _, s in outputs])
     scores = np.concatenate([s[SCORE] for _, s in outputs])

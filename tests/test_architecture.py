@@ -275,7 +275,7 @@ def package_arrows(package: Path = PACKAGE) -> set[tuple[str, str]]:
 
 # The arrows between covidct's 25 top-level packages and modules: a number that may only fall (issue 49 asked for
 # fewer than 100; measured 133 when this test was written, counted this way).
-MAX_PACKAGE_ARROWS = 133
+MAX_PACKAGE_ARROWS = 132
 
 
 def test_the_arrows_between_packages_only_fall():

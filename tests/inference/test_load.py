@@ -62,11 +62,11 @@ def test_inputs_follow_the_network_to_its_device_and_scores_come_back_on_the_cpu
     model = LoadedModel(card=card, module=module)
     assert model.to("meta") is model  # "meta": a device that exists without a GPU
     assert module.w.device.type == "meta"
-    out = model.logits(torch.ones(3, 1, 4, 4))
+    out = model.score_batch(torch.ones(3, 1, 4, 4), False)[0]
     assert module.seen[-1].type == "meta"  # the batch was moved to the network, not the other way round
-    assert out.device.type == "cpu" and out.shape == (3, 2)
+    assert out.device.type == "cpu" and out.shape == (3,)
     on_cpu = _Recorder("cpu")
-    LoadedModel(card=card, module=on_cpu).logits(torch.ones(1, 1, 4, 4))
+    LoadedModel(card=card, module=on_cpu).score_batch(torch.ones(1, 1, 4, 4), False)
     assert on_cpu.seen[-1].type == "cpu"
 
 

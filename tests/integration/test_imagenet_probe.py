@@ -73,8 +73,8 @@ def test_scores_blend_the_network_and_the_starting_networks_features(probe_run):
         logits = model.module(x).double()
         z = model.probe.linear(starting_network_features(weights, x)).squeeze(1).double()
     want = torch.sigmoid(0.75 * (logits[:, 1] - logits[:, 0]) + 0.25 * z).numpy()
-    np.testing.assert_allclose(model.scores(images), want, rtol=1e-4, atol=1e-5)
-    with_check, ood = model.scores_with_ood(images)  # predict and serve: the same pass gives the detector's features
+    np.testing.assert_allclose(model.score_images(images, check=False)[0], want, rtol=1e-4, atol=1e-5)
+    with_check, ood = model.score_images(images)  # predict and serve: the same pass gives the detector's features
     assert ood is not None and len(ood) == len(images)
     np.testing.assert_allclose(with_check, want, rtol=1e-4, atol=1e-5)
     # the operating point is Youden's J on the blended validation scores: the probe is fitted before it
@@ -85,14 +85,15 @@ def test_scores_blend_the_network_and_the_starting_networks_features(probe_run):
 def test_exports_score_as_the_run(probe_run, tmp_path):
     run_dir, _ = probe_run
     images = [load_rgb(s.path) for s in RunDir(run_dir).data().splits["test"]]
-    want = load_trained(run_dir).scores(images)
+    want = load_trained(run_dir).score_images(images, check=False)[0]
     export_run(run_dir, "safetensors", tmp_path / "e")
     assert (tmp_path / "e" / "imagenet_probe.json").is_file()
-    np.testing.assert_allclose(load_trained(tmp_path / "e" / "model.safetensors").scores(images), want, atol=1e-6)
+    safetensors = load_trained(tmp_path / "e" / "model.safetensors")
+    np.testing.assert_allclose(safetensors.score_images(images, check=False)[0], want, atol=1e-6)
     export_run(run_dir, "onnx", tmp_path / "o")
     onnx_only = load_trained(tmp_path / "o" / "model.onnx")  # no probe files beside it: the graph has the blend
     assert onnx_only.session is not None and onnx_only.card.imagenet_probe["share"] == 0.25
-    np.testing.assert_allclose(onnx_only.scores(images), want, atol=1e-4)
+    np.testing.assert_allclose(onnx_only.score_images(images, check=False)[0], want, atol=1e-4)
 
 
 def test_a_run_from_random_weights_has_no_probe(trained_run):

@@ -50,9 +50,9 @@ def test_training_fits_a_detector_with_its_threshold_on_validation(trained_run):
 def test_unlike_images_are_flagged_and_the_training_images_mostly_not(trained_run):
     model = load_trained(trained_run)
     own = [load_rgb(s.path) for s in RunDir(trained_run).data().splits["train"]]
-    _, own_ood = model.scores_with_ood(own)
-    _, noise_ood = model.scores_with_ood(noise_images())
-    _, framed_ood = model.scores_with_ood(framed(own[:6]))
+    _, own_ood = model.score_images(own)
+    _, noise_ood = model.score_images(noise_images())
+    _, framed_ood = model.score_images(framed(own[:6]))
     assert model.ood_flags(own_ood).mean() <= 0.25
     assert model.ood_flags(noise_ood).all() and model.ood_flags(framed_ood).all()
 
@@ -61,13 +61,13 @@ def test_every_model_form_gives_the_checkpoints_ood_score(trained_run, tmp_path)
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
     images = [load_rgb(s.path) for s in RunDir(run).data().splits["test"]] + noise_images(2)
-    want_scores, want = load_trained(run).scores_with_ood(images)
+    want_scores, want = load_trained(run).score_images(images)
     assert main(["export", str(run), "--out", str(tmp_path / "st")]) == 0
     assert main(["export", str(run), "--format", "onnx", "--out", str(tmp_path / "ox")]) == 0
     forms = {"safetensors": tmp_path / "st", "onnx": tmp_path / "ox", "onnx file": tmp_path / "ox" / "model.onnx"}
     for name, path in forms.items():
         model = load_trained(path)
-        scores, got = model.scores_with_ood(images)
+        scores, got = model.score_images(images)
         assert got is not None, name
         np.testing.assert_allclose(scores, want_scores, atol=1e-4, err_msg=name)
         # ONNX Runtime's float32 kernels differ from PyTorch's in the last bits; the distance amplifies them a little
@@ -161,9 +161,9 @@ def test_the_check_is_the_same_when_threads_share_the_model(trained_run):
         noise_images(3, seed=k) + [load_rgb(s.path) for s in RunDir(trained_run).data().splits["val"][:3]]
         for k in range(6)
     ]
-    alone = [model.scores_with_ood(b)[1] for b in batches]
+    alone = [model.score_images(b)[1] for b in batches]
     with ThreadPoolExecutor(4) as pool:
-        together = list(pool.map(lambda b: model.scores_with_ood(b)[1], batches * 3))
+        together = list(pool.map(lambda b: model.score_images(b)[1], batches * 3))
     for k, got in enumerate(together):
         np.testing.assert_allclose(got, alone[k % len(batches)], rtol=1e-4)
 

@@ -27,7 +27,7 @@ def with_reference(run: Path, data: Path) -> Path:
         raise AssertionError("the session's tiny dataset is not beside its run")
     pictures = [Image.open(p).convert("RGB") for p in images[:24]]
     with model.collecting() as outputs:
-        model.scores_with_ood(pictures)
+        model.score_images(pictures)
     features = np.concatenate([f for f, _ in outputs])
     statistics = np.concatenate([statistics_matrix(s) for _, s in outputs])
     detector = load_detector(run / "ood")

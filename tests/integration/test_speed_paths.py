@@ -40,8 +40,8 @@ def test_training_leaves_a_graph_that_scores_as_the_checkpoint(trained_run, fast
     assert fast.session is not None  # what predict and serve run for a run folder
     checkpoint = with_detector(load_checkpoint(run.checkpoint("best"), run), run.ood_dir)
     assert checkpoint.session is None and fast.threshold == checkpoint.threshold
-    want, want_ood = checkpoint.scores_with_ood(images)
-    got, got_ood = fast.scores_with_ood(images)
+    want, want_ood = checkpoint.score_images(images)
+    got, got_ood = fast.score_images(images)
     assert np.abs(got - want).max() < SCORE_TOLERANCE
     np.testing.assert_allclose(got_ood, want_ood, rtol=1e-3, atol=1e-3)
     assert (fast.ood_flags(got_ood) == checkpoint.ood_flags(want_ood)).mean() >= 0.95
@@ -74,7 +74,7 @@ def test_predict_scores_images_in_batches_as_one_at_a_time(fast, images, tmp_pat
     rows = predict_inputs(fast, paths, report=report)
     assert [r["path"] for r in rows] == [str(p) for p in paths]
     for row, path in zip(rows, paths):
-        alone, ood = fast.scores_with_ood([load_rgb(path)])
+        alone, ood = fast.score_images([load_rgb(path)])
         assert row["score"] == pytest.approx(round(float(alone[0]), 6), abs=2e-6)
         assert row["ood_score"] == pytest.approx(round(float(ood[0]), 4), abs=2e-4)
     assert report["shift"]["n"] == len(images)  # every batch's features reached the shift test
@@ -87,7 +87,7 @@ def test_dynamic_batches_answer_as_requests_scored_alone(fast, images):
     assert batcher.batches < 16 and batcher.card()["mean_batch"] > 1  # requests were gathered
     for img, (score, ood, outputs) in zip(images, answers):
         with fast.collecting() as alone:
-            want, want_ood = fast.scores_with_ood([img])
+            want, want_ood = fast.score_images([img])
         assert abs(float(score[0]) - float(want[0])) < SCORE_TOLERANCE
         assert float(ood[0]) == pytest.approx(float(want_ood[0]), rel=1e-4, abs=1e-4)
         np.testing.assert_allclose(outputs[0][0], alone[0][0], rtol=1e-4, atol=1e-4)
@@ -102,7 +102,7 @@ def test_a_failed_batch_fails_its_requests_and_the_batcher_goes_on(fast, images,
         with pytest.raises(RuntimeError, match="scoring broke"):
             batcher.score(images[0])
     score, _, _ = batcher.score(images[0])
-    assert abs(float(score[0]) - float(fast.scores([images[0]])[0])) < SCORE_TOLERANCE
+    assert abs(float(score[0]) - float(fast.score_images([images[0]], check=False)[0][0])) < SCORE_TOLERANCE
 
 
 def test_serve_with_batching_answers_as_without(fast):

@@ -21,7 +21,6 @@ from covidct.data.transforms import view_transform
 from covidct.errors import DataError
 from covidct.inference.load import load_checkpoint, with_detector
 from covidct.inference.loaded import LoadedModel
-from covidct.models.head import score_of
 from covidct.ood.image_statistics import statistics_by_name
 from covidct.runs import RunDir, find_checkpoint
 from covidct.verdict import flags_with_acquisition
@@ -70,7 +69,7 @@ def predict_scores_and_ood(
         p, batch_ood = module.score_batch(x, check, {name: batch[name].numpy() for name in halves})
         ood.append(batch_ood)
         if tta:
-            p = (p + score_of(module.logits(x.flip(-1)))) / 2
+            p = (p + module.score_batch(x.flip(-1), False)[0]) / 2
         scores.append(p.cpu().numpy())
         labels.append(np.asarray(batch["label"]))
         paths += list(batch["path"])

@@ -107,39 +107,12 @@ class LoadedModel:
         return self._scoring
 
     @torch.no_grad()
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        if self.session is not None:
-            out = self.session.run(None, {self.session.get_inputs()[0].name: x.numpy()})[0]
-            return torch.from_numpy(out)
-        scorer = self.scoring()
-        return scorer(x.to(next(scorer.network.parameters()).device)).cpu()
-
-    @torch.no_grad()
-    def logits_and_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits and the detector's features of a batch, in one pass (ONNX: the graph's second output)."""
-        if self.session is not None:
-            outputs = self.session.run(None, {self.session.get_inputs()[0].name: x.numpy()})
-            if len(outputs) < 2:
-                raise ModelError(
-                    f"{self.source}: this ONNX file has no feature output for the out-of-distribution "
-                    "check; export it again: covidct export RUN --format onnx"
-                )
-            return torch.from_numpy(outputs[0]), torch.from_numpy(outputs[1])
-        scorer = self.scoring()
-        logits, features = scorer.with_features(x.to(next(scorer.network.parameters()).device))
-        return logits.cpu(), features.cpu()
-
-    @torch.no_grad()
-    def scores(self, images: list[Image.Image], batch_size: int = 32) -> np.ndarray:
-        """Probability of the positive class for each image."""
-        return self.scores_with_ood(images, batch_size, check=False)[0]
-
-    @torch.no_grad()
-    def scores_with_ood(
+    def score_images(
         self, images: list[Image.Image], batch_size: int = 32, check: bool = True
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        """(probability of the positive class, out-of-distribution score) of each image; the second is None when
-        the model has no detector (or check=False). Higher ood score = less like the training images."""
+        """(probability of the positive class, out-of-distribution score) of each decoded image, in batches; the
+        second is None when the model has no detector (or check=False). Higher ood score = less like the training
+        images."""
         check = check and self.ood is not None
         out, ood = [], []
         for start in range(0, len(images), batch_size):
@@ -165,13 +138,31 @@ class LoadedModel:
         `statistics`: the batch's images' statistics as decoded, by name, for the detector's other halves
         (`self.ood.image_halves`; ood/image_statistics.py)."""
         if check and self.ood is not None:
-            logits, features = self.logits_and_features(x)
+            logits, features = self._forward(x, features=True)
             scores = score_of(logits)
             sink = getattr(_COLLECTING, "sink", None)
             if sink is not None:  # the scores too: the shift test matches its reference to the batch's class mix
                 sink.append((features.numpy(), {**(statistics or {}), SCORE: scores.numpy()}))
             return scores, self.ood.score(features.numpy(), **(statistics or {}))
-        return score_of(self.logits(x)), None
+        return score_of(self._forward(x)[0]), None
+
+    def _forward(self, x: torch.Tensor, features: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits, and with `features` the detector's features from the same pass (ONNX: the graph's second
+        output), of a preprocessed batch, on the CPU."""
+        if self.session is not None:
+            outputs = self.session.run(None, {self.session.get_inputs()[0].name: x.numpy()})
+            if features and len(outputs) < 2:
+                raise ModelError(
+                    f"{self.source}: this ONNX file has no feature output for the out-of-distribution "
+                    "check; export it again: covidct export RUN --format onnx"
+                )
+            return torch.from_numpy(outputs[0]), torch.from_numpy(outputs[1]) if features else None
+        scorer = self.scoring()
+        x = x.to(next(scorer.network.parameters()).device)
+        if not features:
+            return scorer(x).cpu(), None
+        logits, feats = scorer.with_features(x)
+        return logits.cpu(), feats.cpu()
 
     @contextlib.contextmanager
     def collecting(self) -> Iterator[list[tuple[np.ndarray, dict[str, np.ndarray]]]]:

@@ -97,7 +97,7 @@ class VolumeScorer:
 
     def _score(self, batch: list[tuple[dict[str, Any], Image.Image]]) -> None:
         if batch:
-            scores, ood = self.model.scores_with_ood([img for _, img in batch])
+            scores, ood = self.model.score_images([img for _, img in batch])
             flags = self.model.ood_flags(ood)
             for k, ((entry, _), s) in enumerate(zip(batch, scores)):
                 entry["score"] = float(s)

@@ -151,7 +151,7 @@ class Predictor:
             scores, ood, outputs = self.batcher.score(image)
         else:
             with self.model.collecting() as outputs:
-                scores, ood = self.model.scores_with_ood([image])
+                scores, ood = self.model.score_images([image])
         self.window(client).add(outputs)
         unseen = None if acquisition is None else self.model.unseen_acquisition(acquisition)
         v = self.model.verdict(float(scores[0]), None if ood is None else float(ood[0]), unseen)
