@@ -42,6 +42,7 @@ from PIL import Image
 from covidct.config import DEFAULT_STRATEGY, CurvePlan, ServeSettings, TrainConfig
 from covidct.data.medical import LUNG_WINDOW
 from covidct.errors import ConfigError, CovidCTError, DataError, ModelError
+from covidct.inference.results import Predictions, Result
 from covidct.verdict import DEFAULT_AGGREGATION
 
 if TYPE_CHECKING:  # the adaptation code is imported when used (it costs every command two seconds)
@@ -75,76 +76,6 @@ __all__ = [
 ]
 
 PathLike = str | Path
-
-
-@dataclass(frozen=True)
-class Result:
-    """One scored input, typed: an image or slice (`slice` its index, "" for an image file), or the summary of a
-    volume or study (`slice` "volume" or "study"). in_distribution and ood_reason are None without a detector."""
-
-    path: str
-    series: str
-    slice: str
-    score: float
-    label: str
-    threshold: float
-    in_distribution: bool | None
-    ood_reason: str | None
-
-    @classmethod
-    def of_row(cls, row: dict[str, Any]) -> Result:
-        flag = row.get("in_distribution")
-        return cls(
-            str(row["path"]),
-            str(row.get("series", "")),
-            str(row.get("slice", "")),
-            float(row["score"]),
-            str(row["label"]),
-            float(row["threshold"]),
-            None if flag is None else bool(flag),
-            row.get("ood_reason") or None,
-        )
-
-
-@dataclass
-class Predictions:
-    """What `Model.predict` gives: `rows` (a dict per image or slice, and a summary row per volume, series and study:
-    the CSV `covidct predict` writes) and `report` (the patient-level results: the JSON it writes)."""
-
-    rows: list[dict[str, Any]]
-    report: dict[str, Any]
-
-    @property
-    def results(self) -> list[Result]:
-        """Every row as a typed `Result` (score, label, operating point, out of distribution and why)."""
-        return [Result.of_row(r) for r in self.rows]
-
-    @property
-    def shift(self) -> dict[str, Any]:
-        """The batch shift test of everything scored ("tested": False and why when it could not run)."""
-        return self.report["shift"]
-
-    @property
-    def skipped(self) -> list[str]:
-        """The inputs that could not be read, each with why."""
-        return list(self.report.get("skipped", []))
-
-    def to_csv(self, path: str | Path) -> Path:
-        """Write the rows as `covidct predict` writes its CSV (in_distribution 1, 0, or empty without a detector).
-
-        >>> predictions.to_csv("predictions.csv")  # doctest: +SKIP
-        """
-        from covidct.inference.predict import write_rows
-
-        return write_rows(Path(path), self.rows)
-
-    def to_frame(self) -> Any:
-        """The rows as a pandas DataFrame (pandas is needed for this one call only)."""
-        try:
-            import pandas as pd
-        except ImportError:
-            raise ImportError("Predictions.to_frame needs pandas: pip install pandas") from None
-        return pd.DataFrame(self.rows)
 
 
 class Model:
