@@ -42,8 +42,8 @@ def export(model: str, out: Path) -> None:
 
     from covidct.inference.export import write_onnx
     from covidct.inference.scorer import Scorer
-    from covidct.model_card import ModelCard
     from covidct.models import create_model
+    from covidct.runs.model_card import ModelCard
 
     net, pre = create_model(model, pretrained=False)
     pre = pre.__class__(**{**pre.to_dict(), "grayscale": True, "crop": "lung"})

@@ -1,10 +1,10 @@
 """What carries over between sources without a deep net (GENERALIZATION.md, "What transfers").
 
-For every image of each source: the shortcut classifier's features (covidct.audit.report.image_record: size, format,
-mode, bytes per pixel, 32-bin grey histogram) and its mean grey level. Prints, as Markdown:
+For every image of each source: the shortcut classifier's features (covidct.data.audit.report.image_record: size,
+format, mode, bytes per pixel, 32-bin grey histogram) and its mean grey level. Prints, as Markdown:
 - per source, the AUC of the mean grey level itself as a COVID score (nothing fitted: ground glass raises lung
   density, so it is the one cue with a known direction);
-- the probe fitted on one source and scored on the other (covidct.audit.shortcut.transfer_auc), with the histogram
+- the probe fitted on one source and scored on the other (covidct.data.audit.shortcut.transfer_auc), with the histogram
   and without it (metadata only).
 
 Usage: python benchmarks/shortcut_transfer.py --source covid-ct=DIR --source sars-cov-2-ct=DIR
@@ -18,8 +18,8 @@ import time
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from covidct.audit.report import image_record
-from covidct.audit.shortcut import HIST_BINS, META_COLUMNS, transfer_auc
+from covidct.data.audit.report import image_record
+from covidct.data.audit.shortcut import HIST_BINS, META_COLUMNS, transfer_auc
 from covidct.data.sources import load_source, parse_source
 
 CENTRES = (np.arange(HIST_BINS) + 0.5) * (256 / HIST_BINS)

@@ -103,7 +103,7 @@ def run_folder_page() -> str:
 
 
 def model_card_page() -> str:
-    from covidct.model_card import ModelCard
+    from covidct.runs.model_card import ModelCard
 
     hints = typing.get_type_hints(ModelCard)
     rows = ["| field | type | required |", "|---|---|---|"]

@@ -18,16 +18,16 @@ LAYERS = [
         "covidct.errors",
         "covidct.fileio",
         "covidct.config",
-        "covidct.tables",
-        "covidct.plotting",
-        "covidct.operating_point",
-        "covidct.cards",
+        "covidct.fileio.tables",
+        "covidct.fileio.plotting",
+        "covidct.runs.operating_point",
+        "covidct.fileio.cards",
     },
     {"covidct.data"},
-    {"covidct.audit", "covidct.downloads"},
+    {"covidct.data.audit", "covidct.data.downloads"},
     {"covidct.verdict"},
     {"covidct.models"},
-    {"covidct.runs", "covidct.model_card"},
+    {"covidct.runs", "covidct.runs.model_card"},
     {"covidct.ood"},
     {"covidct.inference"},
     {"covidct.evaluation"},
@@ -273,9 +273,10 @@ def package_arrows(package: Path = PACKAGE) -> set[tuple[str, str]]:
     return arrows
 
 
-# The arrows between covidct's 25 top-level packages and modules: a number that may only fall (issue 49 asked for
-# fewer than 100; measured 133 when this test was written, counted this way).
-MAX_PACKAGE_ARROWS = 132
+# The arrows between covidct's 17 top-level packages and modules: a number that may only fall (issue 49 asked for
+# fewer than 100; 133 when this test was written, 95 once the file helpers, the run-folder records and the data's
+# audit and downloads each moved into the package they belong to).
+MAX_PACKAGE_ARROWS = 95
 
 
 def test_the_arrows_between_packages_only_fall():

@@ -15,7 +15,7 @@ import yaml
 import covidct.api as api
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCTESTED = ("covidct.fileio", "covidct.tables", "covidct.verdict", "covidct.cli.common", "covidct.data.inputs")
+DOCTESTED = ("covidct.fileio", "covidct.fileio.tables", "covidct.verdict", "covidct.cli.common", "covidct.data.inputs")
 
 
 def test_the_readme_is_a_front_page():

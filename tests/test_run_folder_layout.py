@@ -1,5 +1,5 @@
 """RunDir owns the run folder: no other module of src spells a run-folder file or folder name (a layout change is
-one edit in runs.py, and every reader and writer follows)."""
+one edit in runs/__init__.py, and every reader and writer follows)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "covidct"
-# The names of runs.py's layout, as string literals (quotes included), and the eval- prefix of evaluation folders.
+# The names of RunDir's layout (runs/__init__.py), as string literals (quotes included), and the eval- prefix of evaluation folders.
 LAYOUT = re.compile(
     r"""["'](config\.yaml|summary\.json|metrics\.csv|train\.log|report\.html|threshold\.json|val_last_epoch\.csv|"""
     r"""checkpoints|best\.ckpt|last\.ckpt|export|ood|audit|backbone\.safetensors|eval-[^"']*)["']"""
@@ -39,7 +39,7 @@ def layout_literals(root: Path = SRC) -> list[str]:
     out = []
     for path in sorted(root.rglob("*.py")):
         rel = path.relative_to(root).as_posix()
-        if rel == "runs.py":
+        if rel == "runs/__init__.py":
             continue
         for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             for m in LAYOUT.finditer(line):

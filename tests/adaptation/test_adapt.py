@@ -73,7 +73,7 @@ def test_the_site_is_recorded_so_that_it_is_found_from_any_folder(tmp_path, monk
 
 def test_the_curve_interval_of_bounded_values_stays_inside_them():
     from covidct.adaptation.curve import mean_interval
-    from covidct.tables import interval_text
+    from covidct.fileio.tables import interval_text
 
     aucs = np.array([1.0, 1.0, 1.0, 0.62, 1.0])  # a t-interval of these passes 1: [0.57, 1.12]
     lo, hi = mean_interval(aucs)

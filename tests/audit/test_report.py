@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from covidct.audit.report import audit_dataset, near_duplicate_pairs, write_audit
 from covidct.cli import main
+from covidct.data.audit.report import audit_dataset, near_duplicate_pairs, write_audit
 from covidct.data.datasets import load_splits
 
 
@@ -99,7 +99,7 @@ def test_audit_outputs_and_cli(planted, tmp_path, capsys):
 
 
 def test_pair_search_blocks_agree():
-    from covidct.audit.report import ImageRecord
+    from covidct.data.audit.report import ImageRecord
 
     rng = np.random.default_rng(1)
     base = rng.normal(size=1024).astype(np.float32)

@@ -1,6 +1,6 @@
 import numpy as np
 
-from covidct.audit.shortcut import ShortcutFeatures, grey_histogram, shortcut_auc, shortcut_aucs, transfer_auc
+from covidct.data.audit.shortcut import ShortcutFeatures, grey_histogram, shortcut_auc, shortcut_aucs, transfer_auc
 
 
 def features(fmt: str, rng: np.random.Generator, size: int = 64) -> np.ndarray:
@@ -65,7 +65,7 @@ def test_view_statistics_read_the_file_and_what_the_model_sees(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from covidct.audit.shortcut import VIEW_STATISTICS, view_statistics, view_statistics_table
+    from covidct.data.audit.shortcut import VIEW_STATISTICS, view_statistics, view_statistics_table
 
     pixels = np.zeros((40, 100), dtype=np.uint8)
     pixels[:, 50:] = 200  # left half dark, right half bright

@@ -5,7 +5,6 @@ import pytest
 import torch
 from PIL import Image
 
-from covidct.audit.info import dataset_info, format_info
 from covidct.data import (
     CLASS_NAMES,
     ImageDataset,
@@ -15,6 +14,7 @@ from covidct.data import (
     to_rgb,
     train_transform,
 )
+from covidct.data.audit.info import dataset_info, format_info
 from covidct.data.datasets import class_order, stratified_split
 from covidct.data.preprocessing import Preprocessing
 from covidct.errors import DataError

@@ -8,6 +8,7 @@ from PIL import Image
 
 from covidct.cli import main
 from covidct.data.datasets import Sample, covid_ct_group, group_split
+from covidct.data.downloads.kaggle import DATASET, download_sars_cov_2_ct
 from covidct.data.sources import (
     external_set,
     known_sources,
@@ -17,7 +18,6 @@ from covidct.data.sources import (
     sars_group,
     source_dir,
 )
-from covidct.downloads.kaggle import DATASET, download_sars_cov_2_ct
 from covidct.errors import DataError
 from tests.conftest import TINY_COUNTS, make_covidct_layout, make_sars_layout, synthetic_ct
 

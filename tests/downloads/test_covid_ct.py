@@ -11,7 +11,7 @@ import pytest
 
 from covidct.cli import main
 from covidct.data.datasets import load_splits
-from covidct.downloads.covid_ct import download_dataset, verify_dataset
+from covidct.data.downloads.covid_ct import download_dataset, verify_dataset
 from covidct.errors import DataError
 from tests.conftest import TINY_COUNTS, make_covidct_layout
 

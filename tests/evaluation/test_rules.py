@@ -9,7 +9,7 @@ import pytest
 from covidct.errors import ConfigError
 from covidct.evaluation import rules
 from covidct.evaluation.metrics import binary_metrics
-from covidct.operating_point import RULES as RECORDED_RULES
+from covidct.runs.operating_point import RULES as RECORDED_RULES
 
 
 def test_every_registered_rule_can_be_recorded_and_chooses_on_the_scores():

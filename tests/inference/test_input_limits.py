@@ -13,8 +13,8 @@ from covidct.config import INPUT_LIMITS, InputLimits, active_limits
 from covidct.data.medical import open_dicom, read_dicom
 from covidct.errors import ConfigError, DataError, ModelError
 from covidct.inference.uploads import InputError, decode_upload, unpack_series_zip
-from covidct.operating_point import OperatingPoint, checked_threshold
 from covidct.runs import RunDir
+from covidct.runs.operating_point import OperatingPoint, checked_threshold
 from tests.medical_files import deflated_dicom_bomb, write_dicom
 from tests.upload_files import blank_png, zip_of
 

@@ -54,7 +54,7 @@ class _Recorder(torch.nn.Module):
 def test_inputs_follow_the_network_to_its_device_and_scores_come_back_on_the_cpu():
     from covidct.data.preprocessing import Preprocessing
     from covidct.inference.loaded import LoadedModel
-    from covidct.model_card import ModelCard
+    from covidct.runs.model_card import ModelCard
 
     card = ModelCard("recorder", Preprocessing.for_input(4), ["NonCOVID", "COVID"], 0.5)
 

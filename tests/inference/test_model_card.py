@@ -1,4 +1,4 @@
-"""The typed model card (covidct.model_card): one record, validated on read and on write, naming the file and the
+"""The typed model card (covidct.runs.model_card): one record, validated on read and on write, naming the file and the
 field it refuses."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 
 from covidct.data.preprocessing import Preprocessing
 from covidct.errors import ModelError
-from covidct.model_card import ModelCard
+from covidct.runs.model_card import ModelCard
 
 PRE = Preprocessing.for_input(32)
 

@@ -15,8 +15,8 @@ from covidct.evaluation.metrics import binary_metrics, youden_threshold
 from covidct.evaluation.scoring import ensemble_mean, eval_dataset, load_classifier, predict_scores
 from covidct.evaluation.statistics import wilson_interval
 from covidct.evaluation.writing import metrics_table
+from covidct.fileio.tables import interval_text
 from covidct.runs import RunDir, find_checkpoint
-from covidct.tables import interval_text
 from tests.conftest import perturbed_copy
 
 

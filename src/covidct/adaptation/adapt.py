@@ -22,8 +22,8 @@ from covidct.inference.load import load_checkpoint, read_checkpoint
 from covidct.inference.run_detector import fit_for_run
 from covidct.models import head_module
 from covidct.models.head import fit_head, set_linear_head
-from covidct.operating_point import OperatingPoint
 from covidct.runs import RunDir
+from covidct.runs.operating_point import OperatingPoint
 from covidct.studies.cv import cv_folds
 from covidct.training.fit import write_graph
 

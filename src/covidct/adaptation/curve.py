@@ -32,11 +32,11 @@ from covidct.errors import DataError, ModelError
 from covidct.evaluation.metrics import binary_metrics, roc_auc
 from covidct.evaluation.rules import choose_by_rule
 from covidct.fileio import write_csv, write_json, write_text
+from covidct.fileio.tables import interval_text
 from covidct.inference.load import load_trained
 from covidct.models import create_model, head_module
 from covidct.models.head import fit_head, head_scores, score_of
 from covidct.ood.fit import dataset_outputs
-from covidct.tables import interval_text
 
 log = logging.getLogger("covidct")
 DEFAULT_PLAN = CurvePlan()
@@ -177,7 +177,7 @@ def curve_markdown(summary: list[dict[str, Any]], site: Site, run: str, seconds:
 def curve_plot(summary: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    from covidct.plotting import save_figure
+    from covidct.fileio.plotting import save_figure
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for name in dict.fromkeys(r["strategy"] for r in summary):

@@ -17,12 +17,12 @@ def cmd_data_download(args: argparse.Namespace) -> int:
 
     source_info(args.source)  # an unknown name lists the known ones
     if args.source == "sars-cov-2-ct":
-        from covidct.downloads.kaggle import download_sars_cov_2_ct
+        from covidct.data.downloads.kaggle import download_sars_cov_2_ct
 
         dest = download_sars_cov_2_ct(args.dest or source_dir(args.source), force=args.force)
         print(f"sars-cov-2-ct is complete in {dest} (1,252 COVID + 1,229 non-COVID slices, grey PNG)")
         return 0
-    from covidct.downloads.covid_ct import OFFICIAL_BASE_URL, download_dataset
+    from covidct.data.downloads.covid_ct import OFFICIAL_BASE_URL, download_dataset
 
     dest = resolve_data_dir(args.dest)
     dest = download_dataset(dest, base_url=args.base_url or OFFICIAL_BASE_URL, force=args.force, progress=progress())
@@ -31,7 +31,7 @@ def cmd_data_download(args: argparse.Namespace) -> int:
 
 
 def cmd_data_info(args: argparse.Namespace) -> int:
-    from covidct.audit.info import dataset_info, format_info
+    from covidct.data.audit.info import dataset_info, format_info
 
     data = load_data(args)
     info = dataset_info(data, check_images=not args.no_images)
@@ -45,7 +45,7 @@ def cmd_data_info(args: argparse.Namespace) -> int:
 def cmd_data_audit(args: argparse.Namespace) -> int:
     import time
 
-    from covidct.audit.report import audit_dataset, write_audit
+    from covidct.data.audit.report import audit_dataset, write_audit
 
     start = time.perf_counter()
     data = load_data(args)
@@ -62,9 +62,9 @@ def cmd_data_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_samples(args: argparse.Namespace) -> int:
-    from covidct.audit.figures import sample_grid_figure
-    from covidct.audit.samples import pick_samples
-    from covidct.plotting import save_figure
+    from covidct.data.audit.figures import sample_grid_figure
+    from covidct.data.audit.samples import pick_samples
+    from covidct.fileio.plotting import save_figure
 
     data = load_data(args)
     images = pick_samples(data, args.n, args.seed, args.split)

@@ -46,7 +46,7 @@ def evaluate_and_print(run_dir: Path | list[Path], config: Any) -> None:
 
 def group_line(g: dict[str, Any]) -> str:
     """One line of the per-group (patient) figures."""
-    from covidct.tables import interval_text, number_text
+    from covidct.fileio.tables import interval_text, number_text
 
     auc = f"AUC {number_text(g['auc'])} {interval_text(g.get('auc_delong'))}".strip()
     both = f"; {g['groups_with_both_labels']} with slices of both labels" if g["groups_with_both_labels"] else ""
@@ -99,7 +99,7 @@ def cmd_threshold(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from covidct.evaluation.compare import compare_runs
-    from covidct.tables import table_text, write_table
+    from covidct.fileio.tables import table_text, write_table
 
     runs = args.run_dirs
     if args.mlflow is not None or any(not Path(r).exists() for r in runs):

@@ -67,7 +67,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_cv(args: argparse.Namespace) -> int:
     from covidct import api
-    from covidct.tables import number_text
+    from covidct.fileio.tables import number_text
 
     config = train_config(args)
     print(DISCLAIMER, file=sys.stderr)
@@ -139,7 +139,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     if args.curve:
         out = Path(args.out) if args.out else args.run_dir / f"curve-{site.name}"
         plan = CurvePlan(tuple(args.curve), args.draws, args.seed, args.strategies, args.imagenet_strategies)
-        from covidct.tables import interval_text
+        from covidct.fileio.tables import interval_text
 
         for r in api.learning_curve(args.run_dir, site, plan, out):
             interval, worst = interval_text(r["auc_ci"]), r["auc_worst"]

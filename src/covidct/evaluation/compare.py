@@ -13,8 +13,8 @@ from covidct.evaluation.statistics import (
     delong_paired_test,
 )
 from covidct.fileio import read_csv
+from covidct.fileio.tables import interval_text
 from covidct.runs import RunDir
-from covidct.tables import interval_text
 
 
 def compare_runs(run_dirs: list[str | Path], split: str = "test") -> list[dict[str, Any]]:

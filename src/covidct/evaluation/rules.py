@@ -1,7 +1,7 @@
 """The operating-point rules, registered (as timm registers its models): how a threshold is chosen from labelled
 scores. `covidct threshold`, the end of training, evaluation's table of operating points, the cross-source matrix
 and adaptation all choose through `choose_by_rule`; a new rule is one registered function here (and its name in
-covidct.operating_point.RULES, which validates the records read back)."""
+covidct.runs.operating_point.RULES, which validates the records read back)."""
 
 from __future__ import annotations
 

@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from covidct.audit.shortcut import view_statistics_table
 from covidct.config import EvalConfig
 from covidct.data import ImageDataset, Sample
+from covidct.data.audit.shortcut import view_statistics_table
 from covidct.data.sources import external_set
 from covidct.data.transforms import view_transform
 from covidct.errors import DataError

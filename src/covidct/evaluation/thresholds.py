@@ -20,9 +20,9 @@ from covidct.evaluation.scoring import eval_dataset, external_samples, load_clas
 from covidct.fileio import atomic_write
 from covidct.inference.load import read_checkpoint
 from covidct.inference.loaded import LoadedModel
-from covidct.model_card import CARD_NAME, ModelCard
-from covidct.operating_point import OperatingPoint, checked_threshold
 from covidct.runs import RunDir, find_checkpoint
+from covidct.runs.model_card import CARD_NAME, ModelCard
+from covidct.runs.operating_point import OperatingPoint, checked_threshold
 
 
 def store_threshold(

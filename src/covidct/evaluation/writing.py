@@ -27,9 +27,9 @@ from covidct.evaluation.statistics import (
 )
 from covidct.evaluation.summary import exact
 from covidct.fileio import read_csv, write_csv, write_json
-from covidct.plotting import save_figure
+from covidct.fileio.plotting import save_figure
+from covidct.fileio.tables import interval_text, number_text, table_text
 from covidct.runs import RunDir
-from covidct.tables import interval_text, number_text, table_text
 from covidct.verdict import flag_cell, flag_of_cell, positive
 
 

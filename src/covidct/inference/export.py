@@ -29,9 +29,9 @@ from covidct.inference.load import (
     weights_fingerprint,
 )
 from covidct.inference.scorer import Scorer, WithFeatures
-from covidct.model_card import CARD_NAME, ModelCard
 from covidct.models.head import score_of
 from covidct.runs import RunDir
+from covidct.runs.model_card import CARD_NAME, ModelCard
 
 __all__ = ["CARD_NAME", "export_run", "load_safetensors_model", "write_onnx"]
 

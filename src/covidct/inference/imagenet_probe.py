@@ -22,8 +22,8 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from covidct.cards import StrictCard
 from covidct.errors import ModelError
+from covidct.fileio.cards import StrictCard
 from covidct.ood.features import FeatureTaps, channel_mean, untapped
 
 PROBE_STAGES = 4  # the last four stages' channel means (screened against pooled features alone: ACCURACY.md)
@@ -33,7 +33,7 @@ CARD_NAME = "imagenet_probe.json"
 
 
 class ProbeCard(StrictCard):
-    """imagenet_probe.json, typed (covidct.cards): what the probe is, validated on read and on write."""
+    """imagenet_probe.json, typed (covidct.fileio.cards): what the probe is, validated on read and on write."""
 
     format: Literal["covidct-imagenet-probe/1"]
     share: float = Field(ge=0, lt=1)  # the probe's share of the blended log-odds

@@ -1,5 +1,5 @@
 """The one loader of a trained model: `load_trained(path)` returns a LoadedModel (the network or an ONNX Runtime
-session, its preprocessing transform and its card: covidct.model_card.ModelCard) from an export folder, a model
+session, its preprocessing transform and its card: covidct.runs.model_card.ModelCard) from an export folder, a model
 file or a run folder. Checkpoints are read with torch.load(weights_only=True): no pickled
 code runs, and no training code is needed."""
 
@@ -14,10 +14,10 @@ import torch
 from covidct.data.preprocessing import Preprocessing
 from covidct.errors import ModelError
 from covidct.inference.loaded import LoadedModel
-from covidct.model_card import CARD_NAME, ModelCard, run_records
 from covidct.models import create_model
-from covidct.operating_point import checked_threshold
 from covidct.runs import RunDir, find_checkpoint
+from covidct.runs.model_card import CARD_NAME, ModelCard, run_records
+from covidct.runs.operating_point import checked_threshold
 
 WEIGHTS_KEY = "covidct_weights_sha256"  # an ONNX graph's metadata: the fingerprint of the weights it was made from
 log = logging.getLogger("covidct")

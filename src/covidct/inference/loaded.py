@@ -1,5 +1,5 @@
 """A trained model ready to score (LoadedModel): the network or an ONNX Runtime session, its preprocessing, its card
-(covidct.model_card.ModelCard), operating point, ImageNet probe and detector, and the ways it scores: a batch of
+(covidct.runs.model_card.ModelCard), operating point, ImageNet probe and detector, and the ways it scores: a batch of
 images with the detector's verdicts, the features collected for the batch shift test. covidct.inference.load makes
 one from a file or folder."""
 
@@ -20,10 +20,10 @@ from covidct.data import eval_transform
 from covidct.data.preprocessing import Preprocessing
 from covidct.errors import ModelError
 from covidct.inference.scorer import Scorer
-from covidct.model_card import ModelCard
 from covidct.models.head import score_of
 from covidct.ood.image_statistics import statistics_of
-from covidct.operating_point import checked_threshold
+from covidct.runs.model_card import ModelCard
+from covidct.runs.operating_point import checked_threshold
 from covidct.verdict import ImageVerdict, judge_image
 
 SCORE = "score"  # beside the image statistics of a collected batch: the model's score of each image

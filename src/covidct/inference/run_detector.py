@@ -8,11 +8,11 @@ from typing import Any
 
 import numpy as np
 
-from covidct.model_card import CARD_NAME
 from covidct.ood.acquisition import AcquisitionRecord
 from covidct.ood.detector import OODDetector
 from covidct.ood.fit import DEFAULT_RECIPE, DetectorRecipe, fit_for_network, sample_sources
 from covidct.ood.storage import save_detector
+from covidct.runs.model_card import CARD_NAME
 
 __all__ = ["DEFAULT_RECIPE", "DetectorRecipe", "fit_and_save", "fit_for_run", "model_scores", "save_for_run"]
 

@@ -372,7 +372,7 @@ def openapi_document(limits: InputLimits = INPUT_LIMITS) -> dict[str, Any]:
     """The REST API's OpenAPI document, without a model (the docs' reference is generated from it): the app is built
     around a card alone, which routes never reach while nothing is served."""
     from covidct.data.preprocessing import Preprocessing
-    from covidct.model_card import ModelCard
+    from covidct.runs.model_card import ModelCard
 
     card = ModelCard("any", Preprocessing(), ["NonCOVID", "COVID"], threshold=0.5)
     return create_app(LoadedModel(card=card), limits=limits).openapi()

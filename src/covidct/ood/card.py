@@ -1,5 +1,5 @@
 """The detector's card (ood.json), typed: every field it may hold, validated on read and on write
-(covidct.cards.StrictCard: a missing, mistyped or unknown field is refused by name). The arrays are in
+(covidct.fileio.cards.StrictCard: a missing, mistyped or unknown field is refused by name). The arrays are in
 ood.safetensors; the shift reference's and the acquisition record's own fields are checked by their owners
 (ShiftReference.from_arrays, AcquisitionRecord.from_json)."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from covidct.cards import StrictCard
+from covidct.fileio.cards import StrictCard
 
 FORMAT = "covidct-ood/1"
 REFIT = "refit it with covidct ood fit RUN"

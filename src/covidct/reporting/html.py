@@ -13,19 +13,19 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from PIL import Image
 
 from covidct import DISCLAIMER
-from covidct.audit.figures import sample_grid_figure
-from covidct.audit.report import audit_dataset, write_audit
-from covidct.audit.samples import pick_samples
 from covidct.data import load_rgb
+from covidct.data.audit.figures import sample_grid_figure
+from covidct.data.audit.report import audit_dataset, write_audit
+from covidct.data.audit.samples import pick_samples
 from covidct.errors import ModelError
 from covidct.evaluation.evaluate import evaluate_run
 from covidct.evaluation.score_drivers import driver_warnings, drivers_text
 from covidct.evaluation.writing import misclassified
 from covidct.fileio import write_text
-from covidct.plotting import figure_png
+from covidct.fileio.plotting import figure_png
+from covidct.fileio.tables import interval_text, number_text
 from covidct.reporting.study import STUDY_FIGURES, WHY_BACKBONE
 from covidct.runs import RunDir
-from covidct.tables import interval_text, number_text
 
 FIGURES = ("training_curves", "confusion_matrix", "roc_curve", "pr_curve", "reliability", "misclassified_scores")
 MAX_GALLERY = 24

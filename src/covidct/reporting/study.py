@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from covidct.tables import interval_text, number_text, table_text
+from covidct.fileio.tables import interval_text, number_text, table_text
 
 # The study's published test figures (official split, 203 images); the sensitivity/specificity of VGG-16 were not
 # given. Source: ../shared/seed (the study's Methods and Results).

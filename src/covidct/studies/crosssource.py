@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from covidct.audit.shortcut import view_statistics_table
 from covidct.config import TrainConfig
 from covidct.data import ImageDataset
+from covidct.data.audit.shortcut import view_statistics_table
 from covidct.data.sources import load_source, parse_source
 from covidct.data.transforms import view_transform
 from covidct.errors import ConfigError
@@ -28,10 +28,10 @@ from covidct.evaluation.score_drivers import driver_warnings, drivers_text, scor
 from covidct.evaluation.scoring import predict_scores
 from covidct.evaluation.statistics import delong_interval
 from covidct.fileio import write_csv, write_json, write_text
+from covidct.fileio.tables import table_markdown
 from covidct.inference.load import load_checkpoint
 from covidct.inference.loaded import LoadedModel
 from covidct.runs import RunDir
-from covidct.tables import table_markdown
 from covidct.training.fit import train
 from covidct.verdict import positive
 
@@ -298,7 +298,7 @@ def _heatmap(records: list[dict[str, Any]], names: list[str], path: Path) -> Non
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from covidct.plotting import save_figure
+    from covidct.fileio.plotting import save_figure
 
     grid = np.array([[r["cells"][n]["auc"] for n in names] for r in records], dtype=float)
     fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(names), 1.2 + 0.6 * len(records)))

@@ -38,7 +38,7 @@ log = logging.getLogger("covidct")
 
 def near_duplicate_groups(samples: list[Sample]) -> np.ndarray:
     """A group id per sample: connected components of the audit's near-duplicate pairs."""
-    from covidct.audit.report import image_record, near_duplicate_pairs
+    from covidct.data.audit.report import image_record, near_duplicate_pairs
 
     records = [image_record("pool", s.label, s.path) for s in samples]
     pairs = near_duplicate_pairs(records)

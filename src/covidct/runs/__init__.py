@@ -17,7 +17,7 @@ from typing import Any
 from covidct.config import TrainConfig
 from covidct.errors import ModelError
 from covidct.fileio import read_csv, write_json, write_text
-from covidct.operating_point import OperatingPoint
+from covidct.runs.operating_point import OperatingPoint
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ from covidct import DISCLAIMER, __version__
 from covidct.data.preprocessing import Preprocessing
 from covidct.errors import ModelError
 from covidct.fileio import write_json
-from covidct.operating_point import checked_threshold
 from covidct.runs import RunDir
+from covidct.runs.operating_point import checked_threshold
 
 FORMAT = "covidct-model/1"
 CARD_NAME = "model.json"

@@ -22,7 +22,7 @@ import imagehash
 import numpy as np
 from PIL import Image
 
-from covidct.audit.info import DatasetInfo, shortcut_warnings
+from covidct.data.audit.info import DatasetInfo, shortcut_warnings
 from covidct.data.datasets import SplitData
 from covidct.data.images import image_header, load_rgb
 from covidct.errors import DataError
@@ -87,7 +87,7 @@ def image_record(split: str, label: int, path: Path, source: str = "") -> ImageR
     grey = load_rgb(path).convert("L")
     thumb = np.asarray(grey.resize((THUMB, THUMB), Image.Resampling.BILINEAR), dtype=np.float32).ravel()
     thumb = (thumb - thumb.mean()) / (thumb.std() + 1e-6)
-    from covidct.audit.shortcut import ShortcutFeatures, grey_histogram
+    from covidct.data.audit.shortcut import ShortcutFeatures, grey_histogram
 
     shortcut = ShortcutFeatures(size[0], size[1], fmt, mode, len(raw), grey_histogram(np.asarray(grey))).vector()
     return ImageRecord(
@@ -146,7 +146,7 @@ def _pair(records: list[ImageRecord], i: int, j: int, class_names: tuple[str, ..
 
 def audit_dataset(data: SplitData, progress: bool = False) -> AuditReport:
     """Read every image once and audit the whole dataset: as stages, each one finding."""
-    from covidct.audit.info import dataset_info
+    from covidct.data.audit.info import dataset_info
 
     info = dataset_info(data, check_images=False)
     report = AuditReport(data.class_names, data.counts(), info)
@@ -157,7 +157,7 @@ def audit_dataset(data: SplitData, progress: bool = False) -> AuditReport:
     if len(report.sources) > 1:
         report.warnings += per_source_warnings(records, sorted(report.sources), data.class_names)
     if records:
-        from covidct.audit.shortcut import shortcut_aucs
+        from covidct.data.audit.shortcut import shortcut_aucs
 
         report.shortcut = shortcut_aucs(
             [r.shortcut for r in records], [r.label for r in records], [r.source for r in records]
@@ -315,9 +315,9 @@ def audit_markdown(report: AuditReport, max_pairs: int = 50) -> str:
 
 def write_audit(report: AuditReport, out_dir: str | Path) -> Path:
     """audit.json, audit.md, near_duplicates.csv and near_duplicates.png (side-by-side thumbnails) in out_dir."""
-    from covidct.audit.figures import pair_sheet_figure
+    from covidct.data.audit.figures import pair_sheet_figure
     from covidct.fileio import write_csv, write_json, write_text
-    from covidct.plotting import save_figure
+    from covidct.fileio.plotting import save_figure
 
     out = Path(out_dir)
     pairs = report.exact_duplicates + report.near_duplicates
