@@ -7,7 +7,8 @@ import re
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "covidct"
-# The names of RunDir's layout (runs/__init__.py), as string literals (quotes included), and the eval- prefix of evaluation folders.
+# The names of RunDir's layout (runs/__init__.py), as string literals (quotes included), and the eval- prefix of
+# evaluation folders.
 LAYOUT = re.compile(
     r"""["'](config\.yaml|summary\.json|metrics\.csv|train\.log|report\.html|threshold\.json|val_last_epoch\.csv|"""
     r"""checkpoints|best\.ckpt|last\.ckpt|export|ood|audit|backbone\.safetensors|eval-[^"']*)["']"""
@@ -24,7 +25,7 @@ ALLOWED = {
     ("evaluation/scoring.py", "ood"),
     ("evaluation/summary.py", "ood"),
     ("evaluation/writing.py", "ood"),
-    ("cli/info.py", "ood"),
+    ("reporting/study.py", "ood"),
     ("cli/inference.py", "export"),
     ("api.py", "export"),  # the name of the API's function in __all__
     ("cli/ood.py", "ood"),

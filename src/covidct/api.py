@@ -64,6 +64,7 @@ __all__ = [
     "adapt",
     "app",
     "choose_threshold",
+    "compare",
     "cross_validate",
     "evaluate",
     "export",
@@ -71,7 +72,9 @@ __all__ = [
     "learning_curve",
     "load",
     "load_site",
+    "report",
     "serve",
+    "study",
     "train",
 ]
 
@@ -151,6 +154,31 @@ def evaluate(run: PathLike | list[PathLike], split: str = "test", on: str | None
     return evaluate_run(runs if len(runs) > 1 else runs[0], split, on=on, **settings)
 
 
+def compare(runs: list[PathLike], split: str = "test") -> list[dict[str, Any]]:
+    """`covidct compare`: evaluated runs side by side, a row each (metrics with intervals, DeLong's paired test
+    against the first run, the settings that differ); `pandas.DataFrame(rows)` makes a table of it.
+
+    >>> rows = cct.compare(["runs/a", "runs/b"])  # doctest: +SKIP
+    """
+    from covidct.evaluation.compare import compare_runs
+
+    return compare_runs(list(runs), split)
+
+
+def report(run: PathLike, split: str = "test", data_dir: PathLike | None = None) -> Path:
+    """`covidct report`: RUN/report.html, one self-contained page (evaluating the run on `split` first if needed)."""
+    from covidct.reporting.html import build_report
+
+    return build_report(run, split, data_dir)
+
+
+def study(run: PathLike) -> str:
+    """`covidct study`: the seed study's published table beside the run's test figures, as text."""
+    from covidct.reporting.study import study_text
+
+    return study_text(run)
+
+
 def export(
     run: PathLike, format: str = "both", out: PathLike | None = None, data_dir: PathLike | None = None
 ) -> list[Path]:
@@ -211,12 +239,6 @@ def _train_config(config: TrainConfig | dict[str, Any] | PathLike) -> TrainConfi
     if not isinstance(config, TrainConfig):
         raise ConfigError(f"takes a TrainConfig, a dict of its fields or a YAML file, got {type(config)!r}")
     return config
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    import json
-
-    return json.loads(path.read_text())
 
 
 @dataclass
@@ -324,10 +346,12 @@ def cross_validate(
         cv = cct.cross_validate("configs/default.yaml", folds=5)
         cv.summary["out_of_fold"]["auc"], cv.runs
     """
+    import json
+
     from covidct.studies.cv import CV_SUMMARY, run_cv
 
     folder = run_cv(_train_config(config), folds, progress=progress, group_duplicates=group_duplicates)
-    return CrossValidation(folder, _read_json(folder / CV_SUMMARY))
+    return CrossValidation(folder, json.loads((folder / CV_SUMMARY).read_text()))  # written just now
 
 
 def app(model: Model | PathLike, settings: ServeSettings | None = None) -> Any:

@@ -134,3 +134,30 @@ def test_fit_detector_refits_the_runs_detector_by_the_recipe(own_run, tmp_path):
     assert json.loads((own_run / "ood" / "ood.json").read_text())["method"] == "knn"  # saved with the run
     with pytest.raises(cct.ConfigError, match="is for an adapted run"):
         cct.fit_detector(own_run, site=f"x={tmp_path}")
+
+
+def test_compare_report_and_study_are_the_commands_results(own_run, tmp_path, capsys):
+    from covidct.cli import main
+
+    cct.evaluate(own_run, "test", n_bootstrap=0)
+    rows = cct.compare([own_run, own_run])
+    assert [r["run"] for r in rows] == [own_run.name] * 2 and rows[0]["auc"] == rows[1]["auc"]
+    assert main(["compare", str(own_run), str(own_run), "--out", str(tmp_path / "cmp")]) == 0
+    assert rows[0]["auc_95ci"] in capsys.readouterr().out  # the command prints the API's rows
+    text = cct.study(own_run)
+    assert "study: VGG-19-bn" in text and f"covidct: {rows[0]['model']} (this run)" in text
+    page = cct.report(own_run)
+    assert page == own_run / "report.html" and "<html" in page.read_text()[:500].lower()
+
+
+def test_a_damaged_evaluation_is_refused_by_name_with_its_fix(own_run):
+    cct.evaluate(own_run, "test", n_bootstrap=0)
+    metrics = own_run / "eval-test" / "metrics.json"
+    record = json.loads(metrics.read_text())
+    del record["auc"]
+    metrics.write_text(json.dumps(record))
+    with pytest.raises(cct.ModelError, match=r"metrics.json: field 'auc' field required.*covidct evaluate"):
+        cct.compare([own_run])
+    metrics.write_text("{not json")
+    with pytest.raises(cct.ModelError, match=r"metrics.json is not readable JSON .*covidct evaluate"):
+        cct.study(own_run)

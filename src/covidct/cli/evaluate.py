@@ -98,7 +98,7 @@ def cmd_threshold(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from covidct.evaluation.compare import compare_runs
+    from covidct import api
     from covidct.fileio.tables import table_text, write_table
 
     runs = args.run_dirs
@@ -109,7 +109,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         from covidct.reporting.tracking import resolve_run
 
         runs = [resolve_run(r, args.mlflow or None) for r in runs]
-    rows = compare_runs(runs, args.split)
+    rows = api.compare(runs, args.split)
     print(table_text(rows))
     csv_path, md_path = write_table(rows, args.out)
     print(f"wrote {csv_path} and {md_path}")
@@ -117,9 +117,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from covidct.reporting.html import build_report
+    from covidct import api
 
-    path = build_report(args.run_dir, args.split, args.data_dir)
+    path = api.report(args.run_dir, args.split, args.data_dir)
     print(f"wrote {path}")
     return 0
 

@@ -37,33 +37,9 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    import json
+    from covidct import api
 
-    from covidct.errors import ModelError
-    from covidct.inference.imagenet_probe import CARD_NAME as PROBE_CARD
-    from covidct.reporting.study import study_table
-    from covidct.runs import RunDir
-
-    run = RunDir.at(args.run_dir)
-    metrics = run.evaluation("test")
-    if metrics is None:
-        raise ModelError(f"{run.path} has no test evaluation yet: covidct evaluate {run.path} --split test")
-    print(study_table(metrics))
-    probe = run.probe_dir / PROBE_CARD
-    if probe.is_file():  # the scores are a blend: say so where the figures are
-        share = json.loads(probe.read_text()).get("share")
-        print(
-            f"scores: the fine-tuned network blended with a logistic regression on its ImageNet starting point's "
-            f"features (share {share} of the log-odds; benchmarks/ACCURACY.md)"
-        )
-    for name, m in run.evaluations().items():
-        if name not in ("test", "val"):
-            ood = m.get("ood") or {}
-            flagged = f", {ood['fraction_flagged']:.0%} flagged out of distribution" if ood else ""
-            print(
-                f"also scored, never trained on: {name}: n={m['n']}, accuracy {m['accuracy']:.3f}, "
-                f"AUC {m['auc']:.3f}{flagged}"
-            )
+    print(api.study(args.run_dir))
     return 0
 
 

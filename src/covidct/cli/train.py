@@ -54,9 +54,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     for name in args.evaluate_on or []:
         evaluate_and_print(run_dir, EvalConfig(on=name))
     if args.report:
-        from covidct.reporting.html import build_report
-
-        print(f"wrote {build_report(run_dir, args.evaluate or 'test')}")
+        print(f"wrote {api.report(run_dir, args.evaluate or 'test')}")
     if args.mlflow is not None:
         from covidct.reporting.tracking import DEFAULT_URI, log_run
 

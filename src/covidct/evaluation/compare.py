@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +20,12 @@ def compare_runs(run_dirs: list[str | Path], split: str = "test") -> list[dict[s
     """One row per run: model, epochs, best epoch, and the evaluated metrics on `split`."""
     rows = []
     for run in map(Path, run_dirs):
-        metrics_path = RunDir(run).eval_dir(split) / "metrics.json"
-        if not metrics_path.is_file():
+        m = RunDir(run).evaluation(split)
+        if m is None:
             raise ModelError(
-                f"run {run} has no {split} evaluation ({metrics_path} missing); "
+                f"run {run} has no {split} evaluation ({RunDir(run).eval_dir(split) / 'metrics.json'} missing); "
                 f"first run: covidct evaluate {run} --split {split}"
             )
-        m = json.loads(metrics_path.read_text())
         summary = RunDir(run).summary()
         rows.append(
             {

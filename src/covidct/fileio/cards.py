@@ -7,6 +7,8 @@ and its reason, and `extra="forbid"` is the "unknown fields refused" rule in one
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -34,6 +36,24 @@ class StrictCard(BaseModel):
     def record(self) -> dict[str, Any]:
         """The card as JSON values, absent fields left out (what is written)."""
         return self.model_dump(mode="json", exclude_none=True)
+
+
+class OpenCard(StrictCard):
+    """A record whose named fields are checked and whose other fields are kept as they are: for the files covidct
+    writes with many optional parts (an evaluation's metrics.json, a run's summary.json), where what every reader
+    relies on is declared and refused by name when missing or mistyped."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+def read_json_card(cls: type[Card], path: Path, fix: str) -> Card:
+    """The card in the JSON file at `path`, checked: a ModelError naming the file and what is wrong (not JSON, not
+    an object, a bad field) and `fix` otherwise."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ModelError(f"{path} is not readable JSON ({type(e).__name__}: {e}); {fix}") from None
+    return cls.read(data, str(path), fix)
 
 
 def field_errors(error: ValidationError, most: int = 4) -> str:

@@ -14,7 +14,6 @@ imagenet_probe.json (what it is): no pickle; a probe of another architecture or 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,7 +22,7 @@ from pydantic import Field
 from torch import nn
 
 from covidct.errors import ModelError
-from covidct.fileio.cards import StrictCard
+from covidct.fileio.cards import StrictCard, read_json_card
 from covidct.ood.features import FeatureTaps, channel_mean, untapped
 
 PROBE_STAGES = 4  # the last four stages' channel means (screened against pooled features alone: ACCURACY.md)
@@ -126,16 +125,21 @@ class ImageNetProbe(nn.Module):
         return write_json(folder / CARD_NAME, self.card())
 
 
-def load_probe(folder: Path, architecture: str) -> ImageNetProbe | None:
-    """The probe saved in `folder`, or None when there is none; refused with a clear error when it does not fit."""
-    card_path, weights_path = folder / CARD_NAME, folder / WEIGHTS_NAME
+def read_probe_card(folder: Path) -> ProbeCard | None:
+    """The probe's card in `folder`, checked on read, or None when the run has no probe."""
+    card_path = folder / CARD_NAME
     if not card_path.is_file():
         return None
-    try:
-        data = json.loads(card_path.read_text())
-    except (ValueError, OSError) as e:
-        raise ModelError(f"{card_path} is not a covidct ImageNet probe card ({type(e).__name__}: {e})") from None
-    card = ProbeCard.read(data, str(card_path), "retrain the run or delete the probe's folder").record()
+    return read_json_card(ProbeCard, card_path, "retrain the run or delete the probe's folder")
+
+
+def load_probe(folder: Path, architecture: str) -> ImageNetProbe | None:
+    """The probe saved in `folder`, or None when there is none; refused with a clear error when it does not fit."""
+    weights_path = folder / WEIGHTS_NAME
+    probe_card = read_probe_card(folder)
+    if probe_card is None:
+        return None
+    card = probe_card.record()
     share, n, arch = card["share"], card["n_features"], card["architecture"]
     if arch != architecture:
         raise ModelError(f"the ImageNet probe in {folder} was fitted for {arch}, not {architecture}")

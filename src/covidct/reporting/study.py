@@ -3,9 +3,12 @@ test figures, so `make demo` shows at a glance whether covidct reproduces the pa
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from covidct.errors import ModelError
 from covidct.fileio.tables import interval_text, number_text, table_text
+from covidct.runs import RunDir
 
 # The study's published test figures (official split, 203 images); the sensitivity/specificity of VGG-16 were not
 # given. Source: ../shared/seed (the study's Methods and Results).
@@ -40,3 +43,30 @@ def study_table(metrics: dict[str, Any]) -> str:
             "95% intervals: Wilson (proportions), DeLong (AUC); the study gave none",
         ]
     )
+
+
+def study_text(run_dir: str | Path) -> str:
+    """What `covidct study RUN` prints: the study's table beside the run's test figures, what its scores are (a
+    blend with the ImageNet probe, when it has one) and every external set it was scored on."""
+    from covidct.inference.imagenet_probe import read_probe_card
+
+    run = RunDir.at(run_dir)
+    metrics = run.evaluation("test")
+    if metrics is None:
+        raise ModelError(f"{run.path} has no test evaluation yet: covidct evaluate {run.path} --split test")
+    lines = [study_table(metrics)]
+    probe = read_probe_card(run.probe_dir)
+    if probe is not None:  # the scores are a blend: say so where the figures are
+        lines.append(
+            f"scores: the fine-tuned network blended with a logistic regression on its ImageNet starting point's "
+            f"features (share {probe.share} of the log-odds; benchmarks/ACCURACY.md)"
+        )
+    for name, m in run.evaluations().items():
+        if name not in ("test", "val"):
+            ood = m.get("ood") or {}
+            flagged = f", {ood['fraction_flagged']:.0%} flagged out of distribution" if ood else ""
+            lines.append(
+                f"also scored, never trained on: {name}: n={m['n']}, accuracy {m['accuracy']:.3f}, "
+                f"AUC {m['auc']:.3f}{flagged}"
+            )
+    return "\n".join(lines)

@@ -41,8 +41,7 @@ def _client(uri: str | None) -> Any:
 def final_metrics(run_dir: Path) -> dict[str, float]:
     """{split_metric: value} and {split_metric_ci_low/high} from each eval-<split>/metrics.json."""
     out: dict[str, float] = {}
-    for path in [d / "metrics.json" for d in RunDir(run_dir).eval_dirs() if (d / "metrics.json").is_file()]:
-        m = json.loads(path.read_text())
+    for m in RunDir(run_dir).evaluations().values():  # each checked on read
         split = m["split"]
         for key in ("accuracy", "sensitivity", "specificity", "auc", "precision", "npv", "f1"):
             if isinstance(m.get(key), (int, float)) and m[key] == m[key]:  # not NaN

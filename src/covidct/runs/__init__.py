@@ -17,7 +17,9 @@ from typing import Any
 from covidct.config import TrainConfig
 from covidct.errors import ModelError
 from covidct.fileio import read_csv, write_json, write_text
+from covidct.fileio.cards import read_json_card
 from covidct.runs.operating_point import OperatingPoint
+from covidct.runs.records import EvaluationRecord, SummaryRecord
 
 
 @dataclass(frozen=True)
@@ -108,8 +110,11 @@ class RunDir:
         return TrainConfig.from_yaml(self.config_path)
 
     def summary(self) -> dict[str, Any]:
-        path = self.summary_path
-        return json.loads(path.read_text()) if path.is_file() else {}
+        """summary.json, checked on read (runs/records.py), or {} before training wrote it."""
+        if not self.summary_path.is_file():
+            return {}
+        fix = "it is written by training: train the run again (or restore the file)"
+        return read_json_card(SummaryRecord, self.summary_path, fix).model_dump(mode="json")
 
     def history(self) -> list[dict[str, str]]:
         return read_csv(self.metrics_path) if self.metrics_path.is_file() else []
@@ -155,8 +160,12 @@ class RunDir:
         return cls(ckpt.parent.parent) if ckpt.parent.name == "checkpoints" else None
 
     def evaluation(self, name: str) -> dict[str, Any] | None:
+        """eval-<name>/metrics.json, checked on read (runs/records.py), or None when the run was not evaluated so."""
         path = self.eval_dir(name) / "metrics.json"
-        return json.loads(path.read_text()) if path.is_file() else None
+        if not path.is_file():
+            return None
+        fix = f"evaluate again: covidct evaluate {self.path} --split {name} (an external set: --on {name}=FOLDER)"
+        return read_json_card(EvaluationRecord, path, fix).model_dump(mode="json")
 
     def evaluations(self) -> dict[str, dict[str, Any]]:
         """Every finished evaluation of the run, by name (test, val, or an external set's name)."""

@@ -17,6 +17,7 @@ from covidct.errors import ModelError
 from covidct.fileio import write_json
 from covidct.runs import RunDir
 from covidct.runs.operating_point import checked_threshold
+from covidct.runs.records import SummaryRecord
 
 FORMAT = "covidct-model/1"
 CARD_NAME = "model.json"
@@ -151,7 +152,7 @@ def run_records(run: RunDir) -> dict[str, Any]:
         out["training_data"] = {"source": s.get("data_source"), "counts": s.get("counts")}
         if s.get("sources"):
             out["training_data"]["sources"] = s["sources"]
-        out["training"] = {k: s.get(k) for k in ("best_epoch", "epochs_run", "monitor", "best_score")}
+        out["training"] = SummaryRecord.model_validate(s).training()
         if s.get("distilled_from"):  # what the network learned from besides the labels
             out["training"]["distilled_from"] = [str(t) for t in s["distilled_from"]]
         if s.get("adaptation"):  # covidct adapt: where the head was refitted and how it was validated there
