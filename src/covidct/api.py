@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +42,7 @@ from covidct.config import DEFAULT_STRATEGY, CurvePlan, ServeSettings, TrainConf
 from covidct.data.medical import LUNG_WINDOW
 from covidct.errors import ConfigError, CovidCTError, DataError, ModelError
 from covidct.inference.results import Predictions, Result
+from covidct.runs.records import Adaptation, CrossValidation
 from covidct.verdict import DEFAULT_AGGREGATION
 
 if TYPE_CHECKING:  # the adaptation code is imported when used (it costs every command two seconds)
@@ -241,15 +241,6 @@ def _train_config(config: TrainConfig | dict[str, Any] | PathLike) -> TrainConfi
     return config
 
 
-@dataclass
-class Adaptation:
-    """What `adapt` gives: the adapted model's run folder (load, predict, evaluate and export take it) and its
-    record (strategy, the site, its grouped cross-validation figures, the shift between the sites)."""
-
-    run: Path
-    record: dict[str, Any]
-
-
 def load_site(run: PathLike, site: str, allow_overlap: bool = False, group_duplicates: bool = True) -> Site:
     """A site's labelled images (NAME=FOLDER, a folder or a CSV with a group column: groups are patients), checked
     against `run`: two classes, no image the run trained on (unless allow_overlap), no patient holding both classes.
@@ -309,49 +300,30 @@ def adapt(run: PathLike, site: str | Site, strategy: str = DEFAULT_STRATEGY, out
     return Adaptation(folder, RunDir(folder).summary()["adaptation"])
 
 
-@dataclass
-class CrossValidation:
-    """What `cross_validate` gives: the cv folder (a run per fold under fold-*/run, oof_predictions.csv) and its
-    summary (cv.json: each fold's validation figures, their mean and sd, the out-of-fold figures)."""
-
-    folder: Path
-    summary: dict[str, Any]
-
-    @property
-    def runs(self) -> list[Path]:
-        """The fold runs, in fold order: evaluate them together as an ensemble."""
-        return [Path(f["run"]) for f in self.summary["folds"]]
-
-    @property
-    def every_labelled(self) -> Path:
-        """The pool as one training split (a data CSV): a fixed-schedule run on it (`monitor="last"`) takes the
-        out-of-fold operating point, summary["out_of_fold"]["youden_threshold"]."""
-        from covidct.studies.cv import EVERY_LABELLED
-
-        return self.folder / EVERY_LABELLED
-
-
 def cross_validate(
     config: TrainConfig | dict[str, Any] | PathLike,
     folds: int = 5,
     progress: bool = False,
     group_duplicates: bool = True,
+    student: bool = False,
 ) -> CrossValidation:
     """`covidct cv`: `folds` runs of `config` on the training and validation images together, folds kept apart by
     group (a source paper, a patient; with group_duplicates, near-duplicate images too), each fold's epoch and
-    operating point chosen on its own held-out fold; every image scored once out of fold.
+    operating point chosen on its own held-out fold; every image scored once out of fold. With `student`
+    (`--student`), then one network on every labelled image, distilled from the folds (`cv.student`).
 
     Example::
 
         cv = cct.cross_validate("configs/default.yaml", folds=5)
         cv.summary["out_of_fold"]["auc"], cv.runs
     """
-    import json
+    from covidct.studies.cv import run_cv, train_student
 
-    from covidct.studies.cv import CV_SUMMARY, run_cv
-
-    folder = run_cv(_train_config(config), folds, progress=progress, group_duplicates=group_duplicates)
-    return CrossValidation(folder, json.loads((folder / CV_SUMMARY).read_text()))  # written just now
+    config = _train_config(config)
+    folder = run_cv(config, folds, progress=progress, group_duplicates=group_duplicates)
+    if student:
+        train_student(CrossValidation.at(folder), config, progress=progress)
+    return CrossValidation.at(folder)
 
 
 def app(model: Model | PathLike, settings: ServeSettings | None = None) -> Any:

@@ -117,3 +117,27 @@ def test_fold_ensemble_chooses_no_threshold_on_validation_it_trained_on(tmp_path
     result = evaluate_run(runs, "test", out_dir=tmp_path / "ens", n_bootstrap=0)
     assert [p["name"] for p in result["operating_points"]] == ["default"]
     assert result["validation"].startswith("none shared") and not (tmp_path / "ens" / "val_predictions.csv").exists()
+
+
+def test_cv_student_trains_one_network_on_every_labelled_image_with_the_out_of_fold_point(tmp_path, capsys):
+    from covidct.cli import main
+    from covidct.inference.load import load_trained
+    from covidct.runs.records import CrossValidation
+
+    data_dir = make_covidct_layout(tmp_path / "covid-ct", TINY_COUNTS)
+    flags = ["--model", "timm:resnet10t", "--no-pretrained", "--epochs", "1", "--batch-size", "8", "--num-workers", "0"]
+    out = tmp_path / "runs"
+    assert main(["cv", "--data-dir", str(data_dir), *flags, "--folds", "2", "--out", str(out), "--student"]) == 0
+    cv = CrossValidation.at(next(out.glob("cv-*")))
+    assert cv.student is not None and f"student: {cv.student}" in capsys.readouterr().out
+    run = RunDir(cv.student)
+    config, summary = run.config(), run.summary()
+    assert config.teachers == [str(r) for r in cv.runs] and config.monitor == "last" and config.imagenet_probe == 0
+    assert summary["distilled_from"] == [str(r) for r in cv.runs]
+    trained_on = load_splits(config.data_dir, config.data_csv)
+    pool = sum(TINY_COUNTS["train"].values()) + sum(TINY_COUNTS["val"].values())
+    assert len(trained_on.splits["train"]) == pool and not trained_on.splits["val"]  # every labelled image
+    point = run.threshold_record()
+    assert point is not None and point.rule == "youden" and point.where == "out of fold"
+    assert point.threshold == pytest.approx(cv.summary["out_of_fold"]["youden_threshold"])
+    assert load_trained(cv.student).threshold == pytest.approx(point.threshold)  # what predict and serve use

@@ -69,7 +69,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
 
     config = train_config(args)
     print(DISCLAIMER, file=sys.stderr)
-    cv = api.cross_validate(config, args.folds, progress(), not args.no_group_duplicates)
+    cv = api.cross_validate(config, args.folds, progress(), not args.no_group_duplicates, args.student)
     summary = cv.summary
     n = number_text  # an AUC is undefined (null in cv.json) on a fold whose validation holds one class
     for f in summary["folds"]:
@@ -83,6 +83,11 @@ def cmd_cv(args: argparse.Namespace) -> int:
             f"training split: {cv.every_labelled} (train on it with --monitor last)"
         )
     print(f"cv folder: {cv.folder} (fold runs under fold-*/run; evaluate them together as an ensemble)")
+    if cv.student is not None:
+        print(
+            f"student: {cv.student} (one network on every labelled image, distilled from the folds, last epoch; "
+            "its operating point the out-of-fold one)"
+        )
     return 0
 
 
@@ -223,6 +228,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     config_args(p)
     p.add_argument("--folds", type=int, default=5, help="number of folds (default 5)")
     p.add_argument("--no-group-duplicates", action="store_true", help="do not keep near-duplicate images in one fold")
+    p.add_argument(
+        "--student",
+        action="store_true",
+        help="then train one network on every labelled image, distilled from the fold runs, for the fixed "
+        "schedule (its last epoch), with the out-of-fold operating point (benchmarks/ACCURACY.md)",
+    )
     p.set_defaults(func=cmd_cv)
 
     p = sub.add_parser("pretrain", help="self-supervised pretraining on unlabelled CT (lightly: SimCLR, MoCo v2, BYOL)")

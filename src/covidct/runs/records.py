@@ -4,11 +4,21 @@ how to write it again, never a bare KeyError or JSONDecodeError deep in a comman
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pydantic import Field
 
+from covidct.errors import ModelError
 from covidct.fileio.cards import OpenCard
+
+# A cross-validation folder (`covidct cv`): fold-<k>/run (a run folder per fold), oof_predictions.csv, CV_SUMMARY, the
+# pool as one training split (EVERY_LABELLED) and, with --student, the one network trained on it (STUDENT).
+CV_SUMMARY = "cv.json"
+EVERY_LABELLED = "every_labelled.csv"  # the pool (training and validation images) as training, the test split kept
+STUDENT = "student"
 
 
 class EvaluationRecord(OpenCard):
@@ -44,3 +54,51 @@ class SummaryRecord(OpenCard):
             "monitor": self.monitor,
             "best_score": self.best_score,
         }
+
+
+@dataclass
+class CrossValidation:
+    """What `cross_validate` gives: the cv folder (a run per fold under fold-*/run, oof_predictions.csv) and its
+    summary (cv.json: each fold's validation figures, their mean and sd, the out-of-fold figures)."""
+
+    folder: Path
+    summary: dict[str, Any]
+
+    @classmethod
+    def at(cls, folder: str | Path) -> CrossValidation:
+        """The cross-validation in `folder`, its summary read (a ModelError naming the file when it cannot be)."""
+        path = Path(folder) / CV_SUMMARY
+        try:
+            summary = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, OSError) as e:
+            raise ModelError(f"{path} cannot be read ({type(e).__name__}: {e}); run covidct cv again") from None
+        if not isinstance(summary, dict) or not isinstance(summary.get("folds"), list):
+            raise ModelError(f"{path} has no list of 'folds'; run covidct cv again")
+        return cls(Path(folder), summary)
+
+    @property
+    def runs(self) -> list[Path]:
+        """The fold runs, in fold order: evaluate them together as an ensemble; the student's teachers."""
+        return [Path(f["run"]) for f in self.summary["folds"]]
+
+    @property
+    def every_labelled(self) -> Path:
+        """The pool as one training split (a data CSV): a fixed-schedule run on it (`monitor="last"`) takes the
+        out-of-fold operating point, summary["out_of_fold"]["youden_threshold"]."""
+        return self.folder / EVERY_LABELLED
+
+    @property
+    def student(self) -> Path | None:
+        """The run folder of the one network trained on every labelled image and distilled from the folds (`covidct
+        cv --student`), or None."""
+        path = self.folder / STUDENT
+        return path if path.is_dir() else None
+
+
+@dataclass
+class Adaptation:
+    """What `adapt` gives: the adapted model's run folder (load, predict, evaluate and export take it) and its
+    record (strategy, the site, its grouped cross-validation figures, the shift between the sites)."""
+
+    run: Path
+    record: dict[str, Any]

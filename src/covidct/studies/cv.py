@@ -23,13 +23,16 @@ from covidct.config import TrainConfig
 from covidct.data import Sample, SplitData, load_splits
 from covidct.data.datasets import is_official_layout
 from covidct.data.sources import checked_labels
-from covidct.errors import ConfigError
+from covidct.errors import ConfigError, DataError
 from covidct.evaluation.compare import read_predictions
 from covidct.evaluation.evaluate import evaluate_run
 from covidct.evaluation.metrics import binary_metrics
 from covidct.evaluation.rules import choose_by_rule
+from covidct.evaluation.thresholds import record_operating_point
 from covidct.fileio import write_csv, write_json
 from covidct.runs import RunDir
+from covidct.runs.operating_point import OperatingPoint
+from covidct.runs.records import CV_SUMMARY, EVERY_LABELLED, STUDENT, CrossValidation
 from covidct.training.engine import run_name
 from covidct.training.fit import train
 
@@ -84,10 +87,6 @@ def fold_rows(
         for i, s in enumerate(pool)
     ]
     return rows + [{"path": str(s.path.resolve()), "label": class_names[s.label], "split": "test"} for s in test]
-
-
-EVERY_LABELLED = "every_labelled.csv"  # the pool (training and validation images) as training, the test split kept
-CV_SUMMARY = "cv.json"
 
 
 def summarise_folds(folds: list[dict[str, Any]], oof_labels: np.ndarray, oof_scores: np.ndarray) -> dict[str, Any]:
@@ -147,3 +146,36 @@ def run_cv(config: TrainConfig, folds: int = 5, progress: bool = True, group_dup
     write_csv(cv_dir / EVERY_LABELLED, fold_rows(pool, np.array([], dtype=int), data.splits["test"], data.class_names))
     write_json(cv_dir / CV_SUMMARY, summarise_folds(results, oof_labels, oof_scores))
     return cv_dir
+
+
+def train_student(cv: CrossValidation, config: TrainConfig, progress: bool = True) -> Path:
+    """One network on every labelled image of the pool (cv.every_labelled), distilled from the fold runs (their
+    mean answer on the same augmented batch: `teachers`), for `config`'s fixed schedule whose last epoch is the model
+    (no image is left to choose one); its operating point Youden's J on the folds' out-of-fold scores, which no
+    image it trained on chose. No ImageNet probe: one network per image. Written to CV/student (STUDENT)."""
+    threshold = cv.summary.get("out_of_fold", {}).get("youden_threshold")
+    if threshold is None:
+        raise DataError(f"{cv.folder}: the out-of-fold scores hold one class: no operating point for a student")
+    student = dataclasses.replace(
+        config,
+        data_csv=str(cv.every_labelled.resolve()),
+        teachers=[str(run) for run in cv.runs],
+        imagenet_probe=0.0,
+        monitor="last",
+        out=str(cv.folder),
+    )
+    log.info(
+        "student: one network on the %d labelled images, distilled from %d folds",
+        cv.summary["out_of_fold"]["n"],
+        len(cv.runs),
+    )
+    run = RunDir(train(student, progress=progress, run_dir=cv.folder / STUDENT))
+    point = OperatingPoint(
+        threshold=float(threshold),
+        rule="youden",
+        chosen_on="out of fold",
+        checkpoint=run.checkpoint("best").name,
+        set=f"the {cv.summary['out_of_fold']['n']} out-of-fold scores of the {len(cv.runs)} fold runs ({CV_SUMMARY})",
+    )
+    record_operating_point(run, point)
+    return run.path
