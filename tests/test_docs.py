@@ -7,6 +7,7 @@ from __future__ import annotations
 import doctest
 import importlib
 import inspect
+import pkgutil
 from pathlib import Path
 
 import pytest
@@ -25,12 +26,15 @@ def test_the_readme_is_a_front_page():
     assert "Research use only" in text and "make demo" in text and "make test" in text and "import covidct.api" in text
 
 
-def test_every_public_name_of_the_api_is_documented():
+def test_every_public_name_of_the_api_is_documented_and_exported():
     for name in api.__all__:
         thing = getattr(api, name)
         assert inspect.getdoc(thing), f"covidct.api.{name} has no docstring"
-    public = {n for n, v in vars(api).items() if inspect.isfunction(v) and v.__module__ == api.__name__}
-    assert public - {n for n in public if n.startswith("_")} <= set(api.__all__)
+    for info in pkgutil.iter_modules(api.__path__, "covidct.api."):  # the package's modules, one per job
+        module = importlib.import_module(info.name)
+        public = {n for n, v in vars(module).items() if inspect.isfunction(v) and v.__module__ == module.__name__}
+        hidden = {n for n in public if not n.startswith("_")} - set(api.__all__)
+        assert not hidden, f"{info.name} defines public functions that covidct.api does not export: {hidden}"
 
 
 def nav_pages(node: object) -> list[str]:

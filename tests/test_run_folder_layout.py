@@ -27,7 +27,9 @@ ALLOWED = {
     ("evaluation/writing.py", "ood"),
     ("reporting/study.py", "ood"),
     ("cli/inference.py", "export"),
-    ("api.py", "export"),  # the name of the API's function in __all__
+    ("api/__init__.py", "export"),  # the names of the API's functions in __all__
+    ("api/__init__.py", "audit"),
+    ("api/data.py", "audit"),  # `cct.audit`'s default output folder, of the current folder (as covidct data audit)
     ("cli/ood.py", "ood"),
     # a setting's name (cli/common.py's argument groups) and command names (cli/guide.py's overview)
     ("cli/common.py", "ood"),

@@ -132,3 +132,12 @@ def test_real_cross_split_conflicts_found(real_data, tmp_path):
     assert frozenset(("71%0.jpg", "kjr-21-e24-p5-29.png")) in cross
     write_audit(report, tmp_path)
     assert (tmp_path / "audit.md").read_text().count("kjr-21-e24-p5-29.png") >= 1
+
+
+def test_api_audit_writes_and_returns_the_report(planted, tmp_path):
+    import covidct.api as cct
+
+    report = cct.audit(planted, out=tmp_path / "a")
+    assert report.summary()["exact_duplicate_pairs"] == 1
+    saved = json.loads((tmp_path / "a" / "audit.json").read_text())
+    assert saved["summary"] == json.loads(json.dumps(report.summary()))

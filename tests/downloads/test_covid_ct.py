@@ -153,3 +153,13 @@ def test_cli_download_reports_problems(mirror, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "covidct: error: downloaded dataset fails its checks" in err and "expected 397" in err
     assert "Traceback" not in err
+
+
+def test_api_download_raises_the_commands_typed_error(mirror, tmp_path):
+    import covidct.api as cct
+
+    with Server(mirror) as server, pytest.raises(cct.DataError, match=r"fails its checks(.|\n)*expected 397"):
+        cct.download("covid-ct", tmp_path / "d", base_url=server.url)  # the tiny mirror is not the real dataset
+    assert not (tmp_path / "d").exists()  # nothing half-written
+    with pytest.raises(cct.CovidCTError, match="covid-ct"):
+        cct.download("no-such-source", tmp_path / "e")  # the known sources are named

@@ -12,21 +12,13 @@ if TYPE_CHECKING:
 
 
 def cmd_data_download(args: argparse.Namespace) -> int:
-    from covidct.config import resolve_data_dir
-    from covidct.data.sources import source_dir, source_info
+    from covidct import api
 
-    source_info(args.source)  # an unknown name lists the known ones
+    dest = api.download(args.source, args.dest, args.force, args.base_url, progress())
     if args.source == "sars-cov-2-ct":
-        from covidct.data.downloads.kaggle import download_sars_cov_2_ct
-
-        dest = download_sars_cov_2_ct(args.dest or source_dir(args.source), force=args.force)
         print(f"sars-cov-2-ct is complete in {dest} (1,252 COVID + 1,229 non-COVID slices, grey PNG)")
-        return 0
-    from covidct.data.downloads.covid_ct import OFFICIAL_BASE_URL, download_dataset
-
-    dest = resolve_data_dir(args.dest)
-    dest = download_dataset(dest, base_url=args.base_url or OFFICIAL_BASE_URL, force=args.force, progress=progress())
-    print(f"COVID-CT is complete in {dest} (349 COVID + 397 non-COVID images; split 425/118/203)")
+    else:
+        print(f"COVID-CT is complete in {dest} (349 COVID + 397 non-COVID images; split 425/118/203)")
     return 0
 
 
@@ -45,12 +37,12 @@ def cmd_data_info(args: argparse.Namespace) -> int:
 def cmd_data_audit(args: argparse.Namespace) -> int:
     import time
 
-    from covidct.data.audit.report import audit_dataset, write_audit
+    from covidct import api
 
     start = time.perf_counter()
-    data = load_data(args)
-    report = audit_dataset(data, progress=progress())
-    out = write_audit(report, args.out)
+    sources = getattr(args, "sources", None)
+    report = api.audit(args.data_dir, args.data_csv, sources, args.out, progress())
+    out = args.out
     for warning in report.warnings:
         print(warning)
     for key, value in report.summary().items():

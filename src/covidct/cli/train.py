@@ -92,8 +92,8 @@ def cmd_cv(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
+    from covidct import api
     from covidct.config import PretrainConfig
-    from covidct.training.pretrain import pretrain
 
     if args.resume:
         from covidct.runs import RunDir
@@ -105,26 +105,23 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     else:
         config = train_config(args, PretrainConfig)
     print(DISCLAIMER, file=sys.stderr)
-    run = pretrain(config, progress=progress(), run_dir=args.resume, resume=bool(args.resume))
+    run = api.pretrain(config, progress(), run_dir=args.resume, resume=bool(args.resume))
     print(f"pretrain run folder: {run} (fine-tune from it: covidct train --model {config.model} --init {run})")
     return 0
 
 
 def cmd_crosssource(args: argparse.Namespace) -> int:
-    from covidct.studies.crosssource import run_crosssource
+    from covidct import api
 
     config = train_config(args)
     if not config.sources or len(config.sources) < 2:
         raise ConfigError("crosssource needs at least two --source")
     print(DISCLAIMER, file=sys.stderr)
+    out = api.cross_source(config, args.out_dir, args.seeds, args.bootstrap, progress())
     if args.seeds:
-        from covidct.studies.crosssource import run_seeds
-
-        out = run_seeds(config, args.seeds, args.out_dir, progress=progress(), n_bootstrap=args.bootstrap)
         print((out / "seeds.md").read_text())
         print(f"wrote {out}/seeds.csv, seeds.md, seeds.json and one matrix per seed under {out}/seed-N/")
         return 0
-    out = run_crosssource(config, args.out_dir, progress=progress(), n_bootstrap=args.bootstrap)
     print((out / "matrix.md").read_text())
     print(f"wrote {out}/matrix.csv, matrix.md, matrix.png and one run folder per training under {out}")
     return 0
