@@ -72,8 +72,9 @@ class CrossValidation:
             summary = json.loads(path.read_text(encoding="utf-8"))
         except (ValueError, OSError) as e:
             raise ModelError(f"{path} cannot be read ({type(e).__name__}: {e}); run covidct cv again") from None
-        if not isinstance(summary, dict) or not isinstance(summary.get("folds"), list):
-            raise ModelError(f"{path} has no list of 'folds'; run covidct cv again")
+        folds = summary.get("folds") if isinstance(summary, dict) else None
+        if not isinstance(folds, list) or not all(isinstance(f, dict) and isinstance(f.get("run"), str) for f in folds):
+            raise ModelError(f"{path} has no list of 'folds', each naming its 'run'; run covidct cv again")
         return cls(Path(folder), summary)
 
     @property
