@@ -39,12 +39,18 @@ def train(
 
 def _train_config(config: TrainConfig | dict[str, Any] | PathLike) -> TrainConfig:
     """A TrainConfig from itself, a dict of its fields or a YAML file of them (each checked)."""
+    return _settings(TrainConfig, config)
+
+
+def _settings(cls: Any, config: Any) -> Any:
+    """Settings of class `cls` (TrainConfig, PretrainConfig) from themselves, a dict of their fields or a YAML file
+    of them (each checked); ConfigError for anything else."""
     if isinstance(config, (str, Path)):
-        config = TrainConfig.from_yaml(config)
+        config = cls.from_yaml(config)
     elif isinstance(config, dict):
-        config = TrainConfig.from_dict(config)
-    if not isinstance(config, TrainConfig):
-        raise ConfigError(f"takes a TrainConfig, a dict of its fields or a YAML file, got {type(config)!r}")
+        config = cls.from_dict(config)
+    if not isinstance(config, cls):
+        raise ConfigError(f"takes a {cls.__name__}, a dict of its fields or a YAML file, got {type(config)!r}")
     return config
 
 
@@ -68,10 +74,10 @@ def cross_validate(
     from covidct.studies.cv import run_cv, train_student
 
     config = _train_config(config)
-    folder = run_cv(config, folds, progress=progress, group_duplicates=group_duplicates)
-    if student:
-        train_student(CrossValidation.at(folder), config, progress=progress)
-    return CrossValidation.at(folder)
+    cv = CrossValidation.at(run_cv(config, folds, progress=progress, group_duplicates=group_duplicates))
+    if student:  # cv.student finds its folder once it is there
+        train_student(cv, config, progress=progress)
+    return cv
 
 
 def pretrain(
@@ -89,12 +95,7 @@ def pretrain(
     """
     from covidct.training.pretrain import pretrain as fit
 
-    if isinstance(config, (str, Path)):
-        config = PretrainConfig.from_yaml(config)
-    elif isinstance(config, dict):
-        config = PretrainConfig.from_dict(config)
-    if not isinstance(config, PretrainConfig):
-        raise ConfigError(f"takes a PretrainConfig, a dict of its fields or a YAML file, got {type(config)!r}")
+    config = _settings(PretrainConfig, config)
     return fit(config, progress=progress, run_dir=Path(run_dir) if run_dir else None, resume=resume)
 
 
