@@ -104,6 +104,18 @@ def test_a_run_without_a_detector_predicts_as_before_and_says_how_to_add_one(tra
     assert load_trained(run).ood is not None
 
 
+def test_exporting_a_run_without_a_detector_fits_one_and_says_it_changed_the_run(trained_run, tmp_path, caplog):
+    run = tmp_path / "old-run"
+    shutil.copytree(trained_run, run)
+    shutil.rmtree(run / "ood")  # as trained before detectors existed
+    out = tmp_path / "export"
+    with caplog.at_level("WARNING", logger="covidct"):
+        assert main(["export", str(run), "--format", "safetensors", "--out", str(out)]) == 0
+    said = [r.getMessage() for r in caplog.records if "had no out-of-distribution detector" in r.getMessage()]
+    assert len(said) == 1 and str(RunDir(run).ood_dir) in said[0]
+    assert (run / "ood" / "ood.json").is_file() and (out / "ood.json").is_file()
+
+
 def test_a_detector_of_another_model_is_refused_and_nothing_is_touched(trained_run, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)

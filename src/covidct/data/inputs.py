@@ -143,22 +143,6 @@ def read_slice(path: Path, window: tuple[float, float] = LUNG_WINDOW) -> Image.I
     return image
 
 
-def unit_of(path: Path) -> str:
-    """What an input is to a scorer (its reader's unit: SLICE, VOLUME or STUDIES), "" when no reader takes it."""
-    reader = reader_for(path)
-    return reader.unit if reader else ""
-
-
-def read_volume_slices(
-    path: Path, window: tuple[float, float] = LUNG_WINDOW
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """A VOLUME input's slices, (HU, grey in `window`) each, from the reader that takes it."""
-    reader = reader_for(path)
-    if reader is None or reader.unit != VOLUME:
-        raise DataError(f"{path} is not a volume covidct reads (NIfTI .nii or .nii.gz)")
-    return reader.read(path, window)
-
-
 def read_bytes(data: bytes, name: str, window: tuple[float, float] = LUNG_WINDOW) -> Image.Image:
     """An uploaded image or DICOM file (kind_of_bytes: IMAGE or DICOM) as an RGB image, within the active input
     limits; DataError names `name` and what is wrong."""

@@ -218,10 +218,16 @@ def export_detector(run: RunDir, data_dir: str | Path | None) -> Any:
     detector = load_detector(run.ood_dir)
     if detector is not None:
         return detector
+    log = logging.getLogger("covidct")
     try:
-        return fit_for_run(run.path, data_dir=data_dir)
-    except (DataError, ModelError) as e:
-        logging.getLogger("covidct").warning(
-            "no out-of-distribution detector exported (%s); fit one later: covidct ood fit %s", e, run.path
+        detector = fit_for_run(run.path, data_dir=data_dir)
+        log.warning(  # the export changes the run folder too: said, so that nobody finds it there unexplained
+            "%s had no out-of-distribution detector: fitted one now (as covidct ood fit does) and saved it into %s "
+            "and into the export",
+            run.path,
+            run.ood_dir,
         )
+        return detector
+    except (DataError, ModelError) as e:
+        log.warning("no out-of-distribution detector exported (%s); fit one later: covidct ood fit %s", e, run.path)
         return None

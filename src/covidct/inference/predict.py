@@ -18,17 +18,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from covidct.data.images import IMAGE_SUFFIXES
-from covidct.data.inputs import STUDIES, VOLUME, read_slice, read_volume_slices, reader_for, unit_of
+from covidct.data.inputs import STUDIES, Reader
 from covidct.data.lungmask import lung_fraction, lung_mask
 from covidct.data.medical import LUNG_WINDOW, grey_image
 from covidct.errors import ConfigError, DataError
 from covidct.fileio import write_csv
 from covidct.inference.explain import dicom_top_slices, save_top_cams
 from covidct.inference.loaded import LoadedModel
+from covidct.inference.reading import BATCH, input_runs, prepared_images
 from covidct.ood.acquisition import of_file
 from covidct.verdict import (
     AGGREGATIONS,
@@ -46,8 +46,6 @@ from covidct.verdict import (
 )
 
 INPUT_SUFFIXES = (*IMAGE_SUFFIXES, ".dcm", ".dicom", ".nii", ".gz")
-BATCH = 16  # images per forward pass: 16 to 32 score fastest on 2 cores, in both backends (SPEED.md)
-PREPARING_THREADS = 1  # decoding and preprocessing, beside the scoring threads
 
 
 def checked_outputs(out: str | Path, inputs: list[Path]) -> tuple[Path, Path]:
@@ -134,8 +132,8 @@ def predict_inputs(
         run.report = report
     run.start_report()
     with model.collecting() as outputs:  # every scored image's features: the batch shift test's input
-        for item in _image_runs(paths):
-            run.score(item)
+        for item, reader in input_runs(paths):
+            run.score(item, reader)
     run.report["shift"] = model.batch_shift(outputs)
     if not any(isinstance(r["score"], float) for r in run.rows):
         raise DataError("nothing could be scored: " + "; ".join(run.report["skipped"][:3]))
@@ -167,29 +165,30 @@ class Prediction:
     def label(self, score: float) -> str:
         return label_of(score, self.threshold, self.model.class_names)
 
-    def score(self, item: Path | list[Path]) -> None:
-        """A run of image files, a DICOM folder or a NIfTI volume; one that cannot be read is skipped by name."""
+    def score(self, item: Path | list[Path], reader: Reader | None) -> None:
+        """A run of image files, or a DICOM folder or a NIfTI volume with the reader that takes it; one that cannot
+        be read is skipped by name."""
         try:
             if isinstance(item, list):  # a run of SLICE inputs, scored in batches
                 self.images(item)
-            elif unit_of(item) == STUDIES:
-                self.folder(item)
-            else:
-                self.volume(item)
+            elif reader is not None and reader.unit == STUDIES:
+                self.folder(item, reader)
+            elif reader is not None:
+                self.volume(item, reader)
         except DataError as e:
             self.report["skipped"].append(str(e))
 
     def images(self, paths: list[Path]) -> None:
         """Image files and DICOM slices, in batches: a row each, an entry each in the report, heat maps under
         --cam."""
-        for chunk, images, prepared, skipped in prepared_images(self.model, paths, self.options.window):
-            self.report["skipped"] += skipped
-            if prepared is None:
+        for batch in prepared_images(self.model, paths, self.options.window):
+            self.report["skipped"] += batch.skipped
+            if batch.arguments is None:
                 continue
-            scores, ood = self.model.score_batch(*prepared)
-            for k, path in enumerate(chunk):
+            scores, ood = self.model.score_batch(*batch.arguments)
+            images = batch.images
+            for k, (path, unseen) in enumerate(zip(batch.paths, batch.unseen)):
                 s = float(scores[k])
-                unseen = self.model.unseen_acquisition(of_file(path))
                 verdict = self.model.verdict(s, None if ood is None else float(ood[k]), unseen, self.threshold)
                 flag = ood_columns(verdict)
                 row = {"path": str(path), "series": "", "slice": "", "score": round(s, 6), "label": verdict.label}
@@ -200,10 +199,10 @@ class Prediction:
 
                     save_cams(self.model, images[k : k + 1], path, self.options.cam_dir, False)
 
-    def volume(self, path: Path) -> None:
+    def volume(self, path: Path, reader: Reader) -> None:
         """A NIfTI volume: a row per slice, its summary row, its entry in the report, its top slices' heat maps."""
         unseen = self.model.unseen_acquisition(of_file(path))
-        slices = enumerate(read_volume_slices(path, self.options.window))
+        slices = enumerate(reader.read(path, self.options.window))
         entries = VolumeScorer(self.model, unseen).run((k, hu, g, "") for k, (hu, g) in slices)
         for k, e in enumerate(entries):
             e["index"] = k
@@ -212,14 +211,14 @@ class Prediction:
         self.rows.append(self.summary_row(str(path), "", "volume", summary))
         self.report["volumes"].append({"path": str(path), **summary, "label": self.label(summary["score"])})
         if self.options.cam_dir is not None:
-            greys = [g for _, g in read_volume_slices(path, self.options.window)]
+            greys = [g for _, g in reader.read(path, self.options.window)]
             tops = [grey_image(greys[t["slice"]]) for t in summary["top_slices"]]
             save_top_cams(self.model, path, tops, self.options.cam_dir)
 
-    def folder(self, folder: Path) -> None:
+    def folder(self, folder: Path, reader: Reader) -> None:
         """A folder of DICOM files: each study's series scored as volumes, the study's result from one of them
         (STUDY_RULE), and the study's own shift test."""
-        scan = reader_for(folder).read(folder)  # type: ignore[union-attr]  # _image_runs: a STUDIES reader takes it
+        scan = reader.read(folder)
         self.report["skipped"] += scan.skipped
         studies = len(self.report["studies"])
         for study_uid, series_list in scan.studies().items():
@@ -332,61 +331,3 @@ def ood_columns(v: ImageVerdict) -> dict[str, Any]:
         "ood_fraction": "",
         "ood_reason": v.ood_reason,
     }
-
-
-def _image_runs(paths: list[Path]) -> Iterator[Path | list[Path]]:
-    """The inputs in order, each run of consecutive SLICE inputs (an image file, a DICOM slice, and a file no reader
-    takes, which is skipped by name when read) as one list: they are scored in batches; folders of studies and
-    volumes one by one."""
-    run: list[Path] = []
-    for path in paths:
-        if unit_of(path) in (STUDIES, VOLUME):
-            if run:
-                yield run
-            run = []
-            yield path
-        else:
-            run.append(path)
-    if run:
-        yield run
-
-
-def prepared_images(
-    model: LoadedModel, paths: list[Path], window: tuple[float, float]
-) -> Iterator[tuple[list[Path], list[Image.Image], tuple | None, list[str]]]:
-    """(paths, images, score_batch's arguments, why the others were skipped) per batch of BATCH image files, read and
-    preprocessed by a pool of worker threads a batch ahead of the one being scored: PIL, torchvision and numpy
-    release the GIL while they work, so decoding overlaps the network (SPEED.md). A file that cannot be read is
-    skipped with its reason (a DataError names the file): the rest of the folder is scored, as a DICOM folder's
-    unreadable slices are; the arguments are None when none of the batch could be read."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    def prepare(path: Path) -> tuple[Image.Image, tuple] | str:
-        try:
-            image = read_slice(path, window)
-        except DataError as e:
-            return str(e)
-        return image, model.prepared([image])
-
-    def batch(chunk: list[Path]) -> list:
-        return [pool.submit(prepare, path) for path in chunk]
-
-    chunks = [paths[i : i + BATCH] for i in range(0, len(paths), BATCH)]
-    with ThreadPoolExecutor(PREPARING_THREADS) as pool:
-        pending = batch(chunks[0]) if chunks else []
-        for k, chunk in enumerate(chunks):
-            done = [f.result() for f in pending]
-            pending = batch(chunks[k + 1]) if k + 1 < len(chunks) else []
-            read = [(path, d) for path, d in zip(chunk, done) if not isinstance(d, str)]
-            skipped = [d for d in done if isinstance(d, str)]
-            yield [path for path, _ in read], [d[0] for _, d in read], stacked([d[1] for _, d in read]), skipped
-
-
-def stacked(prepared: list[tuple]) -> tuple | None:
-    """score_batch's arguments of several images' LoadedModel.prepared, as one batch (None for none)."""
-    if not prepared:
-        return None
-    statistics = {name: np.concatenate([p[2][name] for p in prepared]) for name in prepared[0][2]}
-    # numpy's copy, not torch.cat: torch's would start its thread pool against the network's (8x slower)
-    batch_x = torch.from_numpy(np.concatenate([p[0].numpy() for p in prepared]))
-    return batch_x, prepared[0][1], statistics
