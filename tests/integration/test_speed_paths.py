@@ -14,7 +14,8 @@ from covidct.data import load_rgb
 from covidct.data.inputs import list_inputs
 from covidct.inference.batching import Batcher
 from covidct.inference.load import WEIGHTS_KEY, load_checkpoint, load_trained, with_detector
-from covidct.inference.predict import BATCH, predict_inputs
+from covidct.inference.predict import predict_inputs
+from covidct.inference.reading import BATCH
 from covidct.inference.serve import create_app
 from covidct.runs import RunDir
 from tests.conftest import synthetic_ct
