@@ -60,6 +60,28 @@ def test_all_links_and_a_loop_back_up(tmp_path):
     assert len(files_under(site)) == len(files)
 
 
+def link_fan_out(tmp_path: Path, depth: int) -> Path:
+    """Folders d0..d{depth}, each holding two links to the next and the last one image: no loop, but 2**depth paths
+    to that image when links are followed."""
+    for i in range(depth):
+        (tmp_path / f"d{i}").mkdir()
+    _png(tmp_path / f"d{depth}" / "x.png")
+    for i in range(depth):
+        for name in ("a", "b"):
+            os.symlink(tmp_path / f"d{i + 1}", tmp_path / f"d{i}" / name)
+    return tmp_path / "d0"
+
+
+def test_links_that_fan_out_are_refused_past_the_folder_limit(tmp_path):
+    top = link_fan_out(tmp_path, depth=12)  # 2**12 paths to one image, 2**13 folders on the way
+    assert len(files_under(top, most=20_000)) == 2**12  # under the limit, as they are (two links: two folders)
+    with InputLimits(folder_entries=1_000).applied():
+        with pytest.raises(DataError, match=r"d0: more than 1,000 files and folders .*--max-folder-entries"):
+            list_inputs([str(top)])
+        with pytest.raises(DataError, match="more than 1,000 files and folders"):
+            external_set(str(top))
+
+
 def _nifti_header_only(path: Path, shape: tuple[int, ...]) -> Path:
     """A small .nii.gz whose header declares `shape` of int16 but that holds a few bytes of data."""
     import nibabel as nib

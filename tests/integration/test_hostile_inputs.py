@@ -203,3 +203,14 @@ def test_a_detector_of_an_older_covidct_is_refused_with_how_to_refit(trained_run
     assert "older covidct" in err and missing in err and "covidct ood fit" in err
     assert main(["ood", "fit", str(run)]) == 0
     assert main(["predict", str(run), str(image), "--out", str(tmp_path / "p.csv")]) == 0
+
+
+def test_predict_refuses_a_folder_of_links_that_fan_out_by_name(trained_run, tmp_path, capsys):
+    from tests.data.test_outside_part_three import link_fan_out
+
+    top = link_fan_out(tmp_path, depth=12)  # 2**12 paths to one image: listed whole, they would be scored 4,096 times
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(trained_run), str(top), "--max-folder-entries", "1000", "--out", str(out)]) == 2
+    said = capsys.readouterr().err
+    assert f"{top}: more than 1,000 files and folders" in said and "--max-folder-entries" in said
+    assert not out.exists()

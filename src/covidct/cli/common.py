@@ -155,7 +155,7 @@ def settings_from_args(args: argparse.Namespace, cls: Any, **values: Any) -> Any
 
 
 # The input limits (covidct.config.InputLimits) that each command applies: serve's uploads, and what every reader checks
-READER_LIMITS = ("pixels", "min_side", "dicom_mb", "series_slices", "volume_mb")
+READER_LIMITS = ("pixels", "min_side", "dicom_mb", "series_slices", "volume_mb", "folder_entries")
 UPLOAD_LIMITS = (
     "upload_mb",
     "archive_mb",

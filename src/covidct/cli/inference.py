@@ -34,11 +34,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from covidct.inference.predict import checked_outputs
 
     print(DISCLAIMER, file=sys.stderr)
-    limits = limits_from_args(args)
-    paths = list_inputs(args.inputs)
-    csv_path, json_path = checked_outputs(args.out, paths)
-    model = api.load(args.model)
-    with limits.applied():
+    with limits_from_args(args).applied():  # listing the inputs too: a folder is listed within folder_entries
+        paths = list_inputs(args.inputs)
+        csv_path, json_path = checked_outputs(args.out, paths)
+        model = api.load(args.model)
         predictions = model.predict(paths, args.threshold, args.window, args.aggregate, cam=args.cam)
     predictions.to_csv(csv_path)
     write_json(json_path, {**predictions.report, "model": model.loaded.model_id, "disclaimer": DISCLAIMER})

@@ -42,6 +42,11 @@ class InputLimits(Settings):
     volume_mb: float = setting(
         1024.0, "largest NIfTI volume once decompressed (columns x rows x slices x bytes per voxel), in MB"
     )
+    folder_entries: int = setting(
+        200_000,
+        "most files and folders listed under one input folder, links followed (a folder reached through two links "
+        "counts twice)",
+    )
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

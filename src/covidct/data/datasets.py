@@ -19,9 +19,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from covidct.data.images import is_slice_file, load_rgb
+from covidct.data.images import is_slice_file, listed_files, load_rgb
 from covidct.errors import DataError
-from covidct.fileio import files_under
 
 CLASS_NAMES = ("NonCOVID", "COVID")
 SPLITS = ("train", "val", "test")
@@ -201,7 +200,7 @@ def class_folder_samples(root: Path, class_names: Sequence[str]) -> list[Sample]
         folder = root / name
         if not folder.is_dir():
             raise DataError(f"class folder {folder} does not exist (classes: {list(class_names)})")
-        files = [p for p in files_under(folder) if is_slice_file(p)]
+        files = [p for p in listed_files(folder) if is_slice_file(p)]
         samples += [Sample(p, label, group=subfolder_group(folder, p)) for p in files]
     return samples
 

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 
 from covidct.config import active_limits
+from covidct.data.images import listed_files
 from covidct.data.medical import LUNG_WINDOW, apply_window, dicom_hu, is_dicom, open_dicom
 from covidct.errors import DataError
-from covidct.fileio import files_under
 
 MAX_SLICE_PIXELS = 50_000_000  # Rows x Columns x NumberOfFrames above this is refused before decoding
 NON_IMAGE_MODALITIES = {"SR", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "PR", "KO", "SEG", "REG", "DOC", "AU"}
@@ -79,8 +79,8 @@ def _files(folder: Path) -> tuple[list[Path], list[str]]:
             return [Path(inst.path) for inst in fs if inst.path], [f"read {dicomdir} ({len(fs)} instances)"]
         except Exception as e:  # a damaged DICOMDIR: fall back to the files themselves
             note = f"{dicomdir}: unreadable DICOMDIR ({type(e).__name__}: {e}); scanned the folder instead"
-            return [p for p in files_under(folder) if p.name.upper() != "DICOMDIR" and is_dicom(p)], [note]
-    return [p for p in files_under(folder) if is_dicom(p)], []
+            return [p for p in listed_files(folder) if p.name.upper() != "DICOMDIR" and is_dicom(p)], [note]
+    return [p for p in listed_files(folder) if is_dicom(p)], []
 
 
 def scan_folder(folder: str | Path) -> StudyScan:

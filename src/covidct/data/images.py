@@ -12,6 +12,7 @@ from PIL import Image, UnidentifiedImageError
 
 from covidct.config import active_limits
 from covidct.errors import DataError
+from covidct.fileio import files_under
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
@@ -123,3 +124,9 @@ def check_scoring_size(size: tuple[int, int], what: str) -> None:
             f"{what}: {size[0]}x{size[1]} pixels is under the minimum of {limit} pixels a side "
             "(min_side); send the whole slice"
         )
+
+
+def listed_files(folder: str | Path) -> list[Path]:
+    """Every file under an input folder (fileio.files_under: links followed, loops not), within the active limit
+    folder_entries: a DataError naming the folder past it."""
+    return files_under(folder, active_limits().folder_entries)

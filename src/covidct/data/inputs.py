@@ -24,10 +24,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from covidct.data.images import IMAGE_SUFFIXES, check_scoring_size, decode_rgb, load_rgb
+from covidct.data.images import IMAGE_SUFFIXES, check_scoring_size, decode_rgb, listed_files, load_rgb
 from covidct.data.medical import LUNG_WINDOW, apply_window, dicom_grey, is_dicom, is_nifti, open_dicom
 from covidct.errors import DataError
-from covidct.fileio import files_under
 
 IMAGE, DICOM, NIFTI, DICOM_FOLDER, ZIP = "image", "dicom", "nifti", "dicom-folder", "zip"
 SLICE, VOLUME, STUDIES = "slice", "volume", "studies"  # what one input is to a scorer
@@ -124,7 +123,7 @@ def list_inputs(items: list[str] | list[Path]) -> list[Path]:
 
 
 def _folder_inputs(folder: Path) -> list[Path]:
-    files = files_under(folder)
+    files = listed_files(folder)
     others = [p for p in files if kind_of(p) not in ("", DICOM)]  # DICOM files: read as the folder's studies
     return [folder, *others] if _holds_dicom(folder, files) else others
 
@@ -268,7 +267,7 @@ def _nifti_header(source: Path | bytes) -> dict[str, Any]:
     return {"pixel_spacing": zooms[0], "slice_thickness": zooms[2] if len(zooms) > 2 else None}
 
 
-register_reader(Reader(DICOM_FOLDER, STUDIES, lambda p: p.is_dir() and _holds_dicom(p, files_under(p)), _dicom_folder))
+register_reader(Reader(DICOM_FOLDER, STUDIES, lambda p: p.is_dir() and _holds_dicom(p, listed_files(p)), _dicom_folder))
 register_reader(Reader(NIFTI, VOLUME, lambda p: not p.is_dir() and is_nifti(p), volume_slices, header=_nifti_header))
 register_reader(
     Reader(

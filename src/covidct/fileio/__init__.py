@@ -11,6 +11,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from covidct.errors import DataError
+
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call `write(tmp_path)`, fsync it, then rename it over `path`."""
@@ -30,12 +32,25 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     return path
 
 
-def files_under(folder: str | Path) -> list[Path]:
+def files_under(folder: str | Path, most: int | None = None) -> list[Path]:
     """Every file under `folder`, sorted, found through symbolic links to folders and files alike: hospitals build
     site folders from links into their archive. A link back to a folder it lies in is a loop and is not entered; two
     links to the same folder are two folders (Path.rglob follows neither before Python 3.13; os.walk's followlinks
-    has no loop guard). Broken links and unreadable folders hold no files."""
+    has no loop guard). Broken links and unreadable folders hold no files. `most`: how many files and folders may be
+    listed (InputLimits.folder_entries where data/images.listed_files asks): links that fan out, each folder linking
+    twice to the next, would list 2**depth of them, so past it a DataError names the folder and the limit."""
     found: list[Path] = []
+    entries_seen = 0
+
+    def counted() -> None:
+        nonlocal entries_seen
+        entries_seen += 1
+        if most is not None and entries_seen > most:
+            raise DataError(
+                f"{folder}: more than {most:,} files and folders under it (links followed: a folder reached through "
+                "two links is listed twice); score a smaller folder, or raise the limit folder_entries "
+                "(--max-folder-entries)"
+            )
 
     def visit(path: str, ancestors: frozenset[tuple[int, int]]) -> None:
         try:
@@ -47,8 +62,10 @@ def files_under(folder: str | Path) -> list[Path]:
                 if entry.is_dir():  # follows links
                     st = os.stat(entry.path)
                     if (st.st_dev, st.st_ino) not in ancestors:
+                        counted()
                         visit(entry.path, ancestors | {(st.st_dev, st.st_ino)})
                 elif entry.is_file():
+                    counted()
                     found.append(Path(entry.path))
             except OSError:
                 continue
