@@ -82,6 +82,25 @@ def test_links_that_fan_out_are_refused_past_the_folder_limit(tmp_path):
             external_set(str(top))
 
 
+def test_a_folder_nested_deeper_than_the_recursion_limit_is_listed(tmp_path):
+    import sys
+
+    depth = sys.getrecursionlimit() + 50  # a recursive walk dies here with a RecursionError (a bare traceback)
+    deepest = tmp_path
+    for _ in range(depth):  # one by one: mkdir(parents=True) itself recurses
+        deepest = deepest / "a"
+        deepest.mkdir()
+    _png(deepest / "x.png")
+    try:
+        assert files_under(tmp_path) == [deepest / "x.png"]
+        assert list_inputs([str(tmp_path)]) == [deepest / "x.png"]
+    finally:  # bottom up: shutil.rmtree (pytest's clean-up of tmp_path) recurses as well
+        (deepest / "x.png").unlink()
+        while deepest != tmp_path:
+            deepest.rmdir()
+            deepest = deepest.parent
+
+
 def _nifti_header_only(path: Path, shape: tuple[int, ...]) -> Path:
     """A small .nii.gz whose header declares `shape` of int16 but that holds a few bytes of data."""
     import nibabel as nib

@@ -52,29 +52,32 @@ def files_under(folder: str | Path, most: int | None = None) -> list[Path]:
                 "(--max-folder-entries)"
             )
 
-    def visit(path: str, ancestors: frozenset[tuple[int, int]]) -> None:
+    def entries_of(path: str) -> list[os.DirEntry]:
         try:
-            entries = list(os.scandir(path))
+            return list(os.scandir(path))
         except OSError:
-            return
-        for entry in entries:
-            try:
-                if entry.is_dir():  # follows links
-                    st = os.stat(entry.path)
-                    if (st.st_dev, st.st_ino) not in ancestors:
-                        counted()
-                        visit(entry.path, ancestors | {(st.st_dev, st.st_ino)})
-                elif entry.is_file():
-                    counted()
-                    found.append(Path(entry.path))
-            except OSError:
-                continue
+            return []
 
     try:
         top = os.stat(folder)
     except OSError:
         return []
-    visit(str(folder), frozenset({(top.st_dev, top.st_ino)}))
+    # a stack, not recursion: a folder nested deeper than Python's recursion limit is still listed
+    stack = [(str(folder), frozenset({(top.st_dev, top.st_ino)}))]
+    while stack:
+        path, ancestors = stack.pop()
+        for entry in entries_of(path):
+            try:
+                if entry.is_dir():  # follows links
+                    st = os.stat(entry.path)
+                    if (st.st_dev, st.st_ino) not in ancestors:
+                        counted()
+                        stack.append((entry.path, ancestors | {(st.st_dev, st.st_ino)}))
+                elif entry.is_file():
+                    counted()
+                    found.append(Path(entry.path))
+            except OSError:
+                continue
     return sorted(found)
 
 
