@@ -87,18 +87,46 @@ def test_a_folder_nested_deeper_than_the_recursion_limit_is_listed(tmp_path):
 
     depth = sys.getrecursionlimit() + 50  # a recursive walk dies here with a RecursionError (a bare traceback)
     deepest = tmp_path
-    for _ in range(depth):  # one by one: mkdir(parents=True) itself recurses
-        deepest = deepest / "a"
-        deepest.mkdir()
-    _png(deepest / "x.png")
     try:
+        for _ in range(depth):  # one by one: mkdir(parents=True) itself recurses
+            deepest = deepest / "a"
+            deepest.mkdir()
+        _png(deepest / "x.png")
         assert files_under(tmp_path) == [deepest / "x.png"]
         assert list_inputs([str(tmp_path)]) == [deepest / "x.png"]
-    finally:  # bottom up: shutil.rmtree (pytest's clean-up of tmp_path) recurses as well
-        (deepest / "x.png").unlink()
+    finally:  # bottom up: shutil.rmtree (pytest's clean-up of its old folders) recurses as well
+        (deepest / "x.png").unlink(missing_ok=True)
         while deepest != tmp_path:
-            deepest.rmdir()
+            if deepest.is_dir():
+                deepest.rmdir()
             deepest = deepest.parent
+
+
+def alias_bomb(levels: int = 6) -> str:
+    """A YAML list whose aliases of aliases stand for 9**levels strings ("billion laughs" at 9 levels)."""
+    text = '[&a ["x", "x", "x", "x", "x", "x", "x", "x", "x"]'
+    for prev, name in zip("abcdefghi", "bcdefghij"[: levels - 1]):
+        text += f", &{name} [{', '.join([f'*{prev}'] * 9)}]"
+    return text + "]"
+
+
+def test_yaml_aliases_are_refused_by_name_in_a_config_and_a_run_folder(tmp_path):
+    from covidct.config import TrainConfig
+    from covidct.runs import RunDir
+
+    config = tmp_path / "bomb.yaml"
+    config.write_text(f"model: efficientnet_lite0\nsources: {alias_bomb()}\n")
+    with pytest.raises(ConfigError, match=r"bomb.yaml cannot be read as YAML: found the alias \*a"):
+        TrainConfig.from_yaml(config)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(config.read_text())
+    with pytest.raises(ConfigError, match=r"run config .*config.yaml cannot be read as YAML: found the alias"):
+        RunDir(run).raw_config()
+    with pytest.raises(ConfigError, match="found the alias"):
+        RunDir(run).config()
+    config.write_text("model: &m efficientnet_lite0\n")  # an anchor nothing refers back to is plain YAML
+    assert TrainConfig.from_yaml(config).model == "efficientnet_lite0"
 
 
 def _nifti_header_only(path: Path, shape: tuple[int, ...]) -> Path:

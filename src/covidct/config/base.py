@@ -22,6 +22,37 @@ PRECISIONS = ("auto", "32", "bf16-mixed", "16-mixed")
 CROPS = ("none", "body", "lung", "lung-mask")  # data/crop.py says what each does
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """yaml's SafeLoader (no Python objects) that refuses aliases: `*name` repeats what `&name` marked, and aliases
+    of aliases expand to billions of values ("billion laughs") once anything walks the result (a check, a copy, a
+    dump). covidct writes none, and a config is written out in full."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"found the alias *{event.anchor}: write the value out instead", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+
+def read_yaml(path: str | Path, what: str = "config file") -> Any:
+    """The value of a YAML file, read safely and without aliases (_NoAliasLoader): every YAML file covidct reads
+    (a config given to train, a run folder's config.yaml) is read here. ConfigError names the file and what is
+    wrong."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{what} {path} cannot be read ({type(e).__name__}: {e})") from None
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what} {path} cannot be read as YAML: {e}") from None
+
+
 def resolve_data_dir(data_dir: str | Path | None) -> Path:
     """--data-dir, else $COVIDCT_DATA_DIR, else data/covid-ct."""
     if data_dir:
@@ -85,12 +116,7 @@ class Settings:
     @classmethod
     def from_yaml(cls, path: str | Path) -> Any:
         path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+        data = read_yaml(path)
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must hold a mapping of field: value, got {type(data).__name__}")
         return cls.from_dict(data)

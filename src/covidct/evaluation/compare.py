@@ -79,11 +79,7 @@ def _add_paired_tests(rows: list[dict[str, Any]], prediction_files: list[Path]) 
 def _config_or_empty(run: Path) -> dict[str, Any]:
     """The config as saved: raw, so a field that an older version did not have shows as missing, not as
     today's default."""
-    import yaml
-
-    path = RunDir(run).config_path
-    data = yaml.safe_load(path.read_text()) if path.is_file() else {}
-    return data if isinstance(data, dict) else {}
+    return RunDir(run).raw_config()
 
 
 def config_differences(

@@ -140,7 +140,7 @@ def build_report(run_dir: str | Path, split: str = "test", data_dir: str | Path 
     metrics = run.evaluation(split) or {}
     if "operating_points" not in metrics:
         raise ModelError(f"{eval_dir / 'metrics.json'} predates intervals; run covidct evaluate {run.path} again")
-    config = yaml.safe_load(run.config_path.read_text())
+    config = run.raw_config()
     summary = run.summary()
     data = run.data(data_dir)
     audit = audit_dataset(data)

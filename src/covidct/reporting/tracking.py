@@ -16,8 +16,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from covidct.errors import ConfigError
 from covidct.runs import RunDir
 
@@ -71,7 +69,7 @@ def log_run(run_dir: str | Path, uri: str | None = None, experiment: str = EXPER
     experiment_id = found.experiment_id if found else client.create_experiment(experiment)
     run = client.create_run(experiment_id, run_name=run_dir.name, tags={"covidct.run_dir": str(run_dir.resolve())})
     run_id = run.info.run_id
-    config = yaml.safe_load(config_path.read_text()) or {}
+    config = folder.raw_config()
     params = [Param(k, json.dumps(v) if isinstance(v, (dict, list)) else str(v)) for k, v in config.items()]
     now = int(time.time() * 1000)
     metrics = [

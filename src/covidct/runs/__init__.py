@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from covidct.config import TrainConfig
-from covidct.errors import ModelError
+from covidct.config.base import read_yaml
+from covidct.errors import ConfigError, ModelError
 from covidct.fileio import read_csv, write_json, write_text
 from covidct.fileio.cards import read_json_card
 from covidct.runs.operating_point import OperatingPoint
@@ -108,6 +109,17 @@ class RunDir:
         if not self.config_path.is_file():
             raise ModelError(f"run folder {self.path} has no config.yaml; is it a covidct run folder?")
         return TrainConfig.from_yaml(self.config_path)
+
+    def raw_config(self) -> dict[str, Any]:
+        """config.yaml as it was saved, not checked against today's fields (a field an older version did not have
+        shows as missing, not as today's default), read safely and without aliases (config.base.read_yaml); {} when
+        the run has none."""
+        if not self.config_path.is_file():
+            return {}
+        data = read_yaml(self.config_path, "run config")
+        if not isinstance(data, dict):
+            raise ConfigError(f"run config {self.config_path} must hold a mapping of field: value")
+        return data
 
     def summary(self) -> dict[str, Any]:
         """summary.json, checked on read (runs/records.py), or {} before training wrote it."""
