@@ -129,6 +129,23 @@ def test_yaml_aliases_are_refused_by_name_in_a_config_and_a_run_folder(tmp_path)
     assert TrainConfig.from_yaml(config).model == "efficientnet_lite0"
 
 
+@pytest.mark.parametrize("name", ["threshold.json", "summary.json", "model.json"])
+def test_json_nested_deeper_than_the_parser_goes_is_refused_by_name(tmp_path, name):
+    from covidct.errors import ModelError
+    from covidct.runs import RunDir
+    from covidct.runs.model_card import ModelCard
+
+    path = tmp_path / name
+    path.write_text('{"threshold": ' + "[" * 100_000 + "]" * 100_000 + "}")  # a RecursionError in json.loads
+    read = {
+        "threshold.json": lambda: RunDir(tmp_path).threshold_record(),
+        "summary.json": lambda: RunDir(tmp_path).summary(),
+        "model.json": lambda: ModelCard.read(path),
+    }[name]
+    with pytest.raises(ModelError, match=rf"{name} is not readable JSON \(nested deeper than a parser goes\); "):
+        read()
+
+
 def _nifti_header_only(path: Path, shape: tuple[int, ...]) -> Path:
     """A small .nii.gz whose header declares `shape` of int16 but that holds a few bytes of data."""
     import nibabel as nib

@@ -3,7 +3,6 @@ written into the checkpoint and the export's card."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,7 +16,7 @@ from covidct.errors import ConfigError, DataError, ModelError
 from covidct.evaluation.metrics import binary_metrics
 from covidct.evaluation.rules import RULES, choose_by_rule
 from covidct.evaluation.scoring import eval_dataset, external_samples, load_classifier, predict_scores
-from covidct.fileio import atomic_write
+from covidct.fileio import atomic_write, read_json
 from covidct.inference.load import read_checkpoint
 from covidct.inference.loaded import LoadedModel
 from covidct.runs import RunDir, find_checkpoint
@@ -85,11 +84,8 @@ def record_operating_point(run: RunDir, point: OperatingPoint) -> dict[str, Any]
     record = point.to_dict()
     card_path = run.export_dir / CARD_NAME
     if card_path.is_file():  # the export carries the same operating point: predict and serve load it
-        try:  # read as JSON, not as a card: a damaged threshold in it is what this mends
-            card = json.loads(card_path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            msg = f"{card_path} cannot be read ({type(e).__name__}); export again: covidct export RUN"
-            raise ModelError(msg) from None
+        # read as JSON, not as a card: a damaged threshold in it is what this mends
+        card = read_json(card_path, "export again: covidct export RUN")
         card.update(threshold=point.threshold, threshold_chosen_on=point.where, operating_point=point.summary())
         ModelCard.from_dict(card, str(card_path)).write(card_path.parent)
         record["export_updated"] = str(card_path)

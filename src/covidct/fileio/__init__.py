@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from covidct.errors import DataError
+from covidct.errors import DataError, ModelError
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
@@ -156,3 +156,15 @@ def _nan_to_none(obj: Any) -> Any:
     if isinstance(obj, list | tuple):
         return [_nan_to_none(v) for v in obj]
     return obj
+
+
+def read_json(path: str | Path, fix: str) -> Any:
+    """The value of a JSON file covidct wrote (a run folder's or an export's records): a ModelError naming the file,
+    what is wrong and `fix` when it cannot be read, is not UTF-8 or not JSON, or nests deeper than Python's parser
+    goes (its RecursionError, a bare traceback before)."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        why = "nested deeper than a parser goes" if isinstance(e, RecursionError) else f"{type(e).__name__}: {e}"
+        raise ModelError(f"{path} is not readable JSON ({why}); {fix}") from None

@@ -7,13 +7,13 @@ and its reason, and `extra="forbid"` is the "unknown fields refused" rule in one
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from covidct.errors import ModelError
+from covidct.fileio import read_json
 
 Card = TypeVar("Card", bound="StrictCard")
 
@@ -49,10 +49,7 @@ class OpenCard(StrictCard):
 def read_json_card(cls: type[Card], path: Path, fix: str) -> Card:
     """The card in the JSON file at `path`, checked: a ModelError naming the file and what is wrong (not JSON, not
     an object, a bad field) and `fix` otherwise."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, OSError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise ModelError(f"{path} is not readable JSON ({type(e).__name__}: {e}); {fix}") from None
+    data = read_json(path, fix)
     return cls.read(data, str(path), fix)
 
 

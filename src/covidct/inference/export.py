@@ -5,7 +5,6 @@ PyTorch on real images when it is written."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import tempfile
@@ -20,7 +19,7 @@ from torch import nn
 
 from covidct.data import load_rgb
 from covidct.errors import ModelError
-from covidct.fileio import atomic_write
+from covidct.fileio import atomic_write, read_json
 from covidct.inference.load import (
     WEIGHTS_KEY,
     LoadedModel,
@@ -66,8 +65,8 @@ def write_card(out_dir: Path, card: ModelCard) -> Path:
     path = out_dir / CARD_NAME
     if path.is_file() and card.onnx is None:
         # an unreadable card being replaced has no record to keep
-        with contextlib.suppress(OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-            card = replace(card, onnx=json.loads(path.read_text()).get("onnx"))
+        with contextlib.suppress(ModelError, AttributeError):
+            card = replace(card, onnx=read_json(path, "").get("onnx"))
     return card.write(out_dir)
 
 

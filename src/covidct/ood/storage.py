@@ -4,13 +4,13 @@ non-finite one refused by name with how to refit it."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from covidct.errors import ModelError
+from covidct.fileio import read_json
 from covidct.ood.acquisition import AcquisitionRecord
 from covidct.ood.card import checked_card
 from covidct.ood.detector import CARD, DEFAULT_K, METHODS, WEIGHTS, OODDetector
@@ -42,7 +42,7 @@ def load_detector(folder: str | Path) -> OODDetector | None:
         return None
     where = str(card_path)
     try:
-        card = json.loads(card_path.read_text())
+        card = read_json(card_path, "fit it again: covidct ood fit RUN")
         from safetensors.numpy import load_file
 
         arrays = load_file(str(weights))

@@ -8,7 +8,6 @@ export), so no other module spells out the layout.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 from covidct.config import TrainConfig
 from covidct.config.base import read_yaml
 from covidct.errors import ConfigError, ModelError
-from covidct.fileio import read_csv, write_json, write_text
+from covidct.fileio import read_csv, read_json, write_json, write_text
 from covidct.fileio.cards import read_json_card
 from covidct.runs.operating_point import OperatingPoint
 from covidct.runs.records import EvaluationRecord, SummaryRecord
@@ -151,11 +150,7 @@ class RunDir:
         """The run's operating point (threshold.json, `covidct threshold`), validated, if one was chosen."""
         if not self.threshold_path.is_file():
             return None
-        try:
-            record = json.loads(self.threshold_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            msg = f"{self.threshold_path} is not valid JSON ({e}); choose again: covidct threshold"
-            raise ModelError(msg) from None
+        record = read_json(self.threshold_path, "choose again: covidct threshold")
         return OperatingPoint.from_dict(record, str(self.threshold_path))
 
     def write_threshold_record(self, point: OperatingPoint) -> Path:

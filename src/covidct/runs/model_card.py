@@ -14,7 +14,7 @@ from typing import Any
 from covidct import DISCLAIMER, __version__
 from covidct.data.preprocessing import Preprocessing
 from covidct.errors import ModelError
-from covidct.fileio import write_json
+from covidct.fileio import read_json, write_json
 from covidct.runs import RunDir
 from covidct.runs.operating_point import checked_threshold
 from covidct.runs.records import SummaryRecord
@@ -116,11 +116,7 @@ class ModelCard:
     def read(cls, path: Path) -> ModelCard:
         """An export's model.json: a card that cannot be read or holds no usable operating point is refused by
         name, never scored at a default."""
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ModelError(f"{path} cannot be read ({type(e).__name__}: {e}); {FIX}") from None
-        return cls.from_dict(data, str(path))
+        return cls.from_dict(read_json(path, FIX), str(path))
 
     def write(self, folder: Path) -> Path:
         """model.json in `folder`, checked by reading it back as any loader will."""

@@ -4,7 +4,6 @@ how to write it again, never a bare KeyError or JSONDecodeError deep in a comman
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 from pydantic import Field
 
 from covidct.errors import ModelError
+from covidct.fileio import read_json
 from covidct.fileio.cards import OpenCard
 
 # A cross-validation folder (`covidct cv`): fold-<k>/run (a run folder per fold), oof_predictions.csv, CV_SUMMARY, the
@@ -68,10 +68,7 @@ class CrossValidation:
     def at(cls, folder: str | Path) -> CrossValidation:
         """The cross-validation in `folder`, its summary read (a ModelError naming the file when it cannot be)."""
         path = Path(folder) / CV_SUMMARY
-        try:
-            summary = json.loads(path.read_text(encoding="utf-8"))
-        except (ValueError, OSError) as e:
-            raise ModelError(f"{path} cannot be read ({type(e).__name__}: {e}); run covidct cv again") from None
+        summary = read_json(path, "run covidct cv again")
         folds = summary.get("folds") if isinstance(summary, dict) else None
         if not isinstance(folds, list) or not all(isinstance(f, dict) and isinstance(f.get("run"), str) for f in folds):
             raise ModelError(f"{path} has no list of 'folds', each naming its 'run'; run covidct cv again")
