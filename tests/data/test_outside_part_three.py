@@ -146,6 +146,20 @@ def test_json_nested_deeper_than_the_parser_goes_is_refused_by_name(tmp_path, na
         read()
 
 
+@pytest.mark.parametrize("name", ["stack.tif", "moving.png"])
+def test_a_file_of_several_pictures_is_refused_not_scored_by_its_first(tmp_path, name):
+    from covidct.data.inputs import read_slice
+
+    rng = np.random.default_rng(0)
+    pages = [Image.fromarray(rng.integers(0, 255, (64, 64), dtype=np.uint8)) for _ in range(3)]
+    path = tmp_path / name
+    pages[0].save(path, save_all=True, append_images=pages[1:])
+    with pytest.raises(DataError, match=rf"{name} holds 3 pictures .*save each slice as its own file"):
+        read_slice(path)
+    pages[0].save(path)  # one picture: read as before
+    assert read_slice(path).size == (64, 64)
+
+
 def _nifti_header_only(path: Path, shape: tuple[int, ...]) -> Path:
     """A small .nii.gz whose header declares `shape` of int16 but that holds a few bytes of data."""
     import nibabel as nib

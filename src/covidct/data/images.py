@@ -96,6 +96,12 @@ def decode_rgb(source: str | Path | BinaryIO, what: str) -> Image.Image:
     header first); anything wrong with it raises DataError naming `what`."""
     with _readable(what), Image.open(source) as img:
         check_pixels(img.size, what)
+        frames = getattr(img, "n_frames", 1)
+        if frames > 1:  # scoring its first picture alone would be a silent answer for a whole stack
+            raise DataError(
+                f"{what} holds {frames} pictures (a multi-page TIFF or an animated image); covidct reads one picture "
+                "per image file: save each slice as its own file, or the series as DICOM or NIfTI"
+            )
         img.load()  # decode now, so a truncated file fails here and not in a worker later
         return to_rgb(img)
 
