@@ -160,6 +160,23 @@ def test_a_file_of_several_pictures_is_refused_not_scored_by_its_first(tmp_path,
     assert read_slice(path).size == (64, 64)
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_a_named_pipe_given_as_an_input_is_refused_not_waited_on(tmp_path):
+    pipe = tmp_path / "scan.png"
+    os.mkfifo(pipe)  # opening it to read waits for a writer: predict hung there
+    with pytest.raises(DataError, match=r"scan.png is not a file or a folder \(a named pipe"):
+        list_inputs([str(pipe)])
+    (tmp_path / "x.png").symlink_to("/dev/null")  # a device behind a link: the same
+    with pytest.raises(DataError, match="is not a file or a folder"):
+        list_inputs([tmp_path / "x.png"])
+    _png(tmp_path / "real.png")
+    assert list_inputs([str(tmp_path)]) == [tmp_path / "real.png"]  # in a folder, neither is listed
+    from covidct.data.images import load_rgb
+
+    with pytest.raises(DataError, match=r"scan.png is not a file \(a named pipe"):  # as a data CSV may name it
+        load_rgb(pipe)
+
+
 def _nifti_header_only(path: Path, shape: tuple[int, ...]) -> Path:
     """A small .nii.gz whose header declares `shape` of int16 but that holds a few bytes of data."""
     import nibabel as nib

@@ -84,6 +84,8 @@ def load_rgb(path: str | Path) -> Image.Image:
     """Decode an image file fully into RGB; a missing, unreadable or truncated file raises DataError. A DICOM slice
     is read in Hounsfield units and shown in the lung window (medical.read_dicom), as prediction reads it."""
     path = Path(path)
+    if path.exists() and not path.is_file():  # a named pipe would be waited on for ever (a data CSV can name one)
+        raise DataError(f"image file {path} is not a file (a named pipe, socket, device or folder)")
     if is_dicom_slice(path):  # no I/O for an image suffix: this is every training decode
         from covidct.data.medical import read_dicom
 

@@ -116,6 +116,8 @@ def list_inputs(items: list[str] | list[Path]) -> list[Path]:
         for path in matches or [Path(item)]:
             if not path.exists():
                 raise DataError(f"input {item} does not exist")
+            if not (path.is_dir() or path.is_file()):  # opening a named pipe waits for a writer: for ever
+                raise DataError(f"input {path} is not a file or a folder (a named pipe, socket or device); give files")
             found += _folder_inputs(path) if path.is_dir() else [path]
     if not found:
         raise DataError(f"no images, DICOM or NIfTI files found in {[str(i) for i in items]}")
