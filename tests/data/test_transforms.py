@@ -34,33 +34,60 @@ def test_eval_pipeline_applies_the_stored_intensity_choice():
     assert clahe.shape == plain.shape and clahe.std() > 2 * plain.std()
 
 
-def three_channel_eval(pre: Preprocessing):
-    """The evaluation pipeline as it was written first: grey to three equal channels, then resize all three."""
+def torchvision_eval(pre: Preprocessing):
+    """The evaluation pipeline as it was written first, in torchvision's own steps: grey to three equal channels,
+    equalised with RandomEqualize(p=1), then all three resized, ToTensor and Normalize."""
     import torchvision.transforms as T
 
-    from covidct.data.transforms import _front
+    from covidct.data.crop import CropToBody
 
     size = (pre.input_size, pre.input_size)
-    return T.Compose([*_front(pre), T.Resize(size), T.ToTensor(), T.Normalize(pre.mean, pre.std)])
+    front = [CropToBody(pre.crop)] if pre.crop != "none" else []
+    front += [T.Grayscale(3)] if pre.grayscale else []
+    front += [T.RandomEqualize(p=1.0)] if pre.intensity == "equalize" else []
+    front += [CLAHE()] if pre.intensity == "clahe" else []
+    return T.Compose([*front, T.Resize(size), T.ToTensor(), T.Normalize(pre.mean, pre.std)])
 
 
-def test_grey_pipeline_resizes_one_channel_to_the_same_numbers_as_three():
+def test_eval_pipeline_gives_torchvisions_numbers_one_image_or_a_batch():
+    """Written with PIL and torch alone (no torchvision import on the scoring path): the same numbers as
+    torchvision's steps, bit for bit, for grey and colour models, every front step, shrunk and enlarged images."""
     import pytest
     import torch
 
     rng = np.random.default_rng(3)
     images = [
         Image.fromarray(rng.integers(0, 256, (97, 61, 3), dtype=np.uint8)),  # colour: grey first
-        Image.fromarray(rng.integers(0, 256, (300, 410), dtype=np.uint8)),  # grey, shrunk
+        Image.fromarray(rng.integers(0, 256, (300, 410), dtype=np.uint8)).convert("RGB"),  # grey, shrunk
         low_contrast_image().resize((20, 33)),  # enlarged
     ]
-    for crop in ("none", "body"):
-        for intensity in ("none", "equalize", "clahe"):
-            pre = Preprocessing((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 32, 36, True, crop, intensity)
-            for img in images:
-                fast, slow = eval_transform(pre)(img), three_channel_eval(pre)(img)
-                assert fast.shape == slow.shape == (3, 32, 32)
-                assert torch.equal(fast, slow), (crop, intensity, img.size)
+    for grey in (True, False):
+        for crop in ("none", "body"):
+            for intensity in ("none", "equalize", "clahe"):
+                pre = Preprocessing((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 32, 36, grey, crop, intensity)
+                ours = eval_transform(pre)
+                batch = ours.batch(images)
+                assert batch.shape == (3, 3, 32, 32) and batch.dtype == torch.float32
+                for k, img in enumerate(images):
+                    theirs = torchvision_eval(pre)(img)
+                    assert torch.equal(ours(img), theirs), (grey, crop, intensity, img.size)
+                    assert torch.equal(batch[k], theirs), (grey, crop, intensity, img.size)
     with pytest.raises(AssertionError):  # the check can fail: a colour model's pipeline keeps its colours
         pre = Preprocessing(input_size=32, resize=36, grayscale=False)
         assert torch.equal(eval_transform(pre)(images[0])[0], eval_transform(pre)(images[0])[2])
+
+
+def test_scoring_a_model_does_not_import_torchvision():
+    """predict and serve load and score an export without torchvision (and the torch._dynamo it imports): about a
+    second of every start (SPEED.md). The eval pipeline and the package's imports keep it so."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from PIL import Image; import covidct.inference.predict, covidct.inference.serve; "
+        "from covidct.data.preprocessing import Preprocessing; from covidct.data import eval_transform; "
+        "eval_transform(Preprocessing(grayscale=True, intensity='equalize')).batch([Image.new('RGB', (40, 30))]); "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torchvision', 'timm', 'lightning'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"

@@ -1,5 +1,10 @@
 """The train and eval pipelines of a model, built from its Preprocessing (stored in every checkpoint).
 
+The eval pipeline (what every score goes through) and the steps it shares with training are written with PIL and
+torch alone: importing torchvision costs about a second (it imports torch._dynamo), which predict and serve would pay
+at every start for four steps that are each one PIL or torch call (SPEED.md). tests/data/test_transforms.py holds
+them to torchvision's own steps, number for number. Training's random steps are torchvision's.
+
 Steps, in order: optional crop to the body or lungs (crop.py: every source framed alike), optional grey (CT is
 grey; the COVID-CT classes differ in colour mode), optional intensity normalisation (global or adaptive histogram
 equalisation: sources differ in window and contrast), then the study's resize/crop/flip and the chosen
@@ -14,11 +19,11 @@ Augmentations (torchvision.transforms.v2):
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
-from PIL import Image
-from torchvision import transforms as T
-from torchvision.transforms import v2
+from PIL import Image, ImageOps
 
 from covidct.data.crop import CropToBody
 from covidct.data.preprocessing import Preprocessing
@@ -45,21 +50,49 @@ class CLAHE:
         return f"CLAHE(clip_limit={self.clip_limit})"
 
 
-def _front(pre: Preprocessing) -> list:
-    """PIL steps before any resize: crop, grey, equalise."""
+class Grey:
+    """To grey (PIL's "L": ITU-R 601-2 luma), as one channel or three equal ones: torchvision's Grayscale."""
+
+    def __init__(self, channels: int) -> None:
+        self.channels = channels
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        grey = img.convert("L")
+        return grey if self.channels == 1 else Image.merge("RGB", (grey, grey, grey))
+
+    def __repr__(self) -> str:
+        return f"Grey(channels={self.channels})"
+
+
+class Equalize:
+    """Global histogram equalisation (PIL's ImageOps.equalize): torchvision's RandomEqualize(p=1) without its draw
+    from torch's random numbers."""
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        return ImageOps.equalize(img)
+
+    def __repr__(self) -> str:
+        return "Equalize()"
+
+
+def _front(pre: Preprocessing, channels: int = 3) -> list:
+    """PIL steps before any resize: crop, grey (to `channels`), equalise."""
     steps: list = [CropToBody(pre.crop)] if pre.crop != "none" else []
     if pre.grayscale:
-        steps.append(T.Grayscale(3))
+        steps.append(Grey(channels))
     if pre.intensity == "equalize":
-        steps.append(T.RandomEqualize(p=1.0))
+        steps.append(Equalize())
     elif pre.intensity == "clahe":
         steps.append(CLAHE())
     return steps
 
 
-def train_transform(pre: Preprocessing, augment: str = "study") -> T.Compose:
+def train_transform(pre: Preprocessing, augment: str = "study") -> Any:
     """Resize the shorter side, random crop covering 50-100% of the area, horizontal flip (as in the study), then
     the chosen augmentation."""
+    from torchvision import transforms as T
+    from torchvision.transforms import v2
+
     if augment not in AUGMENTATIONS:
         raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {augment!r}")
     steps = _front(pre)
@@ -83,29 +116,62 @@ def train_transform(pre: Preprocessing, augment: str = "study") -> T.Compose:
     return T.Compose([*steps, T.ToTensor(), T.Normalize(pre.mean, pre.std)])
 
 
-def view_transform(pre: Preprocessing) -> T.Compose:
+def view_transform(pre: Preprocessing) -> Steps:
     """What the model sees of an image before it is resized: the crop, grey and equalisation steps alone."""
-    return T.Compose(_front(pre))
+    return Steps(_front(pre))
 
 
-def eval_transform(pre: Preprocessing) -> T.Compose:
-    """Resize the whole (cropped) image to a square (as in the study): nothing of the lungs is cropped away.
+class Steps:
+    """PIL steps applied in order (torchvision's Compose, for the steps of this module)."""
+
+    def __init__(self, transforms: list) -> None:
+        self.transforms = transforms
+
+    def __call__(self, img: Any) -> Any:
+        for step in self.transforms:
+            img = step(img)
+        return img
+
+
+def eval_transform(pre: Preprocessing) -> EvalTransform:
+    """Resize the whole (cropped) image to a square (as in the study): nothing of the lungs is cropped away."""
+    return EvalTransform(pre)
+
+
+class EvalTransform:
+    """The eval pipeline: the front steps, resize to a square (PIL bilinear, as torchvision's Resize does a PIL
+    image), to floats in [0, 1] and normalised (torchvision's ToTensor and Normalize). Called on one image it gives
+    its 3 x H x W tensor; `batch` gives N x 3 x H x W, converting and normalising the whole batch at once (predict,
+    serve: per image that is five small torch calls, each its own parallel region).
 
     A grey model's image is resized as one channel and repeated to three after: the same numbers as resizing three
     equal channels (PIL resamples each 8-bit band alike; tests/data/test_transforms.py), at a third of the cost
     of the step that dominates decoding (SPEED.md)."""
-    size = (pre.input_size, pre.input_size)
-    if pre.grayscale:
-        front = [T.Grayscale(1) if isinstance(step, T.Grayscale) else step for step in _front(pre)]
-        return T.Compose([*front, T.Resize(size), T.ToTensor(), ThreeChannels(), T.Normalize(pre.mean, pre.std)])
-    return T.Compose([*_front(pre), T.Resize(size), T.ToTensor(), T.Normalize(pre.mean, pre.std)])
 
+    def __init__(self, pre: Preprocessing) -> None:
+        self.size = (pre.input_size, pre.input_size)
+        self.transforms = _front(pre, 1 if pre.grayscale else 3)
+        # float32 as torchvision's Normalize makes them; numpy, not torch, for the arithmetic below: torch would start
+        # its thread pool in each of predict's worker threads, against the network's
+        self.mean = torch.tensor(pre.mean, dtype=torch.float32).numpy().reshape(1, 3, 1, 1)
+        self.std = torch.tensor(pre.std, dtype=torch.float32).numpy().reshape(1, 3, 1, 1)
 
-class ThreeChannels:
-    """A 1 x H x W tensor as 3 x H x W (a view: Normalize writes a new tensor)."""
+    def resized(self, img: Image.Image) -> np.ndarray:
+        """The image after the PIL steps: H x W x C uint8 (C 1 for a grey model, else 3)."""
+        for step in self.transforms:
+            img = step(img)
+        img = img.resize(self.size, Image.BILINEAR)
+        return np.asarray(img, dtype=np.uint8).reshape(self.size[1], self.size[0], -1)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return x.expand(3, *x.shape[1:])
+    def batch(self, images: list[Image.Image]) -> torch.Tensor:
+        pixels = np.stack([self.resized(img) for img in images]).transpose(0, 3, 1, 2)
+        x = pixels.astype(np.float32, order="C") / np.float32(
+            255
+        )  # ToTensor; a grey batch broadcasts to three channels below
+        return torch.from_numpy((x - self.mean) / self.std)
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        return self.batch([img])[0]
 
     def __repr__(self) -> str:
-        return "ThreeChannels()"
+        return f"EvalTransform({self.transforms}, size={self.size})"
