@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from covidct.errors import ModelError
 from covidct.inference.export import export_run
@@ -39,6 +40,18 @@ def test_an_export_carries_the_fingerprint_of_its_weights_and_loads(two_exports)
     assert card["weights_sha256"] == weights_fingerprint(model) and model.session is not None
 
 
+def test_an_export_scored_by_its_graph_builds_its_network_at_first_use(two_exports):
+    """predict and serve score an export with its graph: the PyTorch network (timm, torchvision: about a second of
+    every start) is built only when something asks for it (Grad-CAM, adaptation), from the weights checked on load."""
+    mine, _ = two_exports
+    model = load_trained(mine)
+    assert model.session is not None and model.network_from is not None and vars(model)["_module"] is None
+    assert repr(model).startswith("LoadedModel(") and model.network_from is not None  # showing it builds nothing
+    network = model.module
+    assert isinstance(network, torch.nn.Module) and model.network_from is None and model.module is network
+    assert weights_fingerprint(model) == json.loads((mine / "model.json").read_text())["weights_sha256"]
+
+
 def test_an_export_graph_of_another_model_is_refused_naming_it(two_exports, tmp_path):
     mine, theirs = two_exports
     swapped = _copy(mine, tmp_path / "swapped")
@@ -59,6 +72,10 @@ def test_export_weights_or_a_detector_of_another_model_are_refused(two_exports, 
     shutil.copy(theirs / "model.safetensors", swapped / "model.safetensors")
     with pytest.raises(ModelError, match=r"model\.json was made from other weights"):
         load_trained(swapped / "model.safetensors")
+    with pytest.raises(ModelError, match=r"model\.json was made from other weights"):
+        load_trained(
+            swapped
+        )  # scored by its graph, which never reads the network: its weights are checked all the same
     detector = _copy(mine, tmp_path / "detector")
     for name in ("ood.json", "ood.safetensors"):
         shutil.copy(theirs / name, detector / name)

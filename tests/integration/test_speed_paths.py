@@ -81,6 +81,28 @@ def test_predict_scores_images_in_batches_as_one_at_a_time(fast, images, tmp_pat
     assert report["shift"]["n"] == len(images)  # every batch's features reached the shift test
 
 
+def test_batches_scored_side_by_side_answer_as_one_session_in_order(trained_run, fast, images, tmp_path):
+    """With a session of two threads, predict runs the graph in two worker threads of one thread each
+    (LoadedModel.side_by_side): the same rows in the same order, an unreadable file skipped by name."""
+    folder = tmp_path / "slices"
+    folder.mkdir()
+    for k, img in enumerate(images):
+        img.save(folder / f"{k:03d}.png")
+    (folder / "020.png").write_bytes(b"\x89PNG\r\n\x1a\n not a picture")  # mid-batch
+    paths = list_inputs([str(folder)])
+    two = load_trained(trained_run, threads=2)
+    session, workers = two.side_by_side()
+    assert workers == 2 and session is not two.session and session.get_session_options().intra_op_num_threads == 1
+    one_report, two_report = {}, {}
+    want = predict_inputs(load_trained(trained_run, threads=1), paths, report=one_report)
+    got = predict_inputs(two, paths, report=two_report)
+    assert [r["path"] for r in got] == [r["path"] for r in want] == [str(p) for p in paths if p.name != "020.png"]
+    for g, w in zip(got, want):
+        assert g["score"] == pytest.approx(w["score"], abs=2e-6) and g["label"] == w["label"]
+    assert len(two_report["skipped"]) == 1 and "020.png" in two_report["skipped"][0]
+    assert two_report["shift"]["n"] == one_report["shift"]["n"] == len(images) - 1
+
+
 def test_dynamic_batches_answer_as_requests_scored_alone(fast, images):
     batcher = Batcher(fast, wait_ms=200, max_batch=8)
     with ThreadPoolExecutor(8) as pool:

@@ -13,7 +13,7 @@ import torch
 
 from covidct.data.preprocessing import Preprocessing
 from covidct.errors import ModelError
-from covidct.inference.loaded import LoadedModel
+from covidct.inference.loaded import LoadedModel, onnx_session
 from covidct.models import create_model
 from covidct.runs import RunDir, find_checkpoint
 from covidct.runs.model_card import CARD_NAME, ModelCard, run_records
@@ -93,6 +93,12 @@ def load_checkpoint(ckpt: str | Path, run: RunDir | None = None, operating_point
 
 def load_safetensors_model(path: str | Path) -> tuple[torch.nn.Module, ModelCard]:
     """Rebuild a model from model.safetensors and the model.json beside it."""
+    card, state = read_safetensors(path)
+    return network_from_state(card, state, Path(path)), card
+
+
+def read_safetensors(path: str | Path) -> tuple[ModelCard, dict[str, torch.Tensor]]:
+    """The card beside model.safetensors and the file's tensors (safetensors: no code is read)."""
     from safetensors.torch import load_file
 
     path = Path(path)
@@ -100,12 +106,20 @@ def load_safetensors_model(path: str | Path) -> tuple[torch.nn.Module, ModelCard
     if not card_path.is_file():
         raise ModelError(f"{path} has no {CARD_NAME} beside it (the card says which architecture to build)")
     card = ModelCard.read(card_path)
+    try:
+        return card, load_file(str(path))
+    except Exception as e:
+        raise ModelError(f"{path} is not a safetensors file covidct can read ({type(e).__name__}: {e})") from None
+
+
+def network_from_state(card: ModelCard, state: dict[str, torch.Tensor], path: Path) -> torch.nn.Module:
+    """The card's architecture with `state`'s weights (all of them, no more), ready to score."""
     model, _ = create_model(card.architecture, pretrained=False)
     try:
-        model.load_state_dict(load_file(str(path)))
+        model.load_state_dict(state)
     except Exception as e:
         raise ModelError(f"{path} does not fit {card.architecture}: {type(e).__name__}: {e}") from None
-    return inference_ready(model), card
+    return inference_ready(model)
 
 
 def inference_ready(model: torch.nn.Module) -> torch.nn.Module:
@@ -118,26 +132,36 @@ def inference_ready(model: torch.nn.Module) -> torch.nn.Module:
 def weights_fingerprint(model: LoadedModel) -> str:
     """sha256 of the network's and the ImageNet probe's weights (names, shapes and values, whatever their memory
     layout): what an ONNX graph made from them is stamped with, so a graph of other weights is never used."""
+    return state_fingerprint(*({} if part is None else part.state_dict() for part in (model.module, model.probe)))
+
+
+def state_fingerprint(*states: dict[str, torch.Tensor]) -> str:
+    """weights_fingerprint of state dicts (a network's, then its probe's); floating-point tensors as the network
+    holds them once built (fp32: inference_ready), so a safetensors file's tensors hash as the network built from
+    them does."""
     import hashlib
 
     digest = hashlib.sha256()
-    for part in (model.module, model.probe):
-        for name, value in sorted(({} if part is None else part.state_dict()).items()):
+    for state in states:
+        for name, value in sorted(state.items()):
+            value = value.float() if value.is_floating_point() else value
             digest.update(f"{name}{tuple(value.shape)}{value.dtype}".encode())
             digest.update(value.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
 
 
-def onnx_session(path: Path, threads: int | None = None) -> Any:
-    """An ONNX Runtime session of `path` on the CPU with `threads` intra-op threads (default: torch's). Its threads
-    sleep when idle rather than spin: predict decodes the next images on the same cores (8% faster end to end,
-    SPEED.md)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or max(1, torch.get_num_threads())
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+def safetensors_model(path: Path) -> LoadedModel:
+    """model.safetensors with its card, ImageNet probe and detector, each checked against the weights' fingerprint
+    on load; the network itself is built at its first use (LoadedModel.network_from), which an export scored by its
+    graph never needs."""
+    card, state = read_safetensors(path)
+    model = with_probe(
+        LoadedModel(card, source=str(path), network_from=lambda: network_from_state(card, state, path)), path.parent
+    )
+    weights = state_fingerprint(state, {} if model.probe is None else model.probe.state_dict())
+    if card.weights_sha256 is not None:  # an export made before fingerprints were recorded says nothing
+        check_made_from(card.weights_sha256, weights, path.with_name(CARD_NAME), str(path))
+    return with_detector(model, path.parent, weights)
 
 
 def with_run_graph(
@@ -155,7 +179,7 @@ def with_run_graph(
         return model
     check_made_from(graph_fingerprint(session), weights or weights_fingerprint(model), path, model.source)
     if model.ood is None or len(session.get_outputs()) > 1:
-        model.session = session
+        model.session, model.graph = session, path
     return model
 
 
@@ -269,32 +293,27 @@ def load_trained(path: str | Path, threads: int | None = None, checkpoint: str =
             weights = weights_fingerprint(model)  # hashed once: the detector and the graph are checked against it
             return with_run_graph(with_detector(model, run.ood_dir, weights), run.scorer_graph_path, threads, weights)
         if (path / "model.safetensors").is_file():
-            model = load_trained(path / "model.safetensors")
+            model = safetensors_model(path / "model.safetensors")
             if (path / "model.onnx").is_file():  # scores from ONNX Runtime (faster), Grad-CAM from PyTorch
                 session = onnx_session(path / "model.onnx", threads)
                 weights = model.card.weights_sha256 or weights_fingerprint(model)  # the card's was checked on load
                 check_made_from(graph_fingerprint(session), weights, path / "model.onnx", str(path))
                 if len(session.get_outputs()) > 1 or model.ood is None:  # older ONNX files lack the features
-                    model.session = session
-            return with_export_threshold(model, path)
+                    model.session, model.graph = session, path / "model.onnx"
+            return with_export_threshold(model if model.session else model.built(), path)
         if (path / "model.onnx").is_file():
             return load_trained(path / "model.onnx", threads)
         raise ModelError(f"folder {path} holds no model.safetensors or model.onnx (export one: covidct export RUN)")
     if path.suffix == ".ckpt":
         return load_checkpoint(find_checkpoint(path))
     if path.suffix == ".safetensors":
-        module, card = load_safetensors_model(path)
-        loaded = with_probe(LoadedModel(card, module=module, source=str(path)), path.parent)
-        weights = weights_fingerprint(loaded)
-        if card.weights_sha256 is not None:  # an export made before fingerprints were recorded says nothing
-            check_made_from(card.weights_sha256, weights, path.with_name(CARD_NAME), str(path))
-        return with_detector(loaded, path.parent, weights)
+        return safetensors_model(path).built()
     if path.suffix == ".onnx":
         card_path = path.with_name(CARD_NAME)
         if not card_path.is_file():
             raise ModelError(f"{path} has no {CARD_NAME} beside it (it holds the preprocessing and threshold)")
         session = onnx_session(path, threads)
-        model = LoadedModel(ModelCard.read(card_path), session=session, source=str(path))
+        model = LoadedModel(ModelCard.read(card_path), session=session, source=str(path), graph=path)
         weights = graph_fingerprint(session)
         if model.card.weights_sha256 is not None:
             check_made_from(weights, model.card.weights_sha256, path, str(card_path))

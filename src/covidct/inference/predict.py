@@ -185,7 +185,8 @@ class Prediction:
             self.report["skipped"] += batch.skipped
             if batch.arguments is None:
                 continue
-            scores, ood = self.model.score_batch(*batch.arguments)
+            x, check, statistics = batch.arguments
+            scores, ood = self.model.judged(batch.forward or self.model.forward(x, check), statistics)
             images = batch.images
             for k, (path, unseen) in enumerate(zip(batch.paths, batch.unseen)):
                 s = float(scores[k])

@@ -1,15 +1,14 @@
-"""How predict reads its inputs: which reader takes each one, and image files read, preprocessed and checked a
-batch ahead of the one being scored, by a worker thread (PIL, torchvision and numpy release the GIL while they work,
-so reading overlaps the network: SPEED.md)."""
+"""How predict reads its inputs: which reader takes each one, and image files read, preprocessed and checked
+ahead of the batch being scored, by worker threads that also run the network side by side when its graph allows
+(PIL, numpy and ONNX Runtime release the GIL while they work, so the threads use every core: SPEED.md)."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
-import numpy as np
-import torch
 from PIL import Image
 
 from covidct.data.inputs import STUDIES, VOLUME, Reader, read_slice, reader_for
@@ -18,7 +17,7 @@ from covidct.inference.loaded import LoadedModel
 from covidct.ood.acquisition import of_file
 
 BATCH = 16  # images per forward pass: 16 to 32 score fastest on 2 cores, in both backends (SPEED.md)
-PREPARING_THREADS = 1  # decoding and preprocessing, beside the scoring threads
+PREPARING_THREADS = 1  # decoding and preprocessing, beside the network, when the workers do not run it
 
 
 def input_runs(paths: list[Path]) -> Iterator[tuple[Path | list[Path], Reader | None]]:
@@ -40,53 +39,50 @@ def input_runs(paths: list[Path]) -> Iterator[tuple[Path | list[Path], Reader | 
 
 
 class PreparedBatch(NamedTuple):
-    """A batch of image files as read a batch ahead: those read (paths, images, score_batch's arguments or None
-    when none could be read, why each input's acquisition is unseen or None), and why the others were skipped."""
+    """A batch of image files as read ahead: those read (paths, images, score_batch's arguments or None when none
+    could be read, why each input's acquisition is unseen or None), why the others were skipped, and the forward
+    pass's (logits, features) when a worker ran it (else None: the caller runs it)."""
 
     paths: list[Path]
     images: list[Image.Image]
     arguments: tuple | None
     unseen: list[str | None]
     skipped: list[str]
+    forward: tuple | None = None
 
 
 def prepared_images(model: LoadedModel, paths: list[Path], window: tuple[float, float]) -> Iterator[PreparedBatch]:
-    """The image files in batches of BATCH, each read, preprocessed and its acquisition checked (from its header)
-    by the worker threads a batch ahead. A file that cannot be read is skipped with its reason (a DataError names
+    """The image files in batches of BATCH, in order, each read, preprocessed and its acquisition checked (from its
+    header) by worker threads ahead of the batch the caller is at. Where the model's graph can score side by side
+    (LoadedModel.side_by_side), the workers run the forward pass too, a batch each on one core; otherwise one worker
+    reads and the caller runs the network. A file that cannot be read is skipped with its reason (a DataError names
     the file): the rest of the folder is scored, as a DICOM folder's unreadable slices are."""
+    from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
-    def prepare(path: Path) -> tuple[Image.Image, tuple, str | None] | str:
+    session, workers = model.side_by_side()
+
+    def read(path: Path) -> tuple[Image.Image, str | None] | str:
         try:
             image = read_slice(path, window)
         except DataError as e:
             return str(e)
-        return image, model.prepared([image]), model.unseen_acquisition(of_file(path))
+        return image, model.unseen_acquisition(of_file(path))
 
-    def batch(chunk: list[Path]) -> list:
-        return [pool.submit(prepare, path) for path in chunk]
+    def prepare(chunk: list[Path]) -> PreparedBatch:
+        done = [read(path) for path in chunk]
+        kept = [(path, d) for path, d in zip(chunk, done) if not isinstance(d, str)]
+        images = [d[0] for _, d in kept]
+        arguments = model.prepared(images) if images else None
+        forward = model.forward(arguments[0], arguments[1], session) if session and arguments else None
+        skipped = [d for d in done if isinstance(d, str)]
+        return PreparedBatch([p for p, _ in kept], images, arguments, [d[1] for _, d in kept], skipped, forward)
 
-    chunks = [paths[i : i + BATCH] for i in range(0, len(paths), BATCH)]
-    with ThreadPoolExecutor(PREPARING_THREADS) as pool:
-        pending = batch(chunks[0]) if chunks else []
-        for k, chunk in enumerate(chunks):
-            done = [f.result() for f in pending]
-            pending = batch(chunks[k + 1]) if k + 1 < len(chunks) else []
-            read = [(path, d) for path, d in zip(chunk, done) if not isinstance(d, str)]
-            yield PreparedBatch(
-                paths=[path for path, _ in read],
-                images=[d[0] for _, d in read],
-                arguments=stacked([d[1] for _, d in read]),
-                unseen=[d[2] for _, d in read],
-                skipped=[d for d in done if isinstance(d, str)],
-            )
-
-
-def stacked(prepared: list[tuple]) -> tuple | None:
-    """score_batch's arguments of several images' LoadedModel.prepared, as one batch (None for none)."""
-    if not prepared:
-        return None
-    statistics = {name: np.concatenate([p[2][name] for p in prepared]) for name in prepared[0][2]}
-    # numpy's copy, not torch.cat: torch's would start its thread pool against the network's (8x slower)
-    batch_x = torch.from_numpy(np.concatenate([p[0].numpy() for p in prepared]))
-    return batch_x, prepared[0][1], statistics
+    chunks = iter([paths[i : i + BATCH] for i in range(0, len(paths), BATCH)])
+    with ThreadPoolExecutor(max(workers, PREPARING_THREADS)) as pool:
+        pending = deque(pool.submit(prepare, chunk) for chunk in itertools.islice(chunks, workers + 1))
+        while pending:
+            batch = pending.popleft().result()
+            for chunk in itertools.islice(chunks, 1):
+                pending.append(pool.submit(prepare, chunk))
+            yield batch
