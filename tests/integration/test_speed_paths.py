@@ -101,6 +101,12 @@ def test_batches_scored_side_by_side_answer_as_one_session_in_order(trained_run,
         assert g["score"] == pytest.approx(w["score"], abs=2e-6) and g["label"] == w["label"]
     assert len(two_report["skipped"]) == 1 and "020.png" in two_report["skipped"][0]
     assert two_report["shift"]["n"] == one_report["shift"]["n"] == len(images) - 1
+    from covidct.data.medical import LUNG_WINDOW
+    from covidct.inference.reading import prepared_images
+
+    held = [len(b.images) for b in prepared_images(two, paths, LUNG_WINDOW)]
+    kept = [len(b.images) for b in prepared_images(two, paths, LUNG_WINDOW, keep_images=True)]
+    assert held == [0] * len(held) and sum(kept) == len(images) - 1  # decoded pictures only for heat maps
 
 
 def test_dynamic_batches_answer_as_requests_scored_alone(fast, images):

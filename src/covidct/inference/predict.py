@@ -181,7 +181,7 @@ class Prediction:
     def images(self, paths: list[Path]) -> None:
         """Image files and DICOM slices, in batches: a row each, an entry each in the report, heat maps under
         --cam."""
-        for batch in prepared_images(self.model, paths, self.options.window):
+        for batch in prepared_images(self.model, paths, self.options.window, self.options.cam_dir is not None):
             self.report["skipped"] += batch.skipped
             if batch.arguments is None:
                 continue

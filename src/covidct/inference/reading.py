@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
+import torch
 from PIL import Image
 
 from covidct.data.inputs import STUDIES, VOLUME, Reader, read_slice, reader_for
@@ -51,32 +53,36 @@ class PreparedBatch(NamedTuple):
     forward: tuple | None = None
 
 
-def prepared_images(model: LoadedModel, paths: list[Path], window: tuple[float, float]) -> Iterator[PreparedBatch]:
+def prepared_images(
+    model: LoadedModel, paths: list[Path], window: tuple[float, float], keep_images: bool = False
+) -> Iterator[PreparedBatch]:
     """The image files in batches of BATCH, in order, each read, preprocessed and its acquisition checked (from its
     header) by worker threads ahead of the batch the caller is at. Where the model's graph can score side by side
     (LoadedModel.side_by_side), the workers run the forward pass too, a batch each on one core; otherwise one worker
     reads and the caller runs the network. A file that cannot be read is skipped with its reason (a DataError names
-    the file): the rest of the folder is scored, as a DICOM folder's unreadable slices are."""
+    the file): the rest of the folder is scored, as a DICOM folder's unreadable slices are. The decoded pictures
+    come back only with `keep_images` (heat maps): a batch in flight holds its preprocessed arrays, so that memory
+    does not grow with the workers by up to InputLimits.pixels a picture."""
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
     session, workers = model.side_by_side()
 
-    def read(path: Path) -> tuple[Image.Image, str | None] | str:
+    def read(path: Path) -> tuple[Image.Image | None, tuple, str | None] | str:
         try:
             image = read_slice(path, window)
         except DataError as e:
             return str(e)
-        return image, model.unseen_acquisition(of_file(path))
+        return image if keep_images else None, model.prepared([image]), model.unseen_acquisition(of_file(path))
 
     def prepare(chunk: list[Path]) -> PreparedBatch:
         done = [read(path) for path in chunk]
         kept = [(path, d) for path, d in zip(chunk, done) if not isinstance(d, str)]
-        images = [d[0] for _, d in kept]
-        arguments = model.prepared(images) if images else None
+        arguments = stacked([d[1] for _, d in kept])
         forward = model.forward(arguments[0], arguments[1], session) if session and arguments else None
+        images = [d[0] for _, d in kept] if keep_images else []
         skipped = [d for d in done if isinstance(d, str)]
-        return PreparedBatch([p for p, _ in kept], images, arguments, [d[1] for _, d in kept], skipped, forward)
+        return PreparedBatch([p for p, _ in kept], images, arguments, [d[2] for _, d in kept], skipped, forward)
 
     chunks = iter([paths[i : i + BATCH] for i in range(0, len(paths), BATCH)])
     with ThreadPoolExecutor(max(workers, PREPARING_THREADS)) as pool:
@@ -86,3 +92,13 @@ def prepared_images(model: LoadedModel, paths: list[Path], window: tuple[float, 
             for chunk in itertools.islice(chunks, 1):
                 pending.append(pool.submit(prepare, chunk))
             yield batch
+
+
+def stacked(prepared: list[tuple]) -> tuple | None:
+    """score_batch's arguments of several images' LoadedModel.prepared, as one batch (None for none)."""
+    if not prepared:
+        return None
+    statistics = {name: np.concatenate([p[2][name] for p in prepared]) for name in prepared[0][2]}
+    # numpy's copy, not torch.cat: torch's would start its thread pool in each worker thread (8x slower)
+    batch_x = torch.from_numpy(np.concatenate([p[0].numpy() for p in prepared]))
+    return batch_x, prepared[0][1], statistics
