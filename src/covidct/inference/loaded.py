@@ -192,7 +192,7 @@ class LoadedModel:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits, and with `features` the detector's features from the same pass (ONNX: the graph's second
         output), of a preprocessed batch, on the CPU. `session`: the ONNX Runtime session to run (default the
-        model's; several threads may run one session at once: one_thread_session)."""
+        model's; several threads may run one session at once: side_by_side)."""
         session = session or self.session
         if session is not None:
             outputs = session.run(None, {session.get_inputs()[0].name: x.numpy()})
@@ -213,7 +213,7 @@ class LoadedModel:
         """(session, threads) for scoring batches in several threads at once: the model's graph in a session of
         one intra-op thread, run by as many threads as the model's own session has (each batch on one core: no
         thread waits for another inside a batch, while the next batches are decoded; 1.1x to 1.2x predict's rate
-        on 2 cores, SPEED.md). (None, 1) when PyTorch scores or the session has one thread."""
+        on 2 cores, SPEED.md). (the model's session, 1) when it has one thread; (None, 1) when PyTorch scores."""
         if self.session is None or self.graph is None:
             return None, 1
         threads = self.session.get_session_options().intra_op_num_threads
