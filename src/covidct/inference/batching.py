@@ -19,10 +19,10 @@ from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from covidct.inference.loaded import LoadedModel
+from covidct.inference.reading import stacked
 
 # What one image's scoring gives back: (score (1,), detector score (1,) or None, its features and image statistics
 # as LoadedModel.collecting gathers them, for the shift window)
@@ -65,10 +65,7 @@ class Batcher:
 
     def _score(self, items: list[tuple[tuple, Future]]) -> None:
         try:
-            x = torch.cat([prepared[0] for prepared, _ in items])
-            check = items[0][0][1]
-            names = items[0][0][2].keys()
-            statistics = {name: np.concatenate([p[2][name] for p, _ in items]) for name in names}
+            x, check, statistics = stacked([prepared for prepared, _ in items])
             with self.model.collecting() as outputs:
                 scores, ood = self.model.score_batch(x, check, statistics)
         except Exception as e:  # every waiting request gets the error, and the thread goes on serving
