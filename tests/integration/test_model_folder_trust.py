@@ -99,3 +99,15 @@ def test_a_threshold_edited_in_one_copy_is_refused_not_chosen(own_run, tmp_path)
     card_path.write_text(json.dumps(card))
     with pytest.raises(ModelError, match=r"disagrees with the run's operating point"):
         load_trained(own_run / "export")
+
+
+def test_a_damaged_export_weights_file_is_refused_naming_it_on_load(two_exports, tmp_path):
+    """Read on load even where the graph scores (the network is built later): a cut or random file is refused by
+    name with what to do, not left to fail at the first heat map."""
+    mine, _ = two_exports
+    for name, damage in (("cut", lambda b: b[: len(b) // 3]), ("random", lambda b: bytes(reversed(b)))):
+        folder = _copy(mine, tmp_path / name)
+        weights = folder / "model.safetensors"
+        weights.write_bytes(damage(weights.read_bytes()))
+        with pytest.raises(ModelError, match=r"model\.safetensors is not a safetensors file .*export the run again"):
+            load_trained(folder)

@@ -109,7 +109,10 @@ def read_safetensors(path: str | Path) -> tuple[ModelCard, dict[str, torch.Tenso
     try:
         return card, load_file(str(path))
     except Exception as e:
-        raise ModelError(f"{path} is not a safetensors file covidct can read ({type(e).__name__}: {e})") from None
+        raise ModelError(
+            f"{path} is not a safetensors file covidct can read ({type(e).__name__}: {e}); export the run again "
+            "(covidct export RUN) or restore the file"
+        ) from None
 
 
 def network_from_state(card: ModelCard, state: dict[str, torch.Tensor], path: Path) -> torch.nn.Module:
