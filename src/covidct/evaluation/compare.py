@@ -45,7 +45,7 @@ def compare_runs(run_dirs: list[str | Path], split: str = "test") -> list[dict[s
             }
         )
     _add_paired_tests(rows, [RunDir(Path(r)).eval_dir(split) / "predictions.csv" for r in run_dirs])
-    configs = [_config_or_empty(Path(r)) for r in run_dirs]
+    configs = [RunDir(Path(r)).raw_config() for r in run_dirs]  # as saved: a field older runs lack shows as missing
     for row, diff in zip(rows, config_differences(configs)):
         row["settings"] = diff
     return rows
@@ -74,12 +74,6 @@ def _add_paired_tests(rows: list[dict[str, Any]], prediction_files: list[Path]) 
         t = delong_paired_test(y, [other[k][1] for k in common], [first[k][1] for k in common])
         row["auc_diff_vs_first"], row["diff_95ci"] = t.difference, interval_text(t.interval.as_list())
         row["p_delong"] = t.p_value
-
-
-def _config_or_empty(run: Path) -> dict[str, Any]:
-    """The config as saved: raw, so a field that an older version did not have shows as missing, not as
-    today's default."""
-    return RunDir(run).raw_config()
 
 
 def config_differences(

@@ -22,7 +22,6 @@ BATCH = 16  # images per forward pass: 16 to 32 score fastest on 2 cores, in bot
 # images per forward pass of a one-thread session (side by side): 1 to 4 run about 20% faster than 16 on one core of
 # this project's CPU, their activations staying in the core's cache (SPEED.md)
 SIDE_BY_SIDE_PASS = 4
-PREPARING_THREADS = 1  # decoding and preprocessing, beside the network, when the workers do not run it
 
 
 def input_runs(paths: list[Path]) -> Iterator[tuple[Path | list[Path], Reader | None]]:
@@ -88,7 +87,7 @@ def prepared_images(
         return PreparedBatch([p for p, _ in kept], images, arguments, [d[2] for _, d in kept], skipped, forward)
 
     chunks = iter([paths[i : i + BATCH] for i in range(0, len(paths), BATCH)])
-    with ThreadPoolExecutor(max(workers, PREPARING_THREADS)) as pool:
+    with ThreadPoolExecutor(workers) as pool:  # side_by_side gives at least one: it reads while the caller scores
         pending = deque(pool.submit(prepare, chunk) for chunk in itertools.islice(chunks, workers + 1))
         while pending:
             batch = pending.popleft().result()
