@@ -45,3 +45,73 @@ def test_a_teacher_that_reads_images_otherwise_is_refused_before_the_run_folder(
             _student(trained_run, tmp_path, grayscale=not TrainConfig.from_yaml(trained_run / "config.yaml").grayscale)
         )
     assert not (tmp_path / "runs").exists()
+
+
+def _folding(root: Path, **changes) -> TrainConfig:
+    """A tiny recipe whose network starts from a weight file (so that it gets an ImageNet probe), probe folded."""
+    import timm
+    from safetensors.torch import save_file
+
+    from tests.conftest import TINY_COUNTS, make_covidct_layout
+
+    weights = root / "start.safetensors"
+    torch.manual_seed(3)
+    save_file({k: v.contiguous() for k, v in timm.create_model("resnet10t").state_dict().items()}, str(weights))
+    values = dict(
+        model="timm:resnet10t",
+        data_dir=str(make_covidct_layout(root / "covid-ct", TINY_COUNTS)),
+        pretrained=False,
+        weights=str(weights),
+        epochs=1,
+        batch_size=8,
+        num_workers=0,
+        out=str(root / "runs"),
+        precision="32",
+        input_size=64,
+        fold_probe=True,
+        ood=False,
+    )
+    return TrainConfig(**{**values, **changes})
+
+
+def test_fold_probe_trains_the_network_with_its_probe_then_one_network_from_it(tmp_path):
+    run = train(_folding(tmp_path), progress=False, run_dir=tmp_path / "runs" / "folded")
+    teacher_dir = tmp_path / "runs" / "folded-teacher"
+    teacher, student = load_trained(teacher_dir), load_trained(run)
+    assert teacher.probe is not None  # the teacher is the recipe's two-network model
+    assert student.probe is None and student.card.imagenet_probe is None  # the model kept: one network per image
+    assert student.card.training["distilled_from"] == [str(teacher_dir)]
+    saved = TrainConfig.from_yaml(run / "config.yaml")  # resuming the student trains the student alone
+    assert (saved.fold_probe, saved.imagenet_probe, saved.teachers) == (False, 0.0, [str(teacher_dir)])
+    assert (run / "checkpoints" / "best.onnx").is_file() and not (teacher_dir / "checkpoints" / "best.onnx").exists()
+    from covidct.evaluation.evaluate import evaluate_run
+    from covidct.reporting.study import study_text
+
+    evaluate_run(run, "test", n_bootstrap=0)
+    assert f"one network, distilled on the training images from {teacher_dir}" in study_text(run)
+
+
+def test_fold_probe_with_no_probe_to_fold_is_one_run(tmp_path):
+    run = train(_folding(tmp_path, weights=None), progress=False, run_dir=tmp_path / "runs" / "plain")
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["plain"]
+    assert "distilled_from" not in load_trained(run).card.training
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"teachers": ["elsewhere"]}, "trains its own teacher"),
+        ({"devices": 2}, "distributed run"),
+    ],
+)
+def test_fold_probe_refuses_what_it_cannot_do_before_training(tmp_path, changes, message):
+    with pytest.raises(ConfigError, match=message):
+        train(_folding(tmp_path, **changes), progress=False)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_fold_probe_refuses_a_taken_teacher_folder_before_training(tmp_path):
+    (tmp_path / "runs" / "x-teacher").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="x-teacher exists"):
+        train(_folding(tmp_path), progress=False, run_dir=tmp_path / "runs" / "x")
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["x-teacher"]

@@ -42,6 +42,7 @@ def probe_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         out=str(root / "runs"),
         precision="32",
         input_size=64,
+        fold_probe=False,  # the two-network model itself (the probe folded into one network: test_distill.py)
     )
     return train(config, progress=False), weights
 

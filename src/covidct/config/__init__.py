@@ -95,6 +95,12 @@ class TrainConfig(Settings):
         "share of the log-odds given to a logistic regression on the frozen "
         "starting network's features, fitted at the end of training (0: none)",
     )
+    fold_probe: bool = setting(
+        True,
+        "fold the ImageNet probe into the network: train the network and its probe first (the teacher, in "
+        "RUN_DIR-teacher), then one network distilled from them, the model kept: one backbone per image, twice the "
+        "training (no probe to fold: an ordinary run)",
+    )
     teachers: list[str] = setting(
         help="knowledge distillation: trained models (run or export folders; repeat for several) whose mean score "
         "on the same augmented view the network learns beside the labels (Hinton et al. 2015; Beyer et al. 2022)",
@@ -190,6 +196,12 @@ class TrainConfig(Settings):
     @property
     def monitor_mode(self) -> str:
         return MONITORS[self.monitor]
+
+    @property
+    def has_probe(self) -> bool:
+        """Whether a run of these settings gets an ImageNet probe: a share of it, and a starting network with weights
+        (ImageNet, --weights or --init; a network from random weights has no features worth probing)."""
+        return self.imagenet_probe > 0 and bool(self.pretrained or self.weights or self.init)
 
 
 PRETRAIN_METHODS = ("simclr", "moco", "byol")

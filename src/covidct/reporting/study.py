@@ -61,6 +61,12 @@ def study_text(run_dir: str | Path) -> str:
             f"scores: the fine-tuned network blended with a logistic regression on its ImageNet starting point's "
             f"features (share {probe.share} of the log-odds; benchmarks/ACCURACY.md)"
         )
+    teachers = run.summary().get("distilled_from") or []
+    if teachers:  # one network that learned another model's scores: say which, and that it scores alone
+        lines.append(
+            f"scores: one network, distilled on the training images from {', '.join(teachers)} (the fine-tuned "
+            "network with its ImageNet probe, when --fold-probe trained it; benchmarks/ACCURACY.md)"
+        )
     for name, m in run.evaluations().items():
         if name not in ("test", "val"):
             ood = m.get("ood") or {}

@@ -33,6 +33,7 @@ from covidct.models import Preprocessing, create_model, head_module
 from covidct.models.head import fit_head, head_inputs, set_linear_head
 from covidct.runs import RunDir
 from covidct.training.callbacks import EpochHistory, run_callbacks
+from covidct.training.distill import probe_folding
 from covidct.training.engine import (
     build_trainer,
     check_accelerator,
@@ -65,6 +66,10 @@ def train(
     (epoch counter, optimizer, scheduler, early stopping, random generators). With several devices or nodes,
     Lightning's DDP runs one process per device; only rank 0 writes files.
     """
+    if config.fold_probe and not resume:  # the network with its probe, then one network learning them: the model
+        for stage, folder in probe_folding(config, run_dir):
+            run_path = train(stage, progress, folder, on_epoch=on_epoch)
+        return run_path
     if resume and run_dir is not None:
         resume_point(RunDir(Path(run_dir)))  # refuse an unreadable last.ckpt before anything (train.log) is written
     L.seed_everything(config.seed, workers=True, verbose=False)
@@ -253,7 +258,7 @@ def fit_run_probe(run: RunDir, config: TrainConfig, train_ds: ImageDataset) -> I
     it)."""
     from covidct.training.imagenet_probe import fit_probe
 
-    if not (config.pretrained or config.weights or config.init):
+    if not config.has_probe:
         log.info("no ImageNet probe: the run started from random weights")
         return None
     try:
