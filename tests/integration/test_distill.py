@@ -89,6 +89,10 @@ def test_fold_probe_trains_the_network_with_its_probe_then_one_network_from_it(t
 
     evaluate_run(run, "test", n_bootstrap=0)
     assert f"one network, distilled on the training images from {teacher_dir}" in study_text(run)
+    from covidct.api import report
+
+    html = report(run, split="test").read_text()
+    assert f"the scores of {teacher_dir} (knowledge distillation" in html
 
 
 def test_fold_probe_with_no_probe_to_fold_is_one_run(tmp_path):
