@@ -96,7 +96,7 @@ class TrainConfig(Settings):
         "starting network's features, fitted at the end of training (0: none)",
     )
     fold_probe: bool = setting(
-        True,
+        False,
         "fold the ImageNet probe into the network: train the network and its probe first (the teacher, in "
         "RUN_DIR-teacher), then one network distilled from them, the model kept: one backbone per image, twice the "
         "training (no probe to fold: an ordinary run)",
