@@ -46,6 +46,17 @@ def synthetic_ct(rng: np.random.Generator, covid: bool, size: tuple[int, int] = 
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
+def starting_weights(path: Path) -> Path:
+    """A weight file of a seeded timm resnet10t: a "pretrained" start (--weights) that gets an ImageNet probe."""
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(3)
+    save_file({k: v.contiguous() for k, v in timm.create_model("resnet10t").state_dict().items()}, str(path))
+    return path
+
+
 def make_covidct_layout(root: Path, counts: dict[str, dict[str, int]], seed: int = 0) -> Path:
     """Write a dataset in the official layout.
 

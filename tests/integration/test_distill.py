@@ -49,14 +49,9 @@ def test_a_teacher_that_reads_images_otherwise_is_refused_before_the_run_folder(
 
 def _folding(root: Path, **changes) -> TrainConfig:
     """A tiny recipe whose network starts from a weight file (so that it gets an ImageNet probe), probe folded."""
-    import timm
-    from safetensors.torch import save_file
+    from tests.conftest import TINY_COUNTS, make_covidct_layout, starting_weights
 
-    from tests.conftest import TINY_COUNTS, make_covidct_layout
-
-    weights = root / "start.safetensors"
-    torch.manual_seed(3)
-    save_file({k: v.contiguous() for k, v in timm.create_model("resnet10t").state_dict().items()}, str(weights))
+    weights = starting_weights(root / "start.safetensors")
     values = dict(
         model="timm:resnet10t",
         data_dir=str(make_covidct_layout(root / "covid-ct", TINY_COUNTS)),

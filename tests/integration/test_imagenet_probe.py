@@ -14,23 +14,18 @@ from covidct.inference.export import export_run
 from covidct.inference.load import load_trained
 from covidct.models import backbone_stages as stages
 from covidct.runs import RunDir
-from tests.conftest import TINY_COUNTS, make_covidct_layout
+from tests.conftest import TINY_COUNTS, make_covidct_layout, starting_weights
 
 
 @pytest.fixture(scope="module")
 def probe_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A tiny run from a 'pretrained' starting network (a weight file), and that file."""
-    import timm
-    from safetensors.torch import save_file
-
     from covidct.config import TrainConfig
     from covidct.training.fit import train
 
     root = tmp_path_factory.mktemp("probe")
     data = make_covidct_layout(root / "covid-ct", TINY_COUNTS)
-    torch.manual_seed(3)
-    weights = root / "start.safetensors"
-    save_file({k: v.contiguous() for k, v in timm.create_model("resnet10t").state_dict().items()}, str(weights))
+    weights = starting_weights(root / "start.safetensors")
     config = TrainConfig(
         model="timm:resnet10t",
         data_dir=str(data),
