@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -70,9 +71,12 @@ def _folding(root: Path, **changes) -> TrainConfig:
 
 
 def test_fold_probe_trains_the_network_with_its_probe_then_one_network_from_it(tmp_path):
-    run = train(_folding(tmp_path), progress=False, run_dir=tmp_path / "runs" / "folded")
+    run = train(_folding(tmp_path, teacher_epochs=2), progress=False, run_dir=tmp_path / "runs" / "folded")
     teacher_dir = tmp_path / "runs" / "folded-teacher"
     teacher, student = load_trained(teacher_dir), load_trained(run)
+    trained_epochs = [len(pd.read_csv(folder / "metrics.csv")) for folder in (teacher_dir, run)]
+    assert trained_epochs == [2, 1]  # the teacher on its own schedule (teacher_epochs), the student on --epochs
+    assert TrainConfig.from_yaml(teacher_dir / "config.yaml").epochs == 2
     assert teacher.probe is not None  # the teacher is the recipe's two-network model
     assert student.probe is None and student.card.imagenet_probe is None  # the model kept: one network per image
     assert student.card.training["distilled_from"] == [str(teacher_dir)]

@@ -46,6 +46,7 @@ TRAIN_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "ema_decay": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "samples_per_epoch": (lambda v: v is None or v >= 1, ">= 1"),
+    "teacher_epochs": (lambda v: v is None or v >= 1, ">= 1"),
     "mixup": (lambda v: 0 <= v <= 10, "between 0 and 10"),
     "freeze_blocks": (lambda v: v >= 0, ">= 0"),
     "imagenet_probe": (lambda v: 0 <= v < 1, "in [0, 1)"),
@@ -100,6 +101,9 @@ class TrainConfig(Settings):
         "fold the ImageNet probe into the network: train the network and its probe first (the teacher, in "
         "RUN_DIR-teacher), then one network distilled from them, the model kept: one backbone per image, twice the "
         "training (no probe to fold: an ordinary run)",
+    )
+    teacher_epochs: int | None = setting(
+        None, "with fold_probe: the teacher's epochs, its own schedule over them (default: --epochs)"
     )
     teachers: list[str] = setting(
         help="knowledge distillation: trained models (run or export folders; repeat for several) whose mean score "

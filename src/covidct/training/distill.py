@@ -30,7 +30,7 @@ def probe_folding(config: TrainConfig, run_dir: Path | None = None) -> list[tupl
     it is the one run. Checked before anything is trained (ConfigError). A stop during the teacher resumes as
     `covidct train --resume TEACHER`, then the student is `--teacher TEACHER --imagenet-probe 0`; a stop during the
     student resumes the student."""
-    single = dataclasses.replace(config, fold_probe=False)
+    single = dataclasses.replace(config, fold_probe=False, teacher_epochs=None)
     if not config.has_probe:
         log.info("fold_probe: no ImageNet probe to fold (a share of 0 or random starting weights): one run")
         return [(single, run_dir)]
@@ -54,6 +54,8 @@ def probe_folding(config: TrainConfig, run_dir: Path | None = None) -> list[tupl
         teacher_dir,
         run_dir,
     )
-    teacher = dataclasses.replace(single, ood=False, onnx=False)  # scored by its student only
+    teacher = dataclasses.replace(  # scored by its student only: no detector, no graph
+        single, ood=False, onnx=False, epochs=config.teacher_epochs or config.epochs
+    )
     student = dataclasses.replace(single, teachers=[str(teacher_dir)], imagenet_probe=0.0)
     return [(teacher, teacher_dir), (student, run_dir)]
