@@ -97,13 +97,13 @@ class TrainConfig(Settings):
         "starting network's features, fitted at the end of training (0: none)",
     )
     fold_probe: bool = setting(
-        False,
+        True,
         "fold the ImageNet probe into the network: train the network and its probe first (the teacher, in "
         "RUN_DIR-teacher), then one network distilled from them, the model kept: one backbone per image, twice the "
         "training (no probe to fold: an ordinary run)",
     )
     teacher_epochs: int | None = setting(
-        None, "with fold_probe: the teacher's epochs, its own schedule over them (default: --epochs)"
+        6, "with fold_probe: the teacher's epochs, its own schedule over them (default: --epochs)"
     )
     teachers: list[str] = setting(
         help="knowledge distillation: trained models (run or export folders; repeat for several) whose mean score "
