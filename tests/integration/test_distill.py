@@ -71,12 +71,12 @@ def _folding(root: Path, **changes) -> TrainConfig:
 
 
 def test_fold_probe_trains_the_network_with_its_probe_then_one_network_from_it(tmp_path):
-    run = train(_folding(tmp_path, teacher_epochs=2), progress=False, run_dir=tmp_path / "runs" / "folded")
+    run = train(_folding(tmp_path, epochs=2, teacher_epochs=1), progress=False, run_dir=tmp_path / "runs" / "folded")
     teacher_dir = tmp_path / "runs" / "folded-teacher"
     teacher, student = load_trained(teacher_dir), load_trained(run)
     trained_epochs = [len(pd.read_csv(folder / "metrics.csv")) for folder in (teacher_dir, run)]
-    assert trained_epochs == [2, 1]  # the teacher on its own schedule (teacher_epochs), the student on --epochs
-    assert TrainConfig.from_yaml(teacher_dir / "config.yaml").epochs == 2
+    assert trained_epochs == [1, 2]  # the teacher on its own schedule (teacher_epochs), the student on --epochs
+    assert TrainConfig.from_yaml(teacher_dir / "config.yaml").epochs == 1
     assert teacher.probe is not None  # the teacher is the recipe's two-network model
     assert student.probe is None and student.card.imagenet_probe is None  # the model kept: one network per image
     assert student.card.training["distilled_from"] == [str(teacher_dir)]
@@ -118,3 +118,12 @@ def test_fold_probe_refuses_a_taken_teacher_folder_before_training(tmp_path):
     with pytest.raises(ConfigError, match="x-teacher exists"):
         train(_folding(tmp_path), progress=False, run_dir=tmp_path / "runs" / "x")
     assert [p.name for p in (tmp_path / "runs").iterdir()] == ["x-teacher"]
+
+
+@pytest.mark.parametrize(("epochs", "teacher_epochs", "expected"), [(12, 6, 6), (2, 6, 2), (4, None, 4)])
+def test_the_teacher_trains_its_own_epochs_never_more_than_the_student(tmp_path, epochs, teacher_epochs, expected):
+    from covidct.training.distill import probe_folding
+
+    config = _folding(tmp_path, epochs=epochs, teacher_epochs=teacher_epochs)
+    (teacher, _), (student, _) = probe_folding(config, tmp_path / "runs" / "x")
+    assert (teacher.epochs, student.epochs) == (expected, epochs)

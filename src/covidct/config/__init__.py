@@ -103,7 +103,7 @@ class TrainConfig(Settings):
         "training (no probe to fold: an ordinary run)",
     )
     teacher_epochs: int | None = setting(
-        6, "with fold_probe: the teacher's epochs, its own schedule over them (default: --epochs)"
+        6, "with fold_probe: the teacher's epochs, its own schedule over them, at most --epochs (unset: --epochs)"
     )
     teachers: list[str] = setting(
         help="knowledge distillation: trained models (run or export folders; repeat for several) whose mean score "

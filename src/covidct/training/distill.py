@@ -55,7 +55,7 @@ def probe_folding(config: TrainConfig, run_dir: Path | None = None) -> list[tupl
         run_dir,
     )
     teacher = dataclasses.replace(  # scored by its student only: no detector, no graph
-        single, ood=False, onnx=False, epochs=config.teacher_epochs or config.epochs
+        single, ood=False, onnx=False, epochs=min(config.teacher_epochs or config.epochs, config.epochs)
     )
     student = dataclasses.replace(single, teachers=[str(teacher_dir)], imagenet_probe=0.0)
     return [(teacher, teacher_dir), (student, run_dir)]
