@@ -98,6 +98,7 @@ def test_fold_probe_with_no_probe_to_fold_is_one_run(tmp_path):
     run = train(_folding(tmp_path, weights=None), progress=False, run_dir=tmp_path / "runs" / "plain")
     assert [p.name for p in (tmp_path / "runs").iterdir()] == ["plain"]
     assert "distilled_from" not in load_trained(run).card.training
+    assert TrainConfig.from_yaml(run / "config.yaml").fold_probe  # the settings as given, the log saying why one run
 
 
 @pytest.mark.parametrize(

@@ -27,13 +27,13 @@ def teacher_folder(run_dir: Path) -> Path:
 def probe_folding(config: TrainConfig, run_dir: Path | None = None) -> list[tuple[TrainConfig, Path | None]]:
     """The trainings of `config` with its ImageNet probe folded into the network, in order, each an ordinary run (its
     settings and folder); the last is the model. With no probe to fold (a share of 0, a network from random weights)
-    it is the one run. Checked before anything is trained (ConfigError). A stop during the teacher resumes as
-    `covidct train --resume TEACHER`, then the student is `--teacher TEACHER --imagenet-probe 0`; a stop during the
-    student resumes the student."""
-    single = dataclasses.replace(config, fold_probe=False, teacher_epochs=None)
+    it is the one run, its settings as given. Checked before anything is trained (ConfigError). A stop during the
+    teacher resumes as `covidct train --resume TEACHER`, then the student is `--teacher TEACHER --imagenet-probe 0`;
+    a stop during the student resumes the student."""
     if not config.has_probe:
         log.info("fold_probe: no ImageNet probe to fold (a share of 0 or random starting weights): one run")
-        return [(single, run_dir)]
+        return [(config, run_dir)]
+    single = dataclasses.replace(config, fold_probe=False, teacher_epochs=None)
     if config.devices * config.num_nodes > 1:  # each stage would start its own processes, each re-running both
         raise ConfigError(
             "fold_probe runs two trainings one after the other, which a distributed run does not: train the "

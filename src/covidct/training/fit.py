@@ -66,8 +66,9 @@ def train(
     (epoch counter, optimizer, scheduler, early stopping, random generators). With several devices or nodes,
     Lightning's DDP runs one process per device; only rank 0 writes files.
     """
-    if config.fold_probe and not resume:  # the network with its probe, then one network learning them: the model
-        for stage, folder in probe_folding(config, run_dir):
+    stages = probe_folding(config, run_dir) if config.fold_probe and not resume else []
+    if len(stages) > 1:  # the network with its probe, then one network learning them: the model
+        for stage, folder in stages:
             run_path = train(stage, progress, folder, on_epoch=on_epoch)
         return run_path
     if resume and run_dir is not None:
