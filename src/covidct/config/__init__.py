@@ -99,8 +99,8 @@ class TrainConfig(Settings):
     fold_probe: bool = setting(
         True,
         "fold the ImageNet probe into the network: train the network and its probe first (the teacher, in "
-        "RUN_DIR-teacher), then one network distilled from them, the model kept: one backbone per image, twice the "
-        "training (no probe to fold: an ordinary run)",
+        "RUN_DIR-teacher), then one network distilled from them, the model kept: one backbone per image, the "
+        "teacher's training added (no probe to fold: an ordinary run)",
     )
     teacher_epochs: int | None = setting(
         6, "with fold_probe: the teacher's epochs, its own schedule over them, at most --epochs (unset: --epochs)"
