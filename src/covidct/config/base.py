@@ -4,7 +4,11 @@ from and written to YAML and dicts (`Settings`), and the names of the choices se
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import os
+import types
+import typing
+from collections.abc import Callable
 from dataclasses import field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -84,6 +88,76 @@ def setting(
     return field(default=default, metadata=meta)
 
 
+def _plain_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _float(value: Any) -> tuple[bool, Any]:
+    if isinstance(value, str):  # `lr: 1e-3` is a string to YAML 1.1
+        try:
+            return True, float(value)
+        except ValueError:
+            return False, value
+    return _plain_number(value), value
+
+
+def _str(value: Any) -> tuple[bool, Any]:  # `precision: 32` or `out: 2026` in YAML: a number where a name is meant
+    plain = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, str) or plain, str(value) if plain else value
+
+
+# Each plain field type: (whether a value fits it, the value as that type)
+_SCALARS: dict[Any, Callable[[Any], tuple[bool, Any]]] = {
+    type(None): lambda v: (v is None, v),
+    bool: lambda v: (isinstance(v, bool), v),
+    int: lambda v: (isinstance(v, numbers.Integral) and not isinstance(v, bool), v),
+    float: _float,
+    str: _str,
+}
+
+
+def _typed(value: Any, hint: Any) -> tuple[bool, Any]:
+    """(whether `value` fits the field type `hint`, the value as that type): a YAML file or a notebook gives plain
+    values, so numbers become int or float (numpy's too), `lr: 1e-3` a float, and a value of the wrong kind (a word
+    for a number, one path for a list) does not fit. A type this does not know fits."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return next((t for t in (_typed(value, option) for option in args) if t[0]), (False, value))
+    if hint in _SCALARS:
+        return _SCALARS[hint](value)
+    if origin in (list, tuple):
+        items = [_typed(v, args[0]) for v in value] if isinstance(value, (list, tuple)) else [(False, value)]
+        return all(fits for fits, _ in items), [typed for _, typed in items]
+    if origin is dict:
+        return isinstance(value, dict), value
+    return True, value
+
+
+def _as_type(value: Any, hint: Any) -> Any:
+    """`value` as the plain Python type of `hint` (int, float), for YAML and the range checks."""
+    kinds = (hint, *typing.get_args(hint))
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and int in kinds:
+        return int(value)
+    if _plain_number(value) and float in kinds:
+        return float(value)
+    return value
+
+
+def checked_types(cls: Any, data: dict[str, Any]) -> dict[str, Any]:
+    """`data` with every value checked against its field's declared type (ConfigError naming the field, the value
+    and the kind it must be) and made that plain type: a wrong kind is refused here, not met as a TypeError later."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for name, value in data.items():
+        fits, typed = _typed(value, hints[name])
+        if not fits:
+            kind = getattr(hints[name], "__name__", None) if isinstance(hints[name], type) else None
+            kind = kind or str(hints[name]).replace("typing.", "")
+            raise ConfigError(f"{name} must be of type {kind}, got {value!r} ({type(value).__name__})")
+        out[name] = _as_type(typed, hints[name])
+    return out
+
+
 class Settings:
     """What every settings dataclass shares: plain dict and YAML in and out, unknown fields and bad YAML refused
     with one clear message. `retired`: fields that older versions wrote, by name: (the value that means "off", why it
@@ -111,7 +185,7 @@ class Settings:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"unknown config field(s) {unknown}; known fields: {sorted(known)}")
-        return cls(**data)
+        return cls(**checked_types(cls, data))
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> Any:
@@ -119,4 +193,7 @@ class Settings:
         data = read_yaml(path)
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must hold a mapping of field: value, got {type(data).__name__}")
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except ConfigError as e:
+            raise ConfigError(f"config file {path}: {e}") from None
