@@ -35,8 +35,9 @@ def test_a_recipe_with_a_value_of_the_wrong_kind_is_refused_naming_the_file_and_
 
 def test_plain_yaml_and_numpy_numbers_read_as_the_types_meant(tmp_path):
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text("lr: 1e-3\nprecision: 32\nepochs: 4\nweight_decay: 0\n")  # 1e-3 is a string to YAML 1.1
+    recipe.write_text("lr: 1e-3\nprecision: 32\nepochs: 4\nweight_decay: 0\nsources:\nextra:\n")  # 1e-3: a string
     config = TrainConfig.from_yaml(recipe)
+    assert (config.sources, config.extra) == ([], {})  # a list or mapping left empty: none
     assert (config.lr, config.precision, config.epochs, config.weight_decay) == (0.001, "32", 4, 0.0)
     assert (type(config.lr), type(config.weight_decay)) == (float, float)
     from_numpy = TrainConfig.from_dict({"epochs": np.int64(3), "lr": np.float32(0.5), "seed": np.int32(7)})

@@ -125,6 +125,8 @@ def _typed(value: Any, hint: Any) -> tuple[bool, Any]:
         return next((t for t in (_typed(value, option) for option in args) if t[0]), (False, value))
     if hint in _SCALARS:
         return _SCALARS[hint](value)
+    if origin in (list, tuple, dict) and value is None:  # `sources:` left empty in a YAML file: none
+        return True, origin()
     if origin in (list, tuple):
         items = [_typed(v, args[0]) for v in value] if isinstance(value, (list, tuple)) else [(False, value)]
         return all(fits for fits, _ in items), [typed for _, typed in items]
