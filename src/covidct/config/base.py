@@ -92,13 +92,19 @@ def _plain_number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def _int(value: Any) -> tuple[bool, Any]:
+    fits = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    return fits, int(value) if fits else value
+
+
 def _float(value: Any) -> tuple[bool, Any]:
     if isinstance(value, str):  # `lr: 1e-3` is a string to YAML 1.1
         try:
             return True, float(value)
         except ValueError:
             return False, value
-    return _plain_number(value), value
+    fits = _plain_number(value)
+    return fits, float(value) if fits else value
 
 
 def _str(value: Any) -> tuple[bool, Any]:  # `precision: 32` or `out: 2026` in YAML: a number where a name is meant
@@ -110,7 +116,7 @@ def _str(value: Any) -> tuple[bool, Any]:  # `precision: 32` or `out: 2026` in Y
 _SCALARS: dict[Any, Callable[[Any], tuple[bool, Any]]] = {
     type(None): lambda v: (v is None, v),
     bool: lambda v: (isinstance(v, bool), v),
-    int: lambda v: (isinstance(v, numbers.Integral) and not isinstance(v, bool), v),
+    int: _int,
     float: _float,
     str: _str,
 }
@@ -135,28 +141,17 @@ def _typed(value: Any, hint: Any) -> tuple[bool, Any]:
     return True, value
 
 
-def _as_type(value: Any, hint: Any) -> Any:
-    """`value` as the plain Python type of `hint` (int, float), for YAML and the range checks."""
-    kinds = (hint, *typing.get_args(hint))
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and int in kinds:
-        return int(value)
-    if _plain_number(value) and float in kinds:
-        return float(value)
-    return value
-
-
 def checked_types(cls: Any, data: dict[str, Any]) -> dict[str, Any]:
     """`data` with every value checked against its field's declared type (ConfigError naming the field, the value
     and the kind it must be) and made that plain type: a wrong kind is refused here, not met as a TypeError later."""
     hints = typing.get_type_hints(cls)
     out = {}
     for name, value in data.items():
-        fits, typed = _typed(value, hints[name])
+        hint = hints[name]
+        fits, out[name] = _typed(value, hint)
         if not fits:
-            kind = getattr(hints[name], "__name__", None) if isinstance(hints[name], type) else None
-            kind = kind or str(hints[name]).replace("typing.", "")
+            kind = hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
             raise ConfigError(f"{name} must be of type {kind}, got {value!r} ({type(value).__name__})")
-        out[name] = _as_type(typed, hints[name])
     return out
 
 
