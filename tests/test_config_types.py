@@ -4,10 +4,13 @@ must be (and the file), never met later as a bare TypeError; plain YAML and nump
 
 from __future__ import annotations
 
+import typing
+
 import numpy as np
 import pytest
 
 from covidct.config import EvalConfig, TrainConfig
+from covidct.config.base import checked_types, field_kind
 from covidct.config.limits import InputLimits
 from covidct.errors import ConfigError
 
@@ -54,3 +57,32 @@ def test_the_other_settings_are_checked_the_same_way():
     name = next(iter(InputLimits().to_dict()))
     with pytest.raises(ConfigError, match=f"{name} must be of type"):
         InputLimits.from_dict({name: "lots"})
+
+
+@pytest.mark.parametrize(
+    ("hint", "kind"),
+    [
+        (bool, bool),
+        (int | None, int),
+        (list[str], list),
+        (tuple[int, ...], list),
+        (dict[str, typing.Any], dict),
+        (str | None, str),
+        (typing.Literal["a", "b"], str),
+    ],
+)
+def test_a_flag_parses_the_kind_its_field_declares(hint, kind):
+    assert field_kind(hint) is kind
+
+
+def test_every_flag_of_every_settings_class_reads_back_through_the_type_check():
+    """What a flag parses (one text given on the command line, as its kind) passes the settings' check on read."""
+    import dataclasses
+
+    samples = {bool: True, list: ["x"], dict: {}, int: "3", float: "0.5", str: "x"}
+    for cls in (TrainConfig, EvalConfig, InputLimits):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            kind = field_kind(hints[f.name])
+            value = samples[kind] if kind in (bool, list, dict, str) else kind(samples[kind])
+            assert checked_types(cls, {f.name: value})[f.name] == value, f.name

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import os
 import sys
+import typing
 from typing import Any
 
 
@@ -101,8 +102,10 @@ def config_args(p: argparse.ArgumentParser, cls: Any = None, config_file: bool =
     metadata; booleans as --x/--no-x; lists repeated). Every default is None here, so that only flags given on the
     command line override. config_file: also --config, a YAML file of the same settings."""
     from covidct.config import TrainConfig
+    from covidct.config.base import field_kind
 
     cls = cls or TrainConfig
+    hints = typing.get_type_hints(cls)
     if config_file:
         p.add_argument("--config", help="a YAML config (e.g. a saved run's config.yaml); flags override it")
     defaults = cls()
@@ -114,7 +117,7 @@ def config_args(p: argparse.ArgumentParser, cls: Any = None, config_file: bool =
         flag = "--" + (meta.get("flag") or f.name).replace("_", "-")
         default = getattr(defaults, f.name)
         help_text = meta.get("help", "")
-        kind = _kind(f.type)
+        kind = field_kind(hints[f.name])
         title = next((t for t, names in SETTING_GROUPS.items() if f.name in names), "other settings")
         group = groups.get(title) or groups.setdefault(title, p.add_argument_group(title))
         if kind is bool:
@@ -134,14 +137,6 @@ def config_args(p: argparse.ArgumentParser, cls: Any = None, config_file: bool =
             group.add_argument(
                 flag, dest=f.name, type=kind, default=None, choices=meta.get("choices"), help=help_text + shown
             )
-
-
-def _kind(annotation: Any) -> type:
-    text = str(annotation)
-    for name, kind in (("bool", bool), ("list", list), ("int", int), ("float", float), ("dict", dict)):
-        if text.startswith(name) or text.startswith(f"{name}[") or text.startswith(f"{name} |"):
-            return kind
-    return str
 
 
 def settings_from_args(args: argparse.Namespace, cls: Any, **values: Any) -> Any:

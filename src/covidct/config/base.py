@@ -155,6 +155,17 @@ def checked_types(cls: Any, data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def field_kind(hint: Any) -> type:
+    """The plain kind of a field's declared type (bool, list, dict, int, float or str; an optional type's own kind):
+    what a command-line flag of the field parses, read from the same hints that checked_types checks."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and args:
+        return field_kind(args[0])
+    origin = typing.get_origin(hint) or hint
+    kinds = {bool: bool, list: list, tuple: list, dict: dict, int: int, float: float}
+    return kinds.get(origin, str)
+
+
 class Settings:
     """What every settings dataclass shares: plain dict and YAML in and out, unknown fields and bad YAML refused
     with one clear message. `retired`: fields that older versions wrote, by name: (the value that means "off", why it
