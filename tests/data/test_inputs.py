@@ -54,8 +54,10 @@ def test_a_folder_with_dicom_is_one_input_and_images_beside_it_are_listed_one_by
     _png(study / "key.png")
     _png(plain / "b.png")
     _png(plain / "a.png")
-    (plain / "notes.txt").write_text("x")
-    assert list_inputs([str(study), str(plain)]) == [study, study / "key.png", plain / "a.png", plain / "b.png"]
+    (plain / "notes.txt").write_text("x")  # listed, to be skipped by name when read (not passed over in silence)
+    (plain / ".DS_Store").write_text("x")  # hidden: not an input
+    listed = list_inputs([str(study), str(plain)])
+    assert listed == [study, study / "key.png", plain / "a.png", plain / "b.png", plain / "notes.txt"]
     assert list_inputs([str(plain / "*.png")]) == [plain / "a.png", plain / "b.png"]
     with pytest.raises(DataError, match="does not exist"):
         list_inputs([str(tmp_path / "missing.png")])
@@ -86,3 +88,16 @@ def test_a_slice_file_and_the_same_bytes_uploaded_read_the_same(tmp_path):
     Image.new("L", (4, 4)).save(tiny, format="PNG")
     with pytest.raises(DataError, match=r"up\.png"):
         read_bytes(tiny.getvalue(), "up.png")  # under the fewest pixels a model can score
+
+
+def test_a_file_in_a_folder_that_no_reader_takes_is_listed_and_refused_by_name(tmp_path):
+    """A .gif beside the slices was passed over in silence: it is now an input that is skipped with what covidct
+    reads, so the user sees it was not scored."""
+    _png(tmp_path / "a.png")
+    Image.new("L", (64, 64)).save(tmp_path / "b.gif")
+    listed = list_inputs([str(tmp_path)])
+    assert listed == [tmp_path / "a.png", tmp_path / "b.gif"]
+    with pytest.raises(
+        DataError, match=r"b\.gif is not a file covidct reads: it reads NIfTI \(\.nii.*DICOM.*images \(.*\.png"
+    ):
+        read_slice(tmp_path / "b.gif")

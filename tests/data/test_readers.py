@@ -51,8 +51,10 @@ def test_a_new_format_is_one_reader_and_one_registration(npy_reader, tmp_path):
     Image.fromarray(synthetic_ct(np.random.default_rng(1), False, (64, 48))).save(folder / "b.png")
     (folder / "notes.txt").write_text("not an input")
     assert kind_of(folder / "a.npy") == "npy" and reader_for(folder / "a.npy") is npy_reader
-    assert list_inputs([str(folder)]) == [folder / "a.npy", folder / "b.png"]
+    assert list_inputs([str(folder)]) == [folder / "a.npy", folder / "b.png", folder / "notes.txt"]
     assert read_slice(folder / "a.npy").size == (64, 48)
+    with pytest.raises(DataError, match=r"notes\.txt is not a file covidct reads: .*DICOM.* and npy files"):
+        read_slice(folder / "notes.txt")  # the kinds named are the registered readers', the new one's too
     with pytest.raises(ValueError, match="registered already"):
         register_reader(npy_reader)
 

@@ -25,7 +25,15 @@ import numpy as np
 from PIL import Image
 
 from covidct.data.images import IMAGE_SUFFIXES, check_scoring_size, decode_rgb, listed_files, load_rgb
-from covidct.data.medical import LUNG_WINDOW, apply_window, dicom_grey, is_dicom, is_nifti, open_dicom
+from covidct.data.medical import (
+    LUNG_WINDOW,
+    NIFTI_SUFFIXES,
+    apply_window,
+    dicom_grey,
+    is_dicom,
+    is_nifti,
+    open_dicom,
+)
 from covidct.errors import DataError
 
 IMAGE, DICOM, NIFTI, DICOM_FOLDER, ZIP = "image", "dicom", "nifti", "dicom-folder", "zip"
@@ -125,19 +133,36 @@ def list_inputs(items: list[str] | list[Path]) -> list[Path]:
 
 
 def _folder_inputs(folder: Path) -> list[Path]:
-    files = listed_files(folder)
-    others = [p for p in files if kind_of(p) not in ("", DICOM)]  # DICOM files: read as the folder's studies
+    """The folder (when it holds DICOM files: read as its studies) and its other files, each once. A file no reader
+    takes stays in the list, to be skipped by name when read: a folder's .gif or .txt is reported, not passed over
+    in silence. Hidden files (a name starting with '.': .DS_Store, editors' copies) are not inputs."""
+    files = [p for p in listed_files(folder) if not p.name.startswith(".")]
+    others = [p for p in files if kind_of(p) != DICOM]  # DICOM files: read as the folder's studies
     return [folder, *others] if _holds_dicom(folder, files) else others
+
+
+def what_is_read() -> str:
+    """The kinds of file the registered readers take, in words (for a message about a file none takes)."""
+    names = {
+        IMAGE: f"images ({', '.join(sorted(IMAGE_SUFFIXES))})",
+        DICOM: "DICOM",
+        NIFTI: f"NIfTI ({', '.join(NIFTI_SUFFIXES)})",
+    }
+    kinds = [names.get(r.kind, f"{r.kind} files") for r in _READERS if r.kind != DICOM_FOLDER]
+    return "it reads " + ", ".join(kinds[:-1]) + " and " + kinds[-1]
 
 
 def read_slice(path: Path, window: tuple[float, float] = LUNG_WINDOW) -> Image.Image:
     """A 2-D input file (an image, or one DICOM slice shown in `window`) as an RGB image, within the sizes a model
     can score."""
     reader = reader_for(path)
-    if reader is None or reader.unit != SLICE:
+    if reader is None:
         raise DataError(
-            f"{path} is not an image or a DICOM slice (a {reader.kind if reader else 'file'} covidct "
-            "does not read as one picture)"
+            f"{path} is not a file covidct reads: {what_is_read()}; convert it to one of these, or leave it out"
+        )
+    if reader.unit != SLICE:
+        raise DataError(
+            f"{path} is not an image or a DICOM slice (a {reader.kind} covidct does not read as one picture)"
         )
     image = reader.read(path, window)
     check_scoring_size(image.size, f"{'image' if reader.kind == IMAGE else reader.kind.upper()} file {path}")
