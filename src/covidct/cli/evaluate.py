@@ -145,7 +145,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("threshold", help="choose the decision threshold on val and store it in the checkpoint")
     p.add_argument("run_dir", type=Path, help="a run folder (runs/<timestamp>-<model>)")
-    p.add_argument("--choose", required=True, help="youden, sensitivity (at least --min-sensitivity) or a number")
+    p.add_argument(
+        "--choose", required=True, help="youden, youden-bootstrap, sensitivity (at least --min-sensitivity) or a number"
+    )
     p.add_argument(
         "--min-sensitivity",
         type=float,

@@ -128,9 +128,10 @@ class TrainConfig(Settings):
     )
     ema_decay: float = setting(0.0, "> 0: validate and checkpoint an exponential moving average of the weights")
     operating_point: str = setting(
-        "youden",
-        "decision threshold stored at the end of training: youden (Youden's J on the validation split) or 0.5",
-        ("youden", "0.5"),
+        "youden-bootstrap",
+        "decision threshold stored at the end of training, chosen on the validation split: youden-bootstrap "
+        "(Youden's J, the median over 200 bootstrap resamples), youden (one pick) or 0.5",
+        ("youden-bootstrap", "youden", "0.5"),
     )
     ood: bool = setting(
         True,

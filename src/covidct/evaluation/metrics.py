@@ -116,6 +116,22 @@ def youden_threshold(labels: ArrayLike, scores: ArrayLike) -> float:
     return float(thresholds[int(np.argmax(j))])  # argmax takes the first = highest threshold among ties
 
 
+def bootstrap_youden_threshold(labels: ArrayLike, scores: ArrayLike, draws: int = 200, seed: int = 0) -> float:
+    """The median of Youden's J thresholds over `draws` stratified bootstrap resamples of the labelled scores (the
+    bootstrapped cut-point of R's cutpointr, maximize_boot_metric, with the median): one Youden pick on about a
+    hundred validation images moves with whichever images sit at the edge. Measured on halves of 22 stored
+    validation splits (ACCURACY.md, 2026-12-08): 18% less spread than one pick and higher accuracy on the other half
+    in 19 of 22. Seeded: the same scores give the same threshold."""
+    y, s = label_score_arrays(labels, scores)
+    positives, negatives = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    rng = np.random.default_rng(seed)
+    picks = []
+    for _ in range(draws):
+        k = np.r_[rng.choice(positives, positives.size), rng.choice(negatives, negatives.size)]
+        picks.append(youden_threshold(y[k], s[k]))
+    return float(np.median(picks))
+
+
 def threshold_for_sensitivity(labels: ArrayLike, scores: ArrayLike, min_sensitivity: float = 0.95) -> float:
     """The highest threshold whose sensitivity is at least `min_sensitivity` (so specificity is as high as it
     can be under that constraint)."""

@@ -25,7 +25,7 @@ def checked_threshold(value: Any, where: str) -> float:
     return number
 
 
-RULES = ("youden", "sensitivity", "given")
+RULES = ("youden", "youden-bootstrap", "sensitivity", "given")
 
 
 @dataclass(frozen=True)

@@ -221,8 +221,8 @@ def finish_run(
             "--on SET, or --choose a value) and the detector's threshold is set out of fold by group",
             run.path,
         )
-    elif config.operating_point == "youden":
-        store_operating_point(run, model)
+    elif config.operating_point != "0.5":
+        store_operating_point(run, model, config.operating_point)
     if config.ood:
         try:
             fit_and_save(run, train_ds, val_ds, model=model)
@@ -298,16 +298,16 @@ def freeze_blocks(model: nn.Module, n: int) -> int:
     return count
 
 
-def store_operating_point(run: RunDir, model: LoadedModel) -> None:
-    """The threshold by Youden's J on the validation split, of the scores of `model` as it now scores (with its
-    probe), recorded in threshold.json as `covidct threshold` does: with label smoothing the scores of this recipe
-    sit off 0.5 (validation at 0.5: sensitivity 0.87, specificity 0.67, ACCURACY.md), and the operating point is
-    chosen on validation, never on test."""
+def store_operating_point(run: RunDir, model: LoadedModel, rule: str) -> None:
+    """The threshold by `rule` (a registered operating-point rule) on the validation split, of the scores of `model`
+    as it now scores (with its probe), recorded in threshold.json as `covidct threshold` does: with label smoothing
+    the scores of this recipe sit off 0.5 (validation at 0.5: sensitivity 0.87, specificity 0.67, ACCURACY.md), and
+    the operating point is chosen on validation, never on test."""
     from covidct.evaluation.thresholds import choose_threshold
 
     try:
-        record = choose_threshold(run, model, "youden")
-        log.info("operating point: threshold %.4f (Youden's J on validation)", record["threshold"])
+        record = choose_threshold(run, model, rule)
+        log.info("operating point: threshold %.4f (%s on validation)", record["threshold"], rule)
     except DataError as e:  # a validation split of one class: the threshold stays 0.5
         log.warning("operating point stays 0.5: %s", e)
 
