@@ -62,6 +62,20 @@ def test_class_per_folder_with_seeded_split(tmp_path):
     assert len(paths) == len(set(paths))
 
 
+def test_a_class_folders_files_that_are_not_slices_are_left_out_with_a_warning_naming_them(tmp_path, caplog):
+    for cls in ("covid", "normal"):
+        (tmp_path / cls).mkdir()
+        for i in range(4):
+            Image.new("L", (16, 16)).save(tmp_path / cls / f"{i}.png")
+    Image.new("L", (16, 16)).save(tmp_path / "covid" / "scan.gif")  # a picture in a format covidct does not read
+    (tmp_path / "covid" / ".DS_Store").write_text("x")  # hidden: not counted
+    with caplog.at_level("WARNING", logger="covidct"):
+        data = load_splits(tmp_path, seed=1)
+    assert sum(len(v) for v in data.splits.values()) == 8
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "1 file(s) left out" in warned[0] and "scan.gif" in warned[0]
+
+
 def test_csv_source_with_and_without_split(tmp_path):
     for i in range(12):
         Image.new("L", (8, 8), i * 10).save(tmp_path / f"{i}.png")

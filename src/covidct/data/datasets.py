@@ -6,6 +6,7 @@ Labels follow the study: non-COVID = 0, COVID = 1 (COVID is the positive class f
 from __future__ import annotations
 
 import csv
+import logging
 import random
 import re
 from collections import defaultdict
@@ -19,8 +20,10 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from covidct.data.images import is_slice_file, listed_files, load_rgb
+from covidct.data.images import IMAGE_SUFFIXES, is_slice_file, listed_files, load_rgb
 from covidct.errors import DataError
+
+log = logging.getLogger("covidct")
 
 CLASS_NAMES = ("NonCOVID", "COVID")
 SPLITS = ("train", "val", "test")
@@ -194,13 +197,27 @@ def subfolder_group(class_folder: Path, path: Path) -> str:
 
 
 def class_folder_samples(root: Path, class_names: Sequence[str]) -> list[Sample]:
-    """Every slice file under ROOT/<class>/ (label: the class's index), grouped by its first subfolder."""
+    """Every slice file under ROOT/<class>/ (label: the class's index), grouped by its first subfolder. Other files
+    (a .gif, a .txt) are not read, and a warning names how many and the first (hidden files, named .*, are not
+    counted): a labelled image in a format covidct does not read is not dropped in silence."""
     samples = []
     for label, name in enumerate(class_names):
         folder = root / name
         if not folder.is_dir():
             raise DataError(f"class folder {folder} does not exist (classes: {list(class_names)})")
-        files = [p for p in listed_files(folder) if is_slice_file(p)]
+        listed = listed_files(folder)
+        read = [is_slice_file(p) for p in listed]
+        files = [p for p, yes in zip(listed, read) if yes]
+        others = [p for p, yes in zip(listed, read) if not yes and not p.name.startswith(".")]
+        if others:
+            log.warning(
+                "class folder %s: %d file(s) left out that are not images (%s) or DICOM slices, e.g. %s; "
+                "convert them to read them",
+                folder,
+                len(others),
+                ", ".join(sorted(IMAGE_SUFFIXES)),
+                others[0],
+            )
         samples += [Sample(p, label, group=subfolder_group(folder, p)) for p in files]
     return samples
 
