@@ -96,6 +96,15 @@ def test_csv_bad_split_value_is_named(tmp_path):
         load_splits(tmp_path, data_csv=tmp_path / "d.csv")
 
 
+def test_an_image_listed_twice_in_a_data_csv_is_refused_naming_both_lines(tmp_path):
+    """In train and test, the test figures would be of an image trained on: refused, as is the same file under
+    another spelling of its path."""
+    Image.new("L", (8, 8)).save(tmp_path / "a.png")
+    (tmp_path / "d.csv").write_text("path,label,split\na.png,covid,train\nb.png,covid,val\n./a.png,covid,test\n")
+    with pytest.raises(DataError, match=r"d\.csv line 4: .*a\.png is listed already on line 2"):
+        load_splits(tmp_path, data_csv=tmp_path / "d.csv")
+
+
 def test_stratified_split_partitions():
     from covidct.data.datasets import Sample
 

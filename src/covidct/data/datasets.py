@@ -236,9 +236,16 @@ def csv_splits(csv_path: Path, seed: int) -> SplitData:
     has_split = "split" in rows[0]
     splits: dict[str, list[Sample]] = {split: [] for split in SPLITS}
     unsplit: list[Sample] = []
+    seen: dict[Path, int] = {}
     for line, row in enumerate(rows, start=2):
         path = Path(row["path"].strip())
         path = path if path.is_absolute() else csv_path.parent / path
+        first = seen.setdefault(path.resolve(), line)
+        if first != line:  # in two splits, the test figures would be of an image trained on; in one, counted twice
+            raise DataError(
+                f"data CSV {csv_path} line {line}: {path} is listed already on line {first}; list each image once "
+                "(one label, one split)"
+            )
         sample = Sample(
             path, index[row["label"].strip()], (row.get("source") or "").strip(), (row.get("group") or "").strip()
         )
