@@ -105,6 +105,14 @@ def test_an_image_listed_twice_in_a_data_csv_is_refused_naming_both_lines(tmp_pa
         load_splits(tmp_path, data_csv=tmp_path / "d.csv")
 
 
+def test_an_image_in_two_official_split_files_is_refused_naming_it(tiny_dataset):
+    split_file = tiny_dataset / "Data-split" / "COVID" / "testCT_COVID.txt"
+    train_name = (tiny_dataset / "Data-split" / "COVID" / "trainCT_COVID.txt").read_text().split()[0]
+    split_file.write_text(split_file.read_text().rstrip("\n") + "\n" + train_name + "\n")
+    with pytest.raises(DataError, match=f"{re.escape(train_name)} is in the train and the test split"):
+        load_splits(tiny_dataset)
+
+
 def test_stratified_split_partitions():
     from covidct.data.datasets import Sample
 

@@ -263,6 +263,23 @@ def csv_splits(csv_path: Path, seed: int) -> SplitData:
     return SplitData(splits, class_names, f"csv {csv_path}", seeded=bool(unsplit))
 
 
+def refuse_repeats(data: SplitData) -> SplitData:
+    """`data` when no image is in it twice (by its file, links followed): an image in two splits would put the test
+    figures on an image trained on, one in a split twice would count it twice. A DataError names the image and where."""
+    seen: dict[Path, str] = {}
+    for split, samples in data.splits.items():
+        for sample in samples:
+            key = sample.path.resolve()
+            if key in seen:
+                where = f"the {seen[key]} and the {split} split" if seen[key] != split else f"the {split} split twice"
+                raise DataError(
+                    f"{data.source}: {sample.path} is in {where}; list each image once (a split file or a link "
+                    "that names it again)"
+                )
+            seen[key] = split
+    return data
+
+
 def load_splits(data_dir: str | Path, data_csv: str | Path | None = None, seed: int = 42) -> SplitData:
     """Find the data: a CSV if given, else the official layout, else class-per-folder trees."""
     if data_csv:
@@ -275,9 +292,9 @@ def load_splits(data_dir: str | Path, data_csv: str | Path | None = None, seed: 
         )
     if is_official_layout(root):
         splits = {split: read_official_split(root, split) for split in SPLITS}
-        return SplitData(splits, CLASS_NAMES, f"COVID-CT official split {root}")
+        return refuse_repeats(SplitData(splits, CLASS_NAMES, f"COVID-CT official split {root}"))
     if any(d.is_dir() for d in root.iterdir()):
-        return folder_splits(root, seed)
+        return refuse_repeats(folder_splits(root, seed))
     raise DataError(
         f"data folder {root} is neither the COVID-CT layout (Images-processed/ + Data-split/) nor "
         "class-per-folder images; see the docs, how-to 'Use your own data'"
