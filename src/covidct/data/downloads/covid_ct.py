@@ -92,7 +92,6 @@ def verify_dataset(root: Path, expected: dict[str, dict[str, int]] | None = OFFI
             problems.append(f"folder {image_dir} is missing")
             continue
         on_disk = {p.name for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
-        listed: set[str] = set()
         for split in SPLITS:
             split_file = official_split_file(root, class_name, split)
             try:
@@ -108,7 +107,6 @@ def verify_dataset(root: Path, expected: dict[str, dict[str, int]] | None = OFFI
                 if key in seen:
                     problems.append(f"{key} is listed in both {seen[key]} and {split}")
                 seen[key] = split
-            listed |= set(names)
             want = expected[split][class_name] if expected else None
             if want is not None and len(names) != want:
                 problems.append(f"{split_file.name} lists {len(names)} images, expected {want}")
