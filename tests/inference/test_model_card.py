@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 
@@ -62,3 +63,32 @@ def test_a_card_without_an_operating_point_is_never_written(tmp_path):
     with pytest.raises(ModelError, match="'threshold'"):
         card(threshold=None).write(tmp_path)
     assert not (tmp_path / "model.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "says"),
+    [
+        ("input_size", 50000, "'input_size' must be a whole number of pixels from 32 to 1024"),  # memory, refused
+        ("input_size", 32.5, "'input_size' must be a whole number"),
+        ("resize", -5, "'resize' must be a whole number of pixels from 32 to 64"),
+        ("mean", [0.5, 0.5], "'mean' must be three finite numbers"),
+        ("mean", [math.nan] * 3, "'mean' must be three finite numbers"),
+        ("std", [0, 0, 0], "'std' must be three positive numbers"),
+        ("grayscale", "yes", "'grayscale' must be one of \\[False, True\\]"),
+        ("crop", "chest", "'crop' must be one of"),
+        ("intensity", 1, "'intensity' must be one of"),
+    ],
+)
+def test_a_card_whose_preprocessing_would_take_the_memory_or_give_nan_scores_is_refused(tmp_path, field, value, says):
+    """A model card is input too: each preprocessing field is checked on read, not met as an out-of-memory kill
+    (input_size 50,000), a bare traceback (two means) or NaN scores (a std of 0)."""
+    pre = {**PRE.to_dict(), field: value}
+    message = _tampered(tmp_path, preprocessing=pre)
+    assert "'preprocessing' cannot be read" in message
+    assert re.search(says, message), message
+
+
+def test_preprocessing_read_back_is_the_same_and_older_records_without_the_newer_steps_read():
+    assert Preprocessing.from_dict(PRE.to_dict()) == PRE
+    older = {k: v for k, v in PRE.to_dict().items() if k not in ("grayscale", "crop", "intensity")}
+    assert Preprocessing.from_dict(older) == PRE

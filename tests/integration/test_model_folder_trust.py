@@ -111,3 +111,33 @@ def test_a_damaged_export_weights_file_is_refused_naming_it_on_load(two_exports,
         weights.write_bytes(damage(weights.read_bytes()))
         with pytest.raises(ModelError, match=r"model\.safetensors is not a safetensors file .*export the run again"):
             load_trained(folder)
+
+
+def test_a_card_edited_away_from_the_preprocessing_its_graph_was_exported_with_is_refused(two_exports, tmp_path):
+    """The graph records the preprocessing it was verified with: a card whose mean, or input side, was changed
+    since (by hand, or copied from another export) is refused naming the file and the field, not scored with other
+    numbers in silence or met as ONNX Runtime's shape error."""
+    mine, _ = two_exports
+    side = json.loads((mine / "model.json").read_text())["preprocessing"]["input_size"]
+    for field, value, says in (
+        ("mean", [0.1, 0.2, 0.3], r"model\.onnx was exported with other preprocessing than its card's \(mean\)"),
+        ("input_size", side + 32, rf"model\.onnx takes images of {side}x{side} pixels and its card says {side + 32}"),
+    ):
+        edited = _copy(mine, tmp_path / field)
+        card = json.loads((edited / "model.json").read_text())
+        card["preprocessing"][field] = value
+        if field == "input_size":  # with a resize that reads: the side alone differs from the graph's
+            card["preprocessing"]["resize"] = max(card["preprocessing"]["resize"], side + 32)
+        (edited / "model.json").write_text(json.dumps(card))
+        (edited / "model.safetensors").unlink()  # the graph alone with its card: the ONNX file's own check
+        with pytest.raises(ModelError, match=says):
+            load_trained(edited)
+
+
+def test_a_checkpoint_whose_preprocessing_was_edited_past_its_bounds_is_refused_naming_it(trained_run, tmp_path):
+    ckpt = tmp_path / "best.ckpt"
+    saved = torch.load(trained_run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    saved["hyper_parameters"]["preprocessing"]["input_size"] = 50_000  # 50,000 x 50,000 images: the memory, gone
+    torch.save(saved, ckpt)
+    with pytest.raises(ModelError, match=r"best\.ckpt: hyper_parameters 'preprocessing' cannot be read .*input_size"):
+        load_trained(ckpt)

@@ -12,6 +12,8 @@ from covidct.config.base import (  # noqa: F401 (the package's names)
     CROPS,
     DEFAULT_DATA_DIR,
     DEFAULT_MODEL,
+    INPUT_SIZES,
+    INTENSITIES,
     MONITORS,
     PRECISIONS,
     Settings,
@@ -40,7 +42,10 @@ TRAIN_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "devices": (_at_least_one, ">= 1"),
     "num_nodes": (_at_least_one, ">= 1"),
     "checkpoint_every": (_at_least_one, ">= 1"),
-    "input_size": (lambda v: v is None or 32 <= v <= 1024, "between 32 and 1024 pixels"),
+    "input_size": (
+        lambda v: v is None or INPUT_SIZES[0] <= v <= INPUT_SIZES[1],
+        f"between {INPUT_SIZES[0]} and {INPUT_SIZES[1]} pixels",
+    ),
     "patience": (_at_least_one, ">= 1"),
     "weight_decay": (lambda v: v >= 0, ">= 0"),
     "label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
@@ -166,7 +171,7 @@ class TrainConfig(Settings):
     intensity: str = setting(
         "none",
         "histogram equalisation of every image: global (equalize) or adaptive, contrast-limited (clahe)",
-        ("none", "equalize", "clahe"),
+        INTENSITIES,
     )
     # ---- speed and machines
     precision: str = setting("auto", "auto: bf16-mixed on CPUs with AMX/AVX512-BF16 and on GPUs, else 32", PRECISIONS)

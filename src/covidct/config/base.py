@@ -24,6 +24,8 @@ DEFAULT_DATA_DIR = "data/covid-ct"
 MONITORS = {"val_acc": "max", "val_auc": "max", "val_auc_mean": "max", "val_loss": "min", "last": "max"}
 PRECISIONS = ("auto", "32", "bf16-mixed", "16-mixed")
 CROPS = ("none", "body", "lung", "lung-mask")  # data/crop.py says what each does
+INTENSITIES = ("none", "equalize", "clahe")  # data/transforms.py says what each does
+INPUT_SIZES = (32, 1024)  # a model's input side in pixels, the least and the most
 
 
 class _NoAliasLoader(yaml.SafeLoader):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
+
+from covidct.config.base import CROPS, INPUT_SIZES, INTENSITIES
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -43,12 +46,45 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
+        """From a checkpoint's or a model card's record, every field checked: a model file is input too (a size past
+        the bounds would take the machine's memory, a std of 0 or a missing mean gives NaN scores or a traceback, a
+        word is not a yes). ValueError names the field and what it must be."""
+        if not isinstance(d, dict):
+            raise ValueError(f"must be a mapping of mean, std, input_size, resize, ..., got {type(d).__name__}")
+        input_size = _whole(d, "input_size", *INPUT_SIZES)
         return cls(
-            tuple(d["mean"]),
-            tuple(d["std"]),
-            int(d["input_size"]),
-            int(d["resize"]),
-            bool(d.get("grayscale", False)),
-            str(d.get("crop", "none")),  # checkpoints from before these options: neither
-            str(d.get("intensity", "none")),
+            _three(d, "mean", lambda v: True),
+            _three(d, "std", lambda v: v > 0),
+            input_size,
+            _whole(d, "resize", input_size, 2 * input_size),  # the shorter side before the centre crop
+            _one_of(d, "grayscale", (False, True), False),
+            _one_of(d, "crop", CROPS, "none"),  # checkpoints from before these options: neither
+            _one_of(d, "intensity", INTENSITIES, "none"),
         )
+
+
+def _three(d: dict[str, Any], name: str, fits: Any) -> tuple[float, float, float]:
+    value = d.get(name)
+    numbers = isinstance(value, (list, tuple)) and all(_number(v) for v in value)
+    if not (numbers and len(value) == 3 and all(math.isfinite(v) and fits(v) for v in value)):
+        must = "positive" if name == "std" else "finite"
+        raise ValueError(f"'{name}' must be three {must} numbers (one per channel), got {value!r}")
+    return tuple(float(v) for v in value)  # type: ignore[return-value]
+
+
+def _whole(d: dict[str, Any], name: str, least: int, most: int) -> int:
+    value = d.get(name)
+    if not (_number(value) and float(value).is_integer() and least <= value <= most):
+        raise ValueError(f"'{name}' must be a whole number of pixels from {least} to {most}, got {value!r}")
+    return int(value)
+
+
+def _one_of(d: dict[str, Any], name: str, allowed: Sequence[Any], missing: Any) -> Any:
+    value = d.get(name, missing)
+    if not any(value is a or (isinstance(a, str) and value == a) for a in allowed):
+        raise ValueError(f"'{name}' must be one of {list(allowed)}, got {value!r}")
+    return value
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -5,6 +5,7 @@ PyTorch on real images when it is written."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -21,6 +22,7 @@ from covidct.data import load_rgb
 from covidct.errors import ModelError
 from covidct.fileio import atomic_write, read_json
 from covidct.inference.load import (
+    PREPROCESSING_KEY,
     WEIGHTS_KEY,
     LoadedModel,
     load_checkpoint,
@@ -109,7 +111,8 @@ def write_checked_onnx(module: LoadedModel, path: Path, images: torch.Tensor) ->
             relative = f"{feature_diff:.2e} (relative, > {ONNX_TOLERANCE})"
             raise ModelError(f"ONNX export's detector features differ from PyTorch's by {relative}; not written")
         graph = onnx.load(str(tmp))
-        onnx.helper.set_model_props(graph, {WEIGHTS_KEY: fingerprint})
+        recipe = json.dumps(module.preprocessing.to_dict(), sort_keys=True)  # what check_graph compares the card with
+        onnx.helper.set_model_props(graph, {WEIGHTS_KEY: fingerprint, PREPROCESSING_KEY: recipe})
         onnx.save(graph, str(tmp))
         os.replace(tmp, path)
     finally:

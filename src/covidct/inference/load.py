@@ -5,6 +5,7 @@ code runs, and no training code is needed."""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from covidct.runs.model_card import CARD_NAME, ModelCard, run_records
 from covidct.runs.operating_point import checked_threshold
 
 WEIGHTS_KEY = "covidct_weights_sha256"  # an ONNX graph's metadata: the fingerprint of the weights it was made from
+PREPROCESSING_KEY = "covidct_preprocessing"  # and the preprocessing (JSON) it was verified with
 log = logging.getLogger("covidct")
 
 
@@ -75,9 +77,13 @@ def load_checkpoint(ckpt: str | Path, run: RunDir | None = None, operating_point
         raise ModelError(f"checkpoint {ckpt} does not fit {hp['model_name']}: {type(e).__name__}: {e}") from None
     where = f"checkpoint {ckpt}: hyper_parameters 'threshold'"
     threshold = checked_threshold(hp.get("threshold", 0.5), where) if operating_point else None
+    try:
+        preprocessing = Preprocessing.from_dict(hp.get("preprocessing"))
+    except ValueError as e:
+        raise ModelError(f"checkpoint {ckpt}: hyper_parameters 'preprocessing' cannot be read ({e})") from None
     card = ModelCard(
         hp["model_name"],
-        Preprocessing.from_dict(hp["preprocessing"]),
+        preprocessing,
         list(hp["class_names"]),
         threshold,
         checkpoint={"file": ckpt.name, "epoch": int(saved.get("epoch", -1)) + 1},
@@ -180,10 +186,33 @@ def with_run_graph(
     except Exception as e:  # a damaged graph costs speed, never an answer
         log.warning("%s cannot be read (%s); scoring with PyTorch", path, type(e).__name__)
         return model
-    check_made_from(graph_fingerprint(session), weights or weights_fingerprint(model), path, model.source)
+    check_graph(session, model.card, weights or weights_fingerprint(model), path, model.source)
     if model.ood is None or len(session.get_outputs()) > 1:
         model.session, model.graph = session, path
     return model
+
+
+def check_graph(session: Any, card: ModelCard, weights: str | None, file: Path, model: str) -> None:
+    """An ONNX graph scores with its card's preprocessing and the folder's weights: made from other weights
+    (check_made_from; `weights` None: the caller checks them), an input side other than the card's, or exported with
+    other preprocessing than the card says (recorded in the graph's metadata; older graphs record none: the side
+    alone) is refused naming the file, never scored in silence or met as ONNX Runtime's traceback."""
+    if weights is not None:
+        check_made_from(graph_fingerprint(session), weights, file, model)
+    side, dims = card.preprocessing.input_size, session.get_inputs()[0].shape[2:]
+    fix = "export it again (covidct export RUN), or restore the card the graph was exported with"
+    if any(isinstance(d, int) and d != side for d in dims):
+        raise ModelError(f"{file} takes images of {dims[0]}x{dims[1]} pixels and its card says {side}; {fix}")
+    recorded = session.get_modelmeta().custom_metadata_map.get(PREPROCESSING_KEY)
+    if recorded is None:
+        return
+    try:
+        made_with = Preprocessing.from_dict(json.loads(recorded))
+    except (ValueError, TypeError) as e:
+        raise ModelError(f"{file}: its recorded preprocessing cannot be read ({e}); {fix}") from None
+    if made_with != card.preprocessing:
+        changed = [k for k, v in made_with.to_dict().items() if card.preprocessing.to_dict()[k] != v]
+        raise ModelError(f"{file} was exported with other preprocessing than its card's ({', '.join(changed)}); {fix}")
 
 
 def graph_fingerprint(session: Any) -> str | None:
@@ -300,7 +329,7 @@ def load_trained(path: str | Path, threads: int | None = None, checkpoint: str =
             if (path / "model.onnx").is_file():  # scores from ONNX Runtime (faster), Grad-CAM from PyTorch
                 session = onnx_session(path / "model.onnx", threads)
                 weights = model.card.weights_sha256 or weights_fingerprint(model)  # the card's was checked on load
-                check_made_from(graph_fingerprint(session), weights, path / "model.onnx", str(path))
+                check_graph(session, model.card, weights, path / "model.onnx", str(path))
                 if len(session.get_outputs()) > 1 or model.ood is None:  # older ONNX files lack the features
                     model.session, model.graph = session, path / "model.onnx"
             return with_export_threshold(model if model.session else model.built(), path)
@@ -318,7 +347,6 @@ def load_trained(path: str | Path, threads: int | None = None, checkpoint: str =
         session = onnx_session(path, threads)
         model = LoadedModel(ModelCard.read(card_path), session=session, source=str(path), graph=path)
         weights = graph_fingerprint(session)
-        if model.card.weights_sha256 is not None:
-            check_made_from(weights, model.card.weights_sha256, path, str(card_path))
+        check_graph(session, model.card, model.card.weights_sha256, path, str(card_path))
         return with_detector(model, path.parent, weights) if len(session.get_outputs()) > 1 else model
     raise ModelError(f"model file {path} must be .safetensors, .onnx or .ckpt (with {CARD_NAME} beside the first two)")
