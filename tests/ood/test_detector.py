@@ -2,6 +2,7 @@
 scikit-learn's own estimator, what it flags, and its storage."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -280,3 +281,33 @@ def test_out_of_fold_threshold_is_what_a_new_patient_scores():
     assert by_image.flags(by_image.score(new, framing_stats(192, 3))).mean() >= 0.3
     with pytest.raises(ModelError, match="a group per image"):
         fit_out_of_fold(train, groups[:10], "arch", DetectorRecipe("mahalanobis"))
+
+
+@pytest.mark.parametrize(
+    ("fitted", "change", "named"),
+    [
+        ("mahalanobis", {"threshold": -1.0}, "threshold -1.0"),  # every image flagged
+        ("mahalanobis", {"k": 0}, "k 0"),
+        ("mahalanobis", {"percentile": 500.0}, "percentile 500.0"),
+        ("knn", {"method": "mahalanobis"}, "method 'mahalanobis'"),  # another method's arrays
+    ],
+)
+def test_a_detector_whose_values_cannot_be_what_fitting_made_is_refused(tmp_path, fitted, change, named):
+    detector = fit_detector(gaussian(60), gaussian(30, seed=1), "arch", DetectorRecipe(fitted))
+    save_detector(detector, tmp_path)
+    card = json.loads((tmp_path / "ood.json").read_text())
+    (tmp_path / "ood.json").write_text(json.dumps({**card, **change}))
+    with pytest.raises(ModelError, match=f"is damaged \\(.*{re.escape(named)}.*refit it") as refused:
+        load_detector(tmp_path)
+    assert str(tmp_path / "ood.json") in str(refused.value)
+
+
+def test_a_knn_method_on_a_mahalanobis_detectors_arrays_is_refused_not_met_as_scikit_learns_error(tmp_path):
+    """Features wider than the training images are many: the arrays of one method do not score for the other."""
+    rng = np.random.default_rng(0)
+    detector = fit_detector(rng.normal(size=(30, 64)), rng.normal(size=(20, 64)), "arch", DetectorRecipe("mahalanobis"))
+    save_detector(detector, tmp_path)
+    card = json.loads((tmp_path / "ood.json").read_text())
+    (tmp_path / "ood.json").write_text(json.dumps({**card, "method": "knn"}))
+    with pytest.raises(ModelError, match=r"is damaged \(its knn arrays do not score an image"):
+        load_detector(tmp_path)

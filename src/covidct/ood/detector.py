@@ -36,6 +36,7 @@ CARD = "ood.json"
 DEFAULT_PERCENTILE = 95.0  # of the validation images' scores: about 5% of in-distribution images flag
 DEFAULT_K = 1
 METHODS = ("knn", "mahalanobis")
+PERCENTILES = (50.0, 100.0)  # a detector's percentile: at least the first, under the second
 # The framing half's score is divided by its validation percentile, but by no less than this: two resolution units
 # (ood/framing.py), so that a source whose validation images are all framed alike does not flag rounding.
 MIN_FRAMING_REF = 2.0

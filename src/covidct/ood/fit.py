@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 from covidct.data import ImageDataset
 from covidct.errors import ModelError
 from covidct.models.hooks import run_over
-from covidct.ood.detector import DEFAULT_K, DEFAULT_PERCENTILE, METHODS, MIN_FRAMING_REF, OODDetector
+from covidct.ood.detector import DEFAULT_K, DEFAULT_PERCENTILE, METHODS, MIN_FRAMING_REF, PERCENTILES, OODDetector
 from covidct.ood.distances import shrunk_axes, unit_rows
 from covidct.ood.features import logits_and_features
 from covidct.ood.framing import RESOLUTION
@@ -294,8 +294,9 @@ def _fitted(
     method, percentile = recipe.method, recipe.percentile
     if method not in METHODS:
         raise ModelError(f"out-of-distribution method must be one of {METHODS}, got {method!r}")
-    if not 50 <= percentile < 100:
-        raise ModelError(f"the detector's percentile must be in [50, 100), got {percentile}")
+    if not PERCENTILES[0] <= percentile < PERCENTILES[1]:
+        low, high = PERCENTILES
+        raise ModelError(f"the detector's percentile must be in [{low:g}, {high:g}), got {percentile}")
     train = _checked(train, "training", 2)
     center = train.mean(0)
     scale = np.maximum(train.std(0), 1e-6 * max(1.0, float(np.abs(train).max())))

@@ -13,7 +13,8 @@ from covidct.errors import ModelError
 from covidct.fileio import read_json
 from covidct.ood.acquisition import AcquisitionRecord
 from covidct.ood.card import checked_card
-from covidct.ood.detector import CARD, DEFAULT_K, METHODS, WEIGHTS, OODDetector
+from covidct.ood.detector import CARD, DEFAULT_K, METHODS, PERCENTILES, WEIGHTS, OODDetector
+from covidct.ood.distances import ood_scores
 from covidct.ood.framing import FRAMING_STATISTICS
 from covidct.ood.pixels import PIXEL_STATISTICS
 from covidct.ood.shift import ShiftReference
@@ -110,11 +111,29 @@ def _from_card(card: Any, arrays: dict[str, np.ndarray], prefix: str, where: str
     ):
         what = f"method {detector.method!r}, {detector.center.shape} centre for {detector.feature_dim} features"
         raise ModelError(f"out-of-distribution detector {where} is damaged ({what}); refit it")
+    wrong = _out_of_range(detector)
+    if wrong:
+        raise ModelError(f"out-of-distribution detector {where} is damaged ({wrong}); refit it: covidct ood fit RUN")
     if card.get("framing") is not None:
         detector.framing, detector.refs = _framing_half(card["framing"], arrays, where, prefix)
     if card.get("pixels") is not None and detector.framing is not None:
         detector.pixels, detector.pixel_ref = _pixels_half(card["pixels"], arrays, where, prefix)
     return detector
+
+
+def _out_of_range(detector: OODDetector) -> str:
+    """What of a detector read back cannot be what fitting made ("" when nothing): k under 1, a percentile outside
+    the fit's range, a negative threshold (every image flagged), or arrays that do not score one image (a knn
+    method on a Mahalanobis detector's arrays ends in scikit-learn's traceback otherwise)."""
+    if detector.k < 1 or not PERCENTILES[0] <= detector.percentile < PERCENTILES[1] or detector.threshold < 0:
+        return f"k {detector.k}, percentile {detector.percentile}, threshold {detector.threshold}"
+    try:
+        one = np.ones((1, detector.feature_dim))
+        with np.errstate(all="ignore"):
+            score = ood_scores(detector.method, one, detector.bank, detector.location, detector.k)
+    except Exception as e:  # shapes that do not fit: numpy's or scikit-learn's ValueError
+        return f"its {detector.method} arrays do not score an image: {type(e).__name__}"
+    return "" if score.shape == (1,) else f"its {detector.method} arrays score one image as {score.shape}"
 
 
 def _check_finite(detector: OODDetector, where: str) -> None:
