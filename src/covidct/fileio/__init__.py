@@ -140,7 +140,11 @@ def read_csv(path: str | Path) -> list[dict[str, str]]:
     if not path.is_file():
         return []
     with open(path, newline="", encoding="utf-8") as f:
-        return [{_unsafe_cell(k): _unsafe_cell(v or "") for k, v in row.items()} for row in csv.DictReader(f)]
+        rows = list(csv.DictReader(f))
+    for line, row in enumerate(rows, start=2):
+        if None in row:  # csv puts the cells past the header's under None: a damaged file, refused by name
+            raise DataError(f"{path} line {line} has more cells than its header; the file is damaged or not this one")
+    return [{_unsafe_cell(k): _unsafe_cell(v or "") for k, v in row.items()} for row in rows]
 
 
 def write_csv(path: str | Path, rows: Sequence[dict[str, Any]]) -> Path:

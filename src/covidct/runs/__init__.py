@@ -128,7 +128,20 @@ class RunDir:
         return read_json_card(SummaryRecord, self.summary_path, fix).model_dump(mode="json")
 
     def history(self) -> list[dict[str, str]]:
-        return read_csv(self.metrics_path) if self.metrics_path.is_file() else []
+        """metrics.csv's rows, one per epoch, each checked on read: a whole epoch number from 1, and a number (or
+        nothing) in every other column of the header; a damaged row is refused naming its line, not met as a
+        ValueError in a figure or a resumed run."""
+        if not self.metrics_path.is_file():
+            return []
+        rows = read_csv(self.metrics_path)
+        for line, row in enumerate(rows, start=2):
+            epoch, bad = row.get("epoch") or "", [k for k, v in row.items() if not _number_or_empty(v)]
+            if bad or not (epoch.isdigit() and int(epoch) >= 1):
+                raise ModelError(
+                    f"{self.metrics_path} line {line}: column(s) {bad or ['epoch']} not a number ({row}); it is "
+                    "written by training: train the run again (or restore the file)"
+                )
+        return rows
 
     def checkpoint(self, which: str = "best") -> Path:
         path = self.checkpoint_path(which)
@@ -230,3 +243,13 @@ def find_checkpoint(run_dir: str | Path, which: str = "best") -> Path:
     if run_dir.is_file() and run_dir.suffix == ".ckpt":
         return run_dir
     return RunDir.at(run_dir).checkpoint(which)
+
+
+def _number_or_empty(value: str | None) -> bool:
+    if value == "":
+        return True
+    try:
+        float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+    return True

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field
 
@@ -21,6 +21,10 @@ EVERY_LABELLED = "every_labelled.csv"  # the pool (training and validation image
 STUDENT = "student"
 
 
+# A proportion or an AUC: in [0, 1], never NaN (a metric undefined on one class is null)
+Share = Annotated[float, Field(ge=0, le=1)]
+
+
 class EvaluationRecord(OpenCard):
     """eval-<name>/metrics.json, as `covidct evaluate` writes it: the fields compare, report, study and the model
     card read (a metric undefined on one class is null)."""
@@ -28,11 +32,11 @@ class EvaluationRecord(OpenCard):
     model: str | list[str]
     split: str
     n: int = Field(ge=0)
-    accuracy: float | None
-    sensitivity: float | None
-    specificity: float | None
-    auc: float | None
-    threshold: float
+    accuracy: Share | None
+    sensitivity: Share | None
+    specificity: Share | None
+    auc: Share | None
+    threshold: Share
     class_names: list[str] = Field(min_length=2, max_length=2)
     epoch: int | None = None
     ci95: dict[str, Any] = Field(default_factory=dict)
