@@ -49,3 +49,17 @@ def test_a_damaged_row_of_a_runs_metrics_csv_is_refused_naming_its_line(tmp_path
     run.metrics_path.write_text(header + "1,0.61,0.78\n3,0.5,0.8,9\n")  # a cell past the header: csv's None key
     with pytest.raises(DataError, match=r"metrics\.csv line 3 has more cells than its header"):
         run.history()
+
+
+def test_an_evaluations_predictions_are_read_back_checked_naming_a_damaged_line(tmp_path):
+    from covidct.runs.records import prediction_rows
+
+    path = tmp_path / "predictions.csv"
+    header = "path,source,label,score,prediction\n"
+    path.write_text(header + "a.png,s,1,0.9,1\nb.png,s,0,0.7,1\n")
+    rows = prediction_rows(path)
+    assert [(r["label"], r["score"], r["prediction"]) for r in rows] == [(1, 0.9, 1), (0, 0.7, 1)]
+    for damaged in ("c.png,s,7,0.2,0\n", "c.png,s,1,high,1\n", "c.png,s,1,1.5,1\n", ",s,1,0.5,1\n"):
+        path.write_text(header + "a.png,s,1,0.9,1\n" + damaged)  # a third class, a word, a score past 1, no path
+        with pytest.raises(ModelError, match=r"predictions\.csv line 3: a prediction needs"):
+            prediction_rows(path)

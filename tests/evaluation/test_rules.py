@@ -33,8 +33,7 @@ def test_a_rule_registered_is_chosen_through_the_one_function_and_an_unknown_one
 def test_the_bootstrapped_youden_threshold_is_seeded_and_separates_separable_scores():
     labels = np.r_[np.zeros(30), np.ones(30)]
     scores = np.r_[np.linspace(0.05, 0.45, 30), np.linspace(0.55, 0.95, 30)]
-    t = bootstrap_youden_threshold(labels, scores)
-    assert t == bootstrap_youden_threshold(labels, scores)  # the same scores, the same threshold
+    t = bootstrap_youden_threshold(labels, scores, 50, seed=0)
     assert binary_metrics(labels, scores, t).accuracy == 1.0
 
 
@@ -47,5 +46,25 @@ def test_the_bootstrapped_youden_threshold_moves_less_between_small_validation_s
         labels = np.r_[np.zeros(30), np.ones(30)]
         scores = 1 / (1 + np.exp(-np.r_[rng.normal(-0.6, 1, 30), rng.normal(0.6, 1, 30)]))
         picks.append(youden_threshold(labels, scores))
-        medians.append(bootstrap_youden_threshold(labels, scores, draws=100))
+        medians.append(bootstrap_youden_threshold(labels, scores, 100, seed=0))
     assert np.std(medians) < np.std(picks)  # 0.076 against 0.084 here
+
+
+def test_the_bootstrapped_youden_threshold_is_the_median_of_seeded_stratified_resamples():
+    """Against the method written out here (numpy's generator, each class resampled to its own size): the seed
+    decides the draws, and both classes are drawn whole, not one image of one of them."""
+    rng = np.random.default_rng(3)
+    labels = np.r_[np.zeros(40), np.ones(40)]
+    scores = 1 / (1 + np.exp(-np.r_[rng.normal(-0.5, 1, 40), rng.normal(0.5, 1, 40)]))
+    positives, negatives = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
+    for seed in (0, 1):
+        draw = np.random.default_rng(seed)
+        picks = []
+        for _ in range(60):
+            k = np.r_[draw.choice(positives, 40), draw.choice(negatives, 40)]
+            picks.append(youden_threshold(labels[k], scores[k]))
+        assert bootstrap_youden_threshold(labels, scores, 60, seed) == np.median(picks)
+    assert bootstrap_youden_threshold(labels, scores, 60, 0) != bootstrap_youden_threshold(labels, scores, 60, 1)
+    assert rules.choose_by_rule("youden-bootstrap", labels, scores) == bootstrap_youden_threshold(
+        labels, scores, rules.BOOTSTRAP_DRAWS, 0
+    )

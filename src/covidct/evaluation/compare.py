@@ -11,9 +11,9 @@ from covidct.errors import ModelError
 from covidct.evaluation.statistics import (
     delong_paired_test,
 )
-from covidct.fileio import read_csv
 from covidct.fileio.tables import interval_text
 from covidct.runs import RunDir
+from covidct.runs.records import prediction_rows
 
 
 def compare_runs(run_dirs: list[str | Path], split: str = "test") -> list[dict[str, Any]]:
@@ -53,7 +53,7 @@ def compare_runs(run_dirs: list[str | Path], split: str = "test") -> list[dict[s
 
 def read_predictions(path: Path) -> dict[str, tuple[int, float]]:
     """{class folder/file name: (label, score)}: keyed so that runs made from other folders still pair up."""
-    return {"/".join(Path(r["path"]).parts[-2:]): (int(r["label"]), float(r["score"])) for r in read_csv(path)}
+    return {"/".join(Path(r["path"]).parts[-2:]): (r["label"], r["score"]) for r in prediction_rows(path)}
 
 
 def _add_paired_tests(rows: list[dict[str, Any]], prediction_files: list[Path]) -> None:

@@ -41,12 +41,16 @@ def _youden(labels: ArrayLike, scores: ArrayLike, min_sensitivity: float) -> flo
     return youden_threshold(labels, scores)
 
 
+BOOTSTRAP_DRAWS = 200  # youden-bootstrap's resamples, seeded: the same scores give the same threshold
+
+
 @register_rule(
     "youden-bootstrap",
-    "Youden's J, the median of its thresholds over 200 stratified bootstrap resamples (steadier on a small split)",
+    f"Youden's J, the median of its thresholds over {BOOTSTRAP_DRAWS} stratified bootstrap resamples (steadier on a "
+    "small split)",
 )
 def _youden_bootstrap(labels: ArrayLike, scores: ArrayLike, min_sensitivity: float) -> float:
-    return bootstrap_youden_threshold(labels, scores)
+    return bootstrap_youden_threshold(labels, scores, BOOTSTRAP_DRAWS, seed=0)
 
 
 @register_rule("sensitivity", "the highest threshold whose sensitivity is at least the minimum asked")

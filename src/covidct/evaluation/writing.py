@@ -26,17 +26,18 @@ from covidct.evaluation.statistics import (
     roc_band,
 )
 from covidct.evaluation.summary import exact
-from covidct.fileio import read_csv, write_csv, write_json
+from covidct.fileio import write_csv, write_json
 from covidct.fileio.plotting import save_figure
 from covidct.fileio.tables import interval_text, number_text, table_text
 from covidct.runs import RunDir
+from covidct.runs.records import prediction_rows
 from covidct.verdict import flag_cell, flag_of_cell, positive
 
 
 def misclassified(eval_dir: Path) -> list[dict[str, Any]]:
     """The rows of an evaluation's predictions.csv whose prediction is wrong, each with "flagged": True when the
     out-of-distribution detector flagged it (its in_distribution cell read by verdict.flag_of_cell)."""
-    rows = [r for r in read_csv(eval_dir / "predictions.csv") if r["label"] != r["prediction"]]
+    rows = [r for r in prediction_rows(eval_dir / "predictions.csv") if r["label"] != r["prediction"]]
     return [{**r, "flagged": flag_of_cell(r.get("in_distribution")) is False} for r in rows]
 
 

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 from pydantic import Field
 
 from covidct.errors import ModelError
-from covidct.fileio import read_json
+from covidct.fileio import read_csv, read_json
 from covidct.fileio.cards import OpenCard
 
 # A cross-validation folder (`covidct cv`): fold-<k>/run (a run folder per fold), oof_predictions.csv, CV_SUMMARY, the
@@ -58,6 +58,28 @@ class SummaryRecord(OpenCard):
             "monitor": self.monitor,
             "best_score": self.best_score,
         }
+
+
+def prediction_rows(path: Path) -> list[dict[str, Any]]:
+    """An evaluation's predictions.csv, each row checked on read (a path, a label and a prediction of 0 or 1, a
+    score in [0, 1]): what the report's misclassified images and compare's paired test rely on; a damaged row is
+    refused naming its line, not read as a third class or met as a bare ValueError. Label, prediction and score come
+    back as int, int and float."""
+    rows = read_csv(path)
+    for line, row in enumerate(rows, start=2):
+        try:
+            label, prediction, score = int(row["label"]), int(row["prediction"]), float(row["score"])
+            fits = bool(row["path"]) and {label, prediction} <= {0, 1} and 0.0 <= score <= 1.0
+        except (KeyError, ValueError):
+            fits = False
+        if not fits:
+            cells = {k: row.get(k) for k in ("path", "label", "prediction", "score")}
+            raise ModelError(
+                f"{path} line {line}: a prediction needs a path, a label and a prediction of 0 or 1 and a score in "
+                f"[0, 1], got {cells}; evaluate again (covidct evaluate RUN)"
+            )
+        row.update(label=label, prediction=prediction, score=score)
+    return rows
 
 
 @dataclass
