@@ -90,7 +90,7 @@ def setting(
     return field(default=default, metadata=meta)
 
 
-def _plain_number(value: Any) -> bool:
+def plain_number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
@@ -105,7 +105,7 @@ def _float(value: Any) -> tuple[bool, Any]:
             return True, float(value)
         except ValueError:
             return False, value
-    fits = _plain_number(value)
+    fits = plain_number(value)
     return fits, float(value) if fits else value
 
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from covidct.config.base import CROPS, INPUT_SIZES, INTENSITIES
+from covidct.config.base import CROPS, INPUT_SIZES, INTENSITIES, plain_number
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -65,7 +65,7 @@ class Preprocessing:
 
 def _three(d: dict[str, Any], name: str, fits: Any) -> tuple[float, float, float]:
     value = d.get(name)
-    numbers = isinstance(value, (list, tuple)) and all(_number(v) for v in value)
+    numbers = isinstance(value, (list, tuple)) and all(plain_number(v) for v in value)
     if not (numbers and len(value) == 3 and all(math.isfinite(v) and fits(v) for v in value)):
         must = "positive" if name == "std" else "finite"
         raise ValueError(f"'{name}' must be three {must} numbers (one per channel), got {value!r}")
@@ -74,7 +74,7 @@ def _three(d: dict[str, Any], name: str, fits: Any) -> tuple[float, float, float
 
 def _whole(d: dict[str, Any], name: str, least: int, most: int) -> int:
     value = d.get(name)
-    if not (_number(value) and float(value).is_integer() and least <= value <= most):
+    if not (plain_number(value) and float(value).is_integer() and least <= value <= most):
         raise ValueError(f"'{name}' must be a whole number of pixels from {least} to {most}, got {value!r}")
     return int(value)
 
@@ -84,7 +84,3 @@ def _one_of(d: dict[str, Any], name: str, allowed: Sequence[Any], missing: Any) 
     if not any(value is a or (isinstance(a, str) and value == a) for a in allowed):
         raise ValueError(f"'{name}' must be one of {list(allowed)}, got {value!r}")
     return value
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -211,7 +211,8 @@ def check_graph(session: Any, card: ModelCard, weights: str | None, file: Path, 
     except (ValueError, TypeError) as e:
         raise ModelError(f"{file}: its recorded preprocessing cannot be read ({e}); {fix}") from None
     if made_with != card.preprocessing:
-        changed = [k for k, v in made_with.to_dict().items() if card.preprocessing.to_dict()[k] != v]
+        said = card.preprocessing.to_dict()
+        changed = [k for k, v in made_with.to_dict().items() if said[k] != v]
         raise ModelError(f"{file} was exported with other preprocessing than its card's ({', '.join(changed)}); {fix}")
 
 
